@@ -1,0 +1,1 @@
+//! Metatopia overlay (work in progress).
