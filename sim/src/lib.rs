@@ -1,1 +1,38 @@
-//! Metatopia sim.
+//! metatopia-sim: the deterministic world.
+//!
+//! A sim is one region run in lockstep: an agreed [`Batch`] of inputs goes
+//! in, every replica computes the same next [`State`], and a blake3
+//! [`state_hash`](snapshot::state_hash) proves it. This crate does no I/O,
+//! reads no clock, uses no floats and no hash maps; see `docs/ARCHITECTURE.md`.
+//!
+//! Layout:
+//! - [`fx`]: fixed-point numbers and vectors, deterministic maths.
+//! - [`id`]: region, element and player ids.
+//! - [`state`]: the world state (elements, players, chat, settings).
+//! - [`input`]: inputs, batches, rejections and events.
+//! - [`admin`]: the temp-admin rule.
+//! - [`order`]: tick seeds and canonical inbox order.
+//! - [`script`]: the script host trait.
+//! - [`step`]: the tick.
+//! - [`snapshot`]: canonical encoding, state hash, snapshots.
+//! - [`testing`]: a Rust script host and a tick driver for tests and benches.
+
+#![deny(clippy::float_arithmetic)]
+
+pub mod admin;
+pub mod fx;
+pub mod id;
+pub mod input;
+pub mod order;
+pub mod script;
+pub mod snapshot;
+pub mod state;
+pub mod step;
+pub mod testing;
+
+pub use fx::{Fx, Vec3};
+pub use id::{ElementId, PlayerId, RegionId};
+pub use input::{AdminAction, Batch, Event, Input, InputKind, Rejection, SettingsPatch};
+pub use script::{NoScripts, ScriptHost};
+pub use state::{Settings, State};
+pub use step::{Sim, StepError, TickReport};

@@ -1,0 +1,121 @@
+//! Canonical encoding, state hashes and snapshots.
+//!
+//! A snapshot is `MAGIC || format version (u16 LE) || postcard(State)`.
+//! The state hash is blake3 over exactly those bytes, so a stored snapshot
+//! can be checked against a checkpoint hash without decoding it. Decoding
+//! re-encodes and compares, so overlong varints or trailing bytes (which
+//! postcard would accept) are refused: one state has one encoding.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::state::State;
+
+/// First bytes of every snapshot.
+pub const MAGIC: [u8; 4] = *b"MTSS";
+/// The snapshot format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Largest snapshot or message this build decodes, in bytes.
+pub const DECODE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Why bytes are not a valid encoded object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Too short to hold the header.
+    #[error("truncated: {0} bytes, header needs 6")]
+    Truncated(usize),
+    /// Does not start with the magic bytes.
+    #[error("bad magic {found:02x?}, expected {expected:02x?}")]
+    BadMagic {
+        /// What was found.
+        found: [u8; 4],
+        /// What was expected.
+        expected: [u8; 4],
+    },
+    /// A format version this build does not read.
+    #[error("unsupported format version {0} (this build reads {FORMAT_VERSION})")]
+    Version(u16),
+    /// Larger than the decoder accepts.
+    #[error("too large: {0} bytes (limit {DECODE_BYTES_MAX})")]
+    TooLarge(usize),
+    /// The payload is not valid postcard for the type.
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+    /// The payload decodes but is not in canonical form.
+    #[error("non-canonical encoding (re-encoding differs)")]
+    NonCanonical,
+}
+
+/// Encodes `value` as `magic || version || postcard`.
+pub fn encode<T: Serialize>(magic: [u8; 4], value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    // Writing into a Vec cannot fail; serialising our own types cannot fail
+    // either (no maps with non-string keys issues in postcard, no floats).
+    postcard::to_io(value, &mut out).expect("postcard encoding of sim types is infallible");
+    out
+}
+
+/// Decodes bytes made by [`encode`], refusing anything non-canonical.
+pub fn decode<T: Serialize + DeserializeOwned>(
+    magic: [u8; 4],
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    if bytes.len() > DECODE_BYTES_MAX {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    if bytes.len() < 6 {
+        return Err(DecodeError::Truncated(bytes.len()));
+    }
+    let found = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    if found != magic {
+        return Err(DecodeError::BadMagic {
+            found,
+            expected: magic,
+        });
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    let value: T =
+        postcard::from_bytes(&bytes[6..]).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if encode(magic, &value) != bytes {
+        return Err(DecodeError::NonCanonical);
+    }
+    Ok(value)
+}
+
+/// The snapshot bytes of a state.
+pub fn encode_state(state: &State) -> Vec<u8> {
+    encode(MAGIC, state)
+}
+
+/// A state from snapshot bytes.
+pub fn decode_state(bytes: &[u8]) -> Result<State, DecodeError> {
+    decode(MAGIC, bytes)
+}
+
+/// The state hash: blake3 of the snapshot bytes.
+pub fn state_hash(state: &State) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    let mut w = HashWriter(&mut hasher);
+    w.0.update(&MAGIC);
+    w.0.update(&FORMAT_VERSION.to_le_bytes());
+    postcard::to_io(state, &mut w).expect("postcard encoding of sim types is infallible");
+    *hasher.finalize().as_bytes()
+}
+
+/// Streams encoded bytes straight into the hasher (no intermediate buffer).
+struct HashWriter<'a>(&'a mut blake3::Hasher);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,459 @@
+//! The state of one sim (one region): elements, players, chat, settings.
+//!
+//! `State` is built from persistent maps (`imbl`), so `clone` is a pointer
+//! copy and a tick shares every untouched node with the state before it.
+//! Holding a few recent states for rollback costs only what changed.
+
+use std::collections::BTreeMap;
+
+use imbl::{OrdMap, OrdSet, Vector};
+use serde::{Deserialize, Serialize};
+
+use crate::fx::{Fx, Vec3};
+use crate::id::{ElementId, PlayerId, RegionId};
+
+/// Milliseconds in a day of sim time.
+pub const DAY_MS: u64 = 86_400_000;
+
+/// What an element is.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub enum ElementKind {
+    /// The root of a region's hierarchy (its parent is the world).
+    Region,
+    /// A free-standing object.
+    Object,
+    /// A part of an object.
+    Part,
+    /// A player's avatar.
+    Avatar,
+}
+
+/// A script attached to an element. The sim keeps what every replica must
+/// agree on; the host (Lua, in `metatopia-scripts`) keeps compiled code.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ScriptSlot {
+    /// blake3 of the script's source text.
+    pub source: [u8; 32],
+    /// The script's persistent state, encoded by the host.
+    pub state: Vec<u8>,
+    /// Faults in a row (errors, budget overruns, rejected outputs).
+    pub faults: u32,
+    /// Set after too many faults in a row; a suspended script gets no events.
+    pub suspended: bool,
+}
+
+/// One node of the world hierarchy.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Element {
+    /// The element's id.
+    pub id: ElementId,
+    /// Its parent; `None` only for the region root.
+    pub parent: Option<ElementId>,
+    /// What it is.
+    pub kind: ElementKind,
+    /// The region that owns (simulates) it; exactly one.
+    pub owner_region: RegionId,
+    /// The player who owns it (`None` for the region root).
+    pub owner: Option<PlayerId>,
+    /// Display name.
+    pub name: String,
+    /// Position in region coordinates.
+    pub pos: Vec3,
+    /// Children, sorted by id.
+    pub children: Vec<ElementId>,
+    /// The attached script, if any.
+    pub script: Option<ScriptSlot>,
+}
+
+/// A player's standing in a region.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub enum Role {
+    /// An ordinary player.
+    Member,
+    /// A permanent admin.
+    Admin,
+}
+
+/// What a region knows of a player.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Player {
+    /// The player's key.
+    pub id: PlayerId,
+    /// The name given at the last join.
+    pub name: String,
+    /// Sim time of the first join; `None` for a founder who has not joined yet.
+    pub first_join_ms: Option<u64>,
+    /// Sim time of the last join (a login is a committed join input).
+    pub last_login_ms: Option<u64>,
+    /// Sim time of the last login made while a permanent admin (or of being
+    /// made permanent admin while online); the temp-admin rule reads this.
+    pub last_admin_login_ms: Option<u64>,
+    /// Member or permanent admin.
+    pub role: Role,
+    /// Whether the player is in the region now.
+    pub online: bool,
+    /// The avatar while online.
+    pub avatar: Option<ElementId>,
+    /// The highest input sequence number seen; lower or equal ones are dropped.
+    pub last_seq: u64,
+}
+
+/// Who said a chat line.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Speaker {
+    /// A player (through their avatar).
+    Player(PlayerId),
+    /// A scripted element.
+    Script(ElementId),
+}
+
+/// One line of chat.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ChatLine {
+    /// The tick it was said.
+    pub tick: u64,
+    /// Sim time it was said.
+    pub time_ms: u64,
+    /// Who said it.
+    pub from: Speaker,
+    /// Where it was said from.
+    pub pos: Vec3,
+    /// Hearing radius; `None` is the whole region.
+    pub radius: Option<Fx>,
+    /// The text.
+    pub text: String,
+}
+
+/// An event for a script, delivered at the next tick (messages between
+/// scripts, chat said by scripts).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Pending {
+    /// The receiving script.
+    pub to: ElementId,
+    /// The event.
+    pub event: crate::script::ScriptEventKind,
+}
+
+/// Region settings. Changed only by admin inputs, so every replica agrees.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Settings {
+    /// Display name.
+    pub name: String,
+    /// Ticks per second of sim time.
+    pub tick_rate_hz: u32,
+    /// X: days without a permanent admin login before a temp admin is chosen.
+    pub temp_admin_absence_days: u32,
+    /// Y: a temp admin must have logged in within this many days.
+    pub temp_admin_recent_days: u32,
+    /// The region spans `[0, size)` on each axis.
+    pub size: Vec3,
+    /// Where avatars appear.
+    pub spawn: Vec3,
+    /// Most elements the region holds.
+    pub elements_max: u32,
+    /// Deepest hierarchy below the region root.
+    pub depth_max: u32,
+    /// Most players online at once.
+    pub players_online_max: u32,
+    /// Chat lines kept in history.
+    pub chat_history_max: u32,
+    /// Longest chat line, in bytes.
+    pub text_bytes_max: u32,
+    /// Longest name, in bytes.
+    pub name_bytes_max: u32,
+    /// Most inputs one player may have in one tick's batch.
+    pub inputs_per_player_per_tick_max: u32,
+    /// Script faults in a row before the script is suspended.
+    pub script_faults_max: u32,
+    /// Most messages one script may send in one tick.
+    pub script_sends_per_tick_max: u32,
+    /// Most messages waiting for delivery in the region.
+    pub mailbox_max: u32,
+    /// Most events one script handles in one tick; the rest are dropped.
+    pub script_inbox_max: u32,
+    /// Largest script state, in bytes.
+    pub script_state_bytes_max: u32,
+    /// Most timers pending in the region.
+    pub timers_max: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            name: "Home".into(),
+            tick_rate_hz: 20,
+            temp_admin_absence_days: 30,
+            temp_admin_recent_days: 7,
+            size: Vec3::from_ints(256, 256, 4096),
+            spawn: Vec3::from_ints(128, 128, 0),
+            elements_max: 100_000,
+            depth_max: 16,
+            players_online_max: 100,
+            chat_history_max: 200,
+            text_bytes_max: 1024,
+            name_bytes_max: 64,
+            inputs_per_player_per_tick_max: 64,
+            script_faults_max: 5,
+            script_sends_per_tick_max: 16,
+            mailbox_max: 100_000,
+            script_inbox_max: 256,
+            script_state_bytes_max: 65_536,
+            timers_max: 100_000,
+        }
+    }
+}
+
+/// The whole state of one sim.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct State {
+    /// The region this sim runs.
+    pub region: RegionId,
+    /// The next tick to execute (ticks executed so far).
+    pub tick: u64,
+    /// Sim time at the last executed tick, milliseconds.
+    pub time_ms: u64,
+    /// Region settings.
+    pub settings: Settings,
+    /// The next element counter this region mints.
+    pub next_counter: u64,
+    /// Every element, by id.
+    pub elements: OrdMap<ElementId, Element>,
+    /// Elements that carry a script, for event routing.
+    pub scripted: OrdSet<ElementId>,
+    /// Every player the region has seen.
+    pub players: OrdMap<PlayerId, Player>,
+    /// Players who may not join.
+    pub banned: OrdSet<PlayerId>,
+    /// The temp admin at the last tick (the temp-admin rule).
+    pub temp_admin: Option<PlayerId>,
+    /// Recent chat, oldest first, at most `chat_history_max` lines.
+    pub chat: Vector<ChatLine>,
+    /// Events for scripts at the next tick, in the order they were made.
+    pub mailbox: Vector<Pending>,
+    /// Pending timers: (due tick, script, timer id).
+    pub timers: OrdSet<(u64, ElementId, u32)>,
+}
+
+impl State {
+    /// A new region with its root element. `founders` become permanent admins
+    /// without having joined yet (their first join records their times).
+    pub fn new(region: RegionId, settings: Settings, founders: &[PlayerId]) -> State {
+        let root = ElementId { region, counter: 0 };
+        let mut elements = OrdMap::new();
+        elements.insert(
+            root,
+            Element {
+                id: root,
+                parent: None,
+                kind: ElementKind::Region,
+                owner_region: region,
+                owner: None,
+                name: settings.name.clone(),
+                pos: Vec3::ZERO,
+                children: Vec::new(),
+                script: None,
+            },
+        );
+        let mut players = OrdMap::new();
+        for &id in founders {
+            players.insert(
+                id,
+                Player {
+                    id,
+                    name: String::new(),
+                    first_join_ms: None,
+                    last_login_ms: None,
+                    last_admin_login_ms: None,
+                    role: Role::Admin,
+                    online: false,
+                    avatar: None,
+                    last_seq: 0,
+                },
+            );
+        }
+        State {
+            region,
+            tick: 0,
+            time_ms: 0,
+            settings,
+            next_counter: 1,
+            elements,
+            scripted: OrdSet::new(),
+            players,
+            banned: OrdSet::new(),
+            temp_admin: None,
+            chat: Vector::new(),
+            mailbox: Vector::new(),
+            timers: OrdSet::new(),
+        }
+    }
+
+    /// The region root's id.
+    pub fn root(&self) -> ElementId {
+        ElementId {
+            region: self.region,
+            counter: 0,
+        }
+    }
+
+    /// Whether `player` may act as an admin now (permanent or temp).
+    pub fn is_admin(&self, player: PlayerId) -> bool {
+        self.temp_admin == Some(player)
+            || self
+                .players
+                .get(&player)
+                .is_some_and(|p| p.role == Role::Admin)
+    }
+
+    /// Whether `ancestor` is `element` or one of its ancestors.
+    pub fn is_within(&self, element: ElementId, ancestor: ElementId) -> bool {
+        let mut cur = Some(element);
+        let mut steps = 0u32;
+        while let Some(id) = cur {
+            if id == ancestor {
+                return true;
+            }
+            // The hierarchy is a tree by construction; the bound only guards
+            // a corrupt snapshot from looping forever.
+            steps += 1;
+            if steps > self.settings.depth_max.saturating_add(2) {
+                return false;
+            }
+            cur = self.elements.get(&id).and_then(|e| e.parent);
+        }
+        false
+    }
+
+    /// Depth below the region root (root = 0).
+    pub fn depth(&self, element: ElementId) -> u32 {
+        let mut d = 0u32;
+        let mut cur = self.elements.get(&element).and_then(|e| e.parent);
+        while let Some(id) = cur {
+            d += 1;
+            if d > self.settings.depth_max.saturating_add(2) {
+                break;
+            }
+            cur = self.elements.get(&id).and_then(|e| e.parent);
+        }
+        d
+    }
+
+    /// Depth of the deepest element in the subtree rooted at `element`,
+    /// counted from `element` (a leaf is 0).
+    pub fn subtree_height(&self, element: ElementId) -> u32 {
+        self.elements
+            .get(&element)
+            .map(|e| {
+                e.children
+                    .iter()
+                    .map(|c| 1 + self.subtree_height(*c))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    }
+
+    /// Ids of the subtree rooted at `element`, parents before children.
+    pub fn subtree(&self, element: ElementId) -> Vec<ElementId> {
+        let mut out = Vec::new();
+        let mut stack = vec![element];
+        while let Some(id) = stack.pop() {
+            if let Some(e) = self.elements.get(&id) {
+                out.push(id);
+                stack.extend(e.children.iter().rev());
+            }
+        }
+        out
+    }
+
+    /// Players online, by id.
+    pub fn online(&self) -> impl Iterator<Item = &Player> {
+        self.players.values().filter(|p| p.online)
+    }
+
+    /// The number of elements, for limits.
+    pub fn element_count(&self) -> u64 {
+        self.elements.len() as u64
+    }
+
+    /// Whether `pos` lies inside the region's bounds.
+    pub fn in_bounds(&self, pos: Vec3) -> bool {
+        let s = self.settings.size;
+        pos.x >= Fx::ZERO
+            && pos.y >= Fx::ZERO
+            && pos.z >= Fx::ZERO
+            && pos.x < s.x
+            && pos.y < s.y
+            && pos.z < s.z
+    }
+
+    /// Adds a child element under `parent`, checking the element limit, the
+    /// depth limit and the region bounds. Used by the tick and to build a
+    /// genesis state.
+    pub fn add_child(
+        &mut self,
+        parent: ElementId,
+        kind: ElementKind,
+        owner: Option<PlayerId>,
+        name: &str,
+        pos: Vec3,
+    ) -> Result<ElementId, crate::input::Rejection> {
+        use crate::input::Rejection;
+        if !self.elements.contains_key(&parent) {
+            return Err(Rejection::UnknownElement(parent));
+        }
+        let max = self.settings.elements_max;
+        if self.element_count() >= u64::from(max) {
+            return Err(Rejection::OutOfBounds(format!(
+                "the region holds its maximum of {max} elements"
+            )));
+        }
+        if !self.in_bounds(pos) {
+            return Err(Rejection::OutOfBounds(format!(
+                "position {pos} is outside the region"
+            )));
+        }
+        let depth_max = self.settings.depth_max;
+        if self.depth(parent) + 1 > depth_max {
+            return Err(Rejection::OutOfBounds(format!(
+                "hierarchy would be deeper than {depth_max}"
+            )));
+        }
+        let id = ElementId {
+            region: self.region,
+            counter: self.next_counter,
+        };
+        self.next_counter += 1;
+        let region = self.region;
+        self.elements.insert(
+            id,
+            Element {
+                id,
+                parent: Some(parent),
+                kind,
+                owner_region: region,
+                owner,
+                name: name.to_string(),
+                pos,
+                children: Vec::new(),
+                script: None,
+            },
+        );
+        if let Some(p) = self.elements.get_mut(&parent) {
+            // Fresh ids are the largest so far: pushing keeps the list sorted.
+            p.children.push(id);
+        }
+        Ok(id)
+    }
+
+    /// Counts of things, for status views.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        BTreeMap::from([
+            ("elements", self.elements.len() as u64),
+            ("players", self.players.len() as u64),
+            ("online", self.online().count() as u64),
+            ("scripts", self.scripted.len() as u64),
+            ("chat", self.chat.len() as u64),
+        ])
+    }
+}
