@@ -376,9 +376,11 @@ fn hierarchy_create_reparent_delete() {
 
 #[test]
 fn depth_and_element_limits() {
-    let mut settings = Settings::default();
-    settings.depth_max = 2;
-    settings.elements_max = 6;
+    let settings = Settings {
+        depth_max: 2,
+        elements_max: 6,
+        ..Settings::default()
+    };
     let mut d = Driver::new(State::new(RegionId(1), settings, &[]));
     d.tick(&NoScripts, vec![(BOB, join("Bob"))]);
     let pos = Vec3::from_ints(1, 1, 1);
