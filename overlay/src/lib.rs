@@ -1,1 +1,25 @@
-//! Metatopia overlay (work in progress).
+//! Metatopia overlay: a Raynet-style Voronoi overlay.
+//!
+//! Every peer sits at a point of the world (integer millimetres) and owns the
+//! Voronoi cell around it. Peers keep their exact Voronoi (Delaunay)
+//! neighbours, their AOI and close neighbours, one Kleinberg long-range link
+//! and the back-links they must hand over; greedy routing reaches the owner
+//! of any point, and walks over the cells meeting a disc answer
+//! area-of-interest queries. See `docs/overlay.md`.
+//!
+//! Layout:
+//! - [`wire`]: ids, points, contacts, messages and the versioned codec.
+//! - [`geometry`]: the geometry trait, exact 2-D on spade, the global oracle.
+//! - [`peer`]: the sans-IO core state machine.
+//! - [`fuzz`]: the decoder fuzz body.
+//! - [`simnet`]: a deterministic simulated network that runs many cores.
+
+pub mod fuzz;
+pub mod geometry;
+pub mod peer;
+pub mod simnet;
+pub mod wire;
+
+pub use geometry::{Exact2d, Geometry, Oracle};
+pub use peer::{CommandError, Config, Dest, Event, Output, Peer, Stats};
+pub use wire::{Contact, Message, NodeId, Point, Rect, RegionId, RegionInfo};
