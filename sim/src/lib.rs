@@ -14,12 +14,14 @@
 //! - [`order`]: tick seeds and canonical inbox order.
 //! - [`script`]: the script host trait.
 //! - [`step`]: the tick.
+//! - [`codec`]: bounded, canonical serde for the persistent collections.
 //! - [`snapshot`]: canonical encoding, state hash, snapshots.
 //! - [`testing`]: a Rust script host and a tick driver for tests and benches.
 
 #![deny(clippy::float_arithmetic)]
 
 pub mod admin;
+pub mod codec;
 pub mod fx;
 pub mod id;
 pub mod input;

@@ -217,20 +217,27 @@ pub struct State {
     /// The next element counter this region mints.
     pub next_counter: u64,
     /// Every element, by id.
+    #[serde(with = "crate::codec::ord_map")]
     pub elements: OrdMap<ElementId, Element>,
     /// Elements that carry a script, for event routing.
+    #[serde(with = "crate::codec::ord_set")]
     pub scripted: OrdSet<ElementId>,
     /// Every player the region has seen.
+    #[serde(with = "crate::codec::ord_map")]
     pub players: OrdMap<PlayerId, Player>,
     /// Players who may not join.
+    #[serde(with = "crate::codec::ord_set")]
     pub banned: OrdSet<PlayerId>,
     /// The temp admin at the last tick (the temp-admin rule).
     pub temp_admin: Option<PlayerId>,
     /// Recent chat, oldest first, at most `chat_history_max` lines.
+    #[serde(with = "crate::codec::vector")]
     pub chat: Vector<ChatLine>,
     /// Events for scripts at the next tick, in the order they were made.
+    #[serde(with = "crate::codec::vector")]
     pub mailbox: Vector<Pending>,
     /// Pending timers: (due tick, script, timer id).
+    #[serde(with = "crate::codec::ord_set")]
     pub timers: OrdSet<(u64, ElementId, u32)>,
 }
 

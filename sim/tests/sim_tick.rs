@@ -1,6 +1,8 @@
 //! The tick as players see it: joining, moving, chatting, building, and
 //! every kind of refused input changing nothing.
 
+#![allow(clippy::unwrap_used)]
+
 use metatopia_sim::input::{AdminAction, Batch, Event, InputKind, Rejection};
 use metatopia_sim::state::{ElementKind, Settings, State};
 use metatopia_sim::testing::Driver;

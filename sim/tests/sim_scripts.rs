@@ -1,0 +1,292 @@
+//! The script host contract, with the Rust rule host: canonical inbox
+//! order, transactional outputs, suspension, messages and timers, and
+//! results that do not depend on the number of threads.
+
+#![allow(clippy::unwrap_used)]
+
+use metatopia_sim::input::{Event, InputKind};
+use metatopia_sim::state::{Settings, State};
+use metatopia_sim::testing::{Driver, Rule, RuleHost};
+use metatopia_sim::{ElementId, PlayerId, RegionId, Vec3};
+
+const ALICE: PlayerId = PlayerId::from_byte(1);
+const BOB: PlayerId = PlayerId::from_byte(2);
+
+/// Alice and Bob online; Alice owns `n` objects (ids 1.3 ..).
+fn world(n: u64) -> Driver {
+    let mut d = Driver::new(State::new(RegionId(1), Settings::default(), &[ALICE]));
+    d.tick(
+        &RuleHost::new(),
+        vec![
+            (
+                ALICE,
+                InputKind::Join {
+                    name: "Alice".into(),
+                },
+            ),
+            (BOB, InputKind::Join { name: "Bob".into() }),
+        ],
+    );
+    let creates = (0..n)
+        .map(|i| {
+            (
+                ALICE,
+                InputKind::Create {
+                    parent: None,
+                    name: format!("obj{i}"),
+                    pos: Vec3::from_ints(10 + i as i32 % 200, 10, 0),
+                },
+            )
+        })
+        .collect();
+    d.tick(&RuleHost::new(), creates);
+    d
+}
+
+fn obj(i: u64) -> ElementId {
+    ElementId::new(1, 3 + i)
+}
+
+fn attach(d: &mut Driver, host: &RuleHost, element: ElementId, source: [u8; 32]) {
+    let r = d.tick(
+        host,
+        vec![(ALICE, InputKind::AttachScript { element, source })],
+    );
+    assert_eq!(r.accepted, 1, "{:?}", r.events);
+}
+
+fn journal(d: &Driver, element: ElementId) -> Vec<String> {
+    let slot = d.sim.state().elements[&element].script.as_ref().unwrap();
+    String::from_utf8(slot.state.clone())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn inboxes_are_in_canonical_order_which_differs_per_script() {
+    let mut host = RuleHost::new();
+    let src = host.add("journal", Rule::Journal);
+    let mut d = world(2);
+    attach(&mut d, &host, obj(0), src);
+    attach(&mut d, &host, obj(1), src);
+    let says = (0..12)
+        .map(|i| {
+            (
+                BOB,
+                InputKind::Say {
+                    text: format!("m{i}"),
+                    radius: None,
+                },
+            )
+        })
+        .collect();
+    d.tick(&host, says);
+    let a = journal(&d, obj(0));
+    let b = journal(&d, obj(1));
+    let mut sorted_a = a.clone();
+    sorted_a.sort();
+    let mut sorted_b = b.clone();
+    sorted_b.sort();
+    assert_eq!(sorted_a, sorted_b, "both heard the same lines");
+    assert_eq!(a.len(), 12);
+    assert_ne!(a, b, "two scripts see the same events in different orders");
+    let arrival: Vec<String> = (0..12).map(|i| format!("heard:m{i}")).collect();
+    assert_ne!(a, arrival, "order is not arrival order");
+}
+
+#[test]
+fn touch_reaches_the_nearest_scripted_ancestor() {
+    let mut host = RuleHost::new();
+    let src = host.add("journal", Rule::Journal);
+    let mut d = world(1);
+    d.tick(
+        &host,
+        vec![(
+            ALICE,
+            InputKind::Create {
+                parent: Some(obj(0)),
+                name: "part".into(),
+                pos: Vec3::from_ints(1, 1, 1),
+            },
+        )],
+    );
+    let part = ElementId::new(1, 4);
+    attach(&mut d, &host, obj(0), src);
+    d.tick(&host, vec![(BOB, InputKind::Touch { element: part })]);
+    assert_eq!(journal(&d, obj(0)), vec![format!("touch:{BOB:?}:{part}")]);
+}
+
+#[test]
+fn writes_outside_the_subtree_discard_the_whole_output() {
+    let mut host = RuleHost::new();
+    let target = obj(1);
+    let src = host.add("trespasser", Rule::Trespasser { target });
+    let mut d = world(2);
+    attach(&mut d, &host, obj(0), src);
+    let before = d.sim.state().elements[&target].clone();
+    let r = d.tick(&host, vec![(BOB, InputKind::Touch { element: obj(0) })]);
+    let fault = r.events.iter().find_map(|e| match e {
+        Event::ScriptFault {
+            script,
+            owner,
+            error,
+            ..
+        } => Some((*script, *owner, error.clone())),
+        _ => None,
+    });
+    let (script, owner, error) = fault.expect("a fault event");
+    assert_eq!((script, owner), (obj(0), Some(ALICE)));
+    assert!(error.contains("does not own"), "{error}");
+    assert_eq!(d.sim.state().elements[&target], before);
+    let slot = d.sim.state().elements[&obj(0)].script.clone().unwrap();
+    assert!(
+        slot.state.is_empty(),
+        "the rejected state write did not apply"
+    );
+    assert_eq!(slot.faults, 1);
+}
+
+#[test]
+fn repeated_faults_suspend_the_script_and_others_carry_on() {
+    let mut host = RuleHost::new();
+    let crash = host.add("crash", Rule::Crash);
+    let counter = host.add("counter", Rule::Counter);
+    let mut d = world(2);
+    attach(&mut d, &host, obj(0), crash);
+    attach(&mut d, &host, obj(1), counter);
+    let max = d.sim.state().settings.script_faults_max;
+    for i in 0..(max + 3) {
+        let r = d.tick(
+            &host,
+            vec![(
+                BOB,
+                InputKind::Say {
+                    text: format!("{i}"),
+                    radius: None,
+                },
+            )],
+        );
+        let suspended = r.events.iter().any(|e| {
+            matches!(
+                e,
+                Event::ScriptFault {
+                    suspended: true,
+                    ..
+                }
+            )
+        });
+        assert_eq!(suspended, i + 1 == max, "tick {i}");
+    }
+    let s = d.sim.state();
+    assert!(s.elements[&obj(0)].script.as_ref().unwrap().suspended);
+    // The counter heard every line (plus its own "count" lines from the tick before).
+    let count: u64 = String::from_utf8(s.elements[&obj(1)].script.as_ref().unwrap().state.clone())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(count >= u64::from(max + 3), "count {count}");
+    // Re-attaching (a new version) clears the suspension.
+    attach(&mut d, &host, obj(0), counter);
+    assert!(
+        !d.sim.state().elements[&obj(0)]
+            .script
+            .as_ref()
+            .unwrap()
+            .suspended
+    );
+}
+
+#[test]
+fn messages_and_timers_arrive_on_later_ticks() {
+    let mut host = RuleHost::new();
+    let journal_src = host.add("journal", Rule::Journal);
+    let relay = host.add("relay", Rule::Relay { target: obj(1) });
+    let mut d = world(2);
+    attach(&mut d, &host, obj(0), relay);
+    attach(&mut d, &host, obj(1), journal_src);
+    d.tick(&host, vec![(BOB, InputKind::Touch { element: obj(0) })]);
+    assert!(journal(&d, obj(1)).is_empty(), "messages wait a tick");
+    d.tick(&host, vec![]);
+    assert_eq!(
+        journal(&d, obj(1)),
+        vec![format!("msg:{}:touch:{BOB:?}:{}", obj(0), obj(0))]
+    );
+    // The relay set timer 7 for two ticks after it ran; it fires and is not relayed.
+    assert!(
+        d.sim
+            .state()
+            .timers
+            .iter()
+            .any(|(_, s, t)| *s == obj(0) && *t == 7)
+    );
+    d.tick(&host, vec![]);
+    assert!(
+        !d.sim
+            .state()
+            .timers
+            .iter()
+            .any(|(due, s, _)| *s == obj(0) && *due < d.sim.tick())
+    );
+}
+
+#[test]
+fn script_hash_does_not_depend_on_thread_count() {
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut host = RuleHost::new();
+            let busy = host.add("busy", Rule::Busy { n: 20 });
+            let mover = host.add("mover", Rule::Mover);
+            let counter = host.add("counter", Rule::Counter);
+            let mut d = world(60);
+            let attaches = (0..60)
+                .map(|i| {
+                    let source = [busy, mover, counter][i as usize % 3];
+                    (
+                        ALICE,
+                        InputKind::AttachScript {
+                            element: obj(i),
+                            source,
+                        },
+                    )
+                })
+                .collect();
+            d.tick(&host, attaches);
+            let mut hashes = Vec::new();
+            for t in 0..20u64 {
+                let inputs = (0..10)
+                    .map(|k| {
+                        if k % 2 == 0 {
+                            (
+                                BOB,
+                                InputKind::Touch {
+                                    element: obj((t * 7 + k) % 60),
+                                },
+                            )
+                        } else {
+                            (
+                                BOB,
+                                InputKind::Say {
+                                    text: format!("t{t}k{k}"),
+                                    radius: None,
+                                },
+                            )
+                        }
+                    })
+                    .collect();
+                hashes.push(d.tick(&host, inputs).hash);
+            }
+            hashes
+        })
+    };
+    let one = run(1);
+    let two = run(2);
+    let four = run(4);
+    assert_eq!(one, two);
+    assert_eq!(one, four);
+}
