@@ -14,6 +14,7 @@
 //! - [`order`]: tick seeds and canonical inbox order.
 //! - [`script`]: the script host trait.
 //! - [`step`]: the tick.
+//! - [`table`]: ordered maps whose entries carry their own hash.
 //! - [`codec`]: bounded, canonical serde for the persistent collections.
 //! - [`snapshot`]: canonical encoding, state hash, snapshots.
 //! - [`testing`]: a Rust script host and a tick driver for tests and benches.
@@ -30,6 +31,7 @@ pub mod script;
 pub mod snapshot;
 pub mod state;
 pub mod step;
+pub mod table;
 pub mod testing;
 
 pub use fx::{Fx, Vec3};

@@ -96,26 +96,74 @@ pub fn decode_state(bytes: &[u8]) -> Result<State, DecodeError> {
     decode(MAGIC, bytes)
 }
 
-/// The state hash: blake3 of the snapshot bytes.
+/// First bytes of the per-tick state digest.
+pub const DIGEST_MAGIC: [u8; 4] = *b"MTSD";
+
+/// The state hash, taken every tick.
+///
+/// It is blake3 over a digest that encodes every field of the state the way
+/// the snapshot does, except that elements and players appear as
+/// `(id, blake3(postcard(value)))` pairs: [`Table`](crate::table::Table)
+/// keeps those per-entry hashes current, so a tick re-hashes only what it
+/// changed. It is exact: two states have the same hash only if every field
+/// and every element and player are equal (up to blake3 collisions).
 pub fn state_hash(state: &State) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    let mut w = HashWriter(&mut hasher);
-    w.0.update(&MAGIC);
-    w.0.update(&FORMAT_VERSION.to_le_bytes());
-    postcard::to_io(state, &mut w).expect("postcard encoding of sim types is infallible");
-    *hasher.finalize().as_bytes()
+    // Destructured without `..`: adding a field to State fails to compile
+    // here until the digest covers it.
+    let State {
+        region,
+        tick,
+        time_ms,
+        settings,
+        next_counter,
+        elements,
+        scripted,
+        players,
+        banned,
+        temp_admin,
+        chat,
+        mailbox,
+        timers,
+    } = state;
+    let mut buf = Vec::with_capacity(64 + elements.len() * 48 + scripted.len() * 16);
+    buf.extend_from_slice(&DIGEST_MAGIC);
+    buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    put(&mut buf, &(region, tick, time_ms, settings, next_counter));
+    put(&mut buf, &(elements.len() as u64));
+    for (id, hash) in elements.hashes() {
+        put(&mut buf, id);
+        buf.extend_from_slice(hash);
+    }
+    put(&mut buf, &(scripted.len() as u64));
+    for id in scripted {
+        put(&mut buf, id);
+    }
+    put(&mut buf, &(players.len() as u64));
+    for (id, hash) in players.hashes() {
+        put(&mut buf, id);
+        buf.extend_from_slice(hash);
+    }
+    put(&mut buf, &(banned.len() as u64));
+    for id in banned {
+        put(&mut buf, id);
+    }
+    put(&mut buf, temp_admin);
+    put(&mut buf, &(chat.len() as u64));
+    for line in chat {
+        put(&mut buf, line);
+    }
+    put(&mut buf, &(mailbox.len() as u64));
+    for p in mailbox {
+        put(&mut buf, p);
+    }
+    put(&mut buf, &(timers.len() as u64));
+    for t in timers {
+        put(&mut buf, t);
+    }
+    *blake3::hash(&buf).as_bytes()
 }
 
-/// Streams encoded bytes straight into the hasher (no intermediate buffer).
-struct HashWriter<'a>(&'a mut blake3::Hasher);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Appends the postcard encoding of `value`.
+fn put<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
+    postcard::to_io(value, &mut *buf).expect("postcard encoding of sim types is infallible");
 }

@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use imbl::{OrdMap, OrdSet, Vector};
+use imbl::{OrdSet, Vector};
 use serde::{Deserialize, Serialize};
 
 use crate::fx::{Fx, Vec3};
 use crate::id::{ElementId, PlayerId, RegionId};
+use crate::table::Table;
 
 /// Milliseconds in a day of sim time.
 pub const DAY_MS: u64 = 86_400_000;
@@ -217,14 +218,12 @@ pub struct State {
     /// The next element counter this region mints.
     pub next_counter: u64,
     /// Every element, by id.
-    #[serde(with = "crate::codec::ord_map")]
-    pub elements: OrdMap<ElementId, Element>,
+    pub elements: Table<ElementId, Element>,
     /// Elements that carry a script, for event routing.
     #[serde(with = "crate::codec::ord_set")]
     pub scripted: OrdSet<ElementId>,
     /// Every player the region has seen.
-    #[serde(with = "crate::codec::ord_map")]
-    pub players: OrdMap<PlayerId, Player>,
+    pub players: Table<PlayerId, Player>,
     /// Players who may not join.
     #[serde(with = "crate::codec::ord_set")]
     pub banned: OrdSet<PlayerId>,
@@ -246,7 +245,7 @@ impl State {
     /// without having joined yet (their first join records their times).
     pub fn new(region: RegionId, settings: Settings, founders: &[PlayerId]) -> State {
         let root = ElementId { region, counter: 0 };
-        let mut elements = OrdMap::new();
+        let mut elements = Table::new();
         elements.insert(
             root,
             Element {
@@ -261,7 +260,7 @@ impl State {
                 script: None,
             },
         );
-        let mut players = OrdMap::new();
+        let mut players = Table::new();
         for &id in founders {
             players.insert(
                 id,
@@ -446,10 +445,8 @@ impl State {
                 script: None,
             },
         );
-        if let Some(p) = self.elements.get_mut(&parent) {
-            // Fresh ids are the largest so far: pushing keeps the list sorted.
-            p.children.push(id);
-        }
+        // Fresh ids are the largest so far: pushing keeps the list sorted.
+        self.elements.update(&parent, |p| p.children.push(id));
         Ok(id)
     }
 

@@ -288,24 +288,23 @@ impl Tick {
     /// Step 5.
     fn apply_inputs(&mut self, inputs: &[Input]) {
         let per_player_max = self.s.settings.inputs_per_player_per_tick_max;
-        let mut per_player: BTreeMap<PlayerId, u32> = BTreeMap::new();
+        // Per sender this tick: (inputs counted, highest sequence number).
+        // Sequence numbers are written back once per player at the end.
+        let mut seen: BTreeMap<PlayerId, (u32, u64)> = BTreeMap::new();
         for input in inputs {
-            if let Some(p) = self.s.players.get(&input.player)
-                && input.seq <= p.last_seq
-            {
+            let stored = self.s.players.get(&input.player).map_or(0, |p| p.last_seq);
+            let (count, max_seq) = seen.entry(input.player).or_insert((0, stored));
+            if self.s.players.contains_key(&input.player) && input.seq <= *max_seq {
                 self.report.duplicates += 1;
                 continue;
             }
-            let count = per_player.entry(input.player).or_insert(0);
             *count += 1;
+            *max_seq = input.seq;
             let result = if *count > per_player_max {
                 Err(Rejection::RateLimited(per_player_max))
             } else {
                 self.apply_input(input)
             };
-            if let Some(p) = self.s.players.get_mut(&input.player) {
-                p.last_seq = p.last_seq.max(input.seq);
-            }
             match result {
                 Ok(()) => {
                     self.report.accepted += 1;
@@ -321,6 +320,16 @@ impl Tick {
                         reason,
                     });
                 }
+            }
+        }
+        for (player, (_, max_seq)) in seen {
+            if self
+                .s
+                .players
+                .get(&player)
+                .is_some_and(|p| p.last_seq < max_seq)
+            {
+                self.s.players.update(&player, |p| p.last_seq = max_seq);
             }
         }
     }
@@ -432,9 +441,9 @@ impl Tick {
                     },
                 };
                 let id = *element;
-                if let Some(e) = self.s.elements.get_mut(&id) {
+                self.s.elements.update(&id, |e| {
                     e.script = Some(slot);
-                }
+                });
                 self.s.scripted.insert(id);
                 Ok(())
             }
@@ -448,9 +457,9 @@ impl Tick {
                     )));
                 }
                 let id = *element;
-                if let Some(e) = self.s.elements.get_mut(&id) {
+                self.s.elements.update(&id, |e| {
                     e.script = None;
-                }
+                });
                 self.s.scripted.remove(&id);
                 Ok(())
             }
@@ -501,7 +510,7 @@ impl Tick {
         let root = self.s.root();
         let avatar = self.add_element(root, ElementKind::Avatar, Some(who), name, spawn)?;
         let now = self.s.time_ms;
-        let player = self.s.players.entry(who).or_insert_with(|| Player {
+        let mut player = self.s.players.get(&who).cloned().unwrap_or(Player {
             id: who,
             name: String::new(),
             first_join_ms: None,
@@ -520,6 +529,7 @@ impl Tick {
         }
         player.online = true;
         player.avatar = Some(avatar);
+        self.s.players.insert(who, player);
         self.report.events.push(Event::Joined { player: who });
         self.broadcast(ScriptEventKind::Entered { player: who });
         Ok(())
@@ -530,10 +540,10 @@ impl Tick {
         if let Some(avatar) = avatar {
             self.delete_subtree(avatar);
         }
-        if let Some(p) = self.s.players.get_mut(&who) {
+        self.s.players.update(&who, |p| {
             p.online = false;
             p.avatar = None;
-        }
+        });
         self.report.events.push(Event::Left { player: who });
         self.broadcast(ScriptEventKind::Left { player: who });
     }
@@ -592,9 +602,9 @@ impl Tick {
             moved.push((*id, new));
         }
         for (id, pos) in moved {
-            if let Some(e) = self.s.elements.get_mut(&id) {
+            self.s.elements.update(&id, |e| {
                 e.pos = pos;
-            }
+            });
         }
         Ok(())
     }
@@ -605,10 +615,10 @@ impl Tick {
             self.s.elements.remove(&id);
             self.s.scripted.remove(&id);
         }
-        if let Some(parent) = parent
-            && let Some(p) = self.s.elements.get_mut(&parent)
-        {
-            p.children.retain(|c| *c != element);
+        if let Some(parent) = parent {
+            self.s
+                .elements
+                .update(&parent, |p| p.children.retain(|c| *c != element));
         }
     }
 
@@ -654,23 +664,23 @@ impl Tick {
         if old_parent == Some(parent) {
             return Ok(());
         }
-        if let Some(old) = old_parent
-            && let Some(op) = self.s.elements.get_mut(&old)
-        {
-            op.children.retain(|c| *c != element);
+        if let Some(old) = old_parent {
+            self.s
+                .elements
+                .update(&old, |op| op.children.retain(|c| *c != element));
         }
-        if let Some(np) = self.s.elements.get_mut(&parent) {
+        self.s.elements.update(&parent, |np| {
             let at = np.children.binary_search(&element).unwrap_or_else(|i| i);
             np.children.insert(at, element);
-        }
-        if let Some(e) = self.s.elements.get_mut(&element) {
+        });
+        self.s.elements.update(&element, |e| {
             e.parent = Some(parent);
             e.kind = if parent == root {
                 ElementKind::Object
             } else {
                 ElementKind::Part
             };
-        }
+        });
         Ok(())
     }
 
@@ -678,28 +688,28 @@ impl Tick {
         let now = self.s.time_ms;
         match action {
             AdminAction::Grant { player } => {
-                let p = self
-                    .s
-                    .players
-                    .get_mut(player)
-                    .ok_or(Rejection::UnknownPlayer(*player))?;
-                p.role = Role::Admin;
-                if p.online {
-                    p.last_admin_login_ms = Some(now);
+                let known = self.s.players.update(player, |p| {
+                    p.role = Role::Admin;
+                    if p.online {
+                        p.last_admin_login_ms = Some(now);
+                    }
+                });
+                if !known {
+                    return Err(Rejection::UnknownPlayer(*player));
                 }
             }
             AdminAction::Revoke { player } => {
                 let p = self
                     .s
                     .players
-                    .get_mut(player)
+                    .get(player)
                     .ok_or(Rejection::UnknownPlayer(*player))?;
                 if p.role != Role::Admin {
                     return Err(Rejection::Invalid(format!(
                         "{player} is not a permanent admin"
                     )));
                 }
-                p.role = Role::Member;
+                self.s.players.update(player, |p| p.role = Role::Member);
             }
             AdminAction::Kick { player } => {
                 if !self.s.players.get(player).is_some_and(|p| p.online) {
@@ -768,10 +778,9 @@ impl Tick {
             next.text_bytes_max = range(v, 1, 65_536, "text_bytes_max")?;
         }
         let root = self.s.root();
-        if next.name != self.s.settings.name
-            && let Some(r) = self.s.elements.get_mut(&root)
-        {
-            r.name = next.name.clone();
+        if next.name != self.s.settings.name {
+            let name = next.name.clone();
+            self.s.elements.update(&root, |r| r.name = name);
         }
         self.s.settings = next;
         self.trim_chat();
@@ -964,14 +973,14 @@ impl Tick {
         for w in out.writes {
             match w {
                 Write::SetPos { element, pos } => {
-                    if let Some(e) = self.s.elements.get_mut(&element) {
+                    self.s.elements.update(&element, |e| {
                         e.pos = pos;
-                    }
+                    });
                 }
                 Write::SetName { element, name } => {
-                    if let Some(e) = self.s.elements.get_mut(&element) {
+                    self.s.elements.update(&element, |e| {
                         e.name = name;
-                    }
+                    });
                 }
             }
         }
@@ -996,33 +1005,31 @@ impl Tick {
                 .timers
                 .insert((tick.saturating_add(delay), script, timer));
         }
-        if let Some(slot) = self
-            .s
-            .elements
-            .get_mut(&script)
-            .and_then(|e| e.script.as_mut())
-        {
-            slot.faults = 0;
-            if let Some(state) = out.state {
-                slot.state = state;
+        self.s.elements.update(&script, |e| {
+            if let Some(slot) = e.script.as_mut() {
+                slot.faults = 0;
+                if let Some(state) = out.state {
+                    slot.state = state;
+                }
             }
-        }
+        });
     }
 
     fn fault(&mut self, script: ElementId, fault: ScriptFault) {
         let max = self.s.settings.script_faults_max;
-        let Some(e) = self.s.elements.get_mut(&script) else {
+        let Some(owner) = self.s.elements.get(&script).map(|e| e.owner) else {
             return;
         };
-        let owner = e.owner;
-        let Some(slot) = e.script.as_mut() else {
-            return;
-        };
-        slot.faults = slot.faults.saturating_add(1);
-        if slot.faults >= max {
-            slot.suspended = true;
-        }
-        let suspended = slot.suspended;
+        let mut suspended = false;
+        self.s.elements.update(&script, |e| {
+            if let Some(slot) = e.script.as_mut() {
+                slot.faults = slot.faults.saturating_add(1);
+                if slot.faults >= max {
+                    slot.suspended = true;
+                }
+                suspended = slot.suspended;
+            }
+        });
         self.report.events.push(Event::ScriptFault {
             script,
             owner,

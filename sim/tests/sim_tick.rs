@@ -241,8 +241,9 @@ fn refused_inputs_change_nothing_but_the_sequence_number() {
         // Only the clock, the tick and the sender's sequence number move.
         after.tick = before.tick;
         after.time_ms = before.time_ms;
-        if let (Some(p), Some(q)) = (after.players.get_mut(&who), before.players.get(&who)) {
-            p.last_seq = q.last_seq;
+        if let Some(q) = before.players.get(&who) {
+            let seq = q.last_seq;
+            after.players.update(&who, |p| p.last_seq = seq);
         }
         assert_eq!(after, before, "{kind:?} changed the state");
     }

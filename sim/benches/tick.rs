@@ -1,0 +1,125 @@
+//! One tick of a busy region: 10,000 elements, 100 players online, 1,000
+//! inputs (moves of owned objects, chat, touches). Also the state hash and
+//! snapshot encoding of that world on their own.
+//!
+//! Run: `cargo bench -p metatopia-sim --bench tick`
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use metatopia_sim::input::{Batch, Input, InputKind};
+use metatopia_sim::state::{ElementKind, Settings, State};
+use metatopia_sim::{ElementId, Fx, NoScripts, PlayerId, RegionId, Sim, Vec3, snapshot};
+
+const PLAYERS: u32 = 100;
+const OBJECTS: u32 = 9_800;
+const INPUTS: u32 = 1_000;
+
+fn player(i: u32) -> PlayerId {
+    let mut b = [0u8; 32];
+    b[..4].copy_from_slice(&i.to_le_bytes());
+    PlayerId(b)
+}
+
+/// The world after its players joined, and the ids of their objects.
+fn world() -> (Sim, Vec<ElementId>) {
+    let settings = Settings {
+        players_online_max: 1000,
+        ..Settings::default()
+    };
+    let mut state = State::new(RegionId(1), settings, &[]);
+    let root = state.root();
+    let mut objects = Vec::new();
+    for i in 0..OBJECTS {
+        let owner = player(i % PLAYERS);
+        let pos = Vec3::from_ints((i % 250) as i32, (i / 250 % 250) as i32, 0);
+        objects.push(
+            state
+                .add_child(
+                    root,
+                    ElementKind::Object,
+                    Some(owner),
+                    &format!("object {i}"),
+                    pos,
+                )
+                .expect("room for the bench world"),
+        );
+    }
+    let mut sim = Sim::new(state);
+    let joins = (0..PLAYERS)
+        .map(|p| Input {
+            player: player(p),
+            seq: 1,
+            kind: InputKind::Join {
+                name: format!("player{p}"),
+            },
+        })
+        .collect();
+    sim.step(
+        &Batch {
+            tick: 0,
+            time_ms: 0,
+            inputs: joins,
+        },
+        &NoScripts,
+    )
+    .expect("join batch");
+    (sim, objects)
+}
+
+fn batch(sim: &Sim, objects: &[ElementId]) -> Batch {
+    let inputs = (0..INPUTS)
+        .map(|i| {
+            let p = i % PLAYERS;
+            let kind = match i % 4 {
+                0 | 1 => InputKind::Move {
+                    element: objects[(p + PLAYERS * (i / PLAYERS)) as usize],
+                    to: Vec3::from_ints((i % 200) as i32, 7, 1),
+                },
+                2 => InputKind::Say {
+                    text: format!("hello {i}"),
+                    radius: Some(Fx::from_int(30)),
+                },
+                _ => InputKind::Touch {
+                    element: objects[i as usize],
+                },
+            };
+            Input {
+                player: player(p),
+                seq: 2 + u64::from(i / PLAYERS),
+                kind,
+            }
+        })
+        .collect();
+    Batch {
+        tick: sim.tick(),
+        time_ms: 50,
+        inputs,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let (sim, objects) = world();
+    let batch = batch(&sim, &objects);
+    let bytes = snapshot::encode_state(sim.state());
+    eprintln!(
+        "world: {} elements, snapshot {} bytes",
+        sim.state().elements.len(),
+        bytes.len()
+    );
+    c.bench_function("tick_10k_elements_1k_inputs", |b| {
+        b.iter(|| {
+            let mut s = sim.clone();
+            let r = s.step(&batch, &NoScripts).expect("valid batch");
+            assert_eq!(r.accepted, INPUTS);
+            r.hash
+        })
+    });
+    c.bench_function("state_hash_10k_elements", |b| {
+        b.iter(|| snapshot::state_hash(sim.state()))
+    });
+    c.bench_function("snapshot_encode_10k_elements", |b| {
+        b.iter(|| snapshot::encode_state(sim.state()).len())
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,186 @@
+//! [`Table`]: a persistent ordered map whose entries carry their own hash.
+//!
+//! Each value is stored with `blake3(postcard(value))`, computed when the
+//! value is inserted or updated. Values can only change through
+//! [`Table::insert`] and [`Table::update`], so a stored hash is never stale.
+//! The per-tick state hash then covers `(key, entry hash)` pairs instead of
+//! re-encoding every value: a tick pays for what it changed, plus one pass
+//! over 44-byte pairs.
+
+use std::fmt;
+use std::ops::Index;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A value with the hash of its canonical encoding. Cloning is a pointer copy.
+#[derive(PartialEq, Eq)]
+struct Entry<V> {
+    inner: Arc<(V, [u8; 32])>,
+}
+
+impl<V> Clone for Entry<V> {
+    fn clone(&self) -> Entry<V> {
+        Entry {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// blake3 of the postcard encoding of `value`.
+pub fn value_hash<V: Serialize>(value: &V) -> [u8; 32] {
+    let bytes = postcard::to_stdvec(value).expect("postcard encoding of sim types is infallible");
+    *blake3::hash(&bytes).as_bytes()
+}
+
+impl<V: Serialize> Entry<V> {
+    fn new(value: V) -> Entry<V> {
+        let hash = value_hash(&value);
+        Entry {
+            inner: Arc::new((value, hash)),
+        }
+    }
+}
+
+/// An ordered map of hashed values.
+pub struct Table<K, V> {
+    map: OrdMap<K, Entry<V>>,
+}
+
+impl<K: Ord + Clone, V> Clone for Table<K, V> {
+    fn clone(&self) -> Table<K, V> {
+        Table {
+            map: self.map.clone(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V> Default for Table<K, V> {
+    fn default() -> Table<K, V> {
+        Table { map: OrdMap::new() }
+    }
+}
+
+impl<K: Ord + Clone + PartialEq, V: PartialEq> PartialEq for Table<K, V> {
+    fn eq(&self, other: &Table<K, V>) -> bool {
+        self.map.len() == other.map.len()
+            && self
+                .map
+                .iter()
+                .zip(other.map.iter())
+                .all(|((k1, v1), (k2, v2))| {
+                    k1 == k2 && v1.inner.1 == v2.inner.1 && v1.inner.0 == v2.inner.0
+                })
+    }
+}
+
+impl<K: Ord + Clone + Eq, V: Eq> Eq for Table<K, V> {}
+
+impl<K: Ord + Clone + fmt::Debug, V: fmt::Debug> fmt::Debug for Table<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.map.iter().map(|(k, e)| (k, &e.inner.0)))
+            .finish()
+    }
+}
+
+impl<K: Ord + Clone, V: Serialize + Clone> Table<K, V> {
+    /// An empty table.
+    pub fn new() -> Table<K, V> {
+        Table::default()
+    }
+
+    /// The value at `key`.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.map.get(key).map(|e| &e.inner.0)
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Inserts or replaces a value (hashing it).
+    pub fn insert(&mut self, key: K, value: V) {
+        self.map.insert(key, Entry::new(value));
+    }
+
+    /// Removes a value.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.map.remove(key).map(|e| e.inner.0.clone())
+    }
+
+    /// Changes the value at `key` through `f` and rehashes it. Returns
+    /// whether the key was present.
+    pub fn update(&mut self, key: &K, f: impl FnOnce(&mut V)) -> bool {
+        let Some(entry) = self.map.get(key) else {
+            return false;
+        };
+        let mut value = entry.inner.0.clone();
+        f(&mut value);
+        self.map.insert(key.clone(), Entry::new(value));
+        true
+    }
+
+    /// Entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map.iter().map(|(k, e)| (k, &e.inner.0))
+    }
+
+    /// Keys in order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.map.keys()
+    }
+
+    /// Values in key order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.map.values().map(|e| &e.inner.0)
+    }
+
+    /// `(key, value hash)` pairs in key order, for the state digest.
+    pub fn hashes(&self) -> impl Iterator<Item = (&K, &[u8; 32])> {
+        self.map.iter().map(|(k, e)| (k, &e.inner.1))
+    }
+}
+
+impl<K: Ord + Clone, V: Serialize + Clone> Index<&K> for Table<K, V> {
+    type Output = V;
+
+    /// Panics when the key is absent, like `BTreeMap`'s index (tests and
+    /// views only; the tick uses `get`).
+    fn index(&self, key: &K) -> &V {
+        self.get(key).expect("key present in table")
+    }
+}
+
+impl<K: Ord + Clone + Serialize, V: Serialize + Clone> Serialize for Table<K, V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de, K, V> Deserialize<'de> for Table<K, V>
+where
+    K: Ord + Clone + Deserialize<'de>,
+    V: Serialize + Clone + Deserialize<'de>,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Table<K, V>, D::Error> {
+        let map: OrdMap<K, V> = crate::codec::ord_map::deserialize(d)?;
+        let mut table = Table::new();
+        for (k, v) in map {
+            table.insert(k, v);
+        }
+        Ok(table)
+    }
+}
