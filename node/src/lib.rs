@@ -1,1 +1,25 @@
-//! Metatopia node.
+//! metatopia-node: the `metatopia` node as a library.
+//!
+//! The binary (`main.rs`) parses arguments, installs tracing and calls
+//! [`cli::run`]; everything else lives here so that tests can drive it.
+//!
+//! Layout:
+//! - [`cli`]: the verbs (`up`, `status`, `say`, `act`, `run`, `replay`).
+//! - [`datadir`]: the data directory: keys, token, lock, where the node listens.
+//! - [`store`]: redb persistence: genesis, batch log with checkpoints, snapshots, recovery.
+//! - [`world`]: the local world's tick thread.
+//! - [`http`]: the HTTP API, the viewer page and metrics.
+//! - [`view`]: JSON views of the world.
+//! - [`action`]: human-facing actions shared by the API, CLI and scenarios.
+//! - [`scenario`]: scenario files, run headless.
+//! - [`client`]: a minimal HTTP client for the CLI and tests.
+
+pub mod action;
+pub mod cli;
+pub mod client;
+pub mod datadir;
+pub mod http;
+pub mod scenario;
+pub mod store;
+pub mod view;
+pub mod world;

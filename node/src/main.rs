@@ -1,1 +1,21 @@
-fn main() {}
+//! The `metatopia` binary: arguments, logging, then the library.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = metatopia_node::cli::Cli::parse();
+    match metatopia_node::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("metatopia: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

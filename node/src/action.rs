@@ -1,0 +1,272 @@
+//! Actions: the human-facing form of inputs, shared by the HTTP API, the
+//! CLI and scenario files.
+//!
+//! An action is a table tagged by `do`, with numbers as decimal text (they
+//! become fixed point exactly, never through a float) and references to
+//! elements and players as text: `{"do": "move", "element": "1.5", "to":
+//! "10,20,0"}`. Scenario files may also name elements `@key` and players by
+//! name; the [`Resolve`] trait supplies those lookups.
+
+use serde::{Deserialize, Serialize};
+
+use metatopia_sim::input::{AdminAction, InputKind, SettingsPatch};
+use metatopia_sim::{ElementId, Fx, PlayerId, Vec3};
+
+/// An action, as written by people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Enter the region.
+    Join {
+        /// Display name.
+        name: String,
+    },
+    /// Leave the region.
+    Leave,
+    /// Move an element (`to` is `"x,y,z"`).
+    Move {
+        /// Element id (`"1.5"`) or `@key`; `"me"` is your avatar.
+        element: String,
+        /// Destination, `"x,y,z"`.
+        to: String,
+    },
+    /// Chat.
+    Say {
+        /// The line.
+        text: String,
+        /// Hearing radius in metres (decimal text); absent: the whole region.
+        #[serde(default)]
+        radius: Option<String>,
+    },
+    /// Touch an element.
+    Touch {
+        /// Element id or `@key`.
+        element: String,
+    },
+    /// Move an element under a new parent.
+    Reparent {
+        /// Element id or `@key`.
+        element: String,
+        /// New parent id or `@key`.
+        parent: String,
+    },
+    /// Create an object (or a part, with `parent`).
+    Create {
+        /// Display name.
+        name: String,
+        /// Position, `"x,y,z"`.
+        pos: String,
+        /// Parent id or `@key`; absent: the region root.
+        #[serde(default)]
+        parent: Option<String>,
+    },
+    /// Delete an element and its subtree.
+    Delete {
+        /// Element id or `@key`.
+        element: String,
+    },
+    /// Make a player a permanent admin.
+    Grant {
+        /// Player key (64 hex digits) or scenario name.
+        player: String,
+    },
+    /// Take permanent admin away.
+    Revoke {
+        /// Player.
+        player: String,
+    },
+    /// Remove a player from the region.
+    Kick {
+        /// Player.
+        player: String,
+    },
+    /// Remove a player and refuse their joins.
+    Ban {
+        /// Player.
+        player: String,
+    },
+    /// Lift a ban.
+    Unban {
+        /// Player.
+        player: String,
+    },
+    /// Change region settings.
+    Settings {
+        /// Region name.
+        #[serde(default)]
+        name: Option<String>,
+        /// Temp-admin X, days.
+        #[serde(default)]
+        temp_admin_absence_days: Option<u32>,
+        /// Temp-admin Y, days.
+        #[serde(default)]
+        temp_admin_recent_days: Option<u32>,
+        /// Spawn point, `"x,y,z"`.
+        #[serde(default)]
+        spawn: Option<String>,
+        /// Most elements.
+        #[serde(default)]
+        elements_max: Option<u32>,
+        /// Most players online.
+        #[serde(default)]
+        players_online_max: Option<u32>,
+        /// Chat history length.
+        #[serde(default)]
+        chat_history_max: Option<u32>,
+        /// Longest chat line, bytes.
+        #[serde(default)]
+        text_bytes_max: Option<u32>,
+    },
+}
+
+/// Why an action cannot become an input. `field` names what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ActionError {
+    /// The offending field.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Lookups for references that are not plain ids.
+pub trait Resolve {
+    /// An element named `@key` (the text after `@`).
+    fn element_key(&self, key: &str) -> Option<ElementId>;
+    /// A player by name.
+    fn player_name(&self, name: &str) -> Option<PlayerId>;
+    /// The acting player's avatar, for `"me"`.
+    fn my_avatar(&self) -> Option<ElementId>;
+}
+
+/// No keys or names: ids only (the HTTP API), plus `"me"`.
+#[derive(Debug, Clone, Copy)]
+pub struct IdsOnly {
+    /// The acting player's avatar.
+    pub avatar: Option<ElementId>,
+}
+
+impl Resolve for IdsOnly {
+    fn element_key(&self, _key: &str) -> Option<ElementId> {
+        None
+    }
+
+    fn player_name(&self, _name: &str) -> Option<PlayerId> {
+        None
+    }
+
+    fn my_avatar(&self) -> Option<ElementId> {
+        self.avatar
+    }
+}
+
+fn err(field: &str, message: impl Into<String>) -> ActionError {
+    ActionError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn element(field: &str, text: &str, r: &dyn Resolve) -> Result<ElementId, ActionError> {
+    if text == "me" {
+        return r
+            .my_avatar()
+            .ok_or_else(|| err(field, "\"me\" is your avatar, but you have not joined"));
+    }
+    if let Some(key) = text.strip_prefix('@') {
+        return r
+            .element_key(key)
+            .ok_or_else(|| err(field, format!("no object with key {key:?}")));
+    }
+    text.parse().map_err(|e| err(field, format!("{e}")))
+}
+
+fn player(field: &str, text: &str, r: &dyn Resolve) -> Result<PlayerId, ActionError> {
+    if let Ok(id) = text.parse::<PlayerId>() {
+        return Ok(id);
+    }
+    r.player_name(text).ok_or_else(|| {
+        err(
+            field,
+            format!("{text:?} is neither a player key (64 hex digits) nor a known player name"),
+        )
+    })
+}
+
+fn vec3(field: &str, text: &str) -> Result<Vec3, ActionError> {
+    text.parse().map_err(|e| err(field, format!("{e}")))
+}
+
+fn fx(field: &str, text: &str) -> Result<Fx, ActionError> {
+    text.parse().map_err(|e| err(field, format!("{e}")))
+}
+
+impl Action {
+    /// The input this action asks for.
+    pub fn to_input(&self, r: &dyn Resolve) -> Result<InputKind, ActionError> {
+        Ok(match self {
+            Action::Join { name } => InputKind::Join { name: name.clone() },
+            Action::Leave => InputKind::Leave,
+            Action::Move { element: e, to } => InputKind::Move {
+                element: element("element", e, r)?,
+                to: vec3("to", to)?,
+            },
+            Action::Say { text, radius } => InputKind::Say {
+                text: text.clone(),
+                radius: radius.as_deref().map(|t| fx("radius", t)).transpose()?,
+            },
+            Action::Touch { element: e } => InputKind::Touch {
+                element: element("element", e, r)?,
+            },
+            Action::Reparent { element: e, parent } => InputKind::Reparent {
+                element: element("element", e, r)?,
+                parent: element("parent", parent, r)?,
+            },
+            Action::Create { name, pos, parent } => InputKind::Create {
+                parent: parent
+                    .as_deref()
+                    .map(|p| element("parent", p, r))
+                    .transpose()?,
+                name: name.clone(),
+                pos: vec3("pos", pos)?,
+            },
+            Action::Delete { element: e } => InputKind::Delete {
+                element: element("element", e, r)?,
+            },
+            Action::Grant { player: p } => InputKind::Admin(AdminAction::Grant {
+                player: player("player", p, r)?,
+            }),
+            Action::Revoke { player: p } => InputKind::Admin(AdminAction::Revoke {
+                player: player("player", p, r)?,
+            }),
+            Action::Kick { player: p } => InputKind::Admin(AdminAction::Kick {
+                player: player("player", p, r)?,
+            }),
+            Action::Ban { player: p } => InputKind::Admin(AdminAction::Ban {
+                player: player("player", p, r)?,
+            }),
+            Action::Unban { player: p } => InputKind::Admin(AdminAction::Unban {
+                player: player("player", p, r)?,
+            }),
+            Action::Settings {
+                name,
+                temp_admin_absence_days,
+                temp_admin_recent_days,
+                spawn,
+                elements_max,
+                players_online_max,
+                chat_history_max,
+                text_bytes_max,
+            } => InputKind::Admin(AdminAction::Settings(SettingsPatch {
+                name: name.clone(),
+                temp_admin_absence_days: *temp_admin_absence_days,
+                temp_admin_recent_days: *temp_admin_recent_days,
+                spawn: spawn.as_deref().map(|s| vec3("spawn", s)).transpose()?,
+                elements_max: *elements_max,
+                players_online_max: *players_online_max,
+                chat_history_max: *chat_history_max,
+                text_bytes_max: *text_bytes_max,
+            })),
+        })
+    }
+}

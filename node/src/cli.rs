@@ -1,0 +1,378 @@
+//! The command line: `metatopia up | status | say | act | run | replay`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tracing::{info, warn};
+
+use metatopia_sim::state::{Settings, State};
+use metatopia_sim::{NoScripts, RegionId, Sim};
+
+use crate::client;
+use crate::datadir::{DataDir, NodeInfo, default_dir};
+use crate::http::{self, App};
+use crate::scenario;
+use crate::store::{Store, StoreError, hex};
+use crate::world;
+
+/// Metatopia: a peer-to-peer virtual world.
+#[derive(Debug, Parser)]
+#[command(name = "metatopia", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node hosting a private local world on 127.0.0.1, with the viewer.
+    Up {
+        /// Data directory (default: $METATOPIA_DATA or ~/.local/share/metatopia).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// HTTP address (loopback only unless you mean it).
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        http: SocketAddr,
+    },
+    /// Show the running node's status.
+    Status {
+        /// Data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say something in the local world (joins first if needed).
+    Say {
+        /// The text.
+        text: String,
+        /// Hearing radius in metres; default: the whole region.
+        #[arg(long)]
+        radius: Option<String>,
+        /// Data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Send any action as JSON, e.g. '{"do":"move","element":"me","to":"10,10,0"}'.
+    Act {
+        /// The action.
+        json: String,
+        /// Data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Run a scenario file headless; prints state_hash=<hex> last.
+    Run {
+        /// The scenario (TOML).
+        scenario: PathBuf,
+        /// Ticks to run (default: the scenario's).
+        #[arg(long)]
+        ticks: Option<u64>,
+    },
+    /// Re-execute a data directory's log from genesis, checking every hash.
+    Replay {
+        /// Data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+/// Runs a command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up { data, http } => up(&data.unwrap_or_else(default_dir), http),
+        Command::Status { data, json } => status(&data.unwrap_or_else(default_dir), json),
+        Command::Say { text, radius, data } => {
+            let mut action = serde_json::json!({"do": "say", "text": text});
+            if let Some(r) = radius {
+                action["radius"] = serde_json::Value::String(r);
+            }
+            act(&data.unwrap_or_else(default_dir), &action, true)
+        }
+        Command::Act { json, data } => {
+            let action: serde_json::Value =
+                serde_json::from_str(&json).context("the action is not valid JSON")?;
+            act(&data.unwrap_or_else(default_dir), &action, false)
+        }
+        Command::Run { scenario, ticks } => run_scenario(&scenario, ticks),
+        Command::Replay { data } => replay(&data.unwrap_or_else(default_dir)),
+    }
+}
+
+/// The genesis of a new local world: region 1, the local player its founder.
+fn genesis(dir: &DataDir) -> Result<State> {
+    Ok(State::new(
+        RegionId(1),
+        Settings::default(),
+        &[dir.player()?],
+    ))
+}
+
+fn up(path: &Path, addr: SocketAddr) -> Result<()> {
+    let dir = DataDir::open(path)?;
+    let lock = match dir.lock()? {
+        Ok(lock) => lock,
+        Err(info) => {
+            match info {
+                Some(i) => println!(
+                    "metatopia: a node is already running on {} at {} (pid {}); not starting another",
+                    path.display(),
+                    i.http,
+                    i.pid
+                ),
+                None => println!(
+                    "metatopia: a node is already running on {}; not starting another",
+                    path.display()
+                ),
+            }
+            return Ok(());
+        }
+    };
+    let store = Store::open(&dir.db_path())?;
+    if store.genesis_hash()?.is_none() {
+        let g = genesis(&dir)?;
+        store.init(&g)?;
+        info!(hash = %hex(&metatopia_sim::snapshot::state_hash(&g)), "new world created");
+    }
+    let (sim, recovery) = store.recover(&NoScripts)?;
+    if !recovery.skipped_snapshots.is_empty() {
+        warn!(skipped = ?recovery.skipped_snapshots, "corrupt snapshots skipped");
+    }
+    info!(
+        snapshot = recovery.snapshot_tick,
+        replayed = recovery.replayed,
+        "world recovered"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(serve(&dir, store, sim, addr));
+    dir.clear_node_info();
+    drop(lock);
+    result
+}
+
+async fn serve(dir: &DataDir, store: Store, sim: Sim, addr: SocketAddr) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (is the port in use? try --http 127.0.0.1:0)")
+    })?;
+    let local = listener.local_addr()?;
+    let base = format!("http://{local}");
+    let name = sim.state().settings.name.clone();
+    let (tick, hash) = (sim.tick(), sim.hash());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handle, thread) = world::start(
+        store,
+        sim,
+        Arc::new(NoScripts),
+        world::Config::default(),
+        stop.clone(),
+    )?;
+    let token = dir.token()?;
+    let app = App {
+        world: handle,
+        player: dir.player()?,
+        token: token.clone().into(),
+        data_dir: dir.path.display().to_string().into(),
+    };
+    dir.write_node_info(&NodeInfo {
+        http: base.clone(),
+        pid: std::process::id(),
+    })?;
+    println!(
+        "metatopia: world {name:?} (region 1) at tick {tick}, state_hash={}",
+        hex(&hash)
+    );
+    println!("metatopia: listening on {base}");
+    println!("metatopia: viewer {base}/#token={token}");
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            wait_for_signal().await;
+            info!("shutting down");
+            stop.store(true, Ordering::Relaxed);
+        }
+    };
+    axum::serve(listener, http::router(app))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    stop.store(true, Ordering::Relaxed);
+    let result = tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the tick thread panicked"))?;
+    result?;
+    println!("metatopia: stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn status(path: &Path, json: bool) -> Result<()> {
+    let dir = DataDir::open(path)?;
+    let base = dir.running_node()?;
+    let r = client::request(&base, "GET", "/api/status", &[], None)?;
+    if r.status != 200 {
+        bail!("status failed ({}): {}", r.status, r.text());
+    }
+    let v = r.json()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("node:        {base}");
+    println!("tick:        {}", v["tick"]);
+    println!("state_hash:  {}", v["state_hash"].as_str().unwrap_or(""));
+    if let Some(regions) = v["regions"].as_array() {
+        for r in regions {
+            println!(
+                "region {}:    {} ({} elements, {} online)",
+                r["id"], r["name"], r["elements"], r["players_online"]
+            );
+        }
+    }
+    if let Some(players) = v["players_online"].as_array() {
+        let names: Vec<&str> = players.iter().filter_map(|p| p["name"].as_str()).collect();
+        println!("online:      {}", names.join(", "));
+    }
+    Ok(())
+}
+
+fn post_action(base: &str, token: &str, action: &serde_json::Value) -> Result<client::Response> {
+    let auth = format!("Bearer {token}");
+    client::request(
+        base,
+        "POST",
+        "/api/regions/1/inputs",
+        &[("Authorization", auth.as_str())],
+        Some(&serde_json::to_vec(action)?),
+    )
+}
+
+fn act(path: &Path, action: &serde_json::Value, join_first: bool) -> Result<()> {
+    let dir = DataDir::open(path)?;
+    let base = dir.running_node()?;
+    let token = dir.token()?;
+    if join_first {
+        let me = dir.player()?.to_string();
+        let r = client::request(&base, "GET", "/api/regions/1/state", &[], None)?;
+        let online = r.json()?["players"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["id"] == me.as_str() && p["online"] == true)
+        });
+        if !online {
+            let user = std::env::var("USER").unwrap_or_else(|_| "me".into());
+            let r = post_action(
+                &base,
+                &token,
+                &serde_json::json!({"do": "join", "name": user}),
+            )?;
+            if r.status != 200 {
+                bail!(
+                    "join failed ({}): {}",
+                    r.status,
+                    r.json()
+                        .map(|v| v["error"].to_string())
+                        .unwrap_or_else(|_| r.text())
+                );
+            }
+        }
+    }
+    let r = post_action(&base, &token, action)?;
+    if r.status != 200 {
+        let msg = r
+            .json()
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| r.text());
+        bail!("{msg}");
+    }
+    let v = r.json()?;
+    println!("committed at tick {} (seq {})", v["tick"], v["seq"]);
+    Ok(())
+}
+
+fn run_scenario(path: &Path, ticks: Option<u64>) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.len() > scenario::FILE_BYTES_MAX as u64 {
+        bail!(
+            "{}: {} bytes, limit {}",
+            path.display(),
+            meta.len(),
+            scenario::FILE_BYTES_MAX
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let prepared =
+        scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let out = prepared
+        .run(ticks, &NoScripts)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for (id, sim) in &out.sims {
+        println!(
+            "region {}: tick {} elements {} players {} state_hash={}",
+            id,
+            sim.tick(),
+            sim.state().elements.len(),
+            sim.state().players.len(),
+            hex(&sim.hash())
+        );
+    }
+    println!(
+        "inputs: {} accepted, {} rejected, {} duplicates",
+        out.accepted, out.rejected, out.duplicates
+    );
+    println!("state_hash={}", hex(&out.state_hash()));
+    Ok(())
+}
+
+fn replay(path: &Path) -> Result<()> {
+    if !path.join("world.redb").exists() {
+        bail!("no world in {}", path.display());
+    }
+    let dir = DataDir::open(path)?;
+    let store = match Store::open(&dir.db_path()) {
+        Ok(s) => s,
+        Err(StoreError::InUse(_)) => bail!(
+            "the world in {} is open in a running node; stop it first",
+            path.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    match store.replay_all(&NoScripts) {
+        Ok((sim, count)) => {
+            println!("replayed {count} ticks from genesis; every checkpoint matches");
+            println!("state_hash={}", hex(&sim.hash()));
+            Ok(())
+        }
+        Err(e) => bail!("replay failed: {e}"),
+    }
+}

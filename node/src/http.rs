@@ -1,0 +1,234 @@
+//! The HTTP side (Lspace): JSON API, viewer page, metrics.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` | the browser viewer |
+//! | `GET /api/status` | tick, state hash, regions, players online |
+//! | `GET /api/regions/{id}/state` | the region as JSON; strong `ETag` = state hash, `If-None-Match` → 304 |
+//! | `POST /api/regions/{id}/inputs` | one action as the local player (bearer token); answers when committed |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Bodies are limited to [`BODY_BYTES_MAX`]; errors are JSON `{"error": "..."}`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use metatopia_sim::PlayerId;
+
+use crate::action::{Action, IdsOnly};
+use crate::store::hex;
+use crate::view;
+use crate::world::{Handle, SubmitError};
+
+/// Largest request body.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The world.
+    pub world: Handle,
+    /// The local player (inputs posted with the token act as this player).
+    pub player: PlayerId,
+    /// The bearer token.
+    pub token: Arc<str>,
+    /// Data directory, for status.
+    pub data_dir: Arc<str>,
+}
+
+/// The router.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(viewer))
+        .route("/api/status", get(status))
+        .route("/api/regions/{id}/state", get(region_state))
+        .route("/api/regions/{id}/inputs", post(post_input))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(app)
+}
+
+fn error(code: StatusCode, message: String) -> Response {
+    (code, axum::Json(json!({ "error": message }))).into_response()
+}
+
+async fn viewer() -> Html<&'static str> {
+    Html(include_str!("viewer.html"))
+}
+
+async fn status(State(app): State<App>) -> Response {
+    let latest = app.world.latest();
+    axum::Json(view::status(&latest.sim, app.player, &app.data_dir)).into_response()
+}
+
+fn check_region(app: &App, id: &str) -> Result<(), Box<Response>> {
+    let region = app.world.latest().sim.state().region;
+    if id.parse::<u32>().ok() == Some(region.0) {
+        Ok(())
+    } else {
+        Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("this node hosts region {region}, not {id:?}"),
+        )))
+    }
+}
+
+async fn region_state(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = check_region(&app, &id) {
+        return *r;
+    }
+    let latest = app.world.latest();
+    let etag = format!("\"{}\"", hex(&latest.sim.hash()));
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let etag_value = HeaderValue::from_str(&etag).expect("hex in quotes is a valid header");
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
+    }
+    (
+        [
+            (header::ETAG, etag_value),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        axum::Json(view::region_state(&latest.sim)),
+    )
+        .into_response()
+}
+
+fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(given) = value.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // Constant-time comparison of equal-length strings.
+    let (a, b) = (given.trim().as_bytes(), app.token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn post_input(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&app, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (see the `token` file in the data directory)".into(),
+        );
+    }
+    if let Err(r) = check_region(&app, &id) {
+        return *r;
+    }
+    let action: Action = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid action: {e}")),
+    };
+    let avatar = app
+        .world
+        .latest()
+        .sim
+        .state()
+        .players
+        .get(&app.player)
+        .and_then(|p| p.avatar);
+    let kind = match action.to_input(&IdsOnly { avatar }) {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid action: {e}")),
+    };
+    match app.world.submit(app.player, kind).await {
+        Ok(receipt) => axum::Json(receipt).into_response(),
+        Err(SubmitError::Rejected(reason)) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("rejected: {reason}"),
+        ),
+        Err(SubmitError::Busy) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            SubmitError::Busy.to_string(),
+        ),
+        Err(SubmitError::Stopped) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            SubmitError::Stopped.to_string(),
+        ),
+    }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    use prometheus_client::registry::Registry;
+
+    let c = &app.world.counters;
+    let latest = app.world.latest();
+    let s = latest.sim.state();
+    let mut reg = Registry::with_prefix("metatopia");
+    let counter = |v: &std::sync::atomic::AtomicU64| ConstCounter::new(v.load(Ordering::Relaxed));
+    reg.register("ticks", "Ticks executed since start", counter(&c.ticks));
+    reg.register("inputs_accepted", "Inputs accepted", counter(&c.accepted));
+    reg.register(
+        "inputs_rejected",
+        "Inputs refused by the sim",
+        counter(&c.rejected),
+    );
+    reg.register(
+        "inputs_busy",
+        "Inputs refused because the queue was full",
+        counter(&c.busy),
+    );
+    reg.register(
+        "tick_seconds",
+        "Time spent executing and committing ticks",
+        ConstCounter::new(c.tick_us_total.load(Ordering::Relaxed) as f64 / 1e6),
+    );
+    reg.register(
+        "tick",
+        "Next tick to execute",
+        ConstGauge::new(s.tick as i64),
+    );
+    reg.register(
+        "elements",
+        "Elements in the region",
+        ConstGauge::new(s.element_count() as i64),
+    );
+    reg.register(
+        "players_online",
+        "Players online",
+        ConstGauge::new(s.online().count() as i64),
+    );
+    let mut out = String::new();
+    if encode(&mut out, &reg).is_err() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics encoding failed".into(),
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,516 @@
+//! Scenario files: a world and its inputs in TOML, run headless.
+//!
+//! The format is documented in `docs/scenario.md`. Parsing checks every
+//! reference before anything runs, and each error names the field that is
+//! wrong (`input[3].element: no object with key "crate"`).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use metatopia_sim::input::Input;
+use metatopia_sim::state::{ElementKind, Settings, State};
+use metatopia_sim::{Batch, ElementId, PlayerId, RegionId, ScriptHost, Sim, Vec3};
+
+use crate::action::{Action, Resolve};
+
+/// Largest scenario file accepted, bytes.
+pub const FILE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Most ticks a scenario may ask for.
+pub const TICKS_MAX: u64 = 100_000_000;
+
+/// A scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Ticks to run; default: one past the last input's tick.
+    #[serde(default)]
+    pub ticks: Option<u64>,
+    /// Sim time per tick, ms (default 50: 20 Hz).
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Sim time of tick 0, ms.
+    #[serde(default)]
+    pub start_ms: u64,
+    /// Regions (at least one).
+    #[serde(default, rename = "region")]
+    pub regions: Vec<RegionSpec>,
+    /// Players, named for reference.
+    #[serde(default, rename = "player")]
+    pub players: Vec<PlayerSpec>,
+    /// Objects in the genesis state.
+    #[serde(default, rename = "object")]
+    pub objects: Vec<ObjectSpec>,
+    /// Inputs at ticks.
+    #[serde(default, rename = "input")]
+    pub inputs: Vec<InputSpec>,
+    /// Clock jumps: from `tick` on, time is `time_ms + (t - tick) * tick_ms`.
+    #[serde(default, rename = "clock")]
+    pub clock: Vec<ClockSpec>,
+}
+
+fn default_tick_ms() -> u64 {
+    50
+}
+
+/// A region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionSpec {
+    /// Region id.
+    pub id: u32,
+    /// Player names who start as permanent admins.
+    #[serde(default)]
+    pub founders: Vec<String>,
+    /// Settings; absent ones keep their defaults.
+    #[serde(default)]
+    pub settings: SettingsSpec,
+}
+
+/// Region settings in a scenario.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct SettingsSpec {
+    pub name: Option<String>,
+    pub tick_rate_hz: Option<u32>,
+    pub temp_admin_absence_days: Option<u32>,
+    pub temp_admin_recent_days: Option<u32>,
+    pub size: Option<String>,
+    pub spawn: Option<String>,
+    pub elements_max: Option<u32>,
+    pub depth_max: Option<u32>,
+    pub players_online_max: Option<u32>,
+    pub chat_history_max: Option<u32>,
+    pub text_bytes_max: Option<u32>,
+    pub name_bytes_max: Option<u32>,
+    pub inputs_per_player_per_tick_max: Option<u32>,
+}
+
+/// A player.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlayerSpec {
+    /// Name used in this file.
+    pub name: String,
+    /// Key (64 hex digits); default: derived from the name.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// An object present at genesis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectSpec {
+    /// Reference name, used as `@key` in inputs.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Region; default: the first region.
+    #[serde(default)]
+    pub region: Option<u32>,
+    /// Display name.
+    pub name: String,
+    /// Position `"x,y,z"`.
+    pub pos: String,
+    /// Owning player's name.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Parent `@key`; default: the region root.
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+/// An input at a tick.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InputSpec {
+    /// The tick.
+    pub tick: u64,
+    /// The acting player's name (or key).
+    pub player: String,
+    /// Region; default: the first region.
+    #[serde(default)]
+    pub region: Option<u32>,
+    /// Sequence number; default: the player's next.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// What to do (`do = "..."` and its fields).
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// A clock jump.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockSpec {
+    /// From this tick on...
+    pub tick: u64,
+    /// ...time is this (plus tick_ms per tick after it).
+    pub time_ms: u64,
+}
+
+/// What is wrong with a scenario.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScenarioError {
+    /// Not valid TOML, or a field of the wrong type or name.
+    #[error("{0}")]
+    Syntax(String),
+    /// A field's value is wrong.
+    #[error("{field}: {message}")]
+    Field {
+        /// Where, e.g. `input[3].element`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn field(field: impl Into<String>, message: impl Into<String>) -> ScenarioError {
+    ScenarioError::Field {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// One input waiting for its tick: (index in the file, player, explicit
+/// sequence number, action).
+pub type PendingInput = (usize, PlayerId, Option<u64>, Action);
+
+/// A scenario checked and ready to run.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Genesis states by region.
+    pub genesis: BTreeMap<RegionId, State>,
+    /// Inputs by (tick, region), in file order, with sequence numbers.
+    pub inputs: BTreeMap<(u64, RegionId), Vec<PendingInput>>,
+    /// Object keys.
+    pub keys: BTreeMap<String, ElementId>,
+    /// Player names.
+    pub names: BTreeMap<String, PlayerId>,
+    /// Ticks to run.
+    pub ticks: u64,
+    tick_ms: u64,
+    start_ms: u64,
+    clock: Vec<ClockSpec>,
+}
+
+/// Parses and checks a scenario.
+pub fn parse(text: &str) -> Result<Prepared, ScenarioError> {
+    if text.len() > FILE_BYTES_MAX {
+        return Err(field(
+            "file",
+            format!("{} bytes, limit {FILE_BYTES_MAX}", text.len()),
+        ));
+    }
+    let sc: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Syntax(e.to_string()))?;
+    prepare(sc)
+}
+
+fn prepare(sc: Scenario) -> Result<Prepared, ScenarioError> {
+    if sc.regions.is_empty() {
+        return Err(field("region", "a scenario needs at least one [[region]]"));
+    }
+    let mut names = BTreeMap::new();
+    for (i, p) in sc.players.iter().enumerate() {
+        let id = match &p.key {
+            Some(k) => k
+                .parse()
+                .map_err(|e| field(format!("player[{i}].key"), format!("{e}")))?,
+            None => PlayerId::from_name(&p.name),
+        };
+        if names.insert(p.name.clone(), id).is_some() {
+            return Err(field(
+                format!("player[{i}].name"),
+                format!("{:?} is defined twice", p.name),
+            ));
+        }
+    }
+    let player = |f: String, name: &str| -> Result<PlayerId, ScenarioError> {
+        names
+            .get(name)
+            .copied()
+            .or_else(|| name.parse().ok())
+            .ok_or_else(|| field(f, format!("no [[player]] named {name:?}")))
+    };
+    let mut genesis = BTreeMap::new();
+    for (i, r) in sc.regions.iter().enumerate() {
+        let settings = settings(&r.settings, &format!("region[{i}].settings"))?;
+        let founders = r
+            .founders
+            .iter()
+            .enumerate()
+            .map(|(j, n)| player(format!("region[{i}].founders[{j}]"), n))
+            .collect::<Result<Vec<_>, _>>()?;
+        if genesis
+            .insert(
+                RegionId(r.id),
+                State::new(RegionId(r.id), settings, &founders),
+            )
+            .is_some()
+        {
+            return Err(field(
+                format!("region[{i}].id"),
+                format!("region {} is defined twice", r.id),
+            ));
+        }
+    }
+    let first = RegionId(sc.regions[0].id);
+    let region_ids: Vec<RegionId> = genesis.keys().copied().collect();
+    let region_of = |f: String, r: Option<u32>| -> Result<RegionId, ScenarioError> {
+        let id = r.map(RegionId).unwrap_or(first);
+        if region_ids.contains(&id) {
+            Ok(id)
+        } else {
+            Err(field(f, format!("no [[region]] with id {}", id.0)))
+        }
+    };
+    let mut keys = BTreeMap::new();
+    for (i, o) in sc.objects.iter().enumerate() {
+        let region = region_of(format!("object[{i}].region"), o.region)?;
+        let pos: Vec3 = o
+            .pos
+            .parse()
+            .map_err(|e| field(format!("object[{i}].pos"), format!("{e}")))?;
+        let owner = o
+            .owner
+            .as_deref()
+            .map(|n| player(format!("object[{i}].owner"), n))
+            .transpose()?;
+        let state = genesis.get_mut(&region).expect("region checked above");
+        let (parent, kind) = match &o.parent {
+            None => (state.root(), ElementKind::Object),
+            Some(p) => {
+                let key = p.strip_prefix('@').unwrap_or(p);
+                let id = keys.get(key).copied().ok_or_else(|| {
+                    field(
+                        format!("object[{i}].parent"),
+                        format!("no earlier [[object]] with key {key:?}"),
+                    )
+                })?;
+                (id, ElementKind::Part)
+            }
+        };
+        let id = state
+            .add_child(parent, kind, owner, &o.name, pos)
+            .map_err(|e| field(format!("object[{i}]"), e.to_string()))?;
+        if let Some(k) = &o.key
+            && keys.insert(k.clone(), id).is_some()
+        {
+            return Err(field(
+                format!("object[{i}].key"),
+                format!("{k:?} is used twice"),
+            ));
+        }
+    }
+    let mut inputs: BTreeMap<(u64, RegionId), Vec<_>> = BTreeMap::new();
+    let mut last_tick = 0;
+    for (i, inp) in sc.inputs.iter().enumerate() {
+        let region = region_of(format!("input[{i}].region"), inp.region)?;
+        let who = player(format!("input[{i}].player"), &inp.player)?;
+        if inp.tick >= TICKS_MAX {
+            return Err(field(
+                format!("input[{i}].tick"),
+                format!("must be below {TICKS_MAX}"),
+            ));
+        }
+        // Resolve references now, so errors surface before anything runs
+        // ("me" can only be resolved while running).
+        let check = Resolver {
+            keys: &keys,
+            names: &names,
+            avatar: Some(ElementId::new(region.0, 0)),
+        };
+        inp.action
+            .to_input(&check)
+            .map_err(|e| field(format!("input[{i}].{}", e.field), e.message))?;
+        last_tick = last_tick.max(inp.tick + 1);
+        inputs
+            .entry((inp.tick, region))
+            .or_default()
+            .push((i, who, inp.seq, inp.action.clone()));
+    }
+    let ticks = sc.ticks.unwrap_or(last_tick);
+    if ticks > TICKS_MAX {
+        return Err(field("ticks", format!("must be at most {TICKS_MAX}")));
+    }
+    if sc.tick_ms == 0 {
+        return Err(field("tick_ms", "must be at least 1"));
+    }
+    let mut clock = sc.clock.clone();
+    clock.sort_by_key(|c| c.tick);
+    Ok(Prepared {
+        genesis,
+        inputs,
+        keys,
+        names,
+        ticks,
+        tick_ms: sc.tick_ms,
+        start_ms: sc.start_ms,
+        clock,
+    })
+}
+
+fn settings(s: &SettingsSpec, at: &str) -> Result<Settings, ScenarioError> {
+    let mut out = Settings::default();
+    let vec = |f: &str, v: &str| -> Result<Vec3, ScenarioError> {
+        v.parse()
+            .map_err(|e| field(format!("{at}.{f}"), format!("{e}")))
+    };
+    if let Some(v) = &s.name {
+        out.name = v.clone();
+    }
+    if let Some(v) = s.tick_rate_hz {
+        if !(1..=1000).contains(&v) {
+            return Err(field(format!("{at}.tick_rate_hz"), "must be in 1..=1000"));
+        }
+        out.tick_rate_hz = v;
+    }
+    if let Some(v) = &s.size {
+        out.size = vec("size", v)?;
+    }
+    if let Some(v) = &s.spawn {
+        out.spawn = vec("spawn", v)?;
+    }
+    macro_rules! copy {
+        ($($f:ident),*) => { $( if let Some(v) = s.$f { out.$f = v; } )* };
+    }
+    copy!(
+        temp_admin_absence_days,
+        temp_admin_recent_days,
+        elements_max,
+        depth_max,
+        players_online_max,
+        chat_history_max,
+        text_bytes_max,
+        name_bytes_max,
+        inputs_per_player_per_tick_max
+    );
+    Ok(out)
+}
+
+struct Resolver<'a> {
+    keys: &'a BTreeMap<String, ElementId>,
+    names: &'a BTreeMap<String, PlayerId>,
+    avatar: Option<ElementId>,
+}
+
+impl Resolve for Resolver<'_> {
+    fn element_key(&self, key: &str) -> Option<ElementId> {
+        self.keys.get(key).copied()
+    }
+
+    fn player_name(&self, name: &str) -> Option<PlayerId> {
+        self.names.get(name).copied()
+    }
+
+    fn my_avatar(&self) -> Option<ElementId> {
+        self.avatar
+    }
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Ticks run.
+    pub ticks: u64,
+    /// Final sims by region.
+    pub sims: BTreeMap<RegionId, Sim>,
+    /// Inputs accepted, rejected, dropped as duplicates (all regions).
+    pub accepted: u64,
+    /// Rejected inputs.
+    pub rejected: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+}
+
+impl Outcome {
+    /// The scenario's state hash: the region's hash when there is one
+    /// region, else blake3 over `(region id, hash)` in id order.
+    pub fn state_hash(&self) -> [u8; 32] {
+        if self.sims.len() == 1
+            && let Some(sim) = self.sims.values().next()
+        {
+            return sim.hash();
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"metatopia scenario regions\0");
+        for (id, sim) in &self.sims {
+            h.update(&id.0.to_le_bytes());
+            h.update(&sim.hash());
+        }
+        *h.finalize().as_bytes()
+    }
+}
+
+impl Prepared {
+    /// Sim time at tick `t`.
+    pub fn time_at(&self, t: u64) -> u64 {
+        match self.clock.iter().rev().find(|c| c.tick <= t) {
+            Some(c) => c
+                .time_ms
+                .saturating_add((t - c.tick).saturating_mul(self.tick_ms)),
+            None => self.start_ms.saturating_add(t.saturating_mul(self.tick_ms)),
+        }
+    }
+
+    /// Runs `ticks` ticks (default: the scenario's).
+    pub fn run(&self, ticks: Option<u64>, host: &dyn ScriptHost) -> Result<Outcome, ScenarioError> {
+        let ticks = ticks.unwrap_or(self.ticks);
+        let mut sims: BTreeMap<RegionId, Sim> = self
+            .genesis
+            .iter()
+            .map(|(id, s)| (*id, Sim::new(s.clone())))
+            .collect();
+        let mut seqs: BTreeMap<(RegionId, PlayerId), u64> = BTreeMap::new();
+        let mut out = Outcome {
+            ticks,
+            sims: BTreeMap::new(),
+            accepted: 0,
+            rejected: 0,
+            duplicates: 0,
+        };
+        let mut time = 0;
+        for t in 0..ticks {
+            // Clock jumps never go back: time is the running maximum.
+            time = self.time_at(t).max(time);
+            for (region, sim) in sims.iter_mut() {
+                let mut inputs = Vec::new();
+                if let Some(list) = self.inputs.get(&(t, *region)) {
+                    for (i, who, seq, action) in list {
+                        let avatar = sim.state().players.get(who).and_then(|p| p.avatar);
+                        let resolver = Resolver {
+                            keys: &self.keys,
+                            names: &self.names,
+                            avatar,
+                        };
+                        let kind = action
+                            .to_input(&resolver)
+                            .map_err(|e| field(format!("input[{i}].{}", e.field), e.message))?;
+                        let next = seqs.entry((*region, *who)).or_insert(0);
+                        let seq = seq.unwrap_or(*next + 1);
+                        *next = (*next).max(seq);
+                        inputs.push(Input {
+                            player: *who,
+                            seq,
+                            kind,
+                        });
+                    }
+                }
+                let report = sim
+                    .step(
+                        &Batch {
+                            tick: t,
+                            time_ms: time,
+                            inputs,
+                        },
+                        host,
+                    )
+                    .map_err(|e| field("clock", e.to_string()))?;
+                out.accepted += u64::from(report.accepted);
+                out.rejected += u64::from(report.rejected);
+                out.duplicates += u64::from(report.duplicates);
+            }
+        }
+        out.sims = sims;
+        Ok(out)
+    }
+}

@@ -1,0 +1,393 @@
+//! Persistence in redb: the genesis snapshot, the batch log with the state
+//! hash after every tick (checkpoints), and periodic snapshots.
+//!
+//! Each tick is one write transaction (batch + checkpoint, plus a snapshot
+//! every `snapshot_every` ticks), committed with fsync before anyone is told
+//! the tick happened. A `kill -9` therefore loses at most the tick in
+//! flight, which nobody had been told about. Every record is a versioned
+//! envelope; reading checks it, and recovery checks every hash.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use metatopia_sim::snapshot::{self, DecodeError};
+use metatopia_sim::{Batch, ScriptHost, Sim, State};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+
+/// Magic of a log record.
+pub const LOG_MAGIC: [u8; 4] = *b"MTLR";
+
+/// One executed tick: the agreed batch and the state hash after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// The batch.
+    pub batch: Batch,
+    /// The state hash after executing it.
+    pub hash: [u8; 32],
+}
+
+/// Why the store failed or refused its contents.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    #[error("database: {0}")]
+    Db(String),
+    /// Another process has the database open.
+    #[error("the database at {0} is in use by another process (is a node running?)")]
+    InUse(String),
+    /// A stored record does not decode.
+    #[error("corrupt {what} at tick {tick}: {source}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// Its tick.
+        tick: u64,
+        /// The decode error.
+        source: DecodeError,
+    },
+    /// Re-execution does not give the recorded hash.
+    #[error("state hash mismatch at tick {tick}: log says {expected}, replay gives {got}")]
+    Mismatch {
+        /// The tick.
+        tick: u64,
+        /// Recorded hash (hex).
+        expected: String,
+        /// Computed hash (hex).
+        got: String,
+    },
+    /// The log has a gap or a batch that does not execute.
+    #[error("log broken at tick {tick}: {message}")]
+    Broken {
+        /// The tick.
+        tick: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store has no world yet.
+    #[error("no world in this data directory")]
+    Empty,
+}
+
+fn db<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The database of one data directory.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+}
+
+/// What recovery found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The snapshot tick recovery started from.
+    pub snapshot_tick: u64,
+    /// Batches re-executed after it.
+    pub replayed: u64,
+    /// Snapshots skipped because they were corrupt or did not match.
+    pub skipped_snapshots: Vec<(u64, String)>,
+}
+
+impl Store {
+    /// Opens (or creates) the database file.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let database = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse(path.display().to_string())
+            }
+            other => db(other),
+        })?;
+        let txn = database.begin_write().map_err(db)?;
+        txn.open_table(META).map_err(db)?;
+        txn.open_table(LOG).map_err(db)?;
+        txn.open_table(SNAPSHOTS).map_err(db)?;
+        txn.commit().map_err(db)?;
+        Ok(Store { db: database })
+    }
+
+    /// The genesis state hash, if a world exists.
+    pub fn genesis_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let meta = txn.open_table(META).map_err(db)?;
+        let Some(v) = meta.get("genesis_hash").map_err(db)? else {
+            return Ok(None);
+        };
+        let bytes = v.value();
+        let hash: [u8; 32] = bytes.try_into().map_err(|_| StoreError::Broken {
+            tick: 0,
+            message: "genesis hash is not 32 bytes".into(),
+        })?;
+        Ok(Some(hash))
+    }
+
+    /// Writes the genesis state (snapshot at tick 0).
+    pub fn init(&self, genesis: &State) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db)?;
+            meta.insert("genesis_hash", &snapshot::state_hash(genesis)[..])
+                .map_err(db)?;
+            let mut snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
+            snaps
+                .insert(genesis.tick, &snapshot::encode_state(genesis)[..])
+                .map_err(db)?;
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// Appends one executed tick, with a snapshot of the state after it.
+    pub fn append(&self, record: &LogRecord, snapshot: Option<&State>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut log = txn.open_table(LOG).map_err(db)?;
+            log.insert(record.batch.tick, &snapshot::encode(LOG_MAGIC, record)[..])
+                .map_err(db)?;
+            if let Some(state) = snapshot {
+                let mut snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
+                snaps
+                    .insert(state.tick, &snapshot::encode_state(state)[..])
+                    .map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// The log record of tick `tick`.
+    pub fn record(&self, tick: u64) -> Result<Option<LogRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let log = txn.open_table(LOG).map_err(db)?;
+        let Some(v) = log.get(tick).map_err(db)? else {
+            return Ok(None);
+        };
+        snapshot::decode(LOG_MAGIC, v.value())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                what: "log record",
+                tick,
+                source,
+            })
+    }
+
+    /// The ticks that have snapshots, ascending.
+    pub fn snapshot_ticks(&self) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
+        let mut out = Vec::new();
+        for item in snaps.iter().map_err(db)? {
+            let (k, _) = item.map_err(db)?;
+            out.push(k.value());
+        }
+        Ok(out)
+    }
+
+    /// The snapshot bytes at `tick`.
+    pub fn snapshot_bytes(&self, tick: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
+        Ok(snaps.get(tick).map_err(db)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The last logged tick, if any.
+    pub fn last_tick(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let log = txn.open_table(LOG).map_err(db)?;
+        Ok(log.last().map_err(db)?.map(|(k, _)| k.value()))
+    }
+
+    /// The hash a state with `state_tick` ticks executed must have.
+    fn expected_hash(&self, state_tick: u64) -> Result<[u8; 32], StoreError> {
+        if state_tick == 0 {
+            return self.genesis_hash()?.ok_or(StoreError::Empty);
+        }
+        let record = self
+            .record(state_tick - 1)?
+            .ok_or_else(|| StoreError::Broken {
+                tick: state_tick - 1,
+                message: "no log record for a snapshot's tick".into(),
+            })?;
+        Ok(record.hash)
+    }
+
+    /// The verified state of the snapshot at `tick`.
+    fn verified_snapshot(&self, tick: u64) -> Result<State, StoreError> {
+        let bytes = self
+            .snapshot_bytes(tick)?
+            .ok_or_else(|| StoreError::Broken {
+                tick,
+                message: "snapshot missing".into(),
+            })?;
+        let state = snapshot::decode_state(&bytes).map_err(|source| StoreError::Corrupt {
+            what: "snapshot",
+            tick,
+            source,
+        })?;
+        let expected = self.expected_hash(tick)?;
+        let got = snapshot::state_hash(&state);
+        if state.tick != tick || got != expected {
+            return Err(StoreError::Mismatch {
+                tick,
+                expected: hex(&expected),
+                got: hex(&got),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Re-executes the log from `sim` to the end, checking every checkpoint.
+    /// `on_tick` sees each verified tick.
+    pub fn replay_from(
+        &self,
+        sim: &mut Sim,
+        host: &dyn ScriptHost,
+        mut on_tick: impl FnMut(&Sim),
+    ) -> Result<u64, StoreError> {
+        let from = sim.tick();
+        let txn = self.db.begin_read().map_err(db)?;
+        let log = txn.open_table(LOG).map_err(db)?;
+        let mut count = 0;
+        for item in log.range(from..).map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            let tick = k.value();
+            let record: LogRecord =
+                snapshot::decode(LOG_MAGIC, v.value()).map_err(|source| StoreError::Corrupt {
+                    what: "log record",
+                    tick,
+                    source,
+                })?;
+            if tick != sim.tick() || record.batch.tick != tick {
+                return Err(StoreError::Broken {
+                    tick,
+                    message: format!("expected tick {}", sim.tick()),
+                });
+            }
+            let report = sim
+                .step(&record.batch, host)
+                .map_err(|e| StoreError::Broken {
+                    tick,
+                    message: e.to_string(),
+                })?;
+            if report.hash != record.hash {
+                return Err(StoreError::Mismatch {
+                    tick,
+                    expected: hex(&record.hash),
+                    got: hex(&report.hash),
+                });
+            }
+            count += 1;
+            on_tick(sim);
+        }
+        Ok(count)
+    }
+
+    /// Rebuilds the latest state: the newest snapshot that verifies, then
+    /// the log after it, every hash checked. Corrupt snapshots are skipped
+    /// (and reported); a corrupt log is an error naming the tick.
+    pub fn recover(&self, host: &dyn ScriptHost) -> Result<(Sim, Recovery), StoreError> {
+        if self.genesis_hash()?.is_none() {
+            return Err(StoreError::Empty);
+        }
+        let mut skipped = Vec::new();
+        for tick in self.snapshot_ticks()?.into_iter().rev() {
+            match self.verified_snapshot(tick) {
+                Ok(state) => {
+                    let mut sim = Sim::new(state);
+                    let replayed = self.replay_from(&mut sim, host, |_| {})?;
+                    return Ok((
+                        sim,
+                        Recovery {
+                            snapshot_tick: tick,
+                            replayed,
+                            skipped_snapshots: skipped,
+                        },
+                    ));
+                }
+                Err(e) => skipped.push((tick, e.to_string())),
+            }
+        }
+        Err(StoreError::Broken {
+            tick: 0,
+            message: format!("no snapshot verifies: {skipped:?}"),
+        })
+    }
+
+    /// Full verification from genesis: every batch re-executed, every
+    /// checkpoint and every later snapshot compared. Returns the final sim.
+    pub fn replay_all(&self, host: &dyn ScriptHost) -> Result<(Sim, u64), StoreError> {
+        let genesis = self.verified_snapshot(0)?;
+        let snapshot_ticks = self.snapshot_ticks()?;
+        let mut sim = Sim::new(genesis);
+        let mut snapshot_error = None;
+        let count = self.replay_from(&mut sim, host, |s| {
+            let tick = s.tick();
+            if snapshot_error.is_none() && snapshot_ticks.binary_search(&tick).is_ok() {
+                match self.snapshot_bytes(tick) {
+                    Ok(Some(bytes)) => match snapshot::decode_state(&bytes) {
+                        Ok(state) if snapshot::state_hash(&state) == s.hash() => {}
+                        Ok(state) => {
+                            snapshot_error = Some(StoreError::Mismatch {
+                                tick,
+                                expected: hex(&s.hash()),
+                                got: hex(&snapshot::state_hash(&state)),
+                            })
+                        }
+                        Err(source) => {
+                            snapshot_error = Some(StoreError::Corrupt {
+                                what: "snapshot",
+                                tick,
+                                source,
+                            })
+                        }
+                    },
+                    Ok(None) => {}
+                    Err(e) => snapshot_error = Some(e),
+                }
+            }
+        })?;
+        if let Some(e) = snapshot_error {
+            return Err(e);
+        }
+        Ok((sim, count))
+    }
+
+    /// Overwrites raw bytes of a record (for corruption tests and repair
+    /// tools): `table` is `"log"` or `"snapshots"`.
+    pub fn write_raw(&self, table: &str, tick: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let def = match table {
+            "log" => LOG,
+            "snapshots" => SNAPSHOTS,
+            other => {
+                return Err(StoreError::Db(format!("no table {other:?}")));
+            }
+        };
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = txn.open_table(def).map_err(db)?;
+            t.insert(tick, bytes).map_err(db)?;
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// Raw bytes of a record (`"log"` or `"snapshots"`).
+    pub fn read_raw(&self, table: &str, tick: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        match table {
+            "snapshots" => self.snapshot_bytes(tick),
+            "log" => {
+                let txn = self.db.begin_read().map_err(db)?;
+                let log = txn.open_table(LOG).map_err(db)?;
+                Ok(log.get(tick).map_err(db)?.map(|v| v.value().to_vec()))
+            }
+            other => Err(StoreError::Db(format!("no table {other:?}"))),
+        }
+    }
+}
