@@ -144,6 +144,16 @@ fn up(path: &Path, addr: SocketAddr) -> Result<()> {
     let (sim, recovery) = store.recover(&NoScripts)?;
     if !recovery.skipped_snapshots.is_empty() {
         warn!(skipped = ?recovery.skipped_snapshots, "corrupt snapshots skipped");
+        eprintln!(
+            "metatopia: warning: corrupt snapshots skipped: {:?}",
+            recovery.skipped_snapshots
+        );
+    }
+    if !recovery.corrupt_records.is_empty() {
+        eprintln!(
+            "metatopia: warning: the log has corrupt records before tick {} (the world is intact; `metatopia replay` from genesis will fail): {:?}",
+            recovery.snapshot_tick, recovery.corrupt_records
+        );
     }
     info!(
         snapshot = recovery.snapshot_tick,
@@ -337,12 +347,18 @@ fn run_scenario(path: &Path, ticks: Option<u64>) -> Result<()> {
         .run(ticks, &NoScripts)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     for (id, sim) in &out.sims {
+        let s = sim.state();
+        let temp_admin = s
+            .temp_admin
+            .and_then(|p| s.players.get(&p).map(|pl| pl.name.clone()))
+            .unwrap_or_else(|| "none".into());
         println!(
-            "region {}: tick {} elements {} players {} state_hash={}",
+            "region {}: tick {} elements {} players {} temp_admin={} state_hash={}",
             id,
             sim.tick(),
-            sim.state().elements.len(),
-            sim.state().players.len(),
+            s.elements.len(),
+            s.players.len(),
+            temp_admin,
             hex(&sim.hash())
         );
     }

@@ -126,7 +126,7 @@ pub struct InputSpec {
     /// The tick.
     pub tick: u64,
     /// The acting player's name (or key).
-    pub player: String,
+    pub by: String,
     /// Region; default: the first region.
     #[serde(default)]
     pub region: Option<u32>,
@@ -305,7 +305,7 @@ fn prepare(sc: Scenario) -> Result<Prepared, ScenarioError> {
     let mut last_tick = 0;
     for (i, inp) in sc.inputs.iter().enumerate() {
         let region = region_of(format!("input[{i}].region"), inp.region)?;
-        let who = player(format!("input[{i}].player"), &inp.player)?;
+        let who = player(format!("input[{i}].by"), &inp.by)?;
         if inp.tick >= TICKS_MAX {
             return Err(field(
                 format!("input[{i}].tick"),

@@ -1,0 +1,160 @@
+//! Replay and recovery refuse corrupt logs and snapshots, naming the tick,
+//! and never accept them silently.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::run;
+use metatopia_node::store::{LOG_MAGIC, LogRecord, Store};
+use metatopia_sim::input::{Input, InputKind};
+use metatopia_sim::state::{Settings, State};
+use metatopia_sim::{Batch, NoScripts, PlayerId, RegionId, Sim, snapshot};
+
+const P: PlayerId = PlayerId::from_byte(7);
+
+/// A world of 30 ticks with snapshots at ticks 10, 20, 30.
+fn build(dir: &Path) -> String {
+    let store = Store::open(&dir.join("world.redb")).unwrap();
+    let genesis = State::new(RegionId(1), Settings::default(), &[P]);
+    store.init(&genesis).unwrap();
+    let mut sim = Sim::new(genesis);
+    for t in 0..30u64 {
+        let kind = if t == 0 {
+            InputKind::Join { name: "p".into() }
+        } else {
+            InputKind::Say {
+                text: format!("tick {t}"),
+                radius: None,
+            }
+        };
+        let batch = Batch {
+            tick: t,
+            time_ms: 1000 + t * 50,
+            inputs: vec![Input {
+                player: P,
+                seq: t + 1,
+                kind,
+            }],
+        };
+        let report = sim.step(&batch, &NoScripts).unwrap();
+        let snap = (sim.tick() % 10 == 0).then(|| sim.state());
+        store
+            .append(
+                &LogRecord {
+                    batch,
+                    hash: report.hash,
+                },
+                snap,
+            )
+            .unwrap();
+    }
+    metatopia_node::store::hex(&sim.hash())
+}
+
+fn replay(dir: &Path) -> (bool, String) {
+    let out = run(&["replay", "--data", dir.to_str().unwrap()]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_clean_log_replays_to_the_same_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = build(dir.path());
+    let (ok, text) = replay(dir.path());
+    assert!(ok, "{text}");
+    assert!(text.contains("replayed 30 ticks"), "{text}");
+    assert!(
+        text.trim_end().ends_with(&format!("state_hash={hash}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_flipped_byte_in_the_log_is_reported_with_its_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    {
+        let store = Store::open(&dir.path().join("world.redb")).unwrap();
+        let mut raw = store.read_raw("log", 17).unwrap().unwrap();
+        // The first payload byte: the batch's tick.
+        raw[6] ^= 0x55;
+        store.write_raw("log", 17, &raw).unwrap();
+    }
+    let (ok, text) = replay(dir.path());
+    assert!(!ok);
+    assert!(text.contains("tick 17"), "{text}");
+    // Recovery starts from snapshot 30 (intact) but reports the bad record.
+    let store = Store::open(&dir.path().join("world.redb")).unwrap();
+    let (_, recovery) = store.recover(&NoScripts).unwrap();
+    assert_eq!(recovery.corrupt_records.len(), 1, "{recovery:?}");
+    assert_eq!(recovery.corrupt_records[0].0, 17);
+    // With the later snapshots gone, recovery must replay through tick 17
+    // and refuses.
+    drop(store);
+    let store = Store::open(&dir.path().join("world.redb")).unwrap();
+    for t in [20, 30] {
+        let mut raw = store.read_raw("snapshots", t).unwrap().unwrap();
+        raw[0] = b'X';
+        store.write_raw("snapshots", t, &raw).unwrap();
+    }
+    let err = store.recover(&NoScripts).unwrap_err().to_string();
+    assert!(err.contains("tick 17"), "{err}");
+}
+
+#[test]
+fn a_valid_but_altered_batch_is_a_hash_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    {
+        let store = Store::open(&dir.path().join("world.redb")).unwrap();
+        let mut record = store.record(12).unwrap().unwrap();
+        record.batch.inputs[0].kind = InputKind::Say {
+            text: "forged".into(),
+            radius: None,
+        };
+        store
+            .write_raw("log", 12, &snapshot::encode(LOG_MAGIC, &record))
+            .unwrap();
+    }
+    let (ok, text) = replay(dir.path());
+    assert!(!ok);
+    assert!(text.contains("state hash mismatch at tick 12"), "{text}");
+}
+
+#[test]
+fn a_corrupt_snapshot_is_reported_by_replay_and_skipped_by_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = build(dir.path());
+    {
+        let store = Store::open(&dir.path().join("world.redb")).unwrap();
+        let mut raw = store.read_raw("snapshots", 30).unwrap().unwrap();
+        let mid = raw.len() / 2;
+        raw[mid] ^= 0x01;
+        store.write_raw("snapshots", 30, &raw).unwrap();
+    }
+    let (ok, text) = replay(dir.path());
+    assert!(!ok);
+    assert!(text.contains("tick 30"), "{text}");
+    let store = Store::open(&dir.path().join("world.redb")).unwrap();
+    let (sim, recovery) = store.recover(&NoScripts).unwrap();
+    assert_eq!(recovery.snapshot_tick, 20);
+    assert_eq!(recovery.skipped_snapshots.len(), 1);
+    assert_eq!(recovery.skipped_snapshots[0].0, 30);
+    assert_eq!(metatopia_node::store::hex(&sim.hash()), hash);
+}
+
+#[test]
+fn replay_of_a_missing_world_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = replay(dir.path());
+    assert!(!ok);
+    assert!(text.contains("no world"), "{text}");
+}
