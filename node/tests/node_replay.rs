@@ -40,7 +40,7 @@ fn build(dir: &Path) -> String {
             }],
         };
         let report = sim.step(&batch, &NoScripts).unwrap();
-        let snap = (sim.tick() % 10 == 0).then(|| sim.state());
+        let snap = sim.tick().is_multiple_of(10).then(|| sim.state());
         store
             .append(
                 &LogRecord {
