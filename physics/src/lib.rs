@@ -1,0 +1,1 @@
+//! metatopia-physics (work in progress).

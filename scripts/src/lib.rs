@@ -1,0 +1,1 @@
+//! metatopia-scripts (work in progress).
