@@ -13,6 +13,7 @@ use metatopia_sim::state::{Settings, State};
 use metatopia_sim::{NoScripts, RegionId, Sim};
 
 use crate::client;
+use crate::config::Config;
 use crate::datadir::{DataDir, NodeInfo, default_dir};
 use crate::http::{self, App};
 use crate::scenario;
@@ -36,9 +37,9 @@ pub enum Command {
         /// Data directory (default: $METATOPIA_DATA or ~/.local/share/metatopia).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// HTTP address (loopback only unless you mean it).
-        #[arg(long, default_value = "127.0.0.1:7420")]
-        http: SocketAddr,
+        /// HTTP address (default: `[http] addr` in DIR/node.toml, 127.0.0.1:7420).
+        #[arg(long)]
+        http: Option<SocketAddr>,
     },
     /// Show the running node's status.
     Status {
@@ -115,7 +116,7 @@ fn genesis(dir: &DataDir) -> Result<State> {
     ))
 }
 
-fn up(path: &Path, addr: SocketAddr) -> Result<()> {
+fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
     let dir = DataDir::open(path)?;
     let lock = match dir.lock()? {
         Ok(lock) => lock,
@@ -135,6 +136,8 @@ fn up(path: &Path, addr: SocketAddr) -> Result<()> {
             return Ok(());
         }
     };
+    let config = Config::load_or_create(&dir.path)?;
+    let addr = addr.unwrap_or(config.http.addr);
     let store = Store::open(&dir.db_path())?;
     if store.genesis_hash()?.is_none() {
         let g = genesis(&dir)?;
@@ -164,13 +167,19 @@ fn up(path: &Path, addr: SocketAddr) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(&dir, store, sim, addr));
+    let result = runtime.block_on(serve(&dir, &config, store, sim, addr));
     dir.clear_node_info();
     drop(lock);
     result
 }
 
-async fn serve(dir: &DataDir, store: Store, sim: Sim, addr: SocketAddr) -> Result<()> {
+async fn serve(
+    dir: &DataDir,
+    config: &Config,
+    store: Store,
+    sim: Sim,
+    addr: SocketAddr,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is the port in use? try --http 127.0.0.1:0)")
     })?;
@@ -183,7 +192,7 @@ async fn serve(dir: &DataDir, store: Store, sim: Sim, addr: SocketAddr) -> Resul
         store,
         sim,
         Arc::new(NoScripts),
-        world::Config::default(),
+        config.world_config(),
         stop.clone(),
     )?;
     let token = dir.token()?;
@@ -192,6 +201,7 @@ async fn serve(dir: &DataDir, store: Store, sim: Sim, addr: SocketAddr) -> Resul
         player: dir.player()?,
         token: token.clone().into(),
         data_dir: dir.path.display().to_string().into(),
+        metrics: config.metrics.enabled,
     };
     dir.write_node_info(&NodeInfo {
         http: base.clone(),

@@ -42,16 +42,21 @@ pub struct App {
     pub token: Arc<str>,
     /// Data directory, for status.
     pub data_dir: Arc<str>,
+    /// Whether `/metrics` is served.
+    pub metrics: bool,
 }
 
 /// The router.
 pub fn router(app: App) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/", get(viewer))
         .route("/api/status", get(status))
         .route("/api/regions/{id}/state", get(region_state))
-        .route("/api/regions/{id}/inputs", post(post_input))
-        .route("/metrics", get(metrics))
+        .route("/api/regions/{id}/inputs", post(post_input));
+    if app.metrics {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(app)

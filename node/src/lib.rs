@@ -5,6 +5,7 @@
 //!
 //! Layout:
 //! - [`cli`]: the verbs (`up`, `status`, `say`, `act`, `run`, `replay`).
+//! - [`config`]: `DIR/node.toml`: services and limits.
 //! - [`datadir`]: the data directory: keys, token, lock, where the node listens.
 //! - [`store`]: redb persistence: genesis, batch log with checkpoints, snapshots, recovery.
 //! - [`world`]: the local world's tick thread.
@@ -17,6 +18,7 @@
 pub mod action;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod datadir;
 pub mod http;
 pub mod scenario;

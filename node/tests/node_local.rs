@@ -248,3 +248,34 @@ fn restart_reports_the_hash_replay_computes() {
         "{first} vs {hash}"
     );
 }
+
+#[test]
+fn node_toml_chooses_services_and_bad_keys_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    std::fs::write(dir.path().join("node.toml"), "[world]\nsnapshot_evry = 5\n").unwrap();
+    let out = run(&["up", "--http", "127.0.0.1:0", "--data", data]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("snapshot_evry") && err.contains("node.toml"),
+        "{err}"
+    );
+
+    std::fs::write(dir.path().join("node.toml"), "[metrics]\nenabled = false\n").unwrap();
+    let node = Node::start(dir.path());
+    assert_eq!(node.get("/metrics").status, 404);
+    assert_eq!(node.get("/api/status").status, 200);
+    node.kill9();
+
+    // A fresh data directory gets a commented default file.
+    let fresh = tempfile::tempdir().unwrap();
+    let node = Node::start(fresh.path());
+    let text = std::fs::read_to_string(fresh.path().join("node.toml")).unwrap();
+    assert!(
+        text.contains("[http]") && text.contains("snapshot_every = 200"),
+        "{text}"
+    );
+    assert_eq!(node.get("/metrics").status, 200);
+    node.kill9();
+}

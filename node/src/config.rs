@@ -1,0 +1,119 @@
+//! The node's configuration: `DIR/node.toml`, chosen services and limits.
+//!
+//! Written with defaults on first start; unknown keys are errors that name
+//! the key. Command-line flags override it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP service (API and viewer).
+    pub http: Http,
+    /// The Prometheus endpoint on the HTTP service.
+    pub metrics: Metrics,
+    /// The local world.
+    pub world: World,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Listen address; loopback unless you mean it.
+    pub addr: SocketAddr,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+}
+
+/// `[world]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct World {
+    /// A snapshot every this many ticks.
+    pub snapshot_every: u64,
+    /// Most inputs in one tick's batch.
+    pub inputs_per_tick_max: u32,
+    /// Most inputs waiting for a tick; beyond it requests get 503.
+    pub queue_max: u32,
+}
+
+impl Default for Http {
+    fn default() -> Http {
+        Http {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7420)),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics { enabled: true }
+    }
+}
+
+impl Default for World {
+    fn default() -> World {
+        World {
+            snapshot_every: 200,
+            inputs_per_tick_max: 1000,
+            queue_max: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `DIR/node.toml`, writing the defaults there first if it is missing.
+    pub fn load_or_create(dir: &Path) -> Result<Config> {
+        let path = dir.join("node.toml");
+        if !path.exists() {
+            let text = format!(
+                "# metatopia node configuration (services and limits).\n# Flags on the command line override these.\n\n{}",
+                toml::to_string_pretty(&Config::default())?
+            );
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config
+            .check()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let w = &self.world;
+        if !(1..=1_000_000).contains(&w.snapshot_every) {
+            return Err("world.snapshot_every must be in 1..=1000000".into());
+        }
+        if !(1..=100_000).contains(&w.inputs_per_tick_max) {
+            return Err("world.inputs_per_tick_max must be in 1..=100000".into());
+        }
+        if !(1..=1_000_000).contains(&w.queue_max) {
+            return Err("world.queue_max must be in 1..=1000000".into());
+        }
+        Ok(())
+    }
+
+    /// The world runner's settings.
+    pub fn world_config(&self) -> crate::world::Config {
+        crate::world::Config {
+            snapshot_every: self.world.snapshot_every,
+            inputs_per_tick_max: self.world.inputs_per_tick_max as usize,
+            queue_max: self.world.queue_max as usize,
+        }
+    }
+}
