@@ -85,6 +85,33 @@ pub enum InputKind {
     },
     /// Admin actions; permanent or temp admins only.
     Admin(AdminAction),
+    /// Create an object (or a part) that is a physical body.
+    SpawnBody {
+        /// The parent; `None` is the region root.
+        parent: Option<ElementId>,
+        /// Display name.
+        name: String,
+        /// Centre, inside the region.
+        pos: Vec3,
+        /// Shape, material and kind.
+        body: crate::physics::BodySpec,
+        /// Initial linear velocity, m/s.
+        vel: Vec3,
+    },
+    /// Push a body (any player in the region may push).
+    Push {
+        /// The body.
+        element: ElementId,
+        /// Impulse, N·s.
+        impulse: Vec3,
+    },
+    /// Set a body's velocity (its owner or an admin).
+    SetVelocity {
+        /// The body.
+        element: ElementId,
+        /// Linear velocity, m/s.
+        vel: Vec3,
+    },
 }
 
 /// What admins may do.

@@ -13,6 +13,7 @@
 //! - [`admin`]: the temp-admin rule.
 //! - [`order`]: tick seeds and canonical inbox order.
 //! - [`script`]: the script host trait.
+//! - [`physics`]: messages to and from the physics sim and between regions.
 //! - [`step`]: the tick.
 //! - [`table`]: ordered maps whose entries carry their own hash.
 //! - [`codec`]: bounded, canonical serde for the persistent collections.
@@ -27,6 +28,7 @@ pub mod fx;
 pub mod id;
 pub mod input;
 pub mod order;
+pub mod physics;
 pub mod script;
 pub mod snapshot;
 pub mod state;

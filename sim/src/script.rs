@@ -61,6 +61,14 @@ pub enum ScriptEventKind {
         /// The player.
         player: PlayerId,
     },
+    /// A body (the script's element or a descendant) started touching
+    /// another (reported by the body's owner region only).
+    Collision {
+        /// The body.
+        element: ElementId,
+        /// What it touched.
+        other: ElementId,
+    },
 }
 
 /// One call of a script for one tick.

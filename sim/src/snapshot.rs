@@ -124,6 +124,7 @@ pub fn state_hash(state: &State) -> [u8; 32] {
         chat,
         mailbox,
         timers,
+        bodies,
     } = state;
     let mut buf = Vec::with_capacity(64 + elements.len() * 48 + scripted.len() * 16);
     buf.extend_from_slice(&DIGEST_MAGIC);
@@ -159,6 +160,11 @@ pub fn state_hash(state: &State) -> [u8; 32] {
     put(&mut buf, &(timers.len() as u64));
     for t in timers {
         put(&mut buf, t);
+    }
+    put(&mut buf, &(bodies.len() as u64));
+    for (id, hash) in bodies.hashes() {
+        put(&mut buf, id);
+        buf.extend_from_slice(hash);
     }
     *blake3::hash(&buf).as_bytes()
 }

@@ -238,6 +238,9 @@ pub struct State {
     /// Pending timers: (due tick, script, timer id).
     #[serde(with = "crate::codec::ord_set")]
     pub timers: OrdSet<(u64, ElementId, u32)>,
+    /// Physical elements: shape, material, velocity (positions are the
+    /// elements' own). Changed by body inputs and physics events.
+    pub bodies: Table<ElementId, crate::physics::Body>,
 }
 
 impl State {
@@ -291,6 +294,7 @@ impl State {
             chat: Vector::new(),
             mailbox: Vector::new(),
             timers: OrdSet::new(),
+            bodies: Table::new(),
         }
     }
 

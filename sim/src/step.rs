@@ -4,7 +4,10 @@
 //! 1. Check the batch: its tick is the state's next tick, its time is not
 //!    earlier than the last tick's. A bad batch changes nothing.
 //! 2. `tick_seed = blake3(hash(S_t) || t)`.
-//! 3. Events queued last tick (script messages and chat) and timers due at
+//! 3. The physics inbox applies (only through [`step_with_physics`]):
+//!    subtrees whose ownership leaves, then those that arrive, then last
+//!    tick's physics events (moved, collided, at rest) in their order.
+//!    Events queued last tick (script messages and chat) and timers due at
 //!    `t` go to their scripts' inboxes.
 //! 4. The temp-admin rule is evaluated at the batch's time.
 //! 5. Inputs apply in batch order: duplicates (sequence number not above
@@ -28,6 +31,7 @@ use crate::fx::{Fx, Vec3};
 use crate::id::{ElementId, PlayerId};
 use crate::input::{AdminAction, Batch, Event, Input, InputKind, Rejection, SettingsPatch};
 use crate::order;
+use crate::physics::{Body, BodyKind, PhysicsCommand, PhysicsEvent, PhysicsInbox, Transfer};
 use crate::script::{
     ScriptCall, ScriptEvent, ScriptEventKind, ScriptFault, ScriptHost, ScriptOutput, Write,
 };
@@ -76,6 +80,8 @@ pub struct TickReport {
     pub script_calls: u32,
     /// Script events dropped because an inbox was full.
     pub inbox_dropped: u32,
+    /// Commands for this tick's physics step, in issue order.
+    pub physics: Vec<PhysicsCommand>,
 }
 
 /// A sim: a state with its hash, stepped by batches.
@@ -114,6 +120,20 @@ impl Sim {
         self.hash = report.hash;
         Ok(report)
     }
+
+    /// Executes one batch with the physics inbox of this tick (see
+    /// [`step_with_physics`]). On error nothing changes.
+    pub fn step_with_physics(
+        &mut self,
+        batch: &Batch,
+        host: &dyn ScriptHost,
+        physics: &PhysicsInbox,
+    ) -> Result<TickReport, StepError> {
+        let (state, report) = step_with_physics(&self.state, &self.hash, batch, host, physics)?;
+        self.state = state;
+        self.hash = report.hash;
+        Ok(report)
+    }
 }
 
 /// Executes `batch` on `state` (whose hash is `hash`), returning the next
@@ -124,6 +144,18 @@ pub fn step(
     hash: &[u8; 32],
     batch: &Batch,
     host: &dyn ScriptHost,
+) -> Result<(State, TickReport), StepError> {
+    step_with_physics(state, hash, batch, host, &PhysicsInbox::default())
+}
+
+/// [`step`], with what the region's physics side hands the sim at this
+/// tick: ownership departures and arrivals, and last tick's physics events.
+pub fn step_with_physics(
+    state: &State,
+    hash: &[u8; 32],
+    batch: &Batch,
+    host: &dyn ScriptHost,
+    physics: &PhysicsInbox,
 ) -> Result<(State, TickReport), StepError> {
     if batch.tick != state.tick {
         return Err(StepError::WrongTick {
@@ -148,6 +180,7 @@ pub fn step(
         next_event_id: 0,
     };
     tick.s.time_ms = batch.time_ms;
+    tick.apply_physics(physics);
     tick.deliver_pending();
     tick.update_temp_admin();
     tick.apply_inputs(&batch.inputs);
@@ -469,6 +502,36 @@ impl Tick {
                 }
                 self.admin(who, action)
             }
+            InputKind::SpawnBody {
+                parent,
+                name,
+                pos,
+                body,
+                vel,
+            } => {
+                online_avatar(&self.s, who)?;
+                self.spawn_body(who, *parent, name, *pos, *body, *vel)
+            }
+            InputKind::Push { element, impulse } => {
+                online_avatar(&self.s, who)?;
+                self.body(*element)?;
+                self.report.physics.push(PhysicsCommand::Impulse {
+                    id: *element,
+                    impulse: *impulse,
+                });
+                Ok(())
+            }
+            InputKind::SetVelocity { element, vel } => {
+                online_avatar(&self.s, who)?;
+                self.body(*element)?;
+                let owner = self.element(*element)?.owner;
+                self.check_owner(who, owner, "set the velocity of")?;
+                self.report.physics.push(PhysicsCommand::SetVelocity {
+                    id: *element,
+                    vel: *vel,
+                });
+                Ok(())
+            }
         }
     }
 
@@ -605,6 +668,11 @@ impl Tick {
             self.s.elements.update(&id, |e| {
                 e.pos = pos;
             });
+            if self.s.bodies.contains_key(&id) {
+                self.report
+                    .physics
+                    .push(PhysicsCommand::SetPosition { id, pos });
+            }
         }
         Ok(())
     }
@@ -614,6 +682,9 @@ impl Tick {
         for id in self.s.subtree(element) {
             self.s.elements.remove(&id);
             self.s.scripted.remove(&id);
+            if self.s.bodies.remove(&id).is_some() {
+                self.report.physics.push(PhysicsCommand::Remove { id });
+            }
         }
         if let Some(parent) = parent {
             self.s
@@ -1036,5 +1107,207 @@ impl Tick {
             error: fault.to_string(),
             suspended,
         });
+    }
+}
+
+/// Bodies and the physics inbox.
+impl Tick {
+    fn body(&self, id: ElementId) -> Result<&Body, Rejection> {
+        self.element(id)?;
+        self.s
+            .bodies
+            .get(&id)
+            .ok_or_else(|| Rejection::Invalid(format!("element {id} is not a body")))
+    }
+
+    fn spawn_body(
+        &mut self,
+        who: PlayerId,
+        parent: Option<ElementId>,
+        name: &str,
+        pos: Vec3,
+        spec: crate::physics::BodySpec,
+        vel: Vec3,
+    ) -> Result<(), Rejection> {
+        if !spec.valid() {
+            return Err(Rejection::OutOfBounds(
+                "body shape, material or seat offset out of range".into(),
+            ));
+        }
+        if let BodyKind::Seated { .. } = spec.kind {
+            let vehicle = parent
+                .ok_or_else(|| Rejection::Invalid("a seated body needs a parent body".into()))?;
+            self.body(vehicle)?;
+        }
+        let id = self.create(who, parent, name, pos)?;
+        let vel = match spec.kind {
+            BodyKind::Dynamic => vel,
+            _ => Vec3::ZERO,
+        };
+        self.s.bodies.insert(
+            id,
+            Body {
+                spec,
+                vel,
+                resting: false,
+            },
+        );
+        let vehicle = match spec.kind {
+            BodyKind::Seated { .. } => parent,
+            _ => None,
+        };
+        self.report.physics.push(PhysicsCommand::Spawn {
+            id,
+            spec,
+            pos,
+            vel,
+            vehicle,
+        });
+        Ok(())
+    }
+
+    /// Step 3, first half: ownership switches, then last tick's events.
+    fn apply_physics(&mut self, inbox: &PhysicsInbox) {
+        for root in &inbox.departures {
+            self.depart(*root);
+        }
+        for transfer in &inbox.arrivals {
+            self.arrive(transfer);
+        }
+        for event in &inbox.events {
+            match event {
+                PhysicsEvent::Moved { id, pos, vel } => {
+                    let Some(from) = self.s.elements.get(id).map(|e| e.pos) else {
+                        continue;
+                    };
+                    if !self.s.bodies.contains_key(id) {
+                        continue;
+                    }
+                    // Elements without a body of their own ride along.
+                    let riders: Vec<ElementId> = self
+                        .s
+                        .subtree(*id)
+                        .into_iter()
+                        .filter(|c| c != id && !self.s.bodies.contains_key(c))
+                        .collect();
+                    for c in riders {
+                        self.s.elements.update(&c, |e| {
+                            e.pos = e.pos.saturating_sub(from).saturating_add(*pos);
+                        });
+                    }
+                    self.s.elements.update(id, |e| e.pos = *pos);
+                    self.s.bodies.update(id, |b| {
+                        b.vel = *vel;
+                        b.resting = false;
+                    });
+                }
+                PhysicsEvent::AtRest { id } => {
+                    self.s.bodies.update(id, |b| b.resting = true);
+                }
+                PhysicsEvent::Collided { id, other } => {
+                    // The body's script hears it, or its nearest scripted
+                    // ancestor's.
+                    let mut cur = Some(*id);
+                    let mut steps = 0u32;
+                    while let Some(at) = cur {
+                        let Some(e) = self.s.elements.get(&at) else {
+                            break;
+                        };
+                        if e.script.is_some() {
+                            let ev = self.new_event_id();
+                            self.push_event(
+                                at,
+                                ev,
+                                ScriptEventKind::Collision {
+                                    element: *id,
+                                    other: *other,
+                                },
+                            );
+                            break;
+                        }
+                        cur = e.parent;
+                        steps += 1;
+                        if steps > self.s.settings.depth_max {
+                            break;
+                        }
+                    }
+                }
+                PhysicsEvent::LeftRegion { .. } => {}
+            }
+        }
+    }
+
+    /// Removes a subtree whose ownership left, with its bodies, timers and
+    /// queued events (they travelled with it). No physics command: the
+    /// physics side already let the bodies go.
+    fn depart(&mut self, root: ElementId) {
+        if root == self.s.root() || !self.s.elements.contains_key(&root) {
+            return;
+        }
+        let ids = self.s.subtree(root);
+        let parent = self.s.elements.get(&root).and_then(|e| e.parent);
+        for id in &ids {
+            self.s.elements.remove(id);
+            self.s.scripted.remove(id);
+            self.s.bodies.remove(id);
+        }
+        if let Some(parent) = parent {
+            self.s
+                .elements
+                .update(&parent, |p| p.children.retain(|c| *c != root));
+        }
+        let mut ids = ids;
+        ids.sort();
+        let gone = |id: &ElementId| ids.binary_search(id).is_ok();
+        let timers: Vec<_> = self
+            .s
+            .timers
+            .iter()
+            .filter(|(_, s, _)| gone(s))
+            .copied()
+            .collect();
+        for t in timers {
+            self.s.timers.remove(&t);
+        }
+        self.s.mailbox.retain(|p| !gone(&p.to));
+    }
+
+    /// Attaches a subtree whose ownership arrived under the region root.
+    fn arrive(&mut self, t: &Transfer) {
+        let Some(root) = t.root() else {
+            return;
+        };
+        if t.elements
+            .iter()
+            .any(|e| self.s.elements.contains_key(&e.id))
+        {
+            return;
+        }
+        let region = self.s.region;
+        let region_root = self.s.root();
+        for (i, e) in t.elements.iter().enumerate() {
+            let mut e = e.clone();
+            e.owner_region = region;
+            if i == 0 {
+                e.parent = Some(region_root);
+            }
+            if e.script.is_some() {
+                self.s.scripted.insert(e.id);
+            }
+            self.s.elements.insert(e.id, e);
+        }
+        self.s.elements.update(&region_root, |r| {
+            let at = r.children.binary_search(&root).unwrap_or_else(|i| i);
+            r.children.insert(at, root);
+        });
+        for (id, body) in &t.bodies {
+            self.s.bodies.insert(*id, body.clone());
+        }
+        for timer in &t.timers {
+            self.s.timers.insert(*timer);
+        }
+        for p in &t.mailbox {
+            self.s.mailbox.push_back(p.clone());
+        }
     }
 }

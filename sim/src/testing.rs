@@ -70,6 +70,7 @@ fn describe(kind: &ScriptEventKind) -> String {
         ScriptEventKind::Timer { timer } => format!("timer:{timer}"),
         ScriptEventKind::Entered { player } => format!("enter:{player:?}"),
         ScriptEventKind::Left { player } => format!("left:{player:?}"),
+        ScriptEventKind::Collision { element, other } => format!("hit:{element}:{other}"),
     }
 }
 

@@ -183,9 +183,9 @@ fn golden_snapshot_length_and_hash() {
     assert_eq!(state_hash, GOLDEN_STATE_HASH, "state digest changed");
 }
 
-const GOLDEN_LEN: usize = 1807;
-const GOLDEN_STATE_HASH: &str = "def042e81cda6347c8bb780534d9b30eda858137164704f01d1b048032d9ae5a";
-const GOLDEN_HASH: &str = "ee88196721c3031ca801d664a32c9ce09f702a10cf40ea16b94f1ef53043491c";
+const GOLDEN_LEN: usize = 1808;
+const GOLDEN_STATE_HASH: &str = "b96f06bbe5ccb6a0a3a778be52b8f315b448cb12292cc53663d286e461a58391";
+const GOLDEN_HASH: &str = "3f9ec3a7cf1adaa4be94e127a9289b4496ecd32c50e374728dccc28031b770b4";
 
 #[test]
 fn corrupt_and_non_canonical_snapshots_are_refused() {

@@ -1,0 +1,823 @@
+//! [`Region`]: one full region tick, main sim and physics sim together,
+//! and the border protocol with neighbouring regions.
+//!
+//! Order of a tick `t` (every replica does exactly this):
+//! 1. Border envelopes sent by neighbours at the end of `t - 1` are checked
+//!    (addressed here, from a neighbour, for this tick, valid) and applied in
+//!    canonical order: by sender, then refusals, acceptances, offers, finals,
+//!    ghosts. Bad envelopes are refused with a reason and change nothing.
+//! 2. The main sim steps with the batch and its physics inbox: departures
+//!    and arrivals decided in 1, and the events of the physics step of
+//!    `t - 1`.
+//! 3. The physics world steps with the commands of 1 (pushed-back bodies,
+//!    forwarded influences) followed by the main sim's commands; commands
+//!    for a body in an outgoing handoff are numbered and held for the
+//!    receiver instead.
+//! 4. Borders: a group root whose centre is more than `hysteresis` inside a
+//!    neighbour's box is offered to it (switch at `t + 2`); a body outside
+//!    every box is pushed back inside; groups offered at `t - 1` send their
+//!    final data; owned bodies within `margin` of a neighbour's box are
+//!    sent to it as ghosts.
+//! 5. The region hash is `blake3(sim hash || physics digest || border
+//!    state || pending events)`.
+//!
+//! Handoff of a group G from Y to Z (G World Engine): Y sends `Offer` at the
+//! end of `t` (switch tick `t + 2`); Z accepts or refuses by capacity at
+//! `t + 1`; at the end of `t + 1` Y sends `Final` (the subtree, scripts and
+//! their state, bodies, timers, queued script events, and the influences
+//! that arrived since the offer, numbered from 1). At `t + 2` Y releases G if
+//! Z accepted, Z adopts it if it accepted and got the final data: ownership
+//! switches at one agreed tick, so at the end of every tick G has exactly one
+//! owner. If Z refused, Y keeps G, applies the held influences itself and
+//! pushes G back inside its box. A linked group (a vehicle and its seated
+//! bodies) is one subtree, counted whole against capacity: it crosses as one
+//! or not at all.
+
+use std::collections::BTreeMap;
+
+use metatopia_sim::input::Batch;
+use metatopia_sim::physics::{
+    BodyTransfer, BorderMessage, Envelope, PhysicsCommand, PhysicsEvent, PhysicsInbox, Transfer,
+};
+use metatopia_sim::snapshot::{self, DecodeError};
+use metatopia_sim::state::{Settings, State};
+use metatopia_sim::step::{StepError, TickReport};
+use metatopia_sim::{ElementId, Fx, PlayerId, RegionId, ScriptHost, Sim, Vec3};
+use serde::{Deserialize, Serialize};
+
+use crate::world::{World, WorldConfig};
+
+/// First bytes of a region snapshot.
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"MTPR";
+
+/// An axis-aligned box in world coordinates: `min <= p < max`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Aabb {
+    /// Lowest corner.
+    pub min: Vec3,
+    /// Highest corner (exclusive).
+    pub max: Vec3,
+}
+
+impl Aabb {
+    /// Whether `p` is inside.
+    pub fn contains(&self, p: Vec3) -> bool {
+        p.x >= self.min.x
+            && p.y >= self.min.y
+            && p.z >= self.min.z
+            && p.x < self.max.x
+            && p.y < self.max.y
+            && p.z < self.max.z
+    }
+
+    /// How far `p` is outside, along the axis where it is farthest
+    /// (Chebyshev distance); zero inside.
+    pub fn outside_by(&self, p: Vec3) -> Fx {
+        let axis = |v: Fx, lo: Fx, hi: Fx| {
+            if v < lo {
+                lo.saturating_sub(v)
+            } else if v > hi {
+                v.saturating_sub(hi)
+            } else {
+                Fx::ZERO
+            }
+        };
+        axis(p.x, self.min.x, self.max.x)
+            .max(axis(p.y, self.min.y, self.max.y))
+            .max(axis(p.z, self.min.z, self.max.z))
+    }
+
+    /// Its size.
+    pub fn size(&self) -> Vec3 {
+        self.max.saturating_sub(self.min)
+    }
+
+    /// Whether the two boxes touch or overlap (share a face, edge or corner).
+    pub fn touches(&self, o: &Aabb) -> bool {
+        self.min.x <= o.max.x
+            && o.min.x <= self.max.x
+            && self.min.y <= o.max.y
+            && o.min.y <= self.max.y
+            && self.min.z <= o.max.z
+            && o.min.z <= self.max.z
+    }
+}
+
+/// A region's physics configuration; the same on every replica.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RegionConfig {
+    /// The region.
+    pub id: RegionId,
+    /// Its box, world coordinates.
+    pub bounds: Aabb,
+    /// Neighbours it exchanges ghosts and handoffs with, by id.
+    pub neighbours: Vec<(RegionId, Aabb)>,
+    /// Owned bodies whose centre is within this distance of a neighbour's
+    /// box are ghosted to it, metres.
+    pub margin: Fx,
+    /// A body is offered to a neighbour once its centre is this far inside
+    /// the neighbour's box, metres (hysteresis against ping-pong).
+    pub hysteresis: Fx,
+    /// Most bodies the region owns; offers beyond it are refused.
+    pub bodies_max: u32,
+    /// Gravity and tick rate.
+    pub world: WorldConfig,
+}
+
+impl RegionConfig {
+    /// A region with default margin (2 m), hysteresis (0.5 m), capacity
+    /// (10,000 bodies) and world config, and no neighbours.
+    pub fn new(id: RegionId, bounds: Aabb) -> RegionConfig {
+        RegionConfig {
+            id,
+            bounds,
+            neighbours: Vec::new(),
+            margin: Fx::from_int(2),
+            hysteresis: Fx::from_milli(500),
+            bodies_max: 10_000,
+            world: WorldConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+struct Outgoing {
+    to: RegionId,
+    switch_tick: u64,
+    influences: Vec<(u32, PhysicsCommand)>,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+struct Incoming {
+    from: RegionId,
+    switch_tick: u64,
+    bodies: u32,
+}
+
+/// Handoff state and counters. Part of the region hash.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+struct Border {
+    outgoing: BTreeMap<ElementId, Outgoing>,
+    incoming: BTreeMap<ElementId, Incoming>,
+    /// Groups given away, taken in, and offers refused to us.
+    handoffs_out: u64,
+    handoffs_in: u64,
+    refused: u64,
+}
+
+/// Counters of the border protocol.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct BorderCounts {
+    /// Groups handed to neighbours.
+    pub handoffs_out: u64,
+    /// Groups taken from neighbours.
+    pub handoffs_in: u64,
+    /// Our offers that neighbours refused.
+    pub refused: u64,
+    /// Offers waiting for their switch tick.
+    pub pending: u64,
+}
+
+/// What one region tick did.
+#[derive(Debug, Clone)]
+pub struct RegionReport {
+    /// The tick executed.
+    pub tick: u64,
+    /// The region hash after it.
+    pub hash: [u8; 32],
+    /// The main sim's report.
+    pub sim: TickReport,
+    /// Physics events of owned bodies this tick (region coordinates),
+    /// including `LeftRegion` for groups handed away.
+    pub events: Vec<PhysicsEvent>,
+    /// Border envelopes for neighbours, to apply at the next tick.
+    pub outbox: Vec<Envelope>,
+    /// Envelopes refused, with the reason.
+    pub refused: Vec<(RegionId, String)>,
+    /// Offers made this tick (group roots).
+    pub offers: Vec<ElementId>,
+}
+
+/// One region: its main sim, its physics world and its border state.
+#[derive(Debug)]
+pub struct Region {
+    cfg: RegionConfig,
+    sim: Sim,
+    world: World,
+    border: Border,
+    /// This tick's physics events, for the main sim's next tick.
+    pending: Vec<PhysicsEvent>,
+    hash: [u8; 32],
+}
+
+fn rank(m: &BorderMessage) -> u8 {
+    match m {
+        BorderMessage::Refuse { .. } => 0,
+        BorderMessage::Accept { .. } => 1,
+        BorderMessage::Offer { .. } => 2,
+        BorderMessage::Final { .. } => 3,
+        BorderMessage::Ghosts { .. } => 4,
+    }
+}
+
+/// `cmd` with its positions shifted by `by`.
+fn shift(cmd: &PhysicsCommand, by: Vec3) -> PhysicsCommand {
+    let mut c = cmd.clone();
+    match &mut c {
+        PhysicsCommand::Spawn { pos, .. }
+        | PhysicsCommand::KinematicTarget { pos, .. }
+        | PhysicsCommand::SetPosition { pos, .. } => *pos = pos.saturating_add(by),
+        _ => {}
+    }
+    c
+}
+
+impl Region {
+    /// A new region with an empty world. `settings.size` and
+    /// `settings.tick_rate_hz` are taken from the config; a spawn point
+    /// outside the box moves to the middle of its floor.
+    pub fn new(cfg: RegionConfig, mut settings: Settings, founders: &[PlayerId]) -> Region {
+        settings.size = cfg.bounds.size();
+        settings.tick_rate_hz = cfg.world.tick_rate_hz;
+        let size = settings.size;
+        let s = settings.spawn;
+        if !(s.x < size.x && s.y < size.y && s.z < size.z) {
+            let half = |v: Fx| Fx::from_bits(v.to_bits() / 2);
+            settings.spawn = Vec3::new(half(size.x), half(size.y), Fx::ZERO);
+        }
+        let state = State::new(cfg.id, settings, founders);
+        let world = World::new(cfg.world);
+        let mut region = Region {
+            cfg,
+            sim: Sim::new(state),
+            world,
+            border: Border::default(),
+            pending: Vec::new(),
+            hash: [0; 32],
+        };
+        region.hash = region.compute_hash();
+        region
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RegionConfig {
+        &self.cfg
+    }
+
+    /// The region's id.
+    pub fn id(&self) -> RegionId {
+        self.cfg.id
+    }
+
+    /// The main sim.
+    pub fn sim(&self) -> &Sim {
+        &self.sim
+    }
+
+    /// The physics world.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The region hash.
+    pub fn hash(&self) -> [u8; 32] {
+        self.hash
+    }
+
+    /// The next tick to execute.
+    pub fn tick_number(&self) -> u64 {
+        self.sim.tick()
+    }
+
+    /// Border protocol counters.
+    pub fn border_counts(&self) -> BorderCounts {
+        BorderCounts {
+            handoffs_out: self.border.handoffs_out,
+            handoffs_in: self.border.handoffs_in,
+            refused: self.border.refused,
+            pending: self.border.outgoing.len() as u64,
+        }
+    }
+
+    fn origin(&self) -> Vec3 {
+        self.cfg.bounds.min
+    }
+
+    fn neighbour(&self, id: RegionId) -> Option<Aabb> {
+        self.cfg
+            .neighbours
+            .iter()
+            .find(|(r, _)| *r == id)
+            .map(|(_, b)| *b)
+    }
+
+    fn compute_hash(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(b"metatopia region hash\0");
+        h.update(&self.sim.hash());
+        h.update(&self.world.digest());
+        let mut buf = Vec::new();
+        postcard::to_io(&(&self.border, &self.pending), &mut buf)
+            .expect("postcard encoding into a Vec cannot fail");
+        h.update(&buf);
+        *h.finalize().as_bytes()
+    }
+
+    /// Why an envelope cannot be applied now, if it cannot.
+    fn check_envelope(&self, env: &Envelope, now: u64) -> Result<(), String> {
+        if env.to != self.cfg.id {
+            return Err(format!("addressed to region {}", env.to));
+        }
+        if self.neighbour(env.from).is_none() {
+            return Err(format!("region {} is not a neighbour", env.from));
+        }
+        if env.tick.saturating_add(1) != now {
+            return Err(format!("sent at tick {}, applied at {now}", env.tick));
+        }
+        env.validate().map_err(|e| e.to_string())
+    }
+
+    /// Executes one tick: `batch` for the main sim and the border envelopes
+    /// neighbours sent at the end of the previous tick. On a batch error
+    /// nothing changes.
+    pub fn tick(
+        &mut self,
+        batch: &Batch,
+        host: &dyn ScriptHost,
+        inbox: &[Envelope],
+    ) -> Result<RegionReport, StepError> {
+        let now = self.sim.tick();
+        let state = self.sim.state();
+        if batch.tick != now {
+            return Err(StepError::WrongTick {
+                expected: now,
+                got: batch.tick,
+            });
+        }
+        if batch.time_ms < state.time_ms {
+            return Err(StepError::TimeWentBack {
+                last: state.time_ms,
+                got: batch.time_ms,
+            });
+        }
+        let origin = self.origin();
+        let mut refused = Vec::new();
+        let mut msgs: Vec<&Envelope> = Vec::new();
+        for env in inbox {
+            match self.check_envelope(env, now) {
+                Ok(()) => msgs.push(env),
+                Err(reason) => refused.push((env.from, reason)),
+            }
+        }
+        msgs.sort_by_key(|e| (e.from, rank(&e.msg)));
+
+        let mut pre: Vec<PhysicsCommand> = Vec::new();
+        let mut inbox_sim = PhysicsInbox {
+            events: std::mem::take(&mut self.pending),
+            ..PhysicsInbox::default()
+        };
+        let mut events_out = Vec::new();
+        let mut outbox = Vec::new();
+        for env in msgs {
+            match &env.msg {
+                BorderMessage::Refuse { root } => {
+                    if self
+                        .border
+                        .outgoing
+                        .get(root)
+                        .is_some_and(|o| o.to == env.from)
+                    {
+                        let o = self.border.outgoing.remove(root).unwrap_or_default();
+                        self.border.refused += 1;
+                        // Back inside first, then the held influences.
+                        pre.extend(self.push_back(*root));
+                        pre.extend(o.influences.into_iter().map(|(_, c)| c));
+                    }
+                }
+                BorderMessage::Accept { root } => {
+                    let ok = self
+                        .border
+                        .outgoing
+                        .get(root)
+                        .is_some_and(|o| o.to == env.from && o.switch_tick == now);
+                    if ok {
+                        self.border.outgoing.remove(root);
+                        self.border.handoffs_out += 1;
+                        for id in self.group_bodies(*root) {
+                            self.world.release(id);
+                            events_out.push(PhysicsEvent::LeftRegion { id, to: env.from });
+                        }
+                        inbox_sim.departures.push(*root);
+                    }
+                }
+                BorderMessage::Offer {
+                    root,
+                    bodies,
+                    switch_tick,
+                } => {
+                    let waiting: u64 = self
+                        .border
+                        .incoming
+                        .values()
+                        .map(|i| u64::from(i.bodies))
+                        .sum();
+                    let fits = u64::from(self.world.owned_count()) + waiting + u64::from(*bodies)
+                        <= u64::from(self.cfg.bodies_max);
+                    let fresh = !self.sim.state().elements.contains_key(root)
+                        && !self.border.incoming.contains_key(root)
+                        && *switch_tick == now + 1;
+                    let msg = if fits && fresh {
+                        self.border.incoming.insert(
+                            *root,
+                            Incoming {
+                                from: env.from,
+                                switch_tick: *switch_tick,
+                                bodies: *bodies,
+                            },
+                        );
+                        BorderMessage::Accept { root: *root }
+                    } else {
+                        BorderMessage::Refuse { root: *root }
+                    };
+                    outbox.push(Envelope {
+                        from: self.cfg.id,
+                        to: env.from,
+                        tick: now,
+                        msg,
+                    });
+                }
+                BorderMessage::Final {
+                    transfer,
+                    bodies,
+                    influences,
+                } => {
+                    let Some(root) = transfer.root() else {
+                        continue;
+                    };
+                    let ok = self
+                        .border
+                        .incoming
+                        .get(&root)
+                        .is_some_and(|i| i.from == env.from && i.switch_tick == now);
+                    let clash = transfer
+                        .elements
+                        .iter()
+                        .any(|e| self.sim.state().elements.contains_key(&e.id));
+                    if ok && !clash {
+                        self.border.incoming.remove(&root);
+                        self.border.handoffs_in += 1;
+                        for b in bodies {
+                            self.world.adopt(b);
+                        }
+                        inbox_sim.arrivals.push(transfer.clone());
+                        pre.extend(influences.iter().map(|(_, c)| c.clone()));
+                    }
+                }
+                BorderMessage::Ghosts { bodies } => {
+                    self.world.set_ghosts(env.from, bodies);
+                }
+            }
+        }
+        // Offers whose switch tick passed without final data lapse; so do
+        // our own offers nobody answered (we keep the group).
+        self.border.incoming.retain(|_, i| i.switch_tick > now);
+        let lapsed: Vec<ElementId> = self
+            .border
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.switch_tick <= now)
+            .map(|(r, _)| *r)
+            .collect();
+        for root in lapsed {
+            if let Some(o) = self.border.outgoing.remove(&root) {
+                pre.extend(o.influences.into_iter().map(|(_, c)| c));
+            }
+        }
+
+        let sim_report = self.sim.step_with_physics(batch, host, &inbox_sim)?;
+
+        // Commands: held for a leaving group, otherwise to the world.
+        let mut leaving: BTreeMap<ElementId, ElementId> = BTreeMap::new();
+        for root in self.border.outgoing.keys() {
+            for id in self.group_bodies(*root) {
+                leaving.insert(id, *root);
+            }
+        }
+        let mut commands = pre;
+        for cmd in &sim_report.physics {
+            let cmd = shift(cmd, origin);
+            let hold = !matches!(
+                cmd,
+                PhysicsCommand::Remove { .. } | PhysicsCommand::Spawn { .. }
+            );
+            match leaving.get(&cmd.id()) {
+                Some(root) if hold => {
+                    if let Some(o) = self.border.outgoing.get_mut(root) {
+                        let seq = o.influences.len() as u32 + 1;
+                        o.influences.push((seq, cmd));
+                    }
+                }
+                _ => commands.push(cmd),
+            }
+        }
+        let step_events = self.world.step(&commands);
+
+        let offers = self.borders(now, &mut outbox);
+        self.send_finals(now, &mut outbox);
+        self.send_ghosts(now, &mut outbox);
+
+        let local: Vec<PhysicsEvent> = step_events
+            .into_iter()
+            .map(|e| match e {
+                PhysicsEvent::Moved { id, pos, vel } => PhysicsEvent::Moved {
+                    id,
+                    pos: pos.saturating_sub(origin),
+                    vel,
+                },
+                other => other,
+            })
+            .collect();
+        events_out.extend(local.iter().cloned());
+        self.pending = local;
+        self.hash = self.compute_hash();
+        Ok(RegionReport {
+            tick: now,
+            hash: self.hash,
+            sim: sim_report,
+            events: events_out,
+            outbox,
+            refused,
+            offers,
+        })
+    }
+
+    /// Owned bodies in the subtree of `root`, by id.
+    fn group_bodies(&self, root: ElementId) -> Vec<ElementId> {
+        let mut ids: Vec<ElementId> = self
+            .sim
+            .state()
+            .subtree(root)
+            .into_iter()
+            .filter(|id| self.world.owns(*id))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Commands that put a group root back inside the box and stop it
+    /// moving outwards.
+    fn push_back(&self, root: ElementId) -> Vec<PhysicsCommand> {
+        let Some(m) = self.world.motion(root) else {
+            return Vec::new();
+        };
+        let b = self.cfg.bounds;
+        let inside = Fx::from_bits(1 << 22); // 1/1024 m inside the far faces
+        let clamp = |v: Fx, lo: Fx, hi: Fx| {
+            let hi = hi.saturating_sub(inside);
+            if v < lo {
+                lo
+            } else if v > hi {
+                hi
+            } else {
+                v
+            }
+        };
+        let stop = |v: Fx, p: Fx, lo: Fx, hi: Fx| {
+            if (p < lo && v < Fx::ZERO) || (p >= hi && v > Fx::ZERO) {
+                Fx::ZERO
+            } else {
+                v
+            }
+        };
+        let pos = Vec3::new(
+            clamp(m.pos.x, b.min.x, b.max.x),
+            clamp(m.pos.y, b.min.y, b.max.y),
+            clamp(m.pos.z, b.min.z, b.max.z),
+        );
+        let vel = Vec3::new(
+            stop(m.vel.x, m.pos.x, b.min.x, b.max.x),
+            stop(m.vel.y, m.pos.y, b.min.y, b.max.y),
+            stop(m.vel.z, m.pos.z, b.min.z, b.max.z),
+        );
+        vec![
+            PhysicsCommand::SetPosition { id: root, pos },
+            PhysicsCommand::SetVelocity { id: root, vel },
+        ]
+    }
+
+    /// Step 4, first part: offers for groups deep enough in a neighbour,
+    /// push-back for bodies outside every box. Returns the offered roots.
+    fn borders(&mut self, now: u64, outbox: &mut Vec<Envelope>) -> Vec<ElementId> {
+        let state = self.sim.state();
+        let region_root = state.root();
+        let mut offers = Vec::new();
+        let mut clamp = Vec::new();
+        for id in self.world.owned() {
+            let Some(pos) = self.world.position(id) else {
+                continue;
+            };
+            if self.cfg.bounds.contains(pos) {
+                continue;
+            }
+            let is_root = state
+                .elements
+                .get(&id)
+                .is_some_and(|e| e.parent == Some(region_root));
+            let seated = self.world.slots().get(&id).is_some_and(|s| {
+                matches!(
+                    s.spec().kind,
+                    metatopia_sim::physics::BodyKind::Seated { .. }
+                )
+            });
+            let host = self
+                .cfg
+                .neighbours
+                .iter()
+                .find(|(_, b)| b.contains(pos))
+                .map(|(r, _)| *r);
+            match host {
+                None if !seated => clamp.push(id),
+                None => {}
+                Some(to) => {
+                    let depth = self.cfg.bounds.outside_by(pos);
+                    if is_root
+                        && depth > self.cfg.hysteresis
+                        && !self.border.outgoing.contains_key(&id)
+                    {
+                        offers.push((id, to));
+                    }
+                }
+            }
+        }
+        for id in clamp {
+            for cmd in self.push_back(id) {
+                self.world.apply(&cmd);
+            }
+        }
+        let mut roots = Vec::new();
+        for (root, to) in offers {
+            let bodies = self.group_bodies(root).len() as u32;
+            let switch_tick = now + 2;
+            self.border.outgoing.insert(
+                root,
+                Outgoing {
+                    to,
+                    switch_tick,
+                    influences: Vec::new(),
+                },
+            );
+            outbox.push(Envelope {
+                from: self.cfg.id,
+                to,
+                tick: now,
+                msg: BorderMessage::Offer {
+                    root,
+                    bodies,
+                    switch_tick,
+                },
+            });
+            roots.push(root);
+        }
+        roots
+    }
+
+    /// Step 4, second part: the final data of groups switching next tick.
+    fn send_finals(&mut self, now: u64, outbox: &mut Vec<Envelope>) {
+        let due: Vec<(ElementId, RegionId)> = self
+            .border
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.switch_tick == now + 1)
+            .map(|(r, o)| (*r, o.to))
+            .collect();
+        for (root, to) in due {
+            let Some(msg) = self.final_message(root, to) else {
+                // The group vanished (deleted): nothing to hand over.
+                self.border.outgoing.remove(&root);
+                continue;
+            };
+            outbox.push(Envelope {
+                from: self.cfg.id,
+                to,
+                tick: now,
+                msg,
+            });
+        }
+    }
+
+    fn final_message(&self, root: ElementId, to: RegionId) -> Option<BorderMessage> {
+        let target = self.neighbour(to)?;
+        let state = self.sim.state();
+        let ids = state.subtree(root);
+        if ids.is_empty() {
+            return None;
+        }
+        // Region coordinates here -> region coordinates there.
+        let shift = self.origin().saturating_sub(target.min);
+        let mut elements = Vec::with_capacity(ids.len());
+        let mut sim_bodies = Vec::new();
+        let mut bodies: Vec<BodyTransfer> = Vec::new();
+        for id in &ids {
+            let mut e = state.elements.get(id)?.clone();
+            e.pos = e.pos.saturating_add(shift);
+            if let (Some(body), Some(t)) = (state.bodies.get(id), self.world.transfer(*id)) {
+                e.pos = t.motion.pos.saturating_sub(target.min);
+                let mut body = body.clone();
+                body.vel = t.motion.vel;
+                sim_bodies.push((*id, body));
+                bodies.push(t);
+            }
+            elements.push(e);
+        }
+        let mut order: Vec<usize> = (0..bodies.len()).collect();
+        order.sort_by_key(|i| bodies[*i].id);
+        let bodies: Vec<BodyTransfer> = order.iter().map(|i| bodies[*i].clone()).collect();
+        let sim_bodies: Vec<_> = order.iter().map(|i| sim_bodies[*i].clone()).collect();
+        let inside = |id: &ElementId| ids.contains(id);
+        let transfer = Transfer {
+            elements,
+            bodies: sim_bodies,
+            timers: state
+                .timers
+                .iter()
+                .filter(|(_, s, _)| inside(s))
+                .copied()
+                .collect(),
+            mailbox: state
+                .mailbox
+                .iter()
+                .filter(|p| inside(&p.to))
+                .cloned()
+                .collect(),
+        };
+        let influences = self
+            .border
+            .outgoing
+            .get(&root)
+            .map(|o| o.influences.clone())
+            .unwrap_or_default();
+        Some(BorderMessage::Final {
+            transfer,
+            bodies,
+            influences,
+        })
+    }
+
+    /// Step 4, last part: ghosts for every neighbour (an empty list clears
+    /// the neighbour's ghosts of ours).
+    fn send_ghosts(&self, now: u64, outbox: &mut Vec<Envelope>) {
+        for (to, b) in &self.cfg.neighbours {
+            let bodies = self
+                .world
+                .owned()
+                .filter(|id| {
+                    self.world
+                        .position(*id)
+                        .is_some_and(|p| b.outside_by(p) <= self.cfg.margin)
+                })
+                .filter_map(|id| self.world.ghost(id))
+                .collect();
+            outbox.push(Envelope {
+                from: self.cfg.id,
+                to: *to,
+                tick: now,
+                msg: BorderMessage::Ghosts { bodies },
+            });
+        }
+    }
+
+    /// The full snapshot: config, sim state, rapier world, border state and
+    /// pending events. Restoring it and continuing gives the same hashes as
+    /// never stopping.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let sim = snapshot::encode_state(self.sim.state());
+        let world = self.world.snapshot();
+        snapshot::encode(
+            SNAPSHOT_MAGIC,
+            &(&self.cfg, &sim, &world, &self.border, &self.pending),
+        )
+    }
+
+    /// A region from [`Region::snapshot`] bytes.
+    pub fn restore(bytes: &[u8]) -> Result<Region, DecodeError> {
+        let (cfg, sim, world, border, pending): (
+            RegionConfig,
+            Vec<u8>,
+            Vec<u8>,
+            Border,
+            Vec<PhysicsEvent>,
+        ) = snapshot::decode(SNAPSHOT_MAGIC, bytes)?;
+        let state = snapshot::decode_state(&sim)?;
+        let world = World::restore(&world)?;
+        let mut region = Region {
+            cfg,
+            sim: Sim::new(state),
+            world,
+            border,
+            pending,
+            hash: [0; 32],
+        };
+        region.hash = region.compute_hash();
+        Ok(region)
+    }
+}

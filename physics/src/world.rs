@@ -1,0 +1,551 @@
+//! [`World`]: one region's rapier world.
+//!
+//! Bodies are keyed by element id. A body is either owned by this region
+//! (it gets commands and produces events) or a ghost mirrored from the
+//! neighbour that owns it (its pose and velocity are overwritten from every
+//! ghost message; it produces no events, but owned bodies collide with it).
+//!
+//! Everything here is in world coordinates; [`crate::Region`] converts to
+//! and from region coordinates for the main sim.
+//!
+//! Each step, after rapier:
+//! - `Moved` for every owned body whose quantized position or velocity
+//!   changed,
+//! - `AtRest` when an owned body falls asleep,
+//! - `Collided { id, other }` when an owned body starts touching another
+//!   (owned or ghost): touching sets are rebuilt from the narrow phase, so a
+//!   contact is reported once when it starts, and the set travels with the
+//!   body on handoff so the new owner does not report it again.
+//!
+//! Events come out sorted by body id, so their order is canonical.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use metatopia_sim::id::RegionId;
+use metatopia_sim::physics::{
+    BodyKind, BodySpec, BodyTransfer, Ghost, Motion, PhysicsCommand, PhysicsEvent, Shape,
+};
+use metatopia_sim::snapshot::{self, DecodeError};
+use metatopia_sim::{ElementId, Fx, Vec3};
+use rapier3d_f64::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::convert;
+
+/// First bytes of a physics world snapshot.
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"MTPW";
+/// First bytes of the per-tick physics digest.
+pub const DIGEST_MAGIC: [u8; 4] = *b"MTPD";
+
+/// World parameters, the same on every replica of a region.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct WorldConfig {
+    /// Gravity, m/s².
+    pub gravity: Vec3,
+    /// Ticks per second; the step is `1 / tick_rate_hz` seconds.
+    pub tick_rate_hz: u32,
+}
+
+impl Default for WorldConfig {
+    fn default() -> WorldConfig {
+        WorldConfig {
+            gravity: Vec3::new(Fx::ZERO, Fx::ZERO, Fx::from_milli(-9_810)),
+            tick_rate_hz: 20,
+        }
+    }
+}
+
+/// What the world keeps per body beside rapier's own data.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Slot {
+    handle: RigidBodyHandle,
+    /// `Some(owner)` for a ghost.
+    ghost: Option<RegionId>,
+    spec: BodySpec,
+    vehicle: Option<ElementId>,
+    resting: bool,
+    touching: BTreeSet<ElementId>,
+    /// The last `(pos, vel)` reported in a `Moved` event.
+    last: Option<(Vec3, Vec3)>,
+}
+
+impl Slot {
+    /// Whether this is a ghost of a neighbour's body.
+    pub fn is_ghost(&self) -> bool {
+        self.ghost.is_some()
+    }
+
+    /// The body's spec.
+    pub fn spec(&self) -> &BodySpec {
+        &self.spec
+    }
+}
+
+/// One region's physics world.
+pub struct World {
+    cfg: WorldConfig,
+    rapier: PhysicsWorld,
+    slots: BTreeMap<ElementId, Slot>,
+    forced: Vec<RigidBodyHandle>,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("cfg", &self.cfg)
+            .field("bodies", &self.slots.len())
+            .finish()
+    }
+}
+
+fn user_data(id: ElementId) -> u128 {
+    (u128::from(id.region.0) << 64) | u128::from(id.counter)
+}
+
+fn element_of(data: u128) -> ElementId {
+    ElementId::new((data >> 64) as u32, data as u64)
+}
+
+fn collider(spec: &BodySpec, id: ElementId) -> Collider {
+    let builder = match spec.shape {
+        Shape::Ball { radius } => ColliderBuilder::ball(convert::f64(radius)),
+        Shape::Cuboid { half } => ColliderBuilder::cuboid(
+            convert::f64(half.x),
+            convert::f64(half.y),
+            convert::f64(half.z),
+        ),
+    };
+    builder
+        .density(convert::f64(spec.material.density))
+        .friction(convert::f64(spec.material.friction))
+        .restitution(convert::f64(spec.material.restitution))
+        .sensor(matches!(spec.kind, BodyKind::Seated { .. }))
+        .user_data(user_data(id))
+        .build()
+}
+
+fn rigid_body(spec: &BodySpec, id: ElementId, m: &Motion) -> RigidBody {
+    let builder = match spec.kind {
+        BodyKind::Dynamic => RigidBodyBuilder::dynamic(),
+        BodyKind::Fixed => RigidBodyBuilder::fixed(),
+        BodyKind::Kinematic | BodyKind::Seated { .. } => {
+            RigidBodyBuilder::kinematic_position_based()
+        }
+    };
+    let mut rb = builder
+        .translation(convert::vector(m.pos))
+        .linvel(convert::vector(m.vel))
+        .angvel(convert::vector(m.angvel))
+        .user_data(user_data(id))
+        .build();
+    rb.set_rotation(convert::rotation(m.rot), false);
+    rb
+}
+
+impl World {
+    /// An empty world.
+    pub fn new(cfg: WorldConfig) -> World {
+        let mut rapier = PhysicsWorld::new();
+        rapier.gravity = convert::vector(cfg.gravity);
+        rapier.integration_parameters.dt = 1.0 / f64::from(cfg.tick_rate_hz.max(1));
+        World {
+            cfg,
+            rapier,
+            slots: BTreeMap::new(),
+            forced: Vec::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WorldConfig {
+        &self.cfg
+    }
+
+    /// Every body (owned and ghost), by id.
+    pub fn slots(&self) -> &BTreeMap<ElementId, Slot> {
+        &self.slots
+    }
+
+    /// Whether this world owns `id`.
+    pub fn owns(&self, id: ElementId) -> bool {
+        self.slots.get(&id).is_some_and(|s| s.ghost.is_none())
+    }
+
+    /// Owned bodies, by id.
+    pub fn owned(&self) -> impl Iterator<Item = ElementId> + '_ {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.ghost.is_none())
+            .map(|(id, _)| *id)
+    }
+
+    /// The number of owned bodies.
+    pub fn owned_count(&self) -> u32 {
+        self.owned().count() as u32
+    }
+
+    /// The quantized motion of a body.
+    pub fn motion(&self, id: ElementId) -> Option<Motion> {
+        let slot = self.slots.get(&id)?;
+        let rb = self.rapier.bodies.get(slot.handle)?;
+        Some(convert::motion(
+            rb.translation(),
+            *rb.rotation(),
+            rb.linvel(),
+            rb.angvel(),
+        ))
+    }
+
+    /// The quantized position of a body.
+    pub fn position(&self, id: ElementId) -> Option<Vec3> {
+        let slot = self.slots.get(&id)?;
+        let rb = self.rapier.bodies.get(slot.handle)?;
+        Some(convert::vec3(rb.translation()))
+    }
+
+    fn insert(&mut self, id: ElementId, slot_spec: BodyTransfer, ghost: Option<RegionId>) {
+        let rb = rigid_body(&slot_spec.spec, id, &slot_spec.motion);
+        let handle = self.rapier.bodies.insert(rb);
+        self.rapier.colliders.insert_with_parent(
+            collider(&slot_spec.spec, id),
+            handle,
+            &mut self.rapier.bodies,
+        );
+        let last = ghost
+            .is_none()
+            .then_some((slot_spec.motion.pos, slot_spec.motion.vel));
+        self.slots.insert(
+            id,
+            Slot {
+                handle,
+                ghost,
+                spec: slot_spec.spec,
+                vehicle: slot_spec.vehicle,
+                resting: slot_spec.resting,
+                touching: slot_spec.touching.into_iter().collect(),
+                last,
+            },
+        );
+    }
+
+    fn remove(&mut self, id: ElementId) -> Option<Slot> {
+        let slot = self.slots.remove(&id)?;
+        self.rapier.remove_body(slot.handle);
+        Some(slot)
+    }
+
+    /// Applies one command to an owned body; commands for unknown bodies or
+    /// ghosts are ignored (the main sim checked them; a ghost's owner gets
+    /// its own).
+    pub fn apply(&mut self, cmd: &PhysicsCommand) {
+        if let PhysicsCommand::Spawn {
+            id,
+            spec,
+            pos,
+            vel,
+            vehicle,
+        } = cmd
+        {
+            if self.slots.contains_key(id) {
+                // A ghost of a body this region now creates cannot exist
+                // (ids are minted here); an owned duplicate is ignored.
+                return;
+            }
+            let body = BodyTransfer {
+                id: *id,
+                spec: *spec,
+                motion: Motion {
+                    pos: *pos,
+                    rot: [Fx::ZERO, Fx::ZERO, Fx::ZERO, Fx::ONE],
+                    vel: *vel,
+                    angvel: Vec3::ZERO,
+                },
+                resting: false,
+                vehicle: *vehicle,
+                touching: Vec::new(),
+            };
+            self.insert(*id, body, None);
+            // A fresh body is reported once so the sim sees it.
+            if let Some(s) = self.slots.get_mut(id) {
+                s.last = None;
+            }
+            return;
+        }
+        let id = cmd.id();
+        let Some(slot) = self.slots.get(&id) else {
+            return;
+        };
+        if slot.ghost.is_some() {
+            return;
+        }
+        let handle = slot.handle;
+        if let PhysicsCommand::Remove { .. } = cmd {
+            self.remove(id);
+            return;
+        }
+        let Some(rb) = self.rapier.bodies.get_mut(handle) else {
+            return;
+        };
+        match cmd {
+            PhysicsCommand::Impulse { impulse, .. } => {
+                rb.apply_impulse(convert::vector(*impulse), true);
+            }
+            PhysicsCommand::Force { force, .. } => {
+                rb.add_force(convert::vector(*force), true);
+                self.forced.push(handle);
+            }
+            PhysicsCommand::SetVelocity { vel, .. } => {
+                rb.set_linvel(convert::vector(*vel), true);
+            }
+            PhysicsCommand::KinematicTarget { pos, .. } => {
+                rb.set_next_kinematic_translation(convert::vector(*pos));
+            }
+            PhysicsCommand::SetPosition { pos, .. } => {
+                rb.set_translation(convert::vector(*pos), true);
+            }
+            PhysicsCommand::Spawn { .. } | PhysicsCommand::Remove { .. } => {}
+        }
+    }
+
+    /// Applies `commands` in order, steps once, and returns the events of
+    /// owned bodies, sorted by id.
+    pub fn step(&mut self, commands: &[PhysicsCommand]) -> Vec<PhysicsEvent> {
+        for cmd in commands {
+            self.apply(cmd);
+        }
+        self.follow_vehicles();
+        self.rapier.step();
+        for handle in std::mem::take(&mut self.forced) {
+            if let Some(rb) = self.rapier.bodies.get_mut(handle) {
+                rb.reset_forces(false);
+            }
+        }
+        self.collect_events()
+    }
+
+    /// Seated bodies move to their vehicle's centre plus their offset.
+    fn follow_vehicles(&mut self) {
+        let mut targets = Vec::new();
+        for slot in self.slots.values() {
+            if let (BodyKind::Seated { offset }, Some(vehicle)) = (slot.spec.kind, slot.vehicle)
+                && let Some(v) = self.slots.get(&vehicle)
+                && let Some(vb) = self.rapier.bodies.get(v.handle)
+            {
+                targets.push((
+                    slot.handle,
+                    vb.translation() + convert::vector(offset),
+                    vb.linvel(),
+                ));
+            }
+        }
+        for (handle, pos, vel) in targets {
+            if let Some(rb) = self.rapier.bodies.get_mut(handle) {
+                rb.set_next_kinematic_translation(pos);
+                rb.set_linvel(vel, true);
+            }
+        }
+    }
+
+    fn collect_events(&mut self) -> Vec<PhysicsEvent> {
+        let mut touching: BTreeMap<ElementId, BTreeSet<ElementId>> = BTreeMap::new();
+        let id_of = |h: ColliderHandle| {
+            self.rapier
+                .colliders
+                .get(h)
+                .map(|c| element_of(c.user_data))
+        };
+        for pair in self.rapier.narrow_phase.contact_pairs() {
+            if !pair.has_any_active_contact() {
+                continue;
+            }
+            let (Some(a), Some(b)) = (id_of(pair.collider1), id_of(pair.collider2)) else {
+                continue;
+            };
+            if a == b {
+                continue;
+            }
+            touching.entry(a).or_default().insert(b);
+            touching.entry(b).or_default().insert(a);
+        }
+        let mut events = Vec::new();
+        for (id, slot) in self.slots.iter_mut() {
+            if slot.ghost.is_some() {
+                continue;
+            }
+            let Some(rb) = self.rapier.bodies.get(slot.handle) else {
+                continue;
+            };
+            let now = (convert::vec3(rb.translation()), convert::vec3(rb.linvel()));
+            if slot.last != Some(now) {
+                slot.last = Some(now);
+                events.push(PhysicsEvent::Moved {
+                    id: *id,
+                    pos: now.0,
+                    vel: now.1,
+                });
+            }
+            let sleeping = rb.is_sleeping();
+            if sleeping && !slot.resting {
+                events.push(PhysicsEvent::AtRest { id: *id });
+            }
+            slot.resting = sleeping;
+            let new = touching.remove(id).unwrap_or_default();
+            for other in new.difference(&slot.touching) {
+                events.push(PhysicsEvent::Collided {
+                    id: *id,
+                    other: *other,
+                });
+            }
+            slot.touching = new;
+        }
+        events
+    }
+
+    /// Replaces the ghosts mirrored from `owner` with `ghosts` (sorted by
+    /// id). Ids this world owns are skipped; a ghost listed by a new owner
+    /// is relabelled.
+    pub fn set_ghosts(&mut self, owner: RegionId, ghosts: &[Ghost]) {
+        let listed: BTreeSet<ElementId> = ghosts.iter().map(|g| g.id).collect();
+        let stale: Vec<ElementId> = self
+            .slots
+            .iter()
+            .filter(|(id, s)| s.ghost == Some(owner) && !listed.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.remove(id);
+        }
+        for g in ghosts {
+            match self.slots.get_mut(&g.id) {
+                Some(slot) if slot.ghost.is_none() => {}
+                Some(slot) if slot.spec == g.spec => {
+                    slot.ghost = Some(owner);
+                    if let Some(rb) = self.rapier.bodies.get_mut(slot.handle) {
+                        rb.set_translation(convert::vector(g.motion.pos), true);
+                        rb.set_rotation(convert::rotation(g.motion.rot), true);
+                        rb.set_linvel(convert::vector(g.motion.vel), true);
+                        rb.set_angvel(convert::vector(g.motion.angvel), true);
+                    }
+                }
+                Some(_) => {
+                    self.remove(g.id);
+                    self.insert_ghost(owner, g);
+                }
+                None => self.insert_ghost(owner, g),
+            }
+        }
+    }
+
+    fn insert_ghost(&mut self, owner: RegionId, g: &Ghost) {
+        let body = BodyTransfer {
+            id: g.id,
+            spec: g.spec,
+            motion: g.motion,
+            resting: false,
+            vehicle: None,
+            touching: Vec::new(),
+        };
+        self.insert(g.id, body, Some(owner));
+    }
+
+    /// The owner of a ghost, `None` if `id` is owned here or unknown.
+    pub fn ghost_of(&self, id: ElementId) -> Option<RegionId> {
+        self.slots.get(&id).and_then(|s| s.ghost)
+    }
+
+    /// A ghost record of an owned body, for a neighbour.
+    pub fn ghost(&self, id: ElementId) -> Option<Ghost> {
+        let slot = self.slots.get(&id).filter(|s| s.ghost.is_none())?;
+        Some(Ghost {
+            id,
+            spec: slot.spec,
+            motion: self.motion(id)?,
+        })
+    }
+
+    /// The handoff record of an owned body.
+    pub fn transfer(&self, id: ElementId) -> Option<BodyTransfer> {
+        let slot = self.slots.get(&id).filter(|s| s.ghost.is_none())?;
+        Some(BodyTransfer {
+            id,
+            spec: slot.spec,
+            motion: self.motion(id)?,
+            resting: slot.resting,
+            vehicle: slot.vehicle,
+            touching: slot.touching.iter().copied().collect(),
+        })
+    }
+
+    /// Takes ownership of a body handed over by a neighbour, replacing any
+    /// ghost of it.
+    pub fn adopt(&mut self, body: &BodyTransfer) {
+        self.remove(body.id);
+        self.insert(body.id, body.clone(), None);
+    }
+
+    /// Lets an owned body go (its ownership moved away).
+    pub fn release(&mut self, id: ElementId) -> bool {
+        if self.owns(id) {
+            self.remove(id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The per-tick digest: every body in id order with its ownership,
+    /// spec, quantized motion, sleep flag and contacts, plus the config.
+    /// About 150 bytes per body are hashed.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut buf = Vec::with_capacity(64 + self.slots.len() * 160);
+        buf.extend_from_slice(&DIGEST_MAGIC);
+        put(&mut buf, &self.cfg);
+        put(&mut buf, &(self.slots.len() as u64));
+        for (id, slot) in &self.slots {
+            let motion = self.motion(*id);
+            put(
+                &mut buf,
+                &(
+                    id,
+                    slot.ghost,
+                    &slot.spec,
+                    slot.vehicle,
+                    motion,
+                    slot.resting,
+                    &slot.touching,
+                    slot.last,
+                ),
+            );
+        }
+        *blake3::hash(&buf).as_bytes()
+    }
+
+    /// The full snapshot: rapier's whole `PhysicsWorld` (bodies, colliders,
+    /// islands, broad and narrow phase with warm-start data) and our slots.
+    /// About 1 KB per body; hash it at checkpoints, not every tick.
+    pub fn snapshot(&self) -> Vec<u8> {
+        snapshot::encode(SNAPSHOT_MAGIC, &(&self.cfg, &self.rapier, &self.slots))
+    }
+
+    /// A world from [`World::snapshot`] bytes. Continuing from it gives the
+    /// same digests as never stopping.
+    pub fn restore(bytes: &[u8]) -> Result<World, DecodeError> {
+        let (cfg, rapier, slots): (WorldConfig, PhysicsWorld, BTreeMap<ElementId, Slot>) =
+            snapshot::decode(SNAPSHOT_MAGIC, bytes)?;
+        Ok(World {
+            cfg,
+            rapier,
+            slots,
+            forced: Vec::new(),
+        })
+    }
+
+    /// The underlying rapier world (for benches comparing with bare rapier).
+    pub fn rapier(&self) -> &PhysicsWorld {
+        &self.rapier
+    }
+}
+
+fn put<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
+    postcard::to_io(value, &mut *buf).expect("postcard encoding into a Vec cannot fail");
+}

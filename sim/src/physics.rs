@@ -1,0 +1,541 @@
+//! Messages between the main sim and the physics sim, and between the
+//! physics sims of neighbouring regions.
+//!
+//! The rapier world lives in `metatopia-physics`; this module holds only the
+//! types both sides (and scripts) agree on, all in fixed point and ids, so
+//! that `sim` stays free of floats and of rapier.
+//!
+//! - [`PhysicsCommand`]: what the main sim asks of its physics sim during a
+//!   tick (spawn, remove, impulse, force, velocity, kinematic target).
+//! - [`PhysicsEvent`]: what the physics sim reports for bodies its region
+//!   owns (moved, collided, came to rest, left the region). They are inputs
+//!   of the region's next tick.
+//! - [`PhysicsInbox`]: what the region tick feeds the main sim: last tick's
+//!   events and the element subtrees whose ownership switches this tick.
+//! - [`Envelope`] / [`BorderMessage`]: ghosts and ownership handoff between
+//!   regions, delivered as inputs of the receiving region's next batch.
+//!   [`decode_envelope`] is the check-then-parse decoder for untrusted bytes.
+//!
+//! Rounding rule (floats never enter `sim`): the physics side converts an
+//! `f64` to [`Fx`] as `round_half_even(value * 2^32)`, saturating at the
+//! `Fx` range, NaN to zero; `Fx` to `f64` is `bits as f64 / 2^32` (exact
+//! for every value below 2^21 in magnitude). See `metatopia-physics`'s
+//! `convert` module and docs/physics.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fx::{Fx, Vec3};
+use crate::id::{ElementId, RegionId};
+use crate::snapshot::{self, DecodeError};
+use crate::state::{Element, Pending};
+
+/// A collision shape.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Shape {
+    /// A sphere.
+    Ball {
+        /// Radius, metres, positive.
+        radius: Fx,
+    },
+    /// A box.
+    Cuboid {
+        /// Half extents, metres, each positive.
+        half: Vec3,
+    },
+}
+
+impl Shape {
+    /// Radius of the smallest sphere around the shape's centre (upper
+    /// bound), for margins.
+    pub fn bounding_radius(&self) -> Fx {
+        match self {
+            Shape::Ball { radius } => *radius,
+            Shape::Cuboid { half } => half.x.saturating_add(half.y).saturating_add(half.z),
+        }
+    }
+
+    fn valid(&self) -> bool {
+        let ok = |v: Fx| v > Fx::ZERO && v <= Fx::from_int(1000);
+        match self {
+            Shape::Ball { radius } => ok(*radius),
+            Shape::Cuboid { half } => ok(half.x) && ok(half.y) && ok(half.z),
+        }
+    }
+}
+
+/// Surface and mass properties.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Material {
+    /// Mass per cubic metre, positive.
+    pub density: Fx,
+    /// Friction coefficient, `0..=10`.
+    pub friction: Fx,
+    /// Restitution (bounciness), `0..=1`.
+    pub restitution: Fx,
+}
+
+impl Default for Material {
+    fn default() -> Material {
+        Material {
+            density: Fx::ONE,
+            friction: Fx::from_milli(500),
+            restitution: Fx::from_milli(500),
+        }
+    }
+}
+
+impl Material {
+    fn valid(&self) -> bool {
+        self.density > Fx::ZERO
+            && self.density <= Fx::from_int(100_000)
+            && self.friction >= Fx::ZERO
+            && self.friction <= Fx::from_int(10)
+            && self.restitution >= Fx::ZERO
+            && self.restitution <= Fx::ONE
+    }
+}
+
+/// How a body moves.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum BodyKind {
+    /// Moved by forces and contacts.
+    Dynamic,
+    /// Moved only by kinematic targets; pushes dynamic bodies.
+    Kinematic,
+    /// Never moves (ground, walls).
+    Fixed,
+    /// Rides its parent element's body at a fixed offset (a seated avatar
+    /// in a vehicle). It has a sensor collider and no dynamics of its own,
+    /// and it crosses borders with its vehicle, as one group.
+    Seated {
+        /// Offset from the vehicle's centre, metres.
+        offset: Vec3,
+    },
+}
+
+/// What a body is made of.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BodySpec {
+    /// How it moves.
+    pub kind: BodyKind,
+    /// Its collider.
+    pub shape: Shape,
+    /// Its material.
+    pub material: Material,
+}
+
+impl BodySpec {
+    /// Whether every field is in range.
+    pub fn valid(&self) -> bool {
+        let offset_ok = match self.kind {
+            BodyKind::Seated { offset } => offset.length() <= Fx::from_int(100),
+            _ => true,
+        };
+        offset_ok && self.shape.valid() && self.material.valid()
+    }
+}
+
+/// What the main sim keeps of a physical element (its position is the
+/// element's `pos`). Written only from physics events and body inputs.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Body {
+    /// Shape, material and kind.
+    pub spec: BodySpec,
+    /// Linear velocity at the end of the last physics step, m/s.
+    pub vel: Vec3,
+    /// Whether the body is asleep (came to rest).
+    pub resting: bool,
+}
+
+/// A command from the main sim to its physics sim, issued during a tick and
+/// applied, in issue order, before that tick's physics step. Positions are
+/// in region coordinates.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum PhysicsCommand {
+    /// Create a body for an element.
+    Spawn {
+        /// The element.
+        id: ElementId,
+        /// What it is made of.
+        spec: BodySpec,
+        /// Its centre.
+        pos: Vec3,
+        /// Its initial linear velocity.
+        vel: Vec3,
+        /// For a seated body: the body it rides (its parent element).
+        vehicle: Option<ElementId>,
+    },
+    /// Remove an element's body.
+    Remove {
+        /// The element.
+        id: ElementId,
+    },
+    /// Add an impulse (N·s) at the centre of mass.
+    Impulse {
+        /// The element.
+        id: ElementId,
+        /// The impulse.
+        impulse: Vec3,
+    },
+    /// Apply a force (N) during the next step only.
+    Force {
+        /// The element.
+        id: ElementId,
+        /// The force.
+        force: Vec3,
+    },
+    /// Set the linear velocity.
+    SetVelocity {
+        /// The element.
+        id: ElementId,
+        /// The velocity.
+        vel: Vec3,
+    },
+    /// Move a kinematic body to `pos` over the next step.
+    KinematicTarget {
+        /// The element.
+        id: ElementId,
+        /// The target position.
+        pos: Vec3,
+    },
+    /// Teleport a body (an element was moved by an input).
+    SetPosition {
+        /// The element.
+        id: ElementId,
+        /// The new centre.
+        pos: Vec3,
+    },
+}
+
+impl PhysicsCommand {
+    /// The element the command is for.
+    pub fn id(&self) -> ElementId {
+        match self {
+            PhysicsCommand::Spawn { id, .. }
+            | PhysicsCommand::Remove { id }
+            | PhysicsCommand::Impulse { id, .. }
+            | PhysicsCommand::Force { id, .. }
+            | PhysicsCommand::SetVelocity { id, .. }
+            | PhysicsCommand::KinematicTarget { id, .. }
+            | PhysicsCommand::SetPosition { id, .. } => *id,
+        }
+    }
+
+    fn valid(&self) -> bool {
+        match self {
+            PhysicsCommand::Spawn { spec, .. } => spec.valid(),
+            _ => true,
+        }
+    }
+}
+
+/// What a physics step reports, only for bodies the region owns. Positions
+/// are in region coordinates.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum PhysicsEvent {
+    /// The body's quantized position or velocity changed.
+    Moved {
+        /// The element.
+        id: ElementId,
+        /// Its centre.
+        pos: Vec3,
+        /// Its linear velocity.
+        vel: Vec3,
+    },
+    /// The body started touching `other` (owned here or a ghost).
+    Collided {
+        /// The owned body.
+        id: ElementId,
+        /// What it touched.
+        other: ElementId,
+    },
+    /// The body fell asleep.
+    AtRest {
+        /// The element.
+        id: ElementId,
+    },
+    /// Ownership of the body passed to `to`.
+    LeftRegion {
+        /// The element.
+        id: ElementId,
+        /// The new owner.
+        to: RegionId,
+    },
+}
+
+/// An element subtree whose ownership moves between regions, with
+/// everything the sim keeps for it: the elements (scripts and their state
+/// included, parents first), their bodies, their pending timers and
+/// undelivered script events.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Transfer {
+    /// The subtree, root first, parents before children. Positions are in
+    /// the coordinates of the region the transfer is handed to.
+    pub elements: Vec<Element>,
+    /// Bodies of elements in the subtree, by id.
+    pub bodies: Vec<(ElementId, Body)>,
+    /// Pending timers of scripts in the subtree: (due tick, script, timer).
+    pub timers: Vec<(u64, ElementId, u32)>,
+    /// Undelivered events for scripts in the subtree.
+    pub mailbox: Vec<Pending>,
+}
+
+impl Transfer {
+    /// The subtree's root.
+    pub fn root(&self) -> Option<ElementId> {
+        self.elements.first().map(|e| e.id)
+    }
+}
+
+/// What the region tick hands the main sim at the start of a tick.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct PhysicsInbox {
+    /// Subtrees whose ownership leaves this region now (by root id).
+    pub departures: Vec<ElementId>,
+    /// Subtrees whose ownership arrives now; each root is attached under
+    /// the region root.
+    pub arrivals: Vec<Transfer>,
+    /// Events from last tick's physics step.
+    pub events: Vec<PhysicsEvent>,
+}
+
+/// A body's dynamic state, quantized, in world coordinates.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Motion {
+    /// Centre.
+    pub pos: Vec3,
+    /// Rotation quaternion `(x, y, z, w)`.
+    pub rot: [Fx; 4],
+    /// Linear velocity.
+    pub vel: Vec3,
+    /// Angular velocity.
+    pub angvel: Vec3,
+}
+
+/// A body mirrored to a neighbour.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Ghost {
+    /// The element.
+    pub id: ElementId,
+    /// What it is made of.
+    pub spec: BodySpec,
+    /// Where it is.
+    pub motion: Motion,
+}
+
+/// A body in a handoff, with the contacts it had (so the receiver does not
+/// report them again).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BodyTransfer {
+    /// The element.
+    pub id: ElementId,
+    /// What it is made of.
+    pub spec: BodySpec,
+    /// Where it is.
+    pub motion: Motion,
+    /// Whether it was asleep.
+    pub resting: bool,
+    /// For a seated body: the body it rides.
+    pub vehicle: Option<ElementId>,
+    /// Bodies it was touching, by id.
+    pub touching: Vec<ElementId>,
+}
+
+/// A message between the physics sims of neighbouring regions. The
+/// handoff follows the G World Engine procedure: offer, accept or refuse by
+/// capacity, numbered influences forwarded, switch at an agreed tick.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum BorderMessage {
+    /// The sender's owned bodies within the margin of the receiver's box,
+    /// as of the end of the envelope's tick. Replaces the previous set.
+    Ghosts {
+        /// The bodies, by id.
+        bodies: Vec<Ghost>,
+    },
+    /// The sender asks the receiver to take a group (a root body and its
+    /// subtree); the switch happens at `switch_tick` if accepted.
+    Offer {
+        /// The group's root element.
+        root: ElementId,
+        /// Bodies in the group (the capacity the receiver needs).
+        bodies: u32,
+        /// The tick at which ownership switches.
+        switch_tick: u64,
+    },
+    /// The receiver of an offer takes the group.
+    Accept {
+        /// The group's root element.
+        root: ElementId,
+    },
+    /// The receiver of an offer refuses it (no capacity).
+    Refuse {
+        /// The group's root element.
+        root: ElementId,
+    },
+    /// The group's data at the end of the tick before the switch, and the
+    /// influences (commands) that arrived for it since the offer, numbered
+    /// from 1. Applied only if the offer was accepted.
+    Final {
+        /// The elements, scripts and sim-side bodies, in receiver coordinates.
+        transfer: Transfer,
+        /// The physics side of each body, world coordinates.
+        bodies: Vec<BodyTransfer>,
+        /// Influences, by sequence number.
+        influences: Vec<(u32, PhysicsCommand)>,
+    },
+}
+
+/// A border message with its routing: sent by `from` at the end of `tick`,
+/// applied by `to` at `tick + 1`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Sending region.
+    pub from: RegionId,
+    /// Receiving region.
+    pub to: RegionId,
+    /// The tick at whose end it was sent.
+    pub tick: u64,
+    /// The message.
+    pub msg: BorderMessage,
+}
+
+/// First bytes of an encoded border envelope.
+pub const BORDER_MAGIC: [u8; 4] = *b"MTPB";
+/// Most bodies in one ghost message.
+pub const GHOSTS_MAX: usize = 16_384;
+/// Most elements (or bodies) in one handoff.
+pub const TRANSFER_ELEMENTS_MAX: usize = 1024;
+/// Most influences forwarded in one handoff.
+pub const INFLUENCES_MAX: usize = 4096;
+/// Most timers or mailbox entries in one handoff.
+pub const TRANSFER_PENDING_MAX: usize = 65_536;
+/// Largest encoded border envelope, bytes.
+pub const BORDER_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Why a border envelope is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BorderError {
+    /// The bytes are not a canonical envelope.
+    #[error("border envelope: {0}")]
+    Decode(#[from] DecodeError),
+    /// The envelope is larger than allowed.
+    #[error("border envelope of {0} bytes exceeds {BORDER_BYTES_MAX}")]
+    TooLarge(usize),
+    /// The envelope decodes but breaks a rule.
+    #[error("invalid border envelope: {0}")]
+    Invalid(String),
+}
+
+impl Envelope {
+    /// Checks bounds and values: counts within limits, shapes and
+    /// materials in range, ids unique where they must be, a transfer's
+    /// elements forming one subtree.
+    pub fn validate(&self) -> Result<(), BorderError> {
+        let bad = |m: String| Err(BorderError::Invalid(m));
+        if self.from == self.to {
+            return bad(format!("region {} sends to itself", self.from));
+        }
+        match &self.msg {
+            BorderMessage::Ghosts { bodies } => {
+                if bodies.len() > GHOSTS_MAX {
+                    return bad(format!("{} ghosts, limit {GHOSTS_MAX}", bodies.len()));
+                }
+                if !bodies.windows(2).all(|w| w[0].id < w[1].id) {
+                    return bad("ghosts not sorted by id or repeated".into());
+                }
+                if let Some(g) = bodies.iter().find(|g| !g.spec.valid()) {
+                    return bad(format!("ghost {} has an invalid body", g.id));
+                }
+            }
+            BorderMessage::Offer {
+                bodies,
+                switch_tick,
+                ..
+            } => {
+                if *bodies == 0 || *bodies as usize > TRANSFER_ELEMENTS_MAX {
+                    return bad(format!("offer of {bodies} bodies"));
+                }
+                if *switch_tick <= self.tick {
+                    return bad(format!(
+                        "switch tick {switch_tick} is not after tick {}",
+                        self.tick
+                    ));
+                }
+            }
+            BorderMessage::Accept { .. } | BorderMessage::Refuse { .. } => {}
+            BorderMessage::Final {
+                transfer,
+                bodies,
+                influences,
+            } => {
+                let t = transfer;
+                if t.elements.is_empty() || t.elements.len() > TRANSFER_ELEMENTS_MAX {
+                    return bad(format!("transfer of {} elements", t.elements.len()));
+                }
+                if bodies.len() > TRANSFER_ELEMENTS_MAX || t.bodies.len() > TRANSFER_ELEMENTS_MAX {
+                    return bad("too many bodies in transfer".into());
+                }
+                if t.timers.len() > TRANSFER_PENDING_MAX || t.mailbox.len() > TRANSFER_PENDING_MAX {
+                    return bad("too many pending entries in transfer".into());
+                }
+                if influences.len() > INFLUENCES_MAX {
+                    return bad(format!("{} influences", influences.len()));
+                }
+                let mut ids: Vec<ElementId> = t.elements.iter().map(|e| e.id).collect();
+                for e in &t.elements[1..] {
+                    match e.parent {
+                        Some(p) if ids.contains(&p) => {}
+                        _ => return bad(format!("element {} is outside the subtree", e.id)),
+                    }
+                }
+                ids.sort();
+                if ids.windows(2).any(|w| w[0] == w[1]) {
+                    return bad("repeated element in transfer".into());
+                }
+                let inside = |id: &ElementId| ids.binary_search(id).is_ok();
+                if !t.bodies.iter().all(|(id, b)| inside(id) && b.spec.valid()) {
+                    return bad("transfer body outside the subtree or invalid".into());
+                }
+                if !bodies.iter().all(|b| inside(&b.id) && b.spec.valid()) {
+                    return bad("handoff body outside the subtree or invalid".into());
+                }
+                if bodies.len() != t.bodies.len()
+                    || !bodies.iter().zip(&t.bodies).all(|(b, (id, _))| b.id == *id)
+                {
+                    return bad("physics and sim bodies differ".into());
+                }
+                if !t.timers.iter().all(|(_, s, _)| inside(s))
+                    || !t.mailbox.iter().all(|p| inside(&p.to))
+                {
+                    return bad("pending entry outside the subtree".into());
+                }
+                if !influences.windows(2).all(|w| w[0].0 < w[1].0)
+                    || influences.first().is_some_and(|i| i.0 == 0)
+                {
+                    return bad("influences not numbered 1.. in order".into());
+                }
+                if !influences.iter().all(|(_, c)| inside(&c.id()) && c.valid()) {
+                    return bad("influence for a body outside the subtree".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encodes an envelope (`MTPB || version || postcard`).
+pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
+    snapshot::encode(BORDER_MAGIC, envelope)
+}
+
+/// Decodes and validates an envelope from untrusted bytes. Anything
+/// malformed, non-canonical, oversized or out of range is refused with a
+/// clear error.
+pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, BorderError> {
+    if bytes.len() > BORDER_BYTES_MAX {
+        return Err(BorderError::TooLarge(bytes.len()));
+    }
+    let envelope: Envelope = snapshot::decode(BORDER_MAGIC, bytes)?;
+    envelope.validate()?;
+    Ok(envelope)
+}
