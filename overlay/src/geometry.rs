@@ -28,6 +28,14 @@ pub trait Geometry {
     /// The Voronoi neighbours of `me` among `others`. Sites equal to `me`
     /// and duplicate sites are ignored (the smaller id of a duplicate wins).
     fn neighbours(&self, me: Point, others: &[(NodeId, Point)]) -> Vec<NodeId>;
+
+    /// The neighbours and the squared *reach* of `me`'s cell: a site farther
+    /// than the reach from `me` cannot change `me`'s neighbours (it lies
+    /// outside every empty circumcircle through `me`). `None` means
+    /// unbounded (a hull cell). The default is always unbounded.
+    fn neighbourhood(&self, me: Point, others: &[(NodeId, Point)]) -> (Vec<NodeId>, Option<u128>) {
+        (self.neighbours(me, others), None)
+    }
 }
 
 /// Exact 2-D Voronoi neighbours on spade.
@@ -101,22 +109,27 @@ fn extended_neighbours(dt: &Dt, v: FixedVertexHandle) -> BTreeSet<u32> {
 
 impl Geometry for Exact2d {
     fn neighbours(&self, me: Point, others: &[(NodeId, Point)]) -> Vec<NodeId> {
+        self.neighbourhood(me, others).0
+    }
+
+    fn neighbourhood(&self, me: Point, others: &[(NodeId, Point)]) -> (Vec<NodeId>, Option<u128>) {
+        // Sort so duplicates resolve deterministically (smaller id first).
+        let mut sorted: Vec<(NodeId, Point)> =
+            others.iter().copied().filter(|s| s.1 != me).collect();
+        sorted.sort_unstable_by_key(|&(id, p)| (p, id));
+        sorted.dedup_by_key(|&mut (_, p)| p);
+        // Insert in a pseudo-random order: sorted input makes incremental
+        // Delaunay insertion walk the hull.
+        sorted.sort_unstable_by_key(|&(id, _)| id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut dt = Dt::new();
         let Ok(me_handle) = dt.insert(Site {
             pos: p2(me),
             index: u32::MAX,
         }) else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
-        // Sort so duplicates resolve deterministically (smaller id first).
-        let mut sorted: Vec<(NodeId, Point)> = others.to_vec();
-        sorted.sort_by_key(|&(id, p)| (p, id));
-        sorted.dedup_by_key(|&mut (_, p)| p);
         let mut ids = Vec::with_capacity(sorted.len());
         for (id, p) in sorted {
-            if p == me {
-                continue;
-            }
             let Ok(index) = u32::try_from(ids.len()) else {
                 break;
             };
@@ -124,10 +137,38 @@ impl Geometry for Exact2d {
                 ids.push(id);
             }
         }
-        extended_neighbours(&dt, me_handle)
+        let ns = extended_neighbours(&dt, me_handle)
             .into_iter()
             .filter_map(|i| ids.get(i as usize).copied())
-            .collect()
+            .collect();
+        (ns, reach2(&dt, me_handle))
+    }
+}
+
+/// Twice the largest circumradius of the triangles around `v` (squared,
+/// rounded up generously), or `None` on the hull.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn reach2(dt: &Dt, v: FixedVertexHandle) -> Option<u128> {
+    let vh = dt.vertex(v);
+    let me = vh.position();
+    let mut r2max = 0.0f64;
+    let mut any = false;
+    for e in vh.out_edges() {
+        let f = e.face().as_inner()?;
+        let c = f.circumcenter();
+        let (dx, dy) = (c.x - me.x, c.y - me.y);
+        r2max = r2max.max(dx * dx + dy * dy);
+        any = true;
+    }
+    if !any || !r2max.is_finite() {
+        return None;
+    }
+    // (2r)^2 with 1 % slack plus a millimetre.
+    let reach = 4.0 * r2max * 1.01 + 1.0;
+    if reach >= 1e36 {
+        None
+    } else {
+        Some(reach as u128)
     }
 }
 

@@ -12,14 +12,20 @@
 //! - [`geometry`]: the geometry trait, exact 2-D on spade, the global oracle.
 //! - [`peer`]: the sans-IO core state machine.
 //! - [`fuzz`]: the decoder fuzz body.
+//! - [`net`]: the libp2p codec and `NetworkBehaviour`.
+//! - [`service`]: the tokio service and the [`Handle`] the node calls.
 //! - [`simnet`]: a deterministic simulated network that runs many cores.
 
 pub mod fuzz;
 pub mod geometry;
+pub mod net;
 pub mod peer;
+pub mod service;
 pub mod simnet;
 pub mod wire;
 
 pub use geometry::{Exact2d, Geometry, Oracle};
+pub use net::Behaviour;
 pub use peer::{CommandError, Config, Dest, Event, Output, Peer, Stats};
+pub use service::{Handle, Location, Service, ServiceConfig, ServiceError, Status};
 pub use wire::{Contact, Message, NodeId, Point, Rect, RegionId, RegionInfo};

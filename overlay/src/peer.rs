@@ -64,6 +64,9 @@ pub struct Config {
     pub known_max: usize,
     /// Long-link redraw period.
     pub long_link_refresh_ms: u64,
+    /// Neighbour-set changes are announced (`Hello`) at most this long
+    /// after they happen, coalescing bursts (many neighbours moving at once).
+    pub hello_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -88,6 +91,7 @@ impl Default for Config {
             outbox_max: 65_536,
             known_max: 2_048,
             long_link_refresh_ms: 60_000,
+            hello_delay_ms: 50,
         }
     }
 }
@@ -207,6 +211,9 @@ struct Entry {
     probed_ms: Option<u64>,
     /// The Voronoi neighbour list this site last advertised to us.
     adv: Vec<NodeId>,
+    /// Ids already introduced to this site since the last heartbeat round
+    /// (damps repeated `Introduce` while everyone moves).
+    told: BTreeSet<NodeId>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -241,6 +248,8 @@ pub struct Peer<G: Geometry = Exact2d> {
     known: BTreeMap<NodeId, Entry>,
     vn: BTreeSet<NodeId>,
     an: BTreeSet<NodeId>,
+    /// Squared reach of my cell (see [`Geometry::neighbourhood`]).
+    reach2: Option<u128>,
     long: Option<LongLink>,
     back: BTreeMap<NodeId, Point>,
     dead: BTreeMap<NodeId, u64>,
@@ -250,6 +259,9 @@ pub struct Peer<G: Geometry = Exact2d> {
     next_query: u64,
     out: VecDeque<Output>,
     early: Vec<Message>,
+    hello_vn: bool,
+    hello_new: BTreeSet<NodeId>,
+    hello_at: Option<u64>,
     next_heartbeat: u64,
     next_announce: u64,
     stats: Stats,
@@ -275,6 +287,7 @@ impl<G: Geometry> Peer<G> {
             known: BTreeMap::new(),
             vn: BTreeSet::new(),
             an: BTreeSet::new(),
+            reach2: None,
             long: None,
             back: BTreeMap::new(),
             dead: BTreeMap::new(),
@@ -284,6 +297,9 @@ impl<G: Geometry> Peer<G> {
             next_query: 1,
             out: VecDeque::new(),
             early: Vec::new(),
+            hello_vn: false,
+            hello_new: BTreeSet::new(),
+            hello_at: None,
             next_heartbeat: 0,
             next_announce: u64::MAX,
             stats: Stats::default(),
@@ -380,7 +396,8 @@ impl<G: Geometry> Peer<G> {
             Phase::Joining { deadline, .. } => Some(*deadline),
             Phase::Joined => {
                 let q = self.queries.values().map(|q| q.deadline).min();
-                Some(q.map_or(self.next_heartbeat, |q| q.min(self.next_heartbeat)))
+                let d = q.map_or(self.next_heartbeat, |q| q.min(self.next_heartbeat));
+                Some(self.hello_at.map_or(d, |h| h.min(d)))
             }
         }
     }
@@ -437,7 +454,7 @@ impl<G: Geometry> Peer<G> {
         if self.phase != Phase::Joined {
             return;
         }
-        let broadcast = self.recompute(now, true);
+        let broadcast = self.recompute(now, false);
         let hb = Message::Heartbeat {
             from: self.me.clone(),
         };
@@ -567,13 +584,19 @@ impl<G: Geometry> Peer<G> {
                 }
             }
             Message::Hello { from, vn, known } => self.on_hello(now, from, vn, known),
-            Message::Heartbeat { from } => self.on_heartbeat(now, from),
+            Message::Heartbeat { from } => {
+                let dest = Dest::from(&from);
+                let id = from.id;
+                self.on_heartbeat(now, from);
+                self.pong_if_unlinked(id, dest);
+            }
+            Message::Pong { from } => self.on_heartbeat(now, from),
             Message::Probe { from } => {
                 self.upsert(now, &from, true);
-                let hb = Message::Heartbeat {
+                let pong = Message::Pong {
                     from: self.me.clone(),
                 };
-                self.push_send(Dest::from(&from), hb);
+                self.push_send(Dest::from(&from), pong);
             }
             Message::Introduce { from, contacts } => {
                 if self.phase != Phase::Joined {
@@ -645,6 +668,21 @@ impl<G: Geometry> Peer<G> {
         }
     }
 
+    /// A hint from the transport that a link may be gone (its connection
+    /// closed): probe it now instead of waiting for missed heartbeats.
+    pub fn suspect(&mut self, now: u64, id: NodeId) {
+        if self.phase != Phase::Joined || !self.known.contains_key(&id) {
+            return;
+        }
+        if let Some(e) = self.known.get_mut(&id) {
+            e.probed_ms = Some(now);
+        }
+        let msg = Message::Probe {
+            from: self.me.clone(),
+        };
+        self.send_to(id, msg);
+    }
+
     /// Timers: heartbeats, failure detection, join retries, re-announces,
     /// query deadlines.
     pub fn tick(&mut self, now: u64) {
@@ -660,6 +698,9 @@ impl<G: Geometry> Peer<G> {
     }
 
     fn tick_joined(&mut self, now: u64) {
+        if self.hello_at.is_some_and(|t| t <= now) {
+            self.flush_hello();
+        }
         let expired: Vec<u64> = self
             .queries
             .iter()
@@ -676,6 +717,9 @@ impl<G: Geometry> Peer<G> {
         }
         self.next_heartbeat = now + self.cfg.heartbeat_ms;
         self.dead.retain(|_, until| *until > now);
+        for e in self.known.values_mut() {
+            e.told.clear();
+        }
         self.regions.retain(|_, (_, exp)| *exp > now);
 
         // Failure detection: probe after silence, declare dead after more.
@@ -776,14 +820,19 @@ impl<G: Geometry> Peer<G> {
             return;
         }
         let was_link = self.links().contains(&from.id);
-        self.upsert(now, &from, true);
-        if let Some(e) = self.known.get_mut(&from.id) {
-            e.adv = vn.iter().map(|c| c.id).collect();
+        let mut changed = self.upsert(now, &from, true);
+        let adv: Vec<NodeId> = vn.iter().map(|c| c.id).collect();
+        if let Some(e) = self.known.get_mut(&from.id)
+            && e.adv != adv
+        {
+            e.adv = adv;
+            changed = true;
         }
         for c in &vn {
-            self.upsert(now, c, false);
+            changed |= self.upsert(now, c, false);
         }
-        let broadcast = self.recompute(now, false);
+        // Nothing new: the neighbour sets cannot have changed.
+        let broadcast = changed && self.recompute(now, false);
 
         // Enclosing/AOI check (VON `EN`): tell the sender about sites it
         // should know and does not list.
@@ -805,12 +854,22 @@ impl<G: Geometry> Peer<G> {
                 relevant.insert(id);
             }
         }
+        let told = self
+            .known
+            .get(&from.id)
+            .map(|e| e.told.clone())
+            .unwrap_or_default();
         let missing: Vec<Contact> = relevant
             .into_iter()
-            .filter(|id| *id != from.id && *id != self.me.id && !their.contains(id))
+            .filter(|id| {
+                *id != from.id && *id != self.me.id && !their.contains(id) && !told.contains(id)
+            })
             .filter_map(|id| self.known.get(&id).map(|e| e.c.clone()))
             .take(CONTACTS_MAX)
             .collect();
+        if let Some(e) = self.known.get_mut(&from.id) {
+            e.told.extend(missing.iter().map(|c| c.id));
+        }
         if !missing.is_empty() {
             let msg = Message::Introduce {
                 from: self.me.clone(),
@@ -820,8 +879,46 @@ impl<G: Geometry> Peer<G> {
         }
         let sent_hello = broadcast && self.vn.contains(&from.id);
         if !was_link && !sent_hello && self.links().contains(&from.id) {
-            let h = self.hello_msg();
-            self.push_send(Dest::from(&from), h);
+            self.queue_hello(now, false, [from.id]);
+        }
+        self.pong_if_unlinked(from.id, Dest::from(&from));
+    }
+
+    /// A peer that treats me as a link while I do not treat it as one may
+    /// hold a stale picture of me: tell it where I am (never answered).
+    fn pong_if_unlinked(&mut self, id: NodeId, dest: Dest) {
+        if self.phase == Phase::Joined && !self.links().contains(&id) {
+            let pong = Message::Pong {
+                from: self.me.clone(),
+            };
+            self.push_send(dest, pong);
+        }
+    }
+
+    /// Schedule a `Hello` to the Voronoi neighbours (if `vn`) and to `new`.
+    fn queue_hello(&mut self, now: u64, vn: bool, new: impl IntoIterator<Item = NodeId>) {
+        self.hello_vn |= vn;
+        self.hello_new.extend(new);
+        if self.hello_vn || !self.hello_new.is_empty() {
+            let at = now + self.cfg.hello_delay_ms;
+            self.hello_at = Some(self.hello_at.map_or(at, |t| t.min(at)));
+        }
+    }
+
+    fn flush_hello(&mut self) {
+        self.hello_at = None;
+        let links = self.links();
+        let mut targets: BTreeSet<NodeId> = std::mem::take(&mut self.hello_new);
+        if std::mem::take(&mut self.hello_vn) {
+            targets.extend(self.vn.iter().copied());
+        }
+        targets.retain(|id| links.contains(id));
+        if targets.is_empty() {
+            return;
+        }
+        let hello = self.hello_msg();
+        for id in targets {
+            self.send_to(id, hello.clone());
         }
     }
 
@@ -834,8 +931,27 @@ impl<G: Geometry> Peer<G> {
         if !changed {
             return;
         }
-        // "Newly in range" introductions for a mover (VON boundary check).
+        // "Newly in range" introductions for a mover, done only by its
+        // boundary neighbours (VON): links in the outer half of its AOI.
+        let half = u128::from(self.cfg.aoi_radius_mm / 2);
+        let boundary = from.pos.dist2(self.me.pos) >= half * half;
         if let Some(old) = old {
+            self.introduce_newcomers(boundary, &from, old);
+            // A non-neighbour that stays out of every circumcircle through
+            // me cannot change my Voronoi neighbours: only AOI links change.
+            let far = self
+                .reach2
+                .is_some_and(|r| from.pos.dist2(self.me.pos) > r && old.dist2(self.me.pos) > r);
+            if !self.vn.contains(&from.id) && far {
+                self.recompute_aoi(now);
+                return;
+            }
+        }
+        self.recompute(now, false);
+    }
+
+    fn introduce_newcomers(&mut self, boundary: bool, from: &Contact, old: Point) {
+        if boundary {
             let reach = u128::from(self.cfg.aoi_radius_mm + self.cfg.aoi_buffer_mm);
             let r2 = reach * reach;
             let fresh: Vec<Contact> = self
@@ -847,15 +963,47 @@ impl<G: Geometry> Peer<G> {
                 .map(|e| e.c.clone())
                 .take(CONTACTS_MAX)
                 .collect();
+            let told = self
+                .known
+                .get(&from.id)
+                .map(|e| e.told.clone())
+                .unwrap_or_default();
+            let fresh: Vec<Contact> = fresh
+                .into_iter()
+                .filter(|c| !told.contains(&c.id))
+                .collect();
+            if let Some(e) = self.known.get_mut(&from.id) {
+                e.told.extend(fresh.iter().map(|c| c.id));
+            }
             if !fresh.is_empty() {
                 let msg = Message::Introduce {
                     from: self.me.clone(),
                     contacts: fresh,
                 };
-                self.push_send(Dest::from(&from), msg);
+                self.push_send(Dest::from(from), msg);
             }
         }
-        self.recompute(now, false);
+    }
+
+    /// AOI-only update (no triangulation): admit or drop AOI links.
+    fn recompute_aoi(&mut self, now: u64) {
+        let old_links = self.links();
+        self.an = self.aoi_set();
+        let new: Vec<NodeId> = self.links().difference(&old_links).copied().collect();
+        self.queue_hello(now, false, new);
+    }
+
+    fn aoi_set(&self) -> BTreeSet<NodeId> {
+        let enter = u128::from(self.cfg.aoi_radius_mm + self.cfg.aoi_buffer_mm);
+        let keep = u128::from(self.cfg.aoi_radius_mm + self.cfg.aoi_buffer_mm * 5 / 4);
+        self.known
+            .values()
+            .filter(|e| {
+                let d = e.c.pos.dist2(self.me.pos);
+                d <= enter * enter || (self.an.contains(&e.c.id) && d <= keep * keep)
+            })
+            .map(|e| e.c.id)
+            .collect()
     }
 
     /// Acks can race with handovers: the true owner of the target is the
@@ -1222,6 +1370,7 @@ impl<G: Geometry> Peer<G> {
                         heard_ms: now,
                         probed_ms: None,
                         adv: Vec::new(),
+                        told: BTreeSet::new(),
                     },
                 );
                 true
@@ -1275,22 +1424,10 @@ impl<G: Geometry> Peer<G> {
     fn recompute(&mut self, now: u64, force: bool) -> bool {
         let old_links = self.links();
         let sites: Vec<(NodeId, Point)> = self.known.values().map(|e| (e.c.id, e.c.pos)).collect();
-        let vn: BTreeSet<NodeId> = self
-            .geo
-            .neighbours(self.me.pos, &sites)
-            .into_iter()
-            .collect();
-        let enter = u128::from(self.cfg.aoi_radius_mm + self.cfg.aoi_buffer_mm);
-        let keep = u128::from(self.cfg.aoi_radius_mm + self.cfg.aoi_buffer_mm * 5 / 4);
-        let an: BTreeSet<NodeId> = self
-            .known
-            .values()
-            .filter(|e| {
-                let d = e.c.pos.dist2(self.me.pos);
-                d <= enter * enter || (self.an.contains(&e.c.id) && d <= keep * keep)
-            })
-            .map(|e| e.c.id)
-            .collect();
+        let (vn, reach2) = self.geo.neighbourhood(self.me.pos, &sites);
+        let vn: BTreeSet<NodeId> = vn.into_iter().collect();
+        self.reach2 = reach2;
+        let an = self.aoi_set();
         let vn_changed = vn != self.vn;
         self.vn = vn;
         self.an = an;
@@ -1311,12 +1448,8 @@ impl<G: Geometry> Peer<G> {
 
         let links = self.links();
         let broadcast = vn_changed || force;
-        let hello = self.hello_msg();
-        for &id in &links {
-            if (broadcast && self.vn.contains(&id)) || !old_links.contains(&id) {
-                self.send_to(id, hello.clone());
-            }
-        }
+        let new: Vec<NodeId> = links.difference(&old_links).copied().collect();
+        self.queue_hello(now, broadcast, new);
 
         // Hand over back-links whose targets left my cell.
         let moved: Vec<(NodeId, Point)> = self

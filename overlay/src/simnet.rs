@@ -88,8 +88,12 @@ pub struct SimNet {
     rng: ChaCha8Rng,
     traffic: Vec<Traffic>,
     events: Vec<(NodeId, Event)>,
+    timers: BinaryHeap<std::cmp::Reverse<(u64, u64)>>,
+    scheduled: Vec<u64>,
     /// Messages delivered so far.
     pub delivered: u64,
+    /// Messages sent, by kind.
+    pub kinds: std::collections::BTreeMap<&'static str, u64>,
 }
 
 fn idx(id: NodeId) -> usize {
@@ -108,7 +112,10 @@ impl SimNet {
             rng: ChaCha8Rng::seed_from_u64(seed),
             traffic: Vec::new(),
             events: Vec::new(),
+            timers: BinaryHeap::new(),
+            scheduled: Vec::new(),
             delivered: 0,
+            kinds: std::collections::BTreeMap::new(),
         }
     }
 
@@ -123,6 +130,7 @@ impl SimNet {
         };
         self.peers.push(Some(Peer::new(cfg, me, seed)));
         self.traffic.push(Traffic::default());
+        self.scheduled.push(u64::MAX);
         id
     }
 
@@ -242,6 +250,13 @@ impl SimNet {
     }
 
     fn flush(&mut self, id: NodeId) {
+        if let Some(d) = self.peer(id).and_then(Peer::next_deadline)
+            && let Some(s) = self.scheduled.get_mut(idx(id))
+            && *s != d
+        {
+            *s = d;
+            self.timers.push(std::cmp::Reverse((d, id.0)));
+        }
         loop {
             let Some(out) = self.peer_mut(id).and_then(Peer::poll_output) else {
                 return;
@@ -249,6 +264,7 @@ impl SimNet {
             match out {
                 Output::Event(e) => self.events.push((id, e)),
                 Output::Send { to, msg } => {
+                    *self.kinds.entry(msg.kind_name()).or_default() += 1;
                     if let Some(t) = self.traffic.get_mut(idx(id)) {
                         t.msgs += 1;
                         if self.cfg.count_bytes {
@@ -314,18 +330,26 @@ impl SimNet {
         let until = self.now + dt_ms;
         self.run_until(until);
         let now = self.now;
-        for i in 0..self.peers.len() {
-            let id = NodeId(i as u64);
+        while let Some(&std::cmp::Reverse((d, i))) = self.timers.peek() {
+            if d > now {
+                break;
+            }
+            self.timers.pop();
+            let id = NodeId(i);
+            if let Some(s) = self.scheduled.get_mut(idx(id))
+                && *s == d
+            {
+                *s = u64::MAX;
+            }
             let due = self
                 .peer(id)
                 .and_then(Peer::next_deadline)
                 .is_some_and(|d| d <= now);
-            if due {
-                if let Some(p) = self.peer_mut(id) {
-                    p.tick(now);
-                }
-                self.flush(id);
+            if due && let Some(p) = self.peer_mut(id) {
+                p.tick(now);
             }
+            // Re-arm (also for a stale entry whose deadline moved later).
+            self.flush(id);
         }
     }
 

@@ -253,8 +253,14 @@ pub enum Message {
         /// The sender.
         from: Contact,
     },
-    /// Liveness probe after missed heartbeats; answered by `Heartbeat`.
+    /// Liveness probe after missed heartbeats; answered by `Pong`.
     Probe {
+        /// The sender.
+        from: Contact,
+    },
+    /// Answer to a `Probe`, or to a heartbeat from a peer that is not (or
+    /// no longer) my link, so it refreshes my position. Never answered.
+    Pong {
         /// The sender.
         from: Contact,
     },
@@ -437,6 +443,7 @@ impl Message {
             Message::JoinRefused { from }
             | Message::Heartbeat { from }
             | Message::Probe { from }
+            | Message::Pong { from }
             | Message::LongLinkRelease { from }
             | Message::Bye { from } => contact_ok(from),
             Message::Hello { from, vn, known } => {
@@ -457,6 +464,31 @@ impl Message {
         }
     }
 
+    /// A short name of the variant (for counters).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Message::Route(r) => match r.kind {
+                RouteKind::Join => "route-join",
+                RouteKind::LongLink => "route-long",
+                RouteKind::Locate { .. } => "route-locate",
+                RouteKind::Walk { .. } => "route-walk",
+            },
+            Message::JoinReply { .. } => "join-reply",
+            Message::JoinRefused { .. } => "join-refused",
+            Message::Hello { .. } => "hello",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::Probe { .. } => "probe",
+            Message::Pong { .. } => "pong",
+            Message::Introduce { .. } => "introduce",
+            Message::Bye { .. } => "bye",
+            Message::LongLinkAck { .. } => "long-ack",
+            Message::LongLinkRelease { .. } => "long-release",
+            Message::LocateReply { .. } => "locate-reply",
+            Message::Walk(_) => "walk",
+            Message::WalkDone { .. } => "walk-done",
+        }
+    }
+
     /// The sender's contact, when the message names it.
     pub fn sender(&self) -> Option<&Contact> {
         match self {
@@ -465,6 +497,7 @@ impl Message {
             | Message::Hello { from, .. }
             | Message::Heartbeat { from }
             | Message::Probe { from }
+            | Message::Pong { from }
             | Message::Introduce { from, .. }
             | Message::Bye { from }
             | Message::LongLinkAck { from, .. }
