@@ -116,6 +116,15 @@ pub enum Action {
         /// Longest chat line, bytes.
         #[serde(default)]
         text_bytes_max: Option<u32>,
+        /// VM instructions per script handler.
+        #[serde(default)]
+        script_instructions_max: Option<u32>,
+        /// Bytes of live Lua data per script call.
+        #[serde(default)]
+        script_memory_bytes_max: Option<u32>,
+        /// Accepted SPDX licence identifiers for scripts.
+        #[serde(default)]
+        script_licences: Option<Vec<String>>,
     },
 }
 
@@ -257,6 +266,9 @@ impl Action {
                 players_online_max,
                 chat_history_max,
                 text_bytes_max,
+                script_instructions_max,
+                script_memory_bytes_max,
+                script_licences,
             } => InputKind::Admin(AdminAction::Settings(SettingsPatch {
                 name: name.clone(),
                 temp_admin_absence_days: *temp_admin_absence_days,
@@ -266,6 +278,9 @@ impl Action {
                 players_online_max: *players_online_max,
                 chat_history_max: *chat_history_max,
                 text_bytes_max: *text_bytes_max,
+                script_instructions_max: *script_instructions_max,
+                script_memory_bytes_max: *script_memory_bytes_max,
+                script_licences: script_licences.clone(),
             })),
         })
     }

@@ -1,1 +1,29 @@
-//! metatopia-scripts (work in progress).
+//! metatopia-scripts: deterministic, sandboxed Lua 5.4 for metatopia sims.
+//!
+//! Creators write Lua; every replica of a sim runs it to the same state
+//! hash. [`Host`] implements the sim's `ScriptHost`: one hardened Lua state
+//! per script ([`Sandbox`]), instruction and memory budgets that no `pcall`
+//! can catch, a canonical encoding of each script's persistent `state`
+//! table ([`codec`]), fixed-point maths as raw integers ([`fx`]) and a
+//! copyleft licence check for uploads ([`licence`]). The script API is
+//! documented in `docs/scripting.md`.
+//!
+//! Layout:
+//! - [`host`]: the `ScriptHost`, the source lookup and the upload check.
+//! - [`sandbox`]: one Lua state, hardened; one call of it.
+//! - [`codec`]: the canonical `state` encoding.
+//! - [`fx`]: the `fx` library.
+//! - [`licence`]: `SPDX-License-Identifier` checks.
+//! - [`rng`]: the generator behind `math.random`.
+//! - [`fuzz`]: bodies of the fuzz targets.
+
+pub mod codec;
+pub mod fuzz;
+pub mod fx;
+pub mod host;
+pub mod licence;
+pub mod rng;
+pub mod sandbox;
+
+pub use host::{CheckError, Host, MemorySources, Sources, check_upload, hash_source};
+pub use sandbox::{Limits, LoadError, Sandbox, check_build};

@@ -165,6 +165,12 @@ pub struct SettingsPatch {
     pub chat_history_max: Option<u32>,
     /// Longest chat line, bytes.
     pub text_bytes_max: Option<u32>,
+    /// VM instructions per script handler.
+    pub script_instructions_max: Option<u32>,
+    /// Bytes of live Lua data per script call.
+    pub script_memory_bytes_max: Option<u32>,
+    /// Accepted SPDX licence identifiers for scripts.
+    pub script_licences: Option<Vec<String>>,
 }
 
 /// The inputs a replica group agreed on for one tick, with the agreed sim time.

@@ -176,7 +176,31 @@ pub struct Settings {
     pub script_state_bytes_max: u32,
     /// Most timers pending in the region.
     pub timers_max: u32,
+    /// VM instructions one script handler may run (counted in steps of 1000).
+    pub script_instructions_max: u32,
+    /// Bytes of live Lua data one script call may hold.
+    pub script_memory_bytes_max: u32,
+    /// SPDX licence identifiers accepted for uploaded scripts.
+    pub script_licences: Vec<String>,
 }
+
+/// The copyleft licences a new region accepts for scripts.
+pub const DEFAULT_SCRIPT_LICENCES: &[&str] = &[
+    "AGPL-3.0-only",
+    "AGPL-3.0-or-later",
+    "GPL-2.0-only",
+    "GPL-2.0-or-later",
+    "GPL-3.0-only",
+    "GPL-3.0-or-later",
+    "LGPL-2.1-only",
+    "LGPL-2.1-or-later",
+    "LGPL-3.0-only",
+    "LGPL-3.0-or-later",
+    "MPL-2.0",
+    "EUPL-1.2",
+    "CC-BY-SA-4.0",
+    "OSL-3.0",
+];
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -200,6 +224,12 @@ impl Default for Settings {
             script_inbox_max: 256,
             script_state_bytes_max: 65_536,
             timers_max: 100_000,
+            script_instructions_max: 1_000_000,
+            script_memory_bytes_max: 4 * 1024 * 1024,
+            script_licences: DEFAULT_SCRIPT_LICENCES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }

@@ -848,6 +848,28 @@ impl Tick {
         if let Some(v) = patch.text_bytes_max {
             next.text_bytes_max = range(v, 1, 65_536, "text_bytes_max")?;
         }
+        if let Some(v) = patch.script_instructions_max {
+            next.script_instructions_max = range(v, 1_000, 100_000_000, "script_instructions_max")?;
+        }
+        if let Some(v) = patch.script_memory_bytes_max {
+            next.script_memory_bytes_max =
+                range(v, 65_536, 256 * 1024 * 1024, "script_memory_bytes_max")?;
+        }
+        if let Some(list) = &patch.script_licences {
+            let spdx = |id: &String| {
+                !id.is_empty()
+                    && id.len() <= 64
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '+'))
+            };
+            if list.is_empty() || list.len() > 64 || !list.iter().all(spdx) {
+                return Err(Rejection::Invalid(
+                    "script_licences must be 1 to 64 SPDX identifiers".into(),
+                ));
+            }
+            next.script_licences = list.clone();
+        }
         let root = self.s.root();
         if next.name != self.s.settings.name {
             let name = next.name.clone();

@@ -183,9 +183,9 @@ fn golden_snapshot_length_and_hash() {
     assert_eq!(state_hash, GOLDEN_STATE_HASH, "state digest changed");
 }
 
-const GOLDEN_LEN: usize = 1808;
-const GOLDEN_STATE_HASH: &str = "b96f06bbe5ccb6a0a3a778be52b8f315b448cb12292cc53663d286e461a58391";
-const GOLDEN_HASH: &str = "3f9ec3a7cf1adaa4be94e127a9289b4496ecd32c50e374728dccc28031b770b4";
+const GOLDEN_LEN: usize = 2010;
+const GOLDEN_STATE_HASH: &str = "e57f3cacbc7449437bc09a43512ba04e5411cd1bb9db4d89b4496b5c18c69aa9";
+const GOLDEN_HASH: &str = "00da9570d5a4268df257980aca1daca3c4a1881a080e0196f18c3a91b288bde8";
 
 #[test]
 fn corrupt_and_non_canonical_snapshots_are_refused() {

@@ -1,0 +1,377 @@
+//! The canonical encoding of a script's persistent `state` table.
+//!
+//! The sim stores only bytes (`ScriptSlot::state`); this module defines
+//! them. Plain data only: booleans, integers (fixed-point values are
+//! integers), strings and nested tables. Floats, functions, coroutines and
+//! userdata are refused with an error that says what to do instead.
+//!
+//! Format (all integers little endian):
+//! - empty state: zero bytes;
+//! - otherwise: version byte [`VERSION`], then the root table;
+//! - value: `0` false, `1` true, `2` + i64, `3` + u32 length + bytes,
+//!   `4` + u32 count + `count` (key, value) pairs.
+//!
+//! Keys are booleans, integers or strings, sorted (false < true < integers
+//! ascending < strings bytewise), with no duplicates; decoding refuses any
+//! other order, so every state has exactly one encoding. Depth is at most
+//! [`DEPTH_MAX`]; size is bounded by the caller's byte limit while encoding
+//! (so a table that references itself, or a DAG that doubles at each level,
+//! stops at the limit instead of exhausting memory).
+
+use std::cmp::Ordering;
+
+use mlua::{Lua, Table, Value};
+
+/// The encoding version.
+pub const VERSION: u8 = 1;
+/// Deepest nesting of tables (the root is depth 1).
+pub const DEPTH_MAX: usize = 16;
+
+/// Plain data, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// A boolean.
+    Bool(bool),
+    /// An integer (or the raw bits of an `fx`).
+    Int(i64),
+    /// A string (any bytes).
+    Str(Vec<u8>),
+    /// A table: sorted, unique keys.
+    Table(Vec<(Data, Data)>),
+}
+
+/// Why a state cannot be stored or read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// A value of a type that cannot be stored.
+    #[error(
+        "state{path} is a {kind}; state holds only booleans, integers, fx values, strings and tables{hint}"
+    )]
+    Unstorable {
+        /// Where, e.g. `.pets[3]`.
+        path: String,
+        /// The Lua type.
+        kind: String,
+        /// Advice.
+        hint: &'static str,
+    },
+    /// Nested too deeply (or a table contains itself).
+    #[error("state{path} is nested deeper than {DEPTH_MAX} tables (or contains itself)")]
+    TooDeep {
+        /// Where.
+        path: String,
+    },
+    /// Larger than the region's limit.
+    #[error("state is larger than {0} bytes")]
+    TooLarge(u32),
+    /// Stored bytes that are not a canonical encoding.
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// The Lua VM refused (e.g. out of memory while decoding).
+    #[error("lua: {0}")]
+    Lua(String),
+}
+
+fn rank(d: &Data) -> u8 {
+    match d {
+        Data::Bool(_) => 0,
+        Data::Int(_) => 1,
+        Data::Str(_) => 2,
+        Data::Table(_) => 3,
+    }
+}
+
+/// The canonical key order.
+pub fn key_order(a: &Data, b: &Data) -> Ordering {
+    match (a, b) {
+        (Data::Bool(x), Data::Bool(y)) => x.cmp(y),
+        (Data::Int(x), Data::Int(y)) => x.cmp(y),
+        (Data::Str(x), Data::Str(y)) => x.cmp(y),
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
+/// Encodes `data` (the root table), failing past `limit` bytes.
+pub fn encode(data: &Data, limit: u32) -> Result<Vec<u8>, CodecError> {
+    if matches!(data, Data::Table(entries) if entries.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let mut out = vec![VERSION];
+    put(data, &mut out, limit)?;
+    Ok(out)
+}
+
+fn put(d: &Data, out: &mut Vec<u8>, limit: u32) -> Result<(), CodecError> {
+    match d {
+        Data::Bool(false) => out.push(0),
+        Data::Bool(true) => out.push(1),
+        Data::Int(i) => {
+            out.push(2);
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        Data::Str(s) => {
+            out.push(3);
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s);
+        }
+        Data::Table(entries) => {
+            out.push(4);
+            out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+            for (k, v) in entries {
+                put(k, out, limit)?;
+                put(v, out, limit)?;
+            }
+        }
+    }
+    if out.len() as u64 > u64::from(limit) {
+        return Err(CodecError::TooLarge(limit));
+    }
+    Ok(())
+}
+
+/// Decodes stored bytes (empty: an empty table).
+pub fn decode(bytes: &[u8]) -> Result<Data, CodecError> {
+    if bytes.is_empty() {
+        return Ok(Data::Table(Vec::new()));
+    }
+    if bytes[0] != VERSION {
+        return Err(CodecError::Corrupt("unknown version"));
+    }
+    let mut at = 1;
+    let d = get(bytes, &mut at, 1)?;
+    if !matches!(d, Data::Table(_)) {
+        return Err(CodecError::Corrupt("root is not a table"));
+    }
+    if at != bytes.len() {
+        return Err(CodecError::Corrupt("trailing bytes"));
+    }
+    Ok(d)
+}
+
+fn take<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], CodecError> {
+    let end = at
+        .checked_add(n)
+        .filter(|e| *e <= bytes.len())
+        .ok_or(CodecError::Corrupt("truncated"))?;
+    let s = &bytes[*at..end];
+    *at = end;
+    Ok(s)
+}
+
+fn u32_at(bytes: &[u8], at: &mut usize) -> Result<u32, CodecError> {
+    let s = take(bytes, at, 4)?;
+    Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+fn get(bytes: &[u8], at: &mut usize, depth: usize) -> Result<Data, CodecError> {
+    let tag = take(bytes, at, 1)?[0];
+    Ok(match tag {
+        0 => Data::Bool(false),
+        1 => Data::Bool(true),
+        2 => {
+            let s = take(bytes, at, 8)?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(s);
+            Data::Int(i64::from_le_bytes(b))
+        }
+        3 => {
+            let n = u32_at(bytes, at)? as usize;
+            Data::Str(take(bytes, at, n)?.to_vec())
+        }
+        4 => {
+            if depth > DEPTH_MAX {
+                return Err(CodecError::Corrupt("nested too deeply"));
+            }
+            let n = u32_at(bytes, at)? as usize;
+            // Each entry takes at least two bytes: bound the allocation.
+            if n > (bytes.len() - *at) / 2 {
+                return Err(CodecError::Corrupt("count larger than the data"));
+            }
+            let mut entries: Vec<(Data, Data)> = Vec::with_capacity(n);
+            for _ in 0..n {
+                let k = get(bytes, at, depth + 1)?;
+                if matches!(k, Data::Table(_)) {
+                    return Err(CodecError::Corrupt("table used as a key"));
+                }
+                if let Some((prev, _)) = entries.last()
+                    && key_order(prev, &k) != Ordering::Less
+                {
+                    return Err(CodecError::Corrupt("keys out of order"));
+                }
+                let v = get(bytes, at, depth + 1)?;
+                entries.push((k, v));
+            }
+            Data::Table(entries)
+        }
+        _ => return Err(CodecError::Corrupt("unknown tag")),
+    })
+}
+
+fn path_key(path: &str, k: &Data) -> String {
+    match k {
+        Data::Int(i) => format!("{path}[{i}]"),
+        Data::Bool(b) => format!("{path}[{b}]"),
+        Data::Str(s) => {
+            let s = String::from_utf8_lossy(s);
+            if !s.is_empty()
+                && s.len() <= 40
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                format!("{path}.{s}")
+            } else {
+                format!("{path}[{:?}]", s.chars().take(40).collect::<String>())
+            }
+        }
+        Data::Table(_) => format!("{path}[?]"),
+    }
+}
+
+fn unstorable(path: &str, v: &Value) -> CodecError {
+    let (kind, hint) = match v {
+        Value::Number(_) => (
+            "float".to_string(),
+            ": floats differ between machines, use fx (fx(\"1.5\"), fx.mul, ...) or integers",
+        ),
+        Value::Function(_) => ("function".into(), ": keep functions out of state"),
+        Value::Thread(_) => ("coroutine".into(), ": coroutines cannot be saved"),
+        other => (other.type_name().to_string(), ""),
+    };
+    CodecError::Unstorable {
+        path: path.to_string(),
+        kind,
+        hint,
+    }
+}
+
+/// Reads a Lua table as plain data. `budget` bounds the work (entries
+/// visited), so shared subtables cannot blow up.
+pub fn from_lua(table: &Table, limit: u32) -> Result<Data, CodecError> {
+    let mut budget = u64::from(limit);
+    table_from_lua(table, "", 1, &mut budget, limit)
+}
+
+fn table_from_lua(
+    table: &Table,
+    path: &str,
+    depth: usize,
+    budget: &mut u64,
+    limit: u32,
+) -> Result<Data, CodecError> {
+    if depth > DEPTH_MAX {
+        return Err(CodecError::TooDeep {
+            path: path.to_string(),
+        });
+    }
+    let mut entries = Vec::new();
+    for pair in table.pairs::<Value, Value>() {
+        let (k, v) = pair.map_err(|e| CodecError::Lua(e.to_string()))?;
+        *budget = budget.checked_sub(2).ok_or(CodecError::TooLarge(limit))?;
+        let key = match &k {
+            Value::Boolean(b) => Data::Bool(*b),
+            Value::Integer(i) => Data::Int(*i),
+            Value::String(s) => Data::Str(s.as_bytes().to_vec()),
+            other => return Err(unstorable(&format!("{path} key"), other)),
+        };
+        let here = path_key(path, &key);
+        let val = match &v {
+            Value::Boolean(b) => Data::Bool(*b),
+            Value::Integer(i) => Data::Int(*i),
+            Value::String(s) => {
+                let b = s.as_bytes().to_vec();
+                *budget = budget
+                    .checked_sub(b.len() as u64)
+                    .ok_or(CodecError::TooLarge(limit))?;
+                Data::Str(b)
+            }
+            Value::Table(t) => table_from_lua(t, &here, depth + 1, budget, limit)?,
+            other => return Err(unstorable(&here, other)),
+        };
+        entries.push((key, val));
+    }
+    entries.sort_by(|a, b| key_order(&a.0, &b.0));
+    Ok(Data::Table(entries))
+}
+
+/// Builds a fresh Lua table from plain data, inserting keys in canonical
+/// order (so its layout, and `pairs` order, depend only on the data).
+pub fn to_lua(lua: &Lua, data: &Data) -> mlua::Result<Value> {
+    Ok(match data {
+        Data::Bool(b) => Value::Boolean(*b),
+        Data::Int(i) => Value::Integer(*i),
+        Data::Str(s) => Value::String(lua.create_string(s)?),
+        Data::Table(entries) => {
+            let t = lua.create_table()?;
+            for (k, v) in entries {
+                t.raw_set(to_lua(lua, k)?, to_lua(lua, v)?)?;
+            }
+            Value::Table(t)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_canonical() {
+        let lua = Lua::new();
+        let t: Table = lua
+            .load(r#"return { b = 2, a = "x", [3] = true, [-1] = false, nested = { z = { 1, 2, 3 } } }"#)
+            .eval()
+            .unwrap();
+        let d = from_lua(&t, 65536).unwrap();
+        let bytes = encode(&d, 65536).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), d);
+        // Same data built in another order encodes identically.
+        let t2: Table = lua
+            .load(r#"local t = {}; t.nested = { z = { 1, 2, 3 } }; t[-1] = false; t[3] = true; t.a = "x"; t.b = 2; return t"#)
+            .eval()
+            .unwrap();
+        assert_eq!(
+            encode(&from_lua(&t2, 65536).unwrap(), 65536).unwrap(),
+            bytes
+        );
+        // Empty state is zero bytes.
+        assert!(encode(&Data::Table(vec![]), 10).unwrap().is_empty());
+        assert_eq!(decode(&[]).unwrap(), Data::Table(vec![]));
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_stored() {
+        let lua = Lua::new();
+        let cases = [
+            ("return { x = 1.5 }", "state.x is a float"),
+            ("return { f = print }", "state.f is a function"),
+            ("return { [{}] = 1 }", "key is a table"),
+            ("local t = {}; t.me = t; return t", "deeper than"),
+            (
+                "local t = {}; for i = 1, 14 do t = { t, t } end; return t",
+                "larger than",
+            ),
+        ];
+        for (src, want) in cases {
+            let t: Table = lua.load(src).eval().unwrap();
+            let e = from_lua(&t, 4096)
+                .and_then(|d| encode(&d, 4096))
+                .unwrap_err();
+            assert!(e.to_string().contains(want), "{src}: {e}");
+        }
+    }
+
+    #[test]
+    fn refuses_non_canonical_bytes() {
+        // Keys out of order: "b" before "a".
+        let mut b = vec![VERSION, 4, 2, 0, 0, 0];
+        for k in [b"b", b"a"] {
+            b.extend_from_slice(&[3, 1, 0, 0, 0, k[0], 1]);
+        }
+        assert_eq!(
+            decode(&b).unwrap_err(),
+            CodecError::Corrupt("keys out of order")
+        );
+        assert!(decode(&[VERSION, 4, 255, 255, 255, 255]).is_err());
+        assert!(decode(&[VERSION, 1]).is_err());
+        assert!(decode(&[9]).is_err());
+    }
+}

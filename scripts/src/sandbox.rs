@@ -1,0 +1,774 @@
+//! [`Sandbox`]: one script's Lua state, hardened, and one call of it.
+//!
+//! Every call starts from the same point, whatever the state did before:
+//! a fresh global environment (falling back to a read-only base), the
+//! script's top level run again in it, and `state` decoded from the slot's
+//! bytes. Nothing a handler does survives the call except what it returns
+//! (writes, sends, says, timers) and the re-encoded `state`. So a replica
+//! that restarts from a snapshot, with a brand-new Lua state, computes the
+//! same results as one that has been running for days.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use mlua::chunk::ChunkMode;
+use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, VmState};
+
+use metatopia_sim::script::{ScriptCall, ScriptEventKind, ScriptFault, ScriptOutput, Write};
+use metatopia_sim::{ElementId, Fx, PlayerId, State, Vec3};
+
+use crate::codec;
+use crate::fx;
+use crate::rng::Rng;
+
+/// The hook runs every this many VM instructions; budgets are counted in
+/// these steps (a budget is rounded up to a multiple of it).
+pub const HOOK_STEP: u32 = 1000;
+
+/// Per-call limits, from the region's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// VM instructions per handler (and for the top level).
+    pub instructions_per_handler: u64,
+    /// Bytes of live Lua data one call may hold (on top of the idle state).
+    pub memory_bytes: u64,
+    /// Largest encoded `state`, bytes.
+    pub state_bytes: u32,
+    /// Most sends plus says in one call.
+    pub sends_max: u32,
+    /// Longest text (chat, message, name), bytes.
+    pub text_bytes: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            instructions_per_handler: 1_000_000,
+            memory_bytes: 4 * 1024 * 1024,
+            state_bytes: 65_536,
+            sends_max: 16,
+            text_bytes: 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits a region's settings give.
+    pub fn from_settings(s: &metatopia_sim::Settings) -> Limits {
+        Limits {
+            instructions_per_handler: u64::from(s.script_instructions_max),
+            memory_bytes: u64::from(s.script_memory_bytes_max),
+            state_bytes: s.script_state_bytes_max,
+            sends_max: s.script_sends_per_tick_max,
+            text_bytes: s.text_bytes_max,
+        }
+    }
+}
+
+/// Why a script could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// The Lua state could not be created or hardened (a bug or no memory).
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+    /// The source does not compile.
+    #[error("syntax error: {0}")]
+    Syntax(String),
+}
+
+/// Shared between the hook, the catch check and the call.
+#[derive(Debug, Default)]
+struct Budget {
+    used: AtomicU64,
+    limit: AtomicU64,
+    exhausted: AtomicBool,
+    memory: AtomicBool,
+}
+
+impl Budget {
+    fn fault(&self) -> Option<mlua::Error> {
+        if self.exhausted.load(Ordering::Relaxed) {
+            Some(mlua::Error::runtime("instruction budget exhausted"))
+        } else if self.memory.load(Ordering::Relaxed) {
+            Some(mlua::Error::runtime("memory cap exceeded"))
+        } else {
+            None
+        }
+    }
+}
+
+/// What the host functions see during a call.
+struct Ctx {
+    state: State,
+    script: ElementId,
+    out: ScriptOutput,
+    rng: Rng,
+    limits: Limits,
+}
+
+/// One script's hardened Lua state and compiled code.
+pub struct Sandbox {
+    lua: Lua,
+    chunk: Function,
+    env_mt: Table,
+    budget: Arc<Budget>,
+    idle_bytes: usize,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("idle_bytes", &self.idle_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn rt(msg: impl Into<String>) -> mlua::Error {
+    mlua::Error::runtime(msg.into())
+}
+
+fn with_ctx<R>(lua: &Lua, f: impl FnOnce(&mut Ctx) -> mlua::Result<R>) -> mlua::Result<R> {
+    let mut ctx = lua
+        .app_data_mut::<Ctx>()
+        .ok_or_else(|| rt("world functions are only available inside a call"))?;
+    f(&mut ctx)
+}
+
+/// A text argument: a string (numbers are not silently converted).
+fn text_arg(v: &Value, what: &str) -> mlua::Result<String> {
+    match v {
+        Value::String(s) => Ok(s.to_str()?.to_string()),
+        other => Err(rt(format!(
+            "{what} must be a string, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn element_arg(v: &Value, what: &str) -> mlua::Result<ElementId> {
+    let s = text_arg(v, what)?;
+    s.parse().map_err(|_| {
+        rt(format!(
+            "{what} must be an element id like \"1.42\", got {s:?}"
+        ))
+    })
+}
+
+fn int_arg(v: &Value, what: &str) -> mlua::Result<i64> {
+    match v {
+        Value::Integer(i) => Ok(*i),
+        Value::Number(n) => Err(rt(format!(
+            "{what} is a float ({n}); world values are integers or fx: use fx(...)"
+        ))),
+        other => Err(rt(format!(
+            "{what} must be an integer, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// Text for events, chat and sends: bounded and without control characters
+/// other than newlines (the sim checks again at merge).
+fn check_text(s: &str, max: u32, what: &str) -> mlua::Result<()> {
+    if s.len() as u64 > u64::from(max) {
+        return Err(rt(format!("{what} is {} bytes, limit {max}", s.len())));
+    }
+    Ok(())
+}
+
+/// Refuses `%p` (it prints addresses) in a format string.
+fn check_format(fmt: &[u8]) -> mlua::Result<()> {
+    let mut i = 0;
+    while i < fmt.len() {
+        if fmt[i] == b'%' {
+            i += 1;
+            while i < fmt.len() && b"-+ #0123456789.".contains(&fmt[i]) {
+                i += 1;
+            }
+            if i < fmt.len() && fmt[i] == b'p' {
+                return Err(rt(
+                    "string.format: %p prints addresses, which differ between replicas",
+                ));
+            }
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
+    let h = lua.create_table()?;
+    let b = budget.clone();
+    h.set(
+        "check",
+        lua.create_function(move |lua, args: MultiValue| {
+            if let Some(e) = b.fault() {
+                return Err(e);
+            }
+            if let (Some(Value::Boolean(false)), Some(Value::String(msg))) =
+                (args.front(), args.get(1))
+                && msg.as_bytes() == b"not enough memory"
+            {
+                b.memory.store(true, Ordering::Relaxed);
+                // Room for the error to travel up.
+                let _ = lua.set_memory_limit(lua.used_memory() + 256 * 1024);
+                return Err(rt("memory cap exceeded"));
+            }
+            Ok(args)
+        })?,
+    )?;
+    let b = budget.clone();
+    h.set(
+        "faulted",
+        lua.create_function(move |_, ()| Ok(b.fault().is_some()))?,
+    )?;
+    h.set(
+        "check_format",
+        lua.create_function(|_, fmt: Value| match fmt {
+            Value::String(s) => check_format(&s.as_bytes()),
+            _ => Ok(()),
+        })?,
+    )?;
+    h.set(
+        "random",
+        lua.create_function(|lua, args: MultiValue| {
+            let a: Vec<Value> = args.into_iter().collect();
+            with_ctx(lua, |ctx| {
+                let r = &mut ctx.rng;
+                match a.as_slice() {
+                    [] => Ok(Value::Number(r.next_f64())),
+                    [m] => {
+                        let m = int_arg(m, "math.random(m)")?;
+                        if m == 0 {
+                            return Ok(Value::Integer(r.next_u64() as i64));
+                        }
+                        if m < 1 {
+                            return Err(rt("bad argument #1 to 'random' (interval is empty)"));
+                        }
+                        Ok(Value::Integer(r.range(1, m)))
+                    }
+                    [m, n] => {
+                        let (m, n) = (
+                            int_arg(m, "math.random(m, n)")?,
+                            int_arg(n, "math.random(m, n)")?,
+                        );
+                        if m > n {
+                            return Err(rt("bad argument #2 to 'random' (interval is empty)"));
+                        }
+                        Ok(Value::Integer(r.range(m, n)))
+                    }
+                    _ => Err(rt("wrong number of arguments to 'random'")),
+                }
+            })
+        })?,
+    )?;
+    h.set(
+        "say",
+        lua.create_function(|lua, (text, radius): (Value, Value)| {
+            let text = text_arg(&text, "say: text")?;
+            let radius = match radius {
+                Value::Nil => None,
+                v => Some(Fx::from_bits(int_arg(&v, "say: radius")?)),
+            };
+            with_ctx(lua, |ctx| {
+                check_text(&text, ctx.limits.text_bytes, "say: text")?;
+                push_send_count(ctx)?;
+                ctx.out.says.push((text, radius));
+                Ok(())
+            })
+        })?,
+    )?;
+    h.set(
+        "send",
+        lua.create_function(|lua, (target, body): (Value, Value)| {
+            let target = element_arg(&target, "send: target")?;
+            let body = text_arg(&body, "send: message")?;
+            with_ctx(lua, |ctx| {
+                check_text(&body, ctx.limits.text_bytes, "send: message")?;
+                push_send_count(ctx)?;
+                ctx.out.sends.push((target, body));
+                Ok(())
+            })
+        })?,
+    )?;
+    h.set(
+        "set_timer",
+        lua.create_function(|lua, (id, delay): (Value, Value)| {
+            let id = int_arg(&id, "set_timer: id")?;
+            let id =
+                u32::try_from(id).map_err(|_| rt("set_timer: id must be in 0..=4294967295"))?;
+            let delay = int_arg(&delay, "set_timer: delay")?;
+            if !(1..=1_000_000_000).contains(&delay) {
+                return Err(rt("set_timer: delay must be 1..=1000000000 ticks"));
+            }
+            with_ctx(lua, |ctx| {
+                if ctx.out.timers.len() >= 64 {
+                    return Err(rt("set_timer: at most 64 timers per call"));
+                }
+                ctx.out.timers.push((id, delay as u64));
+                Ok(())
+            })
+        })?,
+    )?;
+    h.set(
+        "set_pos",
+        lua.create_function(|lua, (e, x, y, z): (Value, Value, Value, Value)| {
+            let element = element_arg(&e, "set_pos: element")?;
+            let pos = Vec3::new(
+                Fx::from_bits(int_arg(&x, "set_pos: x")?),
+                Fx::from_bits(int_arg(&y, "set_pos: y")?),
+                Fx::from_bits(int_arg(&z, "set_pos: z")?),
+            );
+            with_ctx(lua, |ctx| {
+                check_writable(ctx, element, "set_pos")?;
+                if !ctx.state.in_bounds(pos) {
+                    return Err(rt(format!("set_pos: {pos} is outside the region")));
+                }
+                ctx.out.writes.push(Write::SetPos { element, pos });
+                Ok(())
+            })
+        })?,
+    )?;
+    h.set(
+        "set_name",
+        lua.create_function(|lua, (e, name): (Value, Value)| {
+            let element = element_arg(&e, "set_name: element")?;
+            let name = text_arg(&name, "set_name: name")?;
+            with_ctx(lua, |ctx| {
+                check_writable(ctx, element, "set_name")?;
+                let max = ctx.state.settings.name_bytes_max;
+                check_text(&name, max, "set_name: name")?;
+                ctx.out.writes.push(Write::SetName { element, name });
+                Ok(())
+            })
+        })?,
+    )?;
+    h.set("world", world_table(lua)?)?;
+    h.set("fx", fx::table(lua)?)?;
+    Ok(h)
+}
+
+fn push_send_count(ctx: &mut Ctx) -> mlua::Result<()> {
+    let n = ctx.out.sends.len() + ctx.out.says.len();
+    if n as u64 >= u64::from(ctx.limits.sends_max) {
+        return Err(rt(format!(
+            "too many messages in one tick (limit {})",
+            ctx.limits.sends_max
+        )));
+    }
+    Ok(())
+}
+
+fn check_writable(ctx: &Ctx, element: ElementId, what: &str) -> mlua::Result<()> {
+    if !ctx.state.elements.contains_key(&element) {
+        return Err(rt(format!("{what}: no element {element}")));
+    }
+    if !ctx.state.is_within(element, ctx.script) {
+        return Err(rt(format!(
+            "{what}: {element} is not this script's element or one of its parts"
+        )));
+    }
+    Ok(())
+}
+
+fn player_str(p: PlayerId) -> String {
+    p.to_string()
+}
+
+fn world_table(lua: &Lua) -> mlua::Result<Table> {
+    let w = lua.create_table()?;
+    w.set(
+        "tick",
+        lua.create_function(|lua, ()| with_ctx(lua, |c| Ok(c.state.tick as i64)))?,
+    )?;
+    w.set(
+        "time_ms",
+        lua.create_function(|lua, ()| with_ctx(lua, |c| Ok(c.state.time_ms as i64)))?,
+    )?;
+    w.set(
+        "me",
+        lua.create_function(|lua, ()| with_ctx(lua, |c| Ok(c.script.to_string())))?,
+    )?;
+    w.set(
+        "pos",
+        lua.create_function(|lua, e: Value| {
+            let id = element_arg(&e, "world.pos")?;
+            with_ctx(lua, |c| match c.state.elements.get(&id) {
+                Some(el) => Ok((
+                    Some(el.pos.x.to_bits()),
+                    Some(el.pos.y.to_bits()),
+                    Some(el.pos.z.to_bits()),
+                )),
+                None => Ok((None, None, None)),
+            })
+        })?,
+    )?;
+    w.set(
+        "name",
+        lua.create_function(|lua, e: Value| {
+            let id = element_arg(&e, "world.name")?;
+            with_ctx(lua, |c| {
+                Ok(c.state.elements.get(&id).map(|el| el.name.clone()))
+            })
+        })?,
+    )?;
+    w.set(
+        "owner",
+        lua.create_function(|lua, e: Value| {
+            let id = element_arg(&e, "world.owner")?;
+            with_ctx(lua, |c| {
+                Ok(c.state
+                    .elements
+                    .get(&id)
+                    .and_then(|el| el.owner)
+                    .map(player_str))
+            })
+        })?,
+    )?;
+    w.set(
+        "parent",
+        lua.create_function(|lua, e: Value| {
+            let id = element_arg(&e, "world.parent")?;
+            with_ctx(lua, |c| {
+                Ok(c.state
+                    .elements
+                    .get(&id)
+                    .and_then(|el| el.parent)
+                    .map(|p| p.to_string()))
+            })
+        })?,
+    )?;
+    w.set(
+        "children",
+        lua.create_function(|lua, e: Value| {
+            let id = element_arg(&e, "world.children")?;
+            let kids: Vec<String> = with_ctx(lua, |c| {
+                Ok(c.state
+                    .elements
+                    .get(&id)
+                    .map(|el| el.children.iter().map(|k| k.to_string()).collect())
+                    .unwrap_or_default())
+            })?;
+            lua.create_sequence_from(kids)
+        })?,
+    )?;
+    w.set(
+        "player_name",
+        lua.create_function(|lua, p: Value| {
+            let text = text_arg(&p, "world.player_name")?;
+            let Ok(id) = text.parse::<PlayerId>() else {
+                return Ok(None);
+            };
+            with_ctx(lua, |c| {
+                Ok(c.state.players.get(&id).map(|p| p.name.clone()))
+            })
+        })?,
+    )?;
+    Ok(w)
+}
+
+/// Handler name and arguments for an event.
+fn handler_args(kind: &ScriptEventKind) -> (&'static str, Vec<String>) {
+    match kind {
+        ScriptEventKind::Touched { by, element } => {
+            ("on_touch", vec![player_str(*by), element.to_string()])
+        }
+        ScriptEventKind::Heard { from, text } => {
+            let from = match from {
+                metatopia_sim::state::Speaker::Player(p) => player_str(*p),
+                metatopia_sim::state::Speaker::Script(e) => e.to_string(),
+            };
+            ("on_heard", vec![from, text.clone()])
+        }
+        ScriptEventKind::Message { from, body } => {
+            ("on_message", vec![from.to_string(), body.clone()])
+        }
+        ScriptEventKind::Timer { timer } => ("on_timer", vec![timer.to_string()]),
+        ScriptEventKind::Entered { player } => ("on_enter", vec![player_str(*player)]),
+        ScriptEventKind::Left { player } => ("on_leave", vec![player_str(*player)]),
+        ScriptEventKind::Collision { element, other } => {
+            ("on_collision", vec![element.to_string(), other.to_string()])
+        }
+    }
+}
+
+/// Tidy an error for the owner: no addresses, no traceback, bounded.
+pub fn describe_error(e: &mlua::Error) -> String {
+    let mut inner = e;
+    while let mlua::Error::CallbackError { cause, .. } = inner {
+        inner = cause;
+    }
+    let text = match inner {
+        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => m.clone(),
+        other => other.to_string(),
+    };
+    let text = text.split("\nstack traceback").next().unwrap_or("").trim();
+    let mut out = String::with_capacity(text.len().min(512));
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if out.len() >= 500 {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+        // Addresses never reach the owner.
+        if c == '0' && chars.peek() == Some(&'x') {
+            chars.next();
+            out.push('x');
+            let mut hidden = false;
+            while chars.peek().is_some_and(|c| c.is_ascii_hexdigit()) {
+                chars.next();
+                hidden = true;
+            }
+            if hidden {
+                out.push('…');
+            }
+        }
+    }
+    out
+}
+
+impl Sandbox {
+    /// A hardened Lua state with `source` compiled (not yet run).
+    pub fn new(source: &str) -> Result<Sandbox, LoadError> {
+        let setup = |e: mlua::Error| LoadError::Setup(describe_error(&e));
+        let lua = Lua::new_with(
+            StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE,
+            LuaOptions::default(),
+        )
+        .map_err(setup)?;
+        let budget = Arc::new(Budget::default());
+        let host = install_host(&lua, &budget).map_err(setup)?;
+        let base: Table = lua
+            .load(include_str!("prelude.lua"))
+            .set_name("=prelude")
+            .set_mode(ChunkMode::Text)
+            .call(host)
+            .map_err(setup)?;
+        let env_mt = lua.create_table().map_err(setup)?;
+        env_mt.set("__index", base).map_err(setup)?;
+        env_mt.set("__metatable", false).map_err(setup)?;
+        // `_ENV` is the chunk's first argument: each call passes a fresh
+        // environment. Same line, so line numbers stay right.
+        let wrapped = format!("local _ENV = ...; {source}");
+        let chunk = lua
+            .load(wrapped)
+            .set_name("=script")
+            .set_mode(ChunkMode::Text)
+            .into_function()
+            .map_err(|e| LoadError::Syntax(describe_error(&e)))?;
+        lua.gc_collect().map_err(setup)?;
+        let idle_bytes = lua.used_memory();
+        Ok(Sandbox {
+            lua,
+            chunk,
+            env_mt,
+            budget,
+            idle_bytes,
+        })
+    }
+
+    /// Bytes the Lua state holds when idle (after load and a collection).
+    pub fn idle_bytes(&self) -> usize {
+        self.idle_bytes
+    }
+
+    /// Bytes the Lua state holds now.
+    pub fn used_bytes(&self) -> usize {
+        self.lua.used_memory()
+    }
+
+    fn arm(&self, limits: &Limits) -> mlua::Result<()> {
+        let b = &self.budget;
+        b.used.store(0, Ordering::Relaxed);
+        b.limit
+            .store(limits.instructions_per_handler, Ordering::Relaxed);
+        b.exhausted.store(false, Ordering::Relaxed);
+        b.memory.store(false, Ordering::Relaxed);
+        let hook_budget = self.budget.clone();
+        // Setting the hook also resets the VM's instruction countdown, so
+        // every call counts from the same point.
+        self.lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_STEP),
+            move |_, _| {
+                let used = hook_budget
+                    .used
+                    .fetch_add(u64::from(HOOK_STEP), Ordering::Relaxed)
+                    + u64::from(HOOK_STEP);
+                if used > hook_budget.limit.load(Ordering::Relaxed) {
+                    hook_budget.exhausted.store(true, Ordering::Relaxed);
+                }
+                match hook_budget.fault() {
+                    Some(e) => Err(e),
+                    None => Ok(VmState::Continue),
+                }
+            },
+        )?;
+        // The cap counts from the idle size, not from whatever garbage
+        // earlier calls left: an allocation fails only if live data would
+        // pass the cap after an emergency collection.
+        let limit = self
+            .idle_bytes
+            .saturating_add(limits.memory_bytes.min(usize::MAX as u64 / 2) as usize);
+        self.lua.set_memory_limit(limit)?;
+        Ok(())
+    }
+
+    fn fault_of(&self, e: &mlua::Error, limits: &Limits) -> ScriptFault {
+        if self.budget.exhausted.load(Ordering::Relaxed) {
+            return ScriptFault::InstructionBudget(limits.instructions_per_handler);
+        }
+        if self.budget.memory.load(Ordering::Relaxed) || matches!(e, mlua::Error::MemoryError(_)) {
+            return ScriptFault::MemoryCap(limits.memory_bytes);
+        }
+        ScriptFault::Error(describe_error(e))
+    }
+
+    /// Runs the script over the call's inbox.
+    pub fn run(&self, call: &ScriptCall<'_>, limits: &Limits) -> Result<ScriptOutput, ScriptFault> {
+        self.lua.set_app_data(Ctx {
+            state: call.state.clone(),
+            script: call.script,
+            out: ScriptOutput::default(),
+            rng: Rng::from_seed(&call.seed),
+            limits: limits.clone(),
+        });
+        let result = self.run_inner(call, limits);
+        let ctx = self.lua.remove_app_data::<Ctx>();
+        // Let the memory cap not affect the bookkeeping below, and keep
+        // garbage from piling up across calls.
+        let _ = self.lua.set_memory_limit(0);
+        if self.lua.used_memory() > self.idle_bytes + 256 * 1024 {
+            let _ = self.lua.gc_collect();
+        }
+        let state = match result {
+            Ok(state) => state,
+            Err(e) => return Err(self.fault_of(&e, limits)),
+        };
+        if let Some(e) = self.budget.fault() {
+            return Err(self.fault_of(&e, limits));
+        }
+        let mut out = ctx.map(|c| c.out).unwrap_or_default();
+        let bytes = state?;
+        if bytes != call.slot.state {
+            out.state = Some(bytes);
+        }
+        Ok(out)
+    }
+
+    /// The call proper. The outer result is a Lua failure; the inner one a
+    /// state that cannot be stored.
+    fn run_inner(
+        &self,
+        call: &ScriptCall<'_>,
+        limits: &Limits,
+    ) -> mlua::Result<Result<Vec<u8>, ScriptFault>> {
+        self.arm(limits)?;
+        let lua = &self.lua;
+        let data = codec::decode(&call.slot.state)
+            .map_err(|e| rt(format!("{e} (the script's state cannot be read)")))?;
+        let env = lua.create_table()?;
+        env.set_metatable(Some(self.env_mt.clone()))?;
+        env.raw_set("_G", env.clone())?;
+        env.raw_set("me", call.script.to_string())?;
+        env.raw_set("state", codec::to_lua(lua, &data)?)?;
+        self.chunk.call::<()>(env.clone())?;
+        for event in call.inbox {
+            let (name, args) = handler_args(&event.kind);
+            let handler: Value = env.get(name)?;
+            let handler = match handler {
+                Value::Nil => continue,
+                Value::Function(f) => f,
+                other => {
+                    return Err(rt(format!(
+                        "{name} must be a function, got {}",
+                        other.type_name()
+                    )));
+                }
+            };
+            self.budget.used.store(0, Ordering::Relaxed);
+            let args: Vec<Value> = args
+                .into_iter()
+                .map(|a| {
+                    if name == "on_timer" {
+                        Ok(Value::Integer(a.parse::<i64>().unwrap_or(0)))
+                    } else {
+                        lua.create_string(a).map(Value::String)
+                    }
+                })
+                .collect::<mlua::Result<_>>()?;
+            handler.call::<()>(MultiValue::from_iter(args))?;
+            if let Some(e) = self.budget.fault() {
+                return Err(e);
+            }
+        }
+        let state: Value = env.raw_get("state")?;
+        let table = match state {
+            Value::Table(t) => t,
+            Value::Nil => lua.create_table()?,
+            other => {
+                return Ok(Err(ScriptFault::Error(format!(
+                    "state must be a table, got {}",
+                    other.type_name()
+                ))));
+            }
+        };
+        let encoded = codec::from_lua(&table, limits.state_bytes)
+            .and_then(|d| codec::encode(&d, limits.state_bytes))
+            .map_err(|e| ScriptFault::Error(e.to_string()));
+        Ok(encoded)
+    }
+}
+
+/// Pairs order of a fixed set of string keys: the same on every machine
+/// only if Lua was built with the pinned hash seed (.cargo/config.toml).
+pub fn string_key_order() -> Result<String, LoadError> {
+    let lua = Lua::new_with(StdLib::TABLE, LuaOptions::default())
+        .map_err(|e| LoadError::Setup(e.to_string()))?;
+    lua.load(
+        r#"local t = {}
+        for _, k in ipairs({"alpha","beta","gamma","delta","epsilon","zeta","eta","theta",
+                            "iota","kappa","lambda","mu","nu","xi","omicron","pi"}) do t[k] = true end
+        local out = {}
+        for k in pairs(t) do out[#out + 1] = k end
+        return table.concat(out, ",")"#,
+    )
+    .eval::<String>()
+    .map_err(|e| LoadError::Setup(e.to_string()))
+}
+
+/// The order [`string_key_order`] gives with the pinned seed.
+pub const PINNED_STRING_KEY_ORDER: &str =
+    "kappa,zeta,theta,eta,pi,omicron,xi,gamma,alpha,beta,nu,mu,delta,lambda,iota,epsilon";
+
+/// Checks that this build of Lua is deterministic (the string-hash seed is
+/// pinned). A node must not run scripts otherwise: its replicas would
+/// disagree on `pairs` order.
+pub fn check_build() -> Result<(), LoadError> {
+    let got = string_key_order()?;
+    if got == PINNED_STRING_KEY_ORDER {
+        Ok(())
+    } else {
+        Err(LoadError::Setup(format!(
+            "this build of Lua does not pin its string-hash seed (pairs order {got:?}); build with the workspace's .cargo/config.toml (CFLAGS -Dluai_makeseed)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_check() {
+        assert!(check_format(b"%d %s %5.2f %%p").is_ok());
+        assert!(check_format(b"%p").is_err());
+        assert!(check_format(b"x %-10p").is_err());
+    }
+
+    #[test]
+    fn errors_hide_addresses() {
+        let e = mlua::Error::runtime("bad table: 0x55d0c0ffee00 here");
+        assert_eq!(describe_error(&e), "bad table: 0x… here");
+    }
+}
