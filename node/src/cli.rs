@@ -77,6 +77,15 @@ pub enum Command {
         #[arg(long)]
         ticks: Option<u64>,
     },
+    /// Find who hosts the region at a world point, through the overlay.
+    Join {
+        /// World point `X,Y` in metres.
+        #[arg(long)]
+        at: String,
+        /// Data directory (of the local node that asks).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Re-execute a data directory's log from genesis, checking every hash.
     Replay {
         /// Data directory.
@@ -104,13 +113,14 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Run { scenario, ticks } => run_scenario(&scenario, ticks),
         Command::Replay { data } => replay(&data.unwrap_or_else(default_dir)),
+        Command::Join { at, data } => join(&data.unwrap_or_else(default_dir), &at),
     }
 }
 
 /// The genesis of a new local world: region 1, the local player its founder.
-fn genesis(dir: &DataDir) -> Result<State> {
+fn genesis(dir: &DataDir, region: u32) -> Result<State> {
     Ok(State::new(
-        RegionId(1),
+        RegionId(region),
         Settings::default(),
         &[dir.player()?],
     ))
@@ -140,7 +150,7 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
     let addr = addr.unwrap_or(config.http.addr);
     let store = Store::open(&dir.db_path())?;
     if store.genesis_hash()?.is_none() {
-        let g = genesis(&dir)?;
+        let g = genesis(&dir, config.world.region_id)?;
         store.init(&g)?;
         info!(hash = %hex(&metatopia_sim::snapshot::state_hash(&g)), "new world created");
     }
@@ -186,6 +196,7 @@ async fn serve(
     let local = listener.local_addr()?;
     let base = format!("http://{local}");
     let name = sim.state().settings.name.clone();
+    let region_id = sim.state().region.0;
     let (tick, hash) = (sim.tick(), sim.hash());
     let stop = Arc::new(AtomicBool::new(false));
     let (handle, thread) = world::start(
@@ -196,23 +207,32 @@ async fn serve(
         stop.clone(),
     )?;
     let token = dir.token()?;
-    let app = App {
+    let mut app = App {
         world: handle,
         player: dir.player()?,
         token: token.clone().into(),
         data_dir: dir.path.display().to_string().into(),
         metrics: config.metrics.enabled,
+        overlay: None,
     };
     dir.write_node_info(&NodeInfo {
         http: base.clone(),
         pid: std::process::id(),
     })?;
     println!(
-        "metatopia: world {name:?} (region 1) at tick {tick}, state_hash={}",
+        "metatopia: world {name:?} (region {region_id}) at tick {tick}, state_hash={}",
         hex(&hash)
     );
     println!("metatopia: listening on {base}");
     println!("metatopia: viewer {base}/#token={token}");
+    if config.overlay.enabled {
+        let state = app.world.latest().sim.state().clone();
+        let member = crate::overlay::start(&config.overlay, dir, &state).await?;
+        for a in &member.addrs {
+            println!("metatopia: overlay {a}");
+        }
+        app.overlay = Some(member.handle);
+    }
     let shutdown = {
         let stop = stop.clone();
         async move {
@@ -285,12 +305,59 @@ fn status(path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The id of the region the running node hosts.
+fn region_of(base: &str) -> Result<u32> {
+    let r = client::request(base, "GET", "/api/status", &[], None)?;
+    r.json()?["regions"][0]["id"]
+        .as_u64()
+        .map(|id| id as u32)
+        .ok_or_else(|| anyhow::anyhow!("the node's status names no region"))
+}
+
+fn join(path: &Path, at: &str) -> Result<()> {
+    let point = crate::overlay::parse_point(at)?;
+    let dir = DataDir::open(path)?;
+    let base = dir.running_node()?;
+    let r = client::request(
+        &base,
+        "GET",
+        &format!("/api/overlay/locate?x_mm={}&y_mm={}", point.x, point.y),
+        &[],
+        None,
+    )?;
+    let v = r.json()?;
+    if r.status != 200 {
+        bail!("{}", v["error"].as_str().unwrap_or("locate failed"));
+    }
+    let regions = v["regions"].as_array().cloned().unwrap_or_default();
+    if regions.is_empty() {
+        bail!("no region is announced at {at}");
+    }
+    for reg in regions {
+        let b = &reg["bounds"];
+        let hosts: Vec<&str> = reg["hosts"]
+            .as_array()
+            .map(|h| h.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "region {} bounds_mm=({},{})-({},{}) hosts={}",
+            reg["id"],
+            b[0],
+            b[1],
+            b[2],
+            b[3],
+            hosts.join(",")
+        );
+    }
+    Ok(())
+}
+
 fn post_action(base: &str, token: &str, action: &serde_json::Value) -> Result<client::Response> {
     let auth = format!("Bearer {token}");
     client::request(
         base,
         "POST",
-        "/api/regions/1/inputs",
+        &format!("/api/regions/{}/inputs", region_of(base)?),
         &[("Authorization", auth.as_str())],
         Some(&serde_json::to_vec(action)?),
     )
@@ -302,7 +369,7 @@ fn act(path: &Path, action: &serde_json::Value, join_first: bool) -> Result<()> 
     let token = dir.token()?;
     if join_first {
         let me = dir.player()?.to_string();
-        let r = client::request(&base, "GET", "/api/regions/1/state", &[], None)?;
+        let r = client::request(&base, "GET", &format!("/api/regions/{}/state", region_of(&base)?), &[], None)?;
         let online = r.json()?["players"].as_array().is_some_and(|ps| {
             ps.iter()
                 .any(|p| p["id"] == me.as_str() && p["online"] == true)

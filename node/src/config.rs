@@ -19,6 +19,8 @@ pub struct Config {
     pub metrics: Metrics,
     /// The local world.
     pub world: World,
+    /// Membership of the Voronoi overlay.
+    pub overlay: Overlay,
 }
 
 /// `[http]`.
@@ -37,10 +39,40 @@ pub struct Metrics {
     pub enabled: bool,
 }
 
+/// `[overlay]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Overlay {
+    /// Join the overlay and announce the region.
+    pub enabled: bool,
+    /// libp2p listen addresses.
+    pub listen: Vec<String>,
+    /// Peers to join through (multiaddrs ending in `/p2p/<peer id>`).
+    pub bootstrap: Vec<String>,
+    /// Find peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// World position of the region's south-west corner, `"x,y"` metres.
+    pub origin: String,
+}
+
+impl Default for Overlay {
+    fn default() -> Overlay {
+        Overlay {
+            enabled: false,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            bootstrap: Vec::new(),
+            mdns: false,
+            origin: "0,0".into(),
+        }
+    }
+}
+
 /// `[world]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct World {
+    /// The home region's id (used when the world is created).
+    pub region_id: u32,
     /// A snapshot every this many ticks.
     pub snapshot_every: u64,
     /// Most inputs in one tick's batch.
@@ -66,6 +98,7 @@ impl Default for Metrics {
 impl Default for World {
     fn default() -> World {
         World {
+            region_id: 1,
             snapshot_every: 200,
             inputs_per_tick_max: 1000,
             queue_max: 4096,
@@ -95,6 +128,12 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        if crate::overlay::parse_point(&self.overlay.origin).is_err() {
+            return Err(format!(
+                "overlay.origin must be \"x,y\" in metres, got {:?}",
+                self.overlay.origin
+            ));
+        }
         let w = &self.world;
         if !(1..=1_000_000).contains(&w.snapshot_every) {
             return Err("world.snapshot_every must be in 1..=1000000".into());

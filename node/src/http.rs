@@ -7,6 +7,8 @@
 //! | `GET /api/regions/{id}/state` | the region as JSON; strong `ETag` = state hash, `If-None-Match` → 304 |
 //! | `POST /api/regions/{id}/inputs` | one action as the local player (bearer token); answers when committed |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /api/overlay` | overlay membership: peer id, joined, neighbours |
+//! | `GET /api/overlay/locate?x_mm=X&y_mm=Y` | regions announced at a world point, and their hosts |
 //!
 //! Bodies are limited to [`BODY_BYTES_MAX`]; errors are JSON `{"error": "..."}`.
 
@@ -44,6 +46,8 @@ pub struct App {
     pub data_dir: Arc<str>,
     /// Whether `/metrics` is served.
     pub metrics: bool,
+    /// The overlay membership, when `[overlay] enabled`.
+    pub overlay: Option<metatopia_overlay::Handle>,
 }
 
 /// The router.
@@ -56,6 +60,9 @@ pub fn router(app: App) -> Router {
     if app.metrics {
         router = router.route("/metrics", get(metrics));
     }
+    router = router
+        .route("/api/overlay", get(overlay_status))
+        .route("/api/overlay/locate", get(overlay_locate));
     router
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
@@ -175,6 +182,58 @@ async fn post_input(
             StatusCode::SERVICE_UNAVAILABLE,
             SubmitError::Stopped.to_string(),
         ),
+    }
+}
+
+fn overlay_handle(app: &App) -> Result<&metatopia_overlay::Handle, Box<Response>> {
+    app.overlay.as_ref().ok_or_else(|| {
+        Box::new(error(
+            StatusCode::NOT_FOUND,
+            "this node is not in the overlay ([overlay] enabled = false in node.toml)".into(),
+        ))
+    })
+}
+
+async fn overlay_status(State(app): State<App>) -> Response {
+    let handle = match overlay_handle(&app) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    let s = handle.status();
+    axum::Json(json!({
+        "peer_id": handle.peer_id().to_string(),
+        "joined": s.joined,
+        "position_mm": [s.position.x, s.position.y],
+        "voronoi_neighbours": s.voronoi.len(),
+        "links": s.links,
+    }))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct LocateQuery {
+    x_mm: i64,
+    y_mm: i64,
+}
+
+async fn overlay_locate(
+    State(app): State<App>,
+    query: Result<axum::extract::Query<LocateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let handle = match overlay_handle(&app) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    let Ok(axum::extract::Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected ?x_mm=<integer>&y_mm=<integer>".into(),
+        );
+    };
+    let point = metatopia_overlay::Point::new(q.x_mm, q.y_mm);
+    match crate::overlay::locate(handle, point).await {
+        Ok(found) => axum::Json(found).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("overlay: {e:#}")),
     }
 }
 

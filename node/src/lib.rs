@@ -9,6 +9,7 @@
 //! - [`datadir`]: the data directory: keys, token, lock, where the node listens.
 //! - [`store`]: redb persistence: genesis, batch log with checkpoints, snapshots, recovery.
 //! - [`world`]: the local world's tick thread.
+//! - [`overlay`]: joining the Voronoi overlay, announcing and locating regions.
 //! - [`http`]: the HTTP API, the viewer page and metrics.
 //! - [`view`]: JSON views of the world.
 //! - [`action`]: human-facing actions shared by the API, CLI and scenarios.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod datadir;
 pub mod http;
+pub mod overlay;
 pub mod scenario;
 pub mod store;
 pub mod view;

@@ -35,6 +35,7 @@ struct Args {
     seed: u64,
     queries: usize,
     moving_steps: u64,
+    placements: Vec<Placement>,
 }
 
 fn parse_list(s: &str) -> Result<Vec<usize>> {
@@ -52,6 +53,7 @@ fn args() -> Result<Args> {
         seed: 1,
         queries: 10_000,
         moving_steps: 200,
+        placements: vec![Placement::Uniform, Placement::Clustered],
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -63,6 +65,16 @@ fn args() -> Result<Args> {
             "--seed" => a.seed = v.parse()?,
             "--queries" => a.queries = v.parse()?,
             "--moving-steps" => a.moving_steps = v.parse()?,
+            "--placements" => {
+                a.placements = v
+                    .split(',')
+                    .map(|p| match p {
+                        "uniform" => Ok(Placement::Uniform),
+                        "clustered" => Ok(Placement::Clustered),
+                        _ => bail!("unknown placement {p}"),
+                    })
+                    .collect::<Result<_>>()?;
+            }
             _ => bail!("unknown flag {k}"),
         }
     }
@@ -102,6 +114,10 @@ fn config(side: i64, aoi_m: i64, heartbeat_ms: u64) -> Config {
         failure_timeout_ms: 3 * heartbeat_ms,
         join_timeout_ms: 2_000,
         query_timeout_ms: 10_000,
+        hello_delay_ms: std::env::var("OVERLAY_HELLO_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
         ..Config::default()
     }
 }
@@ -256,7 +272,7 @@ fn static_runs(a: &Args) {
         "| placement | N | build s | msgs/join | recall | precision | mean VN degree | mean links | routed ok | mean hops | p99 hops | hops / ln²N |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for how in [Placement::Uniform, Placement::Clustered] {
+    for &how in &a.placements {
         for &n in &a.sizes {
             let t0 = Instant::now();
             let side = side_mm(n, 40.0);
@@ -272,6 +288,43 @@ fn static_runs(a: &Args) {
                 .sum();
             settle(&mut net, 45_000);
             let truth = Oracle::new(&net.sites()).neighbours();
+            if std::env::var_os("OVERLAY_SIM_TRACE").is_some() {
+                eprintln!("kinds {:?}", net.kinds);
+                let mut shown = 0;
+                for (id, w) in &truth {
+                    let p = net.peer(*id).expect("alive");
+                    let g = p.voronoi_neighbours();
+                    if g != w && shown < 5 {
+                        shown += 1;
+                        let missing: Vec<_> = w
+                            .difference(g)
+                            .map(|m| {
+                                (
+                                    m,
+                                    p.contact(*m).is_some(),
+                                    net.peer(*m).map(|q| q.voronoi_neighbours().contains(id)),
+                                )
+                            })
+                            .collect();
+                        let extra: Vec<_> = g
+                            .difference(w)
+                            .map(|e| {
+                                (
+                                    e,
+                                    p.contact(*e).map(|c| c.pos),
+                                    net.peer(*e).map(|q| q.me().pos),
+                                )
+                            })
+                            .collect();
+                        eprintln!(
+                            "peer {id} at {:?} joined {}: missing {missing:?} extra {extra:?} links {}",
+                            p.me().pos,
+                            p.is_joined(),
+                            p.links().len()
+                        );
+                    }
+                }
+            }
             let qu = quality(&net, &truth);
             let (ok, total, mut hops) = route(&mut net, &mut rng, side, a.queries);
             let mean = hops.iter().sum::<u64>() as f64 / hops.len().max(1) as f64;

@@ -31,7 +31,7 @@ fn points() -> impl Strategy<Value = Vec<Point>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
 
     #[test]
     fn neighbours_symmetric_and_equal_rebuild(pts in points(), seed in 0u64..1000, leave in 0usize..4) {

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 fn aoi_returns_every_peer_in_the_disc() {
     let seed = 21;
     println!("seed {seed}; reproduce with SIM_SEED={seed}");
-    let mut net = build(seed, &random_points(seed, 100));
+    let mut net = build(seed, &random_points(seed, 80));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let sites = net.sites();
     for k in 0..20 {
@@ -51,7 +51,7 @@ fn aoi_returns_every_peer_in_the_disc() {
 fn announced_region_is_located_from_anywhere_inside() {
     let seed = 33;
     println!("seed {seed}; reproduce with SIM_SEED={seed}");
-    let mut net = build(seed, &random_points(seed, 120));
+    let mut net = build(seed, &random_points(seed, 80));
     let bounds = Rect {
         min: Point::new(200_000, 300_000),
         max: Point::new(456_000, 556_000),
@@ -118,7 +118,7 @@ fn announced_region_is_located_from_anywhere_inside() {
 fn long_links_follow_the_harmonic_law_and_back_links_match() {
     let seed = 5;
     println!("seed {seed}; reproduce with SIM_SEED={seed}");
-    let net = build(seed, &random_points(seed, 100));
+    let net = build(seed, &random_points(seed, 80));
     let mut linked = 0;
     for id in net.alive() {
         let p = net.peer(id).expect("alive");
@@ -130,5 +130,5 @@ fn long_links_follow_the_harmonic_law_and_back_links_match() {
             assert!(o.owns(target));
         }
     }
-    assert!(linked > 70, "only {linked} long links established");
+    assert!(linked > 55, "only {linked} long links established");
 }
