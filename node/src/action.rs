@@ -65,6 +65,18 @@ pub enum Action {
         /// Element id or `@key`.
         element: String,
     },
+    /// Attach a script (hot reload if one is attached: its state is kept).
+    Attach {
+        /// Element id or `@key`.
+        element: String,
+        /// The script: its hash (64 hex digits) or a scenario's `@key`.
+        script: String,
+    },
+    /// Remove an element's script.
+    Detach {
+        /// Element id or `@key`.
+        element: String,
+    },
     /// Make a player a permanent admin.
     Grant {
         /// Player key (64 hex digits) or scenario name.
@@ -146,6 +158,10 @@ pub trait Resolve {
     fn player_name(&self, name: &str) -> Option<PlayerId>;
     /// The acting player's avatar, for `"me"`.
     fn my_avatar(&self) -> Option<ElementId>;
+    /// A script by scenario key (the text after `@`).
+    fn script_key(&self, _key: &str) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// No keys or names: ids only (the HTTP API), plus `"me"`.
@@ -202,6 +218,31 @@ fn player(field: &str, text: &str, r: &dyn Resolve) -> Result<PlayerId, ActionEr
     })
 }
 
+fn script(field: &str, text: &str, r: &dyn Resolve) -> Result<[u8; 32], ActionError> {
+    if let Some(key) = text.strip_prefix('@') {
+        return r
+            .script_key(key)
+            .ok_or_else(|| err(field, format!("no [[script]] with key {key:?}")));
+    }
+    let bad = || {
+        err(
+            field,
+            format!("{text:?} is not a script hash (64 hex digits) or @key"),
+        )
+    };
+    if text.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = text
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or_else(bad)?;
+    }
+    Ok(out)
+}
+
 fn vec3(field: &str, text: &str) -> Result<Vec3, ActionError> {
     text.parse().map_err(|e| err(field, format!("{e}")))
 }
@@ -240,6 +281,16 @@ impl Action {
                 pos: vec3("pos", pos)?,
             },
             Action::Delete { element: e } => InputKind::Delete {
+                element: element("element", e, r)?,
+            },
+            Action::Attach {
+                element: e,
+                script: s,
+            } => InputKind::AttachScript {
+                element: element("element", e, r)?,
+                source: script("script", s, r)?,
+            },
+            Action::Detach { element: e } => InputKind::DetachScript {
                 element: element("element", e, r)?,
             },
             Action::Grant { player: p } => InputKind::Admin(AdminAction::Grant {

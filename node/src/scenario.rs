@@ -47,6 +47,24 @@ pub struct Scenario {
     /// Clock jumps: from `tick` on, time is `time_ms + (t - tick) * tick_ms`.
     #[serde(default, rename = "clock")]
     pub clock: Vec<ClockSpec>,
+    /// Lua scripts, named for `attach` inputs (`script = "@key"`).
+    #[serde(default, rename = "script")]
+    pub scripts: Vec<ScriptSpec>,
+}
+
+/// A script a scenario can attach: from a file (relative to the scenario
+/// file) or inline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptSpec {
+    /// Reference name, used as `@key` in `attach` inputs.
+    pub key: String,
+    /// Path of the Lua file, relative to the scenario file.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The source itself, instead of `path`.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 fn default_tick_ms() -> u64 {
@@ -85,6 +103,9 @@ pub struct SettingsSpec {
     pub text_bytes_max: Option<u32>,
     pub name_bytes_max: Option<u32>,
     pub inputs_per_player_per_tick_max: Option<u32>,
+    pub script_instructions_max: Option<u32>,
+    pub script_memory_bytes_max: Option<u32>,
+    pub script_licences: Option<Vec<String>>,
 }
 
 /// A player.
@@ -186,6 +207,9 @@ pub struct Prepared {
     pub keys: BTreeMap<String, ElementId>,
     /// Player names.
     pub names: BTreeMap<String, PlayerId>,
+    /// Script sources named in the file, for the script host.
+    pub script_sources: Vec<String>,
+    scripts: BTreeMap<String, [u8; 32]>,
     /// Ticks to run.
     pub ticks: u64,
     tick_ms: u64,
@@ -195,6 +219,11 @@ pub struct Prepared {
 
 /// Parses and checks a scenario.
 pub fn parse(text: &str) -> Result<Prepared, ScenarioError> {
+    parse_at(text, None)
+}
+
+/// Parses and checks a scenario whose script paths are relative to `dir`.
+pub fn parse_at(text: &str, dir: Option<&std::path::Path>) -> Result<Prepared, ScenarioError> {
     if text.len() > FILE_BYTES_MAX {
         return Err(field(
             "file",
@@ -202,10 +231,59 @@ pub fn parse(text: &str) -> Result<Prepared, ScenarioError> {
         ));
     }
     let sc: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Syntax(e.to_string()))?;
-    prepare(sc)
+    prepare(sc, dir)
 }
 
-fn prepare(sc: Scenario) -> Result<Prepared, ScenarioError> {
+/// Script hashes by scenario key.
+type ScriptKeys = BTreeMap<String, [u8; 32]>;
+
+/// Reads and licence-checks the `[[script]]` sources.
+fn load_scripts(
+    specs: &[ScriptSpec],
+    dir: Option<&std::path::Path>,
+    licences: &[String],
+) -> Result<(Vec<String>, ScriptKeys), ScenarioError> {
+    let mut texts = Vec::new();
+    let mut keys = BTreeMap::new();
+    for (i, sp) in specs.iter().enumerate() {
+        let text = match (&sp.path, &sp.source) {
+            (Some(p), None) => {
+                let path = dir.map(|d| d.join(p)).unwrap_or_else(|| p.into());
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    field(
+                        format!("script[{i}].path"),
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                String::from_utf8(bytes)
+                    .map_err(|_| field(format!("script[{i}].path"), "not valid UTF-8"))?
+            }
+            (None, Some(s)) => s.clone(),
+            _ => {
+                return Err(field(
+                    format!("script[{i}]"),
+                    "give exactly one of `path` and `source`",
+                ));
+            }
+        };
+        if text.len() > metatopia_scripts::host::SOURCE_BYTES_MAX {
+            return Err(field(format!("script[{i}]"), "source too large"));
+        }
+        metatopia_scripts::licence::check(&text, licences)
+            .map_err(|e| field(format!("script[{i}]"), e.to_string()))?;
+        let hash = metatopia_scripts::hash_source(&text);
+        if keys.insert(sp.key.clone(), hash).is_some() {
+            return Err(field(
+                format!("script[{i}].key"),
+                format!("{:?} is used twice", sp.key),
+            ));
+        }
+        texts.push(text);
+    }
+    Ok((texts, keys))
+}
+
+fn prepare(sc: Scenario, dir: Option<&std::path::Path>) -> Result<Prepared, ScenarioError> {
     if sc.regions.is_empty() {
         return Err(field("region", "a scenario needs at least one [[region]]"));
     }
@@ -301,6 +379,11 @@ fn prepare(sc: Scenario) -> Result<Prepared, ScenarioError> {
             ));
         }
     }
+    let licences = genesis
+        .get(&first)
+        .map(|s| s.settings.script_licences.clone())
+        .unwrap_or_default();
+    let (script_sources, scripts) = load_scripts(&sc.scripts, dir, &licences)?;
     let mut inputs: BTreeMap<(u64, RegionId), Vec<_>> = BTreeMap::new();
     let mut last_tick = 0;
     for (i, inp) in sc.inputs.iter().enumerate() {
@@ -317,6 +400,7 @@ fn prepare(sc: Scenario) -> Result<Prepared, ScenarioError> {
         let check = Resolver {
             keys: &keys,
             names: &names,
+            scripts: &scripts,
             avatar: Some(ElementId::new(region.0, 0)),
         };
         inp.action
@@ -342,6 +426,8 @@ fn prepare(sc: Scenario) -> Result<Prepared, ScenarioError> {
         inputs,
         keys,
         names,
+        script_sources,
+        scripts,
         ticks,
         tick_ms: sc.tick_ms,
         start_ms: sc.start_ms,
@@ -382,14 +468,20 @@ fn settings(s: &SettingsSpec, at: &str) -> Result<Settings, ScenarioError> {
         chat_history_max,
         text_bytes_max,
         name_bytes_max,
-        inputs_per_player_per_tick_max
+        inputs_per_player_per_tick_max,
+        script_instructions_max,
+        script_memory_bytes_max
     );
+    if let Some(v) = &s.script_licences {
+        out.script_licences = v.clone();
+    }
     Ok(out)
 }
 
 struct Resolver<'a> {
     keys: &'a BTreeMap<String, ElementId>,
     names: &'a BTreeMap<String, PlayerId>,
+    scripts: &'a BTreeMap<String, [u8; 32]>,
     avatar: Option<ElementId>,
 }
 
@@ -404,6 +496,10 @@ impl Resolve for Resolver<'_> {
 
     fn my_avatar(&self) -> Option<ElementId> {
         self.avatar
+    }
+
+    fn script_key(&self, key: &str) -> Option<[u8; 32]> {
+        self.scripts.get(key).copied()
     }
 }
 
@@ -480,6 +576,7 @@ impl Prepared {
                         let resolver = Resolver {
                             keys: &self.keys,
                             names: &self.names,
+                            scripts: &self.scripts,
                             avatar,
                         };
                         let kind = action

@@ -1,0 +1,365 @@
+//! Scripts in the node: content-addressed source storage, the HTTP routes
+//! and the `metatopia script push|get` verbs.
+//!
+//! Sources live under `DIR/scripts/<blake3 hex>.lua`, written atomically
+//! (temporary file, fsync, rename, fsync of the directory), so a crash
+//! leaves either the whole file or none. Reading checks the hash, so a
+//! corrupted file is treated as missing, never run.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /scripts/{hash}` | the exact source; strong `ETag` = hash, `If-None-Match` → 304 |
+//! | `PUT /api/scripts[?object=ID]` | publish a source (bearer token), licence-checked; with `object`, attach it (an input, committed at a tick) |
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use clap::Subcommand;
+use serde_json::json;
+
+use metatopia_scripts::{CheckError, Host, Sources, check_upload, hash_source};
+use metatopia_sim::input::InputKind;
+use metatopia_sim::{ElementId, ScriptHost};
+
+use crate::client;
+use crate::datadir::{DataDir, default_dir};
+use crate::http::App;
+use crate::store::hex;
+use crate::world::SubmitError;
+
+/// Sources stored as files, by hash.
+#[derive(Debug, Clone)]
+pub struct SourceStore {
+    dir: PathBuf,
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl SourceStore {
+    /// The store of a data directory (`DIR/scripts`).
+    pub fn new(data_dir: &Path) -> SourceStore {
+        SourceStore {
+            dir: data_dir.join("scripts"),
+        }
+    }
+
+    fn path(&self, hash: &[u8; 32]) -> PathBuf {
+        self.dir.join(format!("{}.lua", hex(hash)))
+    }
+
+    /// Stores `text` (idempotent) and returns its hash.
+    pub fn put(&self, text: &str) -> std::io::Result<[u8; 32]> {
+        let hash = hash_source(text);
+        let path = self.path(&hash);
+        if self.get(&hash).is_some() {
+            return Ok(hash);
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self
+            .dir
+            .join(format!(".{}.{}.tmp", hex(&hash), std::process::id()));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(hash)
+    }
+
+    /// The source with this hash, if stored and intact.
+    pub fn get(&self, hash: &[u8; 32]) -> Option<Arc<str>> {
+        let bytes = std::fs::read(self.path(hash)).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        (hash_source(&text) == *hash).then(|| Arc::from(text))
+    }
+}
+
+impl Sources for SourceStore {
+    fn source(&self, hash: &[u8; 32]) -> Option<Arc<str>> {
+        self.get(hash)
+    }
+}
+
+/// The Lua host for a data directory's world.
+pub fn host(data_dir: &Path) -> Result<Host> {
+    Host::new(Arc::new(SourceStore::new(data_dir)))
+        .map_err(|e| anyhow::anyhow!("cannot start the script runtime: {e}"))
+}
+
+/// The script routes (merged into the node's router).
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/scripts/{hash}", get(get_source))
+        .route("/api/scripts", put(put_source))
+}
+
+fn error(code: StatusCode, message: String) -> Response {
+    (code, axum::Json(json!({ "error": message }))).into_response()
+}
+
+async fn get_source(
+    State(app): State<App>,
+    UrlPath(hash): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(h) = parse_hash(&hash.to_ascii_lowercase()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{hash:?} is not a script hash (64 hex digits)"),
+        );
+    };
+    let store = SourceStore::new(Path::new(&*app.data_dir));
+    let Some(text) = store.get(&h) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no script with hash {}", hex(&h)),
+        );
+    };
+    let etag = format!("\"{}\"", hex(&h));
+    let etag_value = HeaderValue::from_str(&etag).expect("hex in quotes is a valid header");
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
+    }
+    (
+        [
+            (header::ETAG, etag_value),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/x-lua; charset=utf-8"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            ),
+        ],
+        text.to_string(),
+    )
+        .into_response()
+}
+
+fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), app.token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Query of `PUT /api/scripts`.
+#[derive(Debug, serde::Deserialize)]
+pub struct PutQuery {
+    /// Attach to this element (`"1.42"`) after publishing.
+    #[serde(default)]
+    pub object: Option<String>,
+}
+
+async fn put_source(
+    State(app): State<App>,
+    Query(q): Query<PutQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&app, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (see the `token` file in the data directory)".into(),
+        );
+    }
+    let object = match q.object.as_deref().map(str::parse::<ElementId>).transpose() {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("object: {e}")),
+    };
+    let latest = app.world.latest();
+    let state = latest.sim.state();
+    if let Some(id) = object
+        && !state.elements.contains_key(&id)
+    {
+        return error(StatusCode::NOT_FOUND, format!("no element {id}"));
+    }
+    // Licence, compile and top-level run; a failing version is refused
+    // here, so the running one (if any) keeps running.
+    let licence = match check_upload(&body, state, object) {
+        Ok(l) => l,
+        Err(e) => {
+            let code = match e {
+                CheckError::Licence(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return error(code, format!("script refused: {e}"));
+        }
+    };
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let store = SourceStore::new(Path::new(&*app.data_dir));
+    let hash = match tokio::task::spawn_blocking(move || store.put(&text)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot store the script: {e}"),
+            );
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut out = json!({ "hash": hex(&hash), "licence": licence });
+    if let Some(element) = object {
+        let kind = InputKind::AttachScript {
+            element,
+            source: hash,
+        };
+        match app.world.submit(app.player, kind).await {
+            Ok(receipt) => {
+                out["attached"] = json!({ "element": element.to_string(), "tick": receipt.tick });
+            }
+            Err(SubmitError::Rejected(reason)) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("published as {} but not attached: {reason}", hex(&hash)),
+                );
+            }
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+    axum::Json(out).into_response()
+}
+
+/// `metatopia script ...`
+#[derive(Debug, Subcommand)]
+pub enum ScriptCmd {
+    /// Publish a script (licence-checked) and print its hash; with
+    /// --object, also attach it to an object you own (admins: any).
+    Push {
+        /// The Lua source file.
+        file: PathBuf,
+        /// Attach to this element id (e.g. 1.42).
+        #[arg(long)]
+        object: Option<String>,
+        /// Data directory of the running node.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Print a script's exact source by hash.
+    Get {
+        /// The hash (64 hex digits).
+        hash: String,
+        /// Data directory of the running node.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+/// Runs a `script` verb.
+pub fn cli(cmd: ScriptCmd) -> Result<()> {
+    match cmd {
+        ScriptCmd::Push { file, object, data } => {
+            let text =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let dir = DataDir::open(&data.unwrap_or_else(default_dir))?;
+            let base = dir.running_node()?;
+            let auth = format!("Bearer {}", dir.token()?);
+            let path = match &object {
+                Some(o) => format!("/api/scripts?object={o}"),
+                None => "/api/scripts".into(),
+            };
+            let r = client::request(
+                &base,
+                "PUT",
+                &path,
+                &[("Authorization", auth.as_str())],
+                Some(&text),
+            )?;
+            let v = r.json().unwrap_or_default();
+            if r.status != 200 {
+                bail!(
+                    "{}",
+                    v["error"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| r.text())
+                );
+            }
+            println!("{}", v["hash"].as_str().unwrap_or_default());
+            if let Some(a) = v.get("attached") {
+                eprintln!(
+                    "attached to {} at tick {}",
+                    a["element"].as_str().unwrap_or_default(),
+                    a["tick"]
+                );
+            }
+            Ok(())
+        }
+        ScriptCmd::Get { hash, data } => {
+            let Some(h) = parse_hash(&hash.to_ascii_lowercase()) else {
+                bail!("{hash:?} is not a script hash (64 hex digits)");
+            };
+            let dir = DataDir::open(&data.unwrap_or_else(default_dir))?;
+            // The local store first; then the running node.
+            if let Some(text) = SourceStore::new(&dir.path).get(&h) {
+                print!("{text}");
+                return Ok(());
+            }
+            let base = dir.running_node()?;
+            let r = client::request(&base, "GET", &format!("/scripts/{}", hex(&h)), &[], None)?;
+            if r.status != 200 {
+                bail!("no script with hash {} ({})", hex(&h), r.status);
+            }
+            std::io::stdout().write_all(&r.body)?;
+            Ok(())
+        }
+    }
+}
+
+/// A host for a scenario: the scenario's own sources, in memory.
+pub fn scenario_host(texts: &[String]) -> Result<Box<dyn ScriptHost>> {
+    let sources = Arc::new(metatopia_scripts::MemorySources::new());
+    for t in texts {
+        sources.insert(t);
+    }
+    Ok(Box::new(Host::new(sources).map_err(|e| {
+        anyhow::anyhow!("cannot start the script runtime: {e}")
+    })?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SourceStore::new(dir.path());
+        let h = s.put("-- hi\n").unwrap();
+        assert_eq!(s.put("-- hi\n").unwrap(), h);
+        assert_eq!(&*s.get(&h).unwrap(), "-- hi\n");
+        std::fs::write(s.path(&h), "-- tampered\n").unwrap();
+        assert!(s.get(&h).is_none());
+        assert!(parse_hash("zz").is_none());
+        assert_eq!(parse_hash(&hex(&h)), Some(h));
+    }
+}
