@@ -81,7 +81,10 @@ pub async fn start(cfg: &config::Overlay, dir: &DataDir, state: &State) -> Resul
     sc.bootstrap = cfg
         .bootstrap
         .iter()
-        .map(|a| a.parse().with_context(|| format!("[overlay] bootstrap {a:?}")))
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("[overlay] bootstrap {a:?}"))
+        })
         .collect::<Result<_>>()?;
     sc.mdns = cfg.mdns;
     let (handle, _task) = Service::spawn(sc)?;
@@ -133,7 +136,12 @@ pub async fn locate(handle: &metatopia_overlay::Handle, point: Point) -> Result<
         .filter(|r| r.bounds.contains(point))
         .map(|r| LocatedRegion {
             id: r.id.0,
-            bounds: [r.bounds.min.x, r.bounds.min.y, r.bounds.max.x, r.bounds.max.y],
+            bounds: [
+                r.bounds.min.x,
+                r.bounds.min.y,
+                r.bounds.max.x,
+                r.bounds.max.y,
+            ],
             hosts: r
                 .replicas
                 .iter()

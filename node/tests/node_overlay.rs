@@ -12,7 +12,10 @@ use common::{Node, run};
 
 fn overlay_addr(node: &Node) -> String {
     loop {
-        let line = node.lines.recv_timeout(Duration::from_secs(60)).expect("overlay address line");
+        let line = node
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("overlay address line");
         if let Some(a) = line.strip_prefix("metatopia: overlay ") {
             return a.trim().to_string();
         }
@@ -20,7 +23,9 @@ fn overlay_addr(node: &Node) -> String {
 }
 
 fn write_config(dir: &std::path::Path, region: u32, origin: &str, bootstrap: Option<&str>) {
-    let boot = bootstrap.map(|b| format!("bootstrap = [\"{b}\"]\n")).unwrap_or_default();
+    let boot = bootstrap
+        .map(|b| format!("bootstrap = [\"{b}\"]\n"))
+        .unwrap_or_default();
     std::fs::write(
         dir.join("node.toml"),
         format!("[world]\nregion_id = {region}\n\n[overlay]\nenabled = true\norigin = \"{origin}\"\n{boot}"),
@@ -45,8 +50,17 @@ fn two_nodes_find_each_others_regions() {
     // B's world is region 2, and the CLI talks to it as such.
     let status = b.get("/api/status").json().unwrap();
     assert_eq!(status["regions"][0]["id"], 2);
-    let say = run(&["say", "hi from region 2", "--data", b_dir.path().to_str().unwrap()]);
-    assert!(say.status.success(), "{}", String::from_utf8_lossy(&say.stderr));
+    let say = run(&[
+        "say",
+        "hi from region 2",
+        "--data",
+        b_dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        say.status.success(),
+        "{}",
+        String::from_utf8_lossy(&say.stderr)
+    );
 
     // Asked from A: the point (300 m, 10 m) is in B's region 2. The record
     // may take a moment to reach the owner of that point: retry, bounded.
@@ -60,11 +74,23 @@ fn two_nodes_find_each_others_regions() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(found.contains("region 2") && found.contains(&b_peer), "{found}");
+    assert!(
+        found.contains("region 2") && found.contains(&b_peer),
+        "{found}"
+    );
     // Asked from B: A's own region 1 at (10 m, 10 m).
-    let out = run(&["join", "--at", "10,10", "--data", b_dir.path().to_str().unwrap()]);
+    let out = run(&[
+        "join",
+        "--at",
+        "10,10",
+        "--data",
+        b_dir.path().to_str().unwrap(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("region 1") && text.contains(&a_peer), "{text}");
+    assert!(
+        text.contains("region 1") && text.contains(&a_peer),
+        "{text}"
+    );
     // Nobody hosts (5000 m, 5000 m): a clear error.
     let out = run(&["join", "--at", "5000,5000", "--data", a_data]);
     assert!(!out.status.success());
