@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
 use metatopia_sim::state::{Settings, State};
-use metatopia_sim::{NoScripts, RegionId, Sim};
+use metatopia_sim::{RegionId, Sim};
 
 use crate::client;
 use crate::config::Config;
@@ -92,6 +92,12 @@ pub enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Publish (`push FILE [--object ID]`) or fetch (`get HASH`) Lua scripts.
+    Script {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: crate::scripts::ScriptCmd,
+    },
 }
 
 /// Runs a command.
@@ -114,6 +120,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run { scenario, ticks } => run_scenario(&scenario, ticks),
         Command::Replay { data } => replay(&data.unwrap_or_else(default_dir)),
         Command::Join { at, data } => join(&data.unwrap_or_else(default_dir), &at),
+        Command::Script { cmd } => crate::scripts::cli(cmd),
     }
 }
 
@@ -154,7 +161,7 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
         store.init(&g)?;
         info!(hash = %hex(&metatopia_sim::snapshot::state_hash(&g)), "new world created");
     }
-    let (sim, recovery) = store.recover(&NoScripts)?;
+    let (sim, recovery) = store.recover(&crate::scripts::host(&dir.path)?)?;
     if !recovery.skipped_snapshots.is_empty() {
         warn!(skipped = ?recovery.skipped_snapshots, "corrupt snapshots skipped");
         eprintln!(
@@ -202,7 +209,7 @@ async fn serve(
     let (handle, thread) = world::start(
         store,
         sim,
-        Arc::new(NoScripts),
+        Arc::new(crate::scripts::host(&dir.path)?),
         config.world_config(),
         stop.clone(),
     )?;
@@ -424,10 +431,11 @@ fn run_scenario(path: &Path, ticks: Option<u64>) -> Result<()> {
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let prepared =
-        scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let prepared = scenario::parse_at(&text, path.parent())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let host = crate::scripts::scenario_host(&prepared.script_sources)?;
     let out = prepared
-        .run(ticks, &NoScripts)
+        .run(ticks, &*host)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     for (id, sim) in &out.sims {
         let s = sim.state();
@@ -466,7 +474,7 @@ fn replay(path: &Path) -> Result<()> {
         ),
         Err(e) => return Err(e.into()),
     };
-    match store.replay_all(&NoScripts) {
+    match store.replay_all(&crate::scripts::host(&dir.path)?) {
         Ok((sim, count)) => {
             println!("replayed {count} ticks from genesis; every checkpoint matches");
             println!("state_hash={}", hex(&sim.hash()));

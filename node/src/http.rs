@@ -6,6 +6,7 @@
 //! | `GET /api/status` | tick, state hash, regions, players online |
 //! | `GET /api/regions/{id}/state` | the region as JSON; strong `ETag` = state hash, `If-None-Match` → 304 |
 //! | `POST /api/regions/{id}/inputs` | one action as the local player (bearer token); answers when committed |
+//! | `GET /scripts/{hash}`, `PUT /api/scripts` | script sources (see [`crate::scripts`]) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/overlay` | overlay membership: peer id, joined, neighbours |
 //! | `GET /api/overlay/locate?x_mm=X&y_mm=Y` | regions announced at a world point, and their hosts |
@@ -56,7 +57,8 @@ pub fn router(app: App) -> Router {
         .route("/", get(viewer))
         .route("/api/status", get(status))
         .route("/api/regions/{id}/state", get(region_state))
-        .route("/api/regions/{id}/inputs", post(post_input));
+        .route("/api/regions/{id}/inputs", post(post_input))
+        .merge(crate::scripts::routes());
     if app.metrics {
         router = router.route("/metrics", get(metrics));
     }

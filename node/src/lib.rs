@@ -14,6 +14,7 @@
 //! - [`view`]: JSON views of the world.
 //! - [`action`]: human-facing actions shared by the API, CLI and scenarios.
 //! - [`scenario`]: scenario files, run headless.
+//! - [`scripts`]: script sources by hash, their HTTP routes and CLI verbs.
 //! - [`client`]: a minimal HTTP client for the CLI and tests.
 
 pub mod action;
@@ -24,6 +25,7 @@ pub mod datadir;
 pub mod http;
 pub mod overlay;
 pub mod scenario;
+pub mod scripts;
 pub mod store;
 pub mod view;
 pub mod world;
