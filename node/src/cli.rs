@@ -431,6 +431,12 @@ fn run_scenario(path: &Path, ticks: Option<u64>) -> Result<()> {
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if crate::physics_scene::is_physics_scene(&text) {
+        let out = crate::physics_scene::run(&text, ticks)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        out.lines.iter().for_each(|l| println!("{l}"));
+        return Ok(());
+    }
     let prepared = scenario::parse_at(&text, path.parent())
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let host = crate::scripts::scenario_host(&prepared.script_sources)?;

@@ -14,6 +14,7 @@
 //! - [`view`]: JSON views of the world.
 //! - [`action`]: human-facing actions shared by the API, CLI and scenarios.
 //! - [`scenario`]: scenario files, run headless.
+//! - [`physics_scene`]: physics scene files (regions as boxes, bodies), run headless.
 //! - [`scripts`]: script sources by hash, their HTTP routes and CLI verbs.
 //! - [`client`]: a minimal HTTP client for the CLI and tests.
 
@@ -24,6 +25,7 @@ pub mod config;
 pub mod datadir;
 pub mod http;
 pub mod overlay;
+pub mod physics_scene;
 pub mod scenario;
 pub mod scripts;
 pub mod store;

@@ -16,13 +16,23 @@ use rapier3d_f64::math::{Rotation, Vector};
 
 const SCALE: f64 = 4_294_967_296.0;
 const I64_EDGE: f64 = 9_223_372_036_854_775_808.0;
+const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
+const FAST_EDGE: f64 = 2_251_799_813_685_248.0; // 2^51
 
 /// `v` as fixed point, by the rule above.
 pub fn fx(v: f64) -> Fx {
+    let s = v * SCALE;
+    if s.abs() < FAST_EDGE {
+        // (s + 1.5·2^52) lands in [2^52, 2^53), where the spacing of f64 is
+        // 1: the addition itself rounds to the nearest integer, ties to
+        // even (IEEE default rounding). Same result as `round_ties_even`,
+        // which without SSE4.1 is a libm call.
+        return Fx::from_bits(((s + MAGIC) - MAGIC) as i64);
+    }
     if v.is_nan() {
         return Fx::ZERO;
     }
-    let r = (v * SCALE).round_ties_even();
+    let r = s.round_ties_even();
     if r >= I64_EDGE {
         Fx::MAX
     } else if r < -I64_EDGE {
@@ -98,6 +108,16 @@ mod tests {
         fn fx_round_trips_exactly(bits in -(1i64 << 52)..(1i64 << 52)) {
             let x = Fx::from_bits(bits);
             proptest::prop_assert_eq!(fx(f64(x)), x);
+        }
+
+        #[test]
+        fn fast_rounding_matches_round_ties_even(v in -1.0e6f64..1.0e6, k in -3i64..3) {
+            // Exact halves too: (n + 0.5) / 2^32.
+            let half = (v.trunc() * SCALE + 0.5 + k as f64) / SCALE;
+            for x in [v, half] {
+                let want = (x * SCALE).round_ties_even() as i64;
+                proptest::prop_assert_eq!(fx(x).to_bits(), want);
+            }
         }
 
         #[test]

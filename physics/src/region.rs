@@ -691,17 +691,25 @@ impl Region {
             .map(|(r, o)| (*r, o.to))
             .collect();
         for (root, to) in due {
-            let Some(msg) = self.final_message(root, to) else {
-                // The group vanished (deleted): nothing to hand over.
-                self.border.outgoing.remove(&root);
-                continue;
-            };
-            outbox.push(Envelope {
+            let envelope = self.final_message(root, to).map(|msg| Envelope {
                 from: self.cfg.id,
                 to,
                 tick: now,
                 msg,
             });
+            match envelope {
+                Some(env) if env.validate().is_ok() => outbox.push(env),
+                _ => {
+                    // The group vanished (deleted), or its data would break
+                    // the message limits: cancel the handoff (an Accept is
+                    // then ignored) and apply the held influences here.
+                    if let Some(o) = self.border.outgoing.remove(&root) {
+                        for (_, cmd) in &o.influences {
+                            self.world.apply(cmd);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -776,6 +784,7 @@ impl Region {
                         .is_some_and(|p| b.outside_by(p) <= self.cfg.margin)
                 })
                 .filter_map(|id| self.world.ghost(id))
+                .take(metatopia_sim::physics::GHOSTS_MAX)
                 .collect();
             outbox.push(Envelope {
                 from: self.cfg.id,

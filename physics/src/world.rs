@@ -64,7 +64,8 @@ pub struct Slot {
     spec: BodySpec,
     vehicle: Option<ElementId>,
     resting: bool,
-    touching: BTreeSet<ElementId>,
+    /// Bodies it touches, sorted by id.
+    touching: Vec<ElementId>,
     /// The last `(pos, vel)` reported in a `Moved` event.
     last: Option<(Vec3, Vec3)>,
 }
@@ -222,7 +223,12 @@ impl World {
                 spec: slot_spec.spec,
                 vehicle: slot_spec.vehicle,
                 resting: slot_spec.resting,
-                touching: slot_spec.touching.into_iter().collect(),
+                touching: {
+                    let mut t = slot_spec.touching;
+                    t.sort();
+                    t.dedup();
+                    t
+                },
                 last,
             },
         );
@@ -347,13 +353,10 @@ impl World {
     }
 
     fn collect_events(&mut self) -> Vec<PhysicsEvent> {
-        let mut touching: BTreeMap<ElementId, BTreeSet<ElementId>> = BTreeMap::new();
-        let id_of = |h: ColliderHandle| {
-            self.rapier
-                .colliders
-                .get(h)
-                .map(|c| element_of(c.user_data))
-        };
+        // Active contacts as (body, other) pairs, both ways, sorted.
+        let mut pairs: Vec<(ElementId, ElementId)> = Vec::new();
+        let colliders = &self.rapier.colliders;
+        let id_of = |h: ColliderHandle| colliders.get(h).map(|c| element_of(c.user_data));
         for pair in self.rapier.narrow_phase.contact_pairs() {
             if !pair.has_any_active_contact() {
                 continue;
@@ -361,14 +364,23 @@ impl World {
             let (Some(a), Some(b)) = (id_of(pair.collider1), id_of(pair.collider2)) else {
                 continue;
             };
-            if a == b {
-                continue;
+            if a != b {
+                pairs.push((a, b));
+                pairs.push((b, a));
             }
-            touching.entry(a).or_default().insert(b);
-            touching.entry(b).or_default().insert(a);
         }
+        pairs.sort_unstable();
+        pairs.dedup();
         let mut events = Vec::new();
+        let mut k = 0;
         for (id, slot) in self.slots.iter_mut() {
+            while k < pairs.len() && pairs[k].0 < *id {
+                k += 1;
+            }
+            let start = k;
+            while k < pairs.len() && pairs[k].0 == *id {
+                k += 1;
+            }
             if slot.ghost.is_some() {
                 continue;
             }
@@ -389,14 +401,20 @@ impl World {
                 events.push(PhysicsEvent::AtRest { id: *id });
             }
             slot.resting = sleeping;
-            let new = touching.remove(id).unwrap_or_default();
-            for other in new.difference(&slot.touching) {
-                events.push(PhysicsEvent::Collided {
-                    id: *id,
-                    other: *other,
-                });
+            let new = &pairs[start..k];
+            let same = new.len() == slot.touching.len()
+                && new.iter().zip(&slot.touching).all(|(p, o)| p.1 == *o);
+            if !same {
+                for (_, other) in new {
+                    if slot.touching.binary_search(other).is_err() {
+                        events.push(PhysicsEvent::Collided {
+                            id: *id,
+                            other: *other,
+                        });
+                    }
+                }
+                slot.touching = new.iter().map(|p| p.1).collect();
             }
-            slot.touching = new;
         }
         events
     }
@@ -472,7 +490,7 @@ impl World {
             motion: self.motion(id)?,
             resting: slot.resting,
             vehicle: slot.vehicle,
-            touching: slot.touching.iter().copied().collect(),
+            touching: slot.touching.clone(),
         })
     }
 
@@ -494,28 +512,82 @@ impl World {
     }
 
     /// The per-tick digest: every body in id order with its ownership,
-    /// spec, quantized motion, sleep flag and contacts, plus the config.
-    /// About 150 bytes per body are hashed.
+    /// spec, quantized motion (position, rotation, velocity, angular
+    /// velocity), sleep flag, contacts and whether its last report matches,
+    /// plus the config; about 150 bytes per body, encoded by hand (fixed
+    /// width, little endian) because it runs every tick.
     pub fn digest(&self) -> [u8; 32] {
         let mut buf = Vec::with_capacity(64 + self.slots.len() * 160);
         buf.extend_from_slice(&DIGEST_MAGIC);
         put(&mut buf, &self.cfg);
-        put(&mut buf, &(self.slots.len() as u64));
+        buf.extend_from_slice(&(self.slots.len() as u64).to_le_bytes());
+        let fx = |buf: &mut Vec<u8>, v: Fx| buf.extend_from_slice(&v.to_bits().to_le_bytes());
+        let v3 = |buf: &mut Vec<u8>, v: Vec3| {
+            fx(buf, v.x);
+            fx(buf, v.y);
+            fx(buf, v.z);
+        };
         for (id, slot) in &self.slots {
-            let motion = self.motion(*id);
-            put(
-                &mut buf,
-                &(
-                    id,
-                    slot.ghost,
-                    &slot.spec,
-                    slot.vehicle,
-                    motion,
-                    slot.resting,
-                    &slot.touching,
-                    slot.last,
-                ),
+            buf.extend_from_slice(&id.to_bytes());
+            buf.extend_from_slice(
+                &slot
+                    .ghost
+                    .map_or(u64::MAX, |r| u64::from(r.0))
+                    .to_le_bytes(),
             );
+            match slot.spec.kind {
+                BodyKind::Dynamic => buf.push(0),
+                BodyKind::Kinematic => buf.push(1),
+                BodyKind::Fixed => buf.push(2),
+                BodyKind::Seated { offset } => {
+                    buf.push(3);
+                    v3(&mut buf, offset);
+                }
+            }
+            match slot.spec.shape {
+                Shape::Ball { radius } => {
+                    buf.push(0);
+                    fx(&mut buf, radius);
+                }
+                Shape::Cuboid { half } => {
+                    buf.push(1);
+                    v3(&mut buf, half);
+                }
+            }
+            let m = slot.spec.material;
+            fx(&mut buf, m.density);
+            fx(&mut buf, m.friction);
+            fx(&mut buf, m.restitution);
+            match slot.vehicle {
+                Some(v) => {
+                    buf.push(1);
+                    buf.extend_from_slice(&v.to_bytes());
+                }
+                None => buf.push(0),
+            }
+            let motion = self.motion(*id);
+            match motion {
+                Some(m) => {
+                    buf.push(1);
+                    v3(&mut buf, m.pos);
+                    for q in m.rot {
+                        fx(&mut buf, q);
+                    }
+                    v3(&mut buf, m.vel);
+                    v3(&mut buf, m.angvel);
+                }
+                None => buf.push(0),
+            }
+            let reported = slot.last == motion.map(|m| (m.pos, m.vel));
+            buf.push(
+                u8::from(slot.resting)
+                    | (u8::from(reported) << 1)
+                    | (u8::from(slot.last.is_some()) << 2),
+            );
+            buf.extend_from_slice(&(slot.touching.len() as u32).to_le_bytes());
+            for t in &slot.touching {
+                buf.extend_from_slice(&t.to_bytes());
+            }
         }
         *blake3::hash(&buf).as_bytes()
     }

@@ -1206,12 +1206,20 @@ impl Tick {
                         continue;
                     }
                     // Elements without a body of their own ride along.
-                    let riders: Vec<ElementId> = self
+                    let has_children = self
                         .s
-                        .subtree(*id)
-                        .into_iter()
-                        .filter(|c| c != id && !self.s.bodies.contains_key(c))
-                        .collect();
+                        .elements
+                        .get(id)
+                        .is_some_and(|e| !e.children.is_empty());
+                    let riders: Vec<ElementId> = if has_children {
+                        self.s
+                            .subtree(*id)
+                            .into_iter()
+                            .filter(|c| c != id && !self.s.bodies.contains_key(c))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     for c in riders {
                         self.s.elements.update(&c, |e| {
                             e.pos = e.pos.saturating_sub(from).saturating_add(*pos);
