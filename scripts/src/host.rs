@@ -61,6 +61,8 @@ pub fn hash_source(text: &str) -> [u8; 32] {
 
 struct Entry {
     source: [u8; 32],
+    /// The SPDX identifiers the source's licence line names.
+    licence_ids: Vec<String>,
     sandbox: Mutex<Result<Sandbox, String>>,
 }
 
@@ -143,6 +145,7 @@ impl Host {
         let sandbox = Sandbox::new(&text).map_err(|e| e.to_string());
         let entry = Arc::new(Entry {
             source,
+            licence_ids: licence::ids(&text),
             sandbox: Mutex::new(sandbox),
         });
         if let Ok(mut c) = self.cache.write() {
@@ -171,11 +174,17 @@ impl ScriptHost for Host {
         let sandbox = guard.as_ref().map_err(|e| ScriptFault::Error(e.clone()))?;
         // The allow-list may change after upload; a script whose licence
         // the region no longer accepts stops running.
-        let text = self
-            .sources
-            .source(&call.slot.source)
-            .ok_or_else(|| ScriptFault::MissingSource(hex32(&call.slot.source)))?;
-        licence::check(&text, allowed).map_err(|e| ScriptFault::Error(e.to_string()))?;
+        if entry.licence_ids.is_empty() {
+            return Err(ScriptFault::Error(
+                "the script has no valid SPDX-License-Identifier line".into(),
+            ));
+        }
+        if let Some(id) = entry.licence_ids.iter().find(|id| !allowed.contains(id)) {
+            return Err(ScriptFault::Error(format!(
+                "licence {id:?} is not accepted in this region; accepted: {}",
+                allowed.join(", ")
+            )));
+        }
         sandbox.run(call, &Limits::from_settings(&call.state.settings))
     }
 }

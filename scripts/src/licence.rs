@@ -63,6 +63,32 @@ pub fn default_allowed() -> Vec<String> {
     DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect()
 }
 
+/// The identifiers a well-formed licence line names (empty if there is no
+/// well-formed line). Used to re-check a loaded script against an
+/// allow-list that changed.
+pub fn ids(source: &str) -> Vec<String> {
+    // With an empty allow-list a well-formed line is always "not allowed";
+    // anything else means there is no well-formed line.
+    if !matches!(
+        check(source, &[] as &[&str]),
+        Err(LicenceError::NotAllowed { .. })
+    ) {
+        return Vec::new();
+    }
+    let line = source
+        .lines()
+        .take(HEADER_LINES_MAX)
+        .find_map(|l| l.split_once("SPDX-License-Identifier:").map(|(_, r)| r))
+        .unwrap_or("");
+    line.replace(['(', ')'], " ")
+        .replace("]]", " ")
+        .replace("*/", " ")
+        .split_whitespace()
+        .filter(|t| *t != "OR" && *t != "AND")
+        .map(str::to_string)
+        .collect()
+}
+
 /// Checks `source` against `allowed` and returns its licence expression.
 pub fn check<S: AsRef<str>>(source: &str, allowed: &[S]) -> Result<String, LicenceError> {
     let accepted = allowed
@@ -185,5 +211,8 @@ mod tests {
         ));
         let only_mpl = ["MPL-2.0"];
         assert!(check("-- SPDX-License-Identifier: GPL-3.0-only\n", &only_mpl).is_err());
+        assert_eq!(ids(both), ["MPL-2.0", "GPL-3.0-only"]);
+        assert!(ids(none).is_empty());
+        assert!(ids("-- SPDX-License-Identifier: GPL-3.0-only OR\n").is_empty());
     }
 }

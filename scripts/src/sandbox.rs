@@ -15,6 +15,8 @@ use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, VmState};
 
 use metatopia_sim::script::{ScriptCall, ScriptEventKind, ScriptFault, ScriptOutput, Write};
+use metatopia_sim::state::{Element, Player};
+use metatopia_sim::table::Table as SimTable;
 use metatopia_sim::{ElementId, Fx, PlayerId, State, Vec3};
 
 use crate::codec;
@@ -97,9 +99,63 @@ impl Budget {
     }
 }
 
+/// The part of the world a call reads. Cloning the persistent tables is a
+/// pointer copy; the rest are scalars (no allocation per call).
+struct WorldView {
+    elements: SimTable<ElementId, Element>,
+    players: SimTable<PlayerId, Player>,
+    tick: u64,
+    time_ms: u64,
+    size: Vec3,
+    name_bytes_max: u32,
+    depth_max: u32,
+}
+
+impl WorldView {
+    fn of(s: &State) -> WorldView {
+        WorldView {
+            elements: s.elements.clone(),
+            players: s.players.clone(),
+            tick: s.tick,
+            time_ms: s.time_ms,
+            size: s.settings.size,
+            name_bytes_max: s.settings.name_bytes_max,
+            depth_max: s.settings.depth_max,
+        }
+    }
+
+    /// As `State::in_bounds`.
+    fn in_bounds(&self, p: Vec3) -> bool {
+        let z = Fx::ZERO;
+        p.x >= z
+            && p.y >= z
+            && p.z >= z
+            && p.x < self.size.x
+            && p.y < self.size.y
+            && p.z < self.size.z
+    }
+
+    /// As `State::is_within`.
+    fn is_within(&self, element: ElementId, ancestor: ElementId) -> bool {
+        let mut cur = Some(element);
+        let mut steps = 0u32;
+        while let Some(id) = cur {
+            if id == ancestor {
+                return true;
+            }
+            steps += 1;
+            if steps > self.depth_max.saturating_add(2) {
+                return false;
+            }
+            cur = self.elements.get(&id).and_then(|e| e.parent);
+        }
+        false
+    }
+}
+
 /// What the host functions see during a call.
 struct Ctx {
-    state: State,
+    state: WorldView,
     script: ElementId,
     out: ScriptOutput,
     rng: Rng,
@@ -336,7 +392,7 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
             let name = text_arg(&name, "set_name: name")?;
             with_ctx(lua, |ctx| {
                 check_writable(ctx, element, "set_name")?;
-                let max = ctx.state.settings.name_bytes_max;
+                let max = ctx.state.name_bytes_max;
                 check_text(&name, max, "set_name: name")?;
                 ctx.out.writes.push(Write::SetName { element, name });
                 Ok(())
@@ -627,7 +683,7 @@ impl Sandbox {
     /// Runs the script over the call's inbox.
     pub fn run(&self, call: &ScriptCall<'_>, limits: &Limits) -> Result<ScriptOutput, ScriptFault> {
         self.lua.set_app_data(Ctx {
-            state: call.state.clone(),
+            state: WorldView::of(call.state),
             script: call.script,
             out: ScriptOutput::default(),
             rng: Rng::from_seed(&call.seed),
