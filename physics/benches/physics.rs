@@ -109,6 +109,14 @@ fn main() {
         }
     }
     let wall = t0.elapsed();
+    let mut base = scene::border_storm_baseline(1000, 11).unwrap();
+    let mut base_t = Vec::new();
+    for _ in 0..ticks {
+        let t = Instant::now();
+        base.step(&NoScripts).unwrap();
+        base_t.push(t.elapsed());
+    }
+    let (base50, _) = median(base_t);
     let handoffs: u64 = storm
         .cluster
         .regions()
@@ -117,6 +125,9 @@ fn main() {
         .sum::<u64>()
         - start_out;
     let (s50, s90) = median(tick_t);
+    println!(
+        "scene border-storm baseline: same balls and walls in one 128 m region, median {base50:.3} ms"
+    );
     println!("scene border-storm: 1000 balls, 2 regions, {ticks} ticks");
     println!(
         "  cluster tick (both regions)  median {s50:.3} ms  p90 {s90:.3} ms; {handoffs} handoffs, {:.1} per tick, {:.0} per wall-clock second; longest offer-to-switch {max_pending_ticks} ticks; {} envelope bytes",

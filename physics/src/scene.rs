@@ -269,11 +269,26 @@ pub fn active_bodies(n: u32, seed: u64) -> Result<Scene, StepError> {
 /// from random starting points: every ball crosses the border about every
 /// 1.5 s, back and forth, forever. The first two ticks are run.
 pub fn border_storm(n: u32, seed: u64) -> Result<Scene, StepError> {
+    storm(n, seed, true)
+}
+
+/// The border-storm scene in one 128 m region (no border): the baseline
+/// for the cost the border adds.
+pub fn border_storm_baseline(n: u32, seed: u64) -> Result<Scene, StepError> {
+    storm(n, seed, false)
+}
+
+fn storm(n: u32, seed: u64, split: bool) -> Result<Scene, StepError> {
     let lanes = (n as f64).sqrt().ceil() as i64;
     let extent = 2_000 + lanes * 1_500;
-    let mut scene = Scene::grid(2, 1, 64, |c| {
+    let zero_g = |c: &mut RegionConfig| {
         c.world.gravity = Vec3::ZERO;
-    });
+    };
+    let mut scene = if split {
+        Scene::grid(2, 1, 64, zero_g)
+    } else {
+        Scene::grid(1, 1, 128, zero_g)
+    };
     scene.step(&metatopia_sim::NoScripts)?;
     let half = v(500, extent / 2 + 1_000, extent / 2 + 1_000);
     scene.spawn(
