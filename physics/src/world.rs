@@ -565,7 +565,9 @@ impl World {
                 }
                 None => buf.push(0),
             }
-            let motion = self.motion(*id);
+            let motion = self.rapier.bodies.get(slot.handle).map(|rb| {
+                convert::motion(rb.translation(), *rb.rotation(), rb.linvel(), rb.angvel())
+            });
             match motion {
                 Some(m) => {
                     buf.push(1);
