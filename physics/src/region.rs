@@ -702,8 +702,13 @@ impl Region {
                 _ => {
                     // The group vanished (deleted), or its data would break
                     // the message limits: cancel the handoff (an Accept is
-                    // then ignored) and apply the held influences here.
+                    // then ignored), keep the group inside as after a
+                    // refusal, and apply the held influences here.
                     if let Some(o) = self.border.outgoing.remove(&root) {
+                        self.border.refused += 1;
+                        for cmd in self.push_back(root) {
+                            self.world.apply(&cmd);
+                        }
                         for (_, cmd) in &o.influences {
                             self.world.apply(cmd);
                         }

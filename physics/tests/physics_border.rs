@@ -605,6 +605,53 @@ fn vehicle_refused_for_capacity_stays_whole() {
     assert!(p.x < Fx::from_int(65), "{p}");
 }
 
+/// A group too big for one handoff message (more elements than
+/// `TRANSFER_ELEMENTS_MAX`) is offered, accepted, then cancelled by its
+/// owner before the switch: it stays, whole, on its side.
+#[test]
+fn group_too_big_to_hand_over_stays_whole() {
+    let mut s = Scene::grid(2, 1, 64, |c| {
+        c.world.gravity = Vec3::ZERO;
+    });
+    s.step(&NoScripts).unwrap();
+    s.spawn(
+        None,
+        v(62_000, 10_000, 10_000),
+        scene::ball(500),
+        v(4_000, 0, 0),
+    );
+    s.step(&NoScripts).unwrap();
+    let ball = s.owners()[0].0;
+    for i in 0..metatopia_sim::physics::TRANSFER_ELEMENTS_MAX {
+        s.queue(
+            RegionId(1),
+            InputKind::Create {
+                parent: Some(ball),
+                name: format!("part{i}"),
+                pos: v(62_000, 10_000, 10_000),
+            },
+        );
+    }
+    let mut audit = Audit::default();
+    audit.track_all(&s);
+    run(&mut s, &mut audit, 60, 0, &NoScripts);
+    assert_eq!(s.owners(), vec![(ball, RegionId(1))]);
+    assert_eq!(audit.handoffs, 0);
+    let r1 = s.cluster.region(RegionId(1)).unwrap();
+    assert!(r1.border_counts().refused >= 1);
+    assert_eq!(
+        r1.sim().state().elements[&ball].children.len(),
+        metatopia_sim::physics::TRANSFER_ELEMENTS_MAX
+    );
+    assert!(r1.world().position(ball).unwrap().x < Fx::from_int(65));
+    let r2 = s.cluster.region(RegionId(2)).unwrap();
+    assert_eq!(
+        r2.sim().state().elements.len(),
+        2,
+        "root and the driver's avatar only"
+    );
+}
+
 fn storm_hashes(ticks: usize, seed: u64) -> Vec<[u8; 32]> {
     let mut s = scene::border_storm(60, seed).unwrap();
     (0..ticks)
