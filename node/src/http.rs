@@ -71,7 +71,8 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-fn error(code: StatusCode, message: String) -> Response {
+/// A JSON error answer `{"error": message}`.
+pub(crate) fn error(code: StatusCode, message: String) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()
 }
 
@@ -106,10 +107,7 @@ async fn region_state(
     }
     let latest = app.world.latest();
     let etag = format!("\"{}\"", hex(&latest.sim.hash()));
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let matches = if_none_match(&headers, &etag);
     let etag_value = HeaderValue::from_str(&etag).expect("hex in quotes is a valid header");
     if matches {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
@@ -124,7 +122,24 @@ async fn region_state(
         .into_response()
 }
 
-fn authorized(app: &App, headers: &HeaderMap) -> bool {
+/// Whether `If-None-Match` names `etag` (a quoted strong tag) or `*`.
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+}
+
+/// The 401 answer for a missing or wrong bearer token.
+pub(crate) fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (see the `token` file in the data directory)".into(),
+    )
+}
+
+/// Whether the request carries the node's bearer token.
+pub(crate) fn authorized(app: &App, headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -146,10 +161,7 @@ async fn post_input(
     body: Bytes,
 ) -> Response {
     if !authorized(&app, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (see the `token` file in the data directory)".into(),
-        );
+        return unauthorized();
     }
     if let Err(r) = check_region(&app, &id) {
         return *r;

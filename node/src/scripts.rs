@@ -31,7 +31,7 @@ use metatopia_sim::{ElementId, ScriptHost};
 
 use crate::client;
 use crate::datadir::{DataDir, default_dir};
-use crate::http::App;
+use crate::http::{App, authorized, error, if_none_match, unauthorized};
 use crate::store::hex;
 use crate::world::SubmitError;
 
@@ -112,10 +112,6 @@ pub fn routes() -> Router<App> {
         .route("/api/scripts", put(put_source))
 }
 
-fn error(code: StatusCode, message: String) -> Response {
-    (code, axum::Json(json!({ "error": message }))).into_response()
-}
-
 async fn get_source(
     State(app): State<App>,
     UrlPath(hash): UrlPath<String>,
@@ -136,11 +132,7 @@ async fn get_source(
     };
     let etag = format!("\"{}\"", hex(&h));
     let etag_value = HeaderValue::from_str(&etag).expect("hex in quotes is a valid header");
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches {
+    if if_none_match(&headers, &etag) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
     }
     (
@@ -160,18 +152,6 @@ async fn get_source(
         .into_response()
 }
 
-fn authorized(app: &App, headers: &HeaderMap) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), app.token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Query of `PUT /api/scripts`.
 #[derive(Debug, serde::Deserialize)]
 pub struct PutQuery {
@@ -187,10 +167,7 @@ async fn put_source(
     body: Bytes,
 ) -> Response {
     if !authorized(&app, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (see the `token` file in the data directory)".into(),
-        );
+        return unauthorized();
     }
     let object = match q.object.as_deref().map(str::parse::<ElementId>).transpose() {
         Ok(o) => o,

@@ -12,22 +12,8 @@
 pub const HEADER_LINES_MAX: usize = 20;
 
 /// The default allow-list: strong and weak copyleft licences.
-pub const DEFAULT_ALLOWED: &[&str] = &[
-    "AGPL-3.0-only",
-    "AGPL-3.0-or-later",
-    "GPL-2.0-only",
-    "GPL-2.0-or-later",
-    "GPL-3.0-only",
-    "GPL-3.0-or-later",
-    "LGPL-2.1-only",
-    "LGPL-2.1-or-later",
-    "LGPL-3.0-only",
-    "LGPL-3.0-or-later",
-    "MPL-2.0",
-    "EUPL-1.2",
-    "CC-BY-SA-4.0",
-    "OSL-3.0",
-];
+/// It is the sim's default region setting, so the two cannot drift apart.
+pub const DEFAULT_ALLOWED: &[&str] = metatopia_sim::state::DEFAULT_SCRIPT_LICENCES;
 
 /// Why a source's licence is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
