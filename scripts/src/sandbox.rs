@@ -126,30 +126,12 @@ impl WorldView {
 
     /// As `State::in_bounds`.
     fn in_bounds(&self, p: Vec3) -> bool {
-        let z = Fx::ZERO;
-        p.x >= z
-            && p.y >= z
-            && p.z >= z
-            && p.x < self.size.x
-            && p.y < self.size.y
-            && p.z < self.size.z
+        metatopia_sim::state::in_bounds(self.size, p)
     }
 
     /// As `State::is_within`.
     fn is_within(&self, element: ElementId, ancestor: ElementId) -> bool {
-        let mut cur = Some(element);
-        let mut steps = 0u32;
-        while let Some(id) = cur {
-            if id == ancestor {
-                return true;
-            }
-            steps += 1;
-            if steps > self.depth_max.saturating_add(2) {
-                return false;
-            }
-            cur = self.elements.get(&id).and_then(|e| e.parent);
-        }
-        false
+        metatopia_sim::state::is_within(&self.elements, self.depth_max, element, ancestor)
     }
 }
 

@@ -13,38 +13,9 @@ use metatopia_sim::ElementId;
 use metatopia_sim::input::InputKind;
 use metatopia_sim::testing::Driver;
 
-/// Iterates string keys and integer keys, draws random numbers, does fx
-/// maths and sets timers; the state records all of it in order.
-pub const MIXER: &str = r#"
-function on_touch(by, element)
-  local t = {}
-  for i = 1, 40 do t["k" .. math.random(1, 1000)] = i end
-  t.alpha, t.beta, t.gamma = 1, 2, 3
-  t[17], t[-4], t[3] = "x", "y", "z"
-  local order = {}
-  for k, v in pairs(t) do order[#order + 1] = tostring(k) end
-  state.order = table.concat(order, ",")
-  local a = fx("1.5")
-  local b = fx.mul(a, fx.sin(fx(2))) + fx.sqrt(fx(2)) - fx.atan2(fx(1), fx(-3))
-  state.fx = fx.tostring(fx.div(b, fx.cos(fx("0.25"))))
-  state.r = math.random(0)
-  state.n = (state.n or 0) + 1
-  set_timer(1, 2)
-  send(me, "echo " .. state.n)
-end
-function on_timer(id)
-  state.timers = (state.timers or 0) + 1
-  local x, y, z = world.pos(me)
-  set_pos(me, x + fx.HALF, y, z)
-end
-function on_message(from, body)
-  state.last = body
-  local keys = {}
-  for k in pairs(state) do keys[#keys + 1] = k end
-  table.sort(keys)
-  state.keys = table.concat(keys, " ")
-end
-"#;
+/// The shipped example: iterates string keys and integer keys, draws random
+/// numbers, does fx maths and sets timers; the state records all of it.
+pub const MIXER: &str = include_str!("../../examples/scripts/mixer.lua");
 
 fn run(world: &mut World, scripts: &[ElementId], ticks: u32) {
     for t in 0..ticks {

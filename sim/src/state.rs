@@ -347,21 +347,12 @@ impl State {
 
     /// Whether `ancestor` is `element` or one of its ancestors.
     pub fn is_within(&self, element: ElementId, ancestor: ElementId) -> bool {
-        let mut cur = Some(element);
-        let mut steps = 0u32;
-        while let Some(id) = cur {
-            if id == ancestor {
-                return true;
-            }
-            // The hierarchy is a tree by construction; the bound only guards
-            // a corrupt snapshot from looping forever.
-            steps += 1;
-            if steps > self.settings.depth_max.saturating_add(2) {
-                return false;
-            }
-            cur = self.elements.get(&id).and_then(|e| e.parent);
-        }
-        false
+        is_within(&self.elements, self.settings.depth_max, element, ancestor)
+    }
+
+    /// Whether `pos` lies inside the region's bounds.
+    pub fn in_bounds(&self, pos: Vec3) -> bool {
+        in_bounds(self.settings.size, pos)
     }
 
     /// Depth below the region root (root = 0).
@@ -414,17 +405,6 @@ impl State {
     /// The number of elements, for limits.
     pub fn element_count(&self) -> u64 {
         self.elements.len() as u64
-    }
-
-    /// Whether `pos` lies inside the region's bounds.
-    pub fn in_bounds(&self, pos: Vec3) -> bool {
-        let s = self.settings.size;
-        pos.x >= Fx::ZERO
-            && pos.y >= Fx::ZERO
-            && pos.z >= Fx::ZERO
-            && pos.x < s.x
-            && pos.y < s.y
-            && pos.z < s.z
     }
 
     /// Adds a child element under `parent`, checking the element limit, the
@@ -494,4 +474,38 @@ impl State {
             ("chat", self.chat.len() as u64),
         ])
     }
+}
+
+/// Whether `ancestor` is `element` or one of its ancestors in `elements`.
+/// The hierarchy is a tree by construction; the `depth_max + 2` step bound
+/// only guards a corrupt snapshot from looping forever.
+pub fn is_within(
+    elements: &Table<ElementId, Element>,
+    depth_max: u32,
+    element: ElementId,
+    ancestor: ElementId,
+) -> bool {
+    let mut cur = Some(element);
+    let mut steps = 0u32;
+    while let Some(id) = cur {
+        if id == ancestor {
+            return true;
+        }
+        steps += 1;
+        if steps > depth_max.saturating_add(2) {
+            return false;
+        }
+        cur = elements.get(&id).and_then(|e| e.parent);
+    }
+    false
+}
+
+/// Whether `pos` lies inside a region of `size` (it spans `[0, size)`).
+pub fn in_bounds(size: Vec3, pos: Vec3) -> bool {
+    pos.x >= Fx::ZERO
+        && pos.y >= Fx::ZERO
+        && pos.z >= Fx::ZERO
+        && pos.x < size.x
+        && pos.y < size.y
+        && pos.z < size.z
 }

@@ -571,7 +571,9 @@ impl Tick {
         }
         let spawn = self.s.settings.spawn;
         let root = self.s.root();
-        let avatar = self.add_element(root, ElementKind::Avatar, Some(who), name, spawn)?;
+        let avatar = self
+            .s
+            .add_child(root, ElementKind::Avatar, Some(who), name, spawn)?;
         let now = self.s.time_ms;
         let mut player = self.s.players.get(&who).cloned().unwrap_or(Player {
             id: who,
@@ -611,17 +613,6 @@ impl Tick {
         self.broadcast(ScriptEventKind::Left { player: who });
     }
 
-    fn add_element(
-        &mut self,
-        parent: ElementId,
-        kind: ElementKind,
-        owner: Option<PlayerId>,
-        name: &str,
-        pos: Vec3,
-    ) -> Result<ElementId, Rejection> {
-        self.s.add_child(parent, kind, owner, name, pos)
-    }
-
     fn create(
         &mut self,
         who: PlayerId,
@@ -646,7 +637,7 @@ impl Tick {
         } else {
             ElementKind::Part
         };
-        self.add_element(parent, kind, Some(who), name, pos)
+        self.s.add_child(parent, kind, Some(who), name, pos)
     }
 
     /// Moves an element to `to`, and its subtree by the same offset.
