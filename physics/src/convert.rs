@@ -17,17 +17,21 @@ use rapier3d_f64::math::{Rotation, Vector};
 const SCALE: f64 = 4_294_967_296.0;
 const I64_EDGE: f64 = 9_223_372_036_854_775_808.0;
 const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
+const MAGIC_BITS: i64 = 0x4338_0000_0000_0000; // MAGIC.to_bits()
 const FAST_EDGE: f64 = 2_251_799_813_685_248.0; // 2^51
 
 /// `v` as fixed point, by the rule above.
+#[inline]
 pub fn fx(v: f64) -> Fx {
     let s = v * SCALE;
     if s.abs() < FAST_EDGE {
         // (s + 1.5·2^52) lands in [2^52, 2^53), where the spacing of f64 is
         // 1: the addition itself rounds to the nearest integer, ties to
-        // even (IEEE default rounding). Same result as `round_ties_even`,
-        // which without SSE4.1 is a libm call.
-        return Fx::from_bits(((s + MAGIC) - MAGIC) as i64);
+        // even (IEEE default rounding), and within that binade the bit
+        // pattern grows by one per unit, so subtracting MAGIC's bits gives
+        // the integer. Same result as `round_ties_even`, which without
+        // SSE4.1 is a libm call.
+        return Fx::from_bits((s + MAGIC).to_bits() as i64 - MAGIC_BITS);
     }
     if v.is_nan() {
         return Fx::ZERO;
@@ -48,6 +52,7 @@ pub fn f64(x: Fx) -> f64 {
 }
 
 /// A rapier vector as fixed point.
+#[inline]
 pub fn vec3(v: Vector) -> Vec3 {
     Vec3::new(fx(v.x), fx(v.y), fx(v.z))
 }
@@ -58,6 +63,7 @@ pub fn vector(v: Vec3) -> Vector {
 }
 
 /// A quaternion as fixed point `(x, y, z, w)`.
+#[inline]
 pub fn quat(q: Rotation) -> [Fx; 4] {
     [fx(q.x), fx(q.y), fx(q.z), fx(q.w)]
 }
@@ -76,6 +82,7 @@ pub fn rotation(q: [Fx; 4]) -> Rotation {
 }
 
 /// A body's quantized motion.
+#[inline]
 pub fn motion(pos: Vector, rot: Rotation, vel: Vector, angvel: Vector) -> Motion {
     Motion {
         pos: vec3(pos),
@@ -88,6 +95,11 @@ pub fn motion(pos: Vector, rot: Rotation, vel: Vector, angvel: Vector) -> Motion
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn magic_bits_are_magic() {
+        assert_eq!(MAGIC.to_bits() as i64, MAGIC_BITS);
+    }
 
     #[test]
     fn rounding_rule_examples() {

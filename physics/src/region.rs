@@ -311,11 +311,15 @@ impl Region {
             .map(|(_, b)| *b)
     }
 
-    fn compute_hash(&self) -> [u8; 32] {
+    fn compute_hash(&mut self) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
         h.update(b"metatopia region hash\0");
         h.update(&self.sim.hash());
-        h.update(&self.world.digest());
+        let digest = self.world.tick_digest();
+        // The cached digest must equal the one computed from scratch; every
+        // debug-build test checks it on every tick.
+        debug_assert_eq!(digest, self.world.digest());
+        h.update(&digest);
         let mut buf = Vec::new();
         postcard::to_io(&(&self.border, &self.pending), &mut buf)
             .expect("postcard encoding into a Vec cannot fail");

@@ -88,6 +88,39 @@ pub struct World {
     rapier: PhysicsWorld,
     slots: BTreeMap<ElementId, Slot>,
     forced: Vec<RigidBodyHandle>,
+    /// How many slots are seated bodies (derived; skips the vehicle pass
+    /// when zero).
+    seated: usize,
+    cache: DigestCache,
+}
+
+/// Work the per-tick digest can reuse. Not state: every field is derived
+/// from the state above, and a stale field is rebuilt, so
+/// [`World::tick_digest`] always equals [`World::digest`].
+#[derive(Default)]
+struct DigestCache {
+    /// Hash of the static records (id, ghost owner, spec, vehicle) of
+    /// every body in id order; `None` after a body is added, removed or
+    /// relabelled.
+    statics: Option<[u8; 32]>,
+    /// The dynamic records of every body in id order, written by the last
+    /// step's event collection; valid while `dynamics_ok`.
+    dynamics: Vec<u8>,
+    /// Whether `dynamics` matches the world (cleared by every mutation
+    /// after a step).
+    dynamics_ok: bool,
+    /// Contact pairs scratch buffer.
+    pairs: Vec<(ElementId, ElementId)>,
+    /// Scratch: each rapier body's quantized motion and sleep flag, by
+    /// arena index, read in arena (memory) order.
+    motions: Vec<Option<(RigidBodyHandle, Motion, bool)>>,
+}
+
+impl DigestCache {
+    fn structure_changed(&mut self) {
+        self.statics = None;
+        self.dynamics_ok = false;
+    }
 }
 
 impl std::fmt::Debug for World {
@@ -125,6 +158,10 @@ fn collider(spec: &BodySpec, id: ElementId) -> Collider {
         .build()
 }
 
+fn is_seated(spec: &BodySpec) -> bool {
+    matches!(spec.kind, BodyKind::Seated { .. })
+}
+
 fn rigid_body(spec: &BodySpec, id: ElementId, m: &Motion) -> RigidBody {
     let builder = match spec.kind {
         BodyKind::Dynamic => RigidBodyBuilder::dynamic(),
@@ -154,6 +191,8 @@ impl World {
             rapier,
             slots: BTreeMap::new(),
             forced: Vec::new(),
+            seated: 0,
+            cache: DigestCache::default(),
         }
     }
 
@@ -205,6 +244,7 @@ impl World {
     }
 
     fn insert(&mut self, id: ElementId, slot_spec: BodyTransfer, ghost: Option<RegionId>) {
+        self.cache.structure_changed();
         let rb = rigid_body(&slot_spec.spec, id, &slot_spec.motion);
         let handle = self.rapier.bodies.insert(rb);
         self.rapier.colliders.insert_with_parent(
@@ -215,6 +255,7 @@ impl World {
         let last = ghost
             .is_none()
             .then_some((slot_spec.motion.pos, slot_spec.motion.vel));
+        self.seated += usize::from(is_seated(&slot_spec.spec));
         self.slots.insert(
             id,
             Slot {
@@ -236,6 +277,8 @@ impl World {
 
     fn remove(&mut self, id: ElementId) -> Option<Slot> {
         let slot = self.slots.remove(&id)?;
+        self.seated -= usize::from(is_seated(&slot.spec));
+        self.cache.structure_changed();
         self.rapier.remove_body(slot.handle);
         Some(slot)
     }
@@ -244,6 +287,7 @@ impl World {
     /// ghosts are ignored (the main sim checked them; a ghost's owner gets
     /// its own).
     pub fn apply(&mut self, cmd: &PhysicsCommand) {
+        self.cache.dynamics_ok = false;
         if let PhysicsCommand::Spawn {
             id,
             spec,
@@ -331,6 +375,10 @@ impl World {
 
     /// Seated bodies move to their vehicle's centre plus their offset.
     fn follow_vehicles(&mut self) {
+        if self.seated == 0 {
+            return;
+        }
+        self.cache.dynamics_ok = false;
         let mut targets = Vec::new();
         for slot in self.slots.values() {
             if let (BodyKind::Seated { offset }, Some(vehicle)) = (slot.spec.kind, slot.vehicle)
@@ -352,9 +400,13 @@ impl World {
         }
     }
 
+    /// Events of owned bodies after a step, and the digest's dynamic
+    /// records of every body (the pose and velocity are quantized once for
+    /// both).
     fn collect_events(&mut self) -> Vec<PhysicsEvent> {
         // Active contacts as (body, other) pairs, both ways, sorted.
-        let mut pairs: Vec<(ElementId, ElementId)> = Vec::new();
+        let mut pairs = std::mem::take(&mut self.cache.pairs);
+        pairs.clear();
         let colliders = &self.rapier.colliders;
         let id_of = |h: ColliderHandle| colliders.get(h).map(|c| element_of(c.user_data));
         for pair in self.rapier.narrow_phase.contact_pairs() {
@@ -371,7 +423,22 @@ impl World {
         }
         pairs.sort_unstable();
         pairs.dedup();
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(self.slots.len());
+        let mut records = std::mem::take(&mut self.cache.dynamics);
+        records.clear();
+        records.reserve(self.slots.len() * DYNAMIC_LEN);
+        // Read rapier's bodies in memory order (much cheaper than jumping
+        // around in id order), then walk the slots in id order.
+        let mut motions = std::mem::take(&mut self.cache.motions);
+        motions.clear();
+        for (handle, rb) in self.rapier.bodies.iter() {
+            let index = handle.into_raw_parts().0 as usize;
+            if motions.len() <= index {
+                motions.resize(index + 1, None);
+            }
+            let m = convert::motion(rb.translation(), *rb.rotation(), rb.linvel(), rb.angvel());
+            motions[index] = Some((handle, m, rb.is_sleeping()));
+        }
         let mut k = 0;
         for (id, slot) in self.slots.iter_mut() {
             while k < pairs.len() && pairs[k].0 < *id {
@@ -381,41 +448,47 @@ impl World {
             while k < pairs.len() && pairs[k].0 == *id {
                 k += 1;
             }
-            if slot.ghost.is_some() {
-                continue;
-            }
-            let Some(rb) = self.rapier.bodies.get(slot.handle) else {
-                continue;
-            };
-            let now = (convert::vec3(rb.translation()), convert::vec3(rb.linvel()));
-            if slot.last != Some(now) {
-                slot.last = Some(now);
-                events.push(PhysicsEvent::Moved {
-                    id: *id,
-                    pos: now.0,
-                    vel: now.1,
-                });
-            }
-            let sleeping = rb.is_sleeping();
-            if sleeping && !slot.resting {
-                events.push(PhysicsEvent::AtRest { id: *id });
-            }
-            slot.resting = sleeping;
-            let new = &pairs[start..k];
-            let same = new.len() == slot.touching.len()
-                && new.iter().zip(&slot.touching).all(|(p, o)| p.1 == *o);
-            if !same {
-                for (_, other) in new {
-                    if slot.touching.binary_search(other).is_err() {
-                        events.push(PhysicsEvent::Collided {
-                            id: *id,
-                            other: *other,
-                        });
-                    }
+            let read = motions
+                .get(slot.handle.into_raw_parts().0 as usize)
+                .and_then(Option::as_ref)
+                .filter(|(h, _, _)| *h == slot.handle);
+            let motion = read.map(|(_, m, _)| m);
+            if let (None, Some((_, m, sleeping))) = (slot.ghost, read) {
+                let sleeping = *sleeping;
+                let now = (m.pos, m.vel);
+                if slot.last != Some(now) {
+                    slot.last = Some(now);
+                    events.push(PhysicsEvent::Moved {
+                        id: *id,
+                        pos: now.0,
+                        vel: now.1,
+                    });
                 }
-                slot.touching = new.iter().map(|p| p.1).collect();
+                if sleeping && !slot.resting {
+                    events.push(PhysicsEvent::AtRest { id: *id });
+                }
+                slot.resting = sleeping;
+                let new = &pairs[start..k];
+                let same = new.len() == slot.touching.len()
+                    && new.iter().zip(&slot.touching).all(|(p, o)| p.1 == *o);
+                if !same {
+                    for (_, other) in new {
+                        if slot.touching.binary_search(other).is_err() {
+                            events.push(PhysicsEvent::Collided {
+                                id: *id,
+                                other: *other,
+                            });
+                        }
+                    }
+                    slot.touching = new.iter().map(|p| p.1).collect();
+                }
             }
+            dynamic_record(&mut records, slot, motion);
         }
+        self.cache.pairs = pairs;
+        self.cache.motions = motions;
+        self.cache.dynamics = records;
+        self.cache.dynamics_ok = true;
         events
     }
 
@@ -437,7 +510,11 @@ impl World {
             match self.slots.get_mut(&g.id) {
                 Some(slot) if slot.ghost.is_none() => {}
                 Some(slot) if slot.spec == g.spec => {
-                    slot.ghost = Some(owner);
+                    if slot.ghost != Some(owner) {
+                        slot.ghost = Some(owner);
+                        self.cache.statics = None;
+                    }
+                    self.cache.dynamics_ok = false;
                     if let Some(rb) = self.rapier.bodies.get_mut(slot.handle) {
                         rb.set_translation(convert::vector(g.motion.pos), true);
                         rb.set_rotation(convert::rotation(g.motion.rot), true);
@@ -511,87 +588,70 @@ impl World {
         }
     }
 
-    /// The per-tick digest: every body in id order with its ownership,
-    /// spec, quantized motion (position, rotation, velocity, angular
-    /// velocity), sleep flag, contacts and whether its last report matches,
-    /// plus the config; about 150 bytes per body, encoded by hand (fixed
-    /// width, little endian) because it runs every tick.
+    /// The per-tick digest, computed from scratch: the world config, the
+    /// number of bodies, the hash of every body's static record in id order
+    /// (id, ghost owner, spec, vehicle; [`STATIC_LEN`] bytes, fixed layout)
+    /// and every body's dynamic record in id order (quantized position,
+    /// rotation, velocity and angular velocity, sleep and report flags,
+    /// contacts; [`DYNAMIC_LEN`] bytes plus 12 per contact). Everything is
+    /// little endian, fixed width.
     pub fn digest(&self) -> [u8; 32] {
-        let mut buf = Vec::with_capacity(64 + self.slots.len() * 160);
-        buf.extend_from_slice(&DIGEST_MAGIC);
-        put(&mut buf, &self.cfg);
-        buf.extend_from_slice(&(self.slots.len() as u64).to_le_bytes());
-        let fx = |buf: &mut Vec<u8>, v: Fx| buf.extend_from_slice(&v.to_bits().to_le_bytes());
-        let v3 = |buf: &mut Vec<u8>, v: Vec3| {
-            fx(buf, v.x);
-            fx(buf, v.y);
-            fx(buf, v.z);
-        };
-        for (id, slot) in &self.slots {
-            buf.extend_from_slice(&id.to_bytes());
-            buf.extend_from_slice(
-                &slot
-                    .ghost
-                    .map_or(u64::MAX, |r| u64::from(r.0))
-                    .to_le_bytes(),
-            );
-            match slot.spec.kind {
-                BodyKind::Dynamic => buf.push(0),
-                BodyKind::Kinematic => buf.push(1),
-                BodyKind::Fixed => buf.push(2),
-                BodyKind::Seated { offset } => {
-                    buf.push(3);
-                    v3(&mut buf, offset);
-                }
-            }
-            match slot.spec.shape {
-                Shape::Ball { radius } => {
-                    buf.push(0);
-                    fx(&mut buf, radius);
-                }
-                Shape::Cuboid { half } => {
-                    buf.push(1);
-                    v3(&mut buf, half);
-                }
-            }
-            let m = slot.spec.material;
-            fx(&mut buf, m.density);
-            fx(&mut buf, m.friction);
-            fx(&mut buf, m.restitution);
-            match slot.vehicle {
-                Some(v) => {
-                    buf.push(1);
-                    buf.extend_from_slice(&v.to_bytes());
-                }
-                None => buf.push(0),
-            }
+        let statics = self.statics_hash();
+        let mut records = Vec::with_capacity(self.slots.len() * DYNAMIC_LEN);
+        for slot in self.slots.values() {
             let motion = self.rapier.bodies.get(slot.handle).map(|rb| {
                 convert::motion(rb.translation(), *rb.rotation(), rb.linvel(), rb.angvel())
             });
-            match motion {
-                Some(m) => {
-                    buf.push(1);
-                    v3(&mut buf, m.pos);
-                    for q in m.rot {
-                        fx(&mut buf, q);
-                    }
-                    v3(&mut buf, m.vel);
-                    v3(&mut buf, m.angvel);
-                }
-                None => buf.push(0),
+            dynamic_record(&mut records, slot, motion.as_ref());
+        }
+        self.finish_digest(&statics, &records)
+    }
+
+    /// The same value as [`World::digest`], reusing what the last step
+    /// already quantized (and the static hash while no body was added,
+    /// removed or relabelled). This is what a region tick pays.
+    pub fn tick_digest(&mut self) -> [u8; 32] {
+        let statics = match self.cache.statics {
+            Some(h) => h,
+            None => {
+                let h = self.statics_hash();
+                self.cache.statics = Some(h);
+                h
             }
-            let reported = slot.last == motion.map(|m| (m.pos, m.vel));
-            buf.push(
-                u8::from(slot.resting)
-                    | (u8::from(reported) << 1)
-                    | (u8::from(slot.last.is_some()) << 2),
-            );
-            buf.extend_from_slice(&(slot.touching.len() as u32).to_le_bytes());
-            for t in &slot.touching {
-                buf.extend_from_slice(&t.to_bytes());
+        };
+        if !self.cache.dynamics_ok {
+            let mut records = std::mem::take(&mut self.cache.dynamics);
+            records.clear();
+            for slot in self.slots.values() {
+                let motion = self.rapier.bodies.get(slot.handle).map(|rb| {
+                    convert::motion(rb.translation(), *rb.rotation(), rb.linvel(), rb.angvel())
+                });
+                dynamic_record(&mut records, slot, motion.as_ref());
             }
+            self.cache.dynamics = records;
+            self.cache.dynamics_ok = true;
+        }
+        self.finish_digest(&statics, &self.cache.dynamics)
+    }
+
+    fn statics_hash(&self) -> [u8; 32] {
+        let mut buf = Vec::with_capacity(self.slots.len() * STATIC_LEN);
+        for (id, slot) in &self.slots {
+            buf.extend_from_slice(&static_record(*id, slot));
         }
         *blake3::hash(&buf).as_bytes()
+    }
+
+    fn finish_digest(&self, statics: &[u8; 32], records: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&DIGEST_MAGIC);
+        let mut cfg = Vec::with_capacity(32);
+        put(&mut cfg, &self.cfg);
+        h.update(&cfg);
+        h.update(&(self.slots.len() as u64).to_le_bytes());
+        h.update(statics);
+        h.update(records);
+        *h.finalize().as_bytes()
     }
 
     /// The full snapshot: rapier's whole `PhysicsWorld` (bodies, colliders,
@@ -606,17 +666,110 @@ impl World {
     pub fn restore(bytes: &[u8]) -> Result<World, DecodeError> {
         let (cfg, rapier, slots): (WorldConfig, PhysicsWorld, BTreeMap<ElementId, Slot>) =
             snapshot::decode(SNAPSHOT_MAGIC, bytes)?;
+        let seated = slots.values().filter(|s| is_seated(&s.spec)).count();
         Ok(World {
             cfg,
             rapier,
             slots,
             forced: Vec::new(),
+            seated,
+            cache: DigestCache::default(),
         })
     }
 
     /// The underlying rapier world (for benches comparing with bare rapier).
     pub fn rapier(&self) -> &PhysicsWorld {
         &self.rapier
+    }
+}
+
+/// Bytes of a body's static digest record.
+pub const STATIC_LEN: usize = 12 + 8 + 25 + 25 + 24 + 13;
+/// Bytes of a body's dynamic digest record without its contacts.
+pub const DYNAMIC_LEN: usize = 1 + 13 * 8 + 1 + 4;
+
+/// Writes `bytes` at `*at` and advances it.
+fn put_at(out: &mut [u8], at: &mut usize, bytes: &[u8]) {
+    out[*at..*at + bytes.len()].copy_from_slice(bytes);
+    *at += bytes.len();
+}
+
+fn put_fx(out: &mut [u8], at: &mut usize, v: Fx) {
+    put_at(out, at, &v.to_bits().to_le_bytes());
+}
+
+fn put_vec3(out: &mut [u8], at: &mut usize, v: Vec3) {
+    put_fx(out, at, v.x);
+    put_fx(out, at, v.y);
+    put_fx(out, at, v.z);
+}
+
+/// A body's static record: id, ghost owner (`u64::MAX` if owned), kind
+/// (tag and seat offset), shape (tag and radius or half extents), material,
+/// vehicle (tag and id). Unused fields are zero, so every record has the
+/// same length and one encoding.
+fn static_record(id: ElementId, slot: &Slot) -> [u8; STATIC_LEN] {
+    let mut r = [0u8; STATIC_LEN];
+    let at = &mut 0;
+    put_at(&mut r, at, &id.to_bytes());
+    let ghost = slot.ghost.map_or(u64::MAX, |o| u64::from(o.0));
+    put_at(&mut r, at, &ghost.to_le_bytes());
+    let (kind, offset) = match slot.spec.kind {
+        BodyKind::Dynamic => (0, Vec3::ZERO),
+        BodyKind::Kinematic => (1, Vec3::ZERO),
+        BodyKind::Fixed => (2, Vec3::ZERO),
+        BodyKind::Seated { offset } => (3, offset),
+    };
+    put_at(&mut r, at, &[kind]);
+    put_vec3(&mut r, at, offset);
+    let (shape, size) = match slot.spec.shape {
+        Shape::Ball { radius } => (0, Vec3::new(radius, Fx::ZERO, Fx::ZERO)),
+        Shape::Cuboid { half } => (1, half),
+    };
+    put_at(&mut r, at, &[shape]);
+    put_vec3(&mut r, at, size);
+    let m = slot.spec.material;
+    put_vec3(&mut r, at, Vec3::new(m.density, m.friction, m.restitution));
+    match slot.vehicle {
+        Some(v) => {
+            put_at(&mut r, at, &[1]);
+            put_at(&mut r, at, &v.to_bytes());
+        }
+        None => put_at(&mut r, at, &[0; 13]),
+    }
+    debug_assert_eq!(*at, STATIC_LEN);
+    r
+}
+
+/// Appends a body's dynamic record: motion (tag, then position, rotation,
+/// velocity, angular velocity; zeros if rapier has no body), flags (bit 0
+/// asleep, bit 1 last report matches the motion, bit 2 reported at all),
+/// number of contacts, and the contacts' ids.
+#[inline]
+fn dynamic_record(buf: &mut Vec<u8>, slot: &Slot, motion: Option<&Motion>) {
+    let mut r = [0u8; DYNAMIC_LEN];
+    let at = &mut 0;
+    match motion {
+        Some(m) => {
+            put_at(&mut r, at, &[1]);
+            put_vec3(&mut r, at, m.pos);
+            for q in m.rot {
+                put_fx(&mut r, at, q);
+            }
+            put_vec3(&mut r, at, m.vel);
+            put_vec3(&mut r, at, m.angvel);
+        }
+        None => *at += 1 + 13 * 8,
+    }
+    let reported = slot.last == motion.map(|m| (m.pos, m.vel));
+    let flags =
+        u8::from(slot.resting) | (u8::from(reported) << 1) | (u8::from(slot.last.is_some()) << 2);
+    put_at(&mut r, at, &[flags]);
+    put_at(&mut r, at, &(slot.touching.len() as u32).to_le_bytes());
+    debug_assert_eq!(*at, DYNAMIC_LEN);
+    buf.extend_from_slice(&r);
+    for t in &slot.touching {
+        buf.extend_from_slice(&t.to_bytes());
     }
 }
 
