@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use metatopia_sim::input::{AdminAction, InputKind, SettingsPatch};
+use metatopia_sim::physics::{BodyKind, BodySpec, Material, Shape};
 use metatopia_sim::{ElementId, Fx, PlayerId, Vec3};
 
 /// An action, as written by people.
@@ -76,6 +77,47 @@ pub enum Action {
     Detach {
         /// Element id or `@key`.
         element: String,
+    },
+    /// Create an object with a physics body (or a part, with `parent`).
+    SpawnBody {
+        /// Display name.
+        name: String,
+        /// Centre, `"x,y,z"`.
+        pos: String,
+        /// `"ball:R"` or `"box:HX,HY,HZ"` (metres).
+        shape: String,
+        /// `dynamic` (default), `kinematic` or `fixed`.
+        #[serde(default)]
+        kind: Option<String>,
+        /// Initial velocity, `"x,y,z"` m/s; default zero.
+        #[serde(default)]
+        vel: Option<String>,
+        /// Density, kg/m³; default 1.
+        #[serde(default)]
+        density: Option<String>,
+        /// Friction, `0..=10`; default 0.5.
+        #[serde(default)]
+        friction: Option<String>,
+        /// Restitution, `0..=1`; default 0.5.
+        #[serde(default)]
+        restitution: Option<String>,
+        /// Parent id or `@key`; absent: the region root.
+        #[serde(default)]
+        parent: Option<String>,
+    },
+    /// Push a body: an impulse (N·s, `"x,y,z"`) at its centre.
+    Push {
+        /// Element id or `@key`.
+        element: String,
+        /// The impulse, `"x,y,z"`.
+        impulse: String,
+    },
+    /// Set a body's velocity (`"x,y,z"` m/s).
+    SetVelocity {
+        /// Element id or `@key`.
+        element: String,
+        /// The velocity, `"x,y,z"`.
+        vel: String,
     },
     /// Make a player a permanent admin.
     Grant {
@@ -251,6 +293,37 @@ fn fx(field: &str, text: &str) -> Result<Fx, ActionError> {
     text.parse().map_err(|e| err(field, format!("{e}")))
 }
 
+/// A body shape: `"ball:R"` or `"box:HX,HY,HZ"`.
+pub fn body_shape(field: &str, text: &str) -> Result<Shape, ActionError> {
+    if let Some(r) = text.strip_prefix("ball:") {
+        return Ok(Shape::Ball {
+            radius: fx(field, r)?,
+        });
+    }
+    if let Some(h) = text.strip_prefix("box:") {
+        return Ok(Shape::Cuboid {
+            half: vec3(field, h)?,
+        });
+    }
+    Err(err(
+        field,
+        format!("{text:?}: expected ball:R or box:HX,HY,HZ"),
+    ))
+}
+
+/// A body kind: `dynamic`, `kinematic` or `fixed`.
+pub fn body_kind(field: &str, text: &str) -> Result<BodyKind, ActionError> {
+    match text {
+        "dynamic" => Ok(BodyKind::Dynamic),
+        "kinematic" => Ok(BodyKind::Kinematic),
+        "fixed" => Ok(BodyKind::Fixed),
+        other => Err(err(
+            field,
+            format!("{other:?}: expected dynamic, kinematic or fixed"),
+        )),
+    }
+}
+
 impl Action {
     /// The input this action asks for.
     pub fn to_input(&self, r: &dyn Resolve) -> Result<InputKind, ActionError> {
@@ -292,6 +365,51 @@ impl Action {
             },
             Action::Detach { element: e } => InputKind::DetachScript {
                 element: element("element", e, r)?,
+            },
+            Action::SpawnBody {
+                name,
+                pos,
+                shape,
+                kind,
+                vel,
+                density,
+                friction,
+                restitution,
+                parent,
+            } => {
+                let m = Material::default();
+                let opt = |field: &str, v: &Option<String>, default: Fx| {
+                    v.as_deref().map_or(Ok(default), |t| fx(field, t))
+                };
+                InputKind::SpawnBody {
+                    parent: parent
+                        .as_deref()
+                        .map(|p| element("parent", p, r))
+                        .transpose()?,
+                    name: name.clone(),
+                    pos: vec3("pos", pos)?,
+                    body: BodySpec {
+                        kind: body_kind("kind", kind.as_deref().unwrap_or("dynamic"))?,
+                        shape: body_shape("shape", shape)?,
+                        material: Material {
+                            density: opt("density", density, m.density)?,
+                            friction: opt("friction", friction, m.friction)?,
+                            restitution: opt("restitution", restitution, m.restitution)?,
+                        },
+                    },
+                    vel: vel.as_deref().map_or(Ok(Vec3::ZERO), |v| vec3("vel", v))?,
+                }
+            }
+            Action::Push {
+                element: e,
+                impulse,
+            } => InputKind::Push {
+                element: element("element", e, r)?,
+                impulse: vec3("impulse", impulse)?,
+            },
+            Action::SetVelocity { element: e, vel } => InputKind::SetVelocity {
+                element: element("element", e, r)?,
+                vel: vec3("vel", vel)?,
             },
             Action::Grant { player: p } => InputKind::Admin(AdminAction::Grant {
                 player: player("player", p, r)?,

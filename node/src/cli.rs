@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
+use metatopia_sim::RegionId;
 use metatopia_sim::state::{Settings, State};
-use metatopia_sim::{RegionId, Sim};
 
 use crate::client;
 use crate::config::Config;
@@ -157,11 +157,11 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
     let addr = addr.unwrap_or(config.http.addr);
     let store = Store::open(&dir.db_path())?;
     if store.genesis_hash()?.is_none() {
-        let g = genesis(&dir, config.world.region_id)?;
+        let g = world::region(genesis(&dir, config.world.region_id)?);
         store.init(&g)?;
-        info!(hash = %hex(&metatopia_sim::snapshot::state_hash(&g)), "new world created");
+        info!(hash = %hex(&g.hash()), "new world created");
     }
-    let (sim, recovery) = store.recover(&crate::scripts::host(&dir.path)?)?;
+    let (region, recovery) = store.recover(&crate::scripts::host(&dir.path)?)?;
     if !recovery.skipped_snapshots.is_empty() {
         warn!(skipped = ?recovery.skipped_snapshots, "corrupt snapshots skipped");
         eprintln!(
@@ -184,7 +184,7 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(&dir, &config, store, sim, addr));
+    let result = runtime.block_on(serve(&dir, &config, store, region, addr));
     dir.clear_node_info();
     drop(lock);
     result
@@ -194,7 +194,7 @@ async fn serve(
     dir: &DataDir,
     config: &Config,
     store: Store,
-    sim: Sim,
+    region: metatopia_physics::Region,
     addr: SocketAddr,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -202,13 +202,13 @@ async fn serve(
     })?;
     let local = listener.local_addr()?;
     let base = format!("http://{local}");
-    let name = sim.state().settings.name.clone();
-    let region_id = sim.state().region.0;
-    let (tick, hash) = (sim.tick(), sim.hash());
+    let name = region.sim().state().settings.name.clone();
+    let region_id = region.id().0;
+    let (tick, hash) = (region.tick_number(), region.hash());
     let stop = Arc::new(AtomicBool::new(false));
     let (handle, thread) = world::start(
         store,
-        sim,
+        region,
         Arc::new(crate::scripts::host(&dir.path)?),
         config.world_config(),
         stop.clone(),
@@ -481,9 +481,11 @@ fn replay(path: &Path) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     match store.replay_all(&crate::scripts::host(&dir.path)?) {
-        Ok((sim, count)) => {
-            println!("replayed {count} ticks from genesis; every checkpoint matches");
-            println!("state_hash={}", hex(&sim.hash()));
+        Ok((region, count)) => {
+            println!(
+                "replayed {count} ticks from genesis (main sim and physics); every checkpoint matches"
+            );
+            println!("state_hash={}", hex(&region.hash()));
             Ok(())
         }
         Err(e) => bail!("replay failed: {e}"),

@@ -82,7 +82,13 @@ async fn viewer() -> Html<&'static str> {
 
 async fn status(State(app): State<App>) -> Response {
     let latest = app.world.latest();
-    axum::Json(view::status(&latest.sim, app.player, &app.data_dir)).into_response()
+    axum::Json(view::status(
+        &latest.sim,
+        &latest.hash,
+        app.player,
+        &app.data_dir,
+    ))
+    .into_response()
 }
 
 fn check_region(app: &App, id: &str) -> Result<(), Box<Response>> {
@@ -106,7 +112,7 @@ async fn region_state(
         return *r;
     }
     let latest = app.world.latest();
-    let etag = format!("\"{}\"", hex(&latest.sim.hash()));
+    let etag = format!("\"{}\"", hex(&latest.hash));
     let matches = if_none_match(&headers, &etag);
     let etag_value = HeaderValue::from_str(&etag).expect("hex in quotes is a valid header");
     if matches {
@@ -117,7 +123,7 @@ async fn region_state(
             (header::ETAG, etag_value),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
-        axum::Json(view::region_state(&latest.sim)),
+        axum::Json(view::region_state(&latest.sim, &latest.hash)),
     )
         .into_response()
 }

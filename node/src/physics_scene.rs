@@ -36,7 +36,7 @@ use metatopia_physics::cluster::ClusterReport;
 use metatopia_physics::region::{Aabb, Region, RegionConfig};
 use metatopia_physics::scene::{self, Scene};
 use metatopia_sim::input::InputKind;
-use metatopia_sim::physics::{BodyKind, BodySpec, Material, PhysicsEvent, Shape};
+use metatopia_sim::physics::{BodySpec, Material, PhysicsEvent, Shape};
 use metatopia_sim::{ElementId, Fx, NoScripts, RegionId, Vec3};
 use serde::Deserialize;
 
@@ -136,20 +136,7 @@ fn fx(field: &str, s: &str) -> anyhow::Result<Fx> {
 }
 
 fn shape(field: &str, s: &str) -> anyhow::Result<Shape> {
-    if let Some(r) = s.strip_prefix("ball:") {
-        return Ok(Shape::Ball {
-            radius: fx(field, r)?,
-        });
-    }
-    if let Some(h) = s.strip_prefix("box:") {
-        return Ok(Shape::Cuboid {
-            half: vec3(field, h)?,
-        });
-    }
-    Err(err(
-        field,
-        format!("{s:?}: expected ball:R or box:HX,HY,HZ"),
-    ))
+    Ok(crate::action::body_shape(field, s)?)
 }
 
 /// What a physics scene did.
@@ -260,17 +247,8 @@ pub fn run(text: &str, ticks: Option<u64>) -> anyhow::Result<Outcome> {
             let b = &spec.body_list[i];
             let f = |name: &str| format!("physics.body[{i}].{name}");
             let pos = vec3(&f("pos"), &b.pos)?;
-            let kind = match b.kind.as_deref().unwrap_or("dynamic") {
-                "dynamic" => BodyKind::Dynamic,
-                "kinematic" => BodyKind::Kinematic,
-                "fixed" => BodyKind::Fixed,
-                other => {
-                    return Err(err(
-                        &f("kind"),
-                        format!("{other:?}: dynamic, kinematic or fixed"),
-                    ));
-                }
-            };
+            let kind =
+                crate::action::body_kind(&f("kind"), b.kind.as_deref().unwrap_or("dynamic"))?;
             let d = Material::default();
             let material = Material {
                 density: b

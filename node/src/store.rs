@@ -1,6 +1,12 @@
 //! Persistence in redb: the genesis snapshot, the batch log with the state
 //! hash after every tick (checkpoints), and periodic snapshots.
 //!
+//! The live world is a [`Region`]: the main sim and its physics world. A
+//! snapshot is the region's (`MTPR`: sim state, the whole rapier world,
+//! border state, pending physics events), and the hash in the log is the
+//! region hash (sim hash and physics digest), so replay and recovery check
+//! physics too.
+//!
 //! Each tick is one write transaction (batch + checkpoint, plus a snapshot
 //! every `snapshot_every` ticks), committed with fsync before anyone is told
 //! the tick happened. A `kill -9` therefore loses at most the tick in
@@ -12,8 +18,9 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use metatopia_physics::Region;
 use metatopia_sim::snapshot::{self, DecodeError};
-use metatopia_sim::{Batch, ScriptHost, Sim, State};
+use metatopia_sim::{Batch, ScriptHost};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -71,6 +78,37 @@ pub enum StoreError {
     /// The store has no world yet.
     #[error("no world in this data directory")]
     Empty,
+}
+
+/// A stored snapshot: `blake3(region snapshot) || region snapshot`. The
+/// region hash covers the quantized physics state, not every float of the
+/// rapier world (contact caches, broad phase), so the checksum is what
+/// catches a damaged byte there.
+fn encode_snapshot(region: &Region) -> Vec<u8> {
+    let body = region.snapshot();
+    let mut out = Vec::with_capacity(32 + body.len());
+    out.extend_from_slice(blake3::hash(&body).as_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A region from stored snapshot bytes, as a store error naming `tick`.
+fn decode_region(bytes: &[u8], tick: u64) -> Result<Region, StoreError> {
+    let corrupt = |source| StoreError::Corrupt {
+        what: "snapshot",
+        tick,
+        source,
+    };
+    if bytes.len() < 32 {
+        return Err(corrupt(DecodeError::Truncated(bytes.len())));
+    }
+    let (sum, body) = bytes.split_at(32);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(corrupt(DecodeError::Malformed(
+            "snapshot checksum does not match".into(),
+        )));
+    }
+    Region::restore(body).map_err(corrupt)
 }
 
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
@@ -134,32 +172,32 @@ impl Store {
         Ok(Some(hash))
     }
 
-    /// Writes the genesis state (snapshot at tick 0).
-    pub fn init(&self, genesis: &State) -> Result<(), StoreError> {
+    /// Writes the genesis region (snapshot at tick 0).
+    pub fn init(&self, genesis: &Region) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db)?;
         {
             let mut meta = txn.open_table(META).map_err(db)?;
-            meta.insert("genesis_hash", &snapshot::state_hash(genesis)[..])
+            meta.insert("genesis_hash", &genesis.hash()[..])
                 .map_err(db)?;
             let mut snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
             snaps
-                .insert(genesis.tick, &snapshot::encode_state(genesis)[..])
+                .insert(genesis.tick_number(), &encode_snapshot(genesis)[..])
                 .map_err(db)?;
         }
         txn.commit().map_err(db)
     }
 
-    /// Appends one executed tick, with a snapshot of the state after it.
-    pub fn append(&self, record: &LogRecord, snapshot: Option<&State>) -> Result<(), StoreError> {
+    /// Appends one executed tick, with a snapshot of the region after it.
+    pub fn append(&self, record: &LogRecord, snapshot: Option<&Region>) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db)?;
         {
             let mut log = txn.open_table(LOG).map_err(db)?;
             log.insert(record.batch.tick, &snapshot::encode(LOG_MAGIC, record)[..])
                 .map_err(db)?;
-            if let Some(state) = snapshot {
+            if let Some(region) = snapshot {
                 let mut snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
                 snaps
-                    .insert(state.tick, &snapshot::encode_state(state)[..])
+                    .insert(region.tick_number(), &encode_snapshot(region)[..])
                     .map_err(db)?;
             }
         }
@@ -222,40 +260,36 @@ impl Store {
         Ok(record.hash)
     }
 
-    /// The verified state of the snapshot at `tick`.
-    fn verified_snapshot(&self, tick: u64) -> Result<State, StoreError> {
+    /// The verified region of the snapshot at `tick`.
+    fn verified_snapshot(&self, tick: u64) -> Result<Region, StoreError> {
         let bytes = self
             .snapshot_bytes(tick)?
             .ok_or_else(|| StoreError::Broken {
                 tick,
                 message: "snapshot missing".into(),
             })?;
-        let state = snapshot::decode_state(&bytes).map_err(|source| StoreError::Corrupt {
-            what: "snapshot",
-            tick,
-            source,
-        })?;
+        let region = decode_region(&bytes, tick)?;
         let expected = self.expected_hash(tick)?;
-        let got = snapshot::state_hash(&state);
-        if state.tick != tick || got != expected {
+        let got = region.hash();
+        if region.tick_number() != tick || got != expected {
             return Err(StoreError::Mismatch {
                 tick,
                 expected: hex(&expected),
                 got: hex(&got),
             });
         }
-        Ok(state)
+        Ok(region)
     }
 
-    /// Re-executes the log from `sim` to the end, checking every checkpoint.
-    /// `on_tick` sees each verified tick.
+    /// Re-executes the log from `region` to the end, checking every
+    /// checkpoint. `on_tick` sees each verified tick.
     pub fn replay_from(
         &self,
-        sim: &mut Sim,
+        region: &mut Region,
         host: &dyn ScriptHost,
-        mut on_tick: impl FnMut(&Sim),
+        mut on_tick: impl FnMut(&Region),
     ) -> Result<u64, StoreError> {
-        let from = sim.tick();
+        let from = region.tick_number();
         let txn = self.db.begin_read().map_err(db)?;
         let log = txn.open_table(LOG).map_err(db)?;
         let mut count = 0;
@@ -268,14 +302,14 @@ impl Store {
                     tick,
                     source,
                 })?;
-            if tick != sim.tick() || record.batch.tick != tick {
+            if tick != region.tick_number() || record.batch.tick != tick {
                 return Err(StoreError::Broken {
                     tick,
-                    message: format!("expected tick {}", sim.tick()),
+                    message: format!("expected tick {}", region.tick_number()),
                 });
             }
-            let report = sim
-                .step(&record.batch, host)
+            let report = region
+                .tick(&record.batch, host, &[])
                 .map_err(|e| StoreError::Broken {
                     tick,
                     message: e.to_string(),
@@ -288,7 +322,7 @@ impl Store {
                 });
             }
             count += 1;
-            on_tick(sim);
+            on_tick(region);
         }
         Ok(count)
     }
@@ -296,18 +330,19 @@ impl Store {
     /// Rebuilds the latest state: the newest snapshot that verifies, then
     /// the log after it, every hash checked. Corrupt snapshots are skipped
     /// (and reported); a corrupt log is an error naming the tick.
-    pub fn recover(&self, host: &dyn ScriptHost) -> Result<(Sim, Recovery), StoreError> {
+    pub fn recover(&self, host: &dyn ScriptHost) -> Result<(Region, Recovery), StoreError> {
         if self.genesis_hash()?.is_none() {
             return Err(StoreError::Empty);
         }
+        self.check_format()?;
         let mut skipped = Vec::new();
         for tick in self.snapshot_ticks()?.into_iter().rev() {
             match self.verified_snapshot(tick) {
-                Ok(state) => {
-                    let mut sim = Sim::new(state);
-                    let replayed = self.replay_from(&mut sim, host, |_| {})?;
+                Ok(region) => {
+                    let mut region = region;
+                    let replayed = self.replay_from(&mut region, host, |_| {})?;
                     return Ok((
-                        sim,
+                        region,
                         Recovery {
                             snapshot_tick: tick,
                             replayed,
@@ -348,33 +383,28 @@ impl Store {
         Ok(bad)
     }
 
-    /// Full verification from genesis: every batch re-executed, every
-    /// checkpoint and every later snapshot compared. Returns the final sim.
-    pub fn replay_all(&self, host: &dyn ScriptHost) -> Result<(Sim, u64), StoreError> {
-        let genesis = self.verified_snapshot(0)?;
+    /// Full verification from genesis: every batch re-executed (main sim and
+    /// physics), every checkpoint and every later snapshot compared.
+    /// Returns the final region.
+    pub fn replay_all(&self, host: &dyn ScriptHost) -> Result<(Region, u64), StoreError> {
+        self.check_format()?;
+        let mut region = self.verified_snapshot(0)?;
         let snapshot_ticks = self.snapshot_ticks()?;
-        let mut sim = Sim::new(genesis);
         let mut snapshot_error = None;
-        let count = self.replay_from(&mut sim, host, |s| {
-            let tick = s.tick();
+        let count = self.replay_from(&mut region, host, |r| {
+            let tick = r.tick_number();
             if snapshot_error.is_none() && snapshot_ticks.binary_search(&tick).is_ok() {
                 match self.snapshot_bytes(tick) {
-                    Ok(Some(bytes)) => match snapshot::decode_state(&bytes) {
-                        Ok(state) if snapshot::state_hash(&state) == s.hash() => {}
-                        Ok(state) => {
+                    Ok(Some(bytes)) => match decode_region(&bytes, tick) {
+                        Ok(s) if s.hash() == r.hash() => {}
+                        Ok(s) => {
                             snapshot_error = Some(StoreError::Mismatch {
                                 tick,
-                                expected: hex(&s.hash()),
-                                got: hex(&snapshot::state_hash(&state)),
+                                expected: hex(&r.hash()),
+                                got: hex(&s.hash()),
                             })
                         }
-                        Err(source) => {
-                            snapshot_error = Some(StoreError::Corrupt {
-                                what: "snapshot",
-                                tick,
-                                source,
-                            })
-                        }
+                        Err(e) => snapshot_error = Some(e),
                     },
                     Ok(None) => {}
                     Err(e) => snapshot_error = Some(e),
@@ -384,7 +414,22 @@ impl Store {
         if let Some(e) = snapshot_error {
             return Err(e);
         }
-        Ok((sim, count))
+        Ok((region, count))
+    }
+
+    /// Refuses a data directory written before the live world stepped
+    /// physics (its snapshots are bare sim states, its hashes sim hashes).
+    fn check_format(&self) -> Result<(), StoreError> {
+        match self.snapshot_bytes(0)? {
+            Some(bytes) if bytes.starts_with(&snapshot::MAGIC) => Err(StoreError::Broken {
+                tick: 0,
+                message: "this world was written by an older metatopia without physics in the \
+                          live world (sim-only snapshots); move the data directory away to start \
+                          a new world"
+                    .into(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Overwrites raw bytes of a record (for corruption tests and repair

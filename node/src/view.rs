@@ -101,6 +101,8 @@ pub struct ElementView {
     pub children: Vec<ElementId>,
     /// Attached script source (hex blake3), if any.
     pub script: Option<String>,
+    /// Its physics body (spec, velocity, resting), if it has one.
+    pub body: Option<metatopia_sim::physics::Body>,
 }
 
 /// A player.
@@ -161,11 +163,11 @@ fn chat_view(state: &State, line: &ChatLine) -> ChatView {
 }
 
 /// The status view.
-pub fn status(sim: &Sim, player: PlayerId, data_dir: &str) -> Status {
+pub fn status(sim: &Sim, hash: &[u8; 32], player: PlayerId, data_dir: &str) -> Status {
     let s = sim.state();
     Status {
         tick: s.tick,
-        state_hash: hex(&sim.hash()),
+        state_hash: hex(hash),
         time_ms: s.time_ms,
         regions: vec![RegionSummary {
             id: s.region.0,
@@ -190,12 +192,12 @@ pub fn status(sim: &Sim, player: PlayerId, data_dir: &str) -> Status {
 }
 
 /// The region state view.
-pub fn region_state(sim: &Sim) -> RegionState {
+pub fn region_state(sim: &Sim, hash: &[u8; 32]) -> RegionState {
     let s = sim.state();
     RegionState {
         region: s.region.0,
         tick: s.tick,
-        state_hash: hex(&sim.hash()),
+        state_hash: hex(hash),
         time_ms: s.time_ms,
         settings: s.settings.clone(),
         temp_admin: s.temp_admin,
@@ -211,6 +213,7 @@ pub fn region_state(sim: &Sim) -> RegionState {
                 pos: e.pos,
                 children: e.children.clone(),
                 script: e.script.as_ref().map(|sl| hex(&sl.source)),
+                body: s.bodies.get(&e.id).cloned(),
             })
             .collect(),
         players: s

@@ -1,8 +1,11 @@
-//! The local world: a single-replica sim ticking in real time.
+//! The local world: a single-replica region ticking in real time.
 //!
-//! One OS thread owns the [`Sim`] and the [`Store`]. Every tick it takes the
+//! One OS thread owns the [`Region`] (main sim and physics world) and the
+//! [`Store`]. Every tick it takes the
 //! waiting inputs (bounded), closes the batch with the wall-clock sim time
-//! (never earlier than the last tick's), executes it, commits it to the
+//! (never earlier than the last tick's), executes it (main sim, then the
+//! physics step of the commands it issued; the physics events come back as
+//! inputs of the next tick), commits it to the
 //! store, and only then publishes the new state and answers the players
 //! whose inputs were in it. A player who got an answer has a committed
 //! input: it survives `kill -9`.
@@ -15,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn};
 
+use metatopia_physics::Region;
 use metatopia_sim::input::{Event, Input, InputKind, Rejection};
+use metatopia_sim::state::State;
 use metatopia_sim::{Batch, PlayerId, ScriptHost, Sim};
 
 use crate::store::{LogRecord, Store, StoreError};
@@ -44,8 +49,11 @@ impl Default for Config {
 /// The world as of the last committed tick.
 #[derive(Debug, Clone)]
 pub struct Published {
-    /// The sim (state and hash) after the last committed tick.
+    /// The main sim after the last committed tick.
     pub sim: Sim,
+    /// The region hash after it (main sim and physics): the state hash of
+    /// the log, the views and the ETag.
+    pub hash: [u8; 32],
     /// The events of that tick.
     pub events: Arc<Vec<Event>>,
 }
@@ -147,17 +155,24 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The live region of a node around a genesis state: box `[0, size)`,
+/// no neighbours, default gravity, the settings' tick rate.
+pub fn region(genesis: State) -> Region {
+    Region::from_state(genesis)
+}
+
 /// Starts the tick thread. It runs until `stop` is set, then returns.
 pub fn start(
     store: Store,
-    sim: Sim,
+    region: Region,
     host: Arc<dyn ScriptHost + Send>,
     config: Config,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<(Handle, JoinHandle<Result<(), StoreError>>)> {
     let (tx, rx) = mpsc::channel(config.queue_max.max(1));
     let published = Arc::new(Published {
-        sim: sim.clone(),
+        sim: region.sim().clone(),
+        hash: region.hash(),
         events: Arc::new(Vec::new()),
     });
     let (pub_tx, pub_rx) = watch::channel(published);
@@ -171,14 +186,18 @@ pub fn start(
     };
     let thread = std::thread::Builder::new()
         .name("metatopia-tick".into())
-        .spawn(move || run(store, sim, host, config, stop, rx, pub_tx, events, counters))?;
+        .spawn(move || {
+            run(
+                store, region, host, config, stop, rx, pub_tx, events, counters,
+            )
+        })?;
     Ok((handle, thread))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn run(
     store: Store,
-    mut sim: Sim,
+    mut region: Region,
     host: Arc<dyn ScriptHost + Send>,
     config: Config,
     stop: Arc<AtomicBool>,
@@ -187,12 +206,12 @@ fn run(
     events: broadcast::Sender<Arc<Published>>,
     counters: Arc<Counters>,
 ) -> Result<(), StoreError> {
-    let hz = u64::from(sim.state().settings.tick_rate_hz.clamp(1, 1000));
+    let hz = u64::from(region.sim().state().settings.tick_rate_hz.clamp(1, 1000));
     let period = Duration::from_micros(1_000_000 / hz);
     let mut next = Instant::now();
     // Per-player sequence numbers handed out by this node.
     let mut seqs: std::collections::BTreeMap<PlayerId, u64> = std::collections::BTreeMap::new();
-    info!(tick = sim.tick(), hz, "world ticking");
+    info!(tick = region.tick_number(), hz, "world ticking");
     while !stop.load(Ordering::Relaxed) {
         next += period;
         let now = Instant::now();
@@ -202,6 +221,7 @@ fn run(
             // Far behind (suspended, overloaded): skip ticks, not catch up.
             next = now;
         }
+        let sim = region.sim();
         let tick = sim.tick();
         let _span = info_span!("tick", tick).entered();
         let mut waiting = Vec::new();
@@ -224,7 +244,7 @@ fn run(
             inputs,
         };
         let started = Instant::now();
-        let report = match sim.step(&batch, &*host) {
+        let report = match region.tick(&batch, &*host, &[]) {
             Ok(r) => r,
             Err(e) => {
                 // Cannot happen: the batch is built for the next tick at a
@@ -236,10 +256,10 @@ fn run(
                 continue;
             }
         };
-        let snapshot = sim
-            .tick()
+        let snapshot = region
+            .tick_number()
             .is_multiple_of(config.snapshot_every.max(1))
-            .then(|| sim.state());
+            .then_some(&region);
         if let Err(e) = store.append(
             &LogRecord {
                 batch,
@@ -257,22 +277,24 @@ fn run(
         counters.ticks.fetch_add(1, Ordering::Relaxed);
         counters.tick_us_total.fetch_add(elapsed, Ordering::Relaxed);
         counters.tick_us_last.store(elapsed, Ordering::Relaxed);
+        let sim_report = report.sim;
         counters
             .accepted
-            .fetch_add(u64::from(report.accepted), Ordering::Relaxed);
+            .fetch_add(u64::from(sim_report.accepted), Ordering::Relaxed);
         counters
             .rejected
-            .fetch_add(u64::from(report.rejected), Ordering::Relaxed);
-        if report.accepted + report.rejected > 0 {
+            .fetch_add(u64::from(sim_report.rejected), Ordering::Relaxed);
+        if sim_report.accepted + sim_report.rejected > 0 {
             debug!(
-                accepted = report.accepted,
-                rejected = report.rejected,
+                accepted = sim_report.accepted,
+                rejected = sim_report.rejected,
                 "tick committed"
             );
         }
         let published = Arc::new(Published {
-            sim: sim.clone(),
-            events: Arc::new(report.events),
+            sim: region.sim().clone(),
+            hash: region.hash(),
+            events: Arc::new(sim_report.events),
         });
         pub_tx.send_replace(published.clone());
         let _ = events.send(published.clone());
@@ -291,6 +313,6 @@ fn run(
             });
         }
     }
-    info!(tick = sim.tick(), "world stopped");
+    info!(tick = region.tick_number(), "world stopped");
     Ok(())
 }

@@ -11,7 +11,7 @@ use common::run;
 use metatopia_node::store::{LOG_MAGIC, LogRecord, Store};
 use metatopia_sim::input::{Input, InputKind};
 use metatopia_sim::state::{Settings, State};
-use metatopia_sim::{Batch, NoScripts, PlayerId, RegionId, Sim, snapshot};
+use metatopia_sim::{Batch, NoScripts, PlayerId, RegionId, Vec3, snapshot};
 
 const P: PlayerId = PlayerId::from_byte(7);
 
@@ -19,16 +19,30 @@ const P: PlayerId = PlayerId::from_byte(7);
 fn build(dir: &Path) -> String {
     let store = Store::open(&dir.join("world.redb")).unwrap();
     let genesis = State::new(RegionId(1), Settings::default(), &[P]);
-    store.init(&genesis).unwrap();
-    let mut sim = Sim::new(genesis);
+    let mut region = metatopia_node::world::region(genesis);
+    store.init(&region).unwrap();
+    let fx = metatopia_sim::Fx::from_int;
     for t in 0..30u64 {
-        let kind = if t == 0 {
-            InputKind::Join { name: "p".into() }
-        } else {
-            InputKind::Say {
+        let body = region.sim().state().bodies.keys().next().copied();
+        let kind = match (t, body) {
+            (0, _) => InputKind::Join { name: "p".into() },
+            // A ball that physics moves, pushed at tick 3: replay and
+            // recovery re-run the physics.
+            (1, _) => InputKind::SpawnBody {
+                parent: None,
+                name: "ball".into(),
+                pos: Vec3::new(fx(10), fx(10), fx(20)),
+                body: metatopia_physics::scene::ball(500),
+                vel: Vec3::new(fx(1), fx(0), fx(0)),
+            },
+            (3, Some(element)) => InputKind::Push {
+                element,
+                impulse: Vec3::new(fx(0), fx(2), fx(0)),
+            },
+            _ => InputKind::Say {
                 text: format!("tick {t}"),
                 radius: None,
-            }
+            },
         };
         let batch = Batch {
             tick: t,
@@ -39,8 +53,8 @@ fn build(dir: &Path) -> String {
                 kind,
             }],
         };
-        let report = sim.step(&batch, &NoScripts).unwrap();
-        let snap = sim.tick().is_multiple_of(10).then(|| sim.state());
+        let report = region.tick(&batch, &NoScripts, &[]).unwrap();
+        let snap = region.tick_number().is_multiple_of(10).then_some(&region);
         store
             .append(
                 &LogRecord {
@@ -51,7 +65,7 @@ fn build(dir: &Path) -> String {
             )
             .unwrap();
     }
-    metatopia_node::store::hex(&sim.hash())
+    metatopia_node::store::hex(&region.hash())
 }
 
 fn replay(dir: &Path) -> (bool, String) {
@@ -130,6 +144,28 @@ fn a_valid_but_altered_batch_is_a_hash_mismatch() {
 }
 
 #[test]
+fn the_log_hash_covers_physics() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    {
+        let store = Store::open(&dir.path().join("world.redb")).unwrap();
+        let mut record = store.record(3).unwrap().unwrap();
+        // Still a valid push of the same body, only harder: the main sim
+        // state after tick 3 is the same, the physics world is not.
+        let InputKind::Push { impulse, .. } = &mut record.batch.inputs[0].kind else {
+            panic!("tick 3 holds the push");
+        };
+        impulse.y = metatopia_sim::Fx::from_int(3);
+        store
+            .write_raw("log", 3, &snapshot::encode(LOG_MAGIC, &record))
+            .unwrap();
+    }
+    let (ok, text) = replay(dir.path());
+    assert!(!ok);
+    assert!(text.contains("state hash mismatch at tick 3"), "{text}");
+}
+
+#[test]
 fn a_corrupt_snapshot_is_reported_by_replay_and_skipped_by_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let hash = build(dir.path());
@@ -144,11 +180,11 @@ fn a_corrupt_snapshot_is_reported_by_replay_and_skipped_by_recovery() {
     assert!(!ok);
     assert!(text.contains("tick 30"), "{text}");
     let store = Store::open(&dir.path().join("world.redb")).unwrap();
-    let (sim, recovery) = store.recover(&NoScripts).unwrap();
+    let (region, recovery) = store.recover(&NoScripts).unwrap();
     assert_eq!(recovery.snapshot_tick, 20);
     assert_eq!(recovery.skipped_snapshots.len(), 1);
     assert_eq!(recovery.skipped_snapshots[0].0, 30);
-    assert_eq!(metatopia_node::store::hex(&sim.hash()), hash);
+    assert_eq!(metatopia_node::store::hex(&region.hash()), hash);
 }
 
 #[test]

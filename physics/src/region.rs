@@ -259,6 +259,48 @@ impl Region {
         region
     }
 
+    /// A region around an existing sim state (a node's genesis, say). Its
+    /// box is `[0, settings.size)` and its tick rate the settings' (world
+    /// coordinates are region coordinates); it has no neighbours. Bodies
+    /// the state already has are spawned in the physics world, in id
+    /// order, at their element's position with their velocity.
+    pub fn from_state(state: State) -> Region {
+        let settings = &state.settings;
+        let bounds = Aabb {
+            min: Vec3::ZERO,
+            max: settings.size,
+        };
+        let mut cfg = RegionConfig::new(state.region, bounds);
+        cfg.world.tick_rate_hz = settings.tick_rate_hz;
+        let mut world = World::new(cfg.world);
+        for (id, body) in state.bodies.iter() {
+            let Some(e) = state.elements.get(id) else {
+                continue;
+            };
+            let vehicle = match body.spec.kind {
+                metatopia_sim::physics::BodyKind::Seated { .. } => e.parent,
+                _ => None,
+            };
+            world.apply(&PhysicsCommand::Spawn {
+                id: *id,
+                spec: body.spec,
+                pos: e.pos,
+                vel: body.vel,
+                vehicle,
+            });
+        }
+        let mut region = Region {
+            cfg,
+            sim: Sim::new(state),
+            world,
+            border: Border::default(),
+            pending: Vec::new(),
+            hash: [0; 32],
+        };
+        region.hash = region.compute_hash();
+        region
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RegionConfig {
         &self.cfg

@@ -15,6 +15,9 @@ pub struct Node {
     pub base: String,
     pub data: PathBuf,
     pub lines: mpsc::Receiver<String>,
+    /// What it printed before its address (the world line with the
+    /// recovered `state_hash=`).
+    pub header: Vec<String>,
 }
 
 impl Node {
@@ -38,6 +41,7 @@ impl Node {
                 }
             }
         });
+        let mut header = Vec::new();
         let base = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
@@ -45,12 +49,14 @@ impl Node {
             if let Some(rest) = line.strip_prefix("metatopia: listening on ") {
                 break rest.trim().to_string();
             }
+            header.push(line);
         };
         Node {
             child,
             base,
             data: data.to_path_buf(),
             lines: rx,
+            header,
         }
     }
 
