@@ -5,7 +5,8 @@
 //! 1. Border envelopes sent by neighbours at the end of `t - 1` are checked
 //!    (addressed here, from a neighbour, for this tick, valid) and applied in
 //!    canonical order: by sender, then refusals, acceptances, offers, finals,
-//!    ghosts. Bad envelopes are refused with a reason and change nothing.
+//!    forwarded influences, ghosts (the influences of all senders after all
+//!    switches). Bad envelopes are refused with a reason and change nothing.
 //! 2. The main sim steps with the batch and its physics inbox: departures
 //!    and arrivals decided in 1, and the events of the physics step of
 //!    `t - 1`.
@@ -32,12 +33,19 @@
 //! pushes G back inside its box. A linked group (a vehicle and its seated
 //! bodies) is one subtree, counted whole against capacity: it crosses as one
 //! or not at all.
+//!
+//! After the switch Y remembers where G's bodies went for
+//! `forward_ticks`: its sim still accepts pushes and velocities for them
+//! (`PhysicsInbox::forwarded`), and Y sends the commands to Z as numbered
+//! `Influences`, which Z applies at its next tick (or passes on if the body
+//! moved on).
 
 use std::collections::BTreeMap;
 
 use metatopia_sim::input::Batch;
 use metatopia_sim::physics::{
     BodyTransfer, BorderMessage, Envelope, PhysicsCommand, PhysicsEvent, PhysicsInbox, Transfer,
+    is_influence,
 };
 use metatopia_sim::snapshot::{self, DecodeError};
 use metatopia_sim::state::{Settings, State};
@@ -120,13 +128,18 @@ pub struct RegionConfig {
     pub hysteresis: Fx,
     /// Most bodies the region owns; offers beyond it are refused.
     pub bodies_max: u32,
+    /// For how many ticks after a body's ownership switched away its
+    /// influences (pushes, velocities) are still accepted here and
+    /// forwarded to the new owner.
+    pub forward_ticks: u64,
     /// Gravity and tick rate.
     pub world: WorldConfig,
 }
 
 impl RegionConfig {
     /// A region with default margin (2 m), hysteresis (0.5 m), capacity
-    /// (10,000 bodies) and world config, and no neighbours.
+    /// (10,000 bodies), forwarding window (200 ticks) and world config, and
+    /// no neighbours.
     pub fn new(id: RegionId, bounds: Aabb) -> RegionConfig {
         RegionConfig {
             id,
@@ -135,6 +148,7 @@ impl RegionConfig {
             margin: Fx::from_int(2),
             hysteresis: Fx::from_milli(500),
             bodies_max: 10_000,
+            forward_ticks: 200,
             world: WorldConfig::default(),
         }
     }
@@ -154,15 +168,32 @@ struct Incoming {
     bodies: u32,
 }
 
+/// A body handed away: influences for it go to `to` until tick `until`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+struct Forward {
+    to: RegionId,
+    until: u64,
+    /// Its element's owner (for the sim's permission check).
+    owner: Option<PlayerId>,
+}
+
 /// Handoff state and counters. Part of the region hash.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 struct Border {
     outgoing: BTreeMap<ElementId, Outgoing>,
     incoming: BTreeMap<ElementId, Incoming>,
+    /// Bodies handed away recently, by id.
+    forwards: BTreeMap<ElementId, Forward>,
     /// Groups given away, taken in, and offers refused to us.
     handoffs_out: u64,
     handoffs_in: u64,
     refused: u64,
+    /// Influences forwarded (also the last sequence number used), applied
+    /// here after forwarding, and dropped (the body was gone everywhere we
+    /// know of).
+    influences_forwarded: u64,
+    influences_applied: u64,
+    influences_dropped: u64,
 }
 
 /// Counters of the border protocol.
@@ -176,6 +207,12 @@ pub struct BorderCounts {
     pub refused: u64,
     /// Offers waiting for their switch tick.
     pub pending: u64,
+    /// Influences forwarded to a body's new owner.
+    pub influences_forwarded: u64,
+    /// Forwarded influences applied here.
+    pub influences_applied: u64,
+    /// Forwarded influences for bodies no longer here nor forwardable.
+    pub influences_dropped: u64,
 }
 
 /// What one region tick did.
@@ -216,7 +253,8 @@ fn rank(m: &BorderMessage) -> u8 {
         BorderMessage::Accept { .. } => 1,
         BorderMessage::Offer { .. } => 2,
         BorderMessage::Final { .. } => 3,
-        BorderMessage::Ghosts { .. } => 4,
+        BorderMessage::Influences { .. } => 4,
+        BorderMessage::Ghosts { .. } => 5,
     }
 }
 
@@ -338,6 +376,9 @@ impl Region {
             handoffs_in: self.border.handoffs_in,
             refused: self.border.refused,
             pending: self.border.outgoing.len() as u64,
+            influences_forwarded: self.border.influences_forwarded,
+            influences_applied: self.border.influences_applied,
+            influences_dropped: self.border.influences_dropped,
         }
     }
 
@@ -424,6 +465,9 @@ impl Region {
         };
         let mut events_out = Vec::new();
         let mut outbox = Vec::new();
+        // Influences for bodies handed away, by new owner, in issue order.
+        let mut forward: BTreeMap<RegionId, Vec<PhysicsCommand>> = BTreeMap::new();
+        let mut late: Vec<&PhysicsCommand> = Vec::new();
         for env in msgs {
             match &env.msg {
                 BorderMessage::Refuse { root } => {
@@ -452,6 +496,15 @@ impl Region {
                         for id in self.group_bodies(*root) {
                             self.world.release(id);
                             events_out.push(PhysicsEvent::LeftRegion { id, to: env.from });
+                            let owner = self.sim.state().elements.get(&id).and_then(|e| e.owner);
+                            self.border.forwards.insert(
+                                id,
+                                Forward {
+                                    to: env.from,
+                                    until: now.saturating_add(self.cfg.forward_ticks),
+                                    owner,
+                                },
+                            );
                         }
                         inbox_sim.departures.push(*root);
                     }
@@ -514,14 +567,32 @@ impl Region {
                         self.border.handoffs_in += 1;
                         for b in bodies {
                             self.world.adopt(b);
+                            self.border.forwards.remove(&b.id);
                         }
                         inbox_sim.arrivals.push(transfer.clone());
                         pre.extend(influences.iter().map(|(_, c)| c.clone()));
                     }
                 }
+                BorderMessage::Influences { influences } => {
+                    // After every switch of this tick, below.
+                    late.extend(influences.iter().map(|(_, c)| c));
+                }
                 BorderMessage::Ghosts { bodies } => {
                     self.world.set_ghosts(env.from, bodies);
                 }
+            }
+        }
+        // Forwarded influences, by sender and number: applied if the body
+        // is ours now, passed on if it moved on, dropped otherwise.
+        for cmd in late {
+            let id = cmd.id();
+            if self.world.owns(id) {
+                self.border.influences_applied += 1;
+                pre.push(cmd.clone());
+            } else if let Some(f) = self.border.forwards.get(&id) {
+                forward.entry(f.to).or_default().push(cmd.clone());
+            } else {
+                self.border.influences_dropped += 1;
             }
         }
         // Offers whose switch tick passed without final data lapse; so do
@@ -539,6 +610,14 @@ impl Region {
                 pre.extend(o.influences.into_iter().map(|(_, c)| c));
             }
         }
+
+        self.border.forwards.retain(|_, f| f.until > now);
+        inbox_sim.forwarded = self
+            .border
+            .forwards
+            .iter()
+            .map(|(id, f)| (*id, f.owner))
+            .collect();
 
         let sim_report = self.sim.step_with_physics(batch, host, &inbox_sim)?;
 
@@ -563,9 +642,15 @@ impl Region {
                         o.influences.push((seq, cmd));
                     }
                 }
-                _ => commands.push(cmd),
+                _ => match self.border.forwards.get(&cmd.id()) {
+                    Some(f) if is_influence(&cmd) && !self.world.owns(cmd.id()) => {
+                        forward.entry(f.to).or_default().push(cmd);
+                    }
+                    _ => commands.push(cmd),
+                },
             }
         }
+        self.send_influences(now, forward, &mut outbox);
         let step_events = self.world.step(&commands);
 
         let offers = self.borders(now, &mut outbox);
@@ -595,6 +680,33 @@ impl Region {
             refused,
             offers,
         })
+    }
+
+    /// Envelopes carrying influences to the new owners of bodies handed
+    /// away, numbered in issue order.
+    fn send_influences(
+        &mut self,
+        now: u64,
+        forward: BTreeMap<RegionId, Vec<PhysicsCommand>>,
+        outbox: &mut Vec<Envelope>,
+    ) {
+        for (to, cmds) in forward {
+            for chunk in cmds.chunks(metatopia_sim::physics::INFLUENCES_MAX) {
+                let influences = chunk
+                    .iter()
+                    .map(|c| {
+                        self.border.influences_forwarded += 1;
+                        (self.border.influences_forwarded, c.clone())
+                    })
+                    .collect();
+                outbox.push(Envelope {
+                    from: self.cfg.id,
+                    to,
+                    tick: now,
+                    msg: BorderMessage::Influences { influences },
+                });
+            }
+        }
     }
 
     /// Owned bodies in the subtree of `root`, by id.

@@ -12,7 +12,9 @@ use metatopia_physics::Cluster;
 use metatopia_physics::cluster::ClusterReport;
 use metatopia_physics::scene::{self, Rng, Scene};
 use metatopia_sim::input::InputKind;
-use metatopia_sim::physics::{BodyKind, BodySpec, Material, PhysicsEvent, Shape};
+use metatopia_sim::physics::{
+    BodyKind, BodySpec, BorderMessage, Material, PhysicsCommand, PhysicsEvent, Shape,
+};
 use metatopia_sim::testing::{Rule, RuleHost};
 use metatopia_sim::{ElementId, Fx, NoScripts, RegionId, ScriptHost, Vec3};
 
@@ -360,6 +362,93 @@ fn accepted_handoff_moves_body_script_and_influences() {
     // And the ball goes on into region 2.
     run(&mut s, &mut audit, 40, 0, &host);
     assert_eq!(s.owners(), vec![(ball, RegionId(2))]);
+}
+
+#[test]
+fn influences_after_the_switch_are_forwarded_to_the_new_owner() {
+    let mut host = RuleHost::new();
+    let (mut s, ball, _) = flying_ball(10, &mut host);
+    let mut audit = Audit::default();
+    audit.track_all(&s);
+    until_offer(&mut s, &mut audit, ball, &host);
+    run(&mut s, &mut audit, 2, 0, &host);
+    assert_eq!(s.owners(), vec![(ball, RegionId(2))]);
+    let vel = |s: &Scene| {
+        s.cluster
+            .region(RegionId(2))
+            .unwrap()
+            .world()
+            .motion(ball)
+            .unwrap()
+            .vel
+    };
+    let before = vel(&s);
+    // Region 1 no longer has the ball. A push sent there now is accepted
+    // (no rejection) and forwarded, numbered, to region 2.
+    s.queue(
+        RegionId(1),
+        InputKind::Push {
+            element: ball,
+            impulse: v(0, 1_000, 0),
+        },
+    );
+    let rep = s.step(&host).unwrap();
+    audit.check(&s, &rep, 0);
+    let r1 = &rep.regions[&RegionId(1)];
+    assert_eq!(r1.sim.rejected, 0, "{:?}", r1.sim.events);
+    let forwarded: Vec<_> = r1
+        .outbox
+        .iter()
+        .filter_map(|e| match &e.msg {
+            BorderMessage::Influences { influences } => Some((e.to, influences.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        forwarded,
+        vec![(
+            RegionId(2),
+            vec![(
+                1,
+                PhysicsCommand::Impulse {
+                    id: ball,
+                    impulse: v(0, 1_000, 0)
+                }
+            )]
+        )]
+    );
+    assert_eq!(vel(&s), before, "not applied before it arrives");
+    // Region 2 applies it at its next tick, once: dv = J / m.
+    run(&mut s, &mut audit, 1, 0, &host);
+    let counts = s.cluster.region(RegionId(2)).unwrap().border_counts();
+    assert_eq!(counts.influences_applied, 1);
+    let dv = metatopia_physics::convert::f64(vel(&s).y) - metatopia_physics::convert::f64(before.y);
+    let want = 1.0 / mass_of_ball(0.5);
+    assert!((dv - want).abs() < 1e-6, "push applied {dv}, want {want}");
+    let after = vel(&s);
+    run(&mut s, &mut audit, 5, 0, &host);
+    assert_eq!(vel(&s).y, after.y, "applied exactly once");
+    let r1 = s.cluster.region(RegionId(1)).unwrap().border_counts();
+    assert_eq!((r1.influences_forwarded, r1.influences_dropped), (1, 0));
+    // Past the forwarding window, region 1 refuses pushes for the ball.
+    let window = s
+        .cluster
+        .region(RegionId(1))
+        .unwrap()
+        .config()
+        .forward_ticks;
+    run(&mut s, &mut audit, window as usize, 0, &host);
+    assert_eq!(s.owners(), vec![(ball, RegionId(2))]);
+    s.queue(
+        RegionId(1),
+        InputKind::Push {
+            element: ball,
+            impulse: v(0, 1_000, 0),
+        },
+    );
+    let rep = s.step(&host).unwrap();
+    audit.check(&s, &rep, 0);
+    assert_eq!(rep.regions[&RegionId(1)].sim.rejected, 1);
 }
 
 #[test]

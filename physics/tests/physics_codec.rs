@@ -130,6 +130,29 @@ fn malformed_bytes_get_clear_errors() {
     );
     selfish.to = RegionId(2);
     assert!(err(&encode_envelope(&selfish)).contains("itself"));
+    // Forwarded influences: numbered 1.. ascending, influences only.
+    let push = |n: u64| {
+        (
+            n,
+            metatopia_sim::physics::PhysicsCommand::Impulse {
+                id: ElementId::new(2, 1),
+                impulse: metatopia_sim::Vec3::ZERO,
+            },
+        )
+    };
+    let influences =
+        |list| encode_envelope(&env(0, BorderMessage::Influences { influences: list }));
+    assert!(decode_envelope(&influences(vec![push(1), push(7)])).is_ok());
+    assert!(err(&influences(vec![])).contains("0 forwarded"));
+    assert!(err(&influences(vec![push(0)])).contains("numbered"));
+    assert!(err(&influences(vec![push(3), push(3)])).contains("numbered"));
+    let remove = (
+        1,
+        metatopia_sim::physics::PhysicsCommand::Remove {
+            id: ElementId::new(2, 1),
+        },
+    );
+    assert!(err(&influences(vec![remove])).contains("not an influence"));
 }
 
 #[test]

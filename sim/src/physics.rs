@@ -297,6 +297,11 @@ pub struct PhysicsInbox {
     pub arrivals: Vec<Transfer>,
     /// Events from last tick's physics step.
     pub events: Vec<PhysicsEvent>,
+    /// Bodies whose ownership left this region recently, with their
+    /// element's owner, sorted by id: a `Push` or `SetVelocity` for one of
+    /// them is still accepted (same permission rules) and its command is
+    /// forwarded to the new owner by the region.
+    pub forwarded: Vec<(ElementId, Option<crate::PlayerId>)>,
 }
 
 /// A body's dynamic state, quantized, in world coordinates.
@@ -383,6 +388,26 @@ pub enum BorderMessage {
         /// Influences, by sequence number.
         influences: Vec<(u32, PhysicsCommand)>,
     },
+    /// Influences that reached the sender after a body's ownership had
+    /// switched to the receiver, numbered by the sender (from 1, never
+    /// reused). The receiver applies them before its own commands, in
+    /// number order, or forwards them again if the body moved on.
+    Influences {
+        /// `(sequence number, command)`, ascending numbers.
+        influences: Vec<(u64, PhysicsCommand)>,
+    },
+}
+
+/// Whether a command may travel as a forwarded influence (it acts on a
+/// body's motion; spawning, removing and teleporting stay with the owner).
+pub fn is_influence(cmd: &PhysicsCommand) -> bool {
+    matches!(
+        cmd,
+        PhysicsCommand::Impulse { .. }
+            | PhysicsCommand::Force { .. }
+            | PhysicsCommand::SetVelocity { .. }
+            | PhysicsCommand::KinematicTarget { .. }
+    )
 }
 
 /// A border message with its routing: sent by `from` at the end of `tick`,
@@ -463,6 +488,19 @@ impl Envelope {
                 }
             }
             BorderMessage::Accept { .. } | BorderMessage::Refuse { .. } => {}
+            BorderMessage::Influences { influences } => {
+                if influences.is_empty() || influences.len() > INFLUENCES_MAX {
+                    return bad(format!("{} forwarded influences", influences.len()));
+                }
+                if !influences.windows(2).all(|w| w[0].0 < w[1].0)
+                    || influences.first().is_some_and(|i| i.0 == 0)
+                {
+                    return bad("forwarded influences not numbered 1.. in order".into());
+                }
+                if !influences.iter().all(|(_, c)| is_influence(c) && c.valid()) {
+                    return bad("a forwarded command is not an influence".into());
+                }
+            }
             BorderMessage::Final {
                 transfer,
                 bodies,

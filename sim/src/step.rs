@@ -178,6 +178,7 @@ pub fn step_with_physics(
         },
         inboxes: BTreeMap::new(),
         next_event_id: 0,
+        forwarded: &physics.forwarded,
     };
     tick.s.time_ms = batch.time_ms;
     tick.apply_physics(physics);
@@ -194,9 +195,11 @@ pub fn step_with_physics(
 }
 
 /// Work in progress for one tick.
-struct Tick {
+struct Tick<'a> {
     s: State,
     report: TickReport,
+    /// Bodies handed to another region recently (see `PhysicsInbox`).
+    forwarded: &'a [(ElementId, Option<PlayerId>)],
     inboxes: BTreeMap<ElementId, Vec<ScriptEvent>>,
     next_event_id: u64,
 }
@@ -227,7 +230,7 @@ fn check_text(text: &str, max: u32, what: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-impl Tick {
+impl Tick<'_> {
     fn new_event_id(&mut self) -> u64 {
         let id = self.next_event_id;
         self.next_event_id += 1;
@@ -514,7 +517,9 @@ impl Tick {
             }
             InputKind::Push { element, impulse } => {
                 online_avatar(&self.s, who)?;
-                self.body(*element)?;
+                if self.forwarded_owner(*element).is_none() {
+                    self.body(*element)?;
+                }
                 self.report.physics.push(PhysicsCommand::Impulse {
                     id: *element,
                     impulse: *impulse,
@@ -523,8 +528,13 @@ impl Tick {
             }
             InputKind::SetVelocity { element, vel } => {
                 online_avatar(&self.s, who)?;
-                self.body(*element)?;
-                let owner = self.element(*element)?.owner;
+                let owner = match self.forwarded_owner(*element) {
+                    Some(owner) => owner,
+                    None => {
+                        self.body(*element)?;
+                        self.element(*element)?.owner
+                    }
+                };
                 self.check_owner(who, owner, "set the velocity of")?;
                 self.report.physics.push(PhysicsCommand::SetVelocity {
                     id: *element,
@@ -1124,7 +1134,19 @@ impl Tick {
 }
 
 /// Bodies and the physics inbox.
-impl Tick {
+impl Tick<'_> {
+    /// `Some(owner)` if `id` is a body handed to another region recently
+    /// (and not back here).
+    fn forwarded_owner(&self, id: ElementId) -> Option<Option<PlayerId>> {
+        if self.s.elements.contains_key(&id) {
+            return None;
+        }
+        self.forwarded
+            .binary_search_by_key(&id, |(e, _)| *e)
+            .ok()
+            .map(|i| self.forwarded[i].1)
+    }
+
     fn body(&self, id: ElementId) -> Result<&Body, Rejection> {
         self.element(id)?;
         self.s
