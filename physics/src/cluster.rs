@@ -124,6 +124,17 @@ impl Cluster {
         })
     }
 
+    /// Drops envelopes in flight (sent at the end of the last tick) for
+    /// which `keep` is false, as a network that loses or delays them past
+    /// their tick would; returns how many were dropped. Undecodable bytes
+    /// are kept (delivery reports them).
+    pub fn retain_mail(&mut self, mut keep: impl FnMut(&Envelope) -> bool) -> usize {
+        let before = self.mail.len();
+        self.mail
+            .retain(|bytes| decode_envelope(bytes).map_or(true, |env| keep(&env)));
+        before - self.mail.len()
+    }
+
     /// The regions, by id.
     pub fn regions(&self) -> &BTreeMap<RegionId, Region> {
         &self.regions

@@ -4,7 +4,7 @@
 //! Order of a tick `t` (every replica does exactly this):
 //! 1. Border envelopes sent by neighbours at the end of `t - 1` are checked
 //!    (addressed here, from a neighbour, for this tick, valid) and applied in
-//!    canonical order: by sender, then refusals, acceptances, offers, finals,
+//!    canonical order: by sender, then aborts, refusals, acceptances, offers, finals,
 //!    forwarded influences, ghosts (the influences of all senders after all
 //!    switches). Bad envelopes are refused with a reason and change nothing.
 //! 2. The main sim steps with the batch and its physics inbox: departures
@@ -33,6 +33,12 @@
 //! pushes G back inside its box. A linked group (a vehicle and its seated
 //! bodies) is one subtree, counted whole against capacity: it crosses as one
 //! or not at all.
+//!
+//! The `Accept` and the `Final` cross, so each side decides the switch
+//! alone; if one of them misses its deadline (the switch tick) the sides
+//! disagree, and the side that missed it sends `Abort` at the end of the
+//! switch tick: Y takes back the group it released (it kept a copy), or Z
+//! gives back the copy it adopted. See docs/physics.md.
 //!
 //! After the switch Y remembers where G's bodies went for
 //! `forward_ticks`: its sim still accepts pushes and velocities for them
@@ -177,6 +183,18 @@ struct Forward {
     owner: Option<PlayerId>,
 }
 
+/// A group handed away, kept until the target can no longer abort.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+struct Released {
+    to: RegionId,
+    /// The tick it was released (the switch tick).
+    tick: u64,
+    /// The subtree in our coordinates, its bodies and the held influences.
+    transfer: Transfer,
+    bodies: Vec<BodyTransfer>,
+    influences: Vec<PhysicsCommand>,
+}
+
 /// Handoff state and counters. Part of the region hash.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 struct Border {
@@ -184,6 +202,14 @@ struct Border {
     incoming: BTreeMap<ElementId, Incoming>,
     /// Bodies handed away recently, by id.
     forwards: BTreeMap<ElementId, Forward>,
+    /// Groups released at this or the last tick, kept (in our coordinates)
+    /// until the target can no longer abort, by root.
+    released: BTreeMap<ElementId, Released>,
+    /// Groups adopted at this or the last tick (the source may still
+    /// abort): root -> (source, tick adopted).
+    adopted: BTreeMap<ElementId, (RegionId, u64)>,
+    /// Handoffs aborted after a missing `Accept` or `Final`.
+    aborted: u64,
     /// Groups given away, taken in, and offers refused to us.
     handoffs_out: u64,
     handoffs_in: u64,
@@ -213,6 +239,10 @@ pub struct BorderCounts {
     pub influences_applied: u64,
     /// Forwarded influences for bodies no longer here nor forwardable.
     pub influences_dropped: u64,
+    /// Aborts this region sent (a missing `Accept` or `Final` by the
+    /// switch tick) plus aborts it applied (took a group back or gave one
+    /// back).
+    pub aborted: u64,
 }
 
 /// What one region tick did.
@@ -249,12 +279,13 @@ pub struct Region {
 
 fn rank(m: &BorderMessage) -> u8 {
     match m {
-        BorderMessage::Refuse { .. } => 0,
-        BorderMessage::Accept { .. } => 1,
-        BorderMessage::Offer { .. } => 2,
-        BorderMessage::Final { .. } => 3,
-        BorderMessage::Influences { .. } => 4,
-        BorderMessage::Ghosts { .. } => 5,
+        BorderMessage::Abort { .. } => 0,
+        BorderMessage::Refuse { .. } => 1,
+        BorderMessage::Accept { .. } => 2,
+        BorderMessage::Offer { .. } => 3,
+        BorderMessage::Final { .. } => 4,
+        BorderMessage::Influences { .. } => 5,
+        BorderMessage::Ghosts { .. } => 6,
     }
 }
 
@@ -379,6 +410,7 @@ impl Region {
             influences_forwarded: self.border.influences_forwarded,
             influences_applied: self.border.influences_applied,
             influences_dropped: self.border.influences_dropped,
+            aborted: self.border.aborted,
         }
     }
 
@@ -470,6 +502,16 @@ impl Region {
         let mut late: Vec<&PhysicsCommand> = Vec::new();
         for env in msgs {
             match &env.msg {
+                BorderMessage::Abort { root } => {
+                    self.abort(
+                        *root,
+                        env.from,
+                        now,
+                        &mut pre,
+                        &mut inbox_sim,
+                        &mut events_out,
+                    );
+                }
                 BorderMessage::Refuse { root } => {
                     if self
                         .border
@@ -491,8 +533,23 @@ impl Region {
                         .get(root)
                         .is_some_and(|o| o.to == env.from && o.switch_tick == now);
                     if ok {
-                        self.border.outgoing.remove(root);
+                        let o = self.border.outgoing.remove(root).unwrap_or_default();
                         self.border.handoffs_out += 1;
+                        if let Some(BorderMessage::Final {
+                            transfer, bodies, ..
+                        }) = self.final_message(*root, self.origin())
+                        {
+                            self.border.released.insert(
+                                *root,
+                                Released {
+                                    to: env.from,
+                                    tick: now,
+                                    transfer,
+                                    bodies,
+                                    influences: o.influences.into_iter().map(|(_, c)| c).collect(),
+                                },
+                            );
+                        }
                         for id in self.group_bodies(*root) {
                             self.world.release(id);
                             events_out.push(PhysicsEvent::LeftRegion { id, to: env.from });
@@ -522,7 +579,11 @@ impl Region {
                         .sum();
                     let fits = u64::from(self.world.owned_count()) + waiting + u64::from(*bodies)
                         <= u64::from(self.cfg.bodies_max);
-                    let fresh = !self.sim.state().elements.contains_key(root)
+                    // A group we give back this tick (an abort) may be
+                    // offered again at once.
+                    let here = self.sim.state().elements.contains_key(root)
+                        && !inbox_sim.departures.contains(root);
+                    let fresh = !here
                         && !self.border.incoming.contains_key(root)
                         && *switch_tick == now + 1;
                     let msg = if fits && fresh {
@@ -565,6 +626,7 @@ impl Region {
                     if ok && !clash {
                         self.border.incoming.remove(&root);
                         self.border.handoffs_in += 1;
+                        self.border.adopted.insert(root, (env.from, now));
                         for b in bodies {
                             self.world.adopt(b);
                             self.border.forwards.remove(&b.id);
@@ -595,8 +657,17 @@ impl Region {
                 self.border.influences_dropped += 1;
             }
         }
-        // Offers whose switch tick passed without final data lapse; so do
-        // our own offers nobody answered (we keep the group).
+        // Deadlines. An accepted offer whose final data did not come by the
+        // switch tick is aborted (the source takes its group back); so is
+        // our own offer that got no answer by then (we keep the group; the
+        // target discards the copy it may have adopted). Copies kept for an
+        // abort expire one tick after the switch.
+        let mut aborts: Vec<(ElementId, RegionId)> = Vec::new();
+        for (root, i) in &self.border.incoming {
+            if i.switch_tick <= now {
+                aborts.push((*root, i.from));
+            }
+        }
         self.border.incoming.retain(|_, i| i.switch_tick > now);
         let lapsed: Vec<ElementId> = self
             .border
@@ -607,9 +678,21 @@ impl Region {
             .collect();
         for root in lapsed {
             if let Some(o) = self.border.outgoing.remove(&root) {
+                aborts.push((root, o.to));
                 pre.extend(o.influences.into_iter().map(|(_, c)| c));
             }
         }
+        self.border.aborted += aborts.len() as u64;
+        for (root, to) in aborts {
+            outbox.push(Envelope {
+                from: self.cfg.id,
+                to,
+                tick: now,
+                msg: BorderMessage::Abort { root },
+            });
+        }
+        self.border.released.retain(|_, r| r.tick + 1 > now);
+        self.border.adopted.retain(|_, (_, at)| *at + 1 > now);
 
         self.border.forwards.retain(|_, f| f.until > now);
         inbox_sim.forwarded = self
@@ -680,6 +763,61 @@ impl Region {
             refused,
             offers,
         })
+    }
+
+    /// An `Abort` from `from` for the group `root`: take back a group we
+    /// released to it at the last tick, or give back a group we adopted
+    /// from it at the last tick. Anything else is stale and ignored.
+    fn abort(
+        &mut self,
+        root: ElementId,
+        from: RegionId,
+        now: u64,
+        pre: &mut Vec<PhysicsCommand>,
+        inbox_sim: &mut PhysicsInbox,
+        events_out: &mut Vec<PhysicsEvent>,
+    ) {
+        if self
+            .border
+            .released
+            .get(&root)
+            .is_some_and(|r| r.to == from && r.tick + 1 == now)
+            && let Some(r) = self.border.released.remove(&root)
+        {
+            self.border.aborted += 1;
+            self.border.handoffs_out = self.border.handoffs_out.saturating_sub(1);
+            for b in &r.bodies {
+                self.world.adopt(b);
+                self.border.forwards.remove(&b.id);
+            }
+            inbox_sim.arrivals.push(r.transfer);
+            pre.extend(r.influences);
+            return;
+        }
+        if self
+            .border
+            .adopted
+            .get(&root)
+            .is_some_and(|(src, at)| *src == from && at + 1 == now)
+        {
+            self.border.adopted.remove(&root);
+            self.border.aborted += 1;
+            self.border.handoffs_in = self.border.handoffs_in.saturating_sub(1);
+            for id in self.group_bodies(root) {
+                self.world.release(id);
+                events_out.push(PhysicsEvent::LeftRegion { id, to: from });
+                let owner = self.sim.state().elements.get(&id).and_then(|e| e.owner);
+                self.border.forwards.insert(
+                    id,
+                    Forward {
+                        to: from,
+                        until: now.saturating_add(self.cfg.forward_ticks),
+                        owner,
+                    },
+                );
+            }
+            inbox_sim.departures.push(root);
+        }
     }
 
     /// Envelopes carrying influences to the new owners of bodies handed
@@ -849,12 +987,15 @@ impl Region {
             .map(|(r, o)| (*r, o.to))
             .collect();
         for (root, to) in due {
-            let envelope = self.final_message(root, to).map(|msg| Envelope {
-                from: self.cfg.id,
-                to,
-                tick: now,
-                msg,
-            });
+            let target = self.neighbour(to).map(|b| b.min);
+            let envelope = target
+                .and_then(|min| self.final_message(root, min))
+                .map(|msg| Envelope {
+                    from: self.cfg.id,
+                    to,
+                    tick: now,
+                    msg,
+                });
             match envelope {
                 Some(env) if env.validate().is_ok() => outbox.push(env),
                 _ => {
@@ -876,15 +1017,16 @@ impl Region {
         }
     }
 
-    fn final_message(&self, root: ElementId, to: RegionId) -> Option<BorderMessage> {
-        let target = self.neighbour(to)?;
+    /// The final data of a group for a region whose box starts at
+    /// `target_min` (our own origin for the copy we keep).
+    fn final_message(&self, root: ElementId, target_min: Vec3) -> Option<BorderMessage> {
         let state = self.sim.state();
         let ids = state.subtree(root);
         if ids.is_empty() {
             return None;
         }
         // Region coordinates here -> region coordinates there.
-        let shift = self.origin().saturating_sub(target.min);
+        let shift = self.origin().saturating_sub(target_min);
         let mut elements = Vec::with_capacity(ids.len());
         let mut sim_bodies = Vec::new();
         let mut bodies: Vec<BodyTransfer> = Vec::new();
@@ -892,7 +1034,7 @@ impl Region {
             let mut e = state.elements.get(id)?.clone();
             e.pos = e.pos.saturating_add(shift);
             if let (Some(body), Some(t)) = (state.bodies.get(id), self.world.transfer(*id)) {
-                e.pos = t.motion.pos.saturating_sub(target.min);
+                e.pos = t.motion.pos.saturating_sub(target_min);
                 let mut body = body.clone();
                 body.vel = t.motion.vel;
                 sim_bodies.push((*id, body));

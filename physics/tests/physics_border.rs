@@ -451,6 +451,109 @@ fn influences_after_the_switch_are_forwarded_to_the_new_owner() {
     assert_eq!(rep.regions[&RegionId(1)].sim.rejected, 1);
 }
 
+fn aborts_sent(rep: &ClusterReport, from: RegionId, to: RegionId, root: ElementId) -> usize {
+    rep.regions[&from]
+        .outbox
+        .iter()
+        .filter(|e| e.to == to && e.msg == BorderMessage::Abort { root })
+        .count()
+}
+
+/// The final data is lost (or arrives after the switch tick, which is the
+/// same): the target aborts, and the source takes back the group it had
+/// released, script and all. For the switch tick itself the group exists
+/// only as the source's kept copy.
+#[test]
+fn late_final_aborts_and_the_source_takes_the_group_back() {
+    let mut host = RuleHost::new();
+    let (mut s, ball, src) = flying_ball(10, &mut host);
+    let mut audit = Audit::default();
+    audit.track_all(&s);
+    until_offer(&mut s, &mut audit, ball, &host);
+    run(&mut s, &mut audit, 1, 0, &host);
+    let script = s
+        .cluster
+        .region(RegionId(1))
+        .unwrap()
+        .sim()
+        .state()
+        .elements[&ball]
+        .script
+        .clone();
+    let dropped = s
+        .cluster
+        .retain_mail(|e| !matches!(e.msg, BorderMessage::Final { .. }));
+    assert_eq!(dropped, 1);
+    // Switch tick: region 1 got the Accept and releases the ball; region 2
+    // has no final data, adopts nothing and aborts.
+    let rep = s.step(&host).unwrap();
+    assert_eq!(s.owners(), vec![]);
+    assert_eq!(aborts_sent(&rep, RegionId(2), RegionId(1), ball), 1);
+    // Next tick: region 1 takes it back, with its script and its state.
+    let rep = s.step(&host).unwrap();
+    assert_eq!(s.owners(), vec![(ball, RegionId(1))]);
+    let r1 = s.cluster.region(RegionId(1)).unwrap();
+    assert_eq!(r1.sim().state().elements[&ball].script, script);
+    assert_eq!(script.unwrap().source, src);
+    assert!(r1.sim().state().scripted.contains(&ball));
+    assert!(r1.sim().state().bodies.contains_key(&ball));
+    let r2 = s.cluster.region(RegionId(2)).unwrap();
+    assert!(!r2.sim().state().elements.contains_key(&ball));
+    assert_eq!(r1.border_counts().aborted, 1);
+    assert_eq!(r2.border_counts().aborted, 1);
+    assert_eq!(r1.border_counts().handoffs_out, 0);
+    // From here on, one owner at every tick; the ball is offered again and
+    // this time crosses.
+    let mut audit = Audit::default();
+    audit.track_all(&s);
+    audit.check(&s, &rep, 0);
+    run(&mut s, &mut audit, 40, 0, &host);
+    assert_eq!(s.owners(), vec![(ball, RegionId(2))]);
+    assert_eq!(audit.handoffs, 1);
+}
+
+/// The acceptance is lost: the source keeps the group past the switch tick
+/// and aborts; the target discards the copy it adopted from the final data
+/// at the next tick. For the switch tick the target's copy is tentative.
+#[test]
+fn late_accept_aborts_and_the_target_discards_its_copy() {
+    let mut host = RuleHost::new();
+    let (mut s, ball, _) = flying_ball(10, &mut host);
+    let mut audit = Audit::default();
+    audit.track_all(&s);
+    until_offer(&mut s, &mut audit, ball, &host);
+    run(&mut s, &mut audit, 1, 0, &host);
+    let dropped = s
+        .cluster
+        .retain_mail(|e| !matches!(e.msg, BorderMessage::Accept { .. }));
+    assert_eq!(dropped, 1);
+    let rep = s.step(&host).unwrap();
+    assert_eq!(s.owners(), vec![(ball, RegionId(1)), (ball, RegionId(2))]);
+    assert_eq!(aborts_sent(&rep, RegionId(1), RegionId(2), ball), 1);
+    let rep = s.step(&host).unwrap();
+    assert_eq!(s.owners(), vec![(ball, RegionId(1))]);
+    let r2 = s.cluster.region(RegionId(2)).unwrap();
+    assert!(!r2.sim().state().elements.contains_key(&ball));
+    assert!(!r2.sim().state().bodies.contains_key(&ball));
+    assert_eq!(r2.border_counts().handoffs_in, 0);
+    let mut audit = Audit::default();
+    audit.track_all(&s);
+    audit.check(&s, &rep, 0);
+    run(&mut s, &mut audit, 40, 0, &host);
+    assert_eq!(s.owners(), vec![(ball, RegionId(2))]);
+    let r2 = s.cluster.region(RegionId(2)).unwrap();
+    assert_eq!(r2.border_counts().handoffs_in, 1);
+    // Offered again at once, and accepted: the abort freed the target.
+    assert_eq!(
+        s.cluster
+            .region(RegionId(1))
+            .unwrap()
+            .border_counts()
+            .refused,
+        0
+    );
+}
+
 #[test]
 fn refused_handoff_keeps_the_body_on_its_side() {
     let mut host = RuleHost::new();

@@ -388,6 +388,15 @@ pub enum BorderMessage {
         /// Influences, by sequence number.
         influences: Vec<(u32, PhysicsCommand)>,
     },
+    /// The sender gives up a handoff whose deadline (the switch tick)
+    /// passed without the message it needed: the source did not get the
+    /// `Accept` (it keeps the group; the target discards the copy it
+    /// adopted), or the target did not get the `Final` (the source takes
+    /// back the group it released). Sent at the end of the switch tick.
+    Abort {
+        /// The group's root element.
+        root: ElementId,
+    },
     /// Influences that reached the sender after a body's ownership had
     /// switched to the receiver, numbered by the sender (from 1, never
     /// reused). The receiver applies them before its own commands, in
@@ -487,7 +496,9 @@ impl Envelope {
                     ));
                 }
             }
-            BorderMessage::Accept { .. } | BorderMessage::Refuse { .. } => {}
+            BorderMessage::Accept { .. }
+            | BorderMessage::Refuse { .. }
+            | BorderMessage::Abort { .. } => {}
             BorderMessage::Influences { influences } => {
                 if influences.is_empty() || influences.len() > INFLUENCES_MAX {
                     return bad(format!("{} forwarded influences", influences.len()));
