@@ -11,12 +11,14 @@
 //! Layout:
 //! - [`host`]: the `ScriptHost`, the source lookup and the upload check.
 //! - [`sandbox`]: one Lua state, hardened; one call of it.
+//! - [`bytecode`]: finds assignments to enclosing variables in compiled code.
 //! - [`codec`]: the canonical `state` encoding.
 //! - [`fx`]: the `fx` library.
 //! - [`licence`]: `SPDX-License-Identifier` checks.
 //! - [`rng`]: the generator behind `math.random`.
 //! - [`fuzz`]: bodies of the fuzz targets.
 
+pub mod bytecode;
 pub mod codec;
 pub mod fuzz;
 pub mod fx;

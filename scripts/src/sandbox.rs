@@ -1,12 +1,15 @@
 //! [`Sandbox`]: one script's Lua state, hardened, and one call of it.
 //!
-//! Every call starts from the same point, whatever the state did before:
-//! a fresh global environment (falling back to a read-only base), the
-//! script's top level run again in it, and `state` decoded from the slot's
-//! bytes. Nothing a handler does survives the call except what it returns
-//! (writes, sends, says, timers) and the re-encoded `state`. So a replica
-//! that restarts from a snapshot, with a brand-new Lua state, computes the
-//! same results as one that has been running for days.
+//! The script's top level runs once, at load, with no access to the world;
+//! then everything it made is sealed (docs/adr/0004): globals and every
+//! table reachable from them or from the script's functions become
+//! read-only, and no function may assign a variable of an enclosing
+//! function (checked in the bytecode before anything runs). Each call
+//! decodes `state` from the slot's bytes. So nothing a handler does
+//! survives the call except what it returns (writes, sends, says, timers)
+//! and the re-encoded `state`, and a replica that restarts from a snapshot,
+//! with a brand-new Lua state, computes the same results as one that has
+//! been running for days.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +22,7 @@ use metatopia_sim::state::{Element, Player};
 use metatopia_sim::table::Table as SimTable;
 use metatopia_sim::{ElementId, Fx, PlayerId, State, Vec3};
 
+use crate::bytecode;
 use crate::codec;
 use crate::fx;
 use crate::rng::Rng;
@@ -76,6 +80,13 @@ pub enum LoadError {
     /// The source does not compile.
     #[error("syntax error: {0}")]
     Syntax(String),
+    /// The source compiles but breaks a rule checked before it runs.
+    #[error("{0}")]
+    Refused(String),
+    /// The top level fails when run, or leaves something that cannot be
+    /// sealed.
+    #[error("the script fails when loaded: {0}")]
+    TopLevel(String),
 }
 
 /// Shared between the hook, the catch check and the call.
@@ -144,13 +155,20 @@ struct Ctx {
     limits: Limits,
 }
 
-/// One script's hardened Lua state and compiled code.
+/// One script's hardened Lua state, loaded and sealed.
 pub struct Sandbox {
     lua: Lua,
-    chunk: Function,
-    env_mt: Table,
+    /// Where the script's globals live after sealing; `state` is put here
+    /// for each call.
+    env_shadow: Table,
+    /// The key `"state"`, made once.
+    state_key: mlua::LuaString,
+    /// The handlers, by [`HANDLERS`] index.
+    handlers: [Option<Function>; 7],
     budget: Arc<Budget>,
     idle_bytes: usize,
+    /// The memory limit set now (0: none).
+    cap: std::cell::Cell<usize>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -165,11 +183,81 @@ fn rt(msg: impl Into<String>) -> mlua::Error {
     mlua::Error::runtime(msg.into())
 }
 
+/// The call's context, installed once per Lua state and filled per call
+/// (no allocation per call).
+#[derive(Default)]
+struct CtxSlot(std::cell::RefCell<Option<Ctx>>);
+
 fn with_ctx<R>(lua: &Lua, f: impl FnOnce(&mut Ctx) -> mlua::Result<R>) -> mlua::Result<R> {
-    let mut ctx = lua
-        .app_data_mut::<Ctx>()
-        .ok_or_else(|| rt("world functions are only available inside a call"))?;
-    f(&mut ctx)
+    let slot = lua
+        .app_data_ref::<CtxSlot>()
+        .ok_or_else(|| rt("the sandbox has no call context"))?;
+    let mut guard = slot
+        .0
+        .try_borrow_mut()
+        .map_err(|_| rt("the sandbox's call context is busy"))?;
+    let ctx = guard.as_mut().ok_or_else(|| {
+        rt("the world, say, send, timers, writes and math.random are only available inside handlers (the top level runs once, when the script loads)")
+    })?;
+    f(ctx)
+}
+
+/// An id as text on the stack: passing ids to Lua allocates nothing here.
+struct IdText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl IdText {
+    fn player(p: PlayerId) -> IdText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 64];
+        for (i, b) in p.0.iter().enumerate() {
+            buf[2 * i] = HEX[usize::from(b >> 4)];
+            buf[2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        IdText { buf, len: 64 }
+    }
+
+    fn element(e: ElementId) -> IdText {
+        let mut t = IdText {
+            buf: [0; 64],
+            len: 0,
+        };
+        t.push_int(u64::from(e.region.0));
+        t.buf[t.len] = b'.';
+        t.len += 1;
+        t.push_int(e.counter);
+        t
+    }
+
+    fn speaker(s: &metatopia_sim::state::Speaker) -> IdText {
+        match s {
+            metatopia_sim::state::Speaker::Player(p) => IdText::player(*p),
+            metatopia_sim::state::Speaker::Script(e) => IdText::element(*e),
+        }
+    }
+
+    fn push_int(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for d in digits[..n].iter().rev() {
+            self.buf[self.len] = *d;
+            self.len += 1;
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
 }
 
 /// A text argument: a string (numbers are not silently converted).
@@ -505,31 +593,6 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     Ok(w)
 }
 
-/// Handler name and arguments for an event.
-fn handler_args(kind: &ScriptEventKind) -> (&'static str, Vec<String>) {
-    match kind {
-        ScriptEventKind::Touched { by, element } => {
-            ("on_touch", vec![player_str(*by), element.to_string()])
-        }
-        ScriptEventKind::Heard { from, text } => {
-            let from = match from {
-                metatopia_sim::state::Speaker::Player(p) => player_str(*p),
-                metatopia_sim::state::Speaker::Script(e) => e.to_string(),
-            };
-            ("on_heard", vec![from, text.clone()])
-        }
-        ScriptEventKind::Message { from, body } => {
-            ("on_message", vec![from.to_string(), body.clone()])
-        }
-        ScriptEventKind::Timer { timer } => ("on_timer", vec![timer.to_string()]),
-        ScriptEventKind::Entered { player } => ("on_enter", vec![player_str(*player)]),
-        ScriptEventKind::Left { player } => ("on_leave", vec![player_str(*player)]),
-        ScriptEventKind::Collision { element, other } => {
-            ("on_collision", vec![element.to_string(), other.to_string()])
-        }
-    }
-}
-
 /// Tidy an error for the owner: no addresses, no traceback, bounded.
 pub fn describe_error(e: &mlua::Error) -> String {
     let mut inner = e;
@@ -566,28 +629,75 @@ pub fn describe_error(e: &mlua::Error) -> String {
     out
 }
 
-impl Sandbox {
-    /// A hardened Lua state with `source` compiled (not yet run).
-    pub fn new(source: &str) -> Result<Sandbox, LoadError> {
-        let setup = |e: mlua::Error| LoadError::Setup(describe_error(&e));
-        let lua = Lua::new_with(
-            StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE,
+/// Handler names, in the order of [`handler_index`].
+const HANDLERS: [&str; 7] = [
+    "on_touch",
+    "on_heard",
+    "on_message",
+    "on_timer",
+    "on_enter",
+    "on_leave",
+    "on_collision",
+];
+
+fn handler_index(kind: &ScriptEventKind) -> usize {
+    match kind {
+        ScriptEventKind::Touched { .. } => 0,
+        ScriptEventKind::Heard { .. } => 1,
+        ScriptEventKind::Message { .. } => 2,
+        ScriptEventKind::Timer { .. } => 3,
+        ScriptEventKind::Entered { .. } => 4,
+        ScriptEventKind::Left { .. } => 5,
+        ScriptEventKind::Collision { .. } => 6,
+    }
+}
+
+/// A Lua state with the standard libraries scripts get, plus `debug` for
+/// the prelude's own use.
+#[allow(unsafe_code)]
+fn new_lua() -> Lua {
+    // SAFETY: `unsafe_new_with` is unsafe because the debug library can
+    // break Lua's memory safety from Lua code. The prelude takes the four
+    // functions it needs into locals and sets the global `debug` to nil
+    // before any script code exists; scripts run in their own environment
+    // built from an explicit list (where `debug` is an error proxy), so no
+    // script can reach the library. No C-module loader is loaded (no
+    // `package`), and chunks are loaded as text only.
+    unsafe {
+        Lua::unsafe_new_with(
+            StdLib::TABLE
+                | StdLib::STRING
+                | StdLib::MATH
+                | StdLib::UTF8
+                | StdLib::COROUTINE
+                | StdLib::DEBUG,
             LuaOptions::default(),
         )
-        .map_err(setup)?;
+    }
+}
+
+impl Sandbox {
+    /// A hardened Lua state with `source` compiled, checked, its top level
+    /// run once (as the script `me`, within `limits`) and everything it
+    /// made sealed (docs/adr/0004). A pure function of its arguments: every
+    /// replica that loads the same source gets the same sandbox.
+    pub fn new(source: &str, me: ElementId, limits: &Limits) -> Result<Sandbox, LoadError> {
+        let setup = |e: mlua::Error| LoadError::Setup(describe_error(&e));
+        let lua = new_lua();
         let budget = Arc::new(Budget::default());
+        lua.set_app_data(CtxSlot::default());
         let host = install_host(&lua, &budget).map_err(setup)?;
-        let base: Table = lua
+        let api: Table = lua
             .load(include_str!("prelude.lua"))
             .set_name("=prelude")
             .set_mode(ChunkMode::Text)
             .call(host)
             .map_err(setup)?;
-        let env_mt = lua.create_table().map_err(setup)?;
-        env_mt.set("__index", base).map_err(setup)?;
-        env_mt.set("__metatable", false).map_err(setup)?;
-        // `_ENV` is the chunk's first argument: each call passes a fresh
-        // environment. Same line, so line numbers stay right.
+        let base: Table = api.get("base").map_err(setup)?;
+        let seal: Function = api.get("seal").map_err(setup)?;
+        let set_loading: Function = api.get("set_loading").map_err(setup)?;
+        // `_ENV` is the chunk's argument. Same line, so line numbers stay
+        // right.
         let wrapped = format!("local _ENV = ...; {source}");
         let chunk = lua
             .load(wrapped)
@@ -595,15 +705,70 @@ impl Sandbox {
             .set_mode(ChunkMode::Text)
             .into_function()
             .map_err(|e| LoadError::Syntax(describe_error(&e)))?;
-        lua.gc_collect().map_err(setup)?;
-        let idle_bytes = lua.used_memory();
-        Ok(Sandbox {
+        let writes = bytecode::upvalue_writes(&chunk.dump(false))
+            .map_err(|e| LoadError::Setup(e.to_string()))?;
+        if let Some(w) = writes.first() {
+            return Err(LoadError::Refused(format!(
+                "line {}: a function assigns `{}`, a variable of an enclosing function; functions may read such variables but not assign them (data that lasts between calls goes in `state`)",
+                w.line, w.name
+            )));
+        }
+        let env = lua.create_table().map_err(setup)?;
+        let env_mt = lua.create_table().map_err(setup)?;
+        env_mt.raw_set("__index", base).map_err(setup)?;
+        env_mt.raw_set("__metatable", false).map_err(setup)?;
+        env.set_metatable(Some(env_mt.clone())).map_err(setup)?;
+        env.raw_set("_G", env.clone()).map_err(setup)?;
+        env.raw_set("me", me.to_string()).map_err(setup)?;
+        let state_key = lua.create_string("state").map_err(setup)?;
+        let mut sandbox = Sandbox {
             lua,
-            chunk,
-            env_mt,
+            env_shadow: env.clone(),
+            state_key,
+            handlers: Default::default(),
             budget,
-            idle_bytes,
-        })
+            idle_bytes: 0,
+            cap: std::cell::Cell::new(0),
+        };
+        sandbox.idle_bytes = sandbox.lua.used_memory();
+        let top = (|| {
+            sandbox.arm(limits)?;
+            set_loading.call::<()>(true)?;
+            chunk.call::<()>(env.clone())?;
+            if let Some(e) = sandbox.budget.fault() {
+                return Err(e);
+            }
+            set_loading.call::<()>(false)?;
+            sandbox.lua.remove_global_hook();
+            seal.call::<Table>((env, env_mt))
+        })();
+        let _ = sandbox.lua.set_memory_limit(0);
+        sandbox.cap.set(0);
+        sandbox.lua.remove_global_hook();
+        let shadow =
+            top.map_err(|e| LoadError::TopLevel(sandbox.fault_of(&e, limits).to_string()))?;
+        for (i, name) in HANDLERS.iter().enumerate() {
+            match shadow.raw_get::<Value>(*name).map_err(setup)? {
+                Value::Nil => {}
+                Value::Function(f) => sandbox.handlers[i] = Some(f),
+                other => {
+                    return Err(LoadError::TopLevel(format!(
+                        "{name} must be a function, got {}",
+                        other.type_name()
+                    )));
+                }
+            }
+        }
+        sandbox.env_shadow = shadow;
+        sandbox.lua.gc_collect().map_err(setup)?;
+        sandbox.idle_bytes = sandbox.lua.used_memory();
+        Ok(sandbox)
+    }
+
+    fn set_ctx(&self, ctx: Option<Ctx>) -> Option<Ctx> {
+        let slot = self.lua.app_data_ref::<CtxSlot>()?;
+        let mut guard = slot.0.try_borrow_mut().ok()?;
+        std::mem::replace(&mut *guard, ctx)
     }
 
     /// Bytes the Lua state holds when idle (after load and a collection).
@@ -648,7 +813,10 @@ impl Sandbox {
         let limit = self
             .idle_bytes
             .saturating_add(limits.memory_bytes.min(usize::MAX as u64 / 2) as usize);
-        self.lua.set_memory_limit(limit)?;
+        if self.cap.get() != limit {
+            self.lua.set_memory_limit(limit)?;
+            self.cap.set(limit);
+        }
         Ok(())
     }
 
@@ -664,18 +832,22 @@ impl Sandbox {
 
     /// Runs the script over the call's inbox.
     pub fn run(&self, call: &ScriptCall<'_>, limits: &Limits) -> Result<ScriptOutput, ScriptFault> {
-        self.lua.set_app_data(Ctx {
+        let ctx = Ctx {
             state: WorldView::of(call.state),
             script: call.script,
             out: ScriptOutput::default(),
             rng: Rng::from_seed(&call.seed),
             limits: limits.clone(),
-        });
+        };
+        self.set_ctx(Some(ctx));
         let result = self.run_inner(call, limits);
-        let ctx = self.lua.remove_app_data::<Ctx>();
-        // Let the memory cap not affect the bookkeeping below, and keep
-        // garbage from piling up across calls.
-        let _ = self.lua.set_memory_limit(0);
+        let ctx = self.set_ctx(None);
+        // A memory fault raised the cap to let the error out: set it again
+        // at the next call. Keep garbage from piling up across calls.
+        if self.budget.memory.load(Ordering::Relaxed) {
+            let _ = self.lua.set_memory_limit(0);
+            self.cap.set(0);
+        }
         if self.lua.used_memory() > self.idle_bytes + 256 * 1024 {
             let _ = self.lua.gc_collect();
         }
@@ -694,6 +866,29 @@ impl Sandbox {
         Ok(out)
     }
 
+    fn call_handler(&self, f: &Function, kind: &ScriptEventKind) -> mlua::Result<()> {
+        match kind {
+            ScriptEventKind::Touched { by, element } => f.call((
+                IdText::player(*by).as_str(),
+                IdText::element(*element).as_str(),
+            )),
+            ScriptEventKind::Heard { from, text } => {
+                f.call((IdText::speaker(from).as_str(), text.as_str()))
+            }
+            ScriptEventKind::Message { from, body } => {
+                f.call((IdText::element(*from).as_str(), body.as_str()))
+            }
+            ScriptEventKind::Timer { timer } => f.call(i64::from(*timer)),
+            ScriptEventKind::Entered { player } | ScriptEventKind::Left { player } => {
+                f.call(IdText::player(*player).as_str())
+            }
+            ScriptEventKind::Collision { element, other } => f.call((
+                IdText::element(*element).as_str(),
+                IdText::element(*other).as_str(),
+            )),
+        }
+    }
+
     /// The call proper. The outer result is a Lua failure; the inner one a
     /// state that cannot be stored.
     fn run_inner(
@@ -705,42 +900,19 @@ impl Sandbox {
         let lua = &self.lua;
         let data = codec::decode(&call.slot.state)
             .map_err(|e| rt(format!("{e} (the script's state cannot be read)")))?;
-        let env = lua.create_table()?;
-        env.set_metatable(Some(self.env_mt.clone()))?;
-        env.raw_set("_G", env.clone())?;
-        env.raw_set("me", call.script.to_string())?;
-        env.raw_set("state", codec::to_lua(lua, &data)?)?;
-        self.chunk.call::<()>(env.clone())?;
+        self.env_shadow
+            .raw_set(&self.state_key, codec::to_lua(lua, &data)?)?;
         for event in call.inbox {
-            let (name, args) = handler_args(&event.kind);
-            let handler: Value = env.get(name)?;
-            let handler = match handler {
-                Value::Nil => continue,
-                Value::Function(f) => f,
-                other => {
-                    return Err(rt(format!(
-                        "{name} must be a function, got {}",
-                        other.type_name()
-                    )));
-                }
+            let Some(handler) = &self.handlers[handler_index(&event.kind)] else {
+                continue;
             };
             self.budget.used.store(0, Ordering::Relaxed);
-            let args: Vec<Value> = args
-                .into_iter()
-                .map(|a| {
-                    if name == "on_timer" {
-                        Ok(Value::Integer(a.parse::<i64>().unwrap_or(0)))
-                    } else {
-                        lua.create_string(a).map(Value::String)
-                    }
-                })
-                .collect::<mlua::Result<_>>()?;
-            handler.call::<()>(MultiValue::from_iter(args))?;
+            self.call_handler(handler, &event.kind)?;
             if let Some(e) = self.budget.fault() {
                 return Err(e);
             }
         }
-        let state: Value = env.raw_get("state")?;
+        let state: Value = self.env_shadow.raw_get(&self.state_key)?;
         let table = match state {
             Value::Table(t) => t,
             Value::Nil => lua.create_table()?,
