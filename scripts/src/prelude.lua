@@ -263,6 +263,8 @@ local base = {
   set_timer = H.set_timer,
   set_pos = H.set_pos,
   set_name = H.set_name,
+  impulse = H.impulse,
+  set_velocity = H.set_velocity,
   state = unavailable("state", "the top level runs once, when the script loads; use state inside handlers"),
 }
 

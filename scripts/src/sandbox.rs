@@ -114,6 +114,7 @@ impl Budget {
 /// pointer copy; the rest are scalars (no allocation per call).
 struct WorldView {
     elements: SimTable<ElementId, Element>,
+    bodies: SimTable<ElementId, metatopia_sim::physics::Body>,
     players: SimTable<PlayerId, Player>,
     tick: u64,
     time_ms: u64,
@@ -126,6 +127,7 @@ impl WorldView {
     fn of(s: &State) -> WorldView {
         WorldView {
             elements: s.elements.clone(),
+            bodies: s.bodies.clone(),
             players: s.players.clone(),
             tick: s.tick,
             time_ms: s.time_ms,
@@ -469,6 +471,33 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
             })
         })?,
     )?;
+    for (name, impulse) in [("impulse", true), ("set_velocity", false)] {
+        h.set(
+            name,
+            lua.create_function(move |lua, (e, x, y, z): (Value, Value, Value, Value)| {
+                let element = element_arg(&e, name)?;
+                let v = Vec3::new(
+                    Fx::from_bits(int_arg(&x, name)?),
+                    Fx::from_bits(int_arg(&y, name)?),
+                    Fx::from_bits(int_arg(&z, name)?),
+                );
+                with_ctx(lua, |ctx| {
+                    check_writable(ctx, element, name)?;
+                    if !ctx.state.bodies.contains_key(&element) {
+                        return Err(rt(format!(
+                            "{name}: {element} is not a body (spawn it with a body to give it physics)"
+                        )));
+                    }
+                    ctx.out.writes.push(if impulse {
+                        Write::Impulse { element, impulse: v }
+                    } else {
+                        Write::SetVelocity { element, vel: v }
+                    });
+                    Ok(())
+                })
+            })?,
+        )?;
+    }
     h.set("world", world_table(lua)?)?;
     h.set("fx", fx::table(lua)?)?;
     Ok(h)

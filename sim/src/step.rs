@@ -994,6 +994,9 @@ impl Tick {
                     *element,
                     check_text(name, st.name_bytes_max, "name").is_ok(),
                 ),
+                Write::Impulse { element, .. } | Write::SetVelocity { element, .. } => {
+                    (*element, true)
+                }
             };
             if !self.s.elements.contains_key(&element) {
                 return reject(format!("write to unknown element {element}"));
@@ -1003,6 +1006,11 @@ impl Tick {
             }
             if !ok {
                 return reject(format!("invalid value written to {element}"));
+            }
+            if matches!(w, Write::Impulse { .. } | Write::SetVelocity { .. })
+                && !self.s.bodies.contains_key(&element)
+            {
+                return reject(format!("{element} is not a body"));
             }
         }
         let sends = out.sends.len() + out.says.len();
@@ -1065,6 +1073,17 @@ impl Tick {
                     self.s.elements.update(&element, |e| {
                         e.name = name;
                     });
+                }
+                Write::Impulse { element, impulse } => {
+                    self.report.physics.push(PhysicsCommand::Impulse {
+                        id: element,
+                        impulse,
+                    });
+                }
+                Write::SetVelocity { element, vel } => {
+                    self.report
+                        .physics
+                        .push(PhysicsCommand::SetVelocity { id: element, vel });
                 }
             }
         }
