@@ -15,6 +15,7 @@
 //! - [`codec`]: the canonical `state` encoding.
 //! - [`fx`]: the `fx` library.
 //! - [`licence`]: `SPDX-License-Identifier` checks.
+//! - [`pattern`]: Lua's pattern matching with its work counted.
 //! - [`rng`]: the generator behind `math.random`.
 //! - [`fuzz`]: bodies of the fuzz targets.
 
@@ -24,6 +25,7 @@ pub mod fuzz;
 pub mod fx;
 pub mod host;
 pub mod licence;
+pub mod pattern;
 pub mod rng;
 pub mod sandbox;
 

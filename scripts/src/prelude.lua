@@ -227,6 +227,9 @@ end
 -- metatable, so it must be safe too).
 string.dump = nil
 string.format = safe_format
+-- Pattern functions whose backtracking is charged to the budget.
+string.find, string.match = H.patterns.find, H.patterns.match
+string.gmatch, string.gsub = H.patterns.gmatch, H.patterns.gsub
 getmetatable("").__metatable = false
 math.random = H.random
 math.randomseed = nil
