@@ -98,15 +98,20 @@ local function safe_format(fmt, ...)
 end
 
 -- pairs/next: raw order is a deterministic function of the call's own
--- operations for boolean, number and string keys (the string hash seed is
--- pinned at build time). Keys that are tables, functions or coroutines hash
--- by address, which differs between replicas: refuse them.
+-- operations (or the script's load) for boolean, number and string keys
+-- (the string hash seed is pinned at build time) and for tables and Lua
+-- functions (our Lua hashes them by creation number, restarted at every
+-- call: vendor/lua-src/PATCHES.md). Coroutines, userdata and library (C)
+-- functions still hash by address, which differs between replicas: refuse
+-- them.
 local function det_next(t, k)
   local s = shadow_of[t]
   if s then t = s end
   local k2, v = raw_next(t, k)
-  if is_ref(type(k2)) then
-    error("pairs/next: this table has a " .. type(k2)
+  local tk = type(k2)
+  if tk == "thread" or tk == "userdata"
+    or (tk == "function" and dbg_getinfo(k2, "S").what == "C") then
+    error("pairs/next: this table has a " .. (tk == "function" and "library function" or tk)
       .. " as a key, and such keys have no iteration order that every replica agrees on;"
       .. " key by a string or number id instead", 2)
   end

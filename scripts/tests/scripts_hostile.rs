@@ -195,8 +195,13 @@ const CASES: &[(&str, &str, &str)] = &[
         "%p prints addresses",
     ),
     (
-        "iterating table keys",
-        "function on_touch() state.x = 1; local t = { [{}] = 1, [{}] = 2 }; for k in pairs(t) do end end",
+        "iterating coroutine keys",
+        "function on_touch() state.x = 1; local t = { [coroutine.create(print)] = 1, [{}] = 2 }; for k in pairs(t) do end end",
+        "no iteration order that every replica agrees on",
+    ),
+    (
+        "iterating library function keys",
+        "function on_touch() state.x = 1; local t = { [math.floor] = 1 }; for k in pairs(t) do end end",
         "no iteration order that every replica agrees on",
     ),
     (
