@@ -37,10 +37,7 @@ impl World {
 
     fn step(&mut self) -> Vec<Event> {
         let r = self.scene.step(&self.host).unwrap();
-        r.regions
-            .into_values()
-            .flat_map(|r| r.sim.events)
-            .collect()
+        r.regions.into_values().flat_map(|r| r.sim.events).collect()
     }
 
     fn state(&self) -> &metatopia_sim::State {
