@@ -352,8 +352,20 @@ local function seal(env, env_mt)
   end
   local env_shadow = shadow_of[env]
   for k, x in raw_next, base do
-    if raw_rawget(env_shadow, k) == nil then env_shadow[k] = x end
+    if k ~= "state" and raw_rawget(env_shadow, k) == nil then env_shadow[k] = x end
   end
+  -- `state` is decoded on first use in a call (the host clears it before
+  -- each call); a handler that never uses it costs no decode or encode.
+  local load_state, touch_state = H.load_state, H.touch_state
+  setmetatable_raw(env_shadow, {
+    __index = function(_, k)
+      if k == "state" then
+        local s = load_state()
+        rawset_raw(env_shadow, "state", s)
+        return s
+      end
+    end,
+  })
   -- Give each its read-only metatable, keeping the behaviour of the
   -- script's own metatable.
   for i = 1, #list do
@@ -387,7 +399,7 @@ local function seal(env, env_mt)
     end
     if t == env then
       sm.__newindex = function(_, k, v)
-        if k == "state" then rawset_raw(env_shadow, "state", v) return end
+        if k == "state" then touch_state(); rawset_raw(env_shadow, "state", v) return end
         error("globals are read-only after load (cannot set " .. safe_tostring(k)
           .. "); keep data in `state`", 2)
       end

@@ -168,6 +168,10 @@ struct Ctx {
     out: ScriptOutput,
     rng: Rng,
     limits: Limits,
+    /// The stored `state` bytes, decoded when a handler first uses `state`.
+    saved: Vec<u8>,
+    /// Whether a handler used or assigned `state` (else it is unchanged).
+    touched: bool,
 }
 
 /// One script's hardened Lua state, loaded and sealed.
@@ -511,6 +515,33 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
             })?,
         )?;
     }
+    h.set(
+        "load_state",
+        lua.create_function(|lua, ()| {
+            let bytes = with_ctx(lua, |ctx| {
+                if ctx.touched {
+                    return Ok(None);
+                }
+                ctx.touched = true;
+                Ok(Some(std::mem::take(&mut ctx.saved)))
+            })?;
+            let Some(bytes) = bytes else {
+                return Ok(Value::Nil);
+            };
+            let data = codec::decode(&bytes)
+                .map_err(|e| rt(format!("{e} (the script's state cannot be read)")))?;
+            codec::to_lua(lua, &data)
+        })?,
+    )?;
+    h.set(
+        "touch_state",
+        lua.create_function(|lua, ()| {
+            with_ctx(lua, |ctx| {
+                ctx.touched = true;
+                Ok(())
+            })
+        })?,
+    )?;
     h.set("patterns", patterns(lua, budget)?)?;
     h.set("world", world_table(lua)?)?;
     h.set("fx", fx::table(lua)?)?;
@@ -1186,6 +1217,8 @@ impl Sandbox {
             out: ScriptOutput::default(),
             rng: Rng::from_seed(&call.seed),
             limits: limits.clone(),
+            saved: call.slot.state.clone(),
+            touched: false,
         };
         self.set_ctx(Some(ctx));
         let result = self.run_inner(call, limits);
@@ -1207,8 +1240,9 @@ impl Sandbox {
             return Err(self.fault_of(&e, limits));
         }
         let mut out = ctx.map(|c| c.out).unwrap_or_default();
-        let bytes = state?;
-        if bytes != call.slot.state {
+        if let Some(bytes) = state?
+            && bytes != call.slot.state
+        {
             out.state = Some(bytes);
         }
         Ok(out)
@@ -1243,13 +1277,12 @@ impl Sandbox {
         &self,
         call: &ScriptCall<'_>,
         limits: &Limits,
-    ) -> mlua::Result<Result<Vec<u8>, ScriptFault>> {
+    ) -> mlua::Result<Result<Option<Vec<u8>>, ScriptFault>> {
         self.arm(limits)?;
         let lua = &self.lua;
-        let data = codec::decode(&call.slot.state)
-            .map_err(|e| rt(format!("{e} (the script's state cannot be read)")))?;
-        self.env_shadow
-            .raw_set(&self.state_key, codec::to_lua(lua, &data)?)?;
+        // `state` is decoded when a handler first uses it (prelude.lua,
+        // `load_state`); clear what the last call left.
+        self.env_shadow.raw_set(&self.state_key, Value::Nil)?;
         for event in call.inbox {
             let Some(handler) = &self.handlers[handler_index(&event.kind)] else {
                 continue;
@@ -1259,6 +1292,10 @@ impl Sandbox {
             if let Some(e) = self.budget.fault() {
                 return Err(e);
             }
+        }
+        let touched = with_ctx(lua, |ctx| Ok(ctx.touched))?;
+        if !touched {
+            return Ok(Ok(None));
         }
         let state: Value = self.env_shadow.raw_get(&self.state_key)?;
         let table = match state {
@@ -1273,6 +1310,7 @@ impl Sandbox {
         };
         let encoded = codec::from_lua(&table, limits.state_bytes)
             .and_then(|d| codec::encode(&d, limits.state_bytes))
+            .map(Some)
             .map_err(|e| ScriptFault::Error(e.to_string()));
         Ok(encoded)
     }

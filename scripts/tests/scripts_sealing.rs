@@ -330,3 +330,46 @@ fn random_eviction_never_changes_the_hash() {
         assert!(steady.int(ids[2], "t").unwrap_or(0) > 0);
     }
 }
+
+#[test]
+fn state_is_decoded_on_first_use() {
+    // Handlers that never use `state` leave it as stored; `state = nil`
+    // clears it; rawget(_G, "state") sees it once used. Warm and cold agree.
+    let body = r#"
+function on_touch()
+  state.n = (state.n or 0) + 1
+  state.seen = rawget(_G, "state") ~= nil
+  if state.n == 2 then send(me, "clear") end
+  set_timer(1, 1)
+end
+function on_timer() local x = 1 end
+function on_message(from, text)
+  if text == "clear" then
+    state = nil
+    state = { cleared = state == nil }
+  end
+end
+"#;
+    let (mut w, e, errors) = warm_and_cold(body, 1);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(w.int(e, "n"), Some(1));
+    // The timer fires: on_timer does not touch state, which stays.
+    let before = w.state_of(e);
+    w.tick(vec![]);
+    assert_eq!(w.state_of(e), before);
+    w.touch(&[e]);
+    assert_eq!(w.int(e, "n"), Some(2));
+    // The message clears it and stores a fresh table.
+    w.tick(vec![]);
+    assert_eq!(w.int(e, "n"), None);
+    assert_eq!(
+        w.field(e, "cleared"),
+        Some(metatopia_scripts::codec::Data::Bool(true))
+    );
+    w.touch(&[e]);
+    assert_eq!(w.int(e, "n"), Some(1));
+    assert_eq!(
+        w.field(e, "seen"),
+        Some(metatopia_scripts::codec::Data::Bool(true))
+    );
+}
