@@ -1030,6 +1030,25 @@ fn handler_index(kind: &ScriptEventKind) -> usize {
     }
 }
 
+/// The prelude compiled once per process, without debug information: every
+/// sandbox loads it without parsing, and holds less. (Bytecode from our own
+/// compiler only; scripts can never load bytecode.)
+fn prelude_bytecode() -> Result<&'static [u8], LoadError> {
+    static CODE: std::sync::OnceLock<Result<Vec<u8>, String>> = std::sync::OnceLock::new();
+    CODE.get_or_init(|| {
+        let lua = Lua::new_with(StdLib::NONE, LuaOptions::default()).map_err(|e| e.to_string())?;
+        let f = lua
+            .load(include_str!("prelude.lua"))
+            .set_name("=prelude")
+            .set_mode(ChunkMode::Text)
+            .into_function()
+            .map_err(|e| describe_error(&e))?;
+        Ok(f.dump(true))
+    })
+    .as_deref()
+    .map_err(|e| LoadError::Setup(e.clone()))
+}
+
 /// A Lua state with the standard libraries scripts get, plus `debug` for
 /// the prelude's own use.
 #[allow(unsafe_code)]
@@ -1066,9 +1085,9 @@ impl Sandbox {
         lua.set_app_data(CtxSlot::default());
         let host = install_host(&lua, &budget).map_err(setup)?;
         let api: Table = lua
-            .load(include_str!("prelude.lua"))
+            .load(prelude_bytecode()?)
             .set_name("=prelude")
-            .set_mode(ChunkMode::Text)
+            .set_mode(ChunkMode::Binary)
             .call(host)
             .map_err(setup)?;
         let base: Table = api.get("base").map_err(setup)?;
