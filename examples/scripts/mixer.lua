@@ -1,6 +1,7 @@
 -- SPDX-License-Identifier: GPL-3.0-or-later
 -- Exercises everything that must be identical on every replica: pairs order
--- over string and integer keys, math.random, fx maths, timers and messages.
+-- over string, integer, table and function keys, math.random, fx maths,
+-- timers and messages.
 
 function on_touch(by, element)
   local t = {}
@@ -10,6 +11,15 @@ function on_touch(by, element)
   local order = {}
   for k in pairs(t) do order[#order + 1] = tostring(k) end
   state.order = table.concat(order, ",")
+  -- Tables and functions as keys iterate in one order everywhere too.
+  local objs, by_key = {}, {}
+  for i = 1, 12 do objs[i] = { id = i } end
+  for i = 12, 1, -1 do by_key[objs[i]] = i end
+  for i = 1, 4 do by_key[function() return i end] = -i end
+  by_key[objs[math.random(1, 12)]] = nil
+  local seen = {}
+  for k, v in pairs(by_key) do seen[#seen + 1] = type(k) == "table" and k.id or v end
+  state.table_keys = table.concat(seen, ",")
   local a = fx("1.5")
   local b = fx.mul(a, fx.sin(fx(2))) + fx.sqrt(fx(2)) - fx.atan2(fx(1), fx(-3))
   state.fx = fx.tostring(fx.div(b, fx.cos(fx("0.25"))))

@@ -180,9 +180,23 @@ async fn put_source(
     {
         return error(StatusCode::NOT_FOUND, format!("no element {id}"));
     }
-    // Licence, compile and top-level run; a failing version is refused
-    // here, so the running one (if any) keeps running.
-    let licence = match check_upload(&body, state, object) {
+    // Licence, compile and top-level run (CPU work: off the async
+    // threads); a failing version is refused here, so the running one (if
+    // any) keeps running.
+    let checked = {
+        let (latest, body) = (latest.clone(), body.clone());
+        tokio::task::spawn_blocking(move || check_upload(&body, latest.sim.state(), object)).await
+    };
+    let checked = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("script check failed: {e}"),
+            );
+        }
+    };
+    let licence = match checked {
         Ok(l) => l,
         Err(e) => {
             let code = match e {

@@ -1,15 +1,21 @@
 //! [`Host`]: the sim's script host for Lua. One [`Sandbox`] per scripted
-//! element, cached by (element, source hash) and rebuilt when the source
-//! changes (hot reload). Calls for different scripts run in parallel; each
-//! script's sandbox sits behind its own mutex (a script is called at most
-//! once per tick, so nobody waits).
+//! element, cached by element and rebuilt when the source or the region's
+//! limits change (hot reload). Calls for different scripts run in
+//! parallel; each script's sandbox sits behind its own mutex (a script is
+//! called at most once per tick, so nobody waits).
+//!
+//! The cache is bounded ([`Host::with_capacity`]): past the cap, sandboxes
+//! of elements that no longer have a script go first, then the least
+//! recently used. What a call computes never depends on the cache: a
+//! sandbox is a pure function of (source, element, limits), and sealing
+//! (docs/adr/0004) keeps anything but `state` from surviving a call.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use metatopia_sim::script::{ScriptCall, ScriptFault, ScriptHost, ScriptOutput, hex32};
-use metatopia_sim::state::ScriptSlot;
 use metatopia_sim::{ElementId, State};
 
 use crate::licence::{self, LicenceError};
@@ -61,6 +67,9 @@ pub fn hash_source(text: &str) -> [u8; 32] {
 
 struct Entry {
     source: [u8; 32],
+    limits: Limits,
+    /// The tick of the last call, for eviction.
+    used_tick: AtomicU64,
     /// The SPDX identifiers the source's licence line names.
     licence_ids: Vec<String>,
     sandbox: Mutex<Result<Sandbox, String>>,
@@ -75,9 +84,6 @@ pub enum CheckError {
     /// The source does not compile, or the sandbox failed.
     #[error("{0}")]
     Load(#[from] LoadError),
-    /// The top level fails when run.
-    #[error("the script fails when loaded: {0}")]
-    TopLevel(String),
     /// Not valid UTF-8 or too large.
     #[error("{0}")]
     Invalid(String),
@@ -86,10 +92,14 @@ pub enum CheckError {
 /// Largest source accepted, bytes.
 pub const SOURCE_BYTES_MAX: usize = 256 * 1024;
 
+/// Default most sandboxes cached (about 50 KiB each when idle).
+pub const CACHED_MAX: usize = 16_384;
+
 /// The Lua script host.
 pub struct Host {
     sources: Arc<dyn Sources>,
     cache: RwLock<BTreeMap<ElementId, Arc<Entry>>>,
+    cached_max: usize,
 }
 
 impl fmt::Debug for Host {
@@ -111,10 +121,16 @@ impl Host {
     /// A host reading sources from `sources`. Fails if this build of Lua is
     /// not deterministic (see [`crate::check_build`]).
     pub fn new(sources: Arc<dyn Sources>) -> Result<Host, LoadError> {
+        Host::with_capacity(sources, CACHED_MAX)
+    }
+
+    /// A host that caches at most `cached_max` sandboxes (at least one).
+    pub fn with_capacity(sources: Arc<dyn Sources>, cached_max: usize) -> Result<Host, LoadError> {
         crate::sandbox::check_build()?;
         Ok(Host {
             sources,
             cache: RwLock::new(BTreeMap::new()),
+            cached_max: cached_max.max(1),
         })
     }
 
@@ -130,11 +146,30 @@ impl Host {
         }
     }
 
-    fn entry(&self, script: ElementId, source: [u8; 32]) -> Result<Arc<Entry>, ScriptFault> {
+    /// Drops sandboxes until at most `keep` remain: first those of elements
+    /// that have no script in `state`, then the least recently used.
+    fn trim(&self, c: &mut BTreeMap<ElementId, Arc<Entry>>, state: &State, keep: usize) {
+        c.retain(|id, _| state.scripted.contains(id));
+        if c.len() > keep {
+            let mut by_age: Vec<(u64, ElementId)> = c
+                .iter()
+                .map(|(id, e)| (e.used_tick.load(Ordering::Relaxed), *id))
+                .collect();
+            by_age.sort_unstable();
+            for (_, id) in by_age.iter().take(c.len() - keep) {
+                c.remove(id);
+            }
+        }
+    }
+
+    fn entry(&self, call: &ScriptCall<'_>, limits: &Limits) -> Result<Arc<Entry>, ScriptFault> {
+        let (script, source) = (call.script, call.slot.source);
         if let Ok(c) = self.cache.read()
             && let Some(e) = c.get(&script)
             && e.source == source
+            && e.limits == *limits
         {
+            e.used_tick.store(call.tick, Ordering::Relaxed);
             return Ok(e.clone());
         }
         let text = self
@@ -142,13 +177,23 @@ impl Host {
             .source(&source)
             .filter(|t| hash_source(t) == source)
             .ok_or_else(|| ScriptFault::MissingSource(hex32(&source)))?;
-        let sandbox = Sandbox::new(&text).map_err(|e| e.to_string());
+        let sandbox = Sandbox::new(&text, script, limits).map_err(|e| e.to_string());
         let entry = Arc::new(Entry {
             source,
+            limits: limits.clone(),
+            used_tick: AtomicU64::new(call.tick),
             licence_ids: licence::ids(&text),
             sandbox: Mutex::new(sandbox),
         });
         if let Ok(mut c) = self.cache.write() {
+            if c.len() >= self.cached_max && !c.contains_key(&script) {
+                // Trim to three quarters so that trimming is rare.
+                self.trim(
+                    &mut c,
+                    call.state,
+                    self.cached_max - self.cached_max / 4 - 1,
+                );
+            }
             c.insert(script, entry.clone());
         }
         Ok(entry)
@@ -158,7 +203,8 @@ impl Host {
 impl ScriptHost for Host {
     fn run(&self, call: &ScriptCall<'_>) -> Result<ScriptOutput, ScriptFault> {
         let allowed = &call.state.settings.script_licences;
-        let entry = self.entry(call.script, call.slot.source)?;
+        let limits = Limits::from_settings(&call.state.settings);
+        let entry = self.entry(call, &limits)?;
         let guard = match entry.sandbox.lock() {
             Ok(g) => g,
             Err(_) => {
@@ -185,7 +231,7 @@ impl ScriptHost for Host {
                 allowed.join(", ")
             )));
         }
-        sandbox.run(call, &Limits::from_settings(&call.state.settings))
+        sandbox.run(call, &limits)
     }
 }
 
@@ -206,23 +252,10 @@ pub fn check_upload(
     let text = std::str::from_utf8(source)
         .map_err(|_| CheckError::Invalid("source is not valid UTF-8".into()))?;
     let licence = licence::check(text, &allowed_licences(state))?;
-    let sandbox = Sandbox::new(text)?;
-    let slot = ScriptSlot {
-        source: hash_source(text),
-        state: Vec::new(),
-        faults: 0,
-        suspended: false,
-    };
-    let call = ScriptCall {
-        state,
-        script: script.unwrap_or_else(|| state.root()),
-        slot: &slot,
-        inbox: &[],
-        tick: state.tick,
-        seed: [0; 32],
-    };
-    sandbox
-        .run(&call, &Limits::from_settings(&state.settings))
-        .map_err(|e| CheckError::TopLevel(e.to_string()))?;
+    Sandbox::new(
+        text,
+        script.unwrap_or_else(|| state.root()),
+        &Limits::from_settings(&state.settings),
+    )?;
     Ok(licence)
 }

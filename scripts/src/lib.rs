@@ -11,17 +11,21 @@
 //! Layout:
 //! - [`host`]: the `ScriptHost`, the source lookup and the upload check.
 //! - [`sandbox`]: one Lua state, hardened; one call of it.
+//! - [`bytecode`]: finds assignments to enclosing variables in compiled code.
 //! - [`codec`]: the canonical `state` encoding.
 //! - [`fx`]: the `fx` library.
 //! - [`licence`]: `SPDX-License-Identifier` checks.
+//! - [`pattern`]: Lua's pattern matching with its work counted.
 //! - [`rng`]: the generator behind `math.random`.
 //! - [`fuzz`]: bodies of the fuzz targets.
 
+pub mod bytecode;
 pub mod codec;
 pub mod fuzz;
 pub mod fx;
 pub mod host;
 pub mod licence;
+pub mod pattern;
 pub mod rng;
 pub mod sandbox;
 

@@ -1,8 +1,15 @@
 -- The sandbox prelude. Runs once per Lua state, with the real globals, before
--- any script. It hardens the standard library in place and returns the
--- read-only base environment that every call's fresh environment falls
--- back to. `H` holds the host's Rust functions.
+-- the script. It hardens the standard library in place and returns the
+-- base environment the script's globals fall back to, and `seal`, which the
+-- host calls once the script's top level has run (docs/adr/0004). `H` holds
+-- the host's Rust functions.
 local H = ...
+
+-- The debug library is loaded for the host's own use (walking the script's
+-- functions and tables to seal them) and removed before any script runs.
+local dbg_getupvalue, dbg_getinfo = debug.getupvalue, debug.getinfo
+local dbg_getmetatable, dbg_setmetatable = debug.getmetatable, debug.setmetatable
+debug = nil
 
 local type, error, select, rawget, rawequal = type, error, select, rawget, rawequal
 local rawset_raw, setmetatable_raw, getmetatable_raw = rawset, setmetatable, getmetatable
@@ -14,6 +21,14 @@ local check, check_format, faulted = H.check, H.check_format, H.faulted
 -- Library tables scripts see are empty proxies; `frozen` lists them so that
 -- rawset cannot write into them either.
 local frozen = {}
+-- Tables sealed after load: table -> shadow holding its contents.
+local shadow_of = {}
+-- Sealed tables used as metatables: table -> the metatable given instead.
+local derived = {}
+-- Metatables of ours whose `__metatable` field we added (replaceable).
+local ours = {}
+-- True while the top level runs.
+local loading = false
 
 local function is_ref(t)
   return t == "table" or t == "function" or t == "thread" or t == "userdata"
@@ -60,7 +75,7 @@ end
 local function safe_tostring(v)
   local t = type(v)
   if t == "table" or t == "userdata" then
-    local mt = getmetatable_raw(v)
+    local mt = dbg_getmetatable(v)
     if type(mt) == "table" and rawget(mt, "__tostring") ~= nil then
       return raw_tostring(v)
     end
@@ -83,13 +98,20 @@ local function safe_format(fmt, ...)
 end
 
 -- pairs/next: raw order is a deterministic function of the call's own
--- operations for boolean, number and string keys (the string hash seed is
--- pinned at build time). Keys that are tables, functions or coroutines hash
--- by address, which differs between replicas: refuse them.
+-- operations (or the script's load) for boolean, number and string keys
+-- (the string hash seed is pinned at build time) and for tables and Lua
+-- functions (our Lua hashes them by creation number, restarted at every
+-- call: vendor/lua-src/PATCHES.md). Coroutines, userdata and library (C)
+-- functions still hash by address, which differs between replicas: refuse
+-- them.
 local function det_next(t, k)
+  local s = shadow_of[t]
+  if s then t = s end
   local k2, v = raw_next(t, k)
-  if is_ref(type(k2)) then
-    error("pairs/next: this table has a " .. type(k2)
+  local tk = type(k2)
+  if tk == "thread" or tk == "userdata"
+    or (tk == "function" and dbg_getinfo(k2, "S").what == "C") then
+    error("pairs/next: this table has a " .. (tk == "function" and "library function" or tk)
       .. " as a key, and such keys have no iteration order that every replica agrees on;"
       .. " key by a string or number id instead", 2)
   end
@@ -97,7 +119,7 @@ local function det_next(t, k)
 end
 
 local function det_pairs(t)
-  local mt = getmetatable_raw(t)
+  local mt = dbg_getmetatable(t)
   if type(mt) == "table" then
     local p = rawget(mt, "__pairs")
     if p ~= nil then return p(t) end
@@ -122,12 +144,19 @@ local function s_xpcall(f, h, ...)
     return h(e)
   end, ...))
 end
+local function no_load_coroutines()
+  if loading then
+    error("coroutines cannot be created while the script loads (they would keep state between calls); create them inside handlers", 3)
+  end
+end
+coroutine.create = function(f) no_load_coroutines(); return co_create(f) end
 coroutine.resume = function(...) return check(co_resume(...)) end
 coroutine.close = function(co)
   if faulted() then check(false) end
   return check(co_close(co))
 end
 coroutine.wrap = function(f)
+  no_load_coroutines()
   local co = co_create(f)
   return function(...)
     local r = pack(co_resume(co, ...))
@@ -152,8 +181,17 @@ local seal_mt = {
   end,
   __metatable = sealed,
 }
+local sealed_msg = "this table was made when the script loaded and is read-only; keep data that changes in `state`"
+local make_derived
 local function s_setmetatable(t, mt)
   if frozen[t] then error("library tables are read-only", 2) end
+  if shadow_of[t] then error(sealed_msg, 2) end
+  if shadow_of[mt] then
+    local d = derived[mt] or make_derived(mt)
+    local old = dbg_getmetatable(t)
+    if old ~= nil and ours[old] then return dbg_setmetatable(t, d) end
+    return setmetatable_raw(t, d)
+  end
   if mt ~= nil then
     if type(mt) ~= "table" then
       error("bad argument #2 to 'setmetatable' (nil or table expected)", 2)
@@ -168,10 +206,24 @@ local function s_setmetatable(t, mt)
       error("a table used as a metatable may not have a metatable of its own in scripts", 2)
     end
   end
+  local old = dbg_getmetatable(t)
+  if old ~= nil and ours[old] then return dbg_setmetatable(t, mt) end
   return setmetatable_raw(t, mt)
+end
+local raw_rawget, raw_rawlen = rawget, rawlen
+local function s_rawget(t, k)
+  local s = shadow_of[t]
+  if s then return raw_rawget(s, k) end
+  return raw_rawget(t, k)
+end
+local function s_rawlen(t)
+  local s = shadow_of[t]
+  if s then return raw_rawlen(s) end
+  return raw_rawlen(t)
 end
 local function s_rawset(t, k, v)
   if frozen[t] then error("library tables are read-only", 2) end
+  if shadow_of[t] then error(sealed_msg, 2) end
   if banned(k) then error(gc_msg, 2) end
   return rawset_raw(t, k, v)
 end
@@ -180,6 +232,9 @@ end
 -- metatable, so it must be safe too).
 string.dump = nil
 string.format = safe_format
+-- Pattern functions whose backtracking is charged to the budget.
+string.find, string.match = H.patterns.find, H.patterns.match
+string.gmatch, string.gsub = H.patterns.gmatch, H.patterns.gsub
 getmetatable("").__metatable = false
 math.random = H.random
 math.randomseed = nil
@@ -189,8 +244,8 @@ end
 
 local base = {
   assert = assert, error = error, ipairs = ipairs, select = select,
-  tonumber = tonumber, type = type, rawequal = rawequal, rawlen = rawlen,
-  rawget = rawget, getmetatable = getmetatable_raw, _VERSION = _VERSION,
+  tonumber = tonumber, type = type, rawequal = rawequal, rawlen = s_rawlen,
+  rawget = s_rawget, getmetatable = getmetatable_raw, _VERSION = _VERSION,
   next = det_next, pairs = det_pairs, pcall = s_pcall, xpcall = s_xpcall,
   tostring = safe_tostring, setmetatable = s_setmetatable, rawset = s_rawset,
   string = freeze(string, "string"),
@@ -216,5 +271,158 @@ local base = {
   set_timer = H.set_timer,
   set_pos = H.set_pos,
   set_name = H.set_name,
+  impulse = H.impulse,
+  set_velocity = H.set_velocity,
+  state = unavailable("state", "the top level runs once, when the script loads; use state inside handlers"),
 }
-return base
+
+-- Sealing (docs/adr/0004). After the top level has run, everything the
+-- script's globals and functions can reach is made read-only, so the only
+-- thing a handler can change that outlives its call is `state` (which the
+-- host stores and decodes again at every call). A cached Lua state and a
+-- fresh one then compute the same results.
+local own = { [base] = true, [seal_mt] = true }
+
+local function deny_write(_, k)
+  error("this table was made when the script loaded and is read-only (cannot set "
+    .. safe_tostring(k) .. "); keep data that changes in `state`", 2)
+end
+local function sealed_len(t) return raw_rawlen(shadow_of[t]) end
+
+-- The metatable that `setmetatable(x, t)` installs for a sealed `t`: a
+-- private copy of t's contents, so the object behaves as before and nobody
+-- can change it.
+make_derived = function(t)
+  local d = {}
+  for k, v in raw_next, shadow_of[t] do
+    if banned(k) then error(gc_msg, 3) end
+    d[k] = v
+  end
+  if d.__metatable == nil then
+    d.__metatable = t
+    ours[d] = true
+  end
+  derived[t] = d
+  return d
+end
+
+local function seal(env, env_mt)
+  own[env_mt] = true
+  -- Everything reachable from the globals: tables (keys, values,
+  -- metatables) and the upvalues of the script's own functions.
+  local seen, list, todo = {}, {}, { env }
+  while #todo > 0 do
+    local v = todo[#todo]
+    todo[#todo] = nil
+    local tv = type(v)
+    if tv == "table" then
+      if not seen[v] and not own[v] and not frozen[v] then
+        seen[v] = true
+        list[#list + 1] = v
+        for k, x in raw_next, v do todo[#todo + 1] = k; todo[#todo + 1] = x end
+        local mt = dbg_getmetatable(v)
+        if mt ~= nil then todo[#todo + 1] = mt end
+      end
+    elseif tv == "function" then
+      if not seen[v] then
+        seen[v] = true
+        if dbg_getinfo(v, "S").source == "=script" then
+          local i = 1
+          while true do
+            local name, x = dbg_getupvalue(v, i)
+            if name == nil then break end
+            todo[#todo + 1] = x
+            i = i + 1
+          end
+        end
+      end
+    elseif tv == "thread" then
+      error("a coroutine made while loading would keep state between calls; create coroutines inside handlers", 0)
+    elseif tv == "userdata" then
+      error("the script keeps a userdata value at load, which cannot be sealed", 0)
+    end
+  end
+  -- Move each table's contents into its shadow.
+  for i = 1, #list do
+    local t = list[i]
+    local s, keys = {}, {}
+    for k, x in raw_next, t do s[k] = x; keys[#keys + 1] = k end
+    for j = 1, #keys do rawset_raw(t, keys[j], nil) end
+    shadow_of[t] = s
+  end
+  local env_shadow = shadow_of[env]
+  for k, x in raw_next, base do
+    if k ~= "state" and raw_rawget(env_shadow, k) == nil then env_shadow[k] = x end
+  end
+  -- `state` is decoded on first use in a call (the host clears it before
+  -- each call); a handler that never uses it costs no decode or encode.
+  local load_state, touch_state = H.load_state, H.touch_state
+  setmetatable_raw(env_shadow, {
+    __index = function(_, k)
+      if k == "state" then
+        local s = load_state()
+        rawset_raw(env_shadow, "state", s)
+        return s
+      end
+    end,
+  })
+  -- Give each its read-only metatable, keeping the behaviour of the
+  -- script's own metatable.
+  for i = 1, #list do
+    local t = list[i]
+    local s = shadow_of[t]
+    local old = dbg_getmetatable(t)
+    local user = old ~= nil and not own[old] and old or nil
+    local sm = {}
+    if user then
+      local m = shadow_of[user]
+      for k, x in raw_next, m do
+        if not banned(k) then sm[k] = x end
+      end
+      local idx = raw_rawget(m, "__index")
+      if idx == nil then
+        sm.__index = s
+      elseif type(idx) == "table" then
+        setmetatable_raw(s, { __index = idx })
+        sm.__index = s
+      else
+        sm.__index = function(self, k)
+          local x = raw_rawget(s, k)
+          if x ~= nil then return x end
+          return idx(self, k)
+        end
+      end
+      if raw_rawget(m, "__metatable") == nil then sm.__metatable = user end
+    else
+      sm.__index = s
+      sm.__metatable = false
+    end
+    if t == env then
+      sm.__newindex = function(_, k, v)
+        if k == "state" then touch_state(); rawset_raw(env_shadow, "state", v) return end
+        error("globals are read-only after load (cannot set " .. safe_tostring(k)
+          .. "); keep data in `state`", 2)
+      end
+    else
+      sm.__newindex = deny_write
+    end
+    if sm.__len == nil then sm.__len = sealed_len end
+    dbg_setmetatable(t, sm)
+  end
+  -- Tables that look like metatables get their stand-in now, so memory
+  -- use does not depend on which calls used them.
+  for i = 1, #list do
+    local t = list[i]
+    for k in raw_next, shadow_of[t] do
+      if type(k) == "string" and k:sub(1, 2) == "__" then
+        pcall(make_derived, t)
+        break
+      end
+    end
+  end
+  return env_shadow
+end
+
+local function set_loading(on) loading = on end
+
+return { base = base, seal = seal, set_loading = set_loading }

@@ -1,12 +1,15 @@
 //! [`Sandbox`]: one script's Lua state, hardened, and one call of it.
 //!
-//! Every call starts from the same point, whatever the state did before:
-//! a fresh global environment (falling back to a read-only base), the
-//! script's top level run again in it, and `state` decoded from the slot's
-//! bytes. Nothing a handler does survives the call except what it returns
-//! (writes, sends, says, timers) and the re-encoded `state`. So a replica
-//! that restarts from a snapshot, with a brand-new Lua state, computes the
-//! same results as one that has been running for days.
+//! The script's top level runs once, at load, with no access to the world;
+//! then everything it made is sealed (docs/adr/0004): globals and every
+//! table reachable from them or from the script's functions become
+//! read-only, and no function may assign a variable of an enclosing
+//! function (checked in the bytecode before anything runs). Each call
+//! decodes `state` from the slot's bytes. So nothing a handler does
+//! survives the call except what it returns (writes, sends, says, timers)
+//! and the re-encoded `state`, and a replica that restarts from a snapshot,
+//! with a brand-new Lua state, computes the same results as one that has
+//! been running for days.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,8 +22,10 @@ use metatopia_sim::state::{Element, Player};
 use metatopia_sim::table::Table as SimTable;
 use metatopia_sim::{ElementId, Fx, PlayerId, State, Vec3};
 
+use crate::bytecode;
 use crate::codec;
 use crate::fx;
+use crate::pattern;
 use crate::rng::Rng;
 
 /// The hook runs every this many VM instructions; budgets are counted in
@@ -76,6 +81,13 @@ pub enum LoadError {
     /// The source does not compile.
     #[error("syntax error: {0}")]
     Syntax(String),
+    /// The source compiles but breaks a rule checked before it runs.
+    #[error("{0}")]
+    Refused(String),
+    /// The top level fails when run, or leaves something that cannot be
+    /// sealed.
+    #[error("the script fails when loaded: {0}")]
+    TopLevel(String),
 }
 
 /// Shared between the hook, the catch check and the call.
@@ -85,9 +97,21 @@ struct Budget {
     limit: AtomicU64,
     exhausted: AtomicBool,
     memory: AtomicBool,
+    /// Bytes one call may hold, for buffers built outside Lua.
+    memory_limit: AtomicU64,
 }
 
 impl Budget {
+    /// Charges `n` instructions of work done outside the VM; false once
+    /// the budget is gone (and the fault is set).
+    fn charge(&self, n: u64) -> bool {
+        let used = self.used.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        if used > self.limit.load(Ordering::Relaxed) {
+            self.exhausted.store(true, Ordering::Relaxed);
+        }
+        self.fault().is_none()
+    }
+
     fn fault(&self) -> Option<mlua::Error> {
         if self.exhausted.load(Ordering::Relaxed) {
             Some(mlua::Error::runtime("instruction budget exhausted"))
@@ -103,6 +127,7 @@ impl Budget {
 /// pointer copy; the rest are scalars (no allocation per call).
 struct WorldView {
     elements: SimTable<ElementId, Element>,
+    bodies: SimTable<ElementId, metatopia_sim::physics::Body>,
     players: SimTable<PlayerId, Player>,
     tick: u64,
     time_ms: u64,
@@ -115,6 +140,7 @@ impl WorldView {
     fn of(s: &State) -> WorldView {
         WorldView {
             elements: s.elements.clone(),
+            bodies: s.bodies.clone(),
             players: s.players.clone(),
             tick: s.tick,
             time_ms: s.time_ms,
@@ -142,15 +168,26 @@ struct Ctx {
     out: ScriptOutput,
     rng: Rng,
     limits: Limits,
+    /// The stored `state` bytes, decoded when a handler first uses `state`.
+    saved: Vec<u8>,
+    /// Whether a handler used or assigned `state` (else it is unchanged).
+    touched: bool,
 }
 
-/// One script's hardened Lua state and compiled code.
+/// One script's hardened Lua state, loaded and sealed.
 pub struct Sandbox {
     lua: Lua,
-    chunk: Function,
-    env_mt: Table,
+    /// Where the script's globals live after sealing; `state` is put here
+    /// for each call.
+    env_shadow: Table,
+    /// The key `"state"`, made once.
+    state_key: mlua::LuaString,
+    /// The handlers, by [`HANDLERS`] index.
+    handlers: [Option<Function>; 7],
     budget: Arc<Budget>,
     idle_bytes: usize,
+    /// The memory limit set now (0: none).
+    cap: std::cell::Cell<usize>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -165,11 +202,81 @@ fn rt(msg: impl Into<String>) -> mlua::Error {
     mlua::Error::runtime(msg.into())
 }
 
+/// The call's context, installed once per Lua state and filled per call
+/// (no allocation per call).
+#[derive(Default)]
+struct CtxSlot(std::cell::RefCell<Option<Ctx>>);
+
 fn with_ctx<R>(lua: &Lua, f: impl FnOnce(&mut Ctx) -> mlua::Result<R>) -> mlua::Result<R> {
-    let mut ctx = lua
-        .app_data_mut::<Ctx>()
-        .ok_or_else(|| rt("world functions are only available inside a call"))?;
-    f(&mut ctx)
+    let slot = lua
+        .app_data_ref::<CtxSlot>()
+        .ok_or_else(|| rt("the sandbox has no call context"))?;
+    let mut guard = slot
+        .0
+        .try_borrow_mut()
+        .map_err(|_| rt("the sandbox's call context is busy"))?;
+    let ctx = guard.as_mut().ok_or_else(|| {
+        rt("the world, say, send, timers, writes and math.random are only available inside handlers (the top level runs once, when the script loads)")
+    })?;
+    f(ctx)
+}
+
+/// An id as text on the stack: passing ids to Lua allocates nothing here.
+struct IdText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl IdText {
+    fn player(p: PlayerId) -> IdText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 64];
+        for (i, b) in p.0.iter().enumerate() {
+            buf[2 * i] = HEX[usize::from(b >> 4)];
+            buf[2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        IdText { buf, len: 64 }
+    }
+
+    fn element(e: ElementId) -> IdText {
+        let mut t = IdText {
+            buf: [0; 64],
+            len: 0,
+        };
+        t.push_int(u64::from(e.region.0));
+        t.buf[t.len] = b'.';
+        t.len += 1;
+        t.push_int(e.counter);
+        t
+    }
+
+    fn speaker(s: &metatopia_sim::state::Speaker) -> IdText {
+        match s {
+            metatopia_sim::state::Speaker::Player(p) => IdText::player(*p),
+            metatopia_sim::state::Speaker::Script(e) => IdText::element(*e),
+        }
+    }
+
+    fn push_int(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for d in digits[..n].iter().rev() {
+            self.buf[self.len] = *d;
+            self.len += 1;
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
 }
 
 /// A text argument: a string (numbers are not silently converted).
@@ -381,9 +488,368 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
             })
         })?,
     )?;
+    for (name, impulse) in [("impulse", true), ("set_velocity", false)] {
+        h.set(
+            name,
+            lua.create_function(move |lua, (e, x, y, z): (Value, Value, Value, Value)| {
+                let element = element_arg(&e, name)?;
+                let v = Vec3::new(
+                    Fx::from_bits(int_arg(&x, name)?),
+                    Fx::from_bits(int_arg(&y, name)?),
+                    Fx::from_bits(int_arg(&z, name)?),
+                );
+                with_ctx(lua, |ctx| {
+                    check_writable(ctx, element, name)?;
+                    if !ctx.state.bodies.contains_key(&element) {
+                        return Err(rt(format!(
+                            "{name}: {element} is not a body (spawn it with a body to give it physics)"
+                        )));
+                    }
+                    ctx.out.writes.push(if impulse {
+                        Write::Impulse { element, impulse: v }
+                    } else {
+                        Write::SetVelocity { element, vel: v }
+                    });
+                    Ok(())
+                })
+            })?,
+        )?;
+    }
+    h.set(
+        "load_state",
+        lua.create_function(|lua, ()| {
+            let bytes = with_ctx(lua, |ctx| {
+                if ctx.touched {
+                    return Ok(None);
+                }
+                ctx.touched = true;
+                Ok(Some(std::mem::take(&mut ctx.saved)))
+            })?;
+            let Some(bytes) = bytes else {
+                return Ok(Value::Nil);
+            };
+            let data = codec::decode(&bytes)
+                .map_err(|e| rt(format!("{e} (the script's state cannot be read)")))?;
+            codec::to_lua(lua, &data)
+        })?,
+    )?;
+    h.set(
+        "touch_state",
+        lua.create_function(|lua, ()| {
+            with_ctx(lua, |ctx| {
+                ctx.touched = true;
+                Ok(())
+            })
+        })?,
+    )?;
+    h.set("patterns", patterns(lua, budget)?)?;
     h.set("world", world_table(lua)?)?;
     h.set("fx", fx::table(lua)?)?;
     Ok(h)
+}
+
+/// Runs the matcher with its steps charged to the budget; a budget error
+/// becomes the budget fault, a pattern error Lua's message.
+fn run_matcher<'a, R>(
+    budget: &'a Budget,
+    src: &'a [u8],
+    pat: &'a [u8],
+    f: impl FnOnce(
+        &mut pattern::Matcher<'a, Box<dyn FnMut(u64) -> bool + 'a>>,
+    ) -> Result<R, pattern::PatternError>,
+) -> mlua::Result<R> {
+    let mut charged = 0u64;
+    let charge: Box<dyn FnMut(u64) -> bool + 'a> = Box::new(move |total: u64| {
+        let n = total.saturating_sub(charged);
+        charged = total;
+        budget.charge(n)
+    });
+    let mut m = pattern::Matcher::new(src, pat, charge);
+    let r = f(&mut m).and_then(|r| m.finish().map(|()| r));
+    r.map_err(|e| match e {
+        pattern::PatternError::Budget => mlua::Error::runtime("instruction budget exhausted"),
+        pattern::PatternError::Lua(m) => rt(m),
+    })
+}
+
+/// A string argument as Lua's `luaL_checklstring` takes it (numbers are
+/// converted).
+fn str_arg(lua: &Lua, v: Value, n: u32, f: &str) -> mlua::Result<mlua::LuaString> {
+    let t = v.type_name();
+    match v {
+        Value::String(s) => Ok(s),
+        v @ (Value::Integer(_) | Value::Number(_)) => lua.coerce_string(v)?.ok_or_else(|| {
+            rt(format!(
+                "bad argument #{n} to '{f}' (string expected, got {t})"
+            ))
+        }),
+        _ => Err(rt(format!(
+            "bad argument #{n} to '{f}' (string expected, got {t})"
+        ))),
+    }
+}
+
+fn opt_int(lua: &Lua, v: Value, n: u32, f: &str) -> mlua::Result<Option<i64>> {
+    if v.is_nil() {
+        return Ok(None);
+    }
+    let t = v.type_name();
+    lua.coerce_integer(v)?.map(Some).ok_or_else(|| {
+        rt(format!(
+            "bad argument #{n} to '{f}' (number expected, got {t})"
+        ))
+    })
+}
+
+fn capture_value(lua: &Lua, src: &[u8], c: pattern::Capture) -> mlua::Result<Value> {
+    Ok(match c {
+        pattern::Capture::Position(p) => Value::Integer(p as i64),
+        pattern::Capture::Text(a, b) => Value::String(lua.create_string(&src[a..b])?),
+    })
+}
+
+fn captures_values(lua: &Lua, src: &[u8], caps: Vec<pattern::Capture>) -> mlua::Result<Vec<Value>> {
+    caps.into_iter()
+        .map(|c| capture_value(lua, src, c))
+        .collect()
+}
+
+/// `string.find`, `match`, `gmatch` and `gsub` with counted work
+/// ([`pattern`]).
+fn patterns(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    for (name, find) in [("find", true), ("match", false)] {
+        let b = budget.clone();
+        t.set(
+            name,
+            lua.create_function(
+                move |lua, (s, p, init, plain): (Value, Value, Value, Value)| {
+                    let s = str_arg(lua, s, 1, name)?;
+                    let p = str_arg(lua, p, 2, name)?;
+                    let init = opt_int(lua, init, 3, name)?;
+                    let (src, pat) = (s.as_bytes(), p.as_bytes());
+                    let init = pattern::init_index(init, src.len());
+                    if init > src.len() {
+                        return Ok(MultiValue::from_iter([Value::Nil]));
+                    }
+                    if find
+                        && (plain.as_boolean().unwrap_or(!plain.is_nil())
+                            || pattern::no_specials(&pat))
+                    {
+                        let mut steps = 0;
+                        let r = pattern::plain_find(&src, &pat, init, &mut steps);
+                        if !b.charge(steps) {
+                            return Err(mlua::Error::runtime("instruction budget exhausted"));
+                        }
+                        return Ok(match r {
+                            Some((a, e)) => MultiValue::from_iter([
+                                Value::Integer(a as i64 + 1),
+                                Value::Integer(e as i64),
+                            ]),
+                            None => MultiValue::from_iter([Value::Nil]),
+                        });
+                    }
+                    let anchor = pat.first() == Some(&b'^');
+                    let found = run_matcher(&b, &src, &pat, |m| {
+                        match m.find(init, usize::from(anchor), anchor, None)? {
+                            Some((a, e)) => Ok(Some((a, e, m.captures(a, e, !find)?))),
+                            None => Ok(None),
+                        }
+                    })?;
+                    let Some((a, e, caps)) = found else {
+                        return Ok(MultiValue::from_iter([Value::Nil]));
+                    };
+                    let mut out = Vec::with_capacity(caps.len() + 2);
+                    if find {
+                        out.push(Value::Integer(a as i64 + 1));
+                        out.push(Value::Integer(e as i64));
+                    }
+                    out.extend(captures_values(lua, &src, caps)?);
+                    Ok(MultiValue::from_iter(out))
+                },
+            )?,
+        )?;
+    }
+    let b = budget.clone();
+    t.set(
+        "gmatch",
+        lua.create_function(move |lua, (s, p, init): (Value, Value, Value)| {
+            let s = str_arg(lua, s, 1, "gmatch")?;
+            let p = str_arg(lua, p, 2, "gmatch")?;
+            let init = opt_int(lua, init, 3, "gmatch")?;
+            let len = s.as_bytes().len();
+            let start = pattern::init_index(init, len).min(len + 1);
+            // An iterator made while loading would carry its position
+            // from call to call (docs/adr/0004): it works during load only.
+            let at_load = with_ctx(lua, |_| Ok(())).is_err();
+            let pos = std::sync::Mutex::new((start, None::<usize>));
+            let b = b.clone();
+            lua.create_function(move |lua, ()| {
+                if at_load && with_ctx(lua, |_| Ok(())).is_ok() {
+                    return Err(rt(
+                        "a gmatch iterator made while the script loaded cannot be used in a handler (it would keep its position between calls)",
+                    ));
+                }
+                let mut pos = pos.lock().map_err(|_| rt("gmatch iterator is broken"))?;
+                let (src, pat) = (s.as_bytes(), p.as_bytes());
+                let (from, last) = *pos;
+                let found = run_matcher(&b, &src, &pat, |m| match m.find(from, 0, false, last)? {
+                    Some((a, e)) => Ok(Some((e, m.captures(a, e, true)?))),
+                    None => Ok(None),
+                })?;
+                match found {
+                    Some((e, caps)) => {
+                        *pos = (e, Some(e));
+                        Ok(MultiValue::from_iter(captures_values(lua, &src, caps)?))
+                    }
+                    None => {
+                        *pos = (len + 1, last);
+                        Ok(MultiValue::from_iter([Value::Nil]))
+                    }
+                }
+            })
+        })?,
+    )?;
+    let b = budget.clone();
+    t.set(
+        "gsub",
+        lua.create_function(
+            move |lua, (s, p, repl, max_n): (Value, Value, Value, Value)| {
+                let s = str_arg(lua, s, 1, "gsub")?;
+                let p = str_arg(lua, p, 2, "gsub")?;
+                if !matches!(
+                    repl,
+                    Value::Integer(_)
+                        | Value::Number(_)
+                        | Value::String(_)
+                        | Value::Function(_)
+                        | Value::Table(_)
+                ) {
+                    return Err(rt(format!(
+                        "bad argument #3 to 'gsub' (string/function/table expected, got {})",
+                        repl.type_name()
+                    )));
+                }
+                let repl_text = match &repl {
+                    Value::Integer(_) | Value::Number(_) | Value::String(_) => {
+                        Some(str_arg(lua, repl.clone(), 3, "gsub")?)
+                    }
+                    _ => None,
+                };
+                let (src, pat) = (s.as_bytes(), p.as_bytes());
+                let max_n = opt_int(lua, max_n, 4, "gsub")?.unwrap_or(src.len() as i64 + 1);
+                let anchor = pat.first() == Some(&b'^');
+                let cap = b.memory_limit.load(Ordering::Relaxed);
+                let mut out: Vec<u8> = Vec::new();
+                let (mut at, mut last, mut n) = (0usize, None::<usize>, 0i64);
+                while n < max_n {
+                    // One match, then its replacement (which may call Lua).
+                    let found = run_matcher(&b, &src, &pat, |m| {
+                        match m.find(at, usize::from(anchor), anchor, last)? {
+                            Some((a, e)) => {
+                                // Only what the replacement uses (an unfinished
+                                // capture is an error only when used).
+                                let all = match &repl {
+                                    Value::Function(_) => m.captures(a, e, true)?,
+                                    _ => Vec::new(),
+                                };
+                                let first = match &repl {
+                                    Value::Table(_) => Some(m.one_capture(0, a, e)?),
+                                    _ => None,
+                                };
+                                let mut text = Vec::new();
+                                if let Some(r) = &repl_text {
+                                    let r = r.as_bytes();
+                                    let mut i = 0;
+                                    while i < r.len() {
+                                        if r[i] != b'%' {
+                                            text.push(r[i]);
+                                            i += 1;
+                                            continue;
+                                        }
+                                        let c = r.get(i + 1).copied().unwrap_or(0);
+                                        match c {
+                                            b'%' => text.push(b'%'),
+                                            b'0' => text.extend_from_slice(&src[a..e]),
+                                            b'1'..=b'9' => {
+                                                match m.one_capture(usize::from(c - b'1'), a, e)? {
+                                                    pattern::Capture::Position(p) => text
+                                                        .extend_from_slice(
+                                                            p.to_string().as_bytes(),
+                                                        ),
+                                                    pattern::Capture::Text(x, y) => {
+                                                        text.extend_from_slice(&src[x..y])
+                                                    }
+                                                }
+                                            }
+                                            _ => {
+                                                return Err(pattern::PatternError::Lua(
+                                                    "invalid use of '%' in replacement string"
+                                                        .into(),
+                                                ));
+                                            }
+                                        }
+                                        i += 2;
+                                    }
+                                }
+                                Ok(Some((a, e, all, first, text)))
+                            }
+                            None => Ok(None),
+                        }
+                    })?;
+                    let Some((a, e, all, first, text)) = found else {
+                        break;
+                    };
+                    n += 1;
+                    out.extend_from_slice(&src[at..a]);
+                    let value = match &repl {
+                        Value::Function(f) => {
+                            let args = captures_values(lua, &src, all)?;
+                            f.call::<Value>(MultiValue::from_iter(args))?
+                        }
+                        Value::Table(t) => match first {
+                            Some(c) => t.get::<Value>(capture_value(lua, &src, c)?)?,
+                            None => Value::Nil,
+                        },
+                        _ => Value::Nil,
+                    };
+                    if repl_text.is_some() {
+                        out.extend_from_slice(&text);
+                    } else {
+                        match value {
+                            Value::Nil | Value::Boolean(false) => out.extend_from_slice(&src[a..e]),
+                            v @ (Value::String(_) | Value::Integer(_) | Value::Number(_)) => {
+                                if let Some(t) = lua.coerce_string(v)? {
+                                    out.extend_from_slice(&t.as_bytes());
+                                }
+                            }
+                            other => {
+                                return Err(rt(format!(
+                                    "invalid replacement value (a {})",
+                                    other.type_name()
+                                )));
+                            }
+                        }
+                    }
+                    if !b.charge(out.len() as u64 / 64) {
+                        return Err(mlua::Error::runtime("instruction budget exhausted"));
+                    }
+                    if out.len() as u64 > cap {
+                        b.memory.store(true, Ordering::Relaxed);
+                        return Err(rt("memory cap exceeded"));
+                    }
+                    at = e;
+                    last = Some(e);
+                    if anchor {
+                        break;
+                    }
+                }
+                out.extend_from_slice(&src[at.min(src.len())..]);
+                Ok((lua.create_string(&out)?, n))
+            },
+        )?,
+    )?;
+    Ok(t)
 }
 
 fn push_send_count(ctx: &mut Ctx) -> mlua::Result<()> {
@@ -505,31 +971,6 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     Ok(w)
 }
 
-/// Handler name and arguments for an event.
-fn handler_args(kind: &ScriptEventKind) -> (&'static str, Vec<String>) {
-    match kind {
-        ScriptEventKind::Touched { by, element } => {
-            ("on_touch", vec![player_str(*by), element.to_string()])
-        }
-        ScriptEventKind::Heard { from, text } => {
-            let from = match from {
-                metatopia_sim::state::Speaker::Player(p) => player_str(*p),
-                metatopia_sim::state::Speaker::Script(e) => e.to_string(),
-            };
-            ("on_heard", vec![from, text.clone()])
-        }
-        ScriptEventKind::Message { from, body } => {
-            ("on_message", vec![from.to_string(), body.clone()])
-        }
-        ScriptEventKind::Timer { timer } => ("on_timer", vec![timer.to_string()]),
-        ScriptEventKind::Entered { player } => ("on_enter", vec![player_str(*player)]),
-        ScriptEventKind::Left { player } => ("on_leave", vec![player_str(*player)]),
-        ScriptEventKind::Collision { element, other } => {
-            ("on_collision", vec![element.to_string(), other.to_string()])
-        }
-    }
-}
-
 /// Tidy an error for the owner: no addresses, no traceback, bounded.
 pub fn describe_error(e: &mlua::Error) -> String {
     let mut inner = e;
@@ -566,28 +1007,94 @@ pub fn describe_error(e: &mlua::Error) -> String {
     out
 }
 
-impl Sandbox {
-    /// A hardened Lua state with `source` compiled (not yet run).
-    pub fn new(source: &str) -> Result<Sandbox, LoadError> {
-        let setup = |e: mlua::Error| LoadError::Setup(describe_error(&e));
-        let lua = Lua::new_with(
-            StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE,
-            LuaOptions::default(),
-        )
-        .map_err(setup)?;
-        let budget = Arc::new(Budget::default());
-        let host = install_host(&lua, &budget).map_err(setup)?;
-        let base: Table = lua
+/// Handler names, in the order of [`handler_index`].
+const HANDLERS: [&str; 7] = [
+    "on_touch",
+    "on_heard",
+    "on_message",
+    "on_timer",
+    "on_enter",
+    "on_leave",
+    "on_collision",
+];
+
+fn handler_index(kind: &ScriptEventKind) -> usize {
+    match kind {
+        ScriptEventKind::Touched { .. } => 0,
+        ScriptEventKind::Heard { .. } => 1,
+        ScriptEventKind::Message { .. } => 2,
+        ScriptEventKind::Timer { .. } => 3,
+        ScriptEventKind::Entered { .. } => 4,
+        ScriptEventKind::Left { .. } => 5,
+        ScriptEventKind::Collision { .. } => 6,
+    }
+}
+
+/// The prelude compiled once per process, without debug information: every
+/// sandbox loads it without parsing, and holds less. (Bytecode from our own
+/// compiler only; scripts can never load bytecode.)
+fn prelude_bytecode() -> Result<&'static [u8], LoadError> {
+    static CODE: std::sync::OnceLock<Result<Vec<u8>, String>> = std::sync::OnceLock::new();
+    CODE.get_or_init(|| {
+        let lua = Lua::new_with(StdLib::NONE, LuaOptions::default()).map_err(|e| e.to_string())?;
+        let f = lua
             .load(include_str!("prelude.lua"))
             .set_name("=prelude")
             .set_mode(ChunkMode::Text)
+            .into_function()
+            .map_err(|e| describe_error(&e))?;
+        Ok(f.dump(true))
+    })
+    .as_deref()
+    .map_err(|e| LoadError::Setup(e.clone()))
+}
+
+/// A Lua state with the standard libraries scripts get, plus `debug` for
+/// the prelude's own use.
+#[allow(unsafe_code)]
+fn new_lua() -> Lua {
+    // SAFETY: `unsafe_new_with` is unsafe because the debug library can
+    // break Lua's memory safety from Lua code. The prelude takes the four
+    // functions it needs into locals and sets the global `debug` to nil
+    // before any script code exists; scripts run in their own environment
+    // built from an explicit list (where `debug` is an error proxy), so no
+    // script can reach the library. No C-module loader is loaded (no
+    // `package`), and chunks are loaded as text only.
+    unsafe {
+        Lua::unsafe_new_with(
+            StdLib::TABLE
+                | StdLib::STRING
+                | StdLib::MATH
+                | StdLib::UTF8
+                | StdLib::COROUTINE
+                | StdLib::DEBUG,
+            LuaOptions::default(),
+        )
+    }
+}
+
+impl Sandbox {
+    /// A hardened Lua state with `source` compiled, checked, its top level
+    /// run once (as the script `me`, within `limits`) and everything it
+    /// made sealed (docs/adr/0004). A pure function of its arguments: every
+    /// replica that loads the same source gets the same sandbox.
+    pub fn new(source: &str, me: ElementId, limits: &Limits) -> Result<Sandbox, LoadError> {
+        let setup = |e: mlua::Error| LoadError::Setup(describe_error(&e));
+        let lua = new_lua();
+        let budget = Arc::new(Budget::default());
+        lua.set_app_data(CtxSlot::default());
+        let host = install_host(&lua, &budget).map_err(setup)?;
+        let api: Table = lua
+            .load(prelude_bytecode()?)
+            .set_name("=prelude")
+            .set_mode(ChunkMode::Binary)
             .call(host)
             .map_err(setup)?;
-        let env_mt = lua.create_table().map_err(setup)?;
-        env_mt.set("__index", base).map_err(setup)?;
-        env_mt.set("__metatable", false).map_err(setup)?;
-        // `_ENV` is the chunk's first argument: each call passes a fresh
-        // environment. Same line, so line numbers stay right.
+        let base: Table = api.get("base").map_err(setup)?;
+        let seal: Function = api.get("seal").map_err(setup)?;
+        let set_loading: Function = api.get("set_loading").map_err(setup)?;
+        // `_ENV` is the chunk's argument. Same line, so line numbers stay
+        // right.
         let wrapped = format!("local _ENV = ...; {source}");
         let chunk = lua
             .load(wrapped)
@@ -595,15 +1102,70 @@ impl Sandbox {
             .set_mode(ChunkMode::Text)
             .into_function()
             .map_err(|e| LoadError::Syntax(describe_error(&e)))?;
-        lua.gc_collect().map_err(setup)?;
-        let idle_bytes = lua.used_memory();
-        Ok(Sandbox {
+        let writes = bytecode::upvalue_writes(&chunk.dump(false))
+            .map_err(|e| LoadError::Setup(e.to_string()))?;
+        if let Some(w) = writes.first() {
+            return Err(LoadError::Refused(format!(
+                "line {}: a function assigns `{}`, a variable of an enclosing function; functions may read such variables but not assign them (data that lasts between calls goes in `state`)",
+                w.line, w.name
+            )));
+        }
+        let env = lua.create_table().map_err(setup)?;
+        let env_mt = lua.create_table().map_err(setup)?;
+        env_mt.raw_set("__index", base).map_err(setup)?;
+        env_mt.raw_set("__metatable", false).map_err(setup)?;
+        env.set_metatable(Some(env_mt.clone())).map_err(setup)?;
+        env.raw_set("_G", env.clone()).map_err(setup)?;
+        env.raw_set("me", me.to_string()).map_err(setup)?;
+        let state_key = lua.create_string("state").map_err(setup)?;
+        let mut sandbox = Sandbox {
             lua,
-            chunk,
-            env_mt,
+            env_shadow: env.clone(),
+            state_key,
+            handlers: Default::default(),
             budget,
-            idle_bytes,
-        })
+            idle_bytes: 0,
+            cap: std::cell::Cell::new(0),
+        };
+        sandbox.idle_bytes = sandbox.lua.used_memory();
+        let top = (|| {
+            sandbox.arm(limits)?;
+            set_loading.call::<()>(true)?;
+            chunk.call::<()>(env.clone())?;
+            if let Some(e) = sandbox.budget.fault() {
+                return Err(e);
+            }
+            set_loading.call::<()>(false)?;
+            sandbox.lua.remove_global_hook();
+            seal.call::<Table>((env, env_mt))
+        })();
+        let _ = sandbox.lua.set_memory_limit(0);
+        sandbox.cap.set(0);
+        sandbox.lua.remove_global_hook();
+        let shadow =
+            top.map_err(|e| LoadError::TopLevel(sandbox.fault_of(&e, limits).to_string()))?;
+        for (i, name) in HANDLERS.iter().enumerate() {
+            match shadow.raw_get::<Value>(*name).map_err(setup)? {
+                Value::Nil => {}
+                Value::Function(f) => sandbox.handlers[i] = Some(f),
+                other => {
+                    return Err(LoadError::TopLevel(format!(
+                        "{name} must be a function, got {}",
+                        other.type_name()
+                    )));
+                }
+            }
+        }
+        sandbox.env_shadow = shadow;
+        sandbox.lua.gc_collect().map_err(setup)?;
+        sandbox.idle_bytes = sandbox.lua.used_memory();
+        Ok(sandbox)
+    }
+
+    fn set_ctx(&self, ctx: Option<Ctx>) -> Option<Ctx> {
+        let slot = self.lua.app_data_ref::<CtxSlot>()?;
+        let mut guard = slot.0.try_borrow_mut().ok()?;
+        std::mem::replace(&mut *guard, ctx)
     }
 
     /// Bytes the Lua state holds when idle (after load and a collection).
@@ -623,6 +1185,7 @@ impl Sandbox {
             .store(limits.instructions_per_handler, Ordering::Relaxed);
         b.exhausted.store(false, Ordering::Relaxed);
         b.memory.store(false, Ordering::Relaxed);
+        b.memory_limit.store(limits.memory_bytes, Ordering::Relaxed);
         let hook_budget = self.budget.clone();
         // Setting the hook also resets the VM's instruction countdown, so
         // every call counts from the same point.
@@ -648,7 +1211,10 @@ impl Sandbox {
         let limit = self
             .idle_bytes
             .saturating_add(limits.memory_bytes.min(usize::MAX as u64 / 2) as usize);
-        self.lua.set_memory_limit(limit)?;
+        if self.cap.get() != limit {
+            self.lua.set_memory_limit(limit)?;
+            self.cap.set(limit);
+        }
         Ok(())
     }
 
@@ -664,18 +1230,24 @@ impl Sandbox {
 
     /// Runs the script over the call's inbox.
     pub fn run(&self, call: &ScriptCall<'_>, limits: &Limits) -> Result<ScriptOutput, ScriptFault> {
-        self.lua.set_app_data(Ctx {
+        let ctx = Ctx {
             state: WorldView::of(call.state),
             script: call.script,
             out: ScriptOutput::default(),
             rng: Rng::from_seed(&call.seed),
             limits: limits.clone(),
-        });
+            saved: call.slot.state.clone(),
+            touched: false,
+        };
+        self.set_ctx(Some(ctx));
         let result = self.run_inner(call, limits);
-        let ctx = self.lua.remove_app_data::<Ctx>();
-        // Let the memory cap not affect the bookkeeping below, and keep
-        // garbage from piling up across calls.
-        let _ = self.lua.set_memory_limit(0);
+        let ctx = self.set_ctx(None);
+        // A memory fault raised the cap to let the error out: set it again
+        // at the next call. Keep garbage from piling up across calls.
+        if self.budget.memory.load(Ordering::Relaxed) {
+            let _ = self.lua.set_memory_limit(0);
+            self.cap.set(0);
+        }
         if self.lua.used_memory() > self.idle_bytes + 256 * 1024 {
             let _ = self.lua.gc_collect();
         }
@@ -687,11 +1259,35 @@ impl Sandbox {
             return Err(self.fault_of(&e, limits));
         }
         let mut out = ctx.map(|c| c.out).unwrap_or_default();
-        let bytes = state?;
-        if bytes != call.slot.state {
+        if let Some(bytes) = state?
+            && bytes != call.slot.state
+        {
             out.state = Some(bytes);
         }
         Ok(out)
+    }
+
+    fn call_handler(&self, f: &Function, kind: &ScriptEventKind) -> mlua::Result<()> {
+        match kind {
+            ScriptEventKind::Touched { by, element } => f.call((
+                IdText::player(*by).as_str(),
+                IdText::element(*element).as_str(),
+            )),
+            ScriptEventKind::Heard { from, text } => {
+                f.call((IdText::speaker(from).as_str(), text.as_str()))
+            }
+            ScriptEventKind::Message { from, body } => {
+                f.call((IdText::element(*from).as_str(), body.as_str()))
+            }
+            ScriptEventKind::Timer { timer } => f.call(i64::from(*timer)),
+            ScriptEventKind::Entered { player } | ScriptEventKind::Left { player } => {
+                f.call(IdText::player(*player).as_str())
+            }
+            ScriptEventKind::Collision { element, other } => f.call((
+                IdText::element(*element).as_str(),
+                IdText::element(*other).as_str(),
+            )),
+        }
     }
 
     /// The call proper. The outer result is a Lua failure; the inner one a
@@ -700,47 +1296,27 @@ impl Sandbox {
         &self,
         call: &ScriptCall<'_>,
         limits: &Limits,
-    ) -> mlua::Result<Result<Vec<u8>, ScriptFault>> {
+    ) -> mlua::Result<Result<Option<Vec<u8>>, ScriptFault>> {
         self.arm(limits)?;
         let lua = &self.lua;
-        let data = codec::decode(&call.slot.state)
-            .map_err(|e| rt(format!("{e} (the script's state cannot be read)")))?;
-        let env = lua.create_table()?;
-        env.set_metatable(Some(self.env_mt.clone()))?;
-        env.raw_set("_G", env.clone())?;
-        env.raw_set("me", call.script.to_string())?;
-        env.raw_set("state", codec::to_lua(lua, &data)?)?;
-        self.chunk.call::<()>(env.clone())?;
+        // `state` is decoded when a handler first uses it (prelude.lua,
+        // `load_state`); clear what the last call left.
+        self.env_shadow.raw_set(&self.state_key, Value::Nil)?;
         for event in call.inbox {
-            let (name, args) = handler_args(&event.kind);
-            let handler: Value = env.get(name)?;
-            let handler = match handler {
-                Value::Nil => continue,
-                Value::Function(f) => f,
-                other => {
-                    return Err(rt(format!(
-                        "{name} must be a function, got {}",
-                        other.type_name()
-                    )));
-                }
+            let Some(handler) = &self.handlers[handler_index(&event.kind)] else {
+                continue;
             };
             self.budget.used.store(0, Ordering::Relaxed);
-            let args: Vec<Value> = args
-                .into_iter()
-                .map(|a| {
-                    if name == "on_timer" {
-                        Ok(Value::Integer(a.parse::<i64>().unwrap_or(0)))
-                    } else {
-                        lua.create_string(a).map(Value::String)
-                    }
-                })
-                .collect::<mlua::Result<_>>()?;
-            handler.call::<()>(MultiValue::from_iter(args))?;
+            self.call_handler(handler, &event.kind)?;
             if let Some(e) = self.budget.fault() {
                 return Err(e);
             }
         }
-        let state: Value = env.raw_get("state")?;
+        let touched = with_ctx(lua, |ctx| Ok(ctx.touched))?;
+        if !touched {
+            return Ok(Ok(None));
+        }
+        let state: Value = self.env_shadow.raw_get(&self.state_key)?;
         let table = match state {
             Value::Table(t) => t,
             Value::Nil => lua.create_table()?,
@@ -753,6 +1329,7 @@ impl Sandbox {
         };
         let encoded = codec::from_lua(&table, limits.state_bytes)
             .and_then(|d| codec::encode(&d, limits.state_bytes))
+            .map(Some)
             .map_err(|e| ScriptFault::Error(e.to_string()));
         Ok(encoded)
     }
@@ -779,18 +1356,42 @@ pub fn string_key_order() -> Result<String, LoadError> {
 pub const PINNED_STRING_KEY_ORDER: &str =
     "kappa,zeta,theta,eta,pi,omicron,xi,gamma,alpha,beta,nu,mu,delta,lambda,iota,epsilon";
 
+/// Pairs order of twelve tables used as keys: the same on every machine
+/// only with the patched Lua (vendor/lua-src), which hashes tables by
+/// creation number instead of address.
+pub fn table_key_order() -> Result<String, LoadError> {
+    let lua = Lua::new_with(StdLib::TABLE, LuaOptions::default())
+        .map_err(|e| LoadError::Setup(e.to_string()))?;
+    lua.load(
+        r#"local t, out = {}, {}
+        for i = 1, 12 do t[{ id = i }] = true end
+        for k in pairs(t) do out[#out + 1] = k.id end
+        return table.concat(out, ",")"#,
+    )
+    .eval::<String>()
+    .map_err(|e| LoadError::Setup(e.to_string()))
+}
+
+/// The order [`table_key_order`] gives with the patched Lua.
+pub const PINNED_TABLE_KEY_ORDER: &str = "1,2,3,4,5,6,7,8,9,10,11,12";
+
 /// Checks that this build of Lua is deterministic (the string-hash seed is
-/// pinned). A node must not run scripts otherwise: its replicas would
-/// disagree on `pairs` order.
+/// pinned, tables hash by creation number). A node must not run scripts
+/// otherwise: its replicas would disagree on `pairs` order.
 pub fn check_build() -> Result<(), LoadError> {
     let got = string_key_order()?;
-    if got == PINNED_STRING_KEY_ORDER {
-        Ok(())
-    } else {
-        Err(LoadError::Setup(format!(
+    if got != PINNED_STRING_KEY_ORDER {
+        return Err(LoadError::Setup(format!(
             "this build of Lua does not pin its string-hash seed (pairs order {got:?}); build with the workspace's .cargo/config.toml (CFLAGS -Dluai_makeseed)"
-        )))
+        )));
     }
+    let got = table_key_order()?;
+    if got != PINNED_TABLE_KEY_ORDER {
+        return Err(LoadError::Setup(format!(
+            "this build of Lua hashes table keys by address (pairs order {got:?}); build with the workspace's patched lua-src (vendor/lua-src)"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ use metatopia_sim::testing::Driver;
 /// numbers, does fx maths and sets timers; the state records all of it.
 pub const MIXER: &str = include_str!("../../examples/scripts/mixer.lua");
 
+/// `state.table_keys` of the first mixer after the run below.
+const TABLE_KEY_ORDER: &str = "11,12,-1,-2,-3,1,2,3,4,5,6,7,9,10,-4";
+
 fn run(world: &mut World, scripts: &[ElementId], ticks: u32) {
     for t in 0..ticks {
         let touch: Vec<ElementId> = scripts
@@ -51,6 +54,7 @@ fn fresh_hosts_and_thread_counts_agree() {
                 w.driver.sim.hash(),
                 w.text(ids[0], "order"),
                 w.text(ids[0], "fx"),
+                w.text(ids[0], "table_keys"),
             )
         })
     };
@@ -61,6 +65,12 @@ fn fresh_hosts_and_thread_counts_agree() {
     assert_eq!(two, again);
     assert!(one.1.unwrap().contains("alpha"));
     assert!(one.2.is_some());
+    // Table and function keys: eleven tables and four functions, in the
+    // order the patched Lua gives (address hashing would give another
+    // order in nearly every process).
+    let keys = one.3.unwrap();
+    assert_eq!(keys.split(',').count(), 15, "{keys}");
+    assert_eq!(keys, TABLE_KEY_ORDER);
 }
 
 #[test]

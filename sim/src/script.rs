@@ -107,6 +107,21 @@ pub enum Write {
         /// Its new name.
         name: String,
     },
+    /// Add an impulse (N·s) to a body at its centre of mass (a
+    /// `PhysicsCommand::Impulse` for the physics sim).
+    Impulse {
+        /// The body.
+        element: ElementId,
+        /// The impulse.
+        impulse: Vec3,
+    },
+    /// Set a body's linear velocity, m/s (a `PhysicsCommand::SetVelocity`).
+    SetVelocity {
+        /// The body.
+        element: ElementId,
+        /// The velocity.
+        vel: Vec3,
+    },
 }
 
 /// What one call produced. Applied whole or not at all.

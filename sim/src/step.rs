@@ -1004,6 +1004,9 @@ impl Tick<'_> {
                     *element,
                     check_text(name, st.name_bytes_max, "name").is_ok(),
                 ),
+                Write::Impulse { element, .. } | Write::SetVelocity { element, .. } => {
+                    (*element, true)
+                }
             };
             if !self.s.elements.contains_key(&element) {
                 return reject(format!("write to unknown element {element}"));
@@ -1013,6 +1016,11 @@ impl Tick<'_> {
             }
             if !ok {
                 return reject(format!("invalid value written to {element}"));
+            }
+            if matches!(w, Write::Impulse { .. } | Write::SetVelocity { .. })
+                && !self.s.bodies.contains_key(&element)
+            {
+                return reject(format!("{element} is not a body"));
             }
         }
         let sends = out.sends.len() + out.says.len();
@@ -1075,6 +1083,17 @@ impl Tick<'_> {
                     self.s.elements.update(&element, |e| {
                         e.name = name;
                     });
+                }
+                Write::Impulse { element, impulse } => {
+                    self.report.physics.push(PhysicsCommand::Impulse {
+                        id: element,
+                        impulse,
+                    });
+                }
+                Write::SetVelocity { element, vel } => {
+                    self.report
+                        .physics
+                        .push(PhysicsCommand::SetVelocity { id: element, vel });
                 }
             }
         }

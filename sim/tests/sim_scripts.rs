@@ -290,3 +290,128 @@ fn script_hash_does_not_depend_on_thread_count() {
     assert_eq!(one, two);
     assert_eq!(one, four);
 }
+
+/// A host whose every call asks for the same writes (and a new state).
+#[derive(Debug)]
+struct Writes(Vec<metatopia_sim::script::Write>);
+
+impl metatopia_sim::ScriptHost for Writes {
+    fn run(
+        &self,
+        _: &metatopia_sim::script::ScriptCall<'_>,
+    ) -> Result<metatopia_sim::script::ScriptOutput, metatopia_sim::script::ScriptFault> {
+        Ok(metatopia_sim::script::ScriptOutput {
+            writes: self.0.clone(),
+            state: Some(b"pushed".to_vec()),
+            ..Default::default()
+        })
+    }
+}
+
+#[test]
+fn script_physics_writes_become_commands_for_own_bodies_only() {
+    use metatopia_sim::physics::{BodyKind, BodySpec, Material, PhysicsCommand, Shape};
+    use metatopia_sim::script::Write;
+    use metatopia_sim::{Fx, NoScripts};
+    let mut d = world(1);
+    let ball = BodySpec {
+        kind: BodyKind::Dynamic,
+        shape: Shape::Ball { radius: Fx::ONE },
+        material: Material::default(),
+    };
+    let spawn = |parent| InputKind::SpawnBody {
+        parent,
+        name: "ball".into(),
+        pos: Vec3::from_ints(20, 20, 20),
+        body: ball,
+        vel: Vec3::default(),
+    };
+    let first = d.sim.state().next_counter;
+    d.tick(
+        &NoScripts,
+        vec![(ALICE, spawn(Some(obj(0)))), (ALICE, spawn(None))],
+    );
+    let (mine, theirs) = (ElementId::new(1, first), ElementId::new(1, first + 1));
+    assert!(d.sim.state().bodies.contains_key(&mine));
+    assert!(d.sim.state().bodies.contains_key(&theirs));
+    d.tick(
+        &NoScripts,
+        vec![(
+            ALICE,
+            InputKind::AttachScript {
+                element: obj(0),
+                source: [1; 32],
+            },
+        )],
+    );
+    let up = Vec3::from_ints(0, 0, 5);
+    let touch = || vec![(ALICE, InputKind::Touch { element: obj(0) })];
+    let slot = |d: &Driver| d.sim.state().elements[&obj(0)].script.clone().unwrap();
+    // Its own body: both writes become physics commands, in order.
+    let ok = Writes(vec![
+        Write::Impulse {
+            element: mine,
+            impulse: up,
+        },
+        Write::SetVelocity {
+            element: mine,
+            vel: up,
+        },
+    ]);
+    let r = d.tick(&ok, touch());
+    assert!(r.physics.contains(&PhysicsCommand::Impulse {
+        id: mine,
+        impulse: up
+    }));
+    assert!(
+        r.physics
+            .contains(&PhysicsCommand::SetVelocity { id: mine, vel: up })
+    );
+    assert_eq!(slot(&d).state, b"pushed".to_vec());
+    // A non-body, or a body outside the subtree: the whole output is
+    // rejected, nothing reaches physics, state stays.
+    for (bad, want) in [
+        (
+            Write::Impulse {
+                element: obj(0),
+                impulse: up,
+            },
+            "is not a body",
+        ),
+        (
+            Write::SetVelocity {
+                element: theirs,
+                vel: up,
+            },
+            "does not own",
+        ),
+    ] {
+        let before = slot(&d);
+        let host = Writes(vec![
+            Write::Impulse {
+                element: mine,
+                impulse: up,
+            },
+            bad,
+        ]);
+        let r = d.tick(&host, touch());
+        let fault = r
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Event::ScriptFault { error, .. } => Some(error.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(fault.contains(want), "{fault}");
+        assert!(
+            !r.physics
+                .iter()
+                .any(|c| matches!(c, PhysicsCommand::Impulse { .. })),
+            "{:?}",
+            r.physics
+        );
+        assert_eq!(slot(&d).faults, before.faults + 1);
+        assert_eq!(slot(&d).state, before.state);
+    }
+}
