@@ -376,22 +376,57 @@ impl Recovery {
     }
 }
 
+/// The owner of `t` among the sites live at `x` ms, if `answerer` is one
+/// of the owners an instant before or after `x` (a join or a crash at `x`
+/// itself may come before or after the decision).
+fn owner_at(
+    net: &SimNet,
+    pos: &BTreeMap<NodeId, Point>,
+    killed: &BTreeMap<NodeId, u64>,
+    x: u64,
+    t: Point,
+    answerer: NodeId,
+) -> bool {
+    let mut any = false;
+    for (join_incl, kill_incl) in [(true, false), (true, true), (false, true), (false, false)] {
+        let sites: Vec<(NodeId, Point)> = pos
+            .iter()
+            .filter(|(id, _)| {
+                net.joined_at(**id)
+                    .is_some_and(|j| j < x || (join_incl && j == x))
+            })
+            .filter(|(id, _)| {
+                killed
+                    .get(id)
+                    .is_none_or(|k| *k > x || (kill_incl && *k == x))
+            })
+            .map(|(id, p)| (*id, *p))
+            .collect();
+        any |= Oracle::new(&sites).owner(t) == Some(answerer);
+    }
+    any
+}
+
 fn churn_runs(a: &Args) {
     println!("\n### Churn: 1 %/s of peers crash and as many join (uniform, 60 s)\n");
     println!(
-        "| N | queries | answered | exact owner | VN consistent at end (after 10 s quiet) | mean RS (steps of 100 ms) | p99 RS | max RS | still inconsistent |"
+        "| N | queries | origin crashed first | answered (of the rest) | exact owner when it answered | exact owner when the reply arrived | VN consistent at end (after 10 s quiet) | mean RS (steps of 100 ms) | p99 RS | max RS | still inconsistent |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let trace = std::env::var_os("OVERLAY_SIM_TRACE").is_some();
     for &n in &a.churn {
         let side = side_mm(n, 40.0);
         let cfg = config(side, 50, 1_000);
         let mut rng = ChaCha8Rng::seed_from_u64(a.seed ^ 0xc4u64 ^ n as u64);
         let pts = place(&mut rng, n, side, Placement::Uniform);
         let mut net = SimNet::new(SimConfig::default(), a.seed);
-        build(&mut net, &cfg, &pts, a.seed, 10);
+        let ids = build(&mut net, &cfg, &pts, a.seed, 10);
         settle(&mut net, 10_000);
+        let mut pos: BTreeMap<NodeId, Point> =
+            ids.iter().copied().zip(pts.iter().copied()).collect();
+        let mut killed: BTreeMap<NodeId, u64> = BTreeMap::new();
         let mut rec = Recovery::default();
-        let (mut asked, mut answered, mut exact) = (0usize, 0usize, 0usize);
+        let (mut asked, mut answered, mut exact_then, mut exact_arrival) = (0usize, 0, 0, 0);
         let mut want: BTreeMap<(NodeId, u64), Point> = BTreeMap::new();
         let steps = 600u64;
         let per_sec = (n / 100).max(1);
@@ -405,9 +440,11 @@ fn churn_runs(a: &Args) {
                     if alive.len() > 3 {
                         let victim = alive[rng.random_range(0..alive.len())].0;
                         net.kill(victim);
+                        killed.insert(victim, net.now);
                     }
                     let p = Point::new(rng.random_range(0..=side), rng.random_range(0..=side));
                     let id = net.add(cfg.clone(), p, rng.random());
+                    pos.insert(id, p);
                     let alive = net.sites();
                     let via = alive[rng.random_range(0..alive.len())].0;
                     net.join(id, via);
@@ -429,13 +466,41 @@ fn churn_runs(a: &Args) {
             let sites = net.sites();
             let oracle = Oracle::new(&sites);
             for (who, e) in net.take_events() {
-                if let Event::Located { query, owner, .. } = e
-                    && let Some(t) = want.remove(&(who, query))
-                {
-                    answered += 1;
-                    if oracle.owner(t) == Some(owner.id) {
-                        exact += 1;
-                    }
+                let Event::Located { query, owner, .. } = e else {
+                    continue;
+                };
+                let Some(t) = want.remove(&(who, query)) else {
+                    continue;
+                };
+                answered += 1;
+                let decided = net.take_answered_at(who, query);
+                if oracle.owner(t) == Some(owner.id) {
+                    exact_arrival += 1;
+                    exact_then += 1;
+                    continue;
+                }
+                let Some((x, by)) = decided else { continue };
+                if by == owner.id && owner_at(&net, &pos, &killed, x, t, owner.id) {
+                    exact_then += 1;
+                } else if trace {
+                    let sites: Vec<(NodeId, Point)> = pos
+                        .iter()
+                        .filter(|(id, _)| net.joined_at(**id).is_some_and(|j| j <= x))
+                        .filter(|(id, _)| killed.get(id).is_none_or(|k| *k > x))
+                        .map(|(id, p)| (*id, *p))
+                        .collect();
+                    let o = Oracle::new(&sites).owner(t).unwrap_or(NodeId(0));
+                    eprintln!(
+                        "MISS at {x} ms: {} answered for {t:?} (alive {}, owns now {:?}); owner then {o} joined at {:?} killed {:?}, answerer knows it now {:?}, owner knows answerer {:?} answerer joined {:?}",
+                        owner.id,
+                        net.peer(owner.id).is_some(),
+                        net.peer(owner.id).map(|p| p.owns(t)),
+                        net.joined_at(o),
+                        killed.get(&o),
+                        net.peer(owner.id).map(|p| p.contact(o).is_some()),
+                        net.peer(o).map(|p| p.contact(owner.id).is_some()),
+                        net.joined_at(owner.id),
+                    );
                 }
             }
             let truth = oracle.neighbours();
@@ -446,6 +511,22 @@ fn churn_runs(a: &Args) {
                 rec.observe(step, *id, ok);
             }
         }
+        // Queries still open: every one whose origin crashed is lost with
+        // it (nobody is left to hear the answer); the others failed.
+        let orphaned = want
+            .keys()
+            .filter(|(who, _)| net.peer(*who).is_none())
+            .count();
+        if trace {
+            eprintln!("lost {:?}", net.lost);
+            for ((who, _), t) in &want {
+                eprintln!(
+                    "LOST from {who} alive {} target {t:?}",
+                    net.peer(*who).is_some()
+                );
+            }
+        }
+        let live = (asked - orphaned).max(1) as f64;
         let truth = Oracle::new(&net.sites()).neighbours();
         let consistent = truth
             .iter()
@@ -455,11 +536,13 @@ fn churn_runs(a: &Args) {
         let max = rec.done.iter().copied().max().unwrap_or(0);
         let p99 = percentile(&mut rec.done, 0.99);
         println!(
-            "| {} | {} | {:.3}% | {:.3}% | {:.3}% | {:.2} | {} | {} | {} |",
+            "| {} | {} | {} | {:.3}% | {:.3}% | {:.3}% | {:.3}% | {:.2} | {} | {} | {} |",
             n,
             asked,
-            100.0 * answered as f64 / asked.max(1) as f64,
-            100.0 * exact as f64 / asked.max(1) as f64,
+            orphaned,
+            100.0 * answered as f64 / live,
+            100.0 * exact_then as f64 / live,
+            100.0 * exact_arrival as f64 / live,
             100.0 * consistent as f64 / truth.len().max(1) as f64,
             mean,
             p99,
