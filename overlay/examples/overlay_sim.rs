@@ -269,9 +269,9 @@ fn route(net: &mut SimNet, rng: &mut ChaCha8Rng, side: i64, q: usize) -> (usize,
 fn static_runs(a: &Args) {
     println!("\n### Static routing and neighbour quality (exact 2-D mode)\n");
     println!(
-        "| placement | N | build s | msgs/join | recall | precision | mean VN degree | mean links | routed ok | mean hops | p99 hops | hops / ln²N |"
+        "| placement | N | build s | msgs/join | recall | precision | mean VN degree | oracle mean degree | hull sites h | 6 − (6+2h)/N | mean links | routed ok | mean hops | p99 hops | hops / ln²N |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &how in &a.placements {
         for &n in &a.sizes {
             let t0 = Instant::now();
@@ -287,7 +287,12 @@ fn static_runs(a: &Args) {
                 .map(|i| net.traffic(NodeId(i)).msgs)
                 .sum();
             settle(&mut net, 45_000);
-            let truth = Oracle::new(&net.sites()).neighbours();
+            let oracle = Oracle::new(&net.sites());
+            let truth = oracle.neighbours();
+            let sites_n = oracle.len().max(1) as f64;
+            let oracle_degree = truth.values().map(BTreeSet::len).sum::<usize>() as f64 / sites_n;
+            let hull = oracle.hull_len();
+            drop(oracle);
             if std::env::var_os("OVERLAY_SIM_TRACE").is_some() {
                 eprintln!("kinds {:?}", net.kinds);
                 let mut shown = 0;
@@ -330,7 +335,7 @@ fn static_runs(a: &Args) {
             let mean = hops.iter().sum::<u64>() as f64 / hops.len().max(1) as f64;
             let p99 = percentile(&mut hops, 0.99);
             println!(
-                "| {:?} | {} | {:.0} | {:.1} | {:.5} | {:.5} | {:.3} | {:.1} | {}/{} ({:.3}%) | {:.2} | {} | {:.3} |",
+                "| {:?} | {} | {:.0} | {:.1} | {:.5} | {:.5} | {:.3} | {:.3} | {} | {:.3} | {:.1} | {}/{} ({:.3}%) | {:.2} | {} | {:.3} |",
                 how,
                 n,
                 t0.elapsed().as_secs_f64(),
@@ -338,6 +343,9 @@ fn static_runs(a: &Args) {
                 qu.recall,
                 qu.precision,
                 qu.degree,
+                oracle_degree,
+                hull,
+                6.0 - (6.0 + 2.0 * hull as f64) / sites_n,
                 qu.links,
                 ok,
                 total,
