@@ -36,6 +36,7 @@ struct Args {
     queries: usize,
     moving_steps: u64,
     placements: Vec<Placement>,
+    models: Vec<Model>,
 }
 
 fn parse_list(s: &str) -> Result<Vec<usize>> {
@@ -54,6 +55,7 @@ fn args() -> Result<Args> {
         queries: 10_000,
         moving_steps: 200,
         placements: vec![Placement::Uniform, Placement::Clustered],
+        models: vec![Model::Waypoint, Model::Cluster],
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -72,6 +74,16 @@ fn args() -> Result<Args> {
                         "uniform" => Ok(Placement::Uniform),
                         "clustered" => Ok(Placement::Clustered),
                         _ => bail!("unknown placement {p}"),
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--models" => {
+                a.models = v
+                    .split(',')
+                    .map(|m| match m {
+                        "waypoint" => Ok(Model::Waypoint),
+                        "cluster" => Ok(Model::Cluster),
+                        _ => bail!("unknown model {m}"),
                     })
                     .collect::<Result<_>>()?;
             }
@@ -418,18 +430,31 @@ fn owner_at(
 fn churn_runs(a: &Args) {
     println!("\n### Churn: 1 %/s of peers crash and as many join (uniform, 60 s)\n");
     println!(
-        "| N | queries | origin crashed first | answered (of the rest) | exact owner when it answered | exact owner when the reply arrived | VN consistent at end (after 10 s quiet) | mean RS (steps of 100 ms) | p99 RS | max RS | still inconsistent |"
+        "| N | queries | origin crashed first | answered (of the rest) | exact owner when it answered | exact owner when the reply arrived | VN consistent at end (after 10 s quiet) | mean RS (steps of 100 ms) | p99 RS | max RS | still inconsistent | msgs/peer/s | bytes/peer/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let trace = std::env::var_os("OVERLAY_SIM_TRACE").is_some();
     for &n in &a.churn {
         let side = side_mm(n, 40.0);
         let cfg = config(side, 50, 1_000);
         let mut rng = ChaCha8Rng::seed_from_u64(a.seed ^ 0xc4u64 ^ n as u64);
         let pts = place(&mut rng, n, side, Placement::Uniform);
-        let mut net = SimNet::new(SimConfig::default(), a.seed);
+        let mut net = SimNet::new(
+            SimConfig {
+                count_bytes: true,
+                ..SimConfig::default()
+            },
+            a.seed,
+        );
         let ids = build(&mut net, &cfg, &pts, a.seed, 10);
         settle(&mut net, 10_000);
+        let total = |net: &SimNet| {
+            (0..net.slots() as u64)
+                .map(|i| net.traffic(NodeId(i)))
+                .fold((0u64, 0u64), |s, t| (s.0 + t.msgs, s.1 + t.bytes))
+        };
+        let before = total(&net);
+        let mut during = before;
         let mut pos: BTreeMap<NodeId, Point> =
             ids.iter().copied().zip(pts.iter().copied()).collect();
         let mut killed: BTreeMap<NodeId, u64> = BTreeMap::new();
@@ -471,6 +496,9 @@ fn churn_runs(a: &Args) {
             }
             net.step(100);
             step += 1;
+            if step == steps {
+                during = total(&net);
+            }
             let sites = net.sites();
             let oracle = Oracle::new(&sites);
             for (who, e) in net.take_events() {
@@ -544,7 +572,7 @@ fn churn_runs(a: &Args) {
         let max = rec.done.iter().copied().max().unwrap_or(0);
         let p99 = percentile(&mut rec.done, 0.99);
         println!(
-            "| {} | {} | {} | {:.3}% | {:.3}% | {:.3}% | {:.3}% | {:.2} | {} | {} | {} |",
+            "| {} | {} | {} | {:.3}% | {:.3}% | {:.3}% | {:.3}% | {:.2} | {} | {} | {} | {:.1} | {:.0} |",
             n,
             asked,
             orphaned,
@@ -555,7 +583,9 @@ fn churn_runs(a: &Args) {
             mean,
             p99,
             max,
-            rec.since.len()
+            rec.since.len(),
+            (during.0 - before.0) as f64 / n as f64 / (steps as f64 / 10.0),
+            (during.1 - before.1) as f64 / n as f64 / (steps as f64 / 10.0),
         );
     }
 }
@@ -582,10 +612,10 @@ fn moving_runs(a: &Args) {
         "\n### Moving peers (VAST setting: AOI 100 m, 5 m/step, 10 steps/s, density of 1000 peers on 1200 m × 1200 m)\n"
     );
     println!(
-        "| model | N | TC while moving (mean) | TC min | TC after 5 s quiet | drift mean mm | drift max mm | mean RS | max RS | VN recall at end | msgs/peer/s | bytes/peer/s |"
+        "| model | N | TC while moving (mean) | TC min | TC after 5 s quiet | drift mean mm | drift max mm | mean RS | max RS | VN recall at end | msgs/peer/s | bytes/peer/s | interior msgs/peer/s | interior bytes/peer/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for model in [Model::Waypoint, Model::Cluster] {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for &model in &a.models {
         for &n in &a.moving {
             let side = (1200.0 * (n as f64 / 1000.0).sqrt() * M as f64) as i64;
             let aoi = 100 * M;
@@ -621,6 +651,14 @@ fn moving_runs(a: &Args) {
             let (mut tc_sum, mut tc_min, mut tc_last) = (0.0f64, 1.0f64, 0.0f64);
             let (mut drift_sum, mut drift_n, mut drift_max) = (0f64, 0u64, 0i64);
             let mut traffic_after_moving = before;
+            // Traffic of peers at least AOI + buffer from every border (no
+            // edge effect), attributed step by step.
+            let margin = (aoi + 15 * M) as i64;
+            let mut last: Vec<(u64, u64)> = ids
+                .iter()
+                .map(|id| (net.traffic(*id).msgs, net.traffic(*id).bytes))
+                .collect();
+            let (mut in_msgs, mut in_bytes, mut in_steps) = (0u64, 0u64, 0u64);
             for step in 0..moving_steps + quiet_steps {
                 let moving = step < moving_steps;
                 if moving {
@@ -664,6 +702,22 @@ fn moving_runs(a: &Args) {
                         net.in_flight(),
                         net.kinds
                     );
+                }
+                if moving {
+                    for (i, id) in ids.iter().enumerate() {
+                        let t = net.traffic(*id);
+                        let p = pos[i];
+                        if p.x >= margin
+                            && p.y >= margin
+                            && p.x <= side - margin
+                            && p.y <= side - margin
+                        {
+                            in_msgs += t.msgs - last[i].0;
+                            in_bytes += t.bytes - last[i].1;
+                            in_steps += 1;
+                        }
+                        last[i] = (t.msgs, t.bytes);
+                    }
                 }
                 if step + 1 == moving_steps {
                     traffic_after_moving = (0..net.slots() as u64)
@@ -743,7 +797,7 @@ fn moving_runs(a: &Args) {
             let mean_rs = rec.done.iter().sum::<u64>() as f64 / rec.done.len().max(1) as f64;
             let max_rs = rec.done.iter().copied().max().unwrap_or(0);
             println!(
-                "| {:?} | {} | {:.4}% | {:.4}% | {:.4}% | {:.0} | {} | {:.2} | {} | {:.5} | {:.0} | {:.0} |",
+                "| {:?} | {} | {:.4}% | {:.4}% | {:.4}% | {:.0} | {} | {:.2} | {} | {:.5} | {:.0} | {:.0} | {:.0} | {:.0} |",
                 model,
                 n,
                 100.0 * tc_sum / moving_steps as f64,
@@ -755,7 +809,9 @@ fn moving_runs(a: &Args) {
                 max_rs,
                 qu.recall,
                 msgs,
-                bytes
+                bytes,
+                in_msgs as f64 * 10.0 / in_steps.max(1) as f64,
+                in_bytes as f64 * 10.0 / in_steps.max(1) as f64,
             );
         }
     }
