@@ -653,7 +653,7 @@ fn moving_runs(a: &Args) {
             let mut traffic_after_moving = before;
             // Traffic of peers at least AOI + buffer from every border (no
             // edge effect), attributed step by step.
-            let margin = (aoi + 15 * M) as i64;
+            let margin = aoi + 15 * M;
             let mut last: Vec<(u64, u64)> = ids
                 .iter()
                 .map(|id| (net.traffic(*id).msgs, net.traffic(*id).bytes))
