@@ -129,7 +129,7 @@ fn config(side: i64, aoi_m: i64, heartbeat_ms: u64) -> Config {
         hello_delay_ms: std::env::var("OVERLAY_HELLO_DELAY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+            .unwrap_or(Config::default().hello_delay_ms),
         ..Config::default()
     }
 }

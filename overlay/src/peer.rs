@@ -68,11 +68,12 @@ pub struct Config {
     /// Long-link redraw period.
     pub long_link_refresh_ms: u64,
     /// Coalesce `Hello`s: neighbour-set changes are announced at most this
-    /// long after they happen (fewer messages when many peers move). 0 (the
-    /// default) sends at once. Experimental: with 50 ms the simulator left
-    /// about 20 % of neighbour sets wrong at 6,000 static peers (slow joins
-    /// with a 20 s heartbeat), while 0 converges exactly; see
-    /// docs/performance.md.
+    /// long after they happen; 0 sends at once. With the default 50 ms the
+    /// simulator's moving peers send about half the bytes at the same
+    /// topology consistency (see docs/performance.md). Before joins were
+    /// confirmed (see [`Peer::is_joined`]), coalescing let concurrent
+    /// joiners be accepted by peers that did not know each other yet, which
+    /// left interleaved groups of peers with no link between them.
     pub hello_delay_ms: u64,
 }
 
@@ -99,7 +100,7 @@ impl Default for Config {
             outbox_max: 65_536,
             known_max: 2_048,
             long_link_refresh_ms: 60_000,
-            hello_delay_ms: 0,
+            hello_delay_ms: 50,
         }
     }
 }
@@ -339,7 +340,9 @@ impl<G: Geometry> Peer<G> {
         &self.me
     }
 
-    /// Whether the peer is part of the overlay.
+    /// Whether the peer is part of the overlay: it was accepted and every
+    /// Voronoi neighbour has confirmed (answered a `Probe`) that it knows
+    /// it, so no other peer still claims a piece of its cell.
     pub fn is_joined(&self) -> bool {
         self.phase == Phase::Joined
     }
@@ -493,12 +496,15 @@ impl<G: Geometry> Peer<G> {
         if !self.active() {
             return;
         }
-        let broadcast = self.recompute(now, false);
+        // A `Hello` sent right now carries the new position to the Voronoi
+        // neighbours; a coalesced one would reach them late, so they get
+        // the (small) heartbeat too.
+        let hello_now = self.recompute(now, false) && self.cfg.hello_delay_ms == 0;
         let hb = Message::Heartbeat {
             from: self.me.clone(),
         };
         for id in self.links() {
-            if !(broadcast && self.vn.contains(&id)) {
+            if !(hello_now && self.vn.contains(&id)) {
                 self.send_to(id, hb.clone());
             }
         }
