@@ -36,6 +36,7 @@ struct Args {
     queries: usize,
     moving_steps: u64,
     placements: Vec<Placement>,
+    models: Vec<Model>,
 }
 
 fn parse_list(s: &str) -> Result<Vec<usize>> {
@@ -54,6 +55,7 @@ fn args() -> Result<Args> {
         queries: 10_000,
         moving_steps: 200,
         placements: vec![Placement::Uniform, Placement::Clustered],
+        models: vec![Model::Waypoint, Model::Cluster],
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -72,6 +74,16 @@ fn args() -> Result<Args> {
                         "uniform" => Ok(Placement::Uniform),
                         "clustered" => Ok(Placement::Clustered),
                         _ => bail!("unknown placement {p}"),
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--models" => {
+                a.models = v
+                    .split(',')
+                    .map(|m| match m {
+                        "waypoint" => Ok(Model::Waypoint),
+                        "cluster" => Ok(Model::Cluster),
+                        _ => bail!("unknown model {m}"),
                     })
                     .collect::<Result<_>>()?;
             }
@@ -117,7 +129,7 @@ fn config(side: i64, aoi_m: i64, heartbeat_ms: u64) -> Config {
         hello_delay_ms: std::env::var("OVERLAY_HELLO_DELAY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+            .unwrap_or(Config::default().hello_delay_ms),
         ..Config::default()
     }
 }
@@ -269,9 +281,9 @@ fn route(net: &mut SimNet, rng: &mut ChaCha8Rng, side: i64, q: usize) -> (usize,
 fn static_runs(a: &Args) {
     println!("\n### Static routing and neighbour quality (exact 2-D mode)\n");
     println!(
-        "| placement | N | build s | msgs/join | recall | precision | mean VN degree | mean links | routed ok | mean hops | p99 hops | hops / ln²N |"
+        "| placement | N | build s | msgs/join | recall | precision | mean VN degree | oracle mean degree | hull sites h | 6 − (6+2h)/N | mean links | routed ok | mean hops | p99 hops | hops / ln²N |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &how in &a.placements {
         for &n in &a.sizes {
             let t0 = Instant::now();
@@ -287,7 +299,12 @@ fn static_runs(a: &Args) {
                 .map(|i| net.traffic(NodeId(i)).msgs)
                 .sum();
             settle(&mut net, 45_000);
-            let truth = Oracle::new(&net.sites()).neighbours();
+            let oracle = Oracle::new(&net.sites());
+            let truth = oracle.neighbours();
+            let sites_n = oracle.len().max(1) as f64;
+            let oracle_degree = truth.values().map(BTreeSet::len).sum::<usize>() as f64 / sites_n;
+            let hull = oracle.hull_len();
+            drop(oracle);
             if std::env::var_os("OVERLAY_SIM_TRACE").is_some() {
                 eprintln!("kinds {:?}", net.kinds);
                 let mut shown = 0;
@@ -330,7 +347,7 @@ fn static_runs(a: &Args) {
             let mean = hops.iter().sum::<u64>() as f64 / hops.len().max(1) as f64;
             let p99 = percentile(&mut hops, 0.99);
             println!(
-                "| {:?} | {} | {:.0} | {:.1} | {:.5} | {:.5} | {:.3} | {:.1} | {}/{} ({:.3}%) | {:.2} | {} | {:.3} |",
+                "| {:?} | {} | {:.0} | {:.1} | {:.5} | {:.5} | {:.3} | {:.3} | {} | {:.3} | {:.1} | {}/{} ({:.3}%) | {:.2} | {} | {:.3} |",
                 how,
                 n,
                 t0.elapsed().as_secs_f64(),
@@ -338,6 +355,9 @@ fn static_runs(a: &Args) {
                 qu.recall,
                 qu.precision,
                 qu.degree,
+                oracle_degree,
+                hull,
+                6.0 - (6.0 + 2.0 * hull as f64) / sites_n,
                 qu.links,
                 ok,
                 total,
@@ -376,22 +396,70 @@ impl Recovery {
     }
 }
 
+/// The owner of `t` among the sites live at `x` ms, if `answerer` is one
+/// of the owners an instant before or after `x` (a join or a crash at `x`
+/// itself may come before or after the decision).
+fn owner_at(
+    net: &SimNet,
+    pos: &BTreeMap<NodeId, Point>,
+    killed: &BTreeMap<NodeId, u64>,
+    x: u64,
+    t: Point,
+    answerer: NodeId,
+) -> bool {
+    let mut any = false;
+    for (join_incl, kill_incl) in [(true, false), (true, true), (false, true), (false, false)] {
+        let sites: Vec<(NodeId, Point)> = pos
+            .iter()
+            .filter(|(id, _)| {
+                net.joined_at(**id)
+                    .is_some_and(|j| j < x || (join_incl && j == x))
+            })
+            .filter(|(id, _)| {
+                killed
+                    .get(id)
+                    .is_none_or(|k| *k > x || (kill_incl && *k == x))
+            })
+            .map(|(id, p)| (*id, *p))
+            .collect();
+        any |= Oracle::new(&sites).owner(t) == Some(answerer);
+    }
+    any
+}
+
 fn churn_runs(a: &Args) {
     println!("\n### Churn: 1 %/s of peers crash and as many join (uniform, 60 s)\n");
     println!(
-        "| N | queries | answered | exact owner | VN consistent at end (after 10 s quiet) | mean RS (steps of 100 ms) | p99 RS | max RS | still inconsistent |"
+        "| N | queries | origin crashed first | answered (of the rest) | exact owner when it answered | exact owner when the reply arrived | VN consistent at end (after 10 s quiet) | mean RS (steps of 100 ms) | p99 RS | max RS | still inconsistent | msgs/peer/s | bytes/peer/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let trace = std::env::var_os("OVERLAY_SIM_TRACE").is_some();
     for &n in &a.churn {
         let side = side_mm(n, 40.0);
         let cfg = config(side, 50, 1_000);
         let mut rng = ChaCha8Rng::seed_from_u64(a.seed ^ 0xc4u64 ^ n as u64);
         let pts = place(&mut rng, n, side, Placement::Uniform);
-        let mut net = SimNet::new(SimConfig::default(), a.seed);
-        build(&mut net, &cfg, &pts, a.seed, 10);
+        let mut net = SimNet::new(
+            SimConfig {
+                count_bytes: true,
+                ..SimConfig::default()
+            },
+            a.seed,
+        );
+        let ids = build(&mut net, &cfg, &pts, a.seed, 10);
         settle(&mut net, 10_000);
+        let total = |net: &SimNet| {
+            (0..net.slots() as u64)
+                .map(|i| net.traffic(NodeId(i)))
+                .fold((0u64, 0u64), |s, t| (s.0 + t.msgs, s.1 + t.bytes))
+        };
+        let before = total(&net);
+        let mut during = before;
+        let mut pos: BTreeMap<NodeId, Point> =
+            ids.iter().copied().zip(pts.iter().copied()).collect();
+        let mut killed: BTreeMap<NodeId, u64> = BTreeMap::new();
         let mut rec = Recovery::default();
-        let (mut asked, mut answered, mut exact) = (0usize, 0usize, 0usize);
+        let (mut asked, mut answered, mut exact_then, mut exact_arrival) = (0usize, 0, 0, 0);
         let mut want: BTreeMap<(NodeId, u64), Point> = BTreeMap::new();
         let steps = 600u64;
         let per_sec = (n / 100).max(1);
@@ -405,9 +473,11 @@ fn churn_runs(a: &Args) {
                     if alive.len() > 3 {
                         let victim = alive[rng.random_range(0..alive.len())].0;
                         net.kill(victim);
+                        killed.insert(victim, net.now);
                     }
                     let p = Point::new(rng.random_range(0..=side), rng.random_range(0..=side));
                     let id = net.add(cfg.clone(), p, rng.random());
+                    pos.insert(id, p);
                     let alive = net.sites();
                     let via = alive[rng.random_range(0..alive.len())].0;
                     net.join(id, via);
@@ -426,16 +496,47 @@ fn churn_runs(a: &Args) {
             }
             net.step(100);
             step += 1;
+            if step == steps {
+                during = total(&net);
+            }
             let sites = net.sites();
             let oracle = Oracle::new(&sites);
             for (who, e) in net.take_events() {
-                if let Event::Located { query, owner, .. } = e
-                    && let Some(t) = want.remove(&(who, query))
-                {
-                    answered += 1;
-                    if oracle.owner(t) == Some(owner.id) {
-                        exact += 1;
-                    }
+                let Event::Located { query, owner, .. } = e else {
+                    continue;
+                };
+                let Some(t) = want.remove(&(who, query)) else {
+                    continue;
+                };
+                answered += 1;
+                let decided = net.take_answered_at(who, query);
+                if oracle.owner(t) == Some(owner.id) {
+                    exact_arrival += 1;
+                    exact_then += 1;
+                    continue;
+                }
+                let Some((x, by)) = decided else { continue };
+                if by == owner.id && owner_at(&net, &pos, &killed, x, t, owner.id) {
+                    exact_then += 1;
+                } else if trace {
+                    let sites: Vec<(NodeId, Point)> = pos
+                        .iter()
+                        .filter(|(id, _)| net.joined_at(**id).is_some_and(|j| j <= x))
+                        .filter(|(id, _)| killed.get(id).is_none_or(|k| *k > x))
+                        .map(|(id, p)| (*id, *p))
+                        .collect();
+                    let o = Oracle::new(&sites).owner(t).unwrap_or(NodeId(0));
+                    eprintln!(
+                        "MISS at {x} ms: {} answered for {t:?} (alive {}, owns now {:?}); owner then {o} joined at {:?} killed {:?}, answerer knows it now {:?}, owner knows answerer {:?} answerer joined {:?}",
+                        owner.id,
+                        net.peer(owner.id).is_some(),
+                        net.peer(owner.id).map(|p| p.owns(t)),
+                        net.joined_at(o),
+                        killed.get(&o),
+                        net.peer(owner.id).map(|p| p.contact(o).is_some()),
+                        net.peer(o).map(|p| p.contact(owner.id).is_some()),
+                        net.joined_at(owner.id),
+                    );
                 }
             }
             let truth = oracle.neighbours();
@@ -446,6 +547,22 @@ fn churn_runs(a: &Args) {
                 rec.observe(step, *id, ok);
             }
         }
+        // Queries still open: every one whose origin crashed is lost with
+        // it (nobody is left to hear the answer); the others failed.
+        let orphaned = want
+            .keys()
+            .filter(|(who, _)| net.peer(*who).is_none())
+            .count();
+        if trace {
+            eprintln!("lost {:?}", net.lost);
+            for ((who, _), t) in &want {
+                eprintln!(
+                    "LOST from {who} alive {} target {t:?}",
+                    net.peer(*who).is_some()
+                );
+            }
+        }
+        let live = (asked - orphaned).max(1) as f64;
         let truth = Oracle::new(&net.sites()).neighbours();
         let consistent = truth
             .iter()
@@ -455,16 +572,20 @@ fn churn_runs(a: &Args) {
         let max = rec.done.iter().copied().max().unwrap_or(0);
         let p99 = percentile(&mut rec.done, 0.99);
         println!(
-            "| {} | {} | {:.3}% | {:.3}% | {:.3}% | {:.2} | {} | {} | {} |",
+            "| {} | {} | {} | {:.3}% | {:.3}% | {:.3}% | {:.3}% | {:.2} | {} | {} | {} | {:.1} | {:.0} |",
             n,
             asked,
-            100.0 * answered as f64 / asked.max(1) as f64,
-            100.0 * exact as f64 / asked.max(1) as f64,
+            orphaned,
+            100.0 * answered as f64 / live,
+            100.0 * exact_then as f64 / live,
+            100.0 * exact_arrival as f64 / live,
             100.0 * consistent as f64 / truth.len().max(1) as f64,
             mean,
             p99,
             max,
-            rec.since.len()
+            rec.since.len(),
+            (during.0 - before.0) as f64 / n as f64 / (steps as f64 / 10.0),
+            (during.1 - before.1) as f64 / n as f64 / (steps as f64 / 10.0),
         );
     }
 }
@@ -491,10 +612,10 @@ fn moving_runs(a: &Args) {
         "\n### Moving peers (VAST setting: AOI 100 m, 5 m/step, 10 steps/s, density of 1000 peers on 1200 m × 1200 m)\n"
     );
     println!(
-        "| model | N | TC while moving (mean) | TC min | TC after 5 s quiet | drift mean mm | drift max mm | mean RS | max RS | VN recall at end | msgs/peer/s | bytes/peer/s |"
+        "| model | N | TC while moving (mean) | TC min | TC after 5 s quiet | drift mean mm | drift max mm | mean RS | max RS | VN recall at end | msgs/peer/s | bytes/peer/s | interior msgs/peer/s | interior bytes/peer/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for model in [Model::Waypoint, Model::Cluster] {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for &model in &a.models {
         for &n in &a.moving {
             let side = (1200.0 * (n as f64 / 1000.0).sqrt() * M as f64) as i64;
             let aoi = 100 * M;
@@ -530,6 +651,14 @@ fn moving_runs(a: &Args) {
             let (mut tc_sum, mut tc_min, mut tc_last) = (0.0f64, 1.0f64, 0.0f64);
             let (mut drift_sum, mut drift_n, mut drift_max) = (0f64, 0u64, 0i64);
             let mut traffic_after_moving = before;
+            // Traffic of peers at least AOI + buffer from every border (no
+            // edge effect), attributed step by step.
+            let margin = aoi + 15 * M;
+            let mut last: Vec<(u64, u64)> = ids
+                .iter()
+                .map(|id| (net.traffic(*id).msgs, net.traffic(*id).bytes))
+                .collect();
+            let (mut in_msgs, mut in_bytes, mut in_steps) = (0u64, 0u64, 0u64);
             for step in 0..moving_steps + quiet_steps {
                 let moving = step < moving_steps;
                 if moving {
@@ -573,6 +702,22 @@ fn moving_runs(a: &Args) {
                         net.in_flight(),
                         net.kinds
                     );
+                }
+                if moving {
+                    for (i, id) in ids.iter().enumerate() {
+                        let t = net.traffic(*id);
+                        let p = pos[i];
+                        if p.x >= margin
+                            && p.y >= margin
+                            && p.x <= side - margin
+                            && p.y <= side - margin
+                        {
+                            in_msgs += t.msgs - last[i].0;
+                            in_bytes += t.bytes - last[i].1;
+                            in_steps += 1;
+                        }
+                        last[i] = (t.msgs, t.bytes);
+                    }
                 }
                 if step + 1 == moving_steps {
                     traffic_after_moving = (0..net.slots() as u64)
@@ -652,7 +797,7 @@ fn moving_runs(a: &Args) {
             let mean_rs = rec.done.iter().sum::<u64>() as f64 / rec.done.len().max(1) as f64;
             let max_rs = rec.done.iter().copied().max().unwrap_or(0);
             println!(
-                "| {:?} | {} | {:.4}% | {:.4}% | {:.4}% | {:.0} | {} | {:.2} | {} | {:.5} | {:.0} | {:.0} |",
+                "| {:?} | {} | {:.4}% | {:.4}% | {:.4}% | {:.0} | {} | {:.2} | {} | {:.5} | {:.0} | {:.0} | {:.0} | {:.0} |",
                 model,
                 n,
                 100.0 * tc_sum / moving_steps as f64,
@@ -664,7 +809,9 @@ fn moving_runs(a: &Args) {
                 max_rs,
                 qu.recall,
                 msgs,
-                bytes
+                bytes,
+                in_msgs as f64 * 10.0 / in_steps.max(1) as f64,
+                in_bytes as f64 * 10.0 / in_steps.max(1) as f64,
             );
         }
     }

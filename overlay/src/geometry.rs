@@ -223,6 +223,13 @@ impl Oracle {
         self.ids.is_empty()
     }
 
+    /// Number of sites on the convex hull (spade counts collinear hull
+    /// sites too). A triangulation of `n` sites with `h` on the hull has
+    /// `3n - 3 - h` edges, so its mean degree is `6 - (6 + 2h) / n`.
+    pub fn hull_len(&self) -> usize {
+        self.dt.convex_hull_size()
+    }
+
     /// Every site's exact Voronoi neighbours, keyed by id.
     pub fn neighbours(&self) -> std::collections::BTreeMap<NodeId, BTreeSet<NodeId>> {
         let mut out = std::collections::BTreeMap::new();

@@ -52,6 +52,9 @@ pub struct Config {
     pub join_timeout_ms: u64,
     /// Query deadline (locate, AOI, announce).
     pub query_timeout_ms: u64,
+    /// A locate with no answer after this long is routed again (same query
+    /// id; the first answer wins). 0 never retries.
+    pub query_retry_ms: u64,
     /// Routing hop limit (terminates routing even with stale positions).
     pub hops_max: u16,
     /// Lifetime of a stored region record; owners re-announce at a third.
@@ -65,11 +68,12 @@ pub struct Config {
     /// Long-link redraw period.
     pub long_link_refresh_ms: u64,
     /// Coalesce `Hello`s: neighbour-set changes are announced at most this
-    /// long after they happen (fewer messages when many peers move). 0 (the
-    /// default) sends at once. Experimental: with 50 ms the simulator left
-    /// about 20 % of neighbour sets wrong at 6,000 static peers (slow joins
-    /// with a 20 s heartbeat), while 0 converges exactly; see
-    /// docs/performance.md.
+    /// long after they happen; 0 sends at once. With the default 50 ms the
+    /// simulator's moving peers send about half the bytes at the same
+    /// topology consistency (see docs/performance.md). Before joins were
+    /// confirmed (see [`Peer::is_joined`]), coalescing let concurrent
+    /// joiners be accepted by peers that did not know each other yet, which
+    /// left interleaved groups of peers with no link between them.
     pub hello_delay_ms: u64,
 }
 
@@ -89,13 +93,14 @@ impl Default for Config {
             failure_timeout_ms: 3_000,
             join_timeout_ms: 2_000,
             query_timeout_ms: 5_000,
+            query_retry_ms: 1_500,
             hops_max: 512,
             region_ttl_ms: 30_000,
             queries_max: 1024,
             outbox_max: 65_536,
             known_max: 2_048,
             long_link_refresh_ms: 60_000,
-            hello_delay_ms: 0,
+            hello_delay_ms: 50,
         }
     }
 }
@@ -203,7 +208,16 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Idle,
-    Joining { via: Dest, deadline: u64 },
+    Joining {
+        via: Dest,
+        deadline: u64,
+    },
+    /// The join was accepted; waiting until every Voronoi neighbour has
+    /// confirmed (a `Pong` to our `Probe`) that it knows us, so no peer
+    /// still claims part of our cell once we own it.
+    Confirming {
+        deadline: u64,
+    },
     Joined,
     Left,
 }
@@ -239,6 +253,10 @@ enum QueryKind {
 struct Query {
     kind: QueryKind,
     deadline: u64,
+    /// Locate only: the point, and when to route the query again if no
+    /// answer came (a routed message dies with its sender and next hop
+    /// when both crash while it is in flight).
+    retry: Option<(Point, u64)>,
 }
 
 /// One overlay peer (the sans-IO core).
@@ -263,6 +281,9 @@ pub struct Peer<G: Geometry = Exact2d> {
     next_query: u64,
     out: VecDeque<Output>,
     early: Vec<Message>,
+    /// Confirming: Voronoi neighbours that were probed / that answered.
+    confirm_probed: BTreeSet<NodeId>,
+    confirm_acked: BTreeSet<NodeId>,
     hello_vn: bool,
     hello_new: BTreeSet<NodeId>,
     hello_at: Option<u64>,
@@ -301,6 +322,8 @@ impl<G: Geometry> Peer<G> {
             next_query: 1,
             out: VecDeque::new(),
             early: Vec::new(),
+            confirm_probed: BTreeSet::new(),
+            confirm_acked: BTreeSet::new(),
             hello_vn: false,
             hello_new: BTreeSet::new(),
             hello_at: None,
@@ -317,9 +340,16 @@ impl<G: Geometry> Peer<G> {
         &self.me
     }
 
-    /// Whether the peer is part of the overlay.
+    /// Whether the peer is part of the overlay: it was accepted and every
+    /// Voronoi neighbour has confirmed (answered a `Probe`) that it knows
+    /// it, so no other peer still claims a piece of its cell.
     pub fn is_joined(&self) -> bool {
         self.phase == Phase::Joined
+    }
+
+    /// Joined, or accepted and confirming: the peer keeps its neighbours.
+    fn active(&self) -> bool {
+        matches!(self.phase, Phase::Joined | Phase::Confirming { .. })
     }
 
     /// Current Voronoi neighbours.
@@ -398,8 +428,16 @@ impl<G: Geometry> Peer<G> {
         match &self.phase {
             Phase::Idle | Phase::Left => None,
             Phase::Joining { deadline, .. } => Some(*deadline),
+            Phase::Confirming { deadline } => {
+                let d = self.next_heartbeat.min(*deadline);
+                Some(self.hello_at.map_or(d, |h| h.min(d)))
+            }
             Phase::Joined => {
-                let q = self.queries.values().map(|q| q.deadline).min();
+                let q = self
+                    .queries
+                    .values()
+                    .map(|q| q.retry.map_or(q.deadline, |r| r.1.min(q.deadline)))
+                    .min();
                 let d = q.map_or(self.next_heartbeat, |q| q.min(self.next_heartbeat));
                 Some(self.hello_at.map_or(d, |h| h.min(d)))
             }
@@ -455,15 +493,18 @@ impl<G: Geometry> Peer<G> {
         }
         self.me.pos = pos;
         self.me.seq = self.me.seq.wrapping_add(1);
-        if self.phase != Phase::Joined {
+        if !self.active() {
             return;
         }
-        let broadcast = self.recompute(now, false);
+        // A `Hello` sent right now carries the new position to the Voronoi
+        // neighbours; a coalesced one would reach them late, so they get
+        // the (small) heartbeat too.
+        let hello_now = self.recompute(now, false) && self.cfg.hello_delay_ms == 0;
         let hb = Message::Heartbeat {
             from: self.me.clone(),
         };
         for id in self.links() {
-            if !(broadcast && self.vn.contains(&id)) {
+            if !(hello_now && self.vn.contains(&id)) {
                 self.send_to(id, hb.clone());
             }
         }
@@ -472,6 +513,11 @@ impl<G: Geometry> Peer<G> {
     /// Ask which region covers `point` (routes to its owner).
     pub fn locate(&mut self, now: u64, point: Point) -> Result<u64, CommandError> {
         let query = self.new_query(now, QueryKind::Locate)?;
+        if self.cfg.query_retry_ms > 0
+            && let Some(q) = self.queries.get_mut(&query)
+        {
+            q.retry = Some((point, now + self.cfg.query_retry_ms));
+        }
         self.start_route(now, point, RouteKind::Locate { query });
         Ok(query)
     }
@@ -538,6 +584,7 @@ impl<G: Geometry> Peer<G> {
             Query {
                 kind,
                 deadline: now + self.cfg.query_timeout_ms,
+                retry: None,
             },
         );
         Ok(q)
@@ -557,6 +604,11 @@ impl<G: Geometry> Peer<G> {
 
     /// A message arrived.
     pub fn handle(&mut self, now: u64, msg: Message) {
+        self.handle_msg(now, msg);
+        self.advance_confirm(now, false);
+    }
+
+    fn handle_msg(&mut self, now: u64, msg: Message) {
         if matches!(self.phase, Phase::Left | Phase::Idle) {
             return;
         }
@@ -594,16 +646,25 @@ impl<G: Geometry> Peer<G> {
                 self.on_heartbeat(now, from);
                 self.pong_if_unlinked(id, dest);
             }
-            Message::Pong { from } => self.on_heartbeat(now, from),
+            Message::Pong { from } => {
+                if matches!(self.phase, Phase::Confirming { .. }) {
+                    self.confirm_acked.insert(from.id);
+                }
+                self.on_heartbeat(now, from);
+            }
             Message::Probe { from } => {
-                self.upsert(now, &from, true);
+                // A joiner probes its new neighbours: learn it before the
+                // `Pong` confirms that we know it.
+                if self.upsert(now, &from, true) && self.active() {
+                    self.recompute(now, false);
+                }
                 let pong = Message::Pong {
                     from: self.me.clone(),
                 };
                 self.push_send(Dest::from(&from), pong);
             }
             Message::Introduce { from, contacts } => {
-                if self.phase != Phase::Joined {
+                if !self.active() {
                     return;
                 }
                 self.upsert(now, &from, true);
@@ -662,7 +723,8 @@ impl<G: Geometry> Peer<G> {
             self.remove_dead(now, to);
         }
         self.dead.insert(to, now + 2 * self.cfg.failure_timeout_ms);
-        if self.phase != Phase::Joined {
+        self.advance_confirm(now, false);
+        if !self.active() {
             return;
         }
         match msg {
@@ -675,7 +737,7 @@ impl<G: Geometry> Peer<G> {
     /// A hint from the transport that a link may be gone (its connection
     /// closed): probe it now instead of waiting for missed heartbeats.
     pub fn suspect(&mut self, now: u64, id: NodeId) {
-        if self.phase != Phase::Joined || !self.known.contains_key(&id) {
+        if !self.active() || !self.known.contains_key(&id) {
             return;
         }
         if let Some(e) = self.known.get_mut(&id) {
@@ -697,6 +759,10 @@ impl<G: Geometry> Peer<G> {
                     self.join(now, via);
                 }
             }
+            Phase::Confirming { deadline } => {
+                self.advance_confirm(now, now >= deadline);
+                self.tick_joined(now);
+            }
             Phase::Joined => self.tick_joined(now),
         }
     }
@@ -715,6 +781,17 @@ impl<G: Geometry> Peer<G> {
             self.queries.remove(&query);
             self.out
                 .push_back(Output::Event(Event::QueryFailed { query }));
+        }
+        let retry: Vec<(u64, Point)> = self
+            .queries
+            .iter()
+            .filter_map(|(&id, q)| q.retry.filter(|r| r.1 <= now).map(|r| (id, r.0)))
+            .collect();
+        for (query, point) in retry {
+            if let Some(q) = self.queries.get_mut(&query) {
+                q.retry = Some((point, now + self.cfg.query_retry_ms));
+            }
+            self.start_route(now, point, RouteKind::Locate { query });
         }
         if now < self.next_heartbeat {
             return;
@@ -767,6 +844,9 @@ impl<G: Geometry> Peer<G> {
             }
         }
 
+        if self.phase != Phase::Joined {
+            return;
+        }
         // Long link: draw, retry or refresh.
         let refresh = self.cfg.long_link_refresh_ms;
         let retry = self.cfg.join_timeout_ms;
@@ -802,7 +882,11 @@ impl<G: Geometry> Peer<G> {
         if !matches!(self.phase, Phase::Joining { .. }) {
             return;
         }
-        self.phase = Phase::Joined;
+        self.phase = Phase::Confirming {
+            deadline: now + self.cfg.join_timeout_ms,
+        };
+        self.confirm_probed.clear();
+        self.confirm_acked.clear();
         self.next_heartbeat = now + self.cfg.heartbeat_ms;
         self.upsert(now, &from, true);
         for c in &contacts {
@@ -812,6 +896,38 @@ impl<G: Geometry> Peer<G> {
             self.store_region(now, r);
         }
         self.recompute(now, true);
+        self.advance_confirm(now, false);
+    }
+
+    /// While confirming: probe every Voronoi neighbour not yet probed; once
+    /// each has answered (or `force`, at the deadline), the join is done.
+    /// Until then routed work for us is buffered, so a point of our cell is
+    /// only ever answered by us once every neighbour routes it to us.
+    fn advance_confirm(&mut self, now: u64, force: bool) {
+        if !matches!(self.phase, Phase::Confirming { .. }) {
+            return;
+        }
+        let fresh: Vec<NodeId> = self
+            .vn
+            .iter()
+            .filter(|id| !self.confirm_probed.contains(id))
+            .copied()
+            .collect();
+        if !force && !fresh.is_empty() {
+            let probe = Message::Probe {
+                from: self.me.clone(),
+            };
+            for id in fresh {
+                self.confirm_probed.insert(id);
+                self.send_to(id, probe.clone());
+            }
+        }
+        if !force && !self.vn.is_subset(&self.confirm_acked) {
+            return;
+        }
+        self.phase = Phase::Joined;
+        self.confirm_probed.clear();
+        self.confirm_acked.clear();
         self.out.push_back(Output::Event(Event::Joined));
         self.draw_long_link(now);
         for m in std::mem::take(&mut self.early) {
@@ -820,7 +936,7 @@ impl<G: Geometry> Peer<G> {
     }
 
     fn on_hello(&mut self, now: u64, from: Contact, vn: Vec<Contact>, known: Vec<NodeId>) {
-        if self.phase != Phase::Joined {
+        if !self.active() {
             return;
         }
         let was_link = self.links().contains(&from.id);
@@ -883,7 +999,7 @@ impl<G: Geometry> Peer<G> {
     /// A peer that treats me as a link while I do not treat it as one may
     /// hold a stale picture of me: tell it where I am (never answered).
     fn pong_if_unlinked(&mut self, id: NodeId, dest: Dest) {
-        if self.phase == Phase::Joined && !self.links().contains(&id) {
+        if self.active() && !self.links().contains(&id) {
             let pong = Message::Pong {
                 from: self.me.clone(),
             };
@@ -921,7 +1037,7 @@ impl<G: Geometry> Peer<G> {
     }
 
     fn on_heartbeat(&mut self, now: u64, from: Contact) {
-        if self.phase != Phase::Joined {
+        if !self.active() {
             return;
         }
         let old = self.known.get(&from.id).map(|e| e.c.pos);
@@ -1396,7 +1512,7 @@ impl<G: Geometry> Peer<G> {
             });
             self.start_route(now, l.target, RouteKind::LongLink);
         }
-        if self.phase == Phase::Joined {
+        if self.active() {
             self.recompute(now, false);
         }
     }

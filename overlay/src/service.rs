@@ -286,6 +286,7 @@ impl Service {
             status: status_tx,
             dropped_sends: 0,
             mdns_deadline: None,
+            mdns_early: Vec::new(),
         };
         for addr in driver.cfg.listen.clone() {
             driver
@@ -364,6 +365,8 @@ struct Driver {
     status: watch::Sender<Status>,
     dropped_sends: u64,
     mdns_deadline: Option<u64>,
+    /// mDNS peers discovered before the core started (bounded).
+    mdns_early: Vec<(PeerId, Multiaddr)>,
 }
 
 impl Driver {
@@ -521,6 +524,9 @@ impl Driver {
             }
         }
         self.core = Some(core);
+        for (peer, addr) in std::mem::take(&mut self.mdns_early) {
+            self.mdns_join(now, peer, &addr);
+        }
         let addrs = self.local_addrs();
         for w in self.addr_waiters.drain(..) {
             let _ = w.send(addrs.clone());
@@ -546,18 +552,10 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
                     self.swarm.add_peer_address(peer, addr.clone());
-                    if let Some(c) = self.core.as_mut()
-                        && !c.is_joined()
-                        && self.mdns_deadline.is_some()
-                    {
-                        self.mdns_deadline = None;
-                        c.join(
-                            now,
-                            Dest {
-                                id: node_id(&peer),
-                                addr: pack_addr(&peer, Some(&addr)),
-                            },
-                        );
+                    if self.core.is_some() {
+                        self.mdns_join(now, peer, &addr);
+                    } else if self.mdns_early.len() < 64 {
+                        self.mdns_early.push((peer, addr));
                     }
                 }
             }
@@ -574,6 +572,29 @@ impl Driver {
             }
             _ => {}
         }
+    }
+
+    /// While waiting for mDNS peers: join through a discovered peer whose
+    /// node id is smaller than ours. Two waiting peers that found each
+    /// other would otherwise both join through the other and wait forever;
+    /// this way the smallest waits out `mdns_wait`, starts the overlay, and
+    /// the others' join retries reach it.
+    fn mdns_join(&mut self, now: u64, peer: PeerId, addr: &Multiaddr) {
+        let Some(c) = self.core.as_mut() else {
+            return;
+        };
+        let id = node_id(&peer);
+        if c.is_joined() || self.mdns_deadline.is_none() || id >= c.me().id {
+            return;
+        }
+        self.mdns_deadline = None;
+        c.join(
+            now,
+            Dest {
+                id,
+                addr: pack_addr(&peer, Some(addr)),
+            },
+        );
     }
 
     fn on_overlay(&mut self, now: u64, ev: request_response::Event<Vec<u8>, u8>) {

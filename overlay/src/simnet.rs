@@ -94,6 +94,13 @@ pub struct SimNet {
     pub delivered: u64,
     /// Messages sent, by kind.
     pub kinds: std::collections::BTreeMap<&'static str, u64>,
+    /// Messages lost because both ends were gone, by kind.
+    pub lost: std::collections::BTreeMap<&'static str, u64>,
+    /// When each peer slot became joined (`u64::MAX`: not yet).
+    joined_at: Vec<u64>,
+    /// When each locate was answered, keyed by (origin, query): the moment
+    /// the owner decided, before the reply's own latency.
+    answered_at: std::collections::BTreeMap<(NodeId, u64), (u64, NodeId)>,
 }
 
 fn idx(id: NodeId) -> usize {
@@ -116,6 +123,9 @@ impl SimNet {
             scheduled: Vec::new(),
             delivered: 0,
             kinds: std::collections::BTreeMap::new(),
+            lost: std::collections::BTreeMap::new(),
+            joined_at: Vec::new(),
+            answered_at: std::collections::BTreeMap::new(),
         }
     }
 
@@ -131,7 +141,22 @@ impl SimNet {
         self.peers.push(Some(Peer::new(cfg, me, seed)));
         self.traffic.push(Traffic::default());
         self.scheduled.push(u64::MAX);
+        self.joined_at.push(u64::MAX);
         id
+    }
+
+    /// When a peer slot became joined, if it did.
+    pub fn joined_at(&self, id: NodeId) -> Option<u64> {
+        self.joined_at
+            .get(idx(id))
+            .copied()
+            .filter(|t| *t != u64::MAX)
+    }
+
+    /// When, and by whom, the locate `query` of `origin` was answered (the
+    /// owner's decision, one latency before the origin hears it). Forgets it.
+    pub fn take_answered_at(&mut self, origin: NodeId, query: u64) -> Option<(u64, NodeId)> {
+        self.answered_at.remove(&(origin, query))
     }
 
     /// The first peer of the overlay.
@@ -250,6 +275,13 @@ impl SimNet {
     }
 
     fn flush(&mut self, id: NodeId) {
+        let now = self.now;
+        if self.peer(id).is_some_and(Peer::is_joined)
+            && let Some(t) = self.joined_at.get_mut(idx(id))
+            && *t == u64::MAX
+        {
+            *t = now;
+        }
         if let Some(d) = self.peer(id).and_then(Peer::next_deadline)
             && let Some(s) = self.scheduled.get_mut(idx(id))
             && *s != d
@@ -262,8 +294,16 @@ impl SimNet {
                 return;
             };
             match out {
-                Output::Event(e) => self.events.push((id, e)),
+                Output::Event(e) => {
+                    if let Event::Located { query, .. } = &e {
+                        self.answered_at.entry((id, *query)).or_insert((now, id));
+                    }
+                    self.events.push((id, e));
+                }
                 Output::Send { to, msg } => {
+                    if let Message::LocateReply { query, .. } = &msg {
+                        self.answered_at.insert((to.id, *query), (now, id));
+                    }
                     *self.kinds.entry(msg.kind_name()).or_default() += 1;
                     if let Some(t) = self.traffic.get_mut(idx(id)) {
                         t.msgs += 1;
@@ -303,7 +343,9 @@ impl SimNet {
                     if let Some(p) = self.peer_mut(item.to) {
                         p.handle(now, msg);
                         self.flush(item.to);
-                    } else if self.peer(from).is_some() {
+                    } else if self.peer(from).is_none() {
+                        *self.lost.entry(msg.kind_name()).or_default() += 1;
+                    } else {
                         let at = now + self.latency();
                         self.seq += 1;
                         self.queue.push(Item {
@@ -318,6 +360,8 @@ impl SimNet {
                     if let Some(p) = self.peer_mut(item.to) {
                         p.unreachable(now, dead, msg);
                         self.flush(item.to);
+                    } else {
+                        *self.lost.entry(msg.kind_name()).or_default() += 1;
                     }
                 }
             }

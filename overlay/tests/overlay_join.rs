@@ -80,3 +80,106 @@ fn moving_peers_keep_exact_neighbours_and_aoi() {
         }
     }
 }
+
+/// A joiner only counts as joined once every one of its Voronoi neighbours
+/// has confirmed it knows it: at that moment no neighbour still claims a
+/// piece of the joiner's cell, so every point routes to its true owner.
+#[test]
+fn a_joiner_is_joined_only_once_its_neighbours_know_it() {
+    use metatopia_overlay::Event;
+    let seed = 17;
+    println!("seed {seed}; reproduce with SIM_SEED={seed}");
+    let mut net = build(seed, &random_points(seed, 60));
+    net.take_events();
+    let fresh = random_points(seed ^ 0xface, 20);
+    let mut checked = 0;
+    for p in fresh {
+        let id = net.add(common::config(), p, seed ^ p.x as u64);
+        net.join(id, NodeId(0));
+        let mut joined = false;
+        for _ in 0..400 {
+            net.run_until(net.now + 1);
+            if net
+                .take_events()
+                .iter()
+                .any(|(w, e)| *w == id && *e == Event::Joined)
+            {
+                joined = true;
+                break;
+            }
+        }
+        assert!(joined, "{id} did not join");
+        let me = net.peer(id).expect("alive");
+        assert!(!me.voronoi_neighbours().is_empty());
+        for n in me.voronoi_neighbours() {
+            let other = net.peer(*n).expect("neighbour alive");
+            assert!(
+                other.contact(id).is_some(),
+                "{n} does not know the joiner {id} when it joined"
+            );
+            checked += 1;
+        }
+        settle(&mut net, 500);
+    }
+    assert!(checked >= 20 * 3);
+}
+
+/// A locate whose routed message is lost (its sender and next hop crashed
+/// while it was in flight) is routed again after `query_retry_ms`.
+#[test]
+fn a_lost_locate_is_routed_again() {
+    use metatopia_overlay::{Contact, Message, Output, Peer, Point};
+    let cfg = common::config();
+    let retry = cfg.query_retry_ms;
+    assert!(retry > 0 && retry < cfg.query_timeout_ms);
+    let mut p = Peer::new(
+        cfg,
+        Contact {
+            id: NodeId(1),
+            pos: Point::new(0, 0),
+            seq: 0,
+            addr: Vec::new(),
+        },
+        1,
+    );
+    p.start_alone(0);
+    // A neighbour far to the east, so a locate there leaves this peer.
+    let other = Contact {
+        id: NodeId(2),
+        pos: Point::new(500_000, 0),
+        seq: 0,
+        addr: Vec::new(),
+    };
+    p.handle(
+        0,
+        Message::Hello {
+            from: other,
+            vn: Vec::new(),
+            known: Vec::new(),
+        },
+    );
+    while p.poll_output().is_some() {}
+    let target = Point::new(900_000, 0);
+    let q = p.locate(10, target).expect("joined");
+    let routes = |p: &mut Peer| {
+        let mut n = 0;
+        while let Some(o) = p.poll_output() {
+            if let Output::Send {
+                msg: Message::Route(r),
+                ..
+            } = o
+            {
+                assert_eq!(r.target, target);
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(routes(&mut p), 1);
+    // The message is dropped; nothing more until the retry is due.
+    p.tick(10 + retry - 1);
+    assert_eq!(routes(&mut p), 0);
+    assert!(p.next_deadline().is_some_and(|d| d <= 10 + retry));
+    p.tick(10 + retry);
+    assert_eq!(routes(&mut p), 1, "query {q} was not routed again");
+}
