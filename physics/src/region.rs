@@ -316,12 +316,23 @@ impl Region {
         }
         let state = State::new(cfg.id, settings, founders);
         let world = World::new(cfg.world);
+        Region::assemble(cfg, state, world, Border::default(), Vec::new())
+    }
+
+    /// A region from its parts, with its hash computed.
+    fn assemble(
+        cfg: RegionConfig,
+        state: State,
+        world: World,
+        border: Border,
+        pending: Vec<PhysicsEvent>,
+    ) -> Region {
         let mut region = Region {
             cfg,
             sim: Sim::new(state),
             world,
-            border: Border::default(),
-            pending: Vec::new(),
+            border,
+            pending,
             hash: [0; 32],
         };
         region.hash = region.compute_hash();
@@ -358,16 +369,7 @@ impl Region {
                 vehicle,
             });
         }
-        let mut region = Region {
-            cfg,
-            sim: Sim::new(state),
-            world,
-            border: Border::default(),
-            pending: Vec::new(),
-            hash: [0; 32],
-        };
-        region.hash = region.compute_hash();
-        region
+        Region::assemble(cfg, state, world, Border::default(), Vec::new())
     }
 
     /// The configuration.
@@ -1123,15 +1125,6 @@ impl Region {
         ) = snapshot::decode(SNAPSHOT_MAGIC, bytes)?;
         let state = snapshot::decode_state(&sim)?;
         let world = World::restore(&world)?;
-        let mut region = Region {
-            cfg,
-            sim: Sim::new(state),
-            world,
-            border,
-            pending,
-            hash: [0; 32],
-        };
-        region.hash = region.compute_hash();
-        Ok(region)
+        Ok(Region::assemble(cfg, state, world, border, pending))
     }
 }
