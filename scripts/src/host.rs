@@ -231,7 +231,20 @@ impl ScriptHost for Host {
                 allowed.join(", ")
             )));
         }
-        sandbox.run(call, &limits)
+        let fresh = sandbox.is_fresh();
+        let result = sandbox.run(call, &limits);
+        if matches!(result, Err(ScriptFault::MemoryCap(_))) && !fresh {
+            // Near the cap, a sandbox's history (its Lua bookkeeping) could
+            // decide the outcome. The fresh sandbox's result is canonical:
+            // confirm the fault there. The rebuilt sandbox is fresh, so
+            // this recursion ends after one more call.
+            drop(guard);
+            if let Ok(mut c) = self.cache.write() {
+                c.remove(&call.script);
+            }
+            return self.run(call);
+        }
+        result
     }
 }
 

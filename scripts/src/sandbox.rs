@@ -188,6 +188,8 @@ pub struct Sandbox {
     idle_bytes: usize,
     /// The memory limit set now (0: none).
     cap: std::cell::Cell<usize>,
+    /// Whether a handler call has run in this state (see [`Sandbox::is_fresh`]).
+    ran: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -1126,6 +1128,7 @@ impl Sandbox {
             budget,
             idle_bytes: 0,
             cap: std::cell::Cell::new(0),
+            ran: std::cell::Cell::new(false),
         };
         sandbox.idle_bytes = sandbox.lua.used_memory();
         let top = (|| {
@@ -1178,6 +1181,16 @@ impl Sandbox {
         self.lua.used_memory()
     }
 
+    /// Whether no handler has run here since load. A fresh sandbox is the
+    /// canonical one: every replica can rebuild it from the source alone.
+    /// Its memory cap is exact; a sandbox that has run (whose Lua
+    /// bookkeeping, such as string-table and stack sizes, depends on its
+    /// history) gets the cap minus a margin of its idle size, and the host
+    /// re-runs a call that ran out of memory there on a fresh sandbox.
+    pub fn is_fresh(&self) -> bool {
+        !self.ran.get()
+    }
+
     fn arm(&self, limits: &Limits) -> mlua::Result<()> {
         let b = &self.budget;
         b.used.store(0, Ordering::Relaxed);
@@ -1208,9 +1221,13 @@ impl Sandbox {
         // The cap counts from the idle size, not from whatever garbage
         // earlier calls left: an allocation fails only if live data would
         // pass the cap after an emergency collection.
-        let limit = self
-            .idle_bytes
-            .saturating_add(limits.memory_bytes.min(usize::MAX as u64 / 2) as usize);
+        let cap = limits.memory_bytes.min(usize::MAX as u64 / 2) as usize;
+        let margin = if self.ran.get() {
+            self.idle_bytes.min(cap / 2)
+        } else {
+            0
+        };
+        let limit = self.idle_bytes.saturating_add(cap - margin);
         if self.cap.get() != limit {
             self.lua.set_memory_limit(limit)?;
             self.cap.set(limit);
@@ -1241,6 +1258,7 @@ impl Sandbox {
         };
         self.set_ctx(Some(ctx));
         let result = self.run_inner(call, limits);
+        self.ran.set(true);
         let ctx = self.set_ctx(None);
         // A memory fault raised the cap to let the error out: set it again
         // at the next call. Keep garbage from piling up across calls.

@@ -373,3 +373,27 @@ end
         Some(metatopia_scripts::codec::Data::Bool(true))
     );
 }
+
+#[test]
+fn a_call_near_the_memory_cap_ends_as_on_a_fresh_sandbox() {
+    // The cap is 1 MiB (common::settings). `string.rep` holds its buffer and
+    // the result at once: about 2 x 512,000 bytes above the idle size. A
+    // sandbox that has run gets the cap minus a margin (its idle size), so
+    // there this call runs out of memory; the host must confirm the fault
+    // on a fresh sandbox, where it fits, and report that result.
+    let body = "function on_touch()\n  state.calls = (state.calls or 0) + 1\n  \
+                local s = string.rep('x', 512000)\n  state.len = #s\nend";
+    let (warm, a, errors) = warm_and_cold(body, 4);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(warm.int(a, "calls"), Some(4));
+    assert_eq!(warm.int(a, "len"), Some(512_000));
+    // Beyond the cap, the fault stands on warm and fresh sandboxes alike.
+    let over = "function on_touch()\n  state.calls = (state.calls or 0) + 1\n  \
+                local s = string.rep('x', 600000)\n  state.len = #s\nend";
+    let (_, _, errors) = warm_and_cold(over, 3);
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(
+        errors.iter().all(|e| e.contains("memory cap exceeded")),
+        "{errors:?}"
+    );
+}
