@@ -2,6 +2,11 @@
 //! other and form one overlay. libp2p's mDNS ignores loopback interfaces, so
 //! this needs a multicast-capable interface (the kernel loops multicast back
 //! to local sockets); the services then dial each other on 127.0.0.1.
+//!
+//! It is ignored by default: mDNS sends multicast on the machine's real
+//! network interface, and the project's automatic tests stay on loopback or
+//! in namespaces they create. Run it by hand on a LAN-connected machine:
+//! `cargo test -p metatopia-overlay --test overlay_mdns -- --ignored`.
 
 use std::time::Duration;
 
@@ -56,6 +61,7 @@ async fn scenario() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "multicast on the machine's network interface; run by hand with --ignored"]
 async fn mdns_two_services_find_each_other_without_bootstrap() -> Result<()> {
     tokio::time::timeout(Duration::from_secs(60), scenario())
         .await
