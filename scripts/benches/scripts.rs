@@ -93,6 +93,49 @@ fn sandbox_call(c: &mut Criterion, name: &str, body: &str) {
 fn handlers(c: &mut Criterion) {
     sandbox_call(c, "trivial_handler", TRIVIAL);
     sandbox_call(c, "compute_handler", COMPUTE);
+    state_handler(c);
+}
+
+/// The 10k tick's handler (`state.n = state.n + 1`, `set_timer`) called in
+/// a loop on one warm sandbox: the per-script cost without cache misses.
+fn state_handler(c: &mut Criterion) {
+    let (state, script) = world();
+    let src = format!("{LICENCE}{TIMER}");
+    let limits = Limits::default();
+    let sandbox = Sandbox::new(&src, script, &limits).unwrap();
+    let stored = metatopia_scripts::codec::encode(
+        &metatopia_scripts::codec::Data::Table(vec![(
+            metatopia_scripts::codec::Data::Str(b"n".to_vec()),
+            metatopia_scripts::codec::Data::Int(41),
+        )]),
+        limits.state_bytes,
+    )
+    .unwrap();
+    let slot = ScriptSlot {
+        source: metatopia_scripts::hash_source(&src),
+        state: stored,
+        faults: 0,
+        suspended: false,
+    };
+    let inbox = [ScriptEvent {
+        id: 0,
+        kind: ScriptEventKind::Timer { timer: 1 },
+    }];
+    c.bench_function("state_handler/sandbox", |b| {
+        b.iter(|| {
+            let call = ScriptCall {
+                state: &state,
+                script,
+                slot: &slot,
+                inbox: &inbox,
+                tick: 1,
+                seed: [1; 32],
+            };
+            let out = sandbox.run(&call, &limits).unwrap();
+            assert!(out.state.is_some() && out.timers.len() == 1);
+            black_box(out)
+        })
+    });
 }
 
 /// 10,000 iterations of `a = a + b * c` inside a sandboxed handler: fx
@@ -140,10 +183,12 @@ fn fx_ops(c: &mut Criterion) {
     }
 }
 
+/// The handler of the 10k tick.
+const TIMER: &str = "function on_timer(id) state.n = (state.n or 0) + 1; set_timer(1, 1) end";
+
 /// A region with 10,000 scripted elements, each with a timer due.
 fn ten_thousand() -> (State, Arc<MemorySources>) {
-    let body = "function on_timer(id) state.n = (state.n or 0) + 1; set_timer(1, 1) end";
-    let src = format!("{LICENCE}{body}");
+    let src = format!("{LICENCE}{TIMER}");
     let sources = Arc::new(MemorySources::new());
     let hash = sources.insert(&src);
     let mut state = State::new(RegionId(1), Settings::default(), &[]);

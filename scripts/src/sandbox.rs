@@ -184,6 +184,10 @@ pub struct Sandbox {
     state_key: mlua::LuaString,
     /// The handlers, by [`HANDLERS`] index.
     handlers: [Option<Function>; 7],
+    /// Registry references of the handlers, `env_shadow` and the key
+    /// `"state"`, for the call path ([`Sandbox::call_handlers`]).
+    refs: Vec<mlua::RegistryKey>,
+    raw: RawRefs,
     budget: Arc<Budget>,
     idle_bytes: usize,
     /// The memory limit set now (0: none).
@@ -204,23 +208,31 @@ fn rt(msg: impl Into<String>) -> mlua::Error {
     mlua::Error::runtime(msg.into())
 }
 
-/// The call's context, installed once per Lua state and filled per call
-/// (no allocation per call).
-#[derive(Default)]
-struct CtxSlot(std::cell::RefCell<Option<Ctx>>);
+/// Registry indices of what a call pushes, held by `Sandbox::refs`.
+#[derive(Clone, Copy, Default)]
+struct RawRefs {
+    /// By [`HANDLERS`] index; 0 where the script has no such handler.
+    handlers: [std::ffi::c_int; 7],
+    env_shadow: std::ffi::c_int,
+    state_key: std::ffi::c_int,
+}
 
-fn with_ctx<R>(lua: &Lua, f: impl FnOnce(&mut Ctx) -> mlua::Result<R>) -> mlua::Result<R> {
-    let slot = lua
-        .app_data_ref::<CtxSlot>()
-        .ok_or_else(|| rt("the sandbox has no call context"))?;
-    let mut guard = slot
-        .0
-        .try_borrow_mut()
-        .map_err(|_| rt("the sandbox's call context is busy"))?;
-    let ctx = guard.as_mut().ok_or_else(|| {
-        rt("the world, say, send, timers, writes and math.random are only available inside handlers (the top level runs once, when the script loads)")
-    })?;
-    f(ctx)
+// The call's context: set for the duration of [`Sandbox::run`] on the
+// thread that runs it (Lua calls the host functions on that thread).
+scoped_tls::scoped_thread_local!(static CTX: std::cell::RefCell<Ctx>);
+
+fn with_ctx<R>(f: impl FnOnce(&mut Ctx) -> mlua::Result<R>) -> mlua::Result<R> {
+    if !CTX.is_set() {
+        return Err(rt(
+            "the world, say, send, timers, writes and math.random are only available inside handlers (the top level runs once, when the script loads)",
+        ));
+    }
+    CTX.with(|cell| {
+        let mut ctx = cell
+            .try_borrow_mut()
+            .map_err(|_| rt("the sandbox's call context is busy"))?;
+        f(&mut ctx)
+    })
 }
 
 /// An id as text on the stack: passing ids to Lua allocates nothing here.
@@ -274,10 +286,6 @@ impl IdText {
             self.buf[self.len] = *d;
             self.len += 1;
         }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }
 }
 
@@ -378,9 +386,9 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     )?;
     h.set(
         "random",
-        lua.create_function(|lua, args: MultiValue| {
+        lua.create_function(|_, args: MultiValue| {
             let a: Vec<Value> = args.into_iter().collect();
-            with_ctx(lua, |ctx| {
+            with_ctx(|ctx| {
                 let r = &mut ctx.rng;
                 match a.as_slice() {
                     [] => Ok(Value::Number(r.next_f64())),
@@ -411,13 +419,13 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     )?;
     h.set(
         "say",
-        lua.create_function(|lua, (text, radius): (Value, Value)| {
+        lua.create_function(|_, (text, radius): (Value, Value)| {
             let text = text_arg(&text, "say: text")?;
             let radius = match radius {
                 Value::Nil => None,
                 v => Some(Fx::from_bits(int_arg(&v, "say: radius")?)),
             };
-            with_ctx(lua, |ctx| {
+            with_ctx(|ctx| {
                 check_text(&text, ctx.limits.text_bytes, "say: text")?;
                 push_send_count(ctx)?;
                 ctx.out.says.push((text, radius));
@@ -427,10 +435,10 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     )?;
     h.set(
         "send",
-        lua.create_function(|lua, (target, body): (Value, Value)| {
+        lua.create_function(|_, (target, body): (Value, Value)| {
             let target = element_arg(&target, "send: target")?;
             let body = text_arg(&body, "send: message")?;
-            with_ctx(lua, |ctx| {
+            with_ctx(|ctx| {
                 check_text(&body, ctx.limits.text_bytes, "send: message")?;
                 push_send_count(ctx)?;
                 ctx.out.sends.push((target, body));
@@ -440,7 +448,7 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     )?;
     h.set(
         "set_timer",
-        lua.create_function(|lua, (id, delay): (Value, Value)| {
+        lua.create_function(|_, (id, delay): (Value, Value)| {
             let id = int_arg(&id, "set_timer: id")?;
             let id =
                 u32::try_from(id).map_err(|_| rt("set_timer: id must be in 0..=4294967295"))?;
@@ -448,7 +456,7 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
             if !(1..=1_000_000_000).contains(&delay) {
                 return Err(rt("set_timer: delay must be 1..=1000000000 ticks"));
             }
-            with_ctx(lua, |ctx| {
+            with_ctx(|ctx| {
                 if ctx.out.timers.len() >= 64 {
                     return Err(rt("set_timer: at most 64 timers per call"));
                 }
@@ -459,14 +467,14 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     )?;
     h.set(
         "set_pos",
-        lua.create_function(|lua, (e, x, y, z): (Value, Value, Value, Value)| {
+        lua.create_function(|_, (e, x, y, z): (Value, Value, Value, Value)| {
             let element = element_arg(&e, "set_pos: element")?;
             let pos = Vec3::new(
                 Fx::from_bits(int_arg(&x, "set_pos: x")?),
                 Fx::from_bits(int_arg(&y, "set_pos: y")?),
                 Fx::from_bits(int_arg(&z, "set_pos: z")?),
             );
-            with_ctx(lua, |ctx| {
+            with_ctx(|ctx| {
                 check_writable(ctx, element, "set_pos")?;
                 if !ctx.state.in_bounds(pos) {
                     return Err(rt(format!("set_pos: {pos} is outside the region")));
@@ -478,10 +486,10 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     )?;
     h.set(
         "set_name",
-        lua.create_function(|lua, (e, name): (Value, Value)| {
+        lua.create_function(|_, (e, name): (Value, Value)| {
             let element = element_arg(&e, "set_name: element")?;
             let name = text_arg(&name, "set_name: name")?;
-            with_ctx(lua, |ctx| {
+            with_ctx(|ctx| {
                 check_writable(ctx, element, "set_name")?;
                 let max = ctx.state.name_bytes_max;
                 check_text(&name, max, "set_name: name")?;
@@ -493,14 +501,14 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     for (name, impulse) in [("impulse", true), ("set_velocity", false)] {
         h.set(
             name,
-            lua.create_function(move |lua, (e, x, y, z): (Value, Value, Value, Value)| {
+            lua.create_function(move |_, (e, x, y, z): (Value, Value, Value, Value)| {
                 let element = element_arg(&e, name)?;
                 let v = Vec3::new(
                     Fx::from_bits(int_arg(&x, name)?),
                     Fx::from_bits(int_arg(&y, name)?),
                     Fx::from_bits(int_arg(&z, name)?),
                 );
-                with_ctx(lua, |ctx| {
+                with_ctx(|ctx| {
                     check_writable(ctx, element, name)?;
                     if !ctx.state.bodies.contains_key(&element) {
                         return Err(rt(format!(
@@ -520,7 +528,7 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     h.set(
         "load_state",
         lua.create_function(|lua, ()| {
-            let bytes = with_ctx(lua, |ctx| {
+            let bytes = with_ctx(|ctx| {
                 if ctx.touched {
                     return Ok(None);
                 }
@@ -537,8 +545,8 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     )?;
     h.set(
         "touch_state",
-        lua.create_function(|lua, ()| {
-            with_ctx(lua, |ctx| {
+        lua.create_function(|_, ()| {
+            with_ctx(|ctx| {
                 ctx.touched = true;
                 Ok(())
             })
@@ -683,11 +691,11 @@ fn patterns(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
             let start = pattern::init_index(init, len).min(len + 1);
             // An iterator made while loading would carry its position
             // from call to call (docs/adr/0004): it works during load only.
-            let at_load = with_ctx(lua, |_| Ok(())).is_err();
+            let at_load = with_ctx(|_| Ok(())).is_err();
             let pos = std::sync::Mutex::new((start, None::<usize>));
             let b = b.clone();
             lua.create_function(move |lua, ()| {
-                if at_load && with_ctx(lua, |_| Ok(())).is_ok() {
+                if at_load && with_ctx(|_| Ok(())).is_ok() {
                     return Err(rt(
                         "a gmatch iterator made while the script loaded cannot be used in a handler (it would keep its position between calls)",
                     ));
@@ -885,21 +893,21 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     let w = lua.create_table()?;
     w.set(
         "tick",
-        lua.create_function(|lua, ()| with_ctx(lua, |c| Ok(c.state.tick as i64)))?,
+        lua.create_function(|_, ()| with_ctx(|c| Ok(c.state.tick as i64)))?,
     )?;
     w.set(
         "time_ms",
-        lua.create_function(|lua, ()| with_ctx(lua, |c| Ok(c.state.time_ms as i64)))?,
+        lua.create_function(|_, ()| with_ctx(|c| Ok(c.state.time_ms as i64)))?,
     )?;
     w.set(
         "me",
-        lua.create_function(|lua, ()| with_ctx(lua, |c| Ok(c.script.to_string())))?,
+        lua.create_function(|_, ()| with_ctx(|c| Ok(c.script.to_string())))?,
     )?;
     w.set(
         "pos",
-        lua.create_function(|lua, e: Value| {
+        lua.create_function(|_, e: Value| {
             let id = element_arg(&e, "world.pos")?;
-            with_ctx(lua, |c| match c.state.elements.get(&id) {
+            with_ctx(|c| match c.state.elements.get(&id) {
                 Some(el) => Ok((
                     Some(el.pos.x.to_bits()),
                     Some(el.pos.y.to_bits()),
@@ -911,18 +919,16 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     )?;
     w.set(
         "name",
-        lua.create_function(|lua, e: Value| {
+        lua.create_function(|_, e: Value| {
             let id = element_arg(&e, "world.name")?;
-            with_ctx(lua, |c| {
-                Ok(c.state.elements.get(&id).map(|el| el.name.clone()))
-            })
+            with_ctx(|c| Ok(c.state.elements.get(&id).map(|el| el.name.clone())))
         })?,
     )?;
     w.set(
         "owner",
-        lua.create_function(|lua, e: Value| {
+        lua.create_function(|_, e: Value| {
             let id = element_arg(&e, "world.owner")?;
-            with_ctx(lua, |c| {
+            with_ctx(|c| {
                 Ok(c.state
                     .elements
                     .get(&id)
@@ -933,9 +939,9 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     )?;
     w.set(
         "parent",
-        lua.create_function(|lua, e: Value| {
+        lua.create_function(|_, e: Value| {
             let id = element_arg(&e, "world.parent")?;
-            with_ctx(lua, |c| {
+            with_ctx(|c| {
                 Ok(c.state
                     .elements
                     .get(&id)
@@ -948,7 +954,7 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
         "children",
         lua.create_function(|lua, e: Value| {
             let id = element_arg(&e, "world.children")?;
-            let kids: Vec<String> = with_ctx(lua, |c| {
+            let kids: Vec<String> = with_ctx(|c| {
                 Ok(c.state
                     .elements
                     .get(&id)
@@ -960,14 +966,12 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     )?;
     w.set(
         "player_name",
-        lua.create_function(|lua, p: Value| {
+        lua.create_function(|_, p: Value| {
             let text = text_arg(&p, "world.player_name")?;
             let Ok(id) = text.parse::<PlayerId>() else {
                 return Ok(None);
             };
-            with_ctx(lua, |c| {
-                Ok(c.state.players.get(&id).map(|p| p.name.clone()))
-            })
+            with_ctx(|c| Ok(c.state.players.get(&id).map(|p| p.name.clone())))
         })?,
     )?;
     Ok(w)
@@ -1084,7 +1088,6 @@ impl Sandbox {
         let setup = |e: mlua::Error| LoadError::Setup(describe_error(&e));
         let lua = new_lua();
         let budget = Arc::new(Budget::default());
-        lua.set_app_data(CtxSlot::default());
         let host = install_host(&lua, &budget).map_err(setup)?;
         let api: Table = lua
             .load(prelude_bytecode()?)
@@ -1125,6 +1128,8 @@ impl Sandbox {
             env_shadow: env.clone(),
             state_key,
             handlers: Default::default(),
+            refs: Vec::new(),
+            raw: RawRefs::default(),
             budget,
             idle_bytes: 0,
             cap: std::cell::Cell::new(0),
@@ -1133,6 +1138,7 @@ impl Sandbox {
         sandbox.idle_bytes = sandbox.lua.used_memory();
         let top = (|| {
             sandbox.arm(limits)?;
+            sandbox.install_hook()?;
             set_loading.call::<()>(true)?;
             chunk.call::<()>(env.clone())?;
             if let Some(e) = sandbox.budget.fault() {
@@ -1160,15 +1166,27 @@ impl Sandbox {
             }
         }
         sandbox.env_shadow = shadow;
+        let mut reg = |v: Value| -> Result<std::ffi::c_int, LoadError> {
+            let key = sandbox.lua.create_registry_value(v).map_err(setup)?;
+            let id = key.id();
+            sandbox.refs.push(key);
+            Ok(id)
+        };
+        let mut raw = RawRefs {
+            env_shadow: reg(Value::Table(sandbox.env_shadow.clone()))?,
+            state_key: reg(Value::String(sandbox.state_key.clone()))?,
+            ..RawRefs::default()
+        };
+        for (i, h) in sandbox.handlers.clone().into_iter().enumerate() {
+            if let Some(f) = h {
+                raw.handlers[i] = reg(Value::Function(f))?;
+            }
+        }
+        sandbox.raw = raw;
+        sandbox.install_hook().map_err(setup)?;
         sandbox.lua.gc_collect().map_err(setup)?;
         sandbox.idle_bytes = sandbox.lua.used_memory();
         Ok(sandbox)
-    }
-
-    fn set_ctx(&self, ctx: Option<Ctx>) -> Option<Ctx> {
-        let slot = self.lua.app_data_ref::<CtxSlot>()?;
-        let mut guard = slot.0.try_borrow_mut().ok()?;
-        std::mem::replace(&mut *guard, ctx)
     }
 
     /// Bytes the Lua state holds when idle (after load and a collection).
@@ -1191,17 +1209,10 @@ impl Sandbox {
         !self.ran.get()
     }
 
-    fn arm(&self, limits: &Limits) -> mlua::Result<()> {
-        let b = &self.budget;
-        b.used.store(0, Ordering::Relaxed);
-        b.limit
-            .store(limits.instructions_per_handler, Ordering::Relaxed);
-        b.exhausted.store(false, Ordering::Relaxed);
-        b.memory.store(false, Ordering::Relaxed);
-        b.memory_limit.store(limits.memory_bytes, Ordering::Relaxed);
+    /// Installs the instruction-count hook (once per Lua state; each call
+    /// restarts its countdown, [`reset_countdown`]).
+    fn install_hook(&self) -> mlua::Result<()> {
         let hook_budget = self.budget.clone();
-        // Setting the hook also resets the VM's instruction countdown, so
-        // every call counts from the same point.
         self.lua.set_global_hook(
             HookTriggers::new().every_nth_instruction(HOOK_STEP),
             move |_, _| {
@@ -1217,7 +1228,18 @@ impl Sandbox {
                     None => Ok(VmState::Continue),
                 }
             },
-        )?;
+        )
+    }
+
+    /// Resets the budget and the memory cap for a call (or the load).
+    fn arm(&self, limits: &Limits) -> mlua::Result<()> {
+        let b = &self.budget;
+        b.used.store(0, Ordering::Relaxed);
+        b.limit
+            .store(limits.instructions_per_handler, Ordering::Relaxed);
+        b.exhausted.store(false, Ordering::Relaxed);
+        b.memory.store(false, Ordering::Relaxed);
+        b.memory_limit.store(limits.memory_bytes, Ordering::Relaxed);
         // The cap counts from the idle size, not from whatever garbage
         // earlier calls left: an allocation fails only if live data would
         // pass the cap after an emergency collection.
@@ -1256,10 +1278,10 @@ impl Sandbox {
             saved: call.slot.state.clone(),
             touched: false,
         };
-        self.set_ctx(Some(ctx));
-        let result = self.run_inner(call, limits);
+        let cell = std::cell::RefCell::new(ctx);
+        let result = CTX.set(&cell, || self.run_inner(call, limits));
         self.ran.set(true);
-        let ctx = self.set_ctx(None);
+        let ctx = cell.into_inner();
         // A memory fault raised the cap to let the error out: set it again
         // at the next call. Keep garbage from piling up across calls.
         if self.budget.memory.load(Ordering::Relaxed) {
@@ -1276,7 +1298,7 @@ impl Sandbox {
         if let Some(e) = self.budget.fault() {
             return Err(self.fault_of(&e, limits));
         }
-        let mut out = ctx.map(|c| c.out).unwrap_or_default();
+        let mut out = ctx.out;
         if let Some(bytes) = state?
             && bytes != call.slot.state
         {
@@ -1285,26 +1307,85 @@ impl Sandbox {
         Ok(out)
     }
 
-    fn call_handler(&self, f: &Function, kind: &ScriptEventKind) -> mlua::Result<()> {
-        match kind {
-            ScriptEventKind::Touched { by, element } => f.call((
-                IdText::player(*by).as_str(),
-                IdText::element(*element).as_str(),
-            )),
-            ScriptEventKind::Heard { from, text } => {
-                f.call((IdText::speaker(from).as_str(), text.as_str()))
-            }
-            ScriptEventKind::Message { from, body } => {
-                f.call((IdText::element(*from).as_str(), body.as_str()))
-            }
-            ScriptEventKind::Timer { timer } => f.call(i64::from(*timer)),
-            ScriptEventKind::Entered { player } | ScriptEventKind::Left { player } => {
-                f.call(IdText::player(*player).as_str())
-            }
-            ScriptEventKind::Collision { element, other } => f.call((
-                IdText::element(*element).as_str(),
-                IdText::element(*other).as_str(),
-            )),
+    /// Runs the inbox's handlers in one protected call into Lua: restarts
+    /// the hook's countdown (and the creation numbers tables and closures
+    /// hash by, vendor/lua-src/PATCHES.md), clears `state`, then calls
+    /// each handler with its arguments pushed straight onto the stack.
+    /// Stops after a handler that ran out of budget.
+    #[allow(unsafe_code)]
+    fn call_handlers(&self, inbox: &[metatopia_sim::script::ScriptEvent]) -> mlua::Result<()> {
+        use mlua::ffi;
+        let raw = self.raw;
+        let budget = &*self.budget;
+        // SAFETY: the closure runs inside mlua's protected call on this
+        // sandbox's Lua state, with enough stack (checked below): a Lua
+        // error long-jumps out of it to that call, which is why nothing in
+        // it owns a value with a destructor (only `Copy` data, references
+        // and stack buffers). The registry indices are held by
+        // `self.refs`, so they name live values.
+        unsafe {
+            self.lua.exec_raw::<()>((), |l| {
+                ffi::lua_sethook(
+                    l,
+                    ffi::lua_gethook(l),
+                    ffi::lua_gethookmask(l),
+                    ffi::lua_gethookcount(l),
+                );
+                ffi::luaL_checkstack(l, 8, std::ptr::null());
+                ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, raw.env_shadow.into());
+                ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, raw.state_key.into());
+                ffi::lua_pushnil(l);
+                ffi::lua_rawset(l, -3);
+                ffi::lua_pop(l, 1);
+                for event in inbox {
+                    let r = raw.handlers[handler_index(&event.kind)];
+                    if r == 0 {
+                        continue;
+                    }
+                    budget.used.store(0, Ordering::Relaxed);
+                    ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, r.into());
+                    let push = |t: &IdText| {
+                        ffi::lua_pushlstring(l, t.buf.as_ptr().cast(), t.len);
+                    };
+                    let push_str = |t: &str| {
+                        ffi::lua_pushlstring(l, t.as_ptr().cast(), t.len());
+                    };
+                    let nargs = match &event.kind {
+                        ScriptEventKind::Touched { by, element } => {
+                            push(&IdText::player(*by));
+                            push(&IdText::element(*element));
+                            2
+                        }
+                        ScriptEventKind::Heard { from, text } => {
+                            push(&IdText::speaker(from));
+                            push_str(text);
+                            2
+                        }
+                        ScriptEventKind::Message { from, body } => {
+                            push(&IdText::element(*from));
+                            push_str(body);
+                            2
+                        }
+                        ScriptEventKind::Timer { timer } => {
+                            ffi::lua_pushinteger(l, i64::from(*timer));
+                            1
+                        }
+                        ScriptEventKind::Entered { player } | ScriptEventKind::Left { player } => {
+                            push(&IdText::player(*player));
+                            1
+                        }
+                        ScriptEventKind::Collision { element, other } => {
+                            push(&IdText::element(*element));
+                            push(&IdText::element(*other));
+                            2
+                        }
+                    };
+                    ffi::lua_call(l, nargs, 0);
+                    if budget.fault().is_some() {
+                        break;
+                    }
+                }
+            })
         }
     }
 
@@ -1318,19 +1399,12 @@ impl Sandbox {
         self.arm(limits)?;
         let lua = &self.lua;
         // `state` is decoded when a handler first uses it (prelude.lua,
-        // `load_state`); clear what the last call left.
-        self.env_shadow.raw_set(&self.state_key, Value::Nil)?;
-        for event in call.inbox {
-            let Some(handler) = &self.handlers[handler_index(&event.kind)] else {
-                continue;
-            };
-            self.budget.used.store(0, Ordering::Relaxed);
-            self.call_handler(handler, &event.kind)?;
-            if let Some(e) = self.budget.fault() {
-                return Err(e);
-            }
+        // `load_state`).
+        self.call_handlers(call.inbox)?;
+        if let Some(e) = self.budget.fault() {
+            return Err(e);
         }
-        let touched = with_ctx(lua, |ctx| Ok(ctx.touched))?;
+        let touched = with_ctx(|ctx| Ok(ctx.touched))?;
         if !touched {
             return Ok(Ok(None));
         }
