@@ -2,7 +2,10 @@
 //! element, cached by element and rebuilt when the source or the region's
 //! limits change (hot reload). Calls for different scripts run in
 //! parallel; each script's sandbox sits behind its own mutex (a script is
-//! called at most once per tick, so nobody waits).
+//! called at most once per tick, so nobody waits). The cache is a
+//! persistent map behind an atomic pointer: a call looks its sandbox up
+//! without writing to any shared cache line (a lock's counter would bounce
+//! between the cores at every call); loads and evictions replace the map.
 //!
 //! The cache is bounded ([`Host::with_capacity`]): past the cap, sandboxes
 //! of elements that no longer have a script go first, then the least
@@ -14,6 +17,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwap;
+use imbl::OrdMap;
 
 use metatopia_sim::script::{ScriptCall, ScriptFault, ScriptHost, ScriptOutput, hex32};
 use metatopia_sim::{ElementId, State};
@@ -98,13 +104,25 @@ pub const CACHED_MAX: usize = 16_384;
 /// The Lua script host.
 pub struct Host {
     sources: Arc<dyn Sources>,
-    cache: RwLock<BTreeMap<ElementId, Arc<Entry>>>,
+    cache: ArcSwap<OrdMap<ElementId, Arc<Entry>>>,
+    /// Held while the cache map is replaced.
+    writer: Mutex<()>,
     cached_max: usize,
+}
+
+type Cache = OrdMap<ElementId, Arc<Entry>>;
+
+/// Keeps the entries of `c` whose element `keep` accepts.
+fn retain(c: &mut Cache, mut keep: impl FnMut(ElementId) -> bool) {
+    let gone: Vec<ElementId> = c.keys().filter(|id| !keep(**id)).copied().collect();
+    for id in gone {
+        c.remove(&id);
+    }
 }
 
 impl fmt::Debug for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.cache.read().map(|c| c.len()).unwrap_or(0);
+        let n = self.cache.load().len();
         f.debug_struct("Host")
             .field("sources", &self.sources)
             .field("cached", &n)
@@ -129,27 +147,34 @@ impl Host {
         crate::sandbox::check_build()?;
         Ok(Host {
             sources,
-            cache: RwLock::new(BTreeMap::new()),
+            cache: ArcSwap::from_pointee(OrdMap::new()),
+            writer: Mutex::new(()),
             cached_max: cached_max.max(1),
         })
     }
 
     /// Sandboxes cached now.
     pub fn cached(&self) -> usize {
-        self.cache.read().map(|c| c.len()).unwrap_or(0)
+        self.cache.load().len()
+    }
+
+    /// Replaces the cache map with `f` of it.
+    fn update(&self, f: impl FnOnce(&mut Cache)) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = Cache::clone(&self.cache.load());
+        f(&mut c);
+        self.cache.store(Arc::new(c));
     }
 
     /// Drops cached sandboxes of elements for which `keep` is false.
     pub fn retain(&self, mut keep: impl FnMut(ElementId) -> bool) {
-        if let Ok(mut c) = self.cache.write() {
-            c.retain(|id, _| keep(*id));
-        }
+        self.update(|c| retain(c, &mut keep));
     }
 
     /// Drops sandboxes until at most `keep` remain: first those of elements
     /// that have no script in `state`, then the least recently used.
-    fn trim(&self, c: &mut BTreeMap<ElementId, Arc<Entry>>, state: &State, keep: usize) {
-        c.retain(|id, _| state.scripted.contains(id));
+    fn trim(c: &mut Cache, state: &State, keep: usize) {
+        retain(c, |id| state.scripted.contains(&id));
         if c.len() > keep {
             let mut by_age: Vec<(u64, ElementId)> = c
                 .iter()
@@ -164,8 +189,7 @@ impl Host {
 
     fn entry(&self, call: &ScriptCall<'_>, limits: &Limits) -> Result<Arc<Entry>, ScriptFault> {
         let (script, source) = (call.script, call.slot.source);
-        if let Ok(c) = self.cache.read()
-            && let Some(e) = c.get(&script)
+        if let Some(e) = self.cache.load().get(&script)
             && e.source == source
             && e.limits == *limits
         {
@@ -185,17 +209,14 @@ impl Host {
             licence_ids: licence::ids(&text),
             sandbox: Mutex::new(sandbox),
         });
-        if let Ok(mut c) = self.cache.write() {
-            if c.len() >= self.cached_max && !c.contains_key(&script) {
+        let cached_max = self.cached_max;
+        self.update(|c| {
+            if c.len() >= cached_max && !c.contains_key(&script) {
                 // Trim to three quarters so that trimming is rare.
-                self.trim(
-                    &mut c,
-                    call.state,
-                    self.cached_max - self.cached_max / 4 - 1,
-                );
+                Host::trim(c, call.state, cached_max - cached_max / 4 - 1);
             }
             c.insert(script, entry.clone());
-        }
+        });
         Ok(entry)
     }
 }
@@ -209,9 +230,9 @@ impl ScriptHost for Host {
             Ok(g) => g,
             Err(_) => {
                 // A panic left this sandbox in an unknown state: rebuild.
-                if let Ok(mut c) = self.cache.write() {
+                self.update(|c| {
                     c.remove(&call.script);
-                }
+                });
                 return Err(ScriptFault::Error(
                     "the script's sandbox was reset after an internal error".into(),
                 ));
@@ -239,9 +260,9 @@ impl ScriptHost for Host {
             // confirm the fault there. The rebuilt sandbox is fresh, so
             // this recursion ends after one more call.
             drop(guard);
-            if let Ok(mut c) = self.cache.write() {
+            self.update(|c| {
                 c.remove(&call.script);
-            }
+            });
             return self.run(call);
         }
         result

@@ -18,8 +18,6 @@ use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, VmState};
 
 use metatopia_sim::script::{ScriptCall, ScriptEventKind, ScriptFault, ScriptOutput, Write};
-use metatopia_sim::state::{Element, Player};
-use metatopia_sim::table::Table as SimTable;
 use metatopia_sim::{ElementId, Fx, PlayerId, State, Vec3};
 
 use crate::bytecode;
@@ -123,53 +121,12 @@ impl Budget {
     }
 }
 
-/// The part of the world a call reads. Cloning the persistent tables is a
-/// pointer copy; the rest are scalars (no allocation per call).
-struct WorldView {
-    elements: SimTable<ElementId, Element>,
-    bodies: SimTable<ElementId, metatopia_sim::physics::Body>,
-    players: SimTable<PlayerId, Player>,
-    tick: u64,
-    time_ms: u64,
-    size: Vec3,
-    name_bytes_max: u32,
-    depth_max: u32,
-}
-
-impl WorldView {
-    fn of(s: &State) -> WorldView {
-        WorldView {
-            elements: s.elements.clone(),
-            bodies: s.bodies.clone(),
-            players: s.players.clone(),
-            tick: s.tick,
-            time_ms: s.time_ms,
-            size: s.settings.size,
-            name_bytes_max: s.settings.name_bytes_max,
-            depth_max: s.settings.depth_max,
-        }
-    }
-
-    /// As `State::in_bounds`.
-    fn in_bounds(&self, p: Vec3) -> bool {
-        metatopia_sim::state::in_bounds(self.size, p)
-    }
-
-    /// As `State::is_within`.
-    fn is_within(&self, element: ElementId, ancestor: ElementId) -> bool {
-        metatopia_sim::state::is_within(&self.elements, self.depth_max, element, ancestor)
-    }
-}
-
 /// What the host functions see during a call.
 struct Ctx {
-    state: WorldView,
     script: ElementId,
     out: ScriptOutput,
     rng: Rng,
     limits: Limits,
-    /// The stored `state` bytes, decoded when a handler first uses `state`.
-    saved: Vec<u8>,
     /// Whether a handler used or assigned `state` (else it is unchanged).
     touched: bool,
 }
@@ -217,11 +174,16 @@ struct RawRefs {
     state_key: std::ffi::c_int,
 }
 
-// The call's context: set for the duration of [`Sandbox::run`] on the
-// thread that runs it (Lua calls the host functions on that thread).
+// The call's context, the world as it was at the start of the tick and the
+// script's stored `state` bytes: set for the duration of [`Sandbox::run`]
+// on the thread that runs it (Lua calls the host functions on that
+// thread). Borrowed, not copied: a call clones nothing shared, so calls on
+// different threads write to no common cache line.
 scoped_tls::scoped_thread_local!(static CTX: std::cell::RefCell<Ctx>);
+scoped_tls::scoped_thread_local!(static WORLD: State);
+scoped_tls::scoped_thread_local!(static SAVED: Vec<u8>);
 
-fn with_ctx<R>(f: impl FnOnce(&mut Ctx) -> mlua::Result<R>) -> mlua::Result<R> {
+fn with_ctx<R>(f: impl FnOnce(&mut Ctx, &State) -> mlua::Result<R>) -> mlua::Result<R> {
     if !CTX.is_set() {
         return Err(rt(
             "the world, say, send, timers, writes and math.random are only available inside handlers (the top level runs once, when the script loads)",
@@ -231,7 +193,7 @@ fn with_ctx<R>(f: impl FnOnce(&mut Ctx) -> mlua::Result<R>) -> mlua::Result<R> {
         let mut ctx = cell
             .try_borrow_mut()
             .map_err(|_| rt("the sandbox's call context is busy"))?;
-        f(&mut ctx)
+        WORLD.with(|world| f(&mut ctx, world))
     })
 }
 
@@ -388,7 +350,7 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
         "random",
         lua.create_function(|_, args: MultiValue| {
             let a: Vec<Value> = args.into_iter().collect();
-            with_ctx(|ctx| {
+            with_ctx(|ctx, _| {
                 let r = &mut ctx.rng;
                 match a.as_slice() {
                     [] => Ok(Value::Number(r.next_f64())),
@@ -425,7 +387,7 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
                 Value::Nil => None,
                 v => Some(Fx::from_bits(int_arg(&v, "say: radius")?)),
             };
-            with_ctx(|ctx| {
+            with_ctx(|ctx, _| {
                 check_text(&text, ctx.limits.text_bytes, "say: text")?;
                 push_send_count(ctx)?;
                 ctx.out.says.push((text, radius));
@@ -438,7 +400,7 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
         lua.create_function(|_, (target, body): (Value, Value)| {
             let target = element_arg(&target, "send: target")?;
             let body = text_arg(&body, "send: message")?;
-            with_ctx(|ctx| {
+            with_ctx(|ctx, _| {
                 check_text(&body, ctx.limits.text_bytes, "send: message")?;
                 push_send_count(ctx)?;
                 ctx.out.sends.push((target, body));
@@ -456,7 +418,7 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
             if !(1..=1_000_000_000).contains(&delay) {
                 return Err(rt("set_timer: delay must be 1..=1000000000 ticks"));
             }
-            with_ctx(|ctx| {
+            with_ctx(|ctx, _| {
                 if ctx.out.timers.len() >= 64 {
                     return Err(rt("set_timer: at most 64 timers per call"));
                 }
@@ -474,9 +436,9 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
                 Fx::from_bits(int_arg(&y, "set_pos: y")?),
                 Fx::from_bits(int_arg(&z, "set_pos: z")?),
             );
-            with_ctx(|ctx| {
-                check_writable(ctx, element, "set_pos")?;
-                if !ctx.state.in_bounds(pos) {
+            with_ctx(|ctx, world| {
+                check_writable(ctx, world, element, "set_pos")?;
+                if !world.in_bounds(pos) {
                     return Err(rt(format!("set_pos: {pos} is outside the region")));
                 }
                 ctx.out.writes.push(Write::SetPos { element, pos });
@@ -489,9 +451,9 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
         lua.create_function(|_, (e, name): (Value, Value)| {
             let element = element_arg(&e, "set_name: element")?;
             let name = text_arg(&name, "set_name: name")?;
-            with_ctx(|ctx| {
-                check_writable(ctx, element, "set_name")?;
-                let max = ctx.state.name_bytes_max;
+            with_ctx(|ctx, world| {
+                check_writable(ctx, world, element, "set_name")?;
+                let max = world.settings.name_bytes_max;
                 check_text(&name, max, "set_name: name")?;
                 ctx.out.writes.push(Write::SetName { element, name });
                 Ok(())
@@ -508,9 +470,9 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
                     Fx::from_bits(int_arg(&y, name)?),
                     Fx::from_bits(int_arg(&z, name)?),
                 );
-                with_ctx(|ctx| {
-                    check_writable(ctx, element, name)?;
-                    if !ctx.state.bodies.contains_key(&element) {
+                with_ctx(|ctx, world| {
+                    check_writable(ctx, world, element, name)?;
+                    if !world.bodies.contains_key(&element) {
                         return Err(rt(format!(
                             "{name}: {element} is not a body (spawn it with a body to give it physics)"
                         )));
@@ -528,17 +490,12 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     h.set(
         "load_state",
         lua.create_function(|lua, ()| {
-            let bytes = with_ctx(|ctx| {
-                if ctx.touched {
-                    return Ok(None);
-                }
-                ctx.touched = true;
-                Ok(Some(std::mem::take(&mut ctx.saved)))
-            })?;
-            let Some(bytes) = bytes else {
+            let first = with_ctx(|ctx, _| Ok(!std::mem::replace(&mut ctx.touched, true)))?;
+            if !first {
                 return Ok(Value::Nil);
-            };
-            let data = codec::decode(&bytes)
+            }
+            let data = SAVED
+                .with(|bytes| codec::decode(bytes))
                 .map_err(|e| rt(format!("{e} (the script's state cannot be read)")))?;
             codec::to_lua(lua, &data)
         })?,
@@ -546,7 +503,7 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     h.set(
         "touch_state",
         lua.create_function(|_, ()| {
-            with_ctx(|ctx| {
+            with_ctx(|ctx, _| {
                 ctx.touched = true;
                 Ok(())
             })
@@ -691,11 +648,11 @@ fn patterns(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
             let start = pattern::init_index(init, len).min(len + 1);
             // An iterator made while loading would carry its position
             // from call to call (docs/adr/0004): it works during load only.
-            let at_load = with_ctx(|_| Ok(())).is_err();
+            let at_load = with_ctx(|_, _| Ok(())).is_err();
             let pos = std::sync::Mutex::new((start, None::<usize>));
             let b = b.clone();
             lua.create_function(move |lua, ()| {
-                if at_load && with_ctx(|_| Ok(())).is_ok() {
+                if at_load && with_ctx(|_, _| Ok(())).is_ok() {
                     return Err(rt(
                         "a gmatch iterator made while the script loaded cannot be used in a handler (it would keep its position between calls)",
                     ));
@@ -873,11 +830,11 @@ fn push_send_count(ctx: &mut Ctx) -> mlua::Result<()> {
     Ok(())
 }
 
-fn check_writable(ctx: &Ctx, element: ElementId, what: &str) -> mlua::Result<()> {
-    if !ctx.state.elements.contains_key(&element) {
+fn check_writable(ctx: &Ctx, world: &State, element: ElementId, what: &str) -> mlua::Result<()> {
+    if !world.elements.contains_key(&element) {
         return Err(rt(format!("{what}: no element {element}")));
     }
-    if !ctx.state.is_within(element, ctx.script) {
+    if !world.is_within(element, ctx.script) {
         return Err(rt(format!(
             "{what}: {element} is not this script's element or one of its parts"
         )));
@@ -893,21 +850,21 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     let w = lua.create_table()?;
     w.set(
         "tick",
-        lua.create_function(|_, ()| with_ctx(|c| Ok(c.state.tick as i64)))?,
+        lua.create_function(|_, ()| with_ctx(|_, world| Ok(world.tick as i64)))?,
     )?;
     w.set(
         "time_ms",
-        lua.create_function(|_, ()| with_ctx(|c| Ok(c.state.time_ms as i64)))?,
+        lua.create_function(|_, ()| with_ctx(|_, world| Ok(world.time_ms as i64)))?,
     )?;
     w.set(
         "me",
-        lua.create_function(|_, ()| with_ctx(|c| Ok(c.script.to_string())))?,
+        lua.create_function(|_, ()| with_ctx(|c, _| Ok(c.script.to_string())))?,
     )?;
     w.set(
         "pos",
         lua.create_function(|_, e: Value| {
             let id = element_arg(&e, "world.pos")?;
-            with_ctx(|c| match c.state.elements.get(&id) {
+            with_ctx(|_, world| match world.elements.get(&id) {
                 Some(el) => Ok((
                     Some(el.pos.x.to_bits()),
                     Some(el.pos.y.to_bits()),
@@ -921,15 +878,15 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
         "name",
         lua.create_function(|_, e: Value| {
             let id = element_arg(&e, "world.name")?;
-            with_ctx(|c| Ok(c.state.elements.get(&id).map(|el| el.name.clone())))
+            with_ctx(|_, world| Ok(world.elements.get(&id).map(|el| el.name.clone())))
         })?,
     )?;
     w.set(
         "owner",
         lua.create_function(|_, e: Value| {
             let id = element_arg(&e, "world.owner")?;
-            with_ctx(|c| {
-                Ok(c.state
+            with_ctx(|_, world| {
+                Ok(world
                     .elements
                     .get(&id)
                     .and_then(|el| el.owner)
@@ -941,8 +898,8 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
         "parent",
         lua.create_function(|_, e: Value| {
             let id = element_arg(&e, "world.parent")?;
-            with_ctx(|c| {
-                Ok(c.state
+            with_ctx(|_, world| {
+                Ok(world
                     .elements
                     .get(&id)
                     .and_then(|el| el.parent)
@@ -954,8 +911,8 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
         "children",
         lua.create_function(|lua, e: Value| {
             let id = element_arg(&e, "world.children")?;
-            let kids: Vec<String> = with_ctx(|c| {
-                Ok(c.state
+            let kids: Vec<String> = with_ctx(|_, world| {
+                Ok(world
                     .elements
                     .get(&id)
                     .map(|el| el.children.iter().map(|k| k.to_string()).collect())
@@ -971,7 +928,7 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
             let Ok(id) = text.parse::<PlayerId>() else {
                 return Ok(None);
             };
-            with_ctx(|c| Ok(c.state.players.get(&id).map(|p| p.name.clone())))
+            with_ctx(|_, world| Ok(world.players.get(&id).map(|p| p.name.clone())))
         })?,
     )?;
     Ok(w)
@@ -1270,16 +1227,18 @@ impl Sandbox {
     /// Runs the script over the call's inbox.
     pub fn run(&self, call: &ScriptCall<'_>, limits: &Limits) -> Result<ScriptOutput, ScriptFault> {
         let ctx = Ctx {
-            state: WorldView::of(call.state),
             script: call.script,
             out: ScriptOutput::default(),
             rng: Rng::from_seed(&call.seed),
             limits: limits.clone(),
-            saved: call.slot.state.clone(),
             touched: false,
         };
         let cell = std::cell::RefCell::new(ctx);
-        let result = CTX.set(&cell, || self.run_inner(call, limits));
+        let result = CTX.set(&cell, || {
+            WORLD.set(call.state, || {
+                SAVED.set(&call.slot.state, || self.run_inner(call, limits))
+            })
+        });
         self.ran.set(true);
         let ctx = cell.into_inner();
         // A memory fault raised the cap to let the error out: set it again
@@ -1404,7 +1363,7 @@ impl Sandbox {
         if let Some(e) = self.budget.fault() {
             return Err(e);
         }
-        let touched = with_ctx(|ctx| Ok(ctx.touched))?;
+        let touched = with_ctx(|ctx, _| Ok(ctx.touched))?;
         if !touched {
             return Ok(Ok(None));
         }
