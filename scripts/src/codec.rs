@@ -20,7 +20,9 @@
 
 use std::cmp::Ordering;
 
-use mlua::{Lua, Table, Value};
+use std::ffi::c_int;
+
+use mlua::{Lua, Table, Value, ffi};
 
 /// The encoding version.
 pub const VERSION: u8 = 1;
@@ -226,32 +228,90 @@ fn path_key(path: &str, k: &Data) -> String {
     }
 }
 
-fn unstorable(path: &str, v: &Value) -> CodecError {
-    let (kind, hint) = match v {
-        Value::Number(_) => (
-            "float".to_string(),
+/// A value of Lua type `ty` that cannot be stored.
+fn unstorable(path: &str, ty: c_int, float: bool) -> CodecError {
+    let (kind, hint) = match ty {
+        ffi::LUA_TNUMBER if float => (
+            "float",
             ": floats differ between machines, use fx (fx(\"1.5\"), fx.mul, ...) or integers",
         ),
-        Value::Function(_) => ("function".into(), ": keep functions out of state"),
-        Value::Thread(_) => ("coroutine".into(), ": coroutines cannot be saved"),
-        other => (other.type_name().to_string(), ""),
+        ffi::LUA_TFUNCTION => ("function", ": keep functions out of state"),
+        ffi::LUA_TTHREAD => ("coroutine", ": coroutines cannot be saved"),
+        ffi::LUA_TNIL => ("nil", ""),
+        ffi::LUA_TBOOLEAN => ("boolean", ""),
+        ffi::LUA_TSTRING => ("string", ""),
+        ffi::LUA_TTABLE => ("table", ""),
+        ffi::LUA_TLIGHTUSERDATA => ("lightuserdata", ""),
+        _ => ("userdata", ""),
     };
     CodecError::Unstorable {
         path: path.to_string(),
-        kind,
+        kind: kind.to_string(),
         hint,
     }
 }
 
-/// Reads a Lua table as plain data. `budget` bounds the work (entries
-/// visited), so shared subtables cannot blow up.
-pub fn from_lua(table: &Table, limit: u32) -> Result<Data, CodecError> {
+/// Reads a Lua table as plain data. `limit` bounds the work (entries
+/// visited and string bytes), so shared subtables cannot blow up.
+#[allow(unsafe_code)]
+pub fn from_lua(lua: &Lua, table: &Table, limit: u32) -> Result<Data, CodecError> {
     let mut budget = u64::from(limit);
-    table_from_lua(table, "", 1, &mut budget, limit)
+    // SAFETY: the table is pushed, read and popped with the stack checked
+    // first, and only with functions that raise no Lua error and allocate
+    // nothing (`lua_next` over a table nobody changes meanwhile, type
+    // tests, `lua_tolstring` on strings only), so no error can long-jump
+    // over this frame's values.
+    lua.exec_raw_lua(|raw| unsafe {
+        let l = raw.state();
+        if ffi::lua_checkstack(l, 2 * DEPTH_MAX as c_int + 4) == 0 {
+            return Err(CodecError::Lua("stack overflow".into()));
+        }
+        let top = ffi::lua_gettop(l);
+        raw.push(table)
+            .map_err(|e| CodecError::Lua(e.to_string()))?;
+        let r = table_from_stack(l, top + 1, "", 1, &mut budget, limit);
+        ffi::lua_settop(l, top);
+        r
+    })
 }
 
-fn table_from_lua(
-    table: &Table,
+/// The key or value at absolute stack index `at` as data.
+#[allow(unsafe_code)]
+unsafe fn value_from_stack(
+    l: *mut ffi::lua_State,
+    at: c_int,
+    path: &dyn Fn() -> String,
+    depth: usize,
+    budget: &mut u64,
+    limit: u32,
+) -> Result<Data, CodecError> {
+    // SAFETY: as in `from_lua`.
+    unsafe {
+        let ty = ffi::lua_type(l, at);
+        Ok(match ty {
+            ffi::LUA_TBOOLEAN => Data::Bool(ffi::lua_toboolean(l, at) != 0),
+            ffi::LUA_TNUMBER if ffi::lua_isinteger(l, at) != 0 => {
+                Data::Int(ffi::lua_tointegerx(l, at, std::ptr::null_mut()))
+            }
+            ffi::LUA_TSTRING => {
+                let mut len = 0usize;
+                let p = ffi::lua_tolstring(l, at, &mut len);
+                *budget = budget
+                    .checked_sub(len as u64)
+                    .ok_or(CodecError::TooLarge(limit))?;
+                Data::Str(std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec())
+            }
+            ffi::LUA_TTABLE => table_from_stack(l, at, &path(), depth + 1, budget, limit)?,
+            other => return Err(unstorable(&path(), other, true)),
+        })
+    }
+}
+
+/// The table at absolute stack index `at` as data.
+#[allow(unsafe_code)]
+unsafe fn table_from_stack(
+    l: *mut ffi::lua_State,
+    at: c_int,
     path: &str,
     depth: usize,
     budget: &mut u64,
@@ -263,50 +323,71 @@ fn table_from_lua(
         });
     }
     let mut entries = Vec::new();
-    for pair in table.pairs::<Value, Value>() {
-        let (k, v) = pair.map_err(|e| CodecError::Lua(e.to_string()))?;
-        *budget = budget.checked_sub(2).ok_or(CodecError::TooLarge(limit))?;
-        let key = match &k {
-            Value::Boolean(b) => Data::Bool(*b),
-            Value::Integer(i) => Data::Int(*i),
-            Value::String(s) => Data::Str(s.as_bytes().to_vec()),
-            other => return Err(unstorable(&format!("{path} key"), other)),
-        };
-        let here = path_key(path, &key);
-        let val = match &v {
-            Value::Boolean(b) => Data::Bool(*b),
-            Value::Integer(i) => Data::Int(*i),
-            Value::String(s) => {
-                let b = s.as_bytes().to_vec();
-                *budget = budget
-                    .checked_sub(b.len() as u64)
-                    .ok_or(CodecError::TooLarge(limit))?;
-                Data::Str(b)
+    // SAFETY: as in `from_lua`; each level uses two slots (key, value),
+    // checked there for the deepest nesting.
+    unsafe {
+        ffi::lua_pushnil(l);
+        while ffi::lua_next(l, at) != 0 {
+            let (k, v) = (ffi::lua_gettop(l) - 1, ffi::lua_gettop(l));
+            let entry = budget
+                .checked_sub(2)
+                .ok_or(CodecError::TooLarge(limit))
+                .and_then(|b| {
+                    *budget = b;
+                    if ffi::lua_type(l, k) == ffi::LUA_TTABLE {
+                        return Err(unstorable(&format!("{path} key"), ffi::LUA_TTABLE, false));
+                    }
+                    let key =
+                        value_from_stack(l, k, &|| format!("{path} key"), depth, budget, limit)?;
+                    let val =
+                        value_from_stack(l, v, &|| path_key(path, &key), depth, budget, limit)?;
+                    Ok((key, val))
+                });
+            match entry {
+                Ok(kv) => entries.push(kv),
+                Err(e) => {
+                    ffi::lua_settop(l, at);
+                    return Err(e);
+                }
             }
-            Value::Table(t) => table_from_lua(t, &here, depth + 1, budget, limit)?,
-            other => return Err(unstorable(&here, other)),
-        };
-        entries.push((key, val));
+            ffi::lua_settop(l, k);
+        }
     }
     entries.sort_by(|a, b| key_order(&a.0, &b.0));
     Ok(Data::Table(entries))
 }
 
 /// Builds a fresh Lua table from plain data, inserting keys in canonical
-/// order (so its layout, and `pairs` order, depend only on the data).
+/// order (so its layout, and `pairs` order, depend only on the data). One
+/// protected call builds it all.
+#[allow(unsafe_code)]
 pub fn to_lua(lua: &Lua, data: &Data) -> mlua::Result<Value> {
-    Ok(match data {
-        Data::Bool(b) => Value::Boolean(*b),
-        Data::Int(i) => Value::Integer(*i),
-        Data::Str(s) => Value::String(lua.create_string(s)?),
-        Data::Table(entries) => {
-            let t = lua.create_table()?;
-            for (k, v) in entries {
-                t.raw_set(to_lua(lua, k)?, to_lua(lua, v)?)?;
+    // SAFETY: runs inside mlua's protected call; `push` holds only
+    // references, so a memory error long-jumps over no destructor.
+    unsafe { lua.exec_raw::<Value>((), |l| push(l, data)) }
+}
+
+#[allow(unsafe_code)]
+unsafe fn push(l: *mut ffi::lua_State, d: &Data) {
+    // SAFETY: see `to_lua`; three slots per level.
+    unsafe {
+        ffi::luaL_checkstack(l, 3, std::ptr::null());
+        match d {
+            Data::Bool(b) => ffi::lua_pushboolean(l, c_int::from(*b)),
+            Data::Int(i) => ffi::lua_pushinteger(l, *i),
+            Data::Str(s) => {
+                ffi::lua_pushlstring(l, s.as_ptr().cast(), s.len());
             }
-            Value::Table(t)
+            Data::Table(entries) => {
+                ffi::lua_createtable(l, 0, 0);
+                for (k, v) in entries {
+                    push(l, k);
+                    push(l, v);
+                    ffi::lua_rawset(l, -3);
+                }
+            }
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -320,7 +401,7 @@ mod tests {
             .load(r#"return { b = 2, a = "x", [3] = true, [-1] = false, nested = { z = { 1, 2, 3 } } }"#)
             .eval()
             .unwrap();
-        let d = from_lua(&t, 65536).unwrap();
+        let d = from_lua(&lua, &t, 65536).unwrap();
         let bytes = encode(&d, 65536).unwrap();
         assert_eq!(decode(&bytes).unwrap(), d);
         // Same data built in another order encodes identically.
@@ -329,7 +410,7 @@ mod tests {
             .eval()
             .unwrap();
         assert_eq!(
-            encode(&from_lua(&t2, 65536).unwrap(), 65536).unwrap(),
+            encode(&from_lua(&lua, &t2, 65536).unwrap(), 65536).unwrap(),
             bytes
         );
         // Empty state is zero bytes.
@@ -352,7 +433,7 @@ mod tests {
         ];
         for (src, want) in cases {
             let t: Table = lua.load(src).eval().unwrap();
-            let e = from_lua(&t, 4096)
+            let e = from_lua(&lua, &t, 4096)
                 .and_then(|d| encode(&d, 4096))
                 .unwrap_err();
             assert!(e.to_string().contains(want), "{src}: {e}");

@@ -1378,7 +1378,7 @@ impl Sandbox {
                 ))));
             }
         };
-        let encoded = codec::from_lua(&table, limits.state_bytes)
+        let encoded = codec::from_lua(lua, &table, limits.state_bytes)
             .and_then(|d| codec::encode(&d, limits.state_bytes))
             .map(Some)
             .map_err(|e| ScriptFault::Error(e.to_string()));
