@@ -367,8 +367,13 @@ pub fn to_lua(lua: &Lua, data: &Data) -> mlua::Result<Value> {
     unsafe { lua.exec_raw::<Value>((), |l| push(l, data)) }
 }
 
+/// Pushes `d` onto the stack of `l` (tables built as [`to_lua`] does).
+///
+/// # Safety
+/// `l` is a live Lua state inside a protected call (a memory error
+/// long-jumps out of this function).
 #[allow(unsafe_code)]
-unsafe fn push(l: *mut ffi::lua_State, d: &Data) {
+pub unsafe fn push(l: *mut ffi::lua_State, d: &Data) {
     // SAFETY: see `to_lua`; three slots per level.
     unsafe {
         ffi::luaL_checkstack(l, 3, std::ptr::null());

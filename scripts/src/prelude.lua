@@ -356,16 +356,8 @@ local function seal(env, env_mt)
   end
   -- `state` is decoded on first use in a call (the host clears it before
   -- each call); a handler that never uses it costs no decode or encode.
-  local load_state, touch_state = H.load_state, H.touch_state
-  setmetatable_raw(env_shadow, {
-    __index = function(_, k)
-      if k == "state" then
-        local s = load_state()
-        rawset_raw(env_shadow, "state", s)
-        return s
-      end
-    end,
-  })
+  local touch_state = H.touch_state
+  setmetatable_raw(env_shadow, { __index = H.state_index })
   -- Give each its read-only metatable, keeping the behaviour of the
   -- script's own metatable.
   for i = 1, #list do

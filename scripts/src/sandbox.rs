@@ -487,19 +487,7 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
             })?,
         )?;
     }
-    h.set(
-        "load_state",
-        lua.create_function(|lua, ()| {
-            let first = with_ctx(|ctx, _| Ok(!std::mem::replace(&mut ctx.touched, true)))?;
-            if !first {
-                return Ok(Value::Nil);
-            }
-            let data = SAVED
-                .with(|bytes| codec::decode(bytes))
-                .map_err(|e| rt(format!("{e} (the script's state cannot be read)")))?;
-            codec::to_lua(lua, &data)
-        })?,
-    )?;
+    h.set("state_index", state_index_function(lua, budget)?)?;
     h.set(
         "touch_state",
         lua.create_function(|_, ()| {
@@ -513,6 +501,101 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     h.set("world", world_table(lua)?)?;
     h.set("fx", fx::table(lua)?)?;
     Ok(h)
+}
+
+/// `__index` of the script's globals: `state`, decoded from the stored
+/// bytes on its first use in a call and kept in the globals for the rest
+/// of the call (the host clears it before each call); any other missing
+/// global is nil. A C function with the budget as its upvalue: this runs
+/// in most calls, and a Lua closure calling a Rust callback cost several
+/// times more.
+#[allow(unsafe_code)]
+fn state_index_function(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Function> {
+    use mlua::ffi;
+    use std::ffi::{c_int, c_void};
+
+    /// Pushes what `index` found (a light userdata pointing to it): the
+    /// decoded data, built into Lua, or the error text.
+    unsafe extern "C-unwind" fn build(l: *mut ffi::lua_State) -> c_int {
+        // SAFETY: called by `lua_pcall` in `index` with a pointer to a live
+        // `Found` as its only argument; this frame holds references only.
+        unsafe {
+            match &*ffi::lua_touserdata(l, 1).cast::<Found>() {
+                Ok(data) => codec::push(l, data),
+                Err(msg) => {
+                    ffi::lua_pushlstring(l, msg.as_ptr().cast(), msg.len());
+                }
+            }
+        }
+        1
+    }
+
+    type Found = Result<codec::Data, String>;
+
+    unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
+        // SAFETY: Lua calls this as `__index(t, k)`; the upvalue is the
+        // `Budget` the sandbox owns (it outlives its Lua state). Whatever
+        // allocates on the Lua side runs inside the nested protected call
+        // (`build`), and `found` is dropped before `lua_error`, so no Lua
+        // error long-jumps over a value with a destructor.
+        unsafe {
+            let mut len = 0usize;
+            if ffi::lua_type(l, 1) != ffi::LUA_TTABLE || ffi::lua_type(l, 2) != ffi::LUA_TSTRING {
+                return 0;
+            }
+            let key = ffi::lua_tolstring(l, 2, &mut len);
+            if std::slice::from_raw_parts(key.cast::<u8>(), len) != b"state" {
+                return 0;
+            }
+            let found: Option<Found> =
+                match with_ctx(|ctx, _| Ok(!std::mem::replace(&mut ctx.touched, true))) {
+                    Ok(false) => None,
+                    Ok(true) => Some(
+                        SAVED
+                            .with(|bytes| codec::decode(bytes))
+                            .map_err(|e| format!("{e} (the script's state cannot be read)")),
+                    ),
+                    Err(e) => Some(Err(describe_error(&e))),
+                };
+            let (status, failed) = match &found {
+                None => {
+                    ffi::lua_pushnil(l);
+                    (ffi::LUA_OK, false)
+                }
+                Some(f) => {
+                    ffi::lua_pushcfunction(l, build);
+                    ffi::lua_pushlightuserdata(
+                        l,
+                        std::ptr::from_ref(f).cast_mut().cast::<c_void>(),
+                    );
+                    (ffi::lua_pcall(l, 1, 1, 0), f.is_err())
+                }
+            };
+            drop(found);
+            if status == ffi::LUA_ERRMEM {
+                let budget = ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)).cast::<Budget>();
+                (*budget).memory.store(true, Ordering::Relaxed);
+            }
+            if status != ffi::LUA_OK || failed {
+                ffi::lua_error(l);
+            }
+            // t.state = s, then return s.
+            ffi::lua_pushvalue(l, 2);
+            ffi::lua_pushvalue(l, -2);
+            ffi::lua_rawset(l, 1);
+            1
+        }
+    }
+
+    let ptr = Arc::as_ptr(budget).cast_mut().cast::<c_void>();
+    // SAFETY: pushes a C closure with one light userdata upvalue inside
+    // mlua's protected call; nothing here owns a destructor.
+    unsafe {
+        lua.exec_raw::<Function>((), |l| {
+            ffi::lua_pushlightuserdata(l, ptr);
+            ffi::lua_pushcclosure(l, index, 1);
+        })
+    }
 }
 
 /// Runs the matcher with its steps charged to the budget; a budget error

@@ -334,3 +334,121 @@ end
     assert_eq!(w.text(s, "c").as_deref(), Some("custom"));
     assert_eq!(w.text(s, "d").as_deref(), Some("table"));
 }
+
+/// A stored `state` is decoded when a handler first reads it. Bytes that
+/// are not a canonical encoding fail the call with an error that says so;
+/// a state whose decoding passes the memory cap is a memory fault, which a
+/// `pcall` around the read cannot catch. Nothing else the handler did
+/// applies in either case.
+#[test]
+fn a_stored_state_that_cannot_be_read_or_does_not_fit_faults_the_call() {
+    use metatopia_scripts::codec::{self, Data};
+    use metatopia_scripts::{Limits, Sandbox};
+    use metatopia_sim::script::{ScriptCall, ScriptEvent, ScriptEventKind, ScriptFault};
+    use metatopia_sim::state::{ElementKind, ScriptSlot, Settings, State};
+    use metatopia_sim::{RegionId, Vec3};
+
+    let mut world = State::new(RegionId(1), Settings::default(), &[]);
+    let root = world.root();
+    let me = world
+        .add_child(
+            root,
+            ElementKind::Object,
+            None,
+            "o",
+            Vec3::from_ints(1, 1, 1),
+        )
+        .unwrap();
+    let limits = Limits {
+        memory_bytes: 32 * 1024,
+        ..Limits::default()
+    };
+    let run = |body: &str, stored: Vec<u8>| {
+        let src = format!("{}{body}", common::LICENCE);
+        let sandbox = Sandbox::new(&src, me, &limits).unwrap();
+        let slot = ScriptSlot {
+            source: [0; 32],
+            state: stored,
+            faults: 0,
+            suspended: false,
+        };
+        let inbox = [ScriptEvent {
+            id: 0,
+            kind: ScriptEventKind::Timer { timer: 1 },
+        }];
+        let call = ScriptCall {
+            state: &world,
+            script: me,
+            slot: &slot,
+            inbox: &inbox,
+            tick: 1,
+            seed: [1; 32],
+        };
+        sandbox.run(&call, &limits)
+    };
+    let read = "function on_timer() say('hi'); set_timer(1, 1); local n = state.n end";
+    match run(read, vec![codec::VERSION, 4, 9, 9, 9]) {
+        Err(ScriptFault::Error(e)) => {
+            assert!(e.contains("state cannot be read"), "{e}");
+        }
+        other => panic!("corrupt state: {other:?}"),
+    }
+    // 500 strings of 100 bytes: 57 KB stored (under the 64 KiB state
+    // limit), about twice the 32 KiB memory cap once in Lua.
+    let big = Data::Table(
+        (0..500)
+            .map(|i| (Data::Int(i), Data::Str(vec![b'x'; 100])))
+            .collect(),
+    );
+    let stored = codec::encode(&big, 1 << 20).unwrap();
+    for body in [
+        read,
+        "function on_timer() say('hi'); local ok = pcall(function() return state.n end); state = {} end",
+    ] {
+        match run(body, stored.clone()) {
+            Err(ScriptFault::MemoryCap(_)) => {}
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+    // The same state under a cap it fits in reads back.
+    let roomy = Limits {
+        memory_bytes: 4 * 1024 * 1024,
+        ..limits.clone()
+    };
+    let src = format!(
+        "{}function on_timer() state[7] = state[7] .. 'y' end",
+        common::LICENCE
+    );
+    let sandbox = Sandbox::new(&src, me, &roomy).unwrap();
+    let slot = ScriptSlot {
+        source: [0; 32],
+        state: stored,
+        faults: 0,
+        suspended: false,
+    };
+    let inbox = [ScriptEvent {
+        id: 0,
+        kind: ScriptEventKind::Timer { timer: 1 },
+    }];
+    let out = sandbox
+        .run(
+            &ScriptCall {
+                state: &world,
+                script: me,
+                slot: &slot,
+                inbox: &inbox,
+                tick: 1,
+                seed: [1; 32],
+            },
+            &roomy,
+        )
+        .unwrap();
+    let Data::Table(entries) = codec::decode(&out.state.unwrap()).unwrap() else {
+        panic!("state is not a table");
+    };
+    assert_eq!(entries.len(), 500);
+    assert_eq!(
+        entries[7].1,
+        Data::Str([vec![b'x'; 100], b"y".to_vec()].concat())
+    );
+}
