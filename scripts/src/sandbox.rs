@@ -1451,9 +1451,9 @@ impl Sandbox {
             return Ok(Ok(None));
         }
         let state: Value = self.env_shadow.raw_get(&self.state_key)?;
-        let table = match state {
-            Value::Table(t) => t,
-            Value::Nil => lua.create_table()?,
+        let data = match state {
+            Value::Table(t) => codec::from_lua(lua, &t, limits.state_bytes),
+            Value::Nil => Ok(codec::Data::Table(Vec::new())),
             other => {
                 return Ok(Err(ScriptFault::Error(format!(
                     "state must be a table, got {}",
@@ -1461,7 +1461,7 @@ impl Sandbox {
                 ))));
             }
         };
-        let encoded = codec::from_lua(lua, &table, limits.state_bytes)
+        let encoded = data
             .and_then(|d| codec::encode(&d, limits.state_bytes))
             .map(Some)
             .map_err(|e| ScriptFault::Error(e.to_string()));
