@@ -251,10 +251,79 @@ impl IdText {
     }
 }
 
+/// A host function's argument: read from the Lua stack without copying
+/// (raw host functions) or from an mlua value.
+enum Arg<'a> {
+    Nil,
+    Bool,
+    Int(i64),
+    Float(f64),
+    Str(std::borrow::Cow<'a, [u8]>),
+    Other(&'static str),
+}
+
+impl Arg<'_> {
+    fn of(v: &Value) -> Arg<'static> {
+        match v {
+            Value::Nil => Arg::Nil,
+            Value::Boolean(_) => Arg::Bool,
+            Value::Integer(i) => Arg::Int(*i),
+            Value::Number(n) => Arg::Float(*n),
+            Value::String(s) => Arg::Str(s.as_bytes().to_vec().into()),
+            other => Arg::Other(other.type_name()),
+        }
+    }
+
+    /// The value at stack index `i` of a C function's frame, borrowed.
+    ///
+    /// # Safety
+    /// `l` is the running C function's state; the borrow must end before
+    /// the value leaves the stack.
+    #[allow(unsafe_code)]
+    unsafe fn at<'a>(l: *mut mlua::ffi::lua_State, i: std::ffi::c_int) -> Arg<'a> {
+        use mlua::ffi;
+        // SAFETY: type tests and reads of the value at `i`; strings are
+        // read in place (`lua_tolstring` on a string neither allocates nor
+        // raises).
+        unsafe {
+            match ffi::lua_type(l, i) {
+                ffi::LUA_TNONE | ffi::LUA_TNIL => Arg::Nil,
+                ffi::LUA_TBOOLEAN => Arg::Bool,
+                ffi::LUA_TNUMBER if ffi::lua_isinteger(l, i) != 0 => {
+                    Arg::Int(ffi::lua_tointegerx(l, i, std::ptr::null_mut()))
+                }
+                ffi::LUA_TNUMBER => Arg::Float(ffi::lua_tonumberx(l, i, std::ptr::null_mut())),
+                ffi::LUA_TSTRING => {
+                    let mut len = 0usize;
+                    let p = ffi::lua_tolstring(l, i, &mut len);
+                    Arg::Str(std::slice::from_raw_parts(p.cast::<u8>(), len).into())
+                }
+                ffi::LUA_TTABLE => Arg::Other("table"),
+                ffi::LUA_TFUNCTION => Arg::Other("function"),
+                ffi::LUA_TTHREAD => Arg::Other("thread"),
+                ffi::LUA_TLIGHTUSERDATA => Arg::Other("lightuserdata"),
+                _ => Arg::Other("userdata"),
+            }
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Arg::Nil => "nil",
+            Arg::Bool => "boolean",
+            Arg::Int(_) | Arg::Float(_) => "number",
+            Arg::Str(_) => "string",
+            Arg::Other(t) => t,
+        }
+    }
+}
+
 /// A text argument: a string (numbers are not silently converted).
-fn text_arg(v: &Value, what: &str) -> mlua::Result<String> {
+fn text_arg(v: &Arg, what: &str) -> mlua::Result<String> {
     match v {
-        Value::String(s) => Ok(s.to_str()?.to_string()),
+        Arg::Str(s) => std::str::from_utf8(s)
+            .map(str::to_string)
+            .map_err(|_| rt(format!("{what} must be UTF-8 text"))),
         other => Err(rt(format!(
             "{what} must be a string, got {}",
             other.type_name()
@@ -262,7 +331,7 @@ fn text_arg(v: &Value, what: &str) -> mlua::Result<String> {
     }
 }
 
-fn element_arg(v: &Value, what: &str) -> mlua::Result<ElementId> {
+fn element_arg(v: &Arg, what: &str) -> mlua::Result<ElementId> {
     let s = text_arg(v, what)?;
     s.parse().map_err(|_| {
         rt(format!(
@@ -271,10 +340,10 @@ fn element_arg(v: &Value, what: &str) -> mlua::Result<ElementId> {
     })
 }
 
-fn int_arg(v: &Value, what: &str) -> mlua::Result<i64> {
+fn int_arg(v: &Arg, what: &str) -> mlua::Result<i64> {
     match v {
-        Value::Integer(i) => Ok(*i),
-        Value::Number(n) => Err(rt(format!(
+        Arg::Int(i) => Ok(*i),
+        Arg::Float(n) => Err(rt(format!(
             "{what} is a float ({n}); world values are integers or fx: use fx(...)"
         ))),
         other => Err(rt(format!(
@@ -355,7 +424,7 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
                 match a.as_slice() {
                     [] => Ok(Value::Number(r.next_f64())),
                     [m] => {
-                        let m = int_arg(m, "math.random(m)")?;
+                        let m = int_arg(&Arg::of(m), "math.random(m)")?;
                         if m == 0 {
                             return Ok(Value::Integer(r.next_u64() as i64));
                         }
@@ -366,8 +435,8 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
                     }
                     [m, n] => {
                         let (m, n) = (
-                            int_arg(m, "math.random(m, n)")?,
-                            int_arg(n, "math.random(m, n)")?,
+                            int_arg(&Arg::of(m), "math.random(m, n)")?,
+                            int_arg(&Arg::of(n), "math.random(m, n)")?,
                         );
                         if m > n {
                             return Err(rt("bad argument #2 to 'random' (interval is empty)"));
@@ -379,113 +448,8 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
             })
         })?,
     )?;
-    h.set(
-        "say",
-        lua.create_function(|_, (text, radius): (Value, Value)| {
-            let text = text_arg(&text, "say: text")?;
-            let radius = match radius {
-                Value::Nil => None,
-                v => Some(Fx::from_bits(int_arg(&v, "say: radius")?)),
-            };
-            with_ctx(|ctx, _| {
-                check_text(&text, ctx.limits.text_bytes, "say: text")?;
-                push_send_count(ctx)?;
-                ctx.out.says.push((text, radius));
-                Ok(())
-            })
-        })?,
-    )?;
-    h.set(
-        "send",
-        lua.create_function(|_, (target, body): (Value, Value)| {
-            let target = element_arg(&target, "send: target")?;
-            let body = text_arg(&body, "send: message")?;
-            with_ctx(|ctx, _| {
-                check_text(&body, ctx.limits.text_bytes, "send: message")?;
-                push_send_count(ctx)?;
-                ctx.out.sends.push((target, body));
-                Ok(())
-            })
-        })?,
-    )?;
-    h.set(
-        "set_timer",
-        lua.create_function(|_, (id, delay): (Value, Value)| {
-            let id = int_arg(&id, "set_timer: id")?;
-            let id =
-                u32::try_from(id).map_err(|_| rt("set_timer: id must be in 0..=4294967295"))?;
-            let delay = int_arg(&delay, "set_timer: delay")?;
-            if !(1..=1_000_000_000).contains(&delay) {
-                return Err(rt("set_timer: delay must be 1..=1000000000 ticks"));
-            }
-            with_ctx(|ctx, _| {
-                if ctx.out.timers.len() >= 64 {
-                    return Err(rt("set_timer: at most 64 timers per call"));
-                }
-                ctx.out.timers.push((id, delay as u64));
-                Ok(())
-            })
-        })?,
-    )?;
-    h.set(
-        "set_pos",
-        lua.create_function(|_, (e, x, y, z): (Value, Value, Value, Value)| {
-            let element = element_arg(&e, "set_pos: element")?;
-            let pos = Vec3::new(
-                Fx::from_bits(int_arg(&x, "set_pos: x")?),
-                Fx::from_bits(int_arg(&y, "set_pos: y")?),
-                Fx::from_bits(int_arg(&z, "set_pos: z")?),
-            );
-            with_ctx(|ctx, world| {
-                check_writable(ctx, world, element, "set_pos")?;
-                if !world.in_bounds(pos) {
-                    return Err(rt(format!("set_pos: {pos} is outside the region")));
-                }
-                ctx.out.writes.push(Write::SetPos { element, pos });
-                Ok(())
-            })
-        })?,
-    )?;
-    h.set(
-        "set_name",
-        lua.create_function(|_, (e, name): (Value, Value)| {
-            let element = element_arg(&e, "set_name: element")?;
-            let name = text_arg(&name, "set_name: name")?;
-            with_ctx(|ctx, world| {
-                check_writable(ctx, world, element, "set_name")?;
-                let max = world.settings.name_bytes_max;
-                check_text(&name, max, "set_name: name")?;
-                ctx.out.writes.push(Write::SetName { element, name });
-                Ok(())
-            })
-        })?,
-    )?;
-    for (name, impulse) in [("impulse", true), ("set_velocity", false)] {
-        h.set(
-            name,
-            lua.create_function(move |_, (e, x, y, z): (Value, Value, Value, Value)| {
-                let element = element_arg(&e, name)?;
-                let v = Vec3::new(
-                    Fx::from_bits(int_arg(&x, name)?),
-                    Fx::from_bits(int_arg(&y, name)?),
-                    Fx::from_bits(int_arg(&z, name)?),
-                );
-                with_ctx(|ctx, world| {
-                    check_writable(ctx, world, element, name)?;
-                    if !world.bodies.contains_key(&element) {
-                        return Err(rt(format!(
-                            "{name}: {element} is not a body (spawn it with a body to give it physics)"
-                        )));
-                    }
-                    ctx.out.writes.push(if impulse {
-                        Write::Impulse { element, impulse: v }
-                    } else {
-                        Write::SetVelocity { element, vel: v }
-                    });
-                    Ok(())
-                })
-            })?,
-        )?;
+    for f in HostFn::ALL {
+        h.set(f.name(), host_function(lua, budget, f)?)?;
     }
     h.set("state_index", state_index_function(lua, budget)?)?;
     h.set(
@@ -503,6 +467,246 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     Ok(h)
 }
 
+/// The host functions a handler calls most, run as C functions: an mlua
+/// callback costs several times more per call (and touches more memory of
+/// a Lua state that is cold at every tick).
+#[derive(Clone, Copy, Debug)]
+enum HostFn {
+    Say,
+    Send,
+    SetTimer,
+    SetPos,
+    SetName,
+    Impulse,
+    SetVelocity,
+}
+
+impl HostFn {
+    const ALL: [HostFn; 7] = [
+        HostFn::Say,
+        HostFn::Send,
+        HostFn::SetTimer,
+        HostFn::SetPos,
+        HostFn::SetName,
+        HostFn::Impulse,
+        HostFn::SetVelocity,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            HostFn::Say => "say",
+            HostFn::Send => "send",
+            HostFn::SetTimer => "set_timer",
+            HostFn::SetPos => "set_pos",
+            HostFn::SetName => "set_name",
+            HostFn::Impulse => "impulse",
+            HostFn::SetVelocity => "set_velocity",
+        }
+    }
+
+    /// Runs the function on its first four arguments.
+    fn call(self, a: &[Arg; 4]) -> mlua::Result<()> {
+        let name = self.name();
+        let fx_arg = |v: &Arg, what: &str| int_arg(v, what).map(Fx::from_bits);
+        match self {
+            HostFn::Say => {
+                let text = text_arg(&a[0], "say: text")?;
+                let radius = match &a[1] {
+                    Arg::Nil => None,
+                    v => Some(fx_arg(v, "say: radius")?),
+                };
+                with_ctx(|ctx, _| {
+                    check_text(&text, ctx.limits.text_bytes, "say: text")?;
+                    push_send_count(ctx)?;
+                    ctx.out.says.push((text, radius));
+                    Ok(())
+                })
+            }
+            HostFn::Send => {
+                let target = element_arg(&a[0], "send: target")?;
+                let body = text_arg(&a[1], "send: message")?;
+                with_ctx(|ctx, _| {
+                    check_text(&body, ctx.limits.text_bytes, "send: message")?;
+                    push_send_count(ctx)?;
+                    ctx.out.sends.push((target, body));
+                    Ok(())
+                })
+            }
+            HostFn::SetTimer => {
+                let id = int_arg(&a[0], "set_timer: id")?;
+                let id =
+                    u32::try_from(id).map_err(|_| rt("set_timer: id must be in 0..=4294967295"))?;
+                let delay = int_arg(&a[1], "set_timer: delay")?;
+                if !(1..=1_000_000_000).contains(&delay) {
+                    return Err(rt("set_timer: delay must be 1..=1000000000 ticks"));
+                }
+                with_ctx(|ctx, _| {
+                    if ctx.out.timers.len() >= 64 {
+                        return Err(rt("set_timer: at most 64 timers per call"));
+                    }
+                    ctx.out.timers.push((id, delay as u64));
+                    Ok(())
+                })
+            }
+            HostFn::SetPos => {
+                let element = element_arg(&a[0], "set_pos: element")?;
+                let pos = Vec3::new(
+                    fx_arg(&a[1], "set_pos: x")?,
+                    fx_arg(&a[2], "set_pos: y")?,
+                    fx_arg(&a[3], "set_pos: z")?,
+                );
+                with_ctx(|ctx, world| {
+                    check_writable(ctx, world, element, "set_pos")?;
+                    if !world.in_bounds(pos) {
+                        return Err(rt(format!("set_pos: {pos} is outside the region")));
+                    }
+                    ctx.out.writes.push(Write::SetPos { element, pos });
+                    Ok(())
+                })
+            }
+            HostFn::SetName => {
+                let element = element_arg(&a[0], "set_name: element")?;
+                let name = text_arg(&a[1], "set_name: name")?;
+                with_ctx(|ctx, world| {
+                    check_writable(ctx, world, element, "set_name")?;
+                    let max = world.settings.name_bytes_max;
+                    check_text(&name, max, "set_name: name")?;
+                    ctx.out.writes.push(Write::SetName { element, name });
+                    Ok(())
+                })
+            }
+            HostFn::Impulse | HostFn::SetVelocity => {
+                let element = element_arg(&a[0], name)?;
+                let v = Vec3::new(
+                    fx_arg(&a[1], name)?,
+                    fx_arg(&a[2], name)?,
+                    fx_arg(&a[3], name)?,
+                );
+                with_ctx(|ctx, world| {
+                    check_writable(ctx, world, element, name)?;
+                    if !world.bodies.contains_key(&element) {
+                        return Err(rt(format!(
+                            "{name}: {element} is not a body (spawn it with a body to give it physics)"
+                        )));
+                    }
+                    ctx.out.writes.push(if matches!(self, HostFn::Impulse) {
+                        Write::Impulse {
+                            element,
+                            impulse: v,
+                        }
+                    } else {
+                        Write::SetVelocity { element, vel: v }
+                    });
+                    Ok(())
+                })
+            }
+        }
+    }
+}
+
+/// What a raw C function hands to [`push_found`]: data to build into a Lua
+/// value, or the text of an error to raise.
+type Found = Result<codec::Data, String>;
+
+/// Pushes what `push_found` was given (a light userdata pointing to it).
+#[allow(unsafe_code)]
+unsafe extern "C-unwind" fn build_found(l: *mut mlua::ffi::lua_State) -> std::ffi::c_int {
+    // SAFETY: called by `lua_pcall` in `push_found` with a pointer to a
+    // live `Found` as its only argument; this frame holds references only.
+    unsafe {
+        match &*mlua::ffi::lua_touserdata(l, 1).cast::<Found>() {
+            Ok(data) => codec::push(l, data),
+            Err(msg) => {
+                mlua::ffi::lua_pushlstring(l, msg.as_ptr().cast(), msg.len());
+            }
+        }
+    }
+    1
+}
+
+/// Pushes `found` in a nested protected call (building a value allocates,
+/// and a memory error must not long-jump over `found`), then drops it.
+/// Returns whether the caller must raise the value now on top: an error
+/// text, or the memory error (which also sets the budget's memory fault,
+/// so no `pcall` can catch it).
+///
+/// # Safety
+/// Called from a C function whose first upvalue is the sandbox's `Budget`.
+#[allow(unsafe_code)]
+unsafe fn push_found(l: *mut mlua::ffi::lua_State, found: Found) -> bool {
+    use mlua::ffi;
+    // SAFETY: see the contract; the pointer is used only during the call.
+    unsafe {
+        let failed = found.is_err();
+        ffi::lua_pushcfunction(l, build_found);
+        ffi::lua_pushlightuserdata(l, std::ptr::from_ref(&found).cast_mut().cast());
+        let status = ffi::lua_pcall(l, 1, 1, 0);
+        drop(found);
+        if status == ffi::LUA_ERRMEM {
+            let budget = ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)).cast::<Budget>();
+            (*budget).memory.store(true, Ordering::Relaxed);
+        }
+        status != ffi::LUA_OK || failed
+    }
+}
+
+/// A C closure running `f`, with the budget and `f` as upvalues.
+#[allow(unsafe_code)]
+fn host_function(lua: &Lua, budget: &Arc<Budget>, f: HostFn) -> mlua::Result<Function> {
+    use mlua::ffi;
+
+    unsafe extern "C-unwind" fn call(l: *mut ffi::lua_State) -> std::ffi::c_int {
+        // SAFETY: Lua calls this with the upvalues set below. The
+        // arguments are borrowed from the stack while they are on it, and
+        // everything with a destructor (arguments, error) is gone before
+        // `lua_error`, which `push_found` makes the only long jump.
+        unsafe {
+            let id = ffi::lua_tointegerx(l, ffi::lua_upvalueindex(2), std::ptr::null_mut());
+            let Some(f) = usize::try_from(id).ok().and_then(|i| HostFn::ALL.get(i)) else {
+                return 0;
+            };
+            let failure = {
+                let args = [Arg::at(l, 1), Arg::at(l, 2), Arg::at(l, 3), Arg::at(l, 4)];
+                f.call(&args).err().map(|e| describe_error(&e))
+            };
+            if let Some(msg) = failure
+                && push_found(l, Err(msg))
+            {
+                ffi::lua_error(l);
+            }
+            0
+        }
+    }
+
+    let id = HostFn::ALL
+        .iter()
+        .position(|g| g.name() == f.name())
+        .unwrap_or(0) as i64;
+    c_function(lua, budget, call, id)
+}
+
+/// A C closure of `f` with two upvalues: the budget (a light userdata; the
+/// sandbox owns the `Budget` and outlives its Lua state) and `id`.
+#[allow(unsafe_code)]
+fn c_function(
+    lua: &Lua,
+    budget: &Arc<Budget>,
+    f: mlua::ffi::lua_CFunction,
+    id: i64,
+) -> mlua::Result<Function> {
+    use mlua::ffi;
+    let ptr = Arc::as_ptr(budget).cast_mut().cast::<std::ffi::c_void>();
+    // SAFETY: pushes a C closure with two plain upvalues inside mlua's
+    // protected call; nothing here owns a destructor.
+    unsafe {
+        lua.exec_raw::<Function>((), |l| {
+            ffi::lua_pushlightuserdata(l, ptr);
+            ffi::lua_pushinteger(l, id);
+            ffi::lua_pushcclosure(l, f, 2);
+        })
+    }
+}
+
 /// `__index` of the script's globals: `state`, decoded from the stored
 /// bytes on its first use in a call and kept in the globals for the rest
 /// of the call (the host clears it before each call); any other missing
@@ -512,32 +716,14 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
 #[allow(unsafe_code)]
 fn state_index_function(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Function> {
     use mlua::ffi;
-    use std::ffi::{c_int, c_void};
-
-    /// Pushes what `index` found (a light userdata pointing to it): the
-    /// decoded data, built into Lua, or the error text.
-    unsafe extern "C-unwind" fn build(l: *mut ffi::lua_State) -> c_int {
-        // SAFETY: called by `lua_pcall` in `index` with a pointer to a live
-        // `Found` as its only argument; this frame holds references only.
-        unsafe {
-            match &*ffi::lua_touserdata(l, 1).cast::<Found>() {
-                Ok(data) => codec::push(l, data),
-                Err(msg) => {
-                    ffi::lua_pushlstring(l, msg.as_ptr().cast(), msg.len());
-                }
-            }
-        }
-        1
-    }
-
-    type Found = Result<codec::Data, String>;
+    use std::ffi::c_int;
 
     unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
         // SAFETY: Lua calls this as `__index(t, k)`; the upvalue is the
         // `Budget` the sandbox owns (it outlives its Lua state). Whatever
-        // allocates on the Lua side runs inside the nested protected call
-        // (`build`), and `found` is dropped before `lua_error`, so no Lua
-        // error long-jumps over a value with a destructor.
+        // allocates on the Lua side runs inside `push_found`'s protected
+        // call, and `found` is gone before `lua_error`, so no Lua error
+        // long-jumps over a value with a destructor.
         unsafe {
             let mut len = 0usize;
             if ffi::lua_type(l, 1) != ffi::LUA_TTABLE || ffi::lua_type(l, 2) != ffi::LUA_TSTRING {
@@ -557,27 +743,13 @@ fn state_index_function(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Functio
                     ),
                     Err(e) => Some(Err(describe_error(&e))),
                 };
-            let (status, failed) = match &found {
-                None => {
-                    ffi::lua_pushnil(l);
-                    (ffi::LUA_OK, false)
-                }
+            match found {
+                None => ffi::lua_pushnil(l),
                 Some(f) => {
-                    ffi::lua_pushcfunction(l, build);
-                    ffi::lua_pushlightuserdata(
-                        l,
-                        std::ptr::from_ref(f).cast_mut().cast::<c_void>(),
-                    );
-                    (ffi::lua_pcall(l, 1, 1, 0), f.is_err())
+                    if push_found(l, f) {
+                        ffi::lua_error(l);
+                    }
                 }
-            };
-            drop(found);
-            if status == ffi::LUA_ERRMEM {
-                let budget = ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)).cast::<Budget>();
-                (*budget).memory.store(true, Ordering::Relaxed);
-            }
-            if status != ffi::LUA_OK || failed {
-                ffi::lua_error(l);
             }
             // t.state = s, then return s.
             ffi::lua_pushvalue(l, 2);
@@ -587,15 +759,7 @@ fn state_index_function(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Functio
         }
     }
 
-    let ptr = Arc::as_ptr(budget).cast_mut().cast::<c_void>();
-    // SAFETY: pushes a C closure with one light userdata upvalue inside
-    // mlua's protected call; nothing here owns a destructor.
-    unsafe {
-        lua.exec_raw::<Function>((), |l| {
-            ffi::lua_pushlightuserdata(l, ptr);
-            ffi::lua_pushcclosure(l, index, 1);
-        })
-    }
+    c_function(lua, budget, index, 0)
 }
 
 /// Runs the matcher with its steps charged to the budget; a budget error
@@ -946,7 +1110,7 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     w.set(
         "pos",
         lua.create_function(|_, e: Value| {
-            let id = element_arg(&e, "world.pos")?;
+            let id = element_arg(&Arg::of(&e), "world.pos")?;
             with_ctx(|_, world| match world.elements.get(&id) {
                 Some(el) => Ok((
                     Some(el.pos.x.to_bits()),
@@ -960,14 +1124,14 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     w.set(
         "name",
         lua.create_function(|_, e: Value| {
-            let id = element_arg(&e, "world.name")?;
+            let id = element_arg(&Arg::of(&e), "world.name")?;
             with_ctx(|_, world| Ok(world.elements.get(&id).map(|el| el.name.clone())))
         })?,
     )?;
     w.set(
         "owner",
         lua.create_function(|_, e: Value| {
-            let id = element_arg(&e, "world.owner")?;
+            let id = element_arg(&Arg::of(&e), "world.owner")?;
             with_ctx(|_, world| {
                 Ok(world
                     .elements
@@ -980,7 +1144,7 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     w.set(
         "parent",
         lua.create_function(|_, e: Value| {
-            let id = element_arg(&e, "world.parent")?;
+            let id = element_arg(&Arg::of(&e), "world.parent")?;
             with_ctx(|_, world| {
                 Ok(world
                     .elements
@@ -993,7 +1157,7 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     w.set(
         "children",
         lua.create_function(|lua, e: Value| {
-            let id = element_arg(&e, "world.children")?;
+            let id = element_arg(&Arg::of(&e), "world.children")?;
             let kids: Vec<String> = with_ctx(|_, world| {
                 Ok(world
                     .elements
@@ -1007,7 +1171,7 @@ fn world_table(lua: &Lua) -> mlua::Result<Table> {
     w.set(
         "player_name",
         lua.create_function(|_, p: Value| {
-            let text = text_arg(&p, "world.player_name")?;
+            let text = text_arg(&Arg::of(&p), "world.player_name")?;
             let Ok(id) = text.parse::<PlayerId>() else {
                 return Ok(None);
             };

@@ -170,6 +170,26 @@ const CASES: &[(&str, &str, &str)] = &[
         "attempt to index a boolean value",
     ),
     (
+        "timer with a delay of zero",
+        "function on_touch() state.x = 1; set_timer(1, 0) end",
+        "set_timer: delay must be 1..=1000000000 ticks",
+    ),
+    (
+        "send to something that is not an element id",
+        "function on_touch() state.x = 1; send('nope', 'x') end",
+        "send: target must be an element id",
+    ),
+    (
+        "say a table",
+        "function on_touch() state.x = 1; say({}) end",
+        "say: text must be a string, got table",
+    ),
+    (
+        "an argument error caught by pcall is its text",
+        "function on_touch() local ok, e = pcall(set_timer, 'a', 1); state.x = 1; error('caught: ' .. tostring(e), 0) end",
+        "caught: set_timer: id must be an integer, got string",
+    ),
+    (
         "flood of messages",
         "function on_touch() state.x = 1; for i = 1, 100000 do send(me, 'spam') end end",
         "too many messages in one tick",
