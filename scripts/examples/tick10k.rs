@@ -3,7 +3,7 @@
 //! N ticks on one thread, the median tick printed. The first tick loads
 //! the sandboxes.
 //!
-//! `cargo run --release -p metatopia-scripts --example tick10k -- 20`
+//! `cargo run --release -p metatopia-scripts --example tick10k -- 20 [THREADS]`
 #![allow(clippy::unwrap_used, missing_docs)]
 use std::sync::Arc;
 
@@ -16,6 +16,10 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(20);
+    let threads: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
     let src = "-- SPDX-License-Identifier: AGPL-3.0-or-later\nfunction on_timer(id) state.n = (state.n or 0) + 1; set_timer(1, 1) end";
     let sources = Arc::new(MemorySources::new());
     let hash = sources.insert(src);
@@ -45,7 +49,7 @@ fn main() {
     let host = Host::new(sources).unwrap();
     let mut sim = Sim::new(state);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
+        .num_threads(threads)
         .build()
         .unwrap();
     let mut times = Vec::new();
