@@ -667,7 +667,11 @@ fn host_function(lua: &Lua, budget: &Arc<Budget>, f: HostFn) -> mlua::Result<Fun
             };
             let failure = {
                 let args = [Arg::at(l, 1), Arg::at(l, 2), Arg::at(l, 3), Arg::at(l, 4)];
-                f.call(&args).err().map(|e| describe_error(&e))
+                // A panic must not unwind into Lua's C frames.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call(&args)))
+                    .unwrap_or_else(|_| Err(rt(format!("{}: internal error", f.name()))))
+                    .err()
+                    .map(|e| describe_error(&e))
             };
             if let Some(msg) = failure
                 && push_found(l, Err(msg))
@@ -733,7 +737,8 @@ fn state_index_function(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Functio
             if std::slice::from_raw_parts(key.cast::<u8>(), len) != b"state" {
                 return 0;
             }
-            let found: Option<Found> =
+            // A panic must not unwind into Lua's C frames.
+            let found: Option<Found> = std::panic::catch_unwind(|| {
                 match with_ctx(|ctx, _| Ok(!std::mem::replace(&mut ctx.touched, true))) {
                     Ok(false) => None,
                     Ok(true) => Some(
@@ -742,7 +747,9 @@ fn state_index_function(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Functio
                             .map_err(|e| format!("{e} (the script's state cannot be read)")),
                     ),
                     Err(e) => Some(Err(describe_error(&e))),
-                };
+                }
+            })
+            .unwrap_or_else(|_| Some(Err("state: internal error".into())));
             match found {
                 None => ffi::lua_pushnil(l),
                 Some(f) => {
