@@ -8,6 +8,7 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::hashing::put;
 use crate::state::State;
 
 /// First bytes of every snapshot.
@@ -167,9 +168,4 @@ pub fn state_hash(state: &State) -> [u8; 32] {
         buf.extend_from_slice(hash);
     }
     *blake3::hash(&buf).as_bytes()
-}
-
-/// Appends the postcard encoding of `value`.
-fn put<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
-    postcard::to_io(value, &mut *buf).expect("postcard encoding of sim types is infallible");
 }

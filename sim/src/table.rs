@@ -28,11 +28,7 @@ impl<V> Clone for Entry<V> {
     }
 }
 
-/// blake3 of the postcard encoding of `value`.
-pub fn value_hash<V: Serialize>(value: &V) -> [u8; 32] {
-    let bytes = postcard::to_stdvec(value).expect("postcard encoding of sim types is infallible");
-    *blake3::hash(&bytes).as_bytes()
-}
+pub use crate::hashing::value_hash;
 
 impl<V: Serialize> Entry<V> {
     fn new(value: V) -> Entry<V> {
