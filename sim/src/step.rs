@@ -114,23 +114,27 @@ impl Sim {
     }
 
     /// Executes one batch. On error nothing changes.
+    ///
+    /// The state is changed in place: nothing else shares it (unless the
+    /// caller kept a clone), so the tick writes into its own map nodes and
+    /// elements instead of copying them. A panic inside the tick (a bug in
+    /// the sim or in the host) leaves the sim part-way through the tick;
+    /// do not step it further.
     pub fn step(&mut self, batch: &Batch, host: &dyn ScriptHost) -> Result<TickReport, StepError> {
-        let (state, report) = step(&self.state, &self.hash, batch, host)?;
-        self.state = state;
-        self.hash = report.hash;
-        Ok(report)
+        self.step_with_physics(batch, host, &PhysicsInbox::default())
     }
 
     /// Executes one batch with the physics inbox of this tick (see
-    /// [`step_with_physics`]). On error nothing changes.
+    /// [`step_with_physics`]), in place as [`Sim::step`]. On error nothing
+    /// changes.
     pub fn step_with_physics(
         &mut self,
         batch: &Batch,
         host: &dyn ScriptHost,
         physics: &PhysicsInbox,
     ) -> Result<TickReport, StepError> {
-        let (state, report) = step_with_physics(&self.state, &self.hash, batch, host, physics)?;
-        self.state = state;
+        check_batch(&self.state, batch)?;
+        let report = run_tick(&mut self.state, &self.hash, batch, host, physics);
         self.hash = report.hash;
         Ok(report)
     }
@@ -157,6 +161,14 @@ pub fn step_with_physics(
     host: &dyn ScriptHost,
     physics: &PhysicsInbox,
 ) -> Result<(State, TickReport), StepError> {
+    check_batch(state, batch)?;
+    let mut next = state.clone();
+    let report = run_tick(&mut next, hash, batch, host, physics);
+    Ok((next, report))
+}
+
+/// Step 1: whether `batch` can run on `state`.
+fn check_batch(state: &State, batch: &Batch) -> Result<(), StepError> {
     if batch.tick != state.tick {
         return Err(StepError::WrongTick {
             expected: state.tick,
@@ -169,9 +181,20 @@ pub fn step_with_physics(
             got: batch.time_ms,
         });
     }
+    Ok(())
+}
+
+/// Steps 2 to 8 on a checked batch, changing `state` in place.
+fn run_tick(
+    state: &mut State,
+    hash: &[u8; 32],
+    batch: &Batch,
+    host: &dyn ScriptHost,
+    physics: &PhysicsInbox,
+) -> TickReport {
     let seed = order::tick_seed(hash, batch.tick);
     let mut tick = Tick {
-        s: state.clone(),
+        s: state,
         report: TickReport {
             tick: batch.tick,
             ..TickReport::default()
@@ -186,17 +209,15 @@ pub fn step_with_physics(
     tick.update_temp_admin();
     tick.apply_inputs(&batch.inputs);
     tick.run_scripts(&seed, host);
-    let Tick {
-        mut s, mut report, ..
-    } = tick;
+    let Tick { s, mut report, .. } = tick;
     s.tick = batch.tick.saturating_add(1);
-    report.hash = snapshot::state_hash(&s);
-    Ok((s, report))
+    report.hash = snapshot::state_hash(s);
+    report
 }
 
 /// Work in progress for one tick.
 struct Tick<'a> {
-    s: State,
+    s: &'a mut State,
     report: TickReport,
     /// Bodies handed to another region recently (see `PhysicsInbox`).
     forwarded: &'a [(ElementId, Option<PlayerId>)],

@@ -118,14 +118,15 @@ impl<K: Ord + Clone, V: Serialize + Clone> Table<K, V> {
     }
 
     /// Changes the value at `key` through `f` and rehashes it. Returns
-    /// whether the key was present.
+    /// whether the key was present. The value is changed in place when no
+    /// other table shares it, and copied first otherwise.
     pub fn update(&mut self, key: &K, f: impl FnOnce(&mut V)) -> bool {
-        let Some(entry) = self.map.get(key) else {
+        let Some(entry) = self.map.get_mut(key) else {
             return false;
         };
-        let mut value = entry.inner.0.clone();
-        f(&mut value);
-        self.map.insert(key.clone(), Entry::new(value));
+        let inner = Arc::make_mut(&mut entry.inner);
+        f(&mut inner.0);
+        inner.1 = value_hash(&inner.0);
         true
     }
 
