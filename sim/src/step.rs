@@ -199,7 +199,7 @@ fn run_tick(
             tick: batch.tick,
             ..TickReport::default()
         },
-        inboxes: BTreeMap::new(),
+        queued: Vec::new(),
         next_event_id: 0,
         forwarded: &physics.forwarded,
     };
@@ -221,7 +221,9 @@ struct Tick<'a> {
     report: TickReport,
     /// Bodies handed to another region recently (see `PhysicsInbox`).
     forwarded: &'a [(ElementId, Option<PlayerId>)],
-    inboxes: BTreeMap<ElementId, Vec<ScriptEvent>>,
+    /// Events for scripts this tick, in the order they were made. Grouped
+    /// into inboxes (by script id, keeping this order) when scripts run.
+    queued: Vec<(ElementId, ScriptEvent)>,
     next_event_id: u64,
 }
 
@@ -258,7 +260,9 @@ impl Tick<'_> {
         id
     }
 
-    /// Queues an event for a script this tick, if it runs and has room.
+    /// Queues an event for a script this tick, if it runs. Room in its
+    /// inbox is checked when the inboxes are formed (the first
+    /// `script_inbox_max` events queued for a script are kept).
     fn push_event(&mut self, script: ElementId, id: u64, kind: ScriptEventKind) {
         let live = self
             .s
@@ -266,16 +270,9 @@ impl Tick<'_> {
             .get(&script)
             .and_then(|e| e.script.as_ref())
             .is_some_and(|slot| !slot.suspended);
-        if !live {
-            return;
+        if live {
+            self.queued.push((script, ScriptEvent { id, kind }));
         }
-        let max = self.s.settings.script_inbox_max as usize;
-        let inbox = self.inboxes.entry(script).or_default();
-        if inbox.len() >= max {
-            self.report.inbox_dropped += 1;
-            return;
-        }
-        inbox.push(ScriptEvent { id, kind });
     }
 
     /// Sends an event to every live script.
@@ -324,11 +321,12 @@ impl Tick<'_> {
             self.push_event(p.to, id, p.event);
         }
         let now = self.s.tick;
-        while let Some(&(due, script, timer)) = self.s.timers.get_min() {
-            if due > now {
-                break;
-            }
-            self.s.timers.remove(&(due, script, timer));
+        let last = (now, ElementId::new(u32::MAX, u64::MAX), u32::MAX);
+        let due: Vec<(u64, ElementId, u32)> = self.s.timers.range(..=last).copied().collect();
+        for t in &due {
+            self.s.timers.remove(t);
+        }
+        for (_, script, timer) in due {
             let id = self.new_event_id();
             self.push_event(script, id, ScriptEventKind::Timer { timer });
         }
@@ -978,20 +976,16 @@ impl Tick<'_> {
 
     /// Steps 6 and 7.
     fn run_scripts(&mut self, seed: &[u8; 32], host: &dyn ScriptHost) {
-        if self.inboxes.is_empty() {
+        if self.queued.is_empty() {
             return;
         }
-        let mut calls: Vec<(ElementId, Vec<ScriptEvent>)> =
-            std::mem::take(&mut self.inboxes).into_iter().collect();
-        for (script, inbox) in &mut calls {
-            order::canonical_order(seed, *script, inbox);
-        }
+        let (calls, inboxes) = self.inboxes(seed);
         self.report.script_calls = calls.len() as u32;
-        let state = &self.s;
+        let state = &*self.s;
         let tick = self.s.tick;
         let results: Vec<Result<ScriptOutput, ScriptFault>> = calls
             .par_iter()
-            .map(|(script, inbox)| {
+            .map(|(script, range)| {
                 let Some(slot) = state.elements.get(script).and_then(|e| e.script.as_ref()) else {
                     return Err(ScriptFault::Rejected("script vanished".into()));
                 };
@@ -999,12 +993,13 @@ impl Tick<'_> {
                     state,
                     script: *script,
                     slot,
-                    inbox,
+                    inbox: &inboxes[range.clone()],
                     tick,
                     seed: order::script_seed(seed, *script),
                 })
             })
             .collect();
+        drop(inboxes);
         for ((script, _), result) in calls.into_iter().zip(results) {
             let result = result.and_then(|out| self.check_output(script, &out).map(|()| out));
             match result {
@@ -1012,6 +1007,40 @@ impl Tick<'_> {
                 Err(fault) => self.fault(script, fault),
             }
         }
+    }
+
+    /// The queued events as inboxes: scripts in id order, each with the
+    /// range of its events in the returned list, in canonical order. A
+    /// script's events beyond `script_inbox_max` (in queue order) are
+    /// dropped and counted.
+    fn inboxes(
+        &mut self,
+        seed: &[u8; 32],
+    ) -> (Vec<(ElementId, std::ops::Range<usize>)>, Vec<ScriptEvent>) {
+        let mut queued = std::mem::take(&mut self.queued);
+        // Stable: each script's events stay in the order they were queued.
+        queued.sort_by_key(|(script, _)| *script);
+        let max = self.s.settings.script_inbox_max as usize;
+        let mut calls: Vec<(ElementId, std::ops::Range<usize>)> = Vec::new();
+        let mut events: Vec<ScriptEvent> = Vec::with_capacity(queued.len());
+        for (script, event) in queued {
+            if calls.last().is_none_or(|(last, _)| *last != script) {
+                calls.push((script, events.len()..events.len()));
+            }
+            let Some((_, range)) = calls.last_mut() else {
+                continue;
+            };
+            if range.len() >= max {
+                self.report.inbox_dropped += 1;
+                continue;
+            }
+            range.end += 1;
+            events.push(event);
+        }
+        for (script, range) in &calls {
+            order::canonical_order(seed, *script, &mut events[range.clone()]);
+        }
+        (calls, events)
     }
 
     /// Checks a script's output against the rules before anything applies.
@@ -1124,12 +1153,15 @@ impl Tick<'_> {
                 event: ScriptEventKind::Message { from: script, body },
             });
         }
-        let pos = self
-            .s
-            .elements
-            .get(&script)
-            .map(|e| e.pos)
-            .unwrap_or_default();
+        let pos = if out.says.is_empty() {
+            Vec3::default()
+        } else {
+            self.s
+                .elements
+                .get(&script)
+                .map(|e| e.pos)
+                .unwrap_or_default()
+        };
         for (text, radius) in out.says {
             self.say(Speaker::Script(script), pos, radius, text, Some(script));
         }
