@@ -12,62 +12,112 @@ use serde::Serialize;
 /// usually well under this, so it reaches blake3 in one `update`.
 const BUF: usize = 256;
 
-/// A postcard flavor that feeds blake3.
-struct HashFlavor {
-    hasher: blake3::Hasher,
+/// A buffer in front of a blake3 hasher. Postcard moves its flavor by
+/// value, so the flavor below only points at this. The hasher (about 2 KB)
+/// is made only for encodings longer than the buffer; shorter ones are
+/// hashed in one call.
+struct HashSink {
+    hasher: Option<blake3::Hasher>,
     buf: [u8; BUF],
     len: usize,
 }
 
-impl HashFlavor {
+impl HashSink {
+    fn new() -> HashSink {
+        HashSink {
+            hasher: None,
+            buf: [0; BUF],
+            len: 0,
+        }
+    }
+
     fn flush(&mut self) {
-        self.hasher.update(&self.buf[..self.len]);
+        self.hasher
+            .get_or_insert_with(blake3::Hasher::new)
+            .update(&self.buf[..self.len]);
         self.len = 0;
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        match self.hasher.as_mut() {
+            None => *blake3::hash(&self.buf[..self.len]).as_bytes(),
+            Some(hasher) => {
+                hasher.update(&self.buf[..self.len]);
+                *hasher.finalize().as_bytes()
+            }
+        }
     }
 }
 
-impl Flavor for HashFlavor {
-    type Output = [u8; 32];
+/// Copies `data` into the front of `dst` when it is exactly `N` bytes long
+/// (a fixed-size move instead of a call to `memcpy`).
+#[inline(always)]
+fn copy_n<const N: usize>(dst: &mut [u8], data: &[u8]) {
+    if let (Some(d), Ok(s)) = (dst.first_chunk_mut::<N>(), <&[u8; N]>::try_from(data)) {
+        *d = *s;
+    }
+}
+
+/// A postcard flavor that feeds blake3.
+struct HashFlavor<'a>(&'a mut HashSink);
+
+impl Flavor for HashFlavor<'_> {
+    type Output = ();
 
     #[inline]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        if self.len == BUF {
-            self.flush();
+        let sink = &mut *self.0;
+        if sink.len == BUF {
+            sink.flush();
         }
-        self.buf[self.len] = byte;
-        self.len += 1;
+        sink.buf[sink.len] = byte;
+        sink.len += 1;
         Ok(())
     }
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        if self.len + data.len() > BUF {
-            self.flush();
+        let sink = &mut *self.0;
+        if sink.len + data.len() > BUF {
+            sink.flush();
             if data.len() >= BUF {
-                self.hasher.update(data);
+                sink.hasher
+                    .get_or_insert_with(blake3::Hasher::new)
+                    .update(data);
                 return Ok(());
             }
         }
-        self.buf[self.len..self.len + data.len()].copy_from_slice(data);
-        self.len += data.len();
+        let dst = &mut sink.buf[sink.len..];
+        // Varints (1 to 10 bytes) are most of what comes here; a call to
+        // memcpy for each cost more than the copy.
+        match data.len() {
+            1 => copy_n::<1>(dst, data),
+            2 => copy_n::<2>(dst, data),
+            3 => copy_n::<3>(dst, data),
+            4 => copy_n::<4>(dst, data),
+            5 => copy_n::<5>(dst, data),
+            6 => copy_n::<6>(dst, data),
+            7 => copy_n::<7>(dst, data),
+            8 => copy_n::<8>(dst, data),
+            9 => copy_n::<9>(dst, data),
+            10 => copy_n::<10>(dst, data),
+            n => dst[..n].copy_from_slice(data),
+        }
+        sink.len += data.len();
         Ok(())
     }
 
-    fn finalize(mut self) -> postcard::Result<[u8; 32]> {
-        self.flush();
-        Ok(*self.hasher.finalize().as_bytes())
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
 /// blake3 of the postcard encoding of `value`, without building the encoding.
 pub fn value_hash<V: Serialize + ?Sized>(value: &V) -> [u8; 32] {
-    let flavor = HashFlavor {
-        hasher: blake3::Hasher::new(),
-        buf: [0; BUF],
-        len: 0,
-    };
-    postcard::serialize_with_flavor(value, flavor)
-        .expect("postcard encoding of sim types is infallible")
+    let mut sink = HashSink::new();
+    postcard::serialize_with_flavor(value, HashFlavor(&mut sink))
+        .expect("postcard encoding of sim types is infallible");
+    sink.finish()
 }
 
 /// A postcard flavor that appends to a `Vec`.
@@ -99,6 +149,25 @@ pub fn put<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
         .expect("postcard encoding of sim types is infallible");
 }
 
+/// Appends `v` as a postcard varint (LEB128: 7 bits a byte, low first,
+/// high bit set on all but the last). The same bytes as postcard's `u16`,
+/// `u32` and `u64` encodings of the value.
+#[inline]
+pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+/// Appends an element id as postcard encodes it: region, then counter.
+#[inline]
+pub fn put_element_id(buf: &mut Vec<u8>, id: crate::id::ElementId) {
+    put_varint(buf, u64::from(id.region.0));
+    put_varint(buf, id.counter);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +196,29 @@ mod tests {
         let tuples: Vec<(u8, u32)> = many.iter().map(|b| (*b, u32::from(*b) * 999)).collect();
         let bytes = postcard::to_stdvec(&tuples).unwrap();
         assert_eq!(value_hash(&tuples), *blake3::hash(&bytes).as_bytes());
+    }
+
+    /// The hand-written varints and ids are postcard's bytes.
+    #[test]
+    fn varints_and_ids_as_postcard() {
+        let mut edges = vec![0u64, u64::MAX, u64::from(u32::MAX)];
+        for bits in 1..64 {
+            edges.extend([(1u64 << bits) - 1, 1 << bits, (1 << bits) + 1]);
+        }
+        for v in edges {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out, postcard::to_stdvec(&v).unwrap(), "{v}");
+            let region = (v >> 32) as u32 ^ v as u32;
+            let id = crate::id::ElementId::new(region, v.rotate_left(17));
+            let mut out = vec![5];
+            put_element_id(&mut out, id);
+            assert_eq!(&out[1..], &postcard::to_stdvec(&id).unwrap()[..], "{id}");
+            if let Ok(small) = u32::try_from(v) {
+                let mut out = Vec::new();
+                put_varint(&mut out, u64::from(small));
+                assert_eq!(out, postcard::to_stdvec(&small).unwrap(), "{small}");
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::hashing::put;
+use crate::hashing::{put, put_element_id, put_varint};
 use crate::state::State;
 
 /// First bytes of every snapshot.
@@ -127,18 +127,20 @@ pub fn state_hash(state: &State) -> [u8; 32] {
         timers,
         bodies,
     } = state;
-    let mut buf = Vec::with_capacity(64 + elements.len() * 48 + scripted.len() * 16);
+    let mut buf = Vec::with_capacity(
+        1024 + elements.len() * 48 + scripted.len() * 16 + timers.len() * 24 + bodies.len() * 48,
+    );
     buf.extend_from_slice(&DIGEST_MAGIC);
     buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     put(&mut buf, &(region, tick, time_ms, settings, next_counter));
     put(&mut buf, &(elements.len() as u64));
     for (id, hash) in elements.hashes() {
-        put(&mut buf, id);
+        put_element_id(&mut buf, *id);
         buf.extend_from_slice(hash);
     }
     put(&mut buf, &(scripted.len() as u64));
     for id in scripted {
-        put(&mut buf, id);
+        put_element_id(&mut buf, *id);
     }
     put(&mut buf, &(players.len() as u64));
     for (id, hash) in players.hashes() {
@@ -159,12 +161,14 @@ pub fn state_hash(state: &State) -> [u8; 32] {
         put(&mut buf, p);
     }
     put(&mut buf, &(timers.len() as u64));
-    for t in timers {
-        put(&mut buf, t);
+    for (due, script, timer) in timers {
+        put_varint(&mut buf, *due);
+        put_element_id(&mut buf, *script);
+        put_varint(&mut buf, u64::from(*timer));
     }
     put(&mut buf, &(bodies.len() as u64));
     for (id, hash) in bodies.hashes() {
-        put(&mut buf, id);
+        put_element_id(&mut buf, *id);
         buf.extend_from_slice(hash);
     }
     *blake3::hash(&buf).as_bytes()

@@ -23,6 +23,7 @@
 //! depend on the number of rayon threads.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use rayon::prelude::*;
 
@@ -323,9 +324,21 @@ impl Tick<'_> {
         let now = self.s.tick;
         let last = (now, ElementId::new(u32::MAX, u64::MAX), u32::MAX);
         let due: Vec<(u64, ElementId, u32)> = self.s.timers.range(..=last).copied().collect();
-        for t in &due {
-            self.s.timers.remove(t);
+        // The due timers are the front of the set. Removing most of a set
+        // one by one costs more than building what is left.
+        if due.len() >= self.s.timers.len() / 2 {
+            self.s.timers = self
+                .s
+                .timers
+                .range((Bound::Excluded(last), Bound::Unbounded))
+                .copied()
+                .collect();
+        } else {
+            for t in &due {
+                self.s.timers.remove(t);
+            }
         }
+        self.queued.reserve(due.len());
         for (_, script, timer) in due {
             let id = self.new_event_id();
             self.push_event(script, id, ScriptEventKind::Timer { timer });
@@ -1021,7 +1034,7 @@ impl Tick<'_> {
         // Stable: each script's events stay in the order they were queued.
         queued.sort_by_key(|(script, _)| *script);
         let max = self.s.settings.script_inbox_max as usize;
-        let mut calls: Vec<(ElementId, std::ops::Range<usize>)> = Vec::new();
+        let mut calls: Vec<(ElementId, std::ops::Range<usize>)> = Vec::with_capacity(queued.len());
         let mut events: Vec<ScriptEvent> = Vec::with_capacity(queued.len());
         for (script, event) in queued {
             if calls.last().is_none_or(|(last, _)| *last != script) {
