@@ -8,6 +8,10 @@
 use postcard::ser_flavors::Flavor;
 use serde::Serialize;
 
+use crate::fx::Fx;
+use crate::id::ElementId;
+use crate::state::{Element, ElementKind, ScriptSlot};
+
 /// Bytes buffered before they go to the hasher. An element's encoding is
 /// usually well under this, so it reaches blake3 in one `update`.
 const BUF: usize = 256;
@@ -36,6 +40,55 @@ impl HashSink {
             .get_or_insert_with(blake3::Hasher::new)
             .update(&self.buf[..self.len]);
         self.len = 0;
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        if self.len == BUF {
+            self.flush();
+        }
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    #[inline]
+    fn varint(&mut self, mut v: u64) {
+        if self.len + 10 > BUF {
+            self.flush();
+        }
+        while v >= 0x80 {
+            self.buf[self.len] = (v as u8) | 0x80;
+            self.len += 1;
+            v >>= 7;
+        }
+        self.buf[self.len] = v as u8;
+        self.len += 1;
+    }
+
+    #[inline]
+    fn bytes(&mut self, data: &[u8]) {
+        if self.len + data.len() > BUF {
+            self.flush();
+            if data.len() >= BUF {
+                self.hasher
+                    .get_or_insert_with(blake3::Hasher::new)
+                    .update(data);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + data.len()].copy_from_slice(data);
+        self.len += data.len();
+    }
+
+    fn id(&mut self, id: ElementId) {
+        self.varint(u64::from(id.region.0));
+        self.varint(id.counter);
+    }
+
+    /// postcard's `i64`: zigzag, then a varint.
+    fn fx(&mut self, v: Fx) {
+        let n = v.to_bits();
+        self.varint(((n << 1) ^ (n >> 63)) as u64);
     }
 
     fn finish(mut self) -> [u8; 32] {
@@ -120,6 +173,76 @@ pub fn value_hash<V: Serialize + ?Sized>(value: &V) -> [u8; 32] {
     sink.finish()
 }
 
+/// [`value_hash`] of an element, encoded by hand: the tick rehashes an
+/// element for every script whose state changed, and serde's generic path
+/// cost as much as blake3 itself. The bytes are postcard's (a test compares
+/// them on random elements); a new field fails to compile here until it is
+/// encoded.
+pub fn element_hash(e: &Element) -> [u8; 32] {
+    let Element {
+        id,
+        parent,
+        kind,
+        owner_region,
+        owner,
+        name,
+        pos,
+        children,
+        script,
+    } = e;
+    let mut sink = HashSink::new();
+    sink.id(*id);
+    match parent {
+        None => sink.byte(0),
+        Some(p) => {
+            sink.byte(1);
+            sink.id(*p);
+        }
+    }
+    // Unit variants are their index as a varint.
+    sink.varint(match kind {
+        ElementKind::Region => 0,
+        ElementKind::Object => 1,
+        ElementKind::Part => 2,
+        ElementKind::Avatar => 3,
+    });
+    sink.varint(u64::from(owner_region.0));
+    match owner {
+        None => sink.byte(0),
+        Some(p) => {
+            sink.byte(1);
+            sink.bytes(&p.0);
+        }
+    }
+    sink.varint(name.len() as u64);
+    sink.bytes(name.as_bytes());
+    sink.fx(pos.x);
+    sink.fx(pos.y);
+    sink.fx(pos.z);
+    sink.varint(children.len() as u64);
+    for c in children {
+        sink.id(*c);
+    }
+    match script {
+        None => sink.byte(0),
+        Some(slot) => {
+            let ScriptSlot {
+                source,
+                state,
+                faults,
+                suspended,
+            } = slot;
+            sink.byte(1);
+            sink.bytes(source);
+            sink.varint(state.len() as u64);
+            sink.bytes(state);
+            sink.varint(u64::from(*faults));
+            sink.byte(u8::from(*suspended));
+        }
+    }
+    sink.finish()
+}
+
 /// A postcard flavor that appends to a `Vec`.
 struct VecFlavor<'a>(&'a mut Vec<u8>);
 
@@ -163,7 +286,7 @@ pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
 
 /// Appends an element id as postcard encodes it: region, then counter.
 #[inline]
-pub fn put_element_id(buf: &mut Vec<u8>, id: crate::id::ElementId) {
+pub fn put_element_id(buf: &mut Vec<u8>, id: ElementId) {
     put_varint(buf, u64::from(id.region.0));
     put_varint(buf, id.counter);
 }
@@ -210,7 +333,7 @@ mod tests {
             put_varint(&mut out, v);
             assert_eq!(out, postcard::to_stdvec(&v).unwrap(), "{v}");
             let region = (v >> 32) as u32 ^ v as u32;
-            let id = crate::id::ElementId::new(region, v.rotate_left(17));
+            let id = ElementId::new(region, v.rotate_left(17));
             let mut out = vec![5];
             put_element_id(&mut out, id);
             assert_eq!(&out[1..], &postcard::to_stdvec(&id).unwrap()[..], "{id}");

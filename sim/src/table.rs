@@ -30,9 +30,19 @@ impl<V> Clone for Entry<V> {
 
 pub use crate::hashing::value_hash;
 
-impl<V: Serialize> Entry<V> {
+/// The hash a table keeps for a value: blake3 of its postcard encoding.
+/// Types whose values change every tick may compute it by hand (with the
+/// same result); the others use [`value_hash`].
+pub trait EntryHash: Serialize {
+    /// blake3 of the postcard encoding of `self`.
+    fn entry_hash(&self) -> [u8; 32] {
+        value_hash(self)
+    }
+}
+
+impl<V: EntryHash> Entry<V> {
     fn new(value: V) -> Entry<V> {
-        let hash = value_hash(&value);
+        let hash = value.entry_hash();
         Entry {
             inner: Arc::new((value, hash)),
         }
@@ -81,7 +91,7 @@ impl<K: Ord + Clone + fmt::Debug, V: fmt::Debug> fmt::Debug for Table<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: Serialize + Clone> Table<K, V> {
+impl<K: Ord + Clone, V: EntryHash + Clone> Table<K, V> {
     /// An empty table.
     pub fn new() -> Table<K, V> {
         Table::default()
@@ -126,7 +136,7 @@ impl<K: Ord + Clone, V: Serialize + Clone> Table<K, V> {
         };
         let inner = Arc::make_mut(&mut entry.inner);
         f(&mut inner.0);
-        inner.1 = value_hash(&inner.0);
+        inner.1 = inner.0.entry_hash();
         true
     }
 
@@ -151,7 +161,7 @@ impl<K: Ord + Clone, V: Serialize + Clone> Table<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: Serialize + Clone> Index<&K> for Table<K, V> {
+impl<K: Ord + Clone, V: EntryHash + Clone> Index<&K> for Table<K, V> {
     type Output = V;
 
     /// Panics when the key is absent, like `BTreeMap`'s index (tests and
@@ -161,7 +171,7 @@ impl<K: Ord + Clone, V: Serialize + Clone> Index<&K> for Table<K, V> {
     }
 }
 
-impl<K: Ord + Clone + Serialize, V: Serialize + Clone> Serialize for Table<K, V> {
+impl<K: Ord + Clone + Serialize, V: EntryHash + Clone> Serialize for Table<K, V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.iter())
     }
@@ -170,7 +180,7 @@ impl<K: Ord + Clone + Serialize, V: Serialize + Clone> Serialize for Table<K, V>
 impl<'de, K, V> Deserialize<'de> for Table<K, V>
 where
     K: Ord + Clone + Deserialize<'de>,
-    V: Serialize + Clone + Deserialize<'de>,
+    V: EntryHash + Clone + Deserialize<'de>,
 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Table<K, V>, D::Error> {
         let map: OrdMap<K, V> = crate::codec::ord_map::deserialize(d)?;
