@@ -76,7 +76,7 @@ impl HashSink {
                 return;
             }
         }
-        self.buf[self.len..self.len + data.len()].copy_from_slice(data);
+        copy_small(&mut self.buf[self.len..], data);
         self.len += data.len();
     }
 
@@ -111,6 +111,28 @@ fn copy_n<const N: usize>(dst: &mut [u8], data: &[u8]) {
     }
 }
 
+/// Copies `data` into the front of `dst`. Varints (1 to 10 bytes), ids,
+/// short states and 32-byte keys are most of what is copied; a call to
+/// `memcpy` for each cost more than the copy.
+#[inline]
+fn copy_small(dst: &mut [u8], data: &[u8]) {
+    match data.len() {
+        0 => {}
+        1 => copy_n::<1>(dst, data),
+        2 => copy_n::<2>(dst, data),
+        3 => copy_n::<3>(dst, data),
+        4 => copy_n::<4>(dst, data),
+        5 => copy_n::<5>(dst, data),
+        6 => copy_n::<6>(dst, data),
+        7 => copy_n::<7>(dst, data),
+        8 => copy_n::<8>(dst, data),
+        9 => copy_n::<9>(dst, data),
+        10 => copy_n::<10>(dst, data),
+        32 => copy_n::<32>(dst, data),
+        n => dst[..n].copy_from_slice(data),
+    }
+}
+
 /// A postcard flavor that feeds blake3.
 struct HashFlavor<'a>(&'a mut HashSink);
 
@@ -140,22 +162,7 @@ impl Flavor for HashFlavor<'_> {
                 return Ok(());
             }
         }
-        let dst = &mut sink.buf[sink.len..];
-        // Varints (1 to 10 bytes) are most of what comes here; a call to
-        // memcpy for each cost more than the copy.
-        match data.len() {
-            1 => copy_n::<1>(dst, data),
-            2 => copy_n::<2>(dst, data),
-            3 => copy_n::<3>(dst, data),
-            4 => copy_n::<4>(dst, data),
-            5 => copy_n::<5>(dst, data),
-            6 => copy_n::<6>(dst, data),
-            7 => copy_n::<7>(dst, data),
-            8 => copy_n::<8>(dst, data),
-            9 => copy_n::<9>(dst, data),
-            10 => copy_n::<10>(dst, data),
-            n => dst[..n].copy_from_slice(data),
-        }
+        copy_small(&mut sink.buf[sink.len..], data);
         sink.len += data.len();
         Ok(())
     }

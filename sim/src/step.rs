@@ -996,10 +996,13 @@ impl Tick<'_> {
         self.report.script_calls = calls.len() as u32;
         let state = &*self.s;
         let tick = self.s.tick;
+        let ids: Vec<ElementId> = calls.iter().map(|(script, _)| *script).collect();
+        let elements = state.elements.get_sorted(&ids);
         let results: Vec<Result<ScriptOutput, ScriptFault>> = calls
             .par_iter()
-            .map(|(script, range)| {
-                let Some(slot) = state.elements.get(script).and_then(|e| e.script.as_ref()) else {
+            .zip(elements)
+            .map(|((script, range), element)| {
+                let Some(slot) = element.and_then(|e| e.script.as_ref()) else {
                     return Err(ScriptFault::Rejected("script vanished".into()));
                 };
                 host.run(&ScriptCall {

@@ -102,6 +102,28 @@ impl<K: Ord + Clone, V: EntryHash + Clone> Table<K, V> {
         self.map.get(key).map(|e| &e.inner.0)
     }
 
+    /// The values at `keys`, as [`Table::get`] gives them. When the keys
+    /// are increasing and many (a quarter of the table or more), the table
+    /// is walked once in order instead of searched for each key.
+    pub fn get_sorted(&self, keys: &[K]) -> Vec<Option<&V>> {
+        let increasing = keys.windows(2).all(|w| w[0] < w[1]);
+        let Some(first) = keys.first() else {
+            return Vec::new();
+        };
+        if !increasing || keys.len().saturating_mul(4) < self.len() {
+            return keys.iter().map(|k| self.get(k)).collect();
+        }
+        let mut entries = self.map.range::<_, K>(first..).peekable();
+        keys.iter()
+            .map(|key| {
+                while entries.next_if(|(k, _)| *k < key).is_some() {}
+                entries
+                    .next_if(|(k, _)| *k == key)
+                    .map(|(_, e)| &e.inner.0)
+            })
+            .collect()
+    }
+
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &K) -> bool {
         self.map.contains_key(key)
@@ -189,5 +211,36 @@ where
             table.insert(k, v);
         }
         Ok(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl EntryHash for u64 {}
+
+    /// `get_sorted` gives what `get` gives, for dense and sparse key lists,
+    /// present and absent keys, and keys out of order.
+    #[test]
+    fn get_sorted_is_get() {
+        let mut table: Table<u64, u64> = Table::new();
+        for k in (0..3000u64).filter(|k| k % 3 != 0) {
+            table.insert(k, k * 10);
+        }
+        let lists: Vec<Vec<u64>> = vec![
+            vec![],
+            (0..3100).collect(),
+            (0..3100).step_by(2).collect(),
+            (0..3100).step_by(97).collect(),
+            vec![5, 7, 9000],
+            (0..3000).rev().collect(),
+            vec![4, 4, 5, 5],
+            (1000..2000).collect(),
+        ];
+        for keys in lists {
+            let want: Vec<Option<&u64>> = keys.iter().map(|k| table.get(k)).collect();
+            assert_eq!(table.get_sorted(&keys), want, "{keys:?}");
+        }
     }
 }
