@@ -1,9 +1,10 @@
-//! Postcard encodings written straight where they are needed: into a
-//! blake3 hasher (through a small stack buffer) or onto the end of a `Vec`.
+//! Postcard encodings streamed into blake3 through a buffer on the stack,
+//! for table entry hashes and the per-tick state digest.
 //!
-//! The bytes are exactly `postcard::to_stdvec(value)`: these are only
-//! cheaper sinks (no intermediate `Vec` per value, no `io::Write` layer),
-//! so every hash stays what it was.
+//! The bytes hashed are exactly `postcard::to_stdvec(value)`: this is only
+//! a cheaper sink (no `Vec` per value, no `io::Write` layer), plus a
+//! hand-written encoder for [`Element`], the value a tick rehashes most.
+//! Every hash stays what it was; tests compare against postcard.
 
 use postcard::ser_flavors::Flavor;
 use serde::Serialize;
@@ -12,39 +13,46 @@ use crate::fx::Fx;
 use crate::id::ElementId;
 use crate::state::{Element, ElementKind, ScriptSlot};
 
-/// Bytes buffered before they go to the hasher. An element's encoding is
-/// usually well under this, so it reaches blake3 in one `update`.
+/// Bytes buffered before they go to the hasher, for one value. An
+/// element's encoding is usually well under this, so it is hashed in one
+/// call.
 const BUF: usize = 256;
 
-/// A buffer in front of a blake3 hasher. Postcard moves its flavor by
-/// value, so the flavor below only points at this. The hasher (about 2 KB)
-/// is made only for encodings longer than the buffer; shorter ones are
-/// hashed in one call.
-struct HashSink {
-    hasher: Option<blake3::Hasher>,
-    buf: [u8; BUF],
+/// A buffer of `N` bytes in front of a blake3 hasher. The hasher (about
+/// 2 KB) is made, on the heap, only for input longer than the buffer:
+/// shorter input is hashed in one call, and the sink stays small to move.
+pub(crate) struct HashSink<const N: usize> {
+    hasher: Option<Box<blake3::Hasher>>,
+    buf: [u8; N],
     len: usize,
 }
 
-impl HashSink {
-    fn new() -> HashSink {
+impl<const N: usize> HashSink<N> {
+    #[inline]
+    pub(crate) fn new() -> HashSink<N> {
         HashSink {
             hasher: None,
-            buf: [0; BUF],
+            buf: [0; N],
             len: 0,
         }
     }
 
-    fn flush(&mut self) {
+    fn hasher(&mut self) -> &mut blake3::Hasher {
         self.hasher
-            .get_or_insert_with(blake3::Hasher::new)
-            .update(&self.buf[..self.len]);
-        self.len = 0;
+            .get_or_insert_with(|| Box::new(blake3::Hasher::new()))
+    }
+
+    fn flush(&mut self) {
+        let len = std::mem::take(&mut self.len);
+        let Self { hasher, buf, .. } = self;
+        hasher
+            .get_or_insert_with(|| Box::new(blake3::Hasher::new()))
+            .update(&buf[..len]);
     }
 
     #[inline]
-    fn byte(&mut self, b: u8) {
-        if self.len == BUF {
+    pub(crate) fn byte(&mut self, b: u8) {
+        if self.len == N {
             self.flush();
         }
         self.buf[self.len] = b;
@@ -52,8 +60,8 @@ impl HashSink {
     }
 
     #[inline]
-    fn varint(&mut self, mut v: u64) {
-        if self.len + 10 > BUF {
+    pub(crate) fn varint(&mut self, mut v: u64) {
+        if self.len + 10 > N {
             self.flush();
         }
         while v >= 0x80 {
@@ -66,13 +74,11 @@ impl HashSink {
     }
 
     #[inline]
-    fn bytes(&mut self, data: &[u8]) {
-        if self.len + data.len() > BUF {
+    pub(crate) fn bytes(&mut self, data: &[u8]) {
+        if self.len + data.len() > N {
             self.flush();
-            if data.len() >= BUF {
-                self.hasher
-                    .get_or_insert_with(blake3::Hasher::new)
-                    .update(data);
+            if data.len() >= N {
+                self.hasher().update(data);
                 return;
             }
         }
@@ -80,7 +86,9 @@ impl HashSink {
         self.len += data.len();
     }
 
-    fn id(&mut self, id: ElementId) {
+    /// An element id as postcard writes it: region, then counter.
+    #[inline]
+    pub(crate) fn id(&mut self, id: ElementId) {
         self.varint(u64::from(id.region.0));
         self.varint(id.counter);
     }
@@ -91,11 +99,19 @@ impl HashSink {
         self.varint(((n << 1) ^ (n >> 63)) as u64);
     }
 
-    fn finish(mut self) -> [u8; 32] {
+    /// Appends the postcard encoding of `value`.
+    pub(crate) fn put<T: Serialize + ?Sized>(&mut self, value: &T) {
+        postcard::serialize_with_flavor(value, HashFlavor(self))
+            .expect("postcard encoding of sim types is infallible");
+    }
+
+    /// blake3 of everything written.
+    pub(crate) fn finish(&mut self) -> [u8; 32] {
+        let len = self.len;
         match self.hasher.as_mut() {
-            None => *blake3::hash(&self.buf[..self.len]).as_bytes(),
+            None => *blake3::hash(&self.buf[..len]).as_bytes(),
             Some(hasher) => {
-                hasher.update(&self.buf[..self.len]);
+                hasher.update(&self.buf[..len]);
                 *hasher.finalize().as_bytes()
             }
         }
@@ -133,37 +149,21 @@ fn copy_small(dst: &mut [u8], data: &[u8]) {
     }
 }
 
-/// A postcard flavor that feeds blake3.
-struct HashFlavor<'a>(&'a mut HashSink);
+/// A postcard flavor that feeds a [`HashSink`].
+struct HashFlavor<'a, const N: usize>(&'a mut HashSink<N>);
 
-impl Flavor for HashFlavor<'_> {
+impl<const N: usize> Flavor for HashFlavor<'_, N> {
     type Output = ();
 
     #[inline]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        let sink = &mut *self.0;
-        if sink.len == BUF {
-            sink.flush();
-        }
-        sink.buf[sink.len] = byte;
-        sink.len += 1;
+        self.0.byte(byte);
         Ok(())
     }
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        let sink = &mut *self.0;
-        if sink.len + data.len() > BUF {
-            sink.flush();
-            if data.len() >= BUF {
-                sink.hasher
-                    .get_or_insert_with(blake3::Hasher::new)
-                    .update(data);
-                return Ok(());
-            }
-        }
-        copy_small(&mut sink.buf[sink.len..], data);
-        sink.len += data.len();
+        self.0.bytes(data);
         Ok(())
     }
 
@@ -174,9 +174,8 @@ impl Flavor for HashFlavor<'_> {
 
 /// blake3 of the postcard encoding of `value`, without building the encoding.
 pub fn value_hash<V: Serialize + ?Sized>(value: &V) -> [u8; 32] {
-    let mut sink = HashSink::new();
-    postcard::serialize_with_flavor(value, HashFlavor(&mut sink))
-        .expect("postcard encoding of sim types is infallible");
+    let mut sink = HashSink::<BUF>::new();
+    sink.put(value);
     sink.finish()
 }
 
@@ -197,7 +196,7 @@ pub fn element_hash(e: &Element) -> [u8; 32] {
         children,
         script,
     } = e;
-    let mut sink = HashSink::new();
+    let mut sink = HashSink::<BUF>::new();
     sink.id(*id);
     match parent {
         None => sink.byte(0),
@@ -250,54 +249,6 @@ pub fn element_hash(e: &Element) -> [u8; 32] {
     sink.finish()
 }
 
-/// A postcard flavor that appends to a `Vec`.
-struct VecFlavor<'a>(&'a mut Vec<u8>);
-
-impl Flavor for VecFlavor<'_> {
-    type Output = ();
-
-    #[inline]
-    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        self.0.push(byte);
-        Ok(())
-    }
-
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-/// Appends the postcard encoding of `value` to `buf`.
-pub fn put<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
-    postcard::serialize_with_flavor(value, VecFlavor(buf))
-        .expect("postcard encoding of sim types is infallible");
-}
-
-/// Appends `v` as a postcard varint (LEB128: 7 bits a byte, low first,
-/// high bit set on all but the last). The same bytes as postcard's `u16`,
-/// `u32` and `u64` encodings of the value.
-#[inline]
-pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-/// Appends an element id as postcard encodes it: region, then counter.
-#[inline]
-pub fn put_element_id(buf: &mut Vec<u8>, id: ElementId) {
-    put_varint(buf, u64::from(id.region.0));
-    put_varint(buf, id.counter);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,10 +268,9 @@ mod tests {
         for v in &values {
             let bytes = postcard::to_stdvec(v).unwrap();
             assert_eq!(value_hash(v), *blake3::hash(&bytes).as_bytes());
-            let mut out = vec![9];
-            put(&mut out, v);
-            assert_eq!(out[0], 9);
-            assert_eq!(&out[1..], &bytes[..]);
+            let mut small = HashSink::<16>::new();
+            small.put(v);
+            assert_eq!(small.finish(), *blake3::hash(&bytes).as_bytes());
         }
         let many: Vec<u8> = (0..2000u32).map(|i| (i % 251) as u8).collect();
         let tuples: Vec<(u8, u32)> = many.iter().map(|b| (*b, u32::from(*b) * 999)).collect();
@@ -328,27 +278,32 @@ mod tests {
         assert_eq!(value_hash(&tuples), *blake3::hash(&bytes).as_bytes());
     }
 
-    /// The hand-written varints and ids are postcard's bytes.
+    /// The hand-written varints and ids are postcard's bytes, also across
+    /// buffer boundaries.
     #[test]
     fn varints_and_ids_as_postcard() {
         let mut edges = vec![0u64, u64::MAX, u64::from(u32::MAX)];
         for bits in 1..64 {
             edges.extend([(1u64 << bits) - 1, 1 << bits, (1 << bits) + 1]);
         }
+        let mut expected = Vec::new();
+        let mut sink = HashSink::<32>::new();
         for v in edges {
-            let mut out = Vec::new();
-            put_varint(&mut out, v);
-            assert_eq!(out, postcard::to_stdvec(&v).unwrap(), "{v}");
+            expected.extend(postcard::to_stdvec(&v).unwrap());
+            sink.varint(v);
             let region = (v >> 32) as u32 ^ v as u32;
             let id = ElementId::new(region, v.rotate_left(17));
-            let mut out = vec![5];
-            put_element_id(&mut out, id);
-            assert_eq!(&out[1..], &postcard::to_stdvec(&id).unwrap()[..], "{id}");
+            expected.extend(postcard::to_stdvec(&id).unwrap());
+            sink.id(id);
             if let Ok(small) = u32::try_from(v) {
-                let mut out = Vec::new();
-                put_varint(&mut out, u64::from(small));
-                assert_eq!(out, postcard::to_stdvec(&small).unwrap(), "{small}");
+                expected.extend(postcard::to_stdvec(&small).unwrap());
+                sink.varint(u64::from(small));
             }
+            let mut one = HashSink::<BUF>::new();
+            one.varint(v);
+            let bytes = postcard::to_stdvec(&v).unwrap();
+            assert_eq!(one.finish(), *blake3::hash(&bytes).as_bytes(), "{v}");
         }
+        assert_eq!(sink.finish(), *blake3::hash(&expected).as_bytes());
     }
 }

@@ -346,7 +346,7 @@ impl Tick<'_> {
     }
 
     fn update_temp_admin(&mut self) {
-        let now = admin::temp_admin(&self.s);
+        let now = admin::temp_admin(self.s);
         if now != self.s.temp_admin {
             self.s.temp_admin = now;
             self.report.events.push(Event::TempAdmin { player: now });
@@ -407,12 +407,12 @@ impl Tick<'_> {
         match &input.kind {
             InputKind::Join { name } => self.join(who, name),
             InputKind::Leave => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 self.leave(who);
                 Ok(())
             }
             InputKind::Move { element, to } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 let e = self.element(*element)?;
                 if e.kind == ElementKind::Region {
                     return Err(Rejection::Invalid("the region root cannot move".into()));
@@ -421,7 +421,7 @@ impl Tick<'_> {
                 self.move_subtree(*element, *to)
             }
             InputKind::Say { text, radius } => {
-                let avatar = online_avatar(&self.s, who)?;
+                let avatar = online_avatar(self.s, who)?;
                 check_text(text, self.s.settings.text_bytes_max, "chat line")?;
                 if radius.is_some_and(|r| r <= Fx::ZERO) {
                     return Err(Rejection::OutOfBounds(
@@ -433,7 +433,7 @@ impl Tick<'_> {
                 Ok(())
             }
             InputKind::Touch { element } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 self.element(*element)?;
                 // The touched element's script hears it, or its nearest
                 // scripted ancestor's; touching unscripted things does nothing.
@@ -457,15 +457,15 @@ impl Tick<'_> {
                 Ok(())
             }
             InputKind::Reparent { element, parent } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 self.reparent(who, *element, *parent)
             }
             InputKind::Create { parent, name, pos } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 self.create(who, *parent, name, *pos).map(|_| ())
             }
             InputKind::Delete { element } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 let e = self.element(*element)?;
                 match e.kind {
                     ElementKind::Region => {
@@ -485,7 +485,7 @@ impl Tick<'_> {
                 Ok(())
             }
             InputKind::AttachScript { element, source } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 let e = self.element(*element)?;
                 if e.kind == ElementKind::Region && !self.s.is_admin(who) {
                     return Err(Rejection::Permission(
@@ -516,7 +516,7 @@ impl Tick<'_> {
                 Ok(())
             }
             InputKind::DetachScript { element } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 let e = self.element(*element)?;
                 self.check_owner(who, e.owner, "unscript")?;
                 if e.script.is_none() {
@@ -544,11 +544,11 @@ impl Tick<'_> {
                 body,
                 vel,
             } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 self.spawn_body(who, *parent, name, *pos, *body, *vel)
             }
             InputKind::Push { element, impulse } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 if self.forwarded_owner(*element).is_none() {
                     self.body(*element)?;
                 }
@@ -559,7 +559,7 @@ impl Tick<'_> {
                 Ok(())
             }
             InputKind::SetVelocity { element, vel } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 let owner = match self.forwarded_owner(*element) {
                     Some(owner) => owner,
                     None => {
