@@ -228,6 +228,14 @@ struct Tick<'a> {
     next_event_id: u64,
 }
 
+/// Whether an element has a script that gets events (attached, not
+/// suspended).
+fn live_script(element: Option<&Element>) -> bool {
+    element
+        .and_then(|e| e.script.as_ref())
+        .is_some_and(|slot| !slot.suspended)
+}
+
 /// The id of the player's avatar, or why they cannot act.
 fn online_avatar(s: &State, player: PlayerId) -> Result<ElementId, Rejection> {
     match s.players.get(&player) {
@@ -265,13 +273,7 @@ impl Tick<'_> {
     /// inbox is checked when the inboxes are formed (the first
     /// `script_inbox_max` events queued for a script are kept).
     fn push_event(&mut self, script: ElementId, id: u64, kind: ScriptEventKind) {
-        let live = self
-            .s
-            .elements
-            .get(&script)
-            .and_then(|e| e.script.as_ref())
-            .is_some_and(|slot| !slot.suspended);
-        if live {
+        if live_script(self.s.elements.get(&script)) {
             self.queued.push((script, ScriptEvent { id, kind }));
         }
     }
@@ -338,10 +340,29 @@ impl Tick<'_> {
                 self.s.timers.remove(t);
             }
         }
+        // As `push_event`, with the scripts found in one ordered walk when
+        // the due timers are in script order (they are when all are due at
+        // this tick).
+        let scripts: Vec<ElementId> = due.iter().map(|(_, script, _)| *script).collect();
+        let live: Vec<bool> = self
+            .s
+            .elements
+            .get_sorted(&scripts)
+            .into_iter()
+            .map(|e| live_script(e))
+            .collect();
         self.queued.reserve(due.len());
-        for (_, script, timer) in due {
+        for ((_, script, timer), live) in due.into_iter().zip(live) {
             let id = self.new_event_id();
-            self.push_event(script, id, ScriptEventKind::Timer { timer });
+            if live {
+                self.queued.push((
+                    script,
+                    ScriptEvent {
+                        id,
+                        kind: ScriptEventKind::Timer { timer },
+                    },
+                ));
+            }
         }
     }
 

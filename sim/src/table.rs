@@ -103,14 +103,14 @@ impl<K: Ord + Clone, V: EntryHash + Clone> Table<K, V> {
     }
 
     /// The values at `keys`, as [`Table::get`] gives them. When the keys
-    /// are increasing and many (a quarter of the table or more), the table
-    /// is walked once in order instead of searched for each key.
+    /// are in order (repeats allowed) and many (a quarter of the table or
+    /// more), the table is walked once instead of searched for each key.
     pub fn get_sorted(&self, keys: &[K]) -> Vec<Option<&V>> {
-        let increasing = keys.windows(2).all(|w| w[0] < w[1]);
+        let ordered = keys.windows(2).all(|w| w[0] <= w[1]);
         let Some(first) = keys.first() else {
             return Vec::new();
         };
-        if !increasing || keys.len().saturating_mul(4) < self.len() {
+        if !ordered || keys.len().saturating_mul(4) < self.len() {
             return keys.iter().map(|k| self.get(k)).collect();
         }
         let mut entries = self.map.range::<_, K>(first..).peekable();
@@ -118,7 +118,8 @@ impl<K: Ord + Clone, V: EntryHash + Clone> Table<K, V> {
             .map(|key| {
                 while entries.next_if(|(k, _)| *k < key).is_some() {}
                 entries
-                    .next_if(|(k, _)| *k == key)
+                    .peek()
+                    .filter(|(k, _)| *k == key)
                     .map(|(_, e)| &e.inner.0)
             })
             .collect()
@@ -236,6 +237,8 @@ mod tests {
             vec![5, 7, 9000],
             (0..3000).rev().collect(),
             vec![4, 4, 5, 5],
+            vec![1, 1, 1, 2, 2, 3, 3, 3, 2999, 2999],
+            (0..6000).map(|k| k / 2).collect(),
             (1000..2000).collect(),
         ];
         for keys in lists {
