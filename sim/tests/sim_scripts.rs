@@ -477,3 +477,64 @@ fn in_place_step_matches_copying_step_and_leaves_clones_alone() {
         assert_eq!(snapshot::state_hash(&rebuilt), d.sim.hash());
     }
 }
+
+/// A full inbox keeps the first `script_inbox_max` events queued for the
+/// script and counts the rest as dropped; other scripts are not affected.
+#[test]
+fn a_full_inbox_keeps_the_first_events_and_counts_the_rest() {
+    let mut host = RuleHost::new();
+    let src = host.add("journal", Rule::Journal);
+    let settings = Settings {
+        script_inbox_max: 3,
+        ..Settings::default()
+    };
+    let mut d = Driver::new(State::new(RegionId(1), settings, &[ALICE]));
+    d.tick(
+        &host,
+        vec![
+            (
+                ALICE,
+                InputKind::Join {
+                    name: "Alice".into(),
+                },
+            ),
+            (BOB, InputKind::Join { name: "Bob".into() }),
+        ],
+    );
+    let creates = (0..2)
+        .map(|i| {
+            (
+                ALICE,
+                InputKind::Create {
+                    parent: None,
+                    name: format!("obj{i}"),
+                    pos: Vec3::from_ints(10 + i, 10, 0),
+                },
+            )
+        })
+        .collect();
+    d.tick(&host, creates);
+    attach(&mut d, &host, obj(0), src);
+    attach(&mut d, &host, obj(1), src);
+    // Five lines heard by both scripts, then a touch for obj(1) only.
+    let mut inputs: Vec<(PlayerId, InputKind)> = (0..5)
+        .map(|i| {
+            (
+                BOB,
+                InputKind::Say {
+                    text: format!("m{i}"),
+                    radius: None,
+                },
+            )
+        })
+        .collect();
+    inputs.push((BOB, InputKind::Touch { element: obj(1) }));
+    let r = d.tick(&host, inputs);
+    assert_eq!(r.script_calls, 2);
+    assert_eq!(r.inbox_dropped, 2 + 3);
+    for script in [obj(0), obj(1)] {
+        let mut heard = journal(&d, script);
+        heard.sort();
+        assert_eq!(heard, vec!["heard:m0", "heard:m1", "heard:m2"], "{script}");
+    }
+}
