@@ -1019,6 +1019,15 @@ impl Tick<'_> {
         let tick = self.s.tick;
         let ids: Vec<ElementId> = calls.iter().map(|(script, _)| *script).collect();
         let elements = state.elements.get_sorted(&ids);
+        // Whether each script's fault count needs resetting on success (no
+        // other output changes a script's own slot during the merge).
+        let had_faults: Vec<bool> = elements
+            .iter()
+            .map(|e| {
+                e.and_then(|e| e.script.as_ref())
+                    .is_some_and(|slot| slot.faults > 0)
+            })
+            .collect();
         let results: Vec<Result<ScriptOutput, ScriptFault>> = calls
             .par_iter()
             .zip(elements)
@@ -1037,10 +1046,10 @@ impl Tick<'_> {
             })
             .collect();
         drop(inboxes);
-        for ((script, _), result) in calls.into_iter().zip(results) {
+        for (((script, _), result), had_faults) in calls.into_iter().zip(results).zip(had_faults) {
             let result = result.and_then(|out| self.check_output(script, &out).map(|()| out));
             match result {
-                Ok(out) => self.apply_output(script, out),
+                Ok(out) => self.apply_output(script, out, had_faults),
                 Err(fault) => self.fault(script, fault),
             }
         }
@@ -1158,7 +1167,9 @@ impl Tick<'_> {
         Ok(())
     }
 
-    fn apply_output(&mut self, script: ElementId, out: ScriptOutput) {
+    /// Applies a checked output. `had_faults`: the script's slot counted
+    /// faults before this call (they are reset now).
+    fn apply_output(&mut self, script: ElementId, out: ScriptOutput, had_faults: bool) {
         for w in out.writes {
             match w {
                 Write::SetPos { element, pos } => {
@@ -1208,14 +1219,18 @@ impl Tick<'_> {
                 .timers
                 .insert((tick.saturating_add(delay), script, timer));
         }
-        self.s.elements.update(&script, |e| {
-            if let Some(slot) = e.script.as_mut() {
-                slot.faults = 0;
-                if let Some(state) = out.state {
-                    slot.state = state;
+        // A slot with no faults to reset and no new state is unchanged: no
+        // write, no rehash.
+        if out.state.is_some() || had_faults {
+            self.s.elements.update(&script, |e| {
+                if let Some(slot) = e.script.as_mut() {
+                    slot.faults = 0;
+                    if let Some(state) = out.state {
+                        slot.state = state;
+                    }
                 }
-            }
-        });
+            });
+        }
     }
 
     fn fault(&mut self, script: ElementId, fault: ScriptFault) {

@@ -538,3 +538,70 @@ fn a_full_inbox_keeps_the_first_events_and_counts_the_rest() {
         assert_eq!(heard, vec!["heard:m0", "heard:m1", "heard:m2"], "{script}");
     }
 }
+
+/// Faults on touches by Alice; any other call succeeds and leaves `state`
+/// as it is.
+#[derive(Debug)]
+struct FaultsOnAlice;
+
+impl metatopia_sim::ScriptHost for FaultsOnAlice {
+    fn run(
+        &self,
+        call: &metatopia_sim::script::ScriptCall<'_>,
+    ) -> Result<metatopia_sim::script::ScriptOutput, metatopia_sim::script::ScriptFault> {
+        let alice = call.inbox.iter().any(|e| {
+            matches!(
+                e.kind,
+                metatopia_sim::script::ScriptEventKind::Touched { by, .. } if by == ALICE
+            )
+        });
+        if alice {
+            return Err(metatopia_sim::script::ScriptFault::Error("no".into()));
+        }
+        Ok(metatopia_sim::script::ScriptOutput::default())
+    }
+}
+
+/// A successful call without a new `state` resets the fault count (and
+/// changes nothing else); with no faults to reset the element is untouched.
+#[test]
+fn success_without_state_resets_faults() {
+    let mut host = RuleHost::new();
+    let src = host.add("any", Rule::Counter);
+    let mut d = world(1);
+    attach(&mut d, &host, obj(0), src);
+    let faults = |d: &Driver| {
+        d.sim.state().elements[&obj(0)]
+            .script
+            .as_ref()
+            .unwrap()
+            .faults
+    };
+    d.tick(
+        &FaultsOnAlice,
+        vec![(ALICE, InputKind::Touch { element: obj(0) })],
+    );
+    d.tick(
+        &FaultsOnAlice,
+        vec![(ALICE, InputKind::Touch { element: obj(0) })],
+    );
+    assert_eq!(faults(&d), 2);
+    let before = d.sim.state().elements[&obj(0)].clone();
+    let r = d.tick(
+        &FaultsOnAlice,
+        vec![(BOB, InputKind::Touch { element: obj(0) })],
+    );
+    assert_eq!(r.script_calls, 1);
+    assert_eq!(faults(&d), 0);
+    let mut expected = before;
+    expected.script.as_mut().unwrap().faults = 0;
+    assert_eq!(d.sim.state().elements[&obj(0)], expected);
+    let r = d.tick(
+        &FaultsOnAlice,
+        vec![(BOB, InputKind::Touch { element: obj(0) })],
+    );
+    assert_eq!(r.script_calls, 1);
+    assert_eq!(d.sim.state().elements[&obj(0)], expected);
+    let rebuilt = snapshot::decode_state(&snapshot::encode_state(d.sim.state())).unwrap();
+    assert_eq!(snapshot::state_hash(&rebuilt), d.sim.hash());
+}
