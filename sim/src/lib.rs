@@ -17,6 +17,7 @@
 //! - [`step`]: the tick.
 //! - [`table`]: ordered maps whose entries carry their own hash.
 //! - [`codec`]: bounded, canonical serde for the persistent collections.
+//! - [`hashing`]: postcard encodings streamed into blake3 or onto a `Vec`.
 //! - [`snapshot`]: canonical encoding, state hash, snapshots.
 //! - [`testing`]: a Rust script host and a tick driver for tests and benches.
 
@@ -25,6 +26,7 @@
 pub mod admin;
 pub mod codec;
 pub mod fx;
+pub mod hashing;
 pub mod id;
 pub mod input;
 pub mod order;

@@ -328,6 +328,8 @@ pub struct Ghost {
     pub motion: Motion,
 }
 
+impl crate::table::EntryHash for Body {}
+
 /// A body in a handoff, with the contacts it had (so the receiver does not
 /// report them again).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::hashing::HashSink;
 use crate::state::State;
 
 /// First bytes of every snapshot.
@@ -126,50 +127,49 @@ pub fn state_hash(state: &State) -> [u8; 32] {
         timers,
         bodies,
     } = state;
-    let mut buf = Vec::with_capacity(64 + elements.len() * 48 + scripted.len() * 16);
-    buf.extend_from_slice(&DIGEST_MAGIC);
-    buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    put(&mut buf, &(region, tick, time_ms, settings, next_counter));
-    put(&mut buf, &(elements.len() as u64));
+    // Streamed into blake3 through a 16 KiB buffer: whole chunks at a time
+    // (blake3 hashes those in parallel lanes), no digest held in memory.
+    let mut d = HashSink::<16384>::new();
+    d.bytes(&DIGEST_MAGIC);
+    d.bytes(&FORMAT_VERSION.to_le_bytes());
+    d.put(&(region, tick, time_ms, settings, next_counter));
+    d.put(&(elements.len() as u64));
     for (id, hash) in elements.hashes() {
-        put(&mut buf, id);
-        buf.extend_from_slice(hash);
+        d.id(*id);
+        d.bytes(hash);
     }
-    put(&mut buf, &(scripted.len() as u64));
+    d.put(&(scripted.len() as u64));
     for id in scripted {
-        put(&mut buf, id);
+        d.id(*id);
     }
-    put(&mut buf, &(players.len() as u64));
+    d.put(&(players.len() as u64));
     for (id, hash) in players.hashes() {
-        put(&mut buf, id);
-        buf.extend_from_slice(hash);
+        d.put(id);
+        d.bytes(hash);
     }
-    put(&mut buf, &(banned.len() as u64));
+    d.put(&(banned.len() as u64));
     for id in banned {
-        put(&mut buf, id);
+        d.put(id);
     }
-    put(&mut buf, temp_admin);
-    put(&mut buf, &(chat.len() as u64));
+    d.put(temp_admin);
+    d.put(&(chat.len() as u64));
     for line in chat {
-        put(&mut buf, line);
+        d.put(line);
     }
-    put(&mut buf, &(mailbox.len() as u64));
+    d.put(&(mailbox.len() as u64));
     for p in mailbox {
-        put(&mut buf, p);
+        d.put(p);
     }
-    put(&mut buf, &(timers.len() as u64));
-    for t in timers {
-        put(&mut buf, t);
+    d.put(&(timers.len() as u64));
+    for (due, script, timer) in timers {
+        d.varint(*due);
+        d.id(*script);
+        d.varint(u64::from(*timer));
     }
-    put(&mut buf, &(bodies.len() as u64));
+    d.put(&(bodies.len() as u64));
     for (id, hash) in bodies.hashes() {
-        put(&mut buf, id);
-        buf.extend_from_slice(hash);
+        d.id(*id);
+        d.bytes(hash);
     }
-    *blake3::hash(&buf).as_bytes()
-}
-
-/// Appends the postcard encoding of `value`.
-fn put<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
-    postcard::to_io(value, &mut *buf).expect("postcard encoding of sim types is infallible");
+    d.finish()
 }

@@ -66,6 +66,12 @@ pub struct Element {
     pub script: Option<ScriptSlot>,
 }
 
+impl crate::table::EntryHash for Element {
+    fn entry_hash(&self) -> [u8; 32] {
+        crate::hashing::element_hash(self)
+    }
+}
+
 /// A player's standing in a region.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub enum Role {
@@ -98,6 +104,8 @@ pub struct Player {
     /// The highest input sequence number seen; lower or equal ones are dropped.
     pub last_seq: u64,
 }
+
+impl crate::table::EntryHash for Player {}
 
 /// Who said a chat line.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]

@@ -23,6 +23,7 @@
 //! depend on the number of rayon threads.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use rayon::prelude::*;
 
@@ -114,23 +115,27 @@ impl Sim {
     }
 
     /// Executes one batch. On error nothing changes.
+    ///
+    /// The state is changed in place: nothing else shares it (unless the
+    /// caller kept a clone), so the tick writes into its own map nodes and
+    /// elements instead of copying them. A panic inside the tick (a bug in
+    /// the sim or in the host) leaves the sim part-way through the tick;
+    /// do not step it further.
     pub fn step(&mut self, batch: &Batch, host: &dyn ScriptHost) -> Result<TickReport, StepError> {
-        let (state, report) = step(&self.state, &self.hash, batch, host)?;
-        self.state = state;
-        self.hash = report.hash;
-        Ok(report)
+        self.step_with_physics(batch, host, &PhysicsInbox::default())
     }
 
     /// Executes one batch with the physics inbox of this tick (see
-    /// [`step_with_physics`]). On error nothing changes.
+    /// [`step_with_physics`]), in place as [`Sim::step`]. On error nothing
+    /// changes.
     pub fn step_with_physics(
         &mut self,
         batch: &Batch,
         host: &dyn ScriptHost,
         physics: &PhysicsInbox,
     ) -> Result<TickReport, StepError> {
-        let (state, report) = step_with_physics(&self.state, &self.hash, batch, host, physics)?;
-        self.state = state;
+        check_batch(&self.state, batch)?;
+        let report = run_tick(&mut self.state, &self.hash, batch, host, physics);
         self.hash = report.hash;
         Ok(report)
     }
@@ -157,6 +162,14 @@ pub fn step_with_physics(
     host: &dyn ScriptHost,
     physics: &PhysicsInbox,
 ) -> Result<(State, TickReport), StepError> {
+    check_batch(state, batch)?;
+    let mut next = state.clone();
+    let report = run_tick(&mut next, hash, batch, host, physics);
+    Ok((next, report))
+}
+
+/// Step 1: whether `batch` can run on `state`.
+fn check_batch(state: &State, batch: &Batch) -> Result<(), StepError> {
     if batch.tick != state.tick {
         return Err(StepError::WrongTick {
             expected: state.tick,
@@ -169,14 +182,25 @@ pub fn step_with_physics(
             got: batch.time_ms,
         });
     }
+    Ok(())
+}
+
+/// Steps 2 to 8 on a checked batch, changing `state` in place.
+fn run_tick(
+    state: &mut State,
+    hash: &[u8; 32],
+    batch: &Batch,
+    host: &dyn ScriptHost,
+    physics: &PhysicsInbox,
+) -> TickReport {
     let seed = order::tick_seed(hash, batch.tick);
     let mut tick = Tick {
-        s: state.clone(),
+        s: state,
         report: TickReport {
             tick: batch.tick,
             ..TickReport::default()
         },
-        inboxes: BTreeMap::new(),
+        queued: Vec::new(),
         next_event_id: 0,
         forwarded: &physics.forwarded,
     };
@@ -186,22 +210,30 @@ pub fn step_with_physics(
     tick.update_temp_admin();
     tick.apply_inputs(&batch.inputs);
     tick.run_scripts(&seed, host);
-    let Tick {
-        mut s, mut report, ..
-    } = tick;
+    let Tick { s, mut report, .. } = tick;
     s.tick = batch.tick.saturating_add(1);
-    report.hash = snapshot::state_hash(&s);
-    Ok((s, report))
+    report.hash = snapshot::state_hash(s);
+    report
 }
 
 /// Work in progress for one tick.
 struct Tick<'a> {
-    s: State,
+    s: &'a mut State,
     report: TickReport,
     /// Bodies handed to another region recently (see `PhysicsInbox`).
     forwarded: &'a [(ElementId, Option<PlayerId>)],
-    inboxes: BTreeMap<ElementId, Vec<ScriptEvent>>,
+    /// Events for scripts this tick, in the order they were made. Grouped
+    /// into inboxes (by script id, keeping this order) when scripts run.
+    queued: Vec<(ElementId, ScriptEvent)>,
     next_event_id: u64,
+}
+
+/// Whether an element has a script that gets events (attached, not
+/// suspended).
+fn live_script(element: Option<&Element>) -> bool {
+    element
+        .and_then(|e| e.script.as_ref())
+        .is_some_and(|slot| !slot.suspended)
 }
 
 /// The id of the player's avatar, or why they cannot act.
@@ -237,24 +269,13 @@ impl Tick<'_> {
         id
     }
 
-    /// Queues an event for a script this tick, if it runs and has room.
+    /// Queues an event for a script this tick, if it runs. Room in its
+    /// inbox is checked when the inboxes are formed (the first
+    /// `script_inbox_max` events queued for a script are kept).
     fn push_event(&mut self, script: ElementId, id: u64, kind: ScriptEventKind) {
-        let live = self
-            .s
-            .elements
-            .get(&script)
-            .and_then(|e| e.script.as_ref())
-            .is_some_and(|slot| !slot.suspended);
-        if !live {
-            return;
+        if live_script(self.s.elements.get(&script)) {
+            self.queued.push((script, ScriptEvent { id, kind }));
         }
-        let max = self.s.settings.script_inbox_max as usize;
-        let inbox = self.inboxes.entry(script).or_default();
-        if inbox.len() >= max {
-            self.report.inbox_dropped += 1;
-            return;
-        }
-        inbox.push(ScriptEvent { id, kind });
     }
 
     /// Sends an event to every live script.
@@ -303,18 +324,50 @@ impl Tick<'_> {
             self.push_event(p.to, id, p.event);
         }
         let now = self.s.tick;
-        while let Some(&(due, script, timer)) = self.s.timers.get_min() {
-            if due > now {
-                break;
+        let last = (now, ElementId::new(u32::MAX, u64::MAX), u32::MAX);
+        let due: Vec<(u64, ElementId, u32)> = self.s.timers.range(..=last).copied().collect();
+        // The due timers are the front of the set. Removing most of a set
+        // one by one costs more than building what is left.
+        if due.len() >= self.s.timers.len() / 2 {
+            self.s.timers = self
+                .s
+                .timers
+                .range((Bound::Excluded(last), Bound::Unbounded))
+                .copied()
+                .collect();
+        } else {
+            for t in &due {
+                self.s.timers.remove(t);
             }
-            self.s.timers.remove(&(due, script, timer));
+        }
+        // As `push_event`, with the scripts found in one ordered walk when
+        // the due timers are in script order (they are when all are due at
+        // this tick).
+        let scripts: Vec<ElementId> = due.iter().map(|(_, script, _)| *script).collect();
+        let live: Vec<bool> = self
+            .s
+            .elements
+            .get_sorted(&scripts)
+            .into_iter()
+            .map(|e| live_script(e))
+            .collect();
+        self.queued.reserve(due.len());
+        for ((_, script, timer), live) in due.into_iter().zip(live) {
             let id = self.new_event_id();
-            self.push_event(script, id, ScriptEventKind::Timer { timer });
+            if live {
+                self.queued.push((
+                    script,
+                    ScriptEvent {
+                        id,
+                        kind: ScriptEventKind::Timer { timer },
+                    },
+                ));
+            }
         }
     }
 
     fn update_temp_admin(&mut self) {
-        let now = admin::temp_admin(&self.s);
+        let now = admin::temp_admin(self.s);
         if now != self.s.temp_admin {
             self.s.temp_admin = now;
             self.report.events.push(Event::TempAdmin { player: now });
@@ -375,12 +428,12 @@ impl Tick<'_> {
         match &input.kind {
             InputKind::Join { name } => self.join(who, name),
             InputKind::Leave => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 self.leave(who);
                 Ok(())
             }
             InputKind::Move { element, to } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 let e = self.element(*element)?;
                 if e.kind == ElementKind::Region {
                     return Err(Rejection::Invalid("the region root cannot move".into()));
@@ -389,7 +442,7 @@ impl Tick<'_> {
                 self.move_subtree(*element, *to)
             }
             InputKind::Say { text, radius } => {
-                let avatar = online_avatar(&self.s, who)?;
+                let avatar = online_avatar(self.s, who)?;
                 check_text(text, self.s.settings.text_bytes_max, "chat line")?;
                 if radius.is_some_and(|r| r <= Fx::ZERO) {
                     return Err(Rejection::OutOfBounds(
@@ -401,7 +454,7 @@ impl Tick<'_> {
                 Ok(())
             }
             InputKind::Touch { element } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 self.element(*element)?;
                 // The touched element's script hears it, or its nearest
                 // scripted ancestor's; touching unscripted things does nothing.
@@ -425,15 +478,15 @@ impl Tick<'_> {
                 Ok(())
             }
             InputKind::Reparent { element, parent } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 self.reparent(who, *element, *parent)
             }
             InputKind::Create { parent, name, pos } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 self.create(who, *parent, name, *pos).map(|_| ())
             }
             InputKind::Delete { element } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 let e = self.element(*element)?;
                 match e.kind {
                     ElementKind::Region => {
@@ -453,7 +506,7 @@ impl Tick<'_> {
                 Ok(())
             }
             InputKind::AttachScript { element, source } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 let e = self.element(*element)?;
                 if e.kind == ElementKind::Region && !self.s.is_admin(who) {
                     return Err(Rejection::Permission(
@@ -484,7 +537,7 @@ impl Tick<'_> {
                 Ok(())
             }
             InputKind::DetachScript { element } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 let e = self.element(*element)?;
                 self.check_owner(who, e.owner, "unscript")?;
                 if e.script.is_none() {
@@ -512,11 +565,11 @@ impl Tick<'_> {
                 body,
                 vel,
             } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 self.spawn_body(who, *parent, name, *pos, *body, *vel)
             }
             InputKind::Push { element, impulse } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 if self.forwarded_owner(*element).is_none() {
                     self.body(*element)?;
                 }
@@ -527,7 +580,7 @@ impl Tick<'_> {
                 Ok(())
             }
             InputKind::SetVelocity { element, vel } => {
-                online_avatar(&self.s, who)?;
+                online_avatar(self.s, who)?;
                 let owner = match self.forwarded_owner(*element) {
                     Some(owner) => owner,
                     None => {
@@ -957,40 +1010,83 @@ impl Tick<'_> {
 
     /// Steps 6 and 7.
     fn run_scripts(&mut self, seed: &[u8; 32], host: &dyn ScriptHost) {
-        if self.inboxes.is_empty() {
+        if self.queued.is_empty() {
             return;
         }
-        let mut calls: Vec<(ElementId, Vec<ScriptEvent>)> =
-            std::mem::take(&mut self.inboxes).into_iter().collect();
-        for (script, inbox) in &mut calls {
-            order::canonical_order(seed, *script, inbox);
-        }
+        let (calls, inboxes) = self.inboxes(seed);
         self.report.script_calls = calls.len() as u32;
-        let state = &self.s;
+        let state = &*self.s;
         let tick = self.s.tick;
+        let ids: Vec<ElementId> = calls.iter().map(|(script, _)| *script).collect();
+        let elements = state.elements.get_sorted(&ids);
+        // Whether each script's fault count needs resetting on success (no
+        // other output changes a script's own slot during the merge).
+        let had_faults: Vec<bool> = elements
+            .iter()
+            .map(|e| {
+                e.and_then(|e| e.script.as_ref())
+                    .is_some_and(|slot| slot.faults > 0)
+            })
+            .collect();
         let results: Vec<Result<ScriptOutput, ScriptFault>> = calls
             .par_iter()
-            .map(|(script, inbox)| {
-                let Some(slot) = state.elements.get(script).and_then(|e| e.script.as_ref()) else {
+            .zip(elements)
+            .map(|((script, range), element)| {
+                let Some(slot) = element.and_then(|e| e.script.as_ref()) else {
                     return Err(ScriptFault::Rejected("script vanished".into()));
                 };
                 host.run(&ScriptCall {
                     state,
                     script: *script,
                     slot,
-                    inbox,
+                    inbox: &inboxes[range.clone()],
                     tick,
                     seed: order::script_seed(seed, *script),
                 })
             })
             .collect();
-        for ((script, _), result) in calls.into_iter().zip(results) {
+        drop(inboxes);
+        for (((script, _), result), had_faults) in calls.into_iter().zip(results).zip(had_faults) {
             let result = result.and_then(|out| self.check_output(script, &out).map(|()| out));
             match result {
-                Ok(out) => self.apply_output(script, out),
+                Ok(out) => self.apply_output(script, out, had_faults),
                 Err(fault) => self.fault(script, fault),
             }
         }
+    }
+
+    /// The queued events as inboxes: scripts in id order, each with the
+    /// range of its events in the returned list, in canonical order. A
+    /// script's events beyond `script_inbox_max` (in queue order) are
+    /// dropped and counted.
+    fn inboxes(
+        &mut self,
+        seed: &[u8; 32],
+    ) -> (Vec<(ElementId, std::ops::Range<usize>)>, Vec<ScriptEvent>) {
+        let mut queued = std::mem::take(&mut self.queued);
+        // Stable: each script's events stay in the order they were queued.
+        queued.sort_by_key(|(script, _)| *script);
+        let max = self.s.settings.script_inbox_max as usize;
+        let mut calls: Vec<(ElementId, std::ops::Range<usize>)> = Vec::with_capacity(queued.len());
+        let mut events: Vec<ScriptEvent> = Vec::with_capacity(queued.len());
+        for (script, event) in queued {
+            if calls.last().is_none_or(|(last, _)| *last != script) {
+                calls.push((script, events.len()..events.len()));
+            }
+            let Some((_, range)) = calls.last_mut() else {
+                continue;
+            };
+            if range.len() >= max {
+                self.report.inbox_dropped += 1;
+                continue;
+            }
+            range.end += 1;
+            events.push(event);
+        }
+        for (script, range) in &calls {
+            order::canonical_order(seed, *script, &mut events[range.clone()]);
+        }
+        (calls, events)
     }
 
     /// Checks a script's output against the rules before anything applies.
@@ -1071,7 +1167,9 @@ impl Tick<'_> {
         Ok(())
     }
 
-    fn apply_output(&mut self, script: ElementId, out: ScriptOutput) {
+    /// Applies a checked output. `had_faults`: the script's slot counted
+    /// faults before this call (they are reset now).
+    fn apply_output(&mut self, script: ElementId, out: ScriptOutput, had_faults: bool) {
         for w in out.writes {
             match w {
                 Write::SetPos { element, pos } => {
@@ -1103,12 +1201,15 @@ impl Tick<'_> {
                 event: ScriptEventKind::Message { from: script, body },
             });
         }
-        let pos = self
-            .s
-            .elements
-            .get(&script)
-            .map(|e| e.pos)
-            .unwrap_or_default();
+        let pos = if out.says.is_empty() {
+            Vec3::default()
+        } else {
+            self.s
+                .elements
+                .get(&script)
+                .map(|e| e.pos)
+                .unwrap_or_default()
+        };
         for (text, radius) in out.says {
             self.say(Speaker::Script(script), pos, radius, text, Some(script));
         }
@@ -1118,14 +1219,18 @@ impl Tick<'_> {
                 .timers
                 .insert((tick.saturating_add(delay), script, timer));
         }
-        self.s.elements.update(&script, |e| {
-            if let Some(slot) = e.script.as_mut() {
-                slot.faults = 0;
-                if let Some(state) = out.state {
-                    slot.state = state;
+        // A slot with no faults to reset and no new state is unchanged: no
+        // write, no rehash.
+        if out.state.is_some() || had_faults {
+            self.s.elements.update(&script, |e| {
+                if let Some(slot) = e.script.as_mut() {
+                    slot.faults = 0;
+                    if let Some(state) = out.state {
+                        slot.state = state;
+                    }
                 }
-            }
-        });
+            });
+        }
     }
 
     fn fault(&mut self, script: ElementId, fault: ScriptFault) {

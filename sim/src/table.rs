@@ -28,15 +28,21 @@ impl<V> Clone for Entry<V> {
     }
 }
 
-/// blake3 of the postcard encoding of `value`.
-pub fn value_hash<V: Serialize>(value: &V) -> [u8; 32] {
-    let bytes = postcard::to_stdvec(value).expect("postcard encoding of sim types is infallible");
-    *blake3::hash(&bytes).as_bytes()
+pub use crate::hashing::value_hash;
+
+/// The hash a table keeps for a value: blake3 of its postcard encoding.
+/// Types whose values change every tick may compute it by hand (with the
+/// same result); the others use [`value_hash`].
+pub trait EntryHash: Serialize {
+    /// blake3 of the postcard encoding of `self`.
+    fn entry_hash(&self) -> [u8; 32] {
+        value_hash(self)
+    }
 }
 
-impl<V: Serialize> Entry<V> {
+impl<V: EntryHash> Entry<V> {
     fn new(value: V) -> Entry<V> {
-        let hash = value_hash(&value);
+        let hash = value.entry_hash();
         Entry {
             inner: Arc::new((value, hash)),
         }
@@ -85,7 +91,7 @@ impl<K: Ord + Clone + fmt::Debug, V: fmt::Debug> fmt::Debug for Table<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: Serialize + Clone> Table<K, V> {
+impl<K: Ord + Clone, V: EntryHash + Clone> Table<K, V> {
     /// An empty table.
     pub fn new() -> Table<K, V> {
         Table::default()
@@ -94,6 +100,29 @@ impl<K: Ord + Clone, V: Serialize + Clone> Table<K, V> {
     /// The value at `key`.
     pub fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key).map(|e| &e.inner.0)
+    }
+
+    /// The values at `keys`, as [`Table::get`] gives them. When the keys
+    /// are in order (repeats allowed) and many (a quarter of the table or
+    /// more), the table is walked once instead of searched for each key.
+    pub fn get_sorted(&self, keys: &[K]) -> Vec<Option<&V>> {
+        let ordered = keys.windows(2).all(|w| w[0] <= w[1]);
+        let Some(first) = keys.first() else {
+            return Vec::new();
+        };
+        if !ordered || keys.len().saturating_mul(4) < self.len() {
+            return keys.iter().map(|k| self.get(k)).collect();
+        }
+        let mut entries = self.map.range::<_, K>(first..).peekable();
+        keys.iter()
+            .map(|key| {
+                while entries.next_if(|(k, _)| *k < key).is_some() {}
+                entries
+                    .peek()
+                    .filter(|(k, _)| *k == key)
+                    .map(|(_, e)| &e.inner.0)
+            })
+            .collect()
     }
 
     /// Whether `key` is present.
@@ -122,14 +151,15 @@ impl<K: Ord + Clone, V: Serialize + Clone> Table<K, V> {
     }
 
     /// Changes the value at `key` through `f` and rehashes it. Returns
-    /// whether the key was present.
+    /// whether the key was present. The value is changed in place when no
+    /// other table shares it, and copied first otherwise.
     pub fn update(&mut self, key: &K, f: impl FnOnce(&mut V)) -> bool {
-        let Some(entry) = self.map.get(key) else {
+        let Some(entry) = self.map.get_mut(key) else {
             return false;
         };
-        let mut value = entry.inner.0.clone();
-        f(&mut value);
-        self.map.insert(key.clone(), Entry::new(value));
+        let inner = Arc::make_mut(&mut entry.inner);
+        f(&mut inner.0);
+        inner.1 = inner.0.entry_hash();
         true
     }
 
@@ -154,7 +184,7 @@ impl<K: Ord + Clone, V: Serialize + Clone> Table<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: Serialize + Clone> Index<&K> for Table<K, V> {
+impl<K: Ord + Clone, V: EntryHash + Clone> Index<&K> for Table<K, V> {
     type Output = V;
 
     /// Panics when the key is absent, like `BTreeMap`'s index (tests and
@@ -164,7 +194,7 @@ impl<K: Ord + Clone, V: Serialize + Clone> Index<&K> for Table<K, V> {
     }
 }
 
-impl<K: Ord + Clone + Serialize, V: Serialize + Clone> Serialize for Table<K, V> {
+impl<K: Ord + Clone + Serialize, V: EntryHash + Clone> Serialize for Table<K, V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.iter())
     }
@@ -173,7 +203,7 @@ impl<K: Ord + Clone + Serialize, V: Serialize + Clone> Serialize for Table<K, V>
 impl<'de, K, V> Deserialize<'de> for Table<K, V>
 where
     K: Ord + Clone + Deserialize<'de>,
-    V: Serialize + Clone + Deserialize<'de>,
+    V: EntryHash + Clone + Deserialize<'de>,
 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Table<K, V>, D::Error> {
         let map: OrdMap<K, V> = crate::codec::ord_map::deserialize(d)?;
@@ -182,5 +212,38 @@ where
             table.insert(k, v);
         }
         Ok(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl EntryHash for u64 {}
+
+    /// `get_sorted` gives what `get` gives, for dense and sparse key lists,
+    /// present and absent keys, and keys out of order.
+    #[test]
+    fn get_sorted_is_get() {
+        let mut table: Table<u64, u64> = Table::new();
+        for k in (0..3000u64).filter(|k| k % 3 != 0) {
+            table.insert(k, k * 10);
+        }
+        let lists: Vec<Vec<u64>> = vec![
+            vec![],
+            (0..3100).collect(),
+            (0..3100).step_by(2).collect(),
+            (0..3100).step_by(97).collect(),
+            vec![5, 7, 9000],
+            (0..3000).rev().collect(),
+            vec![4, 4, 5, 5],
+            vec![1, 1, 1, 2, 2, 3, 3, 3, 2999, 2999],
+            (0..6000).map(|k| k / 2).collect(),
+            (1000..2000).collect(),
+        ];
+        for keys in lists {
+            let want: Vec<Option<&u64>> = keys.iter().map(|k| table.get(k)).collect();
+            assert_eq!(table.get_sorted(&keys), want, "{keys:?}");
+        }
     }
 }

@@ -231,3 +231,61 @@ fn corrupt_and_non_canonical_snapshots_are_refused() {
         Err(DecodeError::NonCanonical)
     );
 }
+
+fn any_element() -> impl Strategy<Value = metatopia_sim::state::Element> {
+    use metatopia_sim::state::{Element, ElementKind, ScriptSlot};
+    let id = (any::<u32>(), any::<u64>()).prop_map(|(r, c)| ElementId::new(r, c));
+    let kind = prop_oneof![
+        Just(ElementKind::Region),
+        Just(ElementKind::Object),
+        Just(ElementKind::Part),
+        Just(ElementKind::Avatar),
+    ];
+    let pos = (any::<i64>(), any::<i64>(), any::<i64>())
+        .prop_map(|(x, y, z)| Vec3::new(Fx::from_bits(x), Fx::from_bits(y), Fx::from_bits(z)));
+    let slot = (
+        any::<[u8; 32]>(),
+        prop::collection::vec(any::<u8>(), 0..600),
+        any::<u32>(),
+        any::<bool>(),
+    )
+        .prop_map(|(source, state, faults, suspended)| ScriptSlot {
+            source,
+            state,
+            faults,
+            suspended,
+        });
+    (
+        (id.clone(), prop::option::of(id.clone()), kind, any::<u32>()),
+        prop::option::of(any::<[u8; 32]>().prop_map(PlayerId)),
+        ".{0,300}",
+        pos,
+        prop::collection::vec(id, 0..120),
+        prop::option::of(slot),
+    )
+        .prop_map(
+            |((id, parent, kind, region), owner, name, pos, children, script)| Element {
+                id,
+                parent,
+                kind,
+                owner_region: RegionId(region),
+                owner,
+                name,
+                pos,
+                children,
+                script,
+            },
+        )
+}
+
+proptest! {
+    /// The hand-written element hash is blake3 of postcard's encoding.
+    #[test]
+    fn element_hash_is_blake3_of_postcard(e in any_element()) {
+        let bytes = postcard::to_stdvec(&e).unwrap();
+        prop_assert_eq!(
+            metatopia_sim::hashing::element_hash(&e),
+            *blake3::hash(&bytes).as_bytes()
+        );
+    }
+}

@@ -7,7 +7,7 @@
 use metatopia_sim::input::{Event, InputKind};
 use metatopia_sim::state::{Settings, State};
 use metatopia_sim::testing::{Driver, Rule, RuleHost};
-use metatopia_sim::{ElementId, PlayerId, RegionId, Vec3};
+use metatopia_sim::{ElementId, PlayerId, RegionId, Vec3, snapshot};
 
 const ALICE: PlayerId = PlayerId::from_byte(1);
 const BOB: PlayerId = PlayerId::from_byte(2);
@@ -414,4 +414,194 @@ fn script_physics_writes_become_commands_for_own_bodies_only() {
         assert_eq!(slot(&d).faults, before.faults + 1);
         assert_eq!(slot(&d).state, before.state);
     }
+}
+
+/// `Sim::step` changes its state in place; the free `step` copies. Both
+/// give the same state and hash, a clone kept before the step is left as
+/// it was, and every stored per-element hash matches a state rebuilt from
+/// its snapshot (no entry hash went stale in an in-place update).
+#[test]
+fn in_place_step_matches_copying_step_and_leaves_clones_alone() {
+    let mut host = RuleHost::new();
+    let journal_src = host.add("journal", Rule::Journal);
+    let relay = host.add("relay", Rule::Relay { target: obj(1) });
+    let mover = host.add("mover", Rule::Mover);
+    let counter = host.add("counter", Rule::Counter);
+    let mut d = world(12);
+    let attaches = (0..12)
+        .map(|i| {
+            let source = [relay, journal_src, mover, counter][i as usize % 4];
+            (
+                ALICE,
+                InputKind::AttachScript {
+                    element: obj(i),
+                    source,
+                },
+            )
+        })
+        .collect();
+    d.tick(&host, attaches);
+    for t in 0..12u64 {
+        let inputs = vec![
+            d.input(
+                BOB,
+                InputKind::Touch {
+                    element: obj(t % 12),
+                },
+            ),
+            d.input(
+                BOB,
+                InputKind::Say {
+                    text: format!("t{t}"),
+                    radius: None,
+                },
+            ),
+        ];
+        let batch = metatopia_sim::Batch {
+            tick: d.sim.tick(),
+            time_ms: d.time_ms,
+            inputs,
+        };
+        d.time_ms += d.tick_ms;
+        let kept = d.sim.clone();
+        let kept_bytes = snapshot::encode_state(kept.state());
+        let (copied, copied_report) =
+            metatopia_sim::step::step(kept.state(), &kept.hash(), &batch, &host).unwrap();
+        let report = d.sim.step(&batch, &host).unwrap();
+        assert!(report.script_calls > 0);
+        assert_eq!(report, copied_report);
+        assert_eq!(d.sim.state(), &copied);
+        assert_eq!(snapshot::encode_state(kept.state()), kept_bytes);
+        assert_eq!(snapshot::state_hash(kept.state()), kept.hash());
+        let rebuilt = snapshot::decode_state(&snapshot::encode_state(d.sim.state())).unwrap();
+        assert_eq!(snapshot::state_hash(&rebuilt), d.sim.hash());
+    }
+}
+
+/// A full inbox keeps the first `script_inbox_max` events queued for the
+/// script and counts the rest as dropped; other scripts are not affected.
+#[test]
+fn a_full_inbox_keeps_the_first_events_and_counts_the_rest() {
+    let mut host = RuleHost::new();
+    let src = host.add("journal", Rule::Journal);
+    let settings = Settings {
+        script_inbox_max: 3,
+        ..Settings::default()
+    };
+    let mut d = Driver::new(State::new(RegionId(1), settings, &[ALICE]));
+    d.tick(
+        &host,
+        vec![
+            (
+                ALICE,
+                InputKind::Join {
+                    name: "Alice".into(),
+                },
+            ),
+            (BOB, InputKind::Join { name: "Bob".into() }),
+        ],
+    );
+    let creates = (0..2)
+        .map(|i| {
+            (
+                ALICE,
+                InputKind::Create {
+                    parent: None,
+                    name: format!("obj{i}"),
+                    pos: Vec3::from_ints(10 + i, 10, 0),
+                },
+            )
+        })
+        .collect();
+    d.tick(&host, creates);
+    attach(&mut d, &host, obj(0), src);
+    attach(&mut d, &host, obj(1), src);
+    // Five lines heard by both scripts, then a touch for obj(1) only.
+    let mut inputs: Vec<(PlayerId, InputKind)> = (0..5)
+        .map(|i| {
+            (
+                BOB,
+                InputKind::Say {
+                    text: format!("m{i}"),
+                    radius: None,
+                },
+            )
+        })
+        .collect();
+    inputs.push((BOB, InputKind::Touch { element: obj(1) }));
+    let r = d.tick(&host, inputs);
+    assert_eq!(r.script_calls, 2);
+    assert_eq!(r.inbox_dropped, 2 + 3);
+    for script in [obj(0), obj(1)] {
+        let mut heard = journal(&d, script);
+        heard.sort();
+        assert_eq!(heard, vec!["heard:m0", "heard:m1", "heard:m2"], "{script}");
+    }
+}
+
+/// Faults on touches by Alice; any other call succeeds and leaves `state`
+/// as it is.
+#[derive(Debug)]
+struct FaultsOnAlice;
+
+impl metatopia_sim::ScriptHost for FaultsOnAlice {
+    fn run(
+        &self,
+        call: &metatopia_sim::script::ScriptCall<'_>,
+    ) -> Result<metatopia_sim::script::ScriptOutput, metatopia_sim::script::ScriptFault> {
+        let alice = call.inbox.iter().any(|e| {
+            matches!(
+                e.kind,
+                metatopia_sim::script::ScriptEventKind::Touched { by, .. } if by == ALICE
+            )
+        });
+        if alice {
+            return Err(metatopia_sim::script::ScriptFault::Error("no".into()));
+        }
+        Ok(metatopia_sim::script::ScriptOutput::default())
+    }
+}
+
+/// A successful call without a new `state` resets the fault count (and
+/// changes nothing else); with no faults to reset the element is untouched.
+#[test]
+fn success_without_state_resets_faults() {
+    let mut host = RuleHost::new();
+    let src = host.add("any", Rule::Counter);
+    let mut d = world(1);
+    attach(&mut d, &host, obj(0), src);
+    let faults = |d: &Driver| {
+        d.sim.state().elements[&obj(0)]
+            .script
+            .as_ref()
+            .unwrap()
+            .faults
+    };
+    d.tick(
+        &FaultsOnAlice,
+        vec![(ALICE, InputKind::Touch { element: obj(0) })],
+    );
+    d.tick(
+        &FaultsOnAlice,
+        vec![(ALICE, InputKind::Touch { element: obj(0) })],
+    );
+    assert_eq!(faults(&d), 2);
+    let before = d.sim.state().elements[&obj(0)].clone();
+    let r = d.tick(
+        &FaultsOnAlice,
+        vec![(BOB, InputKind::Touch { element: obj(0) })],
+    );
+    assert_eq!(r.script_calls, 1);
+    assert_eq!(faults(&d), 0);
+    let mut expected = before;
+    expected.script.as_mut().unwrap().faults = 0;
+    assert_eq!(d.sim.state().elements[&obj(0)], expected);
+    let r = d.tick(
+        &FaultsOnAlice,
+        vec![(BOB, InputKind::Touch { element: obj(0) })],
+    );
+    assert_eq!(r.script_calls, 1);
+    assert_eq!(d.sim.state().elements[&obj(0)], expected);
+    let rebuilt = snapshot::decode_state(&snapshot::encode_state(d.sim.state())).unwrap();
+    assert_eq!(snapshot::state_hash(&rebuilt), d.sim.hash());
 }

@@ -1,0 +1,309 @@
+//! Postcard encodings streamed into blake3 through a buffer on the stack,
+//! for table entry hashes and the per-tick state digest.
+//!
+//! The bytes hashed are exactly `postcard::to_stdvec(value)`: this is only
+//! a cheaper sink (no `Vec` per value, no `io::Write` layer), plus a
+//! hand-written encoder for [`Element`], the value a tick rehashes most.
+//! Every hash stays what it was; tests compare against postcard.
+
+use postcard::ser_flavors::Flavor;
+use serde::Serialize;
+
+use crate::fx::Fx;
+use crate::id::ElementId;
+use crate::state::{Element, ElementKind, ScriptSlot};
+
+/// Bytes buffered before they go to the hasher, for one value. An
+/// element's encoding is usually well under this, so it is hashed in one
+/// call.
+const BUF: usize = 256;
+
+/// A buffer of `N` bytes in front of a blake3 hasher. The hasher (about
+/// 2 KB) is made, on the heap, only for input longer than the buffer:
+/// shorter input is hashed in one call, and the sink stays small to move.
+pub(crate) struct HashSink<const N: usize> {
+    hasher: Option<Box<blake3::Hasher>>,
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> HashSink<N> {
+    #[inline]
+    pub(crate) fn new() -> HashSink<N> {
+        HashSink {
+            hasher: None,
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    fn hasher(&mut self) -> &mut blake3::Hasher {
+        self.hasher
+            .get_or_insert_with(|| Box::new(blake3::Hasher::new()))
+    }
+
+    fn flush(&mut self) {
+        let len = std::mem::take(&mut self.len);
+        let Self { hasher, buf, .. } = self;
+        hasher
+            .get_or_insert_with(|| Box::new(blake3::Hasher::new()))
+            .update(&buf[..len]);
+    }
+
+    #[inline]
+    pub(crate) fn byte(&mut self, b: u8) {
+        if self.len == N {
+            self.flush();
+        }
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    #[inline]
+    pub(crate) fn varint(&mut self, mut v: u64) {
+        if self.len + 10 > N {
+            self.flush();
+        }
+        while v >= 0x80 {
+            self.buf[self.len] = (v as u8) | 0x80;
+            self.len += 1;
+            v >>= 7;
+        }
+        self.buf[self.len] = v as u8;
+        self.len += 1;
+    }
+
+    #[inline]
+    pub(crate) fn bytes(&mut self, data: &[u8]) {
+        if self.len + data.len() > N {
+            self.flush();
+            if data.len() >= N {
+                self.hasher().update(data);
+                return;
+            }
+        }
+        copy_small(&mut self.buf[self.len..], data);
+        self.len += data.len();
+    }
+
+    /// An element id as postcard writes it: region, then counter.
+    #[inline]
+    pub(crate) fn id(&mut self, id: ElementId) {
+        self.varint(u64::from(id.region.0));
+        self.varint(id.counter);
+    }
+
+    /// postcard's `i64`: zigzag, then a varint.
+    fn fx(&mut self, v: Fx) {
+        let n = v.to_bits();
+        self.varint(((n << 1) ^ (n >> 63)) as u64);
+    }
+
+    /// Appends the postcard encoding of `value`.
+    pub(crate) fn put<T: Serialize + ?Sized>(&mut self, value: &T) {
+        postcard::serialize_with_flavor(value, HashFlavor(self))
+            .expect("postcard encoding of sim types is infallible");
+    }
+
+    /// blake3 of everything written.
+    pub(crate) fn finish(&mut self) -> [u8; 32] {
+        let len = self.len;
+        match self.hasher.as_mut() {
+            None => *blake3::hash(&self.buf[..len]).as_bytes(),
+            Some(hasher) => {
+                hasher.update(&self.buf[..len]);
+                *hasher.finalize().as_bytes()
+            }
+        }
+    }
+}
+
+/// Copies `data` into the front of `dst` when it is exactly `N` bytes long
+/// (a fixed-size move instead of a call to `memcpy`).
+#[inline(always)]
+fn copy_n<const N: usize>(dst: &mut [u8], data: &[u8]) {
+    if let (Some(d), Ok(s)) = (dst.first_chunk_mut::<N>(), <&[u8; N]>::try_from(data)) {
+        *d = *s;
+    }
+}
+
+/// Copies `data` into the front of `dst`. Varints (1 to 10 bytes), ids,
+/// short states and 32-byte keys are most of what is copied; a call to
+/// `memcpy` for each cost more than the copy.
+#[inline]
+fn copy_small(dst: &mut [u8], data: &[u8]) {
+    match data.len() {
+        0 => {}
+        1 => copy_n::<1>(dst, data),
+        2 => copy_n::<2>(dst, data),
+        3 => copy_n::<3>(dst, data),
+        4 => copy_n::<4>(dst, data),
+        5 => copy_n::<5>(dst, data),
+        6 => copy_n::<6>(dst, data),
+        7 => copy_n::<7>(dst, data),
+        8 => copy_n::<8>(dst, data),
+        9 => copy_n::<9>(dst, data),
+        10 => copy_n::<10>(dst, data),
+        32 => copy_n::<32>(dst, data),
+        n => dst[..n].copy_from_slice(data),
+    }
+}
+
+/// A postcard flavor that feeds a [`HashSink`].
+struct HashFlavor<'a, const N: usize>(&'a mut HashSink<N>);
+
+impl<const N: usize> Flavor for HashFlavor<'_, N> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.byte(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.bytes(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// blake3 of the postcard encoding of `value`, without building the encoding.
+pub fn value_hash<V: Serialize + ?Sized>(value: &V) -> [u8; 32] {
+    let mut sink = HashSink::<BUF>::new();
+    sink.put(value);
+    sink.finish()
+}
+
+/// [`value_hash`] of an element, encoded by hand: the tick rehashes an
+/// element for every script whose state changed, and serde's generic path
+/// cost as much as blake3 itself. The bytes are postcard's (a test compares
+/// them on random elements); a new field fails to compile here until it is
+/// encoded.
+pub fn element_hash(e: &Element) -> [u8; 32] {
+    let Element {
+        id,
+        parent,
+        kind,
+        owner_region,
+        owner,
+        name,
+        pos,
+        children,
+        script,
+    } = e;
+    let mut sink = HashSink::<BUF>::new();
+    sink.id(*id);
+    match parent {
+        None => sink.byte(0),
+        Some(p) => {
+            sink.byte(1);
+            sink.id(*p);
+        }
+    }
+    // Unit variants are their index as a varint.
+    sink.varint(match kind {
+        ElementKind::Region => 0,
+        ElementKind::Object => 1,
+        ElementKind::Part => 2,
+        ElementKind::Avatar => 3,
+    });
+    sink.varint(u64::from(owner_region.0));
+    match owner {
+        None => sink.byte(0),
+        Some(p) => {
+            sink.byte(1);
+            sink.bytes(&p.0);
+        }
+    }
+    sink.varint(name.len() as u64);
+    sink.bytes(name.as_bytes());
+    sink.fx(pos.x);
+    sink.fx(pos.y);
+    sink.fx(pos.z);
+    sink.varint(children.len() as u64);
+    for c in children {
+        sink.id(*c);
+    }
+    match script {
+        None => sink.byte(0),
+        Some(slot) => {
+            let ScriptSlot {
+                source,
+                state,
+                faults,
+                suspended,
+            } = slot;
+            sink.byte(1);
+            sink.bytes(source);
+            sink.varint(state.len() as u64);
+            sink.bytes(state);
+            sink.varint(u64::from(*faults));
+            sink.byte(u8::from(*suspended));
+        }
+    }
+    sink.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The streamed hash is blake3 of exactly the postcard bytes, for
+    /// encodings shorter than, equal to and longer than the buffer, made of
+    /// single bytes and of slices that straddle it.
+    #[test]
+    fn same_bytes_as_postcard() {
+        let values: Vec<(u64, Vec<u8>, String)> = vec![
+            (0, vec![], String::new()),
+            (u64::MAX, vec![1; 3], "x".repeat(BUF - 12)),
+            (300, vec![2; BUF - 1], "y".repeat(BUF)),
+            (7, vec![3; BUF], "z".repeat(3 * BUF + 5)),
+            (1 << 40, (0..=255).cycle().take(5000).collect(), "ü".into()),
+        ];
+        for v in &values {
+            let bytes = postcard::to_stdvec(v).unwrap();
+            assert_eq!(value_hash(v), *blake3::hash(&bytes).as_bytes());
+            let mut small = HashSink::<16>::new();
+            small.put(v);
+            assert_eq!(small.finish(), *blake3::hash(&bytes).as_bytes());
+        }
+        let many: Vec<u8> = (0..2000u32).map(|i| (i % 251) as u8).collect();
+        let tuples: Vec<(u8, u32)> = many.iter().map(|b| (*b, u32::from(*b) * 999)).collect();
+        let bytes = postcard::to_stdvec(&tuples).unwrap();
+        assert_eq!(value_hash(&tuples), *blake3::hash(&bytes).as_bytes());
+    }
+
+    /// The hand-written varints and ids are postcard's bytes, also across
+    /// buffer boundaries.
+    #[test]
+    fn varints_and_ids_as_postcard() {
+        let mut edges = vec![0u64, u64::MAX, u64::from(u32::MAX)];
+        for bits in 1..64 {
+            edges.extend([(1u64 << bits) - 1, 1 << bits, (1 << bits) + 1]);
+        }
+        let mut expected = Vec::new();
+        let mut sink = HashSink::<32>::new();
+        for v in edges {
+            expected.extend(postcard::to_stdvec(&v).unwrap());
+            sink.varint(v);
+            let region = (v >> 32) as u32 ^ v as u32;
+            let id = ElementId::new(region, v.rotate_left(17));
+            expected.extend(postcard::to_stdvec(&id).unwrap());
+            sink.id(id);
+            if let Ok(small) = u32::try_from(v) {
+                expected.extend(postcard::to_stdvec(&small).unwrap());
+                sink.varint(u64::from(small));
+            }
+            let mut one = HashSink::<BUF>::new();
+            one.varint(v);
+            let bytes = postcard::to_stdvec(&v).unwrap();
+            assert_eq!(one.finish(), *blake3::hash(&bytes).as_bytes(), "{v}");
+        }
+        assert_eq!(sink.finish(), *blake3::hash(&expected).as_bytes());
+    }
+}
