@@ -2,7 +2,11 @@
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOC: metatopia_scripts::alloc::Allocator = metatopia_scripts::alloc::Allocator;
+
 fn main() -> std::process::ExitCode {
+    metatopia_scripts::alloc::init();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -300,7 +300,12 @@ fn tick_10k_sim_only(c: &mut Criterion) {
     });
 }
 
+/// The node's allocator (docs/performance.md measures with it).
+#[global_allocator]
+static ALLOC: metatopia_scripts::alloc::Allocator = metatopia_scripts::alloc::Allocator;
+
 fn idle_memory(_c: &mut Criterion) {
+    metatopia_scripts::alloc::init();
     let counter = include_str!("../../examples/scripts/counter.lua");
     let (_, me) = world();
     let s = Sandbox::new(counter, me, &Limits::default()).unwrap();

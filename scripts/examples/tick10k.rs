@@ -11,7 +11,12 @@ use metatopia_scripts::{Host, MemorySources};
 use metatopia_sim::state::{ElementKind, ScriptSlot, Settings, State};
 use metatopia_sim::{Batch, RegionId, Sim, Vec3};
 
+/// The node's allocator.
+#[global_allocator]
+static ALLOC: metatopia_scripts::alloc::Allocator = metatopia_scripts::alloc::Allocator;
+
 fn main() {
+    metatopia_scripts::alloc::init();
     let ticks: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())

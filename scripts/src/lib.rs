@@ -18,7 +18,9 @@
 //! - [`pattern`]: Lua's pattern matching with its work counted.
 //! - [`rng`]: the generator behind `math.random`.
 //! - [`fuzz`]: bodies of the fuzz targets.
+//! - [`alloc`]: the allocator binaries that run scripts should use.
 
+pub mod alloc;
 pub mod bytecode;
 pub mod codec;
 pub mod fuzz;
