@@ -7,7 +7,11 @@
 //! `fx.sin`, `fx.cos`, `fx.atan2`, `fx.abs`, `fx.floor`, `fx.tostring`.
 //! Floats are refused everywhere with advice to use `fx`.
 
-use mlua::{Lua, Table, Value};
+use std::sync::atomic::AtomicBool;
+
+use mlua::{Lua, Table};
+
+use crate::raw::{self, Arg, RawFn, Ret};
 
 use metatopia_sim::Fx;
 
@@ -15,10 +19,10 @@ fn rt(msg: String) -> mlua::Error {
     mlua::Error::runtime(msg)
 }
 
-fn arg(v: &Value, f: &str) -> mlua::Result<Fx> {
+fn arg(v: &Arg, f: &str) -> mlua::Result<Fx> {
     match v {
-        Value::Integer(i) => Ok(Fx::from_bits(*i)),
-        Value::Number(n) => Err(rt(format!(
+        Arg::Int(i) => Ok(Fx::from_bits(*i)),
+        Arg::Float(n) => Err(rt(format!(
             "fx.{f}: got the float {n}; floats differ between machines, build fx values with fx(3) or fx(\"1.5\")"
         ))),
         other => Err(rt(format!(
@@ -29,9 +33,9 @@ fn arg(v: &Value, f: &str) -> mlua::Result<Fx> {
 }
 
 /// `fx(v)`: an integer count of units, or decimal text.
-pub fn new(v: &Value) -> mlua::Result<i64> {
+pub fn new(v: &Arg) -> mlua::Result<i64> {
     match v {
-        Value::Integer(i) => {
+        Arg::Int(i) => {
             let n = i32::try_from(*i).map_err(|_| {
                 rt(format!(
                     "fx({i}): out of range (fx holds -2147483648 to 2147483647)"
@@ -39,13 +43,14 @@ pub fn new(v: &Value) -> mlua::Result<i64> {
             })?;
             Ok(Fx::from_int(n).to_bits())
         }
-        Value::String(s) => {
-            let text = s.to_str()?;
+        Arg::Str(s) => {
+            let text =
+                std::str::from_utf8(s).map_err(|_| rt("fx: the text is not UTF-8".into()))?;
             text.parse::<Fx>()
                 .map(|f| f.to_bits())
-                .map_err(|e| rt(format!("fx({:?}): {e}", &*text)))
+                .map_err(|e| rt(format!("fx({text:?}): {e}")))
         }
-        Value::Number(n) => Err(rt(format!(
+        Arg::Float(n) => Err(rt(format!(
             "fx({n}): floats differ between machines; write fx(\"{n}\") for an exact decimal"
         ))),
         other => Err(rt(format!(
@@ -55,78 +60,60 @@ pub fn new(v: &Value) -> mlua::Result<i64> {
     }
 }
 
-/// The `fx` library table.
-pub fn table(lua: &Lua) -> mlua::Result<Table> {
+fn int(v: Fx) -> mlua::Result<Ret> {
+    Ok(Ret::Int(v.to_bits()))
+}
+
+/// The functions of the `fx` table, run as C functions ([`raw`]).
+const FUNCTIONS: [(&str, RawFn); 12] = [
+    ("new", |a| new(&a[0]).map(Ret::Int)),
+    ("mul", |a| {
+        let (x, y) = (arg(&a[0], "mul")?, arg(&a[1], "mul")?);
+        x.checked_mul(y)
+            .ok_or_else(|| rt(format!("fx.mul({x}, {y}): overflow")))
+            .and_then(int)
+    }),
+    ("div", |a| {
+        let (x, y) = (arg(&a[0], "div")?, arg(&a[1], "div")?);
+        if y == Fx::ZERO {
+            return Err(rt(format!("fx.div({x}, 0): division by zero")));
+        }
+        x.checked_div(y)
+            .ok_or_else(|| rt(format!("fx.div({x}, {y}): overflow")))
+            .and_then(int)
+    }),
+    ("add", |a| {
+        int(arg(&a[0], "add")?.saturating_add(arg(&a[1], "add")?))
+    }),
+    ("sub", |a| {
+        int(arg(&a[0], "sub")?.saturating_sub(arg(&a[1], "sub")?))
+    }),
+    ("sqrt", |a| {
+        let x = arg(&a[0], "sqrt")?;
+        x.sqrt()
+            .ok_or_else(|| rt(format!("fx.sqrt({x}): negative")))
+            .and_then(int)
+    }),
+    ("sin", |a| int(arg(&a[0], "sin")?.sin())),
+    ("cos", |a| int(arg(&a[0], "cos")?.cos())),
+    ("atan2", |a| {
+        int(Fx::atan2(arg(&a[0], "atan2")?, arg(&a[1], "atan2")?))
+    }),
+    ("abs", |a| int(arg(&a[0], "abs")?.saturating_abs())),
+    ("floor", |a| {
+        Ok(Ret::Int(i64::from(arg(&a[0], "floor")?.floor_int())))
+    }),
+    ("tostring", |a| {
+        Ok(Ret::Text(arg(&a[0], "tostring")?.to_string()))
+    }),
+];
+
+/// The `fx` library table. `memory` is the sandbox's memory fault flag.
+pub fn table(lua: &Lua, memory: &AtomicBool) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    t.set("new", lua.create_function(|_, v: Value| new(&v))?)?;
-    t.set(
-        "mul",
-        lua.create_function(|_, (a, b): (Value, Value)| {
-            let (a, b) = (arg(&a, "mul")?, arg(&b, "mul")?);
-            a.checked_mul(b)
-                .map(Fx::to_bits)
-                .ok_or_else(|| rt(format!("fx.mul({a}, {b}): overflow")))
-        })?,
-    )?;
-    t.set(
-        "div",
-        lua.create_function(|_, (a, b): (Value, Value)| {
-            let (a, b) = (arg(&a, "div")?, arg(&b, "div")?);
-            if b == Fx::ZERO {
-                return Err(rt(format!("fx.div({a}, 0): division by zero")));
-            }
-            a.checked_div(b)
-                .map(Fx::to_bits)
-                .ok_or_else(|| rt(format!("fx.div({a}, {b}): overflow")))
-        })?,
-    )?;
-    t.set(
-        "add",
-        lua.create_function(|_, (a, b): (Value, Value)| {
-            Ok(arg(&a, "add")?.saturating_add(arg(&b, "add")?).to_bits())
-        })?,
-    )?;
-    t.set(
-        "sub",
-        lua.create_function(|_, (a, b): (Value, Value)| {
-            Ok(arg(&a, "sub")?.saturating_sub(arg(&b, "sub")?).to_bits())
-        })?,
-    )?;
-    t.set(
-        "sqrt",
-        lua.create_function(|_, a: Value| {
-            let a = arg(&a, "sqrt")?;
-            a.sqrt()
-                .map(Fx::to_bits)
-                .ok_or_else(|| rt(format!("fx.sqrt({a}): negative")))
-        })?,
-    )?;
-    t.set(
-        "sin",
-        lua.create_function(|_, a: Value| Ok(arg(&a, "sin")?.sin().to_bits()))?,
-    )?;
-    t.set(
-        "cos",
-        lua.create_function(|_, a: Value| Ok(arg(&a, "cos")?.cos().to_bits()))?,
-    )?;
-    t.set(
-        "atan2",
-        lua.create_function(|_, (y, x): (Value, Value)| {
-            Ok(Fx::atan2(arg(&y, "atan2")?, arg(&x, "atan2")?).to_bits())
-        })?,
-    )?;
-    t.set(
-        "abs",
-        lua.create_function(|_, a: Value| Ok(arg(&a, "abs")?.saturating_abs().to_bits()))?,
-    )?;
-    t.set(
-        "floor",
-        lua.create_function(|_, a: Value| Ok(i64::from(arg(&a, "floor")?.floor_int())))?,
-    )?;
-    t.set(
-        "tostring",
-        lua.create_function(|_, a: Value| Ok(arg(&a, "tostring")?.to_string()))?,
-    )?;
+    for (name, f) in FUNCTIONS {
+        t.set(name, raw::function(lua, memory, f)?)?;
+    }
     t.set("ZERO", 0i64)?;
     t.set("ONE", Fx::ONE.to_bits())?;
     t.set("HALF", Fx::ONE.to_bits() / 2)?;

@@ -16,6 +16,7 @@
 //! - [`fx`]: the `fx` library.
 //! - [`licence`]: `SPDX-License-Identifier` checks.
 //! - [`pattern`]: Lua's pattern matching with its work counted.
+//! - [`raw`]: Lua C functions written in Rust, for the hottest calls.
 //! - [`rng`]: the generator behind `math.random`.
 //! - [`fuzz`]: bodies of the fuzz targets.
 //! - [`alloc`]: the allocator binaries that run scripts should use.
@@ -28,6 +29,7 @@ pub mod fx;
 pub mod host;
 pub mod licence;
 pub mod pattern;
+pub mod raw;
 pub mod rng;
 pub mod sandbox;
 

@@ -24,6 +24,7 @@ use crate::bytecode;
 use crate::codec;
 use crate::fx;
 use crate::pattern;
+use crate::raw::{self, Arg, Ret};
 use crate::rng::Rng;
 
 /// The hook runs every this many VM instructions; budgets are counted in
@@ -251,73 +252,6 @@ impl IdText {
     }
 }
 
-/// A host function's argument: read from the Lua stack without copying
-/// (raw host functions) or from an mlua value.
-enum Arg<'a> {
-    Nil,
-    Bool,
-    Int(i64),
-    Float(f64),
-    Str(std::borrow::Cow<'a, [u8]>),
-    Other(&'static str),
-}
-
-impl Arg<'_> {
-    fn of(v: &Value) -> Arg<'static> {
-        match v {
-            Value::Nil => Arg::Nil,
-            Value::Boolean(_) => Arg::Bool,
-            Value::Integer(i) => Arg::Int(*i),
-            Value::Number(n) => Arg::Float(*n),
-            Value::String(s) => Arg::Str(s.as_bytes().to_vec().into()),
-            other => Arg::Other(other.type_name()),
-        }
-    }
-
-    /// The value at stack index `i` of a C function's frame, borrowed.
-    ///
-    /// # Safety
-    /// `l` is the running C function's state; the borrow must end before
-    /// the value leaves the stack.
-    #[allow(unsafe_code)]
-    unsafe fn at<'a>(l: *mut mlua::ffi::lua_State, i: std::ffi::c_int) -> Arg<'a> {
-        use mlua::ffi;
-        // SAFETY: type tests and reads of the value at `i`; strings are
-        // read in place (`lua_tolstring` on a string neither allocates nor
-        // raises).
-        unsafe {
-            match ffi::lua_type(l, i) {
-                ffi::LUA_TNONE | ffi::LUA_TNIL => Arg::Nil,
-                ffi::LUA_TBOOLEAN => Arg::Bool,
-                ffi::LUA_TNUMBER if ffi::lua_isinteger(l, i) != 0 => {
-                    Arg::Int(ffi::lua_tointegerx(l, i, std::ptr::null_mut()))
-                }
-                ffi::LUA_TNUMBER => Arg::Float(ffi::lua_tonumberx(l, i, std::ptr::null_mut())),
-                ffi::LUA_TSTRING => {
-                    let mut len = 0usize;
-                    let p = ffi::lua_tolstring(l, i, &mut len);
-                    Arg::Str(std::slice::from_raw_parts(p.cast::<u8>(), len).into())
-                }
-                ffi::LUA_TTABLE => Arg::Other("table"),
-                ffi::LUA_TFUNCTION => Arg::Other("function"),
-                ffi::LUA_TTHREAD => Arg::Other("thread"),
-                ffi::LUA_TLIGHTUSERDATA => Arg::Other("lightuserdata"),
-                _ => Arg::Other("userdata"),
-            }
-        }
-    }
-
-    fn type_name(&self) -> &'static str {
-        match self {
-            Arg::Nil => "nil",
-            Arg::Bool => "boolean",
-            Arg::Int(_) | Arg::Float(_) => "number",
-            Arg::Str(_) => "string",
-            Arg::Other(t) => t,
-        }
-    }
-}
-
 /// A text argument: a string (numbers are not silently converted).
 fn text_arg(v: &Arg, what: &str) -> mlua::Result<String> {
     match v {
@@ -448,8 +382,9 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
             })
         })?,
     )?;
-    for f in HostFn::ALL {
-        h.set(f.name(), host_function(lua, budget, f)?)?;
+    let memory = &budget.memory;
+    for (name, f) in HOST_FUNCTIONS {
+        h.set(name, raw::function(lua, memory, f)?)?;
     }
     h.set("state_index", state_index_function(lua, budget)?)?;
     h.set(
@@ -463,252 +398,130 @@ fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     )?;
     h.set("patterns", patterns(lua, budget)?)?;
     h.set("world", world_table(lua)?)?;
-    h.set("fx", fx::table(lua)?)?;
+    h.set("fx", fx::table(lua, memory)?)?;
     Ok(h)
 }
 
-/// The host functions a handler calls most, run as C functions: an mlua
-/// callback costs several times more per call (and touches more memory of
-/// a Lua state that is cold at every tick).
-#[derive(Clone, Copy, Debug)]
-enum HostFn {
-    Say,
-    Send,
-    SetTimer,
-    SetPos,
-    SetName,
-    Impulse,
-    SetVelocity,
+/// The host functions a handler calls most, run as C functions
+/// ([`raw::function`]): an mlua callback costs several times more per call
+/// and touches more memory of a Lua state that is cold at every tick.
+const HOST_FUNCTIONS: [(&str, raw::RawFn); 7] = [
+    ("say", host_say),
+    ("send", host_send),
+    ("set_timer", host_set_timer),
+    ("set_pos", host_set_pos),
+    ("set_name", host_set_name),
+    ("impulse", host_impulse),
+    ("set_velocity", host_set_velocity),
+];
+
+fn fx_arg(v: &Arg, what: &str) -> mlua::Result<Fx> {
+    int_arg(v, what).map(Fx::from_bits)
 }
 
-impl HostFn {
-    const ALL: [HostFn; 7] = [
-        HostFn::Say,
-        HostFn::Send,
-        HostFn::SetTimer,
-        HostFn::SetPos,
-        HostFn::SetName,
-        HostFn::Impulse,
-        HostFn::SetVelocity,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            HostFn::Say => "say",
-            HostFn::Send => "send",
-            HostFn::SetTimer => "set_timer",
-            HostFn::SetPos => "set_pos",
-            HostFn::SetName => "set_name",
-            HostFn::Impulse => "impulse",
-            HostFn::SetVelocity => "set_velocity",
-        }
-    }
-
-    /// Runs the function on its first four arguments.
-    fn call(self, a: &[Arg; 4]) -> mlua::Result<()> {
-        let name = self.name();
-        let fx_arg = |v: &Arg, what: &str| int_arg(v, what).map(Fx::from_bits);
-        match self {
-            HostFn::Say => {
-                let text = text_arg(&a[0], "say: text")?;
-                let radius = match &a[1] {
-                    Arg::Nil => None,
-                    v => Some(fx_arg(v, "say: radius")?),
-                };
-                with_ctx(|ctx, _| {
-                    check_text(&text, ctx.limits.text_bytes, "say: text")?;
-                    push_send_count(ctx)?;
-                    ctx.out.says.push((text, radius));
-                    Ok(())
-                })
-            }
-            HostFn::Send => {
-                let target = element_arg(&a[0], "send: target")?;
-                let body = text_arg(&a[1], "send: message")?;
-                with_ctx(|ctx, _| {
-                    check_text(&body, ctx.limits.text_bytes, "send: message")?;
-                    push_send_count(ctx)?;
-                    ctx.out.sends.push((target, body));
-                    Ok(())
-                })
-            }
-            HostFn::SetTimer => {
-                let id = int_arg(&a[0], "set_timer: id")?;
-                let id =
-                    u32::try_from(id).map_err(|_| rt("set_timer: id must be in 0..=4294967295"))?;
-                let delay = int_arg(&a[1], "set_timer: delay")?;
-                if !(1..=1_000_000_000).contains(&delay) {
-                    return Err(rt("set_timer: delay must be 1..=1000000000 ticks"));
-                }
-                with_ctx(|ctx, _| {
-                    if ctx.out.timers.len() >= 64 {
-                        return Err(rt("set_timer: at most 64 timers per call"));
-                    }
-                    ctx.out.timers.push((id, delay as u64));
-                    Ok(())
-                })
-            }
-            HostFn::SetPos => {
-                let element = element_arg(&a[0], "set_pos: element")?;
-                let pos = Vec3::new(
-                    fx_arg(&a[1], "set_pos: x")?,
-                    fx_arg(&a[2], "set_pos: y")?,
-                    fx_arg(&a[3], "set_pos: z")?,
-                );
-                with_ctx(|ctx, world| {
-                    check_writable(ctx, world, element, "set_pos")?;
-                    if !world.in_bounds(pos) {
-                        return Err(rt(format!("set_pos: {pos} is outside the region")));
-                    }
-                    ctx.out.writes.push(Write::SetPos { element, pos });
-                    Ok(())
-                })
-            }
-            HostFn::SetName => {
-                let element = element_arg(&a[0], "set_name: element")?;
-                let name = text_arg(&a[1], "set_name: name")?;
-                with_ctx(|ctx, world| {
-                    check_writable(ctx, world, element, "set_name")?;
-                    let max = world.settings.name_bytes_max;
-                    check_text(&name, max, "set_name: name")?;
-                    ctx.out.writes.push(Write::SetName { element, name });
-                    Ok(())
-                })
-            }
-            HostFn::Impulse | HostFn::SetVelocity => {
-                let element = element_arg(&a[0], name)?;
-                let v = Vec3::new(
-                    fx_arg(&a[1], name)?,
-                    fx_arg(&a[2], name)?,
-                    fx_arg(&a[3], name)?,
-                );
-                with_ctx(|ctx, world| {
-                    check_writable(ctx, world, element, name)?;
-                    if !world.bodies.contains_key(&element) {
-                        return Err(rt(format!(
-                            "{name}: {element} is not a body (spawn it with a body to give it physics)"
-                        )));
-                    }
-                    ctx.out.writes.push(if matches!(self, HostFn::Impulse) {
-                        Write::Impulse {
-                            element,
-                            impulse: v,
-                        }
-                    } else {
-                        Write::SetVelocity { element, vel: v }
-                    });
-                    Ok(())
-                })
-            }
-        }
-    }
+fn host_say(a: &[Arg; 4]) -> mlua::Result<Ret> {
+    let text = text_arg(&a[0], "say: text")?;
+    let radius = match &a[1] {
+        Arg::Nil => None,
+        v => Some(fx_arg(v, "say: radius")?),
+    };
+    with_ctx(|ctx, _| {
+        check_text(&text, ctx.limits.text_bytes, "say: text")?;
+        push_send_count(ctx)?;
+        ctx.out.says.push((text, radius));
+        Ok(Ret::None)
+    })
 }
 
-/// What a raw C function hands to [`push_found`]: data to build into a Lua
-/// value, or the text of an error to raise.
-type Found = Result<codec::Data, String>;
+fn host_send(a: &[Arg; 4]) -> mlua::Result<Ret> {
+    let target = element_arg(&a[0], "send: target")?;
+    let body = text_arg(&a[1], "send: message")?;
+    with_ctx(|ctx, _| {
+        check_text(&body, ctx.limits.text_bytes, "send: message")?;
+        push_send_count(ctx)?;
+        ctx.out.sends.push((target, body));
+        Ok(Ret::None)
+    })
+}
 
-/// Pushes what `push_found` was given (a light userdata pointing to it).
-#[allow(unsafe_code)]
-unsafe extern "C-unwind" fn build_found(l: *mut mlua::ffi::lua_State) -> std::ffi::c_int {
-    // SAFETY: called by `lua_pcall` in `push_found` with a pointer to a
-    // live `Found` as its only argument; this frame holds references only.
-    unsafe {
-        match &*mlua::ffi::lua_touserdata(l, 1).cast::<Found>() {
-            Ok(data) => codec::push(l, data),
-            Err(msg) => {
-                mlua::ffi::lua_pushlstring(l, msg.as_ptr().cast(), msg.len());
+fn host_set_timer(a: &[Arg; 4]) -> mlua::Result<Ret> {
+    let id = int_arg(&a[0], "set_timer: id")?;
+    let id = u32::try_from(id).map_err(|_| rt("set_timer: id must be in 0..=4294967295"))?;
+    let delay = int_arg(&a[1], "set_timer: delay")?;
+    if !(1..=1_000_000_000).contains(&delay) {
+        return Err(rt("set_timer: delay must be 1..=1000000000 ticks"));
+    }
+    with_ctx(|ctx, _| {
+        if ctx.out.timers.len() >= 64 {
+            return Err(rt("set_timer: at most 64 timers per call"));
+        }
+        ctx.out.timers.push((id, delay as u64));
+        Ok(Ret::None)
+    })
+}
+
+fn host_set_pos(a: &[Arg; 4]) -> mlua::Result<Ret> {
+    let element = element_arg(&a[0], "set_pos: element")?;
+    let pos = Vec3::new(
+        fx_arg(&a[1], "set_pos: x")?,
+        fx_arg(&a[2], "set_pos: y")?,
+        fx_arg(&a[3], "set_pos: z")?,
+    );
+    with_ctx(|ctx, world| {
+        check_writable(ctx, world, element, "set_pos")?;
+        if !world.in_bounds(pos) {
+            return Err(rt(format!("set_pos: {pos} is outside the region")));
+        }
+        ctx.out.writes.push(Write::SetPos { element, pos });
+        Ok(Ret::None)
+    })
+}
+
+fn host_set_name(a: &[Arg; 4]) -> mlua::Result<Ret> {
+    let element = element_arg(&a[0], "set_name: element")?;
+    let name = text_arg(&a[1], "set_name: name")?;
+    with_ctx(|ctx, world| {
+        check_writable(ctx, world, element, "set_name")?;
+        let max = world.settings.name_bytes_max;
+        check_text(&name, max, "set_name: name")?;
+        ctx.out.writes.push(Write::SetName { element, name });
+        Ok(Ret::None)
+    })
+}
+
+fn host_impulse(a: &[Arg; 4]) -> mlua::Result<Ret> {
+    body_write(a, "impulse", true)
+}
+
+fn host_set_velocity(a: &[Arg; 4]) -> mlua::Result<Ret> {
+    body_write(a, "set_velocity", false)
+}
+
+/// `impulse` and `set_velocity`.
+fn body_write(a: &[Arg; 4], name: &str, impulse: bool) -> mlua::Result<Ret> {
+    let element = element_arg(&a[0], name)?;
+    let v = Vec3::new(
+        fx_arg(&a[1], name)?,
+        fx_arg(&a[2], name)?,
+        fx_arg(&a[3], name)?,
+    );
+    with_ctx(|ctx, world| {
+        check_writable(ctx, world, element, name)?;
+        if !world.bodies.contains_key(&element) {
+            return Err(rt(format!(
+                "{name}: {element} is not a body (spawn it with a body to give it physics)"
+            )));
+        }
+        ctx.out.writes.push(if impulse {
+            Write::Impulse {
+                element,
+                impulse: v,
             }
-        }
-    }
-    1
-}
-
-/// Pushes `found` in a nested protected call (building a value allocates,
-/// and a memory error must not long-jump over `found`), then drops it.
-/// Returns whether the caller must raise the value now on top: an error
-/// text, or the memory error (which also sets the budget's memory fault,
-/// so no `pcall` can catch it).
-///
-/// # Safety
-/// Called from a C function whose first upvalue is the sandbox's `Budget`.
-#[allow(unsafe_code)]
-unsafe fn push_found(l: *mut mlua::ffi::lua_State, found: Found) -> bool {
-    use mlua::ffi;
-    // SAFETY: see the contract; the pointer is used only during the call.
-    unsafe {
-        let failed = found.is_err();
-        ffi::lua_pushcfunction(l, build_found);
-        ffi::lua_pushlightuserdata(l, std::ptr::from_ref(&found).cast_mut().cast());
-        let status = ffi::lua_pcall(l, 1, 1, 0);
-        drop(found);
-        if status == ffi::LUA_ERRMEM {
-            let budget = ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)).cast::<Budget>();
-            (*budget).memory.store(true, Ordering::Relaxed);
-        }
-        status != ffi::LUA_OK || failed
-    }
-}
-
-/// A C closure running `f`, with the budget and `f` as upvalues.
-#[allow(unsafe_code)]
-fn host_function(lua: &Lua, budget: &Arc<Budget>, f: HostFn) -> mlua::Result<Function> {
-    use mlua::ffi;
-
-    unsafe extern "C-unwind" fn call(l: *mut ffi::lua_State) -> std::ffi::c_int {
-        // SAFETY: Lua calls this with the upvalues set below. The
-        // arguments are borrowed from the stack while they are on it, and
-        // everything with a destructor (arguments, error) is gone before
-        // `lua_error`, which `push_found` makes the only long jump.
-        unsafe {
-            let id = ffi::lua_tointegerx(l, ffi::lua_upvalueindex(2), std::ptr::null_mut());
-            let Some(f) = usize::try_from(id).ok().and_then(|i| HostFn::ALL.get(i)) else {
-                return 0;
-            };
-            let failure = {
-                let args = [Arg::at(l, 1), Arg::at(l, 2), Arg::at(l, 3), Arg::at(l, 4)];
-                // A panic must not unwind into Lua's C frames.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.call(&args)))
-                    .unwrap_or_else(|_| Err(rt(format!("{}: internal error", f.name()))))
-                    .err()
-                    .map(|e| describe_error(&e))
-            };
-            if let Some(msg) = failure
-                && push_found(l, Err(msg))
-            {
-                ffi::lua_error(l);
-            }
-            0
-        }
-    }
-
-    let id = HostFn::ALL
-        .iter()
-        .position(|g| g.name() == f.name())
-        .unwrap_or(0) as i64;
-    c_function(lua, budget, call, id)
-}
-
-/// A C closure of `f` with two upvalues: the budget (a light userdata; the
-/// sandbox owns the `Budget` and outlives its Lua state) and `id`.
-#[allow(unsafe_code)]
-fn c_function(
-    lua: &Lua,
-    budget: &Arc<Budget>,
-    f: mlua::ffi::lua_CFunction,
-    id: i64,
-) -> mlua::Result<Function> {
-    use mlua::ffi;
-    let ptr = Arc::as_ptr(budget).cast_mut().cast::<std::ffi::c_void>();
-    // SAFETY: pushes a C closure with two plain upvalues inside mlua's
-    // protected call; nothing here owns a destructor.
-    unsafe {
-        lua.exec_raw::<Function>((), |l| {
-            ffi::lua_pushlightuserdata(l, ptr);
-            ffi::lua_pushinteger(l, id);
-            ffi::lua_pushcclosure(l, f, 2);
-        })
-    }
+        } else {
+            Write::SetVelocity { element, vel: v }
+        });
+        Ok(Ret::None)
+    })
 }
 
 /// `__index` of the script's globals: `state`, decoded from the stored
@@ -724,8 +537,8 @@ fn state_index_function(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Functio
 
     unsafe extern "C-unwind" fn index(l: *mut ffi::lua_State) -> c_int {
         // SAFETY: Lua calls this as `__index(t, k)`; the upvalue is the
-        // `Budget` the sandbox owns (it outlives its Lua state). Whatever
-        // allocates on the Lua side runs inside `push_found`'s protected
+        // budget's memory flag (the sandbox owns it; it outlives its Lua
+        // state). Whatever allocates on the Lua side runs inside `push_found`'s protected
         // call, and `found` is gone before `lua_error`, so no Lua error
         // long-jumps over a value with a destructor.
         unsafe {
@@ -738,7 +551,7 @@ fn state_index_function(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Functio
                 return 0;
             }
             // A panic must not unwind into Lua's C frames.
-            let found: Option<Found> = std::panic::catch_unwind(|| {
+            let found: Option<raw::Found> = std::panic::catch_unwind(|| {
                 match with_ctx(|ctx, _| Ok(!std::mem::replace(&mut ctx.touched, true))) {
                     Ok(false) => None,
                     Ok(true) => Some(
@@ -753,7 +566,7 @@ fn state_index_function(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Functio
             match found {
                 None => ffi::lua_pushnil(l),
                 Some(f) => {
-                    if push_found(l, f) {
+                    if raw::push_found(l, f) {
                         ffi::lua_error(l);
                     }
                 }
@@ -766,7 +579,7 @@ fn state_index_function(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Functio
         }
     }
 
-    c_function(lua, budget, index, 0)
+    raw::c_closure(lua, &budget.memory, index, 0)
 }
 
 /// Runs the matcher with its steps charged to the budget; a budget error
