@@ -188,33 +188,9 @@ const TIMER: &str = "function on_timer(id) state.n = (state.n or 0) + 1; set_tim
 
 /// A region with 10,000 scripted elements, each with a timer due.
 fn ten_thousand() -> (State, Arc<MemorySources>) {
-    let src = format!("{LICENCE}{TIMER}");
     let sources = Arc::new(MemorySources::new());
-    let hash = sources.insert(&src);
-    let mut state = State::new(RegionId(1), Settings::default(), &[]);
-    let root = state.root();
-    for i in 0..10_000 {
-        let id = state
-            .add_child(
-                root,
-                ElementKind::Object,
-                None,
-                "s",
-                Vec3::from_ints(i % 256, i / 256, 0),
-            )
-            .unwrap();
-        state.elements.update(&id, |e| {
-            e.script = Some(ScriptSlot {
-                source: hash,
-                state: Vec::new(),
-                faults: 0,
-                suspended: false,
-            })
-        });
-        state.scripted.insert(id);
-        state.timers.insert((0, id, 1));
-    }
-    (state, sources)
+    let hash = sources.insert(&format!("{LICENCE}{TIMER}"));
+    (metatopia_sim::testing::timer_region(10_000, hash), sources)
 }
 
 /// 10,000 scripts, each with one timer event per tick (20 Hz world).

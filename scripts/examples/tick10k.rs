@@ -8,8 +8,7 @@
 use std::sync::Arc;
 
 use metatopia_scripts::{Host, MemorySources};
-use metatopia_sim::state::{ElementKind, ScriptSlot, Settings, State};
-use metatopia_sim::{Batch, RegionId, Sim, Vec3};
+use metatopia_sim::{Batch, Sim};
 
 /// The node's allocator.
 #[global_allocator]
@@ -27,30 +26,7 @@ fn main() {
         .unwrap_or(1);
     let src = "-- SPDX-License-Identifier: AGPL-3.0-or-later\nfunction on_timer(id) state.n = (state.n or 0) + 1; set_timer(1, 1) end";
     let sources = Arc::new(MemorySources::new());
-    let hash = sources.insert(src);
-    let mut state = State::new(RegionId(1), Settings::default(), &[]);
-    let root = state.root();
-    for i in 0..10_000 {
-        let id = state
-            .add_child(
-                root,
-                ElementKind::Object,
-                None,
-                "s",
-                Vec3::from_ints(i % 256, i / 256, 0),
-            )
-            .unwrap();
-        state.elements.update(&id, |e| {
-            e.script = Some(ScriptSlot {
-                source: hash,
-                state: Vec::new(),
-                faults: 0,
-                suspended: false,
-            })
-        });
-        state.scripted.insert(id);
-        state.timers.insert((0, id, 1));
-    }
+    let state = metatopia_sim::testing::timer_region(10_000, sources.insert(src));
     let host = Host::new(sources).unwrap();
     let mut sim = Sim::new(state);
     let pool = rayon::ThreadPoolBuilder::new()

@@ -7,45 +7,14 @@ mod common;
 
 use metatopia_scripts::codec::{self, Data};
 use metatopia_scripts::{Limits, Sandbox};
-use metatopia_sim::script::{ScriptCall, ScriptEvent, ScriptEventKind, ScriptFault, ScriptOutput};
-use metatopia_sim::state::{ElementKind, ScriptSlot, Settings, State};
-use metatopia_sim::{Fx, RegionId, Vec3};
+use metatopia_sim::Fx;
+use metatopia_sim::script::{ScriptFault, ScriptOutput};
 
 fn run(body: &str) -> Result<ScriptOutput, ScriptFault> {
-    let mut world = State::new(RegionId(1), Settings::default(), &[]);
-    let root = world.root();
-    let me = world
-        .add_child(
-            root,
-            ElementKind::Object,
-            None,
-            "o",
-            Vec3::from_ints(1, 1, 1),
-        )
-        .unwrap();
+    let (world, me) = common::one_object();
     let limits = Limits::default();
     let sandbox = Sandbox::new(&format!("{}{body}", common::LICENCE), me, &limits).unwrap();
-    let slot = ScriptSlot {
-        source: [0; 32],
-        state: Vec::new(),
-        faults: 0,
-        suspended: false,
-    };
-    let inbox = [ScriptEvent {
-        id: 0,
-        kind: ScriptEventKind::Timer { timer: 1 },
-    }];
-    sandbox.run(
-        &ScriptCall {
-            state: &world,
-            script: me,
-            slot: &slot,
-            inbox: &inbox,
-            tick: 1,
-            seed: [1; 32],
-        },
-        &limits,
-    )
+    common::timer_call(&sandbox, &world, me, Vec::new(), &limits)
 }
 
 fn state(out: ScriptOutput) -> Vec<(Data, Data)> {

@@ -364,21 +364,9 @@ end
 fn a_stored_state_that_cannot_be_read_or_does_not_fit_faults_the_call() {
     use metatopia_scripts::codec::{self, Data};
     use metatopia_scripts::{Limits, Sandbox};
-    use metatopia_sim::script::{ScriptCall, ScriptEvent, ScriptEventKind, ScriptFault};
-    use metatopia_sim::state::{ElementKind, ScriptSlot, Settings, State};
-    use metatopia_sim::{RegionId, Vec3};
+    use metatopia_sim::script::ScriptFault;
 
-    let mut world = State::new(RegionId(1), Settings::default(), &[]);
-    let root = world.root();
-    let me = world
-        .add_child(
-            root,
-            ElementKind::Object,
-            None,
-            "o",
-            Vec3::from_ints(1, 1, 1),
-        )
-        .unwrap();
+    let (world, me) = common::one_object();
     let limits = Limits {
         memory_bytes: 32 * 1024,
         ..Limits::default()
@@ -386,25 +374,7 @@ fn a_stored_state_that_cannot_be_read_or_does_not_fit_faults_the_call() {
     let run = |body: &str, stored: Vec<u8>| {
         let src = format!("{}{body}", common::LICENCE);
         let sandbox = Sandbox::new(&src, me, &limits).unwrap();
-        let slot = ScriptSlot {
-            source: [0; 32],
-            state: stored,
-            faults: 0,
-            suspended: false,
-        };
-        let inbox = [ScriptEvent {
-            id: 0,
-            kind: ScriptEventKind::Timer { timer: 1 },
-        }];
-        let call = ScriptCall {
-            state: &world,
-            script: me,
-            slot: &slot,
-            inbox: &inbox,
-            tick: 1,
-            seed: [1; 32],
-        };
-        sandbox.run(&call, &limits)
+        common::timer_call(&sandbox, &world, me, stored, &limits)
     };
     let read = "function on_timer() say('hi'); set_timer(1, 1); local n = state.n end";
     match run(read, vec![codec::VERSION, 4, 9, 9, 9]) {
@@ -440,29 +410,7 @@ fn a_stored_state_that_cannot_be_read_or_does_not_fit_faults_the_call() {
         common::LICENCE
     );
     let sandbox = Sandbox::new(&src, me, &roomy).unwrap();
-    let slot = ScriptSlot {
-        source: [0; 32],
-        state: stored,
-        faults: 0,
-        suspended: false,
-    };
-    let inbox = [ScriptEvent {
-        id: 0,
-        kind: ScriptEventKind::Timer { timer: 1 },
-    }];
-    let out = sandbox
-        .run(
-            &ScriptCall {
-                state: &world,
-                script: me,
-                slot: &slot,
-                inbox: &inbox,
-                tick: 1,
-                seed: [1; 32],
-            },
-            &roomy,
-        )
-        .unwrap();
+    let out = common::timer_call(&sandbox, &world, me, stored, &roomy).unwrap();
     let Data::Table(entries) = codec::decode(&out.state.unwrap()).unwrap() else {
         panic!("state is not a table");
     };

@@ -10,7 +10,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use metatopia_sim::input::{Batch, Input, InputKind};
 use metatopia_sim::script::{ScriptCall, ScriptFault, ScriptHost, ScriptOutput};
-use metatopia_sim::state::{ElementKind, ScriptSlot, Settings, State};
+use metatopia_sim::state::{ElementKind, Settings, State};
 use metatopia_sim::{ElementId, Fx, NoScripts, PlayerId, RegionId, Sim, Vec3, snapshot};
 
 const PLAYERS: u32 = 100;
@@ -125,35 +125,6 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-/// A region with 10,000 scripted elements, each with a timer due (the
-/// scene of `tick_10k_scripts` in `scripts/benches/scripts.rs`).
-fn ten_thousand() -> State {
-    let mut state = State::new(RegionId(1), Settings::default(), &[]);
-    let root = state.root();
-    for i in 0..10_000 {
-        let id = state
-            .add_child(
-                root,
-                ElementKind::Object,
-                None,
-                "s",
-                Vec3::from_ints(i % 256, i / 256, 0),
-            )
-            .expect("room for the bench world");
-        state.elements.update(&id, |e| {
-            e.script = Some(ScriptSlot {
-                source: [7; 32],
-                state: Vec::new(),
-                faults: 0,
-                suspended: false,
-            })
-        });
-        state.scripted.insert(id);
-        state.timers.insert((0, id, 1));
-    }
-    state
-}
-
 /// What the Lua script `state.n = (state.n or 0) + 1; set_timer(1, 1)`
 /// returns, without Lua: one timer and a changed state of 8 bytes.
 #[derive(Debug)]
@@ -176,7 +147,7 @@ fn scripts(c: &mut Criterion) {
         .num_threads(1)
         .build()
         .expect("a one-thread pool");
-    let mut sim = Sim::new(ten_thousand());
+    let mut sim = Sim::new(metatopia_sim::testing::timer_region(10_000, [7; 32]));
     c.bench_function("tick_10k_scripts_fake_host", |b| {
         b.iter(|| {
             let t = sim.tick();

@@ -210,3 +210,30 @@ impl Driver {
             .expect("the driver always sends the next tick at a later time")
     }
 }
+
+/// A region of `n` scripted objects, all running the source with hash
+/// `source`, each with timer 1 due at tick 0: the scene of the
+/// `tick_10k_scripts` benches (sim and scripts) and of the scripts crate's
+/// `tick10k` example.
+pub fn timer_region(n: i32, source: [u8; 32]) -> crate::state::State {
+    use crate::state::{ElementKind, ScriptSlot, Settings, State};
+    let mut state = State::new(crate::id::RegionId(1), Settings::default(), &[]);
+    let root = state.root();
+    for i in 0..n {
+        let pos = Vec3::from_ints(i % 256, i / 256, 0);
+        let Ok(id) = state.add_child(root, ElementKind::Object, None, "s", pos) else {
+            break;
+        };
+        state.elements.update(&id, |e| {
+            e.script = Some(ScriptSlot {
+                source,
+                state: Vec::new(),
+                faults: 0,
+                suspended: false,
+            })
+        });
+        state.scripted.insert(id);
+        state.timers.insert((0, id, 1));
+    }
+    state
+}

@@ -149,3 +149,52 @@ function on_touch(by, element)
   say("count " .. state.n)
 end
 "#;
+
+/// A region with one object, for calling a `Sandbox` directly.
+pub fn one_object() -> (State, ElementId) {
+    let mut world = State::new(RegionId(1), Settings::default(), &[]);
+    let root = world.root();
+    let me = world
+        .add_child(
+            root,
+            metatopia_sim::state::ElementKind::Object,
+            None,
+            "o",
+            Vec3::from_ints(1, 1, 1),
+        )
+        .unwrap();
+    (world, me)
+}
+
+/// Calls `sandbox` (the script of `me`) with one timer event and `stored`
+/// as its saved `state`.
+pub fn timer_call(
+    sandbox: &metatopia_scripts::Sandbox,
+    world: &State,
+    me: ElementId,
+    stored: Vec<u8>,
+    limits: &metatopia_scripts::Limits,
+) -> Result<metatopia_sim::script::ScriptOutput, metatopia_sim::script::ScriptFault> {
+    use metatopia_sim::script::{ScriptCall, ScriptEvent, ScriptEventKind};
+    let slot = metatopia_sim::state::ScriptSlot {
+        source: [0; 32],
+        state: stored,
+        faults: 0,
+        suspended: false,
+    };
+    let inbox = [ScriptEvent {
+        id: 0,
+        kind: ScriptEventKind::Timer { timer: 1 },
+    }];
+    sandbox.run(
+        &ScriptCall {
+            state: world,
+            script: me,
+            slot: &slot,
+            inbox: &inbox,
+            tick: 1,
+            seed: [1; 32],
+        },
+        limits,
+    )
+}
