@@ -13,7 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use mlua::{Function, Lua};
 
 use metatopia_scripts::{Host, Limits, MemorySources, Sandbox};
-use metatopia_sim::script::{ScriptCall, ScriptEvent, ScriptEventKind};
+use metatopia_sim::script::{ScriptCall, ScriptEvent, ScriptEventKind, ScriptOutput};
 use metatopia_sim::state::{ElementKind, ScriptSlot, Settings, State};
 use metatopia_sim::{Batch, ElementId, PlayerId, RegionId, Sim, Vec3};
 
@@ -40,28 +40,30 @@ fn world() -> (State, ElementId) {
     (s, id)
 }
 
-fn sandbox_call(c: &mut Criterion, name: &str, body: &str) {
+/// Benchmarks `Sandbox::run` of `src` (the script of one object) on one
+/// event, with `stored` as its saved `state`; `check` looks at each result.
+fn bench_run(
+    c: &mut Criterion,
+    id: &str,
+    src: &str,
+    stored: Vec<u8>,
+    event: fn(ElementId) -> ScriptEventKind,
+    limits: &Limits,
+    check: fn(&ScriptOutput),
+) {
     let (state, script) = world();
-    let src = format!("{LICENCE}{body}");
-    let limits = Limits {
-        instructions_per_handler: 10_000_000,
-        ..Limits::default()
-    };
-    let sandbox = Sandbox::new(&src, script, &limits).unwrap();
+    let sandbox = Sandbox::new(src, script, limits).unwrap();
     let slot = ScriptSlot {
-        source: metatopia_scripts::hash_source(&src),
-        state: Vec::new(),
+        source: metatopia_scripts::hash_source(src),
+        state: stored,
         faults: 0,
         suspended: false,
     };
     let inbox = [ScriptEvent {
         id: 0,
-        kind: ScriptEventKind::Touched {
-            by: PlayerId::from_byte(1),
-            element: script,
-        },
+        kind: event(script),
     }];
-    c.bench_function(&format!("{name}/sandbox"), |b| {
+    c.bench_function(id, |b| {
         b.iter(|| {
             let call = ScriptCall {
                 state: &state,
@@ -71,11 +73,43 @@ fn sandbox_call(c: &mut Criterion, name: &str, body: &str) {
                 tick: 1,
                 seed: [1; 32],
             };
-            black_box(sandbox.run(&call, &limits).unwrap())
+            let out = sandbox.run(&call, limits).unwrap();
+            check(&out);
+            black_box(out)
         })
     });
+}
+
+fn touched(script: ElementId) -> ScriptEventKind {
+    ScriptEventKind::Touched {
+        by: PlayerId::from_byte(1),
+        element: script,
+    }
+}
+
+/// Limits for handlers that loop 10,000 times or more.
+fn loop_limits() -> Limits {
+    Limits {
+        instructions_per_handler: 10_000_000,
+        ..Limits::default()
+    }
+}
+
+fn sandbox_call(c: &mut Criterion, name: &str, body: &str) {
+    let src = format!("{LICENCE}{body}");
+    let limits = loop_limits();
+    bench_run(
+        c,
+        &format!("{name}/sandbox"),
+        &src,
+        Vec::new(),
+        touched,
+        &limits,
+        |_| {},
+    );
     // The same function in a plain Lua state, called with the same two
     // string arguments (built per call, as the sandbox does).
+    let (_, script) = world();
     let lua = Lua::new();
     lua.load(body).exec().unwrap();
     let f: Function = lua.globals().get("on_touch").unwrap();
@@ -99,43 +133,22 @@ fn handlers(c: &mut Criterion) {
 /// The 10k tick's handler (`state.n = state.n + 1`, `set_timer`) called in
 /// a loop on one warm sandbox: the per-script cost without cache misses.
 fn state_handler(c: &mut Criterion) {
-    let (state, script) = world();
-    let src = format!("{LICENCE}{TIMER}");
+    use metatopia_scripts::codec::{self, Data};
     let limits = Limits::default();
-    let sandbox = Sandbox::new(&src, script, &limits).unwrap();
-    let stored = metatopia_scripts::codec::encode(
-        &metatopia_scripts::codec::Data::Table(vec![(
-            metatopia_scripts::codec::Data::Str(b"n".to_vec()),
-            metatopia_scripts::codec::Data::Int(41),
-        )]),
+    let stored = codec::encode(
+        &Data::Table(vec![(Data::Str(b"n".to_vec()), Data::Int(41))]),
         limits.state_bytes,
     )
     .unwrap();
-    let slot = ScriptSlot {
-        source: metatopia_scripts::hash_source(&src),
-        state: stored,
-        faults: 0,
-        suspended: false,
-    };
-    let inbox = [ScriptEvent {
-        id: 0,
-        kind: ScriptEventKind::Timer { timer: 1 },
-    }];
-    c.bench_function("state_handler/sandbox", |b| {
-        b.iter(|| {
-            let call = ScriptCall {
-                state: &state,
-                script,
-                slot: &slot,
-                inbox: &inbox,
-                tick: 1,
-                seed: [1; 32],
-            };
-            let out = sandbox.run(&call, &limits).unwrap();
-            assert!(out.state.is_some() && out.timers.len() == 1);
-            black_box(out)
-        })
-    });
+    bench_run(
+        c,
+        "state_handler/sandbox",
+        &format!("{LICENCE}{TIMER}"),
+        stored,
+        |_| ScriptEventKind::Timer { timer: 1 },
+        &limits,
+        |out| assert!(out.state.is_some() && out.timers.len() == 1),
+    );
 }
 
 /// 10,000 iterations of `a = a + b * c` inside a sandboxed handler: fx
@@ -148,38 +161,8 @@ fn fx_ops(c: &mut Criterion) {
     let int_src = "function on_touch() local a, b, c = 0, 3, 2
            for i = 1, 10000 do a = a + b * c end state.a = a end";
     for (name, src) in [("fx", fx_src), ("int", int_src)] {
-        let (state, script) = world();
-        let limits = Limits {
-            instructions_per_handler: 10_000_000,
-            ..Limits::default()
-        };
-        let sandbox = Sandbox::new(src, script, &limits).unwrap();
-        let slot = ScriptSlot {
-            source: [0; 32],
-            state: Vec::new(),
-            faults: 0,
-            suspended: false,
-        };
-        let inbox = [ScriptEvent {
-            id: 0,
-            kind: ScriptEventKind::Touched {
-                by: PlayerId::from_byte(1),
-                element: script,
-            },
-        }];
-        c.bench_function(&format!("fx_mul_add_10k/{name}"), |b| {
-            b.iter(|| {
-                let call = ScriptCall {
-                    state: &state,
-                    script,
-                    slot: &slot,
-                    inbox: &inbox,
-                    tick: 1,
-                    seed: [1; 32],
-                };
-                black_box(sandbox.run(&call, &limits).unwrap())
-            })
-        });
+        let id = format!("fx_mul_add_10k/{name}");
+        bench_run(c, &id, src, Vec::new(), touched, &loop_limits(), |_| {});
     }
 }
 
