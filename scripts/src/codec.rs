@@ -418,6 +418,11 @@ mod tests {
             encode(&from_lua(&lua, &t2, 65536).unwrap(), 65536).unwrap(),
             bytes
         );
+        // Built back into Lua, it reads as the same data.
+        let Value::Table(t3) = to_lua(&lua, &d).unwrap() else {
+            panic!("to_lua of a table is a table");
+        };
+        assert_eq!(from_lua(&lua, &t3, 65536).unwrap(), d);
         // Empty state is zero bytes.
         assert!(encode(&Data::Table(vec![]), 10).unwrap().is_empty());
         assert_eq!(decode(&[]).unwrap(), Data::Table(vec![]));
