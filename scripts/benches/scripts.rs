@@ -15,7 +15,7 @@ use mlua::{Function, Lua};
 use metatopia_scripts::{Host, Limits, MemorySources, Sandbox};
 use metatopia_sim::script::{ScriptCall, ScriptEvent, ScriptEventKind, ScriptOutput};
 use metatopia_sim::state::{ElementKind, ScriptSlot, Settings, State};
-use metatopia_sim::{Batch, ElementId, PlayerId, RegionId, Sim, Vec3};
+use metatopia_sim::{ElementId, PlayerId, RegionId, Sim, Vec3};
 
 const LICENCE: &str = "-- SPDX-License-Identifier: AGPL-3.0-or-later\n";
 const TRIVIAL: &str = "function on_touch(by, element) end";
@@ -197,19 +197,7 @@ fn tick_10k(c: &mut Criterion) {
             let step = || {
                 let mut guard = sim.lock().unwrap();
                 let sim: &mut Sim = &mut guard;
-                let t = sim.tick();
-                let r = pool
-                    .install(|| {
-                        sim.step(
-                            &Batch {
-                                tick: t,
-                                time_ms: t * 50,
-                                inputs: vec![],
-                            },
-                            host,
-                        )
-                    })
-                    .unwrap();
+                let r = pool.install(|| metatopia_sim::testing::step_idle(sim, host));
                 assert_eq!(r.script_calls, 10_000);
             };
             // Load the 10,000 sandboxes outside the measurement.
@@ -243,17 +231,7 @@ fn tick_10k_sim_only(c: &mut Criterion) {
         let sim = setup.get_or_init(|| std::sync::Mutex::new(Sim::new(ten_thousand().0)));
         b.iter(|| {
             let mut guard = sim.lock().unwrap();
-            let t = guard.tick();
-            let r = guard
-                .step(
-                    &Batch {
-                        tick: t,
-                        time_ms: t * 50,
-                        inputs: vec![],
-                    },
-                    &FakeHost,
-                )
-                .unwrap();
+            let r = metatopia_sim::testing::step_idle(&mut guard, &FakeHost);
             assert_eq!(r.script_calls, 10_000);
         })
     });

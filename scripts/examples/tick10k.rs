@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use metatopia_scripts::{Host, MemorySources};
-use metatopia_sim::{Batch, Sim};
+use metatopia_sim::Sim;
 
 /// The node's allocator.
 #[global_allocator]
@@ -35,20 +35,8 @@ fn main() {
         .unwrap();
     let mut times = Vec::new();
     for _ in 0..ticks {
-        let t = sim.tick();
         let start = std::time::Instant::now();
-        let r = pool
-            .install(|| {
-                sim.step(
-                    &Batch {
-                        tick: t,
-                        time_ms: t * 50,
-                        inputs: vec![],
-                    },
-                    &host,
-                )
-            })
-            .unwrap();
+        let r = pool.install(|| metatopia_sim::testing::step_idle(&mut sim, &host));
         times.push(start.elapsed());
         assert_eq!(r.script_calls, 10_000);
     }

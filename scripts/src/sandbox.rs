@@ -140,8 +140,6 @@ pub struct Sandbox {
     env_shadow: Table,
     /// The key `"state"`, made once.
     state_key: mlua::LuaString,
-    /// The handlers, by [`HANDLERS`] index.
-    handlers: [Option<Function>; 7],
     /// Registry references of the handlers, `env_shadow` and the key
     /// `"state"`, for the call path ([`Sandbox::call_handlers`]).
     refs: Vec<mlua::RegistryKey>,
@@ -1151,7 +1149,6 @@ impl Sandbox {
             lua,
             env_shadow: env.clone(),
             state_key,
-            handlers: Default::default(),
             refs: Vec::new(),
             raw: RawRefs::default(),
             budget,
@@ -1177,18 +1174,6 @@ impl Sandbox {
         sandbox.lua.remove_global_hook();
         let shadow =
             top.map_err(|e| LoadError::TopLevel(sandbox.fault_of(&e, limits).to_string()))?;
-        for (i, name) in HANDLERS.iter().enumerate() {
-            match shadow.raw_get::<Value>(*name).map_err(setup)? {
-                Value::Nil => {}
-                Value::Function(f) => sandbox.handlers[i] = Some(f),
-                other => {
-                    return Err(LoadError::TopLevel(format!(
-                        "{name} must be a function, got {}",
-                        other.type_name()
-                    )));
-                }
-            }
-        }
         sandbox.env_shadow = shadow;
         let mut reg = |v: Value| -> Result<std::ffi::c_int, LoadError> {
             let key = sandbox.lua.create_registry_value(v).map_err(setup)?;
@@ -1201,9 +1186,16 @@ impl Sandbox {
             state_key: reg(Value::String(sandbox.state_key.clone()))?,
             ..RawRefs::default()
         };
-        for (i, h) in sandbox.handlers.clone().into_iter().enumerate() {
-            if let Some(f) = h {
-                raw.handlers[i] = reg(Value::Function(f))?;
+        for (i, name) in HANDLERS.iter().enumerate() {
+            match sandbox.env_shadow.raw_get::<Value>(*name).map_err(setup)? {
+                Value::Nil => {}
+                f @ Value::Function(_) => raw.handlers[i] = reg(f)?,
+                other => {
+                    return Err(LoadError::TopLevel(format!(
+                        "{name} must be a function, got {}",
+                        other.type_name()
+                    )));
+                }
             }
         }
         sandbox.raw = raw;

@@ -150,19 +150,7 @@ fn scripts(c: &mut Criterion) {
     let mut sim = Sim::new(metatopia_sim::testing::timer_region(10_000, [7; 32]));
     c.bench_function("tick_10k_scripts_fake_host", |b| {
         b.iter(|| {
-            let t = sim.tick();
-            let r = pool
-                .install(|| {
-                    sim.step(
-                        &Batch {
-                            tick: t,
-                            time_ms: t * 50,
-                            inputs: vec![],
-                        },
-                        &FakeHost,
-                    )
-                })
-                .expect("valid batch");
+            let r = pool.install(|| metatopia_sim::testing::step_idle(&mut sim, &FakeHost));
             assert_eq!(r.script_calls, 10_000);
             r.hash
         })

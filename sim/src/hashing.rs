@@ -37,17 +37,14 @@ impl<const N: usize> HashSink<N> {
         }
     }
 
-    fn hasher(&mut self) -> &mut blake3::Hasher {
-        self.hasher
-            .get_or_insert_with(|| Box::new(blake3::Hasher::new()))
+    /// The hasher, made on first use.
+    fn hasher(slot: &mut Option<Box<blake3::Hasher>>) -> &mut blake3::Hasher {
+        slot.get_or_insert_with(|| Box::new(blake3::Hasher::new()))
     }
 
     fn flush(&mut self) {
         let len = std::mem::take(&mut self.len);
-        let Self { hasher, buf, .. } = self;
-        hasher
-            .get_or_insert_with(|| Box::new(blake3::Hasher::new()))
-            .update(&buf[..len]);
+        Self::hasher(&mut self.hasher).update(&self.buf[..len]);
     }
 
     #[inline]
@@ -78,7 +75,7 @@ impl<const N: usize> HashSink<N> {
         if self.len + data.len() > N {
             self.flush();
             if data.len() >= N {
-                self.hasher().update(data);
+                Self::hasher(&mut self.hasher).update(data);
                 return;
             }
         }

@@ -237,3 +237,16 @@ pub fn timer_region(n: i32, source: [u8; 32]) -> crate::state::State {
     }
     state
 }
+
+/// Steps `sim` one tick with no inputs, at 20 Hz sim time (the loop of the
+/// `tick_10k_scripts` benches and `tick10k`). Panics if the sim refuses.
+pub fn step_idle(sim: &mut crate::step::Sim, host: &dyn ScriptHost) -> crate::step::TickReport {
+    let t = sim.tick();
+    let batch = crate::input::Batch {
+        tick: t,
+        time_ms: t * 50,
+        inputs: vec![],
+    };
+    sim.step(&batch, host)
+        .expect("an empty batch at the sim's own tick is valid")
+}

@@ -71,18 +71,7 @@ fn inboxes_are_in_canonical_order_which_differs_per_script() {
     let mut d = world(2);
     attach(&mut d, &host, obj(0), src);
     attach(&mut d, &host, obj(1), src);
-    let says = (0..12)
-        .map(|i| {
-            (
-                BOB,
-                InputKind::Say {
-                    text: format!("m{i}"),
-                    radius: None,
-                },
-            )
-        })
-        .collect();
-    d.tick(&host, says);
+    d.tick(&host, bob_says(12));
     let a = journal(&d, obj(0));
     let b = journal(&d, obj(1));
     let mut sorted_a = a.clone();
@@ -517,17 +506,7 @@ fn a_full_inbox_keeps_the_first_events_and_counts_the_rest() {
     attach(&mut d, &host, obj(0), src);
     attach(&mut d, &host, obj(1), src);
     // Five lines heard by both scripts, then a touch for obj(1) only.
-    let mut inputs: Vec<(PlayerId, InputKind)> = (0..5)
-        .map(|i| {
-            (
-                BOB,
-                InputKind::Say {
-                    text: format!("m{i}"),
-                    radius: None,
-                },
-            )
-        })
-        .collect();
+    let mut inputs = bob_says(5);
     inputs.push((BOB, InputKind::Touch { element: obj(1) }));
     let r = d.tick(&host, inputs);
     assert_eq!(r.script_calls, 2);
@@ -604,4 +583,19 @@ fn success_without_state_resets_faults() {
     assert_eq!(d.sim.state().elements[&obj(0)], expected);
     let rebuilt = snapshot::decode_state(&snapshot::encode_state(d.sim.state())).unwrap();
     assert_eq!(snapshot::state_hash(&rebuilt), d.sim.hash());
+}
+
+/// Bob says `m0`, `m1`, ... in one tick.
+fn bob_says(n: usize) -> Vec<(PlayerId, InputKind)> {
+    (0..n)
+        .map(|i| {
+            (
+                BOB,
+                InputKind::Say {
+                    text: format!("m{i}"),
+                    radius: None,
+                },
+            )
+        })
+        .collect()
 }
