@@ -275,6 +275,24 @@ pub fn from_lua(lua: &Lua, table: &Table, limit: u32) -> Result<Data, CodecError
     })
 }
 
+/// [`from_lua`] of the table at absolute stack index `at` of `l`.
+///
+/// # Safety
+/// `l` is a live Lua state that no other thread uses meanwhile, `at` holds
+/// a table, and the stack has room for `2 * DEPTH_MAX + 4` more values
+/// (`lua_checkstack`). Nothing here raises a Lua error or allocates in Lua
+/// (as in [`from_lua`]), so it may run outside a protected call.
+#[allow(unsafe_code)]
+pub unsafe fn from_stack(
+    l: *mut ffi::lua_State,
+    at: c_int,
+    limit: u32,
+) -> Result<Data, CodecError> {
+    let mut budget = u64::from(limit);
+    // SAFETY: the caller's contract.
+    unsafe { table_from_stack(l, at, "", 1, &mut budget, limit) }
+}
+
 /// The key or value at absolute stack index `at` as data.
 #[allow(unsafe_code)]
 unsafe fn value_from_stack(

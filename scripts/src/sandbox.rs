@@ -135,6 +135,8 @@ struct Ctx {
 /// One script's hardened Lua state, loaded and sealed.
 pub struct Sandbox {
     lua: Lua,
+    /// `lua`'s main state, for the call path's raw API use.
+    main: MainState,
     /// Where the script's globals live after sealing; `state` is put here
     /// for each call.
     env_shadow: Table,
@@ -163,6 +165,17 @@ impl std::fmt::Debug for Sandbox {
 fn rt(msg: impl Into<String>) -> mlua::Error {
     mlua::Error::runtime(msg.into())
 }
+
+/// A sandbox's main Lua state. The call path uses it directly rather than
+/// through mlua's lock and reference stack, which cost several cache
+/// misses per call on a state nothing has touched since the last tick.
+struct MainState(*mut mlua::ffi::lua_State);
+
+// SAFETY: the pointer belongs to the sandbox's `Lua` (which is `Send`) and
+// is used only by whoever holds the sandbox, as that `Lua` is: the host
+// keeps each sandbox behind a mutex.
+#[allow(unsafe_code)]
+unsafe impl Send for MainState {}
 
 /// Registry indices of what a call pushes, held by `Sandbox::refs`.
 #[derive(Clone, Copy, Default)]
@@ -1145,8 +1158,16 @@ impl Sandbox {
         env.raw_set("_G", env.clone()).map_err(setup)?;
         env.raw_set("me", me.to_string()).map_err(setup)?;
         let state_key = lua.create_string("state").map_err(setup)?;
+        let mut main = std::ptr::null_mut();
+        // SAFETY: only reads the state pointer mlua calls the closure with,
+        // which is the main state (no coroutine is running).
+        #[allow(unsafe_code)]
+        unsafe {
+            lua.exec_raw::<()>((), |l| main = l).map_err(setup)?;
+        }
         let mut sandbox = Sandbox {
             lua,
+            main: MainState(main),
             env_shadow: env.clone(),
             state_key,
             refs: Vec::new(),
@@ -1213,6 +1234,57 @@ impl Sandbox {
     /// Bytes the Lua state holds now.
     pub fn used_bytes(&self) -> usize {
         self.lua.used_memory()
+    }
+
+    /// [`Sandbox::used_bytes`] as Lua counts it (the same number: Lua and
+    /// mlua's allocator both add up the sizes Lua requests), read from the
+    /// Lua state itself instead of through mlua's lock and allocator data.
+    #[allow(unsafe_code)]
+    fn lua_bytes(&self) -> usize {
+        let l = self.main.0;
+        // SAFETY: `l` is this sandbox's live main state, used by no one
+        // else meanwhile; `lua_gc` with these options raises no error.
+        let (kib, rem) = unsafe {
+            (
+                mlua::ffi::lua_gc(l, mlua::ffi::LUA_GCCOUNT, 0),
+                mlua::ffi::lua_gc(l, mlua::ffi::LUA_GCCOUNTB, 0),
+            )
+        };
+        usize::try_from(kib).unwrap_or(0) * 1024 + usize::try_from(rem).unwrap_or(0)
+    }
+
+    /// The value of `state` in the script's environment after the calls,
+    /// read with the raw API outside any protected call: `Err` names the
+    /// type when it is not a table; `nil` reads as an empty table.
+    #[allow(unsafe_code)]
+    fn read_state(
+        &self,
+        limit: u32,
+    ) -> Result<Result<codec::Data, codec::CodecError>, &'static str> {
+        use mlua::ffi;
+        let l = self.main.0;
+        // SAFETY: `l` is this sandbox's live main state, used by no one
+        // else meanwhile. The stack is checked first; `lua_rawgeti` and
+        // `lua_rawget` on tables, type tests and `codec::from_stack` raise
+        // no Lua error and allocate nothing in Lua, so no error can
+        // long-jump over this frame. The registry indices are held by
+        // `self.refs`, so they name live values (a table and a string).
+        unsafe {
+            if ffi::lua_checkstack(l, 2 * codec::DEPTH_MAX as std::ffi::c_int + 8) == 0 {
+                return Ok(Err(codec::CodecError::Lua("stack overflow".into())));
+            }
+            let top = ffi::lua_gettop(l);
+            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, self.raw.env_shadow.into());
+            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, self.raw.state_key.into());
+            ffi::lua_rawget(l, -2);
+            let r = match ffi::lua_type(l, -1) {
+                ffi::LUA_TTABLE => Ok(codec::from_stack(l, top + 2, limit)),
+                ffi::LUA_TNIL => Ok(Ok(codec::Data::Table(Vec::new()))),
+                _ => Err(crate::raw::Arg::at(l, -1).type_name()),
+            };
+            ffi::lua_settop(l, top);
+            r
+        }
     }
 
     /// Whether no handler has run here since load. A fresh sandbox is the
@@ -1306,7 +1378,7 @@ impl Sandbox {
             let _ = self.lua.set_memory_limit(0);
             self.cap.set(0);
         }
-        if self.lua.used_memory() > self.idle_bytes + 256 * 1024 {
+        if self.lua_bytes() > self.idle_bytes + 256 * 1024 {
             let _ = self.lua.gc_collect();
         }
         let state = match result {
@@ -1415,7 +1487,6 @@ impl Sandbox {
         limits: &Limits,
     ) -> mlua::Result<Result<Option<Vec<u8>>, ScriptFault>> {
         self.arm(limits)?;
-        let lua = &self.lua;
         // `state` is decoded when a handler first uses it (prelude.lua,
         // `load_state`).
         self.call_handlers(call.inbox)?;
@@ -1426,14 +1497,11 @@ impl Sandbox {
         if !touched {
             return Ok(Ok(None));
         }
-        let state: Value = self.env_shadow.raw_get(&self.state_key)?;
-        let data = match state {
-            Value::Table(t) => codec::from_lua(lua, &t, limits.state_bytes),
-            Value::Nil => Ok(codec::Data::Table(Vec::new())),
-            other => {
+        let data = match self.read_state(limits.state_bytes) {
+            Ok(data) => data,
+            Err(ty) => {
                 return Ok(Err(ScriptFault::Error(format!(
-                    "state must be a table, got {}",
-                    other.type_name()
+                    "state must be a table, got {ty}"
                 ))));
             }
         };
@@ -1513,6 +1581,62 @@ mod tests {
         assert!(check_format(b"%d %s %5.2f %%p").is_ok());
         assert!(check_format(b"%p").is_err());
         assert!(check_format(b"x %-10p").is_err());
+    }
+
+    /// The call path's memory count (read from the Lua state) is mlua's,
+    /// at load, after calls that keep and drop data, and after a fault.
+    #[test]
+    fn lua_bytes_is_used_bytes() {
+        use metatopia_sim::script::{ScriptCall, ScriptEvent, ScriptEventKind};
+        use metatopia_sim::state::{ElementKind, ScriptSlot, Settings, State};
+        let mut world = State::new(metatopia_sim::id::RegionId(1), Settings::default(), &[]);
+        let root = world.root();
+        let me = world
+            .add_child(
+                root,
+                ElementKind::Object,
+                None,
+                "o",
+                metatopia_sim::fx::Vec3::from_ints(1, 1, 1),
+            )
+            .unwrap();
+        let limits = Limits::from_settings(&world.settings);
+        let source = "function on_timer(t)\n\
+            state.list = state.list or {}\n\
+            for i = 1, 50 do state.list[#state.list + 1] = string.rep('x', t + i) end\n\
+            if t == 3 then error('boom') end\n\
+            end";
+        let sandbox = Sandbox::new(source, me, &limits).unwrap();
+        assert_eq!(sandbox.lua_bytes(), sandbox.used_bytes());
+        let mut stored = Vec::new();
+        for timer in 1..=4 {
+            let slot = ScriptSlot {
+                source: [0; 32],
+                state: stored.clone(),
+                faults: 0,
+                suspended: false,
+            };
+            let inbox = [ScriptEvent {
+                id: 0,
+                kind: ScriptEventKind::Timer { timer },
+            }];
+            let out = sandbox.run(
+                &ScriptCall {
+                    state: &world,
+                    script: me,
+                    slot: &slot,
+                    inbox: &inbox,
+                    tick: u64::from(timer),
+                    seed: [1; 32],
+                },
+                &limits,
+            );
+            assert_eq!(out.is_err(), timer == 3, "{out:?}");
+            if let Ok(out) = out {
+                stored = out.state.unwrap();
+            }
+            assert_eq!(sandbox.lua_bytes(), sandbox.used_bytes());
+        }
     }
 
     #[test]
