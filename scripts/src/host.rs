@@ -25,6 +25,7 @@ use metatopia_sim::script::{ScriptCall, ScriptFault, ScriptHost, ScriptOutput, h
 use metatopia_sim::{ElementId, State};
 
 use crate::licence::{self, LicenceError};
+use crate::prefetch::{self, HOT_MAX, Hot};
 use crate::sandbox::{Limits, LoadError, Sandbox};
 
 /// Where the host finds script sources by blake3 hash.
@@ -79,6 +80,8 @@ struct Entry {
     /// The SPDX identifiers the source's licence line names.
     licence_ids: Vec<String>,
     sandbox: Mutex<Result<Sandbox, String>>,
+    /// What the sandbox's next call will touch first, for prefetching.
+    hot: Hot,
 }
 
 /// Why an upload is refused.
@@ -189,13 +192,16 @@ impl Host {
 
     fn entry(&self, call: &ScriptCall<'_>, limits: &Limits) -> Result<Arc<Entry>, ScriptFault> {
         let (script, source) = (call.script, call.slot.source);
-        if let Some(e) = self.cache.load().get(&script)
+        let cache = self.cache.load();
+        if let Some(e) = cache.get(&script)
             && e.source == source
             && e.limits == *limits
         {
             e.used_tick.store(call.tick, Ordering::Relaxed);
+            prefetch_after(&cache, script);
             return Ok(e.clone());
         }
+        drop(cache);
         let text = self
             .sources
             .source(&source)
@@ -208,6 +214,7 @@ impl Host {
             used_tick: AtomicU64::new(call.tick),
             licence_ids: licence::ids(&text),
             sandbox: Mutex::new(sandbox),
+            hot: Hot::default(),
         });
         let cached_max = self.cached_max;
         self.update(|c| {
@@ -218,6 +225,32 @@ impl Host {
             c.insert(script, entry.clone());
         });
         Ok(entry)
+    }
+}
+
+/// Prefetches for the scripts after `script` in the cache's order, which is
+/// the order a thread runs its share of a tick's calls in (by element id):
+/// the next one's hot Lua memory, whose list was itself prefetched one call
+/// earlier, and the one after's cache entry, which holds its list.
+fn prefetch_after(cache: &Cache, script: ElementId) {
+    let after = |id: ElementId| {
+        let counter = id.counter.checked_add(1)?;
+        cache.get_next(&ElementId {
+            region: id.region,
+            counter,
+        })
+    };
+    let Some((next, entry)) = after(script) else {
+        return;
+    };
+    entry.hot.prefetch();
+    if let Some((_, entry)) = after(*next) {
+        // From the reference counts, which sit just before the entry.
+        let counts = 2 * std::mem::size_of::<usize>();
+        prefetch::range(
+            Arc::as_ptr(entry).cast::<u8>().wrapping_sub(counts),
+            counts + std::mem::size_of::<Entry>(),
+        );
     }
 }
 
@@ -254,6 +287,9 @@ impl ScriptHost for Host {
         }
         let fresh = sandbox.is_fresh();
         let result = sandbox.run(call, &limits);
+        let mut hot = [std::ptr::null(); HOT_MAX];
+        let n = sandbox.hot_lines(&mut hot);
+        entry.hot.store(&hot[..n]);
         if matches!(result, Err(ScriptFault::MemoryCap(_))) && !fresh {
             // Near the cap, a sandbox's history (its Lua bookkeeping) could
             // decide the outcome. The fresh sandbox's result is canonical:

@@ -16,6 +16,7 @@
 //! - [`fx`]: the `fx` library.
 //! - [`licence`]: `SPDX-License-Identifier` checks.
 //! - [`pattern`]: Lua's pattern matching with its work counted.
+//! - [`prefetch`]: software prefetch of the next script's memory.
 //! - [`raw`]: Lua C functions written in Rust, for the hottest calls.
 //! - [`rng`]: the generator behind `math.random`.
 //! - [`fuzz`]: bodies of the fuzz targets.
@@ -29,6 +30,7 @@ pub mod fx;
 pub mod host;
 pub mod licence;
 pub mod pattern;
+pub mod prefetch;
 pub mod raw;
 pub mod rng;
 pub mod sandbox;

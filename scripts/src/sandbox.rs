@@ -1253,6 +1253,49 @@ impl Sandbox {
         usize::try_from(kib).unwrap_or(0) * 1024 + usize::try_from(rem).unwrap_or(0)
     }
 
+    /// The addresses the next call of this sandbox will most likely touch
+    /// first (its Lua state, stack, handlers and the globals they name), as
+    /// the Lua state is now: for [`crate::prefetch::Hot`]. Writes them to
+    /// `out` and returns how many.
+    #[allow(unsafe_code)]
+    pub fn hot_lines(
+        &self,
+        out: &mut [*const std::ffi::c_void; crate::prefetch::HOT_MAX],
+    ) -> usize {
+        unsafe extern "C" {
+            /// vendor/lua-src (PATCHES.md): reads the state, raises no
+            /// error, allocates nothing.
+            fn lua_hotlines(
+                l: *mut mlua::ffi::lua_State,
+                refs: *const std::ffi::c_int,
+                nrefs: std::ffi::c_int,
+                out: *mut *const std::ffi::c_void,
+                n: std::ffi::c_int,
+            ) -> std::ffi::c_int;
+        }
+        let mut refs = [0; HANDLERS.len()];
+        let mut n = 0;
+        for r in self.raw.handlers.iter().filter(|r| **r != 0) {
+            refs[n] = *r;
+            n += 1;
+        }
+        // SAFETY: `l` is this sandbox's live main state, used by no one else
+        // meanwhile, between calls; `lua_hotlines` only reads it and writes
+        // at most `HOT_MAX` pointers to `out`.
+        let k = unsafe {
+            lua_hotlines(
+                self.main.0,
+                refs.as_ptr(),
+                n as std::ffi::c_int,
+                out.as_mut_ptr(),
+                crate::prefetch::HOT_MAX as std::ffi::c_int,
+            )
+        };
+        usize::try_from(k)
+            .unwrap_or(0)
+            .min(crate::prefetch::HOT_MAX)
+    }
+
     /// The value of `state` in the script's environment after the calls,
     /// read with the raw API outside any protected call: `Err` names the
     /// type when it is not a table; `nil` reads as an empty table.
@@ -1637,6 +1680,33 @@ mod tests {
             }
             assert_eq!(sandbox.lua_bytes(), sandbox.used_bytes());
         }
+    }
+
+    /// The hot list starts with the Lua state and covers the handler and
+    /// the globals it names; a sandbox without handlers still lists its
+    /// state.
+    #[test]
+    fn hot_lines_list_the_state_and_handlers() {
+        let me = ElementId {
+            region: metatopia_sim::id::RegionId(1),
+            counter: 7,
+        };
+        let limits = Limits::from_settings(&metatopia_sim::state::Settings::default());
+        let mut out = [std::ptr::null(); crate::prefetch::HOT_MAX];
+        let idle = Sandbox::new("local x = 1", me, &limits).unwrap();
+        let n_idle = idle.hot_lines(&mut out);
+        assert!(n_idle >= 8, "{n_idle}");
+        assert_eq!(out[0], idle.main.0.cast_const().cast());
+        let busy = Sandbox::new(
+            "function on_timer(t) state.n = (state.n or 0) + 1; set_timer(1, 1) end",
+            me,
+            &limits,
+        )
+        .unwrap();
+        let n = busy.hot_lines(&mut out);
+        assert!(n > n_idle + 10, "{n} vs {n_idle}");
+        assert!(n <= crate::prefetch::HOT_MAX);
+        assert!(out[..n].iter().all(|p| !p.is_null()));
     }
 
     #[test]

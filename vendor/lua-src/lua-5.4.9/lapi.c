@@ -1462,3 +1462,85 @@ LUA_API void lua_upvaluejoin (lua_State *L, int fidx1, int n1,
 }
 
 
+
+
+/*
+** metatopia: the addresses a call of the functions at registry indices
+** 'refs' will most likely touch first: the state, the start of its stack
+** and its next call frames, the registry slots, and for each function its
+** prototype, code, constants and upvalues, then the tables an upvalue
+** leads to through '__index' tables (at most three deep), at the main
+** positions of the function's short-string constants, and those strings'
+** string-table buckets. The host prefetches them before the state's next
+** call (a state's memory is cold by then: it runs once per tick).
+** Only reads the state; raises no error and allocates nothing. Writes at
+** most 'n' addresses to 'out' and returns how many it wrote.
+*/
+LUA_API int lua_hotlines (lua_State *L, const int *refs, int nrefs,
+                          const void **out, int n) {
+  global_State *g = G(L);
+  const TString *index = g->tmname[TM_INDEX];
+  Table *reg = hvalue(&g->l_registry);
+  int k = 0;
+  int i;
+#define HOT(p)	{ if (k < n) out[k++] = (const void *)(p); }
+  HOT(L); HOT((const char *)L + 64); HOT((const char *)L + 128);
+  HOT(g); HOT(&g->strt); HOT(&g->l_registry); HOT(&g->tmname[TM_INDEX]);
+  HOT(index);
+  HOT(L->stack.p); HOT(L->stack.p + 4); HOT(L->stack.p + 8);
+  if (L->base_ci.next != NULL) {
+    HOT(L->base_ci.next);
+    if (L->base_ci.next->next != NULL) HOT(L->base_ci.next->next);
+  }
+  HOT(reg);
+  for (i = 0; i < nrefs; i++) {
+    const TValue *v = luaH_getint(reg, refs[i]);
+    LClosure *cl;
+    Proto *p;
+    int u;
+    HOT(v);
+    if (!ttisLclosure(v)) continue;
+    cl = clLvalue(v);
+    p = cl->p;
+    HOT(cl); HOT(p); HOT(p->code); HOT(p->k);
+    for (u = 0; u < cl->nupvalues && u < 4; u++) {
+      const UpVal *uv = cl->upvals[u];
+      const TValue *ev;
+      Table *t;
+      int depth;
+      if (uv == NULL) continue;
+      HOT(uv);
+      ev = uv->v.p;
+      HOT(ev);
+      if (!ttistable(ev)) continue;
+      t = hvalue(ev);
+      for (depth = 0; depth < 3; depth++) {
+        const TValue *idx;
+        int c;
+        HOT(t);
+        for (c = 0; c < p->sizek && c < 8; c++) {
+          const TValue *kv = &p->k[c];
+          if (ttisshrstring(kv)) {
+            const TString *ts = tsvalue(kv);
+            if (depth == 0) {
+              HOT(ts);
+              HOT(&g->strt.hash[lmod(ts->hash, g->strt.size)]);
+            }
+            if (!isdummy(t)) HOT(gnode(t, lmod(ts->hash, sizenode(t))));
+          }
+        }
+        if (t->metatable == NULL) break;
+        HOT(t->metatable);
+        HOT(t->metatable->node);
+        idx = luaH_getshortstr(t->metatable, (TString *)index);
+        if (ttistable(idx)) t = hvalue(idx);
+        else {
+          if (ttisCclosure(idx)) HOT(clCvalue(idx));
+          break;
+        }
+      }
+    }
+  }
+#undef HOT
+  return k;
+}
