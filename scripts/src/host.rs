@@ -25,7 +25,7 @@ use metatopia_sim::script::{ScriptCall, ScriptFault, ScriptHost, ScriptOutput, h
 use metatopia_sim::{ElementId, State};
 
 use crate::licence::{self, LicenceError};
-use crate::prefetch::{self, HOT_MAX, Hot};
+use crate::prefetch::{HOT_MAX, Hot};
 use crate::sandbox::{Limits, LoadError, Sandbox};
 
 /// Where the host finds script sources by blake3 hash.
@@ -80,8 +80,9 @@ struct Entry {
     /// The SPDX identifiers the source's licence line names.
     licence_ids: Vec<String>,
     sandbox: Mutex<Result<Sandbox, String>>,
-    /// What the sandbox's next call will touch first, for prefetching.
-    hot: Hot,
+    /// What the script that ran after this one on the same thread touched
+    /// first, last time: prefetched when this one runs ([`crate::prefetch`]).
+    next: Hot,
 }
 
 /// Why an upload is refused.
@@ -192,16 +193,13 @@ impl Host {
 
     fn entry(&self, call: &ScriptCall<'_>, limits: &Limits) -> Result<Arc<Entry>, ScriptFault> {
         let (script, source) = (call.script, call.slot.source);
-        let cache = self.cache.load();
-        if let Some(e) = cache.get(&script)
+        if let Some(e) = self.cache.load().get(&script)
             && e.source == source
             && e.limits == *limits
         {
             e.used_tick.store(call.tick, Ordering::Relaxed);
-            prefetch_after(&cache, script);
             return Ok(e.clone());
         }
-        drop(cache);
         let text = self
             .sources
             .source(&source)
@@ -214,7 +212,7 @@ impl Host {
             used_tick: AtomicU64::new(call.tick),
             licence_ids: licence::ids(&text),
             sandbox: Mutex::new(sandbox),
-            hot: Hot::default(),
+            next: Hot::default(),
         });
         let cached_max = self.cached_max;
         self.update(|c| {
@@ -228,30 +226,47 @@ impl Host {
     }
 }
 
-/// Prefetches for the scripts after `script` in the cache's order, which is
-/// the order a thread runs its share of a tick's calls in (by element id):
-/// the next one's hot Lua memory, whose list was itself prefetched one call
-/// earlier, and the one after's cache entry, which holds its list.
-fn prefetch_after(cache: &Cache, script: ElementId) {
-    let after = |id: ElementId| {
-        let counter = id.counter.checked_add(1)?;
-        cache.get_next(&ElementId {
-            region: id.region,
-            counter,
-        })
+thread_local! {
+    /// The entry of the last script this thread ran, to which the next
+    /// script's hot addresses are given.
+    static LAST: std::cell::RefCell<std::sync::Weak<Entry>> = const {
+        std::cell::RefCell::new(std::sync::Weak::new())
     };
-    let Some((next, entry)) = after(script) else {
-        return;
-    };
-    entry.hot.prefetch();
-    if let Some((_, entry)) = after(*next) {
-        // From the reference counts, which sit just before the entry.
-        let counts = 2 * std::mem::size_of::<usize>();
-        prefetch::range(
-            Arc::as_ptr(entry).cast::<u8>().wrapping_sub(counts),
-            counts + std::mem::size_of::<Entry>(),
-        );
+}
+
+/// Records what `entry`'s call will touch first (its cache entry, licence
+/// list and hot Lua memory) in the entry this thread ran before, which
+/// prefetches it at its next call: a thread runs its share of a tick's
+/// calls in the same order every tick (by element id).
+fn hand_back(entry: &Arc<Entry>, sandbox: &Sandbox) {
+    let mut hot = [std::ptr::null(); HOT_MAX];
+    // The entry with its reference counts, which sit just before it.
+    let counts = 2 * std::mem::size_of::<usize>();
+    let start = Arc::as_ptr(entry).cast::<u8>().wrapping_sub(counts);
+    let lines = (counts + std::mem::size_of::<Entry>()).div_ceil(64);
+    let mut n = 0;
+    for i in 0..lines.min(HOT_MAX / 4) {
+        hot[n] = start.wrapping_add(64 * i).cast();
+        n += 1;
     }
+    hot[n] = entry.licence_ids.as_ptr().cast();
+    n += 1;
+    if let Some(id) = entry.licence_ids.first() {
+        hot[n] = id.as_ptr().cast();
+        n += 1;
+    }
+    let (_, rest) = hot.split_at_mut(n);
+    let mut lua = [std::ptr::null(); HOT_MAX];
+    let k = sandbox.hot_lines(&mut lua).min(rest.len());
+    rest[..k].copy_from_slice(&lua[..k]);
+    n += k;
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(prev) = last.upgrade() {
+            prev.next.store(&hot[..n]);
+        }
+        *last = Arc::downgrade(entry);
+    });
 }
 
 impl ScriptHost for Host {
@@ -259,6 +274,7 @@ impl ScriptHost for Host {
         let allowed = &call.state.settings.script_licences;
         let limits = Limits::from_settings(&call.state.settings);
         let entry = self.entry(call, &limits)?;
+        entry.next.prefetch();
         let guard = match entry.sandbox.lock() {
             Ok(g) => g,
             Err(_) => {
@@ -287,9 +303,7 @@ impl ScriptHost for Host {
         }
         let fresh = sandbox.is_fresh();
         let result = sandbox.run(call, &limits);
-        let mut hot = [std::ptr::null(); HOT_MAX];
-        let n = sandbox.hot_lines(&mut hot);
-        entry.hot.store(&hot[..n]);
+        hand_back(&entry, sandbox);
         if matches!(result, Err(ScriptFault::MemoryCap(_))) && !fresh {
             // Near the cap, a sandbox's history (its Lua bookkeeping) could
             // decide the outcome. The fresh sandbox's result is canonical:

@@ -3,10 +3,13 @@
 //! A tick calls each script once, so everything a call touches in its Lua
 //! state (about 55 KiB, [`crate::alloc`]) was last touched a tick ago and
 //! comes from main memory: some 60 cache misses per call, taken one after
-//! another because each pointer leads to the next. While one script runs,
-//! the host asks the CPU to fetch the lines the next script in the cache's
-//! order will touch first ([`Hot`]), so those misses overlap with useful
-//! work instead of stalling it.
+//! another because each pointer leads to the next. A thread runs its share
+//! of a tick's calls in the same order every tick (by element id), so after
+//! each call the host hands the addresses that call touched first (its
+//! cache entry and [`crate::Sandbox::hot_lines`]) to the script the thread
+//! ran just before ([`Hot`]). When that script runs next tick, the host asks
+//! the CPU to fetch them, and the misses of the script after it overlap
+//! with useful work instead of stalling it.
 //!
 //! Prefetches are hints: they never fault, whatever the address, and change
 //! nothing a program can observe but time. A stale address (an object Lua
@@ -17,7 +20,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Most addresses kept per sandbox.
-pub const HOT_MAX: usize = 48;
+pub const HOT_MAX: usize = 64;
 
 /// Asks the CPU to bring the cache line at `p` into all cache levels.
 #[inline]
@@ -44,10 +47,10 @@ pub fn range(p: *const u8, len: usize) {
     }
 }
 
-/// The addresses a sandbox's next call will most likely touch first, as
-/// its last call left them ([`crate::Sandbox::hot_lines`]). Atomics, not a
-/// lock: the thread that runs the sandbox writes them after a call, and the
-/// thread running the script before it reads them, only to prefetch.
+/// Addresses to prefetch: what the script after this one touched first, as
+/// its last call left them. Atomics, not a lock: the thread that ran that
+/// script writes them, and whichever thread runs this one reads them, only
+/// to prefetch.
 #[derive(Debug)]
 pub struct Hot {
     len: AtomicUsize,
