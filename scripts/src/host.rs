@@ -235,16 +235,18 @@ thread_local! {
 }
 
 /// Records what `entry`'s call will touch first (its cache entry, licence
-/// list and hot Lua memory) in the entry this thread ran before, which
+/// list, hot Lua memory and `data`: the script's slot in the sim's state and
+/// the `state` bytes it will read) in the entry this thread ran before, which
 /// prefetches it at its next call: a thread runs its share of a tick's
 /// calls in the same order every tick (by element id).
-fn hand_back(entry: &Arc<Entry>, sandbox: &Sandbox) {
+fn hand_back(entry: &Arc<Entry>, sandbox: &Sandbox, data: [*const std::ffi::c_void; 2]) {
     let mut hot = [std::ptr::null(); HOT_MAX];
+    hot[..2].copy_from_slice(&data);
     // The entry with its reference counts, which sit just before it.
     let counts = 2 * std::mem::size_of::<usize>();
     let start = Arc::as_ptr(entry).cast::<u8>().wrapping_sub(counts);
     let lines = (counts + std::mem::size_of::<Entry>()).div_ceil(64);
-    let mut n = 0;
+    let mut n = 2;
     for i in 0..lines.min(HOT_MAX / 4) {
         hot[n] = start.wrapping_add(64 * i).cast();
         n += 1;
@@ -303,7 +305,19 @@ impl ScriptHost for Host {
         }
         let fresh = sandbox.is_fresh();
         let result = sandbox.run(call, &limits);
-        hand_back(&entry, sandbox);
+        // Where the next call's stored `state` will be: the bytes this call
+        // returns (the sim keeps them as they are), or the ones it read.
+        let state = match &result {
+            Ok(ScriptOutput {
+                state: Some(bytes), ..
+            }) => bytes.as_ptr(),
+            _ => call.slot.state.as_ptr(),
+        };
+        hand_back(
+            &entry,
+            sandbox,
+            [std::ptr::from_ref(call.slot).cast(), state.cast()],
+        );
         if matches!(result, Err(ScriptFault::MemoryCap(_))) && !fresh {
             // Near the cap, a sandbox's history (its Lua bookkeeping) could
             // decide the outcome. The fresh sandbox's result is canonical:

@@ -1273,27 +1273,37 @@ impl Sandbox {
                 n: std::ffi::c_int,
             ) -> std::ffi::c_int;
         }
-        let mut refs = [0; HANDLERS.len()];
-        let mut n = 0;
+        let mut refs = [0; HANDLERS.len() + 2];
+        refs[0] = self.raw.env_shadow;
+        refs[1] = self.raw.state_key;
+        let mut n = 2;
         for r in self.raw.handlers.iter().filter(|r| **r != 0) {
             refs[n] = *r;
             n += 1;
         }
+        // The budget and mlua's allocator data (its memory count), which
+        // a call touches before Lua runs and at its first allocation.
+        let (head, rest) = out.split_at_mut(2);
+        head[0] = Arc::as_ptr(&self.budget).cast();
         // SAFETY: `l` is this sandbox's live main state, used by no one else
-        // meanwhile, between calls; `lua_hotlines` only reads it and writes
-        // at most `HOT_MAX` pointers to `out`.
+        // meanwhile, between calls; `lua_getallocf` and `lua_hotlines` only
+        // read it, and the latter writes at most `rest.len()` pointers to
+        // `rest`.
         let k = unsafe {
+            let mut ud = std::ptr::null_mut();
+            mlua::ffi::lua_getallocf(self.main.0, &mut ud);
+            head[1] = ud.cast_const();
             lua_hotlines(
                 self.main.0,
                 refs.as_ptr(),
                 n as std::ffi::c_int,
-                out.as_mut_ptr(),
-                crate::prefetch::HOT_MAX as std::ffi::c_int,
+                rest.as_mut_ptr(),
+                rest.len() as std::ffi::c_int,
             )
         };
-        usize::try_from(k)
+        2 + usize::try_from(k)
             .unwrap_or(0)
-            .min(crate::prefetch::HOT_MAX)
+            .min(crate::prefetch::HOT_MAX - 2)
     }
 
     /// The value of `state` in the script's environment after the calls,
@@ -1696,7 +1706,7 @@ mod tests {
         let idle = Sandbox::new("local x = 1", me, &limits).unwrap();
         let n_idle = idle.hot_lines(&mut out);
         assert!(n_idle >= 8, "{n_idle}");
-        assert_eq!(out[0], idle.main.0.cast_const().cast());
+        assert_eq!(out[2], idle.main.0.cast_const().cast());
         let busy = Sandbox::new(
             "function on_timer(t) state.n = (state.n or 0) + 1; set_timer(1, 1) end",
             me,

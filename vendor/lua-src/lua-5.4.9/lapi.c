@@ -1470,8 +1470,8 @@ LUA_API void lua_upvaluejoin (lua_State *L, int fidx1, int n1,
 ** and its next call frames, the registry slots, and for each function its
 ** prototype, code, constants and upvalues, then the tables an upvalue
 ** leads to through '__index' tables (at most three deep), at the main
-** positions of the function's short-string constants, and those strings'
-** string-table buckets. The host prefetches them before the state's next
+** positions of the function's short-string constants (and the objects
+** found there), and those strings' string-table buckets. The host prefetches them before the state's next
 ** call (a state's memory is cold by then: it runs once per tick).
 ** Only reads the state; raises no error and allocates nothing. Writes at
 ** most 'n' addresses to 'out' and returns how many it wrote.
@@ -1488,9 +1488,10 @@ LUA_API int lua_hotlines (lua_State *L, const int *refs, int nrefs,
   HOT(g); HOT(&g->strt); HOT(&g->l_registry); HOT(&g->tmname[TM_INDEX]);
   HOT(index);
   HOT(L->stack.p); HOT(L->stack.p + 4); HOT(L->stack.p + 8);
-  if (L->base_ci.next != NULL) {
-    HOT(L->base_ci.next);
-    if (L->base_ci.next->next != NULL) HOT(L->base_ci.next->next);
+  {
+    const CallInfo *ci = L->base_ci.next;
+    int c;
+    for (c = 0; c < 4 && ci != NULL; c++, ci = ci->next) HOT(ci);
   }
   HOT(reg);
   for (i = 0; i < nrefs; i++) {
@@ -1526,12 +1527,17 @@ LUA_API int lua_hotlines (lua_State *L, const int *refs, int nrefs,
               HOT(ts);
               HOT(&g->strt.hash[lmod(ts->hash, g->strt.size)]);
             }
-            if (!isdummy(t)) HOT(gnode(t, lmod(ts->hash, sizenode(t))));
+            if (!isdummy(t)) {
+              const TValue *x = luaH_getshortstr(t, (TString *)ts);
+              HOT(gnode(t, lmod(ts->hash, sizenode(t))));
+              if (iscollectable(x)) HOT(gcvalue(x));
+            }
           }
         }
         if (t->metatable == NULL) break;
         HOT(t->metatable);
-        HOT(t->metatable->node);
+        if (!isdummy(t->metatable))
+          HOT(gnode(t->metatable, lmod(index->hash, sizenode(t->metatable))));
         idx = luaH_getshortstr(t->metatable, (TString *)index);
         if (ttistable(idx)) t = hvalue(idx);
         else {
