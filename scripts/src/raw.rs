@@ -216,3 +216,60 @@ pub fn function(lua: &Lua, memory: &AtomicBool, f: RawFn) -> mlua::Result<Functi
     }
     c_closure(lua, memory, call, f as usize)
 }
+
+/// Runs `f` on `l` inside `lua_pcall`, the way mlua's `exec_raw` does but
+/// without its lock and bookkeeping (which cost cache misses on a state
+/// that nothing has touched since the last tick). The message handler
+/// turns an error value into a string, as mlua's does, except mlua's own
+/// errors (userdata), which it leaves for mlua to read; it adds no
+/// traceback (error reports drop it anyway, `describe_error`). Returns
+/// Lua's status; on failure the error value is left on top of the stack.
+///
+/// # Safety
+/// `l` is a live Lua state that no other thread uses meanwhile, with room
+/// for three more values. `f` must not panic, and nothing in it may own a
+/// value with a destructor when a Lua error can happen (it long-jumps out
+/// of `f`).
+#[allow(unsafe_code)]
+pub unsafe fn pcall<F: FnOnce(*mut ffi::lua_State)>(l: *mut ffi::lua_State, f: F) -> c_int {
+    struct Call<F> {
+        f: Option<F>,
+    }
+    unsafe extern "C-unwind" fn body<F: FnOnce(*mut ffi::lua_State)>(
+        l: *mut ffi::lua_State,
+    ) -> c_int {
+        // SAFETY: the only argument is the light userdata `pcall` pushed,
+        // which points to its `Call`, alive until `lua_pcall` returns.
+        unsafe {
+            let call = ffi::lua_touserdata(l, 1).cast::<Call<F>>();
+            ffi::lua_settop(l, 0);
+            if let Some(f) = (*call).f.take() {
+                f(l);
+            }
+        }
+        0
+    }
+    unsafe extern "C-unwind" fn handler(l: *mut ffi::lua_State) -> c_int {
+        // SAFETY: a message handler gets the error value as its argument;
+        // `luaL_tolstring` may raise (a bad `__tostring`), which Lua turns
+        // into a second error, as for mlua's handler.
+        unsafe {
+            if ffi::lua_checkstack(l, 2) != 0 && ffi::lua_type(l, -1) != ffi::LUA_TUSERDATA {
+                ffi::luaL_tolstring(l, -1, std::ptr::null_mut());
+            }
+        }
+        1
+    }
+    let mut call = Call { f: Some(f) };
+    // SAFETY: the caller's contract; `call` outlives the protected call.
+    unsafe {
+        let base = ffi::lua_gettop(l);
+        ffi::lua_pushcfunction(l, handler);
+        ffi::lua_pushcfunction(l, body::<F>);
+        ffi::lua_pushlightuserdata(l, (&raw mut call).cast());
+        let status = ffi::lua_pcall(l, 1, 0, base + 1);
+        ffi::lua_rotate(l, base + 1, -1);
+        ffi::lua_pop(l, 1);
+        status
+    }
+}

@@ -137,6 +137,9 @@ pub struct Sandbox {
     lua: Lua,
     /// `lua`'s main state, for the call path's raw API use.
     main: MainState,
+    /// A registry slot through which mlua reads a call's error object
+    /// (it holds `true` between calls).
+    error_key: mlua::RegistryKey,
     /// Where the script's globals live after sealing; `state` is put here
     /// for each call.
     env_shadow: Table,
@@ -1165,9 +1168,11 @@ impl Sandbox {
         unsafe {
             lua.exec_raw::<()>((), |l| main = l).map_err(setup)?;
         }
+        let error_key = lua.create_registry_value(true).map_err(setup)?;
         let mut sandbox = Sandbox {
             lua,
             main: MainState(main),
+            error_key,
             env_shadow: env.clone(),
             state_key,
             refs: Vec::new(),
@@ -1460,14 +1465,18 @@ impl Sandbox {
         use mlua::ffi;
         let raw = self.raw;
         let budget = &*self.budget;
-        // SAFETY: the closure runs inside mlua's protected call on this
-        // sandbox's Lua state, with enough stack (checked below): a Lua
-        // error long-jumps out of it to that call, which is why nothing in
-        // it owns a value with a destructor (only `Copy` data, references
-        // and stack buffers). The registry indices are held by
-        // `self.refs`, so they name live values.
-        unsafe {
-            self.lua.exec_raw::<()>((), |l| {
+        let l = self.main.0;
+        // SAFETY: `l` is this sandbox's main state, used by no one else
+        // meanwhile; the stack is checked first. The closure runs inside
+        // `raw::pcall`: a Lua error long-jumps out of it, which is why
+        // nothing in it owns a value with a destructor (only `Copy` data,
+        // references and stack buffers). The registry indices are held
+        // by `self.refs`, so they name live values.
+        let status = unsafe {
+            if ffi::lua_checkstack(l, 4) == 0 {
+                return Err(mlua::Error::StackError);
+            }
+            crate::raw::pcall(l, |l| {
                 ffi::lua_sethook(
                     l,
                     ffi::lua_gethook(l),
@@ -1529,6 +1538,59 @@ impl Sandbox {
                     }
                 }
             })
+        };
+        if status == ffi::LUA_OK {
+            return Ok(());
+        }
+        // SAFETY: as above; the failed call left its error value on top.
+        Err(unsafe { self.pop_error(status) })
+    }
+
+    /// Pops the error value a failed protected call left on top of the
+    /// stack as the error mlua's `exec_raw` would have returned: mlua's own
+    /// errors (userdata) as mlua reads them, strings as runtime or memory
+    /// errors by `status`.
+    ///
+    /// # Safety
+    /// The main state's stack has the error value on top, and no one else
+    /// uses the state meanwhile.
+    #[allow(unsafe_code)]
+    unsafe fn pop_error(&self, status: std::ffi::c_int) -> mlua::Error {
+        use mlua::ffi;
+        let l = self.main.0;
+        let slot = self.error_key.id();
+        // SAFETY: the caller's contract. `lua_rawseti` into the registry
+        // slot the key holds (which exists) neither allocates nor raises;
+        // `lua_tolstring` is applied to strings only.
+        unsafe {
+            if ffi::lua_type(l, -1) == ffi::LUA_TUSERDATA {
+                ffi::lua_rawseti(l, ffi::LUA_REGISTRYINDEX, slot.into());
+                let value = self.lua.registry_value::<Value>(&self.error_key);
+                ffi::lua_pushboolean(l, 1);
+                ffi::lua_rawseti(l, ffi::LUA_REGISTRYINDEX, slot.into());
+                return match value {
+                    Ok(Value::Error(e)) => *e,
+                    Ok(other) => rt(format!("error object is a {}", other.type_name())),
+                    Err(e) => e,
+                };
+            }
+            let text = if ffi::lua_type(l, -1) == ffi::LUA_TSTRING {
+                let mut len = 0usize;
+                let p = ffi::lua_tolstring(l, -1, &mut len);
+                String::from_utf8_lossy(std::slice::from_raw_parts(p.cast::<u8>(), len))
+                    .into_owned()
+            } else {
+                format!(
+                    "error object is a {}",
+                    crate::raw::Arg::at(l, -1).type_name()
+                )
+            };
+            ffi::lua_pop(l, 1);
+            if status == ffi::LUA_ERRMEM {
+                mlua::Error::MemoryError(text)
+            } else {
+                mlua::Error::RuntimeError(text)
+            }
         }
     }
 
@@ -1690,6 +1752,68 @@ mod tests {
             }
             assert_eq!(sandbox.lua_bytes(), sandbox.used_bytes());
         }
+    }
+
+    /// A call's errors, as the raw protected call reports them: Lua
+    /// errors of any value, mlua's callback errors, both budgets. Each
+    /// leaves the stack as it was, and the next call runs normally.
+    #[test]
+    fn call_errors() {
+        use metatopia_sim::script::{ScriptCall, ScriptEvent, ScriptEventKind, ScriptFault};
+        use metatopia_sim::state::{ScriptSlot, Settings, State};
+        let world = State::new(metatopia_sim::id::RegionId(1), Settings::default(), &[]);
+        let me = world.root();
+        let limits = Limits::from_settings(&world.settings);
+        let source = "function on_timer(t)\n\
+            if t == 1 then error('boom') end\n\
+            if t == 2 then error({}) end\n\
+            if t == 3 then error(setmetatable({}, { __tostring = function() return 'custom' end })) end\n\
+            if t == 4 then return string.format('%p', {}) end\n\
+            if t == 5 then while true do end end\n\
+            if t == 6 then local x = {} for i = 1, 1e8 do x[i] = i end end\n\
+            state.n = t\n\
+            end";
+        let sandbox = Sandbox::new(source, me, &limits).unwrap();
+        let slot = ScriptSlot {
+            source: [0; 32],
+            state: Vec::new(),
+            faults: 0,
+            suspended: false,
+        };
+        let call = |timer: u32| {
+            let inbox = [ScriptEvent {
+                id: 0,
+                kind: ScriptEventKind::Timer { timer },
+            }];
+            sandbox.run(
+                &ScriptCall {
+                    state: &world,
+                    script: me,
+                    slot: &slot,
+                    inbox: &inbox,
+                    tick: 1,
+                    seed: [1; 32],
+                },
+                &limits,
+            )
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: reads the stack height of the idle state.
+        let top = || unsafe { mlua::ffi::lua_gettop(sandbox.main.0) };
+        let text = |r: Result<_, ScriptFault>| match r {
+            Err(ScriptFault::Error(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(text(call(1)).contains("boom"));
+        assert!(text(call(2)).contains("table: 0x…"));
+        assert!(text(call(3)).contains("custom"));
+        assert!(text(call(4)).contains("%p prints addresses"));
+        assert!(matches!(call(5), Err(ScriptFault::InstructionBudget(_))));
+        assert!(matches!(call(6), Err(ScriptFault::MemoryCap(_))));
+        assert_eq!(top(), 0);
+        let out = call(7).unwrap();
+        assert!(out.state.is_some());
+        assert_eq!(top(), 0);
     }
 
     /// The hot list starts with the Lua state and covers the handler and
