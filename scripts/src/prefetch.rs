@@ -20,7 +20,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Most addresses kept per sandbox.
-pub const HOT_MAX: usize = 64;
+pub const HOT_MAX: usize = 80;
 
 /// Asks the CPU to bring the cache line at `p` into all cache levels.
 #[inline]

@@ -1476,6 +1476,39 @@ LUA_API void lua_upvaluejoin (lua_State *L, int fidx1, int n1,
 ** Only reads the state; raises no error and allocates nothing. Writes at
 ** most 'n' addresses to 'out' and returns how many it wrote.
 */
+/* The nodes a lookup of short string 'key' in 't' visits (its main
+** position, then the collision chain up to the key); the node holding it,
+** or NULL. */
+static const Node *hotchain (const Table *t, const TString *key,
+                             const void **out, int *k, int n) {
+  const Node *nd;
+  int steps;
+  if (isdummy(t)) return NULL;
+  nd = gnode(t, lmod(key->hash, sizenode(t)));
+  for (steps = 0; steps < 8; steps++) {
+    int nx;
+    if (*k < n) out[(*k)++] = nd;
+    if (keyisshrstr(nd) && keystrval(nd) == key) return nd;
+    nx = gnext(nd);
+    if (nx == 0) break;
+    nd += nx;
+  }
+  return NULL;
+}
+
+/* The strings a lookup of 'key' in the string table compares on the way
+** to it (its bucket's chain). */
+static void hotbucket (global_State *g, const TString *key,
+                       const void **out, int *k, int n) {
+  const TString *ts = g->strt.hash[lmod(key->hash, g->strt.size)];
+  int steps;
+  if (*k < n) out[(*k)++] = &g->strt.hash[lmod(key->hash, g->strt.size)];
+  for (steps = 0; ts != NULL && steps < 8; steps++, ts = ts->u.hnext) {
+    if (*k < n) out[(*k)++] = ts;
+    if (ts == key) break;
+  }
+}
+
 LUA_API int lua_hotlines (lua_State *L, const int *refs, int nrefs,
                           const void **out, int n) {
   global_State *g = G(L);
@@ -1523,21 +1556,18 @@ LUA_API int lua_hotlines (lua_State *L, const int *refs, int nrefs,
           const TValue *kv = &p->k[c];
           if (ttisshrstring(kv)) {
             const TString *ts = tsvalue(kv);
+            const Node *nd;
             if (depth == 0) {
               HOT(ts);
-              HOT(&g->strt.hash[lmod(ts->hash, g->strt.size)]);
+              hotbucket(g, ts, out, &k, n);
             }
-            if (!isdummy(t)) {
-              const TValue *x = luaH_getshortstr(t, (TString *)ts);
-              HOT(gnode(t, lmod(ts->hash, sizenode(t))));
-              if (iscollectable(x)) HOT(gcvalue(x));
-            }
+            nd = hotchain(t, ts, out, &k, n);
+            if (nd != NULL && iscollectable(gval(nd))) HOT(gcvalue(gval(nd)));
           }
         }
         if (t->metatable == NULL) break;
         HOT(t->metatable);
-        if (!isdummy(t->metatable))
-          HOT(gnode(t->metatable, lmod(index->hash, sizenode(t->metatable))));
+        hotchain(t->metatable, index, out, &k, n);
         idx = luaH_getshortstr(t->metatable, (TString *)index);
         if (ttistable(idx)) t = hvalue(idx);
         else {
