@@ -1277,6 +1277,14 @@ impl Sandbox {
                 out: *mut *const std::ffi::c_void,
                 n: std::ffi::c_int,
             ) -> std::ffi::c_int;
+            /// vendor/lua-src (PATCHES.md): reads the state, raises no
+            /// error, allocates nothing.
+            fn lua_hotkeys(
+                l: *mut mlua::ffi::lua_State,
+                idx: std::ffi::c_int,
+                out: *mut *const std::ffi::c_void,
+                n: std::ffi::c_int,
+            ) -> std::ffi::c_int;
         }
         let mut refs = [0; HANDLERS.len() + 2];
         refs[0] = self.raw.env_shadow;
@@ -1290,25 +1298,37 @@ impl Sandbox {
         // a call touches before Lua runs and at its first allocation.
         let (head, rest) = out.split_at_mut(2);
         head[0] = Arc::as_ptr(&self.budget).cast();
+        let l = self.main.0;
         // SAFETY: `l` is this sandbox's live main state, used by no one else
-        // meanwhile, between calls; `lua_getallocf` and `lua_hotlines` only
-        // read it, and the latter writes at most `rest.len()` pointers to
-        // `rest`.
-        let k = unsafe {
+        // meanwhile, between calls. `lua_getallocf`, `lua_hotlines` and
+        // `lua_hotkeys` only read it and write at most the given number of
+        // pointers; the raw reads of `state` (stack checked first) raise no
+        // error, and the stack is restored.
+        unsafe {
             let mut ud = std::ptr::null_mut();
-            mlua::ffi::lua_getallocf(self.main.0, &mut ud);
+            mlua::ffi::lua_getallocf(l, &mut ud);
             head[1] = ud.cast_const();
-            lua_hotlines(
-                self.main.0,
+            let k = lua_hotlines(
+                l,
                 refs.as_ptr(),
                 n as std::ffi::c_int,
                 rest.as_mut_ptr(),
                 rest.len() as std::ffi::c_int,
-            )
-        };
-        2 + usize::try_from(k)
-            .unwrap_or(0)
-            .min(crate::prefetch::HOT_MAX - 2)
+            );
+            let k = usize::try_from(k).unwrap_or(0).min(rest.len());
+            let rest = &mut rest[k..];
+            // The next call decodes `state` again, interning its keys.
+            let mut keys = 0;
+            if mlua::ffi::lua_checkstack(l, 3) != 0 {
+                let top = mlua::ffi::lua_gettop(l);
+                mlua::ffi::lua_rawgeti(l, mlua::ffi::LUA_REGISTRYINDEX, self.raw.env_shadow.into());
+                mlua::ffi::lua_rawgeti(l, mlua::ffi::LUA_REGISTRYINDEX, self.raw.state_key.into());
+                mlua::ffi::lua_rawget(l, -2);
+                keys = lua_hotkeys(l, -1, rest.as_mut_ptr(), rest.len() as std::ffi::c_int);
+                mlua::ffi::lua_settop(l, top);
+            }
+            2 + k + usize::try_from(keys).unwrap_or(0).min(rest.len())
+        }
     }
 
     /// The value of `state` in the script's environment after the calls,

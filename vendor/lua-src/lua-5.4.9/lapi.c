@@ -23,6 +23,7 @@
 #include "lgc.h"
 #include "lmem.h"
 #include "lobject.h"
+#include "lopcodes.h"
 #include "lstate.h"
 #include "lstring.h"
 #include "ltable.h"
@@ -1468,10 +1469,11 @@ LUA_API void lua_upvaluejoin (lua_State *L, int fidx1, int n1,
 ** metatopia: the addresses a call of the functions at registry indices
 ** 'refs' will most likely touch first: the state, the start of its stack
 ** and its next call frames, the registry slots, and for each function its
-** prototype, code, constants and upvalues, then the tables an upvalue
-** leads to through '__index' tables (at most three deep), at the main
-** positions of the function's short-string constants (and the objects
-** found there), and those strings' string-table buckets. The host prefetches them before the state's next
+** prototype, code, string constants and upvalues, then the tables an
+** upvalue leads to through '__index' tables (at most three deep), at the
+** main positions of the names the function looks up there (its global
+** names: GETTABUP/SETTABUP constants), following the collision chains to
+** the keys, and the objects found there. The host prefetches them before the state's next
 ** call (a state's memory is cold by then: it runs once per tick).
 ** Only reads the state; raises no error and allocates nothing. Writes at
 ** most 'n' addresses to 'out' and returns how many it wrote.
@@ -1537,12 +1539,27 @@ LUA_API int lua_hotlines (lua_State *L, const int *refs, int nrefs,
     cl = clLvalue(v);
     p = cl->p;
     HOT(cl); HOT(p); HOT(p->code); HOT(p->k);
+    {  /* the string constants (lookups read their hashes) */
+      int c;
+      for (c = 0; c < p->sizek && c < 8; c++)
+        if (ttisshrstring(&p->k[c])) HOT(tsvalue(&p->k[c]));
+    }
     for (u = 0; u < cl->nupvalues && u < 4; u++) {
       const UpVal *uv = cl->upvals[u];
       const TValue *ev;
       Table *t;
       int depth;
-      if (uv == NULL) continue;
+      int names[8];  /* constants this function looks up in upvalue 'u' */
+      int nnames = 0;
+      int pc;
+      for (pc = 0; pc < p->sizecode && pc < 512 && nnames < 8; pc++) {
+        Instruction ins = p->code[pc];
+        if (GET_OPCODE(ins) == OP_GETTABUP && GETARG_B(ins) == u)
+          names[nnames++] = GETARG_C(ins);
+        else if (GET_OPCODE(ins) == OP_SETTABUP && GETARG_A(ins) == u)
+          names[nnames++] = GETARG_B(ins);
+      }
+      if (uv == NULL || nnames == 0) continue;
       HOT(uv);
       ev = uv->v.p;
       HOT(ev);
@@ -1552,18 +1569,14 @@ LUA_API int lua_hotlines (lua_State *L, const int *refs, int nrefs,
         const TValue *idx;
         int c;
         HOT(t);
-        for (c = 0; c < p->sizek && c < 8; c++) {
-          const TValue *kv = &p->k[c];
-          if (ttisshrstring(kv)) {
-            const TString *ts = tsvalue(kv);
-            const Node *nd;
-            if (depth == 0) {
-              HOT(ts);
-              hotbucket(g, ts, out, &k, n);
-            }
-            nd = hotchain(t, ts, out, &k, n);
-            if (nd != NULL && iscollectable(gval(nd))) HOT(gcvalue(gval(nd)));
-          }
+        for (c = 0; c < nnames; c++) {
+          const TValue *kv;
+          const Node *nd;
+          if (names[c] >= p->sizek) continue;
+          kv = &p->k[names[c]];
+          if (!ttisshrstring(kv)) continue;
+          nd = hotchain(t, tsvalue(kv), out, &k, n);
+          if (nd != NULL && iscollectable(gval(nd))) HOT(gcvalue(gval(nd)));
         }
         if (t->metatable == NULL) break;
         HOT(t->metatable);
@@ -1578,5 +1591,33 @@ LUA_API int lua_hotlines (lua_State *L, const int *refs, int nrefs,
     }
   }
 #undef HOT
+  return k;
+}
+
+
+/*
+** metatopia: the string-table buckets (and the strings compared on the
+** way) that interning the short-string keys of the table at 'idx' visits:
+** decoding a script's `state` interns its keys again at the next call.
+** Only reads; raises no error. Returns how many addresses it wrote.
+*/
+LUA_API int lua_hotkeys (lua_State *L, int idx, const void **out, int n) {
+  global_State *g = G(L);
+  const TValue *o = index2value(L, idx);
+  const Table *t;
+  unsigned int i, size;
+  int k = 0;
+  int keys = 0;
+  if (!ttistable(o)) return 0;
+  t = hvalue(o);
+  if (isdummy(t)) return 0;
+  size = sizenode(t);
+  for (i = 0; i < size && keys < 8; i++) {
+    const Node *nd = gnode(t, i);
+    if (keyisshrstr(nd)) {
+      hotbucket(g, keystrval(nd), out, &k, n);
+      keys++;
+    }
+  }
   return k;
 }
