@@ -226,6 +226,11 @@ impl Host {
     }
 }
 
+/// How many of the next script's hot addresses are prefetched when a call
+/// starts (its cache entry, stored state, Lua state, stack and call frames,
+/// registry); the rest after the current script's Lua call.
+const EARLY: usize = 36;
+
 thread_local! {
     /// The entry of the last script this thread ran, to which the next
     /// script's hot addresses are given.
@@ -276,7 +281,7 @@ impl ScriptHost for Host {
         let allowed = &call.state.settings.script_licences;
         let limits = Limits::from_settings(&call.state.settings);
         let entry = self.entry(call, &limits)?;
-        entry.next.prefetch();
+        entry.next.prefetch(0, EARLY);
         let guard = match entry.sandbox.lock() {
             Ok(g) => g,
             Err(_) => {
@@ -305,6 +310,7 @@ impl ScriptHost for Host {
         }
         let fresh = sandbox.is_fresh();
         let result = sandbox.run(call, &limits);
+        entry.next.prefetch(EARLY, HOT_MAX);
         // Where the next call's stored `state` will be: the bytes this call
         // returns (the sim keeps them as they are), or the ones it read.
         let state = match &result {

@@ -76,10 +76,13 @@ impl Hot {
         self.len.store(n, Ordering::Relaxed);
     }
 
-    /// Prefetches the kept addresses.
-    pub fn prefetch(&self) {
-        let n = self.len.load(Ordering::Relaxed).min(HOT_MAX);
-        for slot in &self.addrs[..n] {
+    /// Prefetches the kept addresses from `from` (in the order kept)
+    /// up to `to`. A CPU keeps only so many fetches in flight, so the
+    /// host spreads the list over a call: the first lines a call needs at
+    /// its start, the rest after the current script's Lua call.
+    pub fn prefetch(&self, from: usize, to: usize) {
+        let n = self.len.load(Ordering::Relaxed).min(HOT_MAX).min(to);
+        for slot in self.addrs.get(from..n).unwrap_or_default() {
             line(slot.load(Ordering::Relaxed) as *const u8);
         }
     }
@@ -95,7 +98,7 @@ mod tests {
         line(usize::MAX as *const u8);
         range(std::ptr::null(), 4096);
         let hot = Hot::default();
-        hot.prefetch();
+        hot.prefetch(0, HOT_MAX);
         let addrs = [
             std::ptr::null(),
             8 as *const c_void,
@@ -103,7 +106,9 @@ mod tests {
         ];
         hot.store(&addrs);
         assert_eq!(hot.len.load(Ordering::Relaxed), 3);
-        hot.prefetch();
+        hot.prefetch(0, 2);
+        hot.prefetch(2, HOT_MAX);
+        hot.prefetch(5, 1);
     }
 
     #[test]
