@@ -226,10 +226,13 @@ impl Host {
     }
 }
 
-/// How many of the next script's hot addresses are prefetched when a call
-/// starts (its cache entry, stored state, Lua state, stack and call frames,
-/// registry); the rest after the current script's Lua call.
-const EARLY: usize = 36;
+/// The next script's hot addresses are prefetched in three parts: up to
+/// `EARLY` when a call starts (its cache entry, stored state, budget, Lua
+/// state), up to `MID` before the Lua call (stack, call frames, registry,
+/// handler), the rest after it (globals, string-table buckets).
+const EARLY: usize = 24;
+/// See [`EARLY`].
+const MID: usize = 48;
 
 thread_local! {
     /// The entry of the last script this thread ran, to which the next
@@ -308,9 +311,10 @@ impl ScriptHost for Host {
                 allowed.join(", ")
             )));
         }
+        entry.next.prefetch(EARLY, MID);
         let fresh = sandbox.is_fresh();
         let result = sandbox.run(call, &limits);
-        entry.next.prefetch(EARLY, HOT_MAX);
+        entry.next.prefetch(MID, HOT_MAX);
         // Where the next call's stored `state` will be: the bytes this call
         // returns (the sim keeps them as they are), or the ones it read.
         let state = match &result {
