@@ -133,21 +133,112 @@ fn put(d: &Data, out: &mut Vec<u8>, limit: u32) -> Result<(), CodecError> {
 
 /// Decodes stored bytes (empty: an empty table).
 pub fn decode(bytes: &[u8]) -> Result<Data, CodecError> {
+    parse_root(&mut BuildData, bytes).map(|d| d.unwrap_or(Data::Table(Vec::new())))
+}
+
+/// Checks that `bytes` are a canonical encoding ([`decode`] would accept
+/// them) without building anything.
+pub fn check(bytes: &[u8]) -> Result<(), CodecError> {
+    parse_root(&mut Check, bytes).map(|_| ())
+}
+
+/// What a parse builds, value by value: [`Data`] ([`decode`]), nothing
+/// ([`check`]) or Lua values on a stack ([`push_encoded`]). One parser
+/// serves all three, so they accept exactly the same encodings.
+trait Build {
+    /// A built value.
+    type V;
+    /// A table being built.
+    type T;
+    fn bool(&mut self, b: bool) -> Self::V;
+    fn int(&mut self, i: i64) -> Self::V;
+    fn str(&mut self, s: &[u8]) -> Self::V;
+    /// Starts a table of `n` entries.
+    fn table(&mut self, n: usize) -> Self::T;
+    /// Adds an entry (its key and value were built in this order).
+    fn entry(&mut self, t: &mut Self::T, k: Self::V, v: Self::V);
+    fn end(&mut self, t: Self::T) -> Self::V;
+}
+
+struct BuildData;
+
+impl Build for BuildData {
+    type V = Data;
+    type T = Vec<(Data, Data)>;
+    fn bool(&mut self, b: bool) -> Data {
+        Data::Bool(b)
+    }
+    fn int(&mut self, i: i64) -> Data {
+        Data::Int(i)
+    }
+    fn str(&mut self, s: &[u8]) -> Data {
+        Data::Str(s.to_vec())
+    }
+    fn table(&mut self, n: usize) -> Vec<(Data, Data)> {
+        Vec::with_capacity(n)
+    }
+    fn entry(&mut self, t: &mut Vec<(Data, Data)>, k: Data, v: Data) {
+        t.push((k, v));
+    }
+    fn end(&mut self, t: Vec<(Data, Data)>) -> Data {
+        Data::Table(t)
+    }
+}
+
+struct Check;
+
+impl Build for Check {
+    type V = ();
+    type T = ();
+    fn bool(&mut self, _: bool) {}
+    fn int(&mut self, _: i64) {}
+    fn str(&mut self, _: &[u8]) {}
+    fn table(&mut self, _: usize) {}
+    fn entry(&mut self, _: &mut (), _: (), _: ()) {}
+    fn end(&mut self, _: ()) {}
+}
+
+/// A key as it is compared for the canonical order.
+#[derive(Clone, Copy)]
+enum KeyRef<'a> {
+    Bool(bool),
+    Int(i64),
+    Str(&'a [u8]),
+}
+
+impl KeyRef<'_> {
+    fn order(&self, other: &KeyRef<'_>) -> Ordering {
+        let rank = |k: &KeyRef<'_>| match k {
+            KeyRef::Bool(_) => 0,
+            KeyRef::Int(_) => 1,
+            KeyRef::Str(_) => 2,
+        };
+        match (self, other) {
+            (KeyRef::Bool(x), KeyRef::Bool(y)) => x.cmp(y),
+            (KeyRef::Int(x), KeyRef::Int(y)) => x.cmp(y),
+            (KeyRef::Str(x), KeyRef::Str(y)) => x.cmp(y),
+            _ => rank(self).cmp(&rank(other)),
+        }
+    }
+}
+
+/// Parses a whole encoding: `None` for the empty state.
+fn parse_root<B: Build>(b: &mut B, bytes: &[u8]) -> Result<Option<B::V>, CodecError> {
     if bytes.is_empty() {
-        return Ok(Data::Table(Vec::new()));
+        return Ok(None);
     }
     if bytes[0] != VERSION {
         return Err(CodecError::Corrupt("unknown version"));
     }
     let mut at = 1;
-    let d = get(bytes, &mut at, 1)?;
-    if !matches!(d, Data::Table(_)) {
+    let (v, key) = parse(b, bytes, &mut at, 1)?;
+    if key.is_some() {
         return Err(CodecError::Corrupt("root is not a table"));
     }
     if at != bytes.len() {
         return Err(CodecError::Corrupt("trailing bytes"));
     }
-    Ok(d)
+    Ok(Some(v))
 }
 
 fn take<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], CodecError> {
@@ -165,20 +256,28 @@ fn u32_at(bytes: &[u8], at: &mut usize) -> Result<u32, CodecError> {
     Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
-fn get(bytes: &[u8], at: &mut usize, depth: usize) -> Result<Data, CodecError> {
+/// Parses one value; returns it with its key form (`None` for a table).
+fn parse<'a, B: Build>(
+    b: &mut B,
+    bytes: &'a [u8],
+    at: &mut usize,
+    depth: usize,
+) -> Result<(B::V, Option<KeyRef<'a>>), CodecError> {
     let tag = take(bytes, at, 1)?[0];
     Ok(match tag {
-        0 => Data::Bool(false),
-        1 => Data::Bool(true),
+        0 => (b.bool(false), Some(KeyRef::Bool(false))),
+        1 => (b.bool(true), Some(KeyRef::Bool(true))),
         2 => {
             let s = take(bytes, at, 8)?;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(s);
-            Data::Int(i64::from_le_bytes(b))
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(s);
+            let i = i64::from_le_bytes(raw);
+            (b.int(i), Some(KeyRef::Int(i)))
         }
         3 => {
             let n = u32_at(bytes, at)? as usize;
-            Data::Str(take(bytes, at, n)?.to_vec())
+            let s = take(bytes, at, n)?;
+            (b.str(s), Some(KeyRef::Str(s)))
         }
         4 => {
             if depth > DEPTH_MAX {
@@ -189,21 +288,21 @@ fn get(bytes: &[u8], at: &mut usize, depth: usize) -> Result<Data, CodecError> {
             if n > (bytes.len() - *at) / 2 {
                 return Err(CodecError::Corrupt("count larger than the data"));
             }
-            let mut entries: Vec<(Data, Data)> = Vec::with_capacity(n);
+            let mut t = b.table(n);
+            let mut prev: Option<KeyRef<'a>> = None;
             for _ in 0..n {
-                let k = get(bytes, at, depth + 1)?;
-                if matches!(k, Data::Table(_)) {
+                let (k, key) = parse(b, bytes, at, depth + 1)?;
+                let Some(key) = key else {
                     return Err(CodecError::Corrupt("table used as a key"));
-                }
-                if let Some((prev, _)) = entries.last()
-                    && key_order(prev, &k) != Ordering::Less
-                {
+                };
+                if prev.is_some_and(|p| p.order(&key) != Ordering::Less) {
                     return Err(CodecError::Corrupt("keys out of order"));
                 }
-                let v = get(bytes, at, depth + 1)?;
-                entries.push((k, v));
+                prev = Some(key);
+                let (v, _) = parse(b, bytes, at, depth + 1)?;
+                b.entry(&mut t, k, v);
             }
-            Data::Table(entries)
+            (b.end(t), None)
         }
         _ => return Err(CodecError::Corrupt("unknown tag")),
     })
@@ -413,6 +512,61 @@ pub unsafe fn push(l: *mut ffi::lua_State, d: &Data) {
     }
 }
 
+/// Builds a checked encoding ([`check`]) into a Lua value on the stack
+/// (the empty state as an empty table), like `push(l, &decode(bytes)?)`
+/// but without building the data first.
+///
+/// # Safety
+/// As [`push`]: `l` is a Lua state inside a protected call (building
+/// allocates; a memory error long-jumps, and nothing here owns a value
+/// with a destructor). `bytes` passed [`check`]; if they did not, the
+/// value pushed is `nil` (never a panic).
+#[allow(unsafe_code)]
+pub unsafe fn push_encoded(l: *mut ffi::lua_State, bytes: &[u8]) {
+    struct Push(*mut ffi::lua_State);
+    impl Build for Push {
+        type V = ();
+        type T = ();
+        fn bool(&mut self, b: bool) {
+            // SAFETY: the caller's contract; the stack was checked.
+            unsafe { ffi::lua_pushboolean(self.0, c_int::from(b)) }
+        }
+        fn int(&mut self, i: i64) {
+            // SAFETY: as above.
+            unsafe { ffi::lua_pushinteger(self.0, i) }
+        }
+        fn str(&mut self, s: &[u8]) {
+            // SAFETY: as above.
+            unsafe {
+                ffi::lua_pushlstring(self.0, s.as_ptr().cast(), s.len());
+            }
+        }
+        fn table(&mut self, _: usize) {
+            // SAFETY: as above. Created empty and filled in key order, as
+            // `push` does: the table's layout (and so `pairs`) is the same.
+            unsafe { ffi::lua_createtable(self.0, 0, 0) }
+        }
+        fn entry(&mut self, _: &mut (), _: (), _: ()) {
+            // SAFETY: as above; the table is below its key and value.
+            unsafe { ffi::lua_rawset(self.0, -3) }
+        }
+        fn end(&mut self, _: ()) {}
+    }
+    // SAFETY: the caller's contract; three slots per level of nesting.
+    unsafe {
+        ffi::luaL_checkstack(l, 3 * DEPTH_MAX as c_int + 4, std::ptr::null());
+        let top = ffi::lua_gettop(l);
+        match parse_root(&mut Push(l), bytes) {
+            Ok(Some(())) => {}
+            Ok(None) => ffi::lua_createtable(l, 0, 0),
+            Err(_) => {
+                ffi::lua_settop(l, top);
+                ffi::lua_pushnil(l);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +619,73 @@ mod tests {
                 .and_then(|d| encode(&d, 4096))
                 .unwrap_err();
             assert!(e.to_string().contains(want), "{src}: {e}");
+        }
+    }
+
+    /// The keys of `t` in `pairs` order, as data.
+    fn pairs_keys(lua: &Lua, t: &Table) -> Vec<String> {
+        let f: mlua::Function = lua
+            .load("local t = ...; local out = {} for k in pairs(t) do out[#out + 1] = tostring(k) end return out")
+            .into_function()
+            .unwrap();
+        f.call(t).unwrap()
+    }
+
+    /// `push_encoded` builds what `push` of the decoded data builds: the
+    /// same data, and the same `pairs` order (the table layout follows the
+    /// order of insertion). Bytes `check` refuses are the bytes `decode`
+    /// refuses.
+    #[test]
+    fn push_encoded_is_push_of_decode() {
+        let lua = Lua::new();
+        let sources = [
+            "return {}",
+            r#"return { n = 1 }"#,
+            r#"return { b = 2, a = "x", [3] = true, [-1] = false, [true] = 0, nested = { z = { 1, 2, 3 }, y = {} } }"#,
+            "local t = {} for i = 1, 40 do t['k' .. i] = i; t[i * 7] = 'v' .. i end return t",
+        ];
+        for src in sources {
+            let t: Table = lua.load(src).eval().unwrap();
+            let d = from_lua(&lua, &t, 65536).unwrap();
+            let bytes = encode(&d, 65536).unwrap();
+            assert!(check(&bytes).is_ok());
+            let Value::Table(via_data) = to_lua(&lua, &d).unwrap() else {
+                panic!("a table");
+            };
+            // SAFETY: inside mlua's protected call; `push_encoded` holds
+            // only references.
+            #[allow(unsafe_code)]
+            let Value::Table(via_bytes) =
+                (unsafe { lua.exec_raw::<Value>((), |l| push_encoded(l, &bytes)) }).unwrap()
+            else {
+                panic!("a table");
+            };
+            assert_eq!(from_lua(&lua, &via_bytes, 65536).unwrap(), d, "{src}");
+            assert_eq!(
+                pairs_keys(&lua, &via_bytes),
+                pairs_keys(&lua, &via_data),
+                "{src}"
+            );
+            // Every truncation and a flipped byte: check agrees with
+            // decode, and push_encoded of refused bytes pushes nil.
+            for cut in 0..bytes.len() {
+                let mut bad = bytes[..cut].to_vec();
+                assert_eq!(check(&bad).is_ok(), decode(&bad).is_ok(), "{src} cut {cut}");
+                if let Some(b) = bad.last_mut() {
+                    *b ^= 0x5a;
+                }
+                assert_eq!(
+                    check(&bad).is_ok(),
+                    decode(&bad).is_ok(),
+                    "{src} flip {cut}"
+                );
+                if check(&bad).is_err() {
+                    // SAFETY: as above.
+                    #[allow(unsafe_code)]
+                    let v = unsafe { lua.exec_raw::<Value>((), |l| push_encoded(l, &bad)) };
+                    assert!(matches!(v, Ok(Value::Nil)), "{src} cut {cut}");
+                }
+            }
         }
     }
 

@@ -138,6 +138,11 @@ function on_timer(t) set_timer(t, 1) end
         seed: [9; 32],
     };
     let _ = sandbox.run(&call, &small_limits());
+    assert_eq!(
+        codec::check(tail).is_ok(),
+        codec::decode(tail).is_ok(),
+        "check and decode accept the same bytes"
+    );
     if let Ok(d) = codec::decode(tail) {
         let again = codec::encode(&d, u32::MAX).unwrap_or_default();
         assert_eq!(again, tail, "decoding accepts only canonical bytes");

@@ -111,9 +111,16 @@ pub enum Ret {
 /// place.
 pub type RawFn = fn(&[Arg<'_>; 4]) -> mlua::Result<Ret>;
 
-/// What [`push_found`] pushes: data to build into a Lua value, or the text
-/// of an error to raise.
-pub type Found = Result<codec::Data, String>;
+/// What [`push_found`] pushes.
+#[derive(Debug)]
+pub enum Found<'a> {
+    /// Data to build into a Lua value.
+    Data(codec::Data),
+    /// A canonical encoding (it passed [`codec::check`]) to build.
+    Encoded(&'a [u8]),
+    /// The text of an error to raise.
+    Error(String),
+}
 
 /// Pushes what `push_found` was given (a light userdata pointing to it).
 #[allow(unsafe_code)]
@@ -121,9 +128,10 @@ unsafe extern "C-unwind" fn build_found(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by `lua_pcall` in `push_found` with a pointer to a
     // live `Found` as its only argument; this frame holds references only.
     unsafe {
-        match &*ffi::lua_touserdata(l, 1).cast::<Found>() {
-            Ok(data) => codec::push(l, data),
-            Err(msg) => {
+        match &*ffi::lua_touserdata(l, 1).cast::<Found<'_>>() {
+            Found::Data(data) => codec::push(l, data),
+            Found::Encoded(bytes) => codec::push_encoded(l, bytes),
+            Found::Error(msg) => {
                 ffi::lua_pushlstring(l, msg.as_ptr().cast(), msg.len());
             }
         }
@@ -141,10 +149,10 @@ unsafe extern "C-unwind" fn build_found(l: *mut ffi::lua_State) -> c_int {
 /// Called from a C closure made by [`c_closure`] (its first upvalue is the
 /// memory fault flag).
 #[allow(unsafe_code)]
-pub unsafe fn push_found(l: *mut ffi::lua_State, found: Found) -> bool {
+pub unsafe fn push_found(l: *mut ffi::lua_State, found: Found<'_>) -> bool {
     // SAFETY: see the contract; the pointer is used only during the call.
     unsafe {
-        let failed = found.is_err();
+        let failed = matches!(found, Found::Error(_));
         ffi::lua_pushcfunction(l, build_found);
         ffi::lua_pushlightuserdata(l, std::ptr::from_ref(&found).cast_mut().cast());
         let status = ffi::lua_pcall(l, 1, 1, 0);
@@ -205,8 +213,8 @@ pub fn function(lua: &Lua, memory: &AtomicBool, f: RawFn) -> mlua::Result<Functi
                     ffi::lua_pushinteger(l, i);
                     return 1;
                 }
-                Ok(Ret::Text(t)) => Ok(codec::Data::Str(t.into_bytes())),
-                Err(e) => Err(crate::sandbox::describe_error(&e)),
+                Ok(Ret::Text(t)) => Found::Data(codec::Data::Str(t.into_bytes())),
+                Err(e) => Found::Error(crate::sandbox::describe_error(&e)),
             };
             if push_found(l, found) {
                 ffi::lua_error(l);

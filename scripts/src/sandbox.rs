@@ -564,26 +564,31 @@ fn state_index_function(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Functio
             if std::slice::from_raw_parts(key.cast::<u8>(), len) != b"state" {
                 return 0;
             }
-            // A panic must not unwind into Lua's C frames.
-            let found: Option<raw::Found> = std::panic::catch_unwind(|| {
+            // A panic must not unwind into Lua's C frames. The stored
+            // bytes are checked, then built straight into Lua.
+            let raise = std::panic::catch_unwind(|| {
                 match with_ctx(|ctx, _| Ok(!std::mem::replace(&mut ctx.touched, true))) {
-                    Ok(false) => None,
-                    Ok(true) => Some(
-                        SAVED
-                            .with(|bytes| codec::decode(bytes))
-                            .map_err(|e| format!("{e} (the script's state cannot be read)")),
-                    ),
-                    Err(e) => Some(Err(describe_error(&e))),
+                    Ok(false) => {
+                        ffi::lua_pushnil(l);
+                        false
+                    }
+                    Ok(true) => SAVED.with(|bytes| {
+                        let found = match codec::check(bytes) {
+                            Ok(()) => raw::Found::Encoded(bytes),
+                            Err(e) => raw::Found::Error(format!(
+                                "{e} (the script's state cannot be read)"
+                            )),
+                        };
+                        raw::push_found(l, found)
+                    }),
+                    Err(e) => raw::push_found(l, raw::Found::Error(describe_error(&e))),
                 }
             })
-            .unwrap_or_else(|_| Some(Err("state: internal error".into())));
-            match found {
-                None => ffi::lua_pushnil(l),
-                Some(f) => {
-                    if raw::push_found(l, f) {
-                        ffi::lua_error(l);
-                    }
-                }
+            .unwrap_or_else(|_| {
+                raw::push_found(l, raw::Found::Error("state: internal error".into()))
+            });
+            if raise {
+                ffi::lua_error(l);
             }
             // t.state = s, then return s.
             ffi::lua_pushvalue(l, 2);
