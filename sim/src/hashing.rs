@@ -56,7 +56,7 @@ impl<const N: usize> HashSink<N> {
         self.len += 1;
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn varint(&mut self, mut v: u64) {
         if self.len + 10 > N {
             self.flush();
@@ -84,7 +84,7 @@ impl<const N: usize> HashSink<N> {
     }
 
     /// An element id as postcard writes it: region, then counter.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn id(&mut self, id: ElementId) {
         self.varint(u64::from(id.region.0));
         self.varint(id.counter);

@@ -1053,6 +1053,11 @@ impl Tick<'_> {
                 Err(fault) => self.fault(script, fault),
             }
         }
+        // The merge left the hashes of the elements it changed to be
+        // computed; most are the scripts' own (new state, faults), so
+        // those are hashed here in parallel rather than one by one in the
+        // digest.
+        self.s.elements.rehash(&ids);
     }
 
     /// The queued events as inboxes: scripts in id order, each with the
