@@ -37,6 +37,7 @@ pub mod state;
 pub mod step;
 pub mod table;
 pub mod testing;
+pub mod timers;
 
 pub use fx::{Fx, Vec3};
 pub use id::{ElementId, PlayerId, RegionId};

@@ -161,7 +161,7 @@ pub fn state_hash(state: &State) -> [u8; 32] {
         d.put(p);
     }
     d.put(&(timers.len() as u64));
-    for (due, script, timer) in timers {
+    for (due, script, timer) in timers.iter() {
         d.varint(*due);
         d.id(*script);
         d.varint(u64::from(*timer));

@@ -23,7 +23,6 @@
 //! depend on the number of rayon threads.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use rayon::prelude::*;
 
@@ -40,6 +39,7 @@ use crate::snapshot;
 use crate::state::{
     ChatLine, Element, ElementKind, Pending, Player, Role, ScriptSlot, Speaker, State,
 };
+use crate::timers::Timer;
 
 /// Why a batch cannot be executed. The state is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,6 +202,7 @@ fn run_tick(
         },
         queued: Vec::new(),
         next_event_id: 0,
+        new_timers: Vec::new(),
         forwarded: &physics.forwarded,
     };
     tick.s.time_ms = batch.time_ms;
@@ -226,6 +227,11 @@ struct Tick<'a> {
     /// into inboxes (by script id, keeping this order) when scripts run.
     queued: Vec<(ElementId, ScriptEvent)>,
     next_event_id: u64,
+    /// Timers set by the scripts merged so far this tick, none pending
+    /// before nor repeated; added to the state's timers in one batch after
+    /// the merge (nothing reads them in between but the cap check, which
+    /// counts them).
+    new_timers: Vec<Timer>,
 }
 
 /// Whether an element has a script that gets events (attached, not
@@ -323,23 +329,7 @@ impl Tick<'_> {
             let id = self.new_event_id();
             self.push_event(p.to, id, p.event);
         }
-        let now = self.s.tick;
-        let last = (now, ElementId::new(u32::MAX, u64::MAX), u32::MAX);
-        let due: Vec<(u64, ElementId, u32)> = self.s.timers.range(..=last).copied().collect();
-        // The due timers are the front of the set. Removing most of a set
-        // one by one costs more than building what is left.
-        if due.len() >= self.s.timers.len() / 2 {
-            self.s.timers = self
-                .s
-                .timers
-                .range((Bound::Excluded(last), Bound::Unbounded))
-                .copied()
-                .collect();
-        } else {
-            for t in &due {
-                self.s.timers.remove(t);
-            }
-        }
+        let due = self.s.timers.take_due(self.s.tick);
         // As `push_event`, with the scripts found in one ordered walk when
         // the due timers are in script order (they are when all are due at
         // this tick).
@@ -1053,6 +1043,7 @@ impl Tick<'_> {
                 Err(fault) => self.fault(script, fault),
             }
         }
+        self.s.timers.extend(std::mem::take(&mut self.new_timers));
         // The merge left the hashes of the elements it changed to be
         // computed; most are the scripts' own (new state, faults), so
         // those are hashed here in parallel rather than one by one in the
@@ -1150,7 +1141,8 @@ impl Tick<'_> {
         if self.s.mailbox.len() as u64 + out.sends.len() as u64 > u64::from(st.mailbox_max) {
             return reject("region mailbox is full".into());
         }
-        if self.s.timers.len() as u64 + out.timers.len() as u64 > u64::from(st.timers_max) {
+        let timers = self.s.timers.len() + self.new_timers.len();
+        if timers as u64 + out.timers.len() as u64 > u64::from(st.timers_max) {
             return reject("region timer table is full".into());
         }
         if out
@@ -1219,10 +1211,13 @@ impl Tick<'_> {
             self.say(Speaker::Script(script), pos, radius, text, Some(script));
         }
         let tick = self.s.tick;
+        // Only this script's timers can repeat each other in the batch.
+        let mine = self.new_timers.len();
         for (timer, delay) in out.timers {
-            self.s
-                .timers
-                .insert((tick.saturating_add(delay), script, timer));
+            let t = (tick.saturating_add(delay), script, timer);
+            if !self.s.timers.contains(&t) && !self.new_timers[mine..].contains(&t) {
+                self.new_timers.push(t);
+            }
         }
         // A slot with no faults to reset and no new state is unchanged: no
         // write, no rehash.
@@ -1431,16 +1426,7 @@ impl Tick<'_> {
         let mut ids = ids;
         ids.sort();
         let gone = |id: &ElementId| ids.binary_search(id).is_ok();
-        let timers: Vec<_> = self
-            .s
-            .timers
-            .iter()
-            .filter(|(_, s, _)| gone(s))
-            .copied()
-            .collect();
-        for t in timers {
-            self.s.timers.remove(&t);
-        }
+        self.s.timers.retain(|(_, s, _)| !gone(s));
         self.s.mailbox.retain(|p| !gone(&p.to));
     }
 
@@ -1475,9 +1461,7 @@ impl Tick<'_> {
         for (id, body) in &t.bodies {
             self.s.bodies.insert(*id, body.clone());
         }
-        for timer in &t.timers {
-            self.s.timers.insert(*timer);
-        }
+        self.s.timers.extend(t.timers.clone());
         for p in &t.mailbox {
             self.s.mailbox.push_back(p.clone());
         }
