@@ -24,8 +24,6 @@
 
 use std::collections::BTreeMap;
 
-use rayon::prelude::*;
-
 use crate::admin;
 use crate::fx::{Fx, Vec3};
 use crate::id::{ElementId, PlayerId};
@@ -217,6 +215,12 @@ fn run_tick(
     report
 }
 
+/// Script calls per rayon task: a call is microseconds of work.
+const CALLS_PER_TASK: usize = 16;
+
+/// Element lookups per rayon task when they are spread over the pool.
+const LOOKUPS_PER_TASK: usize = 256;
+
 /// Work in progress for one tick.
 struct Tick<'a> {
     s: &'a mut State,
@@ -330,16 +334,14 @@ impl Tick<'_> {
             self.push_event(p.to, id, p.event);
         }
         let due = self.s.timers.take_due(self.s.tick);
-        // As `push_event`, with the scripts found in one ordered walk when
-        // the due timers are in script order (they are when all are due at
-        // this tick).
+        // As `push_event`, with the scripts looked up on the pool, in
+        // ordered walks when the due timers are in script order (they are
+        // when all are due at this tick).
         let scripts: Vec<ElementId> = due.iter().map(|(_, script, _)| *script).collect();
         let live: Vec<bool> = self
             .s
             .elements
-            .get_sorted(&scripts)
-            .into_iter()
-            .map(|e| live_script(e))
+            .par_map_sorted(&scripts, LOOKUPS_PER_TASK, |_, _, e| live_script(e))
             .collect();
         self.queued.reserve(due.len());
         for ((_, script, timer), live) in due.into_iter().zip(live) {
@@ -1008,35 +1010,29 @@ impl Tick<'_> {
         let state = &*self.s;
         let tick = self.s.tick;
         let ids: Vec<ElementId> = calls.iter().map(|(script, _)| *script).collect();
-        let elements = state.elements.get_sorted(&ids);
-        // Whether each script's fault count needs resetting on success (no
-        // other output changes a script's own slot during the merge).
-        let had_faults: Vec<bool> = elements
-            .iter()
-            .map(|e| {
-                e.and_then(|e| e.script.as_ref())
-                    .is_some_and(|slot| slot.faults > 0)
-            })
-            .collect();
-        let results: Vec<Result<ScriptOutput, ScriptFault>> = calls
-            .par_iter()
-            .zip(elements)
-            .map(|((script, range), element)| {
+        // Each result comes with whether the script's fault count needs
+        // resetting on success (no other output changes a script's own slot
+        // during the merge).
+        let results = state
+            .elements
+            .par_map_sorted(&ids, CALLS_PER_TASK, |i, script, element| {
                 let Some(slot) = element.and_then(|e| e.script.as_ref()) else {
-                    return Err(ScriptFault::Rejected("script vanished".into()));
+                    return (false, Err(ScriptFault::Rejected("script vanished".into())));
                 };
-                host.run(&ScriptCall {
+                let result = host.run(&ScriptCall {
                     state,
                     script: *script,
                     slot,
-                    inbox: &inboxes[range.clone()],
+                    inbox: &inboxes[calls[i].1.clone()],
                     tick,
                     seed: order::script_seed(seed, *script),
-                })
-            })
-            .collect();
+                });
+                (slot.faults > 0, result)
+            });
         drop(inboxes);
-        for (((script, _), result), had_faults) in calls.into_iter().zip(results).zip(had_faults) {
+        // Most scripts set a timer (the 10k scene: every one).
+        self.new_timers.reserve(calls.len());
+        for ((script, _), (had_faults, result)) in calls.into_iter().zip(results) {
             let result = result.and_then(|out| self.check_output(script, &out).map(|()| out));
             match result {
                 Ok(out) => self.apply_output(script, out, had_faults),

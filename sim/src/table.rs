@@ -137,11 +137,22 @@ impl<K: Ord + Clone, V: EntryHash + Clone> Table<K, V> {
 
     /// The entries at `keys`, found as [`Table::get_sorted`] describes.
     fn entries_sorted(&self, keys: &[K]) -> Vec<Option<&Entry<V>>> {
-        let ordered = keys.windows(2).all(|w| w[0] <= w[1]);
+        self.find(keys, self.walkable(keys))
+    }
+
+    /// Whether `keys` are in order (repeats allowed) and many enough (a
+    /// quarter of the table or more) to be found by walking the table.
+    fn walkable(&self, keys: &[K]) -> bool {
+        keys.len().saturating_mul(4) >= self.len() && keys.is_sorted()
+    }
+
+    /// The entries at `keys`: found in one walk from the first key when
+    /// `walk` (the keys must then be in order), else searched one by one.
+    fn find(&self, keys: &[K], walk: bool) -> Vec<Option<&Entry<V>>> {
         let Some(first) = keys.first() else {
             return Vec::new();
         };
-        if !ordered || keys.len().saturating_mul(4) < self.len() {
+        if !walk {
             return keys.iter().map(|k| self.map.get(k)).collect();
         }
         let mut entries = self.map.range::<_, K>(first..).peekable();
@@ -153,27 +164,72 @@ impl<K: Ord + Clone, V: EntryHash + Clone> Table<K, V> {
             .collect()
     }
 
+    /// `f(i, &keys[i], value at keys[i])` for every `i`, run on the rayon
+    /// pool in tasks of `per_task` consecutive keys; the results in the
+    /// order of `keys`. Each task finds its keys as [`Table::get_sorted`]
+    /// finds them (when the keys are in order and many, it walks its part
+    /// of the table), so finding them is parallel too.
+    pub fn par_map_sorted<R, F>(
+        &self,
+        keys: &[K],
+        per_task: usize,
+        f: F,
+    ) -> std::iter::Flatten<std::vec::IntoIter<Vec<R>>>
+    where
+        K: Send + Sync,
+        V: Send + Sync,
+        R: Send,
+        F: Fn(usize, &K, Option<&V>) -> R + Sync,
+    {
+        self.par_map_entries(keys, per_task, |i, k, e| f(i, k, e.map(|e| &e.inner.value)))
+            .into_iter()
+            .flatten()
+    }
+
+    /// [`Table::par_map_sorted`] on the entries, each task's results in
+    /// their own `Vec` (collected in place, not copied into one).
+    fn par_map_entries<R, F>(&self, keys: &[K], per_task: usize, f: F) -> Vec<Vec<R>>
+    where
+        K: Send + Sync,
+        V: Send + Sync,
+        R: Send,
+        F: Fn(usize, &K, Option<&Entry<V>>) -> R + Sync,
+    {
+        let walk = self.walkable(keys);
+        let per_task = per_task.max(1);
+        let f = &f;
+        keys.par_chunks(per_task)
+            .enumerate()
+            .map(|(task, chunk)| {
+                let found = self.find(chunk, walk);
+                chunk
+                    .iter()
+                    .zip(found)
+                    .enumerate()
+                    .map(|(i, (k, e))| f(task * per_task + i, k, e))
+                    .collect()
+            })
+            .collect()
+    }
+
     /// Computes now, on the rayon pool, the hashes of the values at `keys`
     /// that changed since their hash was last computed (absent keys and
     /// current hashes are skipped). Only a matter of speed: a hash not
-    /// computed here is computed when read. Keys in order are found in one
-    /// walk (see [`Table::get_sorted`]).
+    /// computed here is computed when read. The keys are found as
+    /// [`Table::par_map_sorted`] finds them.
     pub fn rehash(&self, keys: &[K])
     where
-        K: Sync,
+        K: Send + Sync,
         V: Send + Sync,
     {
-        /// Hashes per rayon task at least: an element hash is well under
-        /// a microsecond, about what handing a task to another thread costs.
+        /// Keys per rayon task: an element hash is well under a
+        /// microsecond, about what handing a task to another thread costs.
         const PER_TASK: usize = 64;
-        let entries = self.entries_sorted(keys);
-        entries
-            .par_iter()
-            .with_min_len(PER_TASK)
-            .flatten()
-            .for_each(|e| {
+        self.par_map_entries(keys, PER_TASK, |_, _, e| {
+            if let Some(e) = e {
                 e.inner.hash();
-            });
+            }
+        });
     }
 
     /// Whether `key` is present.
@@ -388,8 +444,9 @@ mod tests {
         assert_eq!(slot(&table, 3), Some(value_hash(&4u64)));
     }
 
-    /// `get_sorted` gives what `get` gives, for dense and sparse key lists,
-    /// present and absent keys, and keys out of order.
+    /// `get_sorted` and `par_map_sorted` give what `get` gives, for dense
+    /// and sparse key lists, present and absent keys, and keys out of
+    /// order.
     #[test]
     fn get_sorted_is_get() {
         let mut table: Table<u64, u64> = Table::new();
@@ -408,9 +465,29 @@ mod tests {
             (0..6000).map(|k| k / 2).collect(),
             (1000..2000).collect(),
         ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
         for keys in lists {
             let want: Vec<Option<&u64>> = keys.iter().map(|k| table.get(k)).collect();
             assert_eq!(table.get_sorted(&keys), want, "{keys:?}");
+            // `par_map_sorted` hands each key, its index and its value to
+            // the function, and returns the results in order, whatever the
+            // task size.
+            let want: Vec<(usize, u64, Option<u64>)> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (i, *k, table.get(k).copied()))
+                .collect();
+            for per_task in [0, 1, 3, 64, 5000] {
+                let got: Vec<(usize, u64, Option<u64>)> = pool.install(|| {
+                    table
+                        .par_map_sorted(&keys, per_task, |i, k, v| (i, *k, v.copied()))
+                        .collect()
+                });
+                assert_eq!(got, want, "{per_task} {keys:?}");
+            }
         }
     }
 }
