@@ -70,7 +70,7 @@ impl<const N: usize> HashSink<N> {
         self.len += 1;
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn bytes(&mut self, data: &[u8]) {
         if self.len + data.len() > N {
             self.flush();
@@ -127,7 +127,7 @@ fn copy_n<const N: usize>(dst: &mut [u8], data: &[u8]) {
 /// Copies `data` into the front of `dst`. Varints (1 to 10 bytes), ids,
 /// short states and 32-byte keys are most of what is copied; a call to
 /// `memcpy` for each cost more than the copy.
-#[inline]
+#[inline(always)]
 fn copy_small(dst: &mut [u8], data: &[u8]) {
     match data.len() {
         0 => {}
