@@ -215,8 +215,17 @@ fn run_tick(
     report
 }
 
-/// Script calls per rayon task: a call is microseconds of work.
-const CALLS_PER_TASK: usize = 16;
+/// Script calls per rayon task at most: a call is microseconds of work.
+const CALLS_PER_TASK_MAX: usize = 16;
+
+/// Script calls per rayon task for `calls` calls: up to
+/// [`CALLS_PER_TASK_MAX`], but small enough that a few slow scripts still
+/// spread over the pool (at least four tasks a thread). Only how the calls
+/// are scheduled depends on the number of threads, never a result.
+fn calls_per_task(calls: usize) -> usize {
+    let tasks = 4 * rayon::current_num_threads().max(1);
+    (calls / tasks).clamp(1, CALLS_PER_TASK_MAX)
+}
 
 /// Element lookups per rayon task when they are spread over the pool.
 const LOOKUPS_PER_TASK: usize = 256;
@@ -1013,22 +1022,23 @@ impl Tick<'_> {
         // Each result comes with whether the script's fault count needs
         // resetting on success (no other output changes a script's own slot
         // during the merge).
-        let results = state
-            .elements
-            .par_map_sorted(&ids, CALLS_PER_TASK, |i, script, element| {
-                let Some(slot) = element.and_then(|e| e.script.as_ref()) else {
-                    return (false, Err(ScriptFault::Rejected("script vanished".into())));
-                };
-                let result = host.run(&ScriptCall {
-                    state,
-                    script: *script,
-                    slot,
-                    inbox: &inboxes[calls[i].1.clone()],
-                    tick,
-                    seed: order::script_seed(seed, *script),
+        let results =
+            state
+                .elements
+                .par_map_sorted(&ids, calls_per_task(ids.len()), |i, script, element| {
+                    let Some(slot) = element.and_then(|e| e.script.as_ref()) else {
+                        return (false, Err(ScriptFault::Rejected("script vanished".into())));
+                    };
+                    let result = host.run(&ScriptCall {
+                        state,
+                        script: *script,
+                        slot,
+                        inbox: &inboxes[calls[i].1.clone()],
+                        tick,
+                        seed: order::script_seed(seed, *script),
+                    });
+                    (slot.faults > 0, result)
                 });
-                (slot.faults > 0, result)
-            });
         drop(inboxes);
         // Most scripts set a timer (the 10k scene: every one).
         self.new_timers.reserve(calls.len());
