@@ -4,7 +4,9 @@
 //! The bytes hashed are exactly `postcard::to_stdvec(value)`: this is only
 //! a cheaper sink (no `Vec` per value, no `io::Write` layer), plus a
 //! hand-written encoder for [`Element`], the value a tick rehashes most.
-//! Every hash stays what it was; tests compare against postcard.
+//! Every hash stays what it was; tests compare against postcard. The
+//! `Sink` trait writes the same bytes onto a `Vec` instead, for the part
+//! of the digest encoded on another thread.
 
 use postcard::ser_flavors::Flavor;
 use serde::Serialize;

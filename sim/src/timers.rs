@@ -63,7 +63,9 @@ impl Timers {
             .is_some_and(|run| run.binary_search(timer).is_ok())
     }
 
-    /// Adds a timer; returns whether it was not pending already.
+    /// Adds a timer; returns whether it was not pending already. Shifts
+    /// the later timers of its due tick's run: for a few timers; many go
+    /// through [`Timers::extend`].
     pub fn insert(&mut self, timer: Timer) -> bool {
         let Some(run) = self.runs.get_mut(&timer.0) else {
             self.runs.insert(timer.0, Arc::new(vec![timer]));
