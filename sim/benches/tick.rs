@@ -3,7 +3,8 @@
 //! snapshot encoding of that world on their own. And the sim's own
 //! per-script work in a tick of 10,000 scripts, each with one timer event,
 //! against a host that returns what the Lua script of the scripts crate's
-//! bench would (a timer and a changed 8-byte state), without Lua.
+//! bench would (a timer and a changed 8-byte state), without Lua, on one
+//! thread and on two.
 //!
 //! Run: `cargo bench -p metatopia-sim --bench tick`
 
@@ -140,21 +141,28 @@ impl ScriptHost for FakeHost {
     }
 }
 
-/// The sim side of a 10,000-script tick, on one rayon thread. The sim is
-/// stepped on from one iteration to the next, as a region would be.
+/// The sim side of a 10,000-script tick, on one rayon thread and on two
+/// (the host calls and the rehash of the scripts' elements run on the
+/// pool). The sim is stepped on from one iteration to the next, as a
+/// region would be.
 fn scripts(c: &mut Criterion) {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .expect("a one-thread pool");
-    let mut sim = Sim::new(metatopia_sim::testing::timer_region(10_000, [7; 32]));
-    c.bench_function("tick_10k_scripts_fake_host", |b| {
-        b.iter(|| {
-            let r = pool.install(|| metatopia_sim::testing::step_idle(&mut sim, &FakeHost));
-            assert_eq!(r.script_calls, 10_000);
-            r.hash
-        })
-    });
+    for (name, threads) in [
+        ("tick_10k_scripts_fake_host", 1),
+        ("tick_10k_scripts_fake_host_2_threads", 2),
+    ] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a pool");
+        let mut sim = Sim::new(metatopia_sim::testing::timer_region(10_000, [7; 32]));
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let r = pool.install(|| metatopia_sim::testing::step_idle(&mut sim, &FakeHost));
+                assert_eq!(r.script_calls, 10_000);
+                r.hash
+            })
+        });
+    }
 }
 
 criterion_group!(benches, bench, scripts);

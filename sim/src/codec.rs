@@ -33,7 +33,10 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for SeqVisitor<T> {
     }
 }
 
-fn read_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+/// Reads a sequence into a `Vec`, without trusting its claimed length.
+pub(crate) fn read_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
     d.deserialize_seq(SeqVisitor(PhantomData))
 }
 

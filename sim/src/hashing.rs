@@ -4,7 +4,9 @@
 //! The bytes hashed are exactly `postcard::to_stdvec(value)`: this is only
 //! a cheaper sink (no `Vec` per value, no `io::Write` layer), plus a
 //! hand-written encoder for [`Element`], the value a tick rehashes most.
-//! Every hash stays what it was; tests compare against postcard.
+//! Every hash stays what it was; tests compare against postcard. The
+//! `Sink` trait writes the same bytes onto a `Vec` instead, for the part
+//! of the digest encoded on another thread.
 
 use postcard::ser_flavors::Flavor;
 use serde::Serialize;
@@ -56,7 +58,7 @@ impl<const N: usize> HashSink<N> {
         self.len += 1;
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn varint(&mut self, mut v: u64) {
         if self.len + 10 > N {
             self.flush();
@@ -70,7 +72,7 @@ impl<const N: usize> HashSink<N> {
         self.len += 1;
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn bytes(&mut self, data: &[u8]) {
         if self.len + data.len() > N {
             self.flush();
@@ -84,7 +86,7 @@ impl<const N: usize> HashSink<N> {
     }
 
     /// An element id as postcard writes it: region, then counter.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn id(&mut self, id: ElementId) {
         self.varint(u64::from(id.region.0));
         self.varint(id.counter);
@@ -115,6 +117,80 @@ impl<const N: usize> HashSink<N> {
     }
 }
 
+/// Where encoded bytes go: into a hash ([`HashSink`]) or into a buffer
+/// (`Vec<u8>`), with the same bytes either way. The state digest writes
+/// part of itself into a buffer on another thread.
+pub(crate) trait Sink {
+    /// Appends bytes.
+    fn bytes(&mut self, data: &[u8]);
+    /// Appends postcard's unsigned varint of `v`.
+    fn varint(&mut self, v: u64);
+    /// Appends the postcard encoding of `value`.
+    fn put<T: Serialize + ?Sized>(&mut self, value: &T);
+    /// Appends an element id as postcard writes it: region, then counter.
+    #[inline(always)]
+    fn id(&mut self, id: ElementId) {
+        self.varint(u64::from(id.region.0));
+        self.varint(id.counter);
+    }
+}
+
+impl<const N: usize> Sink for HashSink<N> {
+    #[inline(always)]
+    fn bytes(&mut self, data: &[u8]) {
+        HashSink::bytes(self, data);
+    }
+    #[inline(always)]
+    fn varint(&mut self, v: u64) {
+        HashSink::varint(self, v);
+    }
+    fn put<T: Serialize + ?Sized>(&mut self, value: &T) {
+        HashSink::put(self, value);
+    }
+}
+
+impl Sink for Vec<u8> {
+    #[inline(always)]
+    fn bytes(&mut self, data: &[u8]) {
+        self.extend_from_slice(data);
+    }
+    #[inline(always)]
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.push(v as u8);
+    }
+    fn put<T: Serialize + ?Sized>(&mut self, value: &T) {
+        postcard::serialize_with_flavor(value, VecFlavor(self))
+            .expect("postcard encoding of sim types is infallible");
+    }
+}
+
+/// A postcard flavor that appends to a `Vec`.
+struct VecFlavor<'a>(&'a mut Vec<u8>);
+
+impl Flavor for VecFlavor<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// Copies `data` into the front of `dst` when it is exactly `N` bytes long
 /// (a fixed-size move instead of a call to `memcpy`).
 #[inline(always)]
@@ -127,7 +203,7 @@ fn copy_n<const N: usize>(dst: &mut [u8], data: &[u8]) {
 /// Copies `data` into the front of `dst`. Varints (1 to 10 bytes), ids,
 /// short states and 32-byte keys are most of what is copied; a call to
 /// `memcpy` for each cost more than the copy.
-#[inline]
+#[inline(always)]
 fn copy_small(dst: &mut [u8], data: &[u8]) {
     match data.len() {
         0 => {}
@@ -273,6 +349,34 @@ mod tests {
         let tuples: Vec<(u8, u32)> = many.iter().map(|b| (*b, u32::from(*b) * 999)).collect();
         let bytes = postcard::to_stdvec(&tuples).unwrap();
         assert_eq!(value_hash(&tuples), *blake3::hash(&bytes).as_bytes());
+    }
+
+    /// A `Vec` sink holds exactly the bytes a `HashSink` hashes.
+    #[test]
+    fn vec_sink_holds_the_hashed_bytes() {
+        fn write<S: Sink>(s: &mut S) {
+            for bits in 0..64 {
+                s.varint((1u64 << bits) - 1);
+                s.varint(1 << bits);
+                s.id(ElementId::new(bits, u64::MAX >> bits));
+            }
+            s.bytes(&[7]);
+            s.bytes(&[1; 300]);
+            s.put(&(String::from("ü"), vec![1u32, 300, 70_000], Some(-5i64)));
+        }
+        let mut vec = Vec::new();
+        write(&mut vec);
+        let mut sink = HashSink::<32>::new();
+        write(&mut sink);
+        assert_eq!(sink.finish(), *blake3::hash(&vec).as_bytes());
+        let mut postcard_bytes = Vec::new();
+        for bits in 0..64u32 {
+            postcard_bytes.extend(postcard::to_stdvec(&((1u64 << bits) - 1)).unwrap());
+            postcard_bytes.extend(postcard::to_stdvec(&(1u64 << bits)).unwrap());
+            let id = ElementId::new(bits, u64::MAX >> bits);
+            postcard_bytes.extend(postcard::to_stdvec(&id).unwrap());
+        }
+        assert_eq!(vec[..postcard_bytes.len()], postcard_bytes[..]);
     }
 
     /// The hand-written varints and ids are postcard's bytes, also across

@@ -16,6 +16,7 @@
 //! - [`physics`]: messages to and from the physics sim and between regions.
 //! - [`step`]: the tick.
 //! - [`table`]: ordered maps whose entries carry their own hash.
+//! - [`timers`]: the pending script timers, grouped by due tick.
 //! - [`codec`]: bounded, canonical serde for the persistent collections.
 //! - [`hashing`]: postcard encodings streamed into blake3 or onto a `Vec`.
 //! - [`snapshot`]: canonical encoding, state hash, snapshots.
@@ -37,6 +38,7 @@ pub mod state;
 pub mod step;
 pub mod table;
 pub mod testing;
+pub mod timers;
 
 pub use fx::{Fx, Vec3};
 pub use id::{ElementId, PlayerId, RegionId};

@@ -273,9 +273,8 @@ pub struct State {
     /// Events for scripts at the next tick, in the order they were made.
     #[serde(with = "crate::codec::vector")]
     pub mailbox: Vector<Pending>,
-    /// Pending timers: (due tick, script, timer id).
-    #[serde(with = "crate::codec::ord_set")]
-    pub timers: OrdSet<(u64, ElementId, u32)>,
+    /// Pending timers: (due tick, script, timer id), in order.
+    pub timers: crate::timers::Timers,
     /// Physical elements: shape, material, velocity (positions are the
     /// elements' own). Changed by body inputs and physics events.
     pub bodies: Table<ElementId, crate::physics::Body>,
@@ -331,7 +330,7 @@ impl State {
             temp_admin: None,
             chat: Vector::new(),
             mailbox: Vector::new(),
-            timers: OrdSet::new(),
+            timers: crate::timers::Timers::new(),
             bodies: Table::new(),
         }
     }

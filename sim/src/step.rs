@@ -23,9 +23,6 @@
 //! depend on the number of rayon threads.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
-
-use rayon::prelude::*;
 
 use crate::admin;
 use crate::fx::{Fx, Vec3};
@@ -40,6 +37,7 @@ use crate::snapshot;
 use crate::state::{
     ChatLine, Element, ElementKind, Pending, Player, Role, ScriptSlot, Speaker, State,
 };
+use crate::timers::Timer;
 
 /// Why a batch cannot be executed. The state is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,6 +200,7 @@ fn run_tick(
         },
         queued: Vec::new(),
         next_event_id: 0,
+        new_timers: Vec::new(),
         forwarded: &physics.forwarded,
     };
     tick.s.time_ms = batch.time_ms;
@@ -216,6 +215,21 @@ fn run_tick(
     report
 }
 
+/// Script calls per rayon task at most: a call is microseconds of work.
+const CALLS_PER_TASK_MAX: usize = 16;
+
+/// Script calls per rayon task for `calls` calls: up to
+/// [`CALLS_PER_TASK_MAX`], but small enough that a few slow scripts still
+/// spread over the pool (at least four tasks a thread). Only how the calls
+/// are scheduled depends on the number of threads, never a result.
+fn calls_per_task(calls: usize) -> usize {
+    let tasks = 4 * rayon::current_num_threads().max(1);
+    (calls / tasks).clamp(1, CALLS_PER_TASK_MAX)
+}
+
+/// Element lookups per rayon task when they are spread over the pool.
+const LOOKUPS_PER_TASK: usize = 256;
+
 /// Work in progress for one tick.
 struct Tick<'a> {
     s: &'a mut State,
@@ -226,6 +240,11 @@ struct Tick<'a> {
     /// into inboxes (by script id, keeping this order) when scripts run.
     queued: Vec<(ElementId, ScriptEvent)>,
     next_event_id: u64,
+    /// Timers set by the scripts merged so far this tick, none pending
+    /// before nor repeated; added to the state's timers in one batch after
+    /// the merge (nothing reads them in between but the cap check, which
+    /// counts them).
+    new_timers: Vec<Timer>,
 }
 
 /// Whether an element has a script that gets events (attached, not
@@ -323,33 +342,15 @@ impl Tick<'_> {
             let id = self.new_event_id();
             self.push_event(p.to, id, p.event);
         }
-        let now = self.s.tick;
-        let last = (now, ElementId::new(u32::MAX, u64::MAX), u32::MAX);
-        let due: Vec<(u64, ElementId, u32)> = self.s.timers.range(..=last).copied().collect();
-        // The due timers are the front of the set. Removing most of a set
-        // one by one costs more than building what is left.
-        if due.len() >= self.s.timers.len() / 2 {
-            self.s.timers = self
-                .s
-                .timers
-                .range((Bound::Excluded(last), Bound::Unbounded))
-                .copied()
-                .collect();
-        } else {
-            for t in &due {
-                self.s.timers.remove(t);
-            }
-        }
-        // As `push_event`, with the scripts found in one ordered walk when
-        // the due timers are in script order (they are when all are due at
-        // this tick).
+        let due = self.s.timers.take_due(self.s.tick);
+        // As `push_event`, with the scripts looked up on the pool, in
+        // ordered walks when the due timers are in script order (they are
+        // when all are due at this tick).
         let scripts: Vec<ElementId> = due.iter().map(|(_, script, _)| *script).collect();
         let live: Vec<bool> = self
             .s
             .elements
-            .get_sorted(&scripts)
-            .into_iter()
-            .map(|e| live_script(e))
+            .par_map_sorted(&scripts, LOOKUPS_PER_TASK, |_, _, e| live_script(e))
             .collect();
         self.queued.reserve(due.len());
         for ((_, script, timer), live) in due.into_iter().zip(live) {
@@ -1018,41 +1019,42 @@ impl Tick<'_> {
         let state = &*self.s;
         let tick = self.s.tick;
         let ids: Vec<ElementId> = calls.iter().map(|(script, _)| *script).collect();
-        let elements = state.elements.get_sorted(&ids);
-        // Whether each script's fault count needs resetting on success (no
-        // other output changes a script's own slot during the merge).
-        let had_faults: Vec<bool> = elements
-            .iter()
-            .map(|e| {
-                e.and_then(|e| e.script.as_ref())
-                    .is_some_and(|slot| slot.faults > 0)
-            })
-            .collect();
-        let results: Vec<Result<ScriptOutput, ScriptFault>> = calls
-            .par_iter()
-            .zip(elements)
-            .map(|((script, range), element)| {
-                let Some(slot) = element.and_then(|e| e.script.as_ref()) else {
-                    return Err(ScriptFault::Rejected("script vanished".into()));
-                };
-                host.run(&ScriptCall {
-                    state,
-                    script: *script,
-                    slot,
-                    inbox: &inboxes[range.clone()],
-                    tick,
-                    seed: order::script_seed(seed, *script),
-                })
-            })
-            .collect();
+        // Each result comes with whether the script's fault count needs
+        // resetting on success (no other output changes a script's own slot
+        // during the merge).
+        let results =
+            state
+                .elements
+                .par_map_sorted(&ids, calls_per_task(ids.len()), |i, script, element| {
+                    let Some(slot) = element.and_then(|e| e.script.as_ref()) else {
+                        return (false, Err(ScriptFault::Rejected("script vanished".into())));
+                    };
+                    let result = host.run(&ScriptCall {
+                        state,
+                        script: *script,
+                        slot,
+                        inbox: &inboxes[calls[i].1.clone()],
+                        tick,
+                        seed: order::script_seed(seed, *script),
+                    });
+                    (slot.faults > 0, result)
+                });
         drop(inboxes);
-        for (((script, _), result), had_faults) in calls.into_iter().zip(results).zip(had_faults) {
+        // Most scripts set a timer (the 10k scene: every one).
+        self.new_timers.reserve(calls.len());
+        for ((script, _), (had_faults, result)) in calls.into_iter().zip(results) {
             let result = result.and_then(|out| self.check_output(script, &out).map(|()| out));
             match result {
                 Ok(out) => self.apply_output(script, out, had_faults),
                 Err(fault) => self.fault(script, fault),
             }
         }
+        self.s.timers.extend(std::mem::take(&mut self.new_timers));
+        // The merge left the hashes of the elements it changed to be
+        // computed; most are the scripts' own (new state, faults), so
+        // those are hashed here in parallel rather than one by one in the
+        // digest.
+        self.s.elements.rehash(&ids);
     }
 
     /// The queued events as inboxes: scripts in id order, each with the
@@ -1145,7 +1147,8 @@ impl Tick<'_> {
         if self.s.mailbox.len() as u64 + out.sends.len() as u64 > u64::from(st.mailbox_max) {
             return reject("region mailbox is full".into());
         }
-        if self.s.timers.len() as u64 + out.timers.len() as u64 > u64::from(st.timers_max) {
+        let timers = self.s.timers.len() + self.new_timers.len();
+        if timers as u64 + out.timers.len() as u64 > u64::from(st.timers_max) {
             return reject("region timer table is full".into());
         }
         if out
@@ -1214,10 +1217,13 @@ impl Tick<'_> {
             self.say(Speaker::Script(script), pos, radius, text, Some(script));
         }
         let tick = self.s.tick;
+        // Only this script's timers can repeat each other in the batch.
+        let mine = self.new_timers.len();
         for (timer, delay) in out.timers {
-            self.s
-                .timers
-                .insert((tick.saturating_add(delay), script, timer));
+            let t = (tick.saturating_add(delay), script, timer);
+            if !self.s.timers.contains(&t) && !self.new_timers[mine..].contains(&t) {
+                self.new_timers.push(t);
+            }
         }
         // A slot with no faults to reset and no new state is unchanged: no
         // write, no rehash.
@@ -1426,16 +1432,7 @@ impl Tick<'_> {
         let mut ids = ids;
         ids.sort();
         let gone = |id: &ElementId| ids.binary_search(id).is_ok();
-        let timers: Vec<_> = self
-            .s
-            .timers
-            .iter()
-            .filter(|(_, s, _)| gone(s))
-            .copied()
-            .collect();
-        for t in timers {
-            self.s.timers.remove(&t);
-        }
+        self.s.timers.retain(|(_, s, _)| !gone(s));
         self.s.mailbox.retain(|p| !gone(&p.to));
     }
 
@@ -1470,9 +1467,7 @@ impl Tick<'_> {
         for (id, body) in &t.bodies {
             self.s.bodies.insert(*id, body.clone());
         }
-        for timer in &t.timers {
-            self.s.timers.insert(*timer);
-        }
+        self.s.timers.extend(t.timers.clone());
         for p in &t.mailbox {
             self.s.mailbox.push_back(p.clone());
         }

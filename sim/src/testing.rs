@@ -35,6 +35,9 @@ pub enum Rule {
         /// The receiving script.
         target: ElementId,
     },
+    /// Counts its events in its state (a decimal number) and sets timer 1
+    /// for the next tick: the script of the 10k-script benches.
+    Ticker,
     /// Burns work proportional to `n` (a loop of hashes), then counts.
     Busy {
         /// Rounds of work per event.
@@ -130,6 +133,11 @@ impl ScriptHost for RuleHost {
                     }
                 }
                 out.timers.push((7, 2));
+            }
+            Rule::Ticker => {
+                let n = count_of(&call.slot.state) + call.inbox.len() as u64;
+                out.state = Some(n.to_string().into_bytes());
+                out.timers.push((1, 1));
             }
             Rule::Busy { n } => {
                 let mut h = call.seed;

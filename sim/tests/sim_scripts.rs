@@ -599,3 +599,134 @@ fn bob_says(n: usize) -> Vec<(PlayerId, InputKind)> {
         })
         .collect()
 }
+
+/// The timer scene of the 10k bench, every script counting its timer
+/// events and setting the next (some move or crash at the first tick).
+/// The tick leaves its scripts' element hashes to a parallel pass, so its
+/// state hash must be the hash of the same state with every element hashed
+/// on insert (rebuilt from the snapshot), for any number of threads.
+#[test]
+fn deferred_element_hashes_match_a_rebuilt_state() {
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut host = RuleHost::new();
+            let ticker = host.add("ticker", Rule::Ticker);
+            let mover = host.add("mover", Rule::Mover);
+            let crash = host.add("crash", Rule::Crash);
+            let mut state = metatopia_sim::testing::timer_region(600, ticker);
+            let ids: Vec<ElementId> = state.scripted.iter().copied().collect();
+            for (i, id) in ids.iter().enumerate() {
+                let other = match i % 7 {
+                    3 => mover,
+                    5 => crash,
+                    _ => continue,
+                };
+                state.elements.update(id, |e| {
+                    if let Some(slot) = e.script.as_mut() {
+                        slot.source = other;
+                    }
+                });
+            }
+            let mut sim = metatopia_sim::Sim::new(state);
+            let mut hashes = Vec::new();
+            for _ in 0..12 {
+                let report = metatopia_sim::testing::step_idle(&mut sim, &host);
+                assert!(report.script_calls > 0);
+                let rebuilt = snapshot::decode_state(&snapshot::encode_state(sim.state()))
+                    .expect("a snapshot decodes");
+                assert_eq!(report.hash, snapshot::state_hash(&rebuilt));
+                assert_eq!(report.hash, sim.hash());
+                hashes.push(report.hash);
+            }
+            hashes
+        })
+    };
+    let one = run(1);
+    assert_eq!(run(2), one);
+    assert_eq!(run(3), one);
+}
+
+/// `(tick, script index, timers)`: what a script sets at a tick.
+type TimerPlan = (u64, usize, Vec<(u32, u64)>);
+
+/// Sets, per script (by its index in `scripts`) and tick, the listed
+/// `(timer id, delay)` pairs.
+struct TimerHost {
+    scripts: Vec<ElementId>,
+    plan: Vec<TimerPlan>,
+}
+
+impl metatopia_sim::ScriptHost for TimerHost {
+    fn run(
+        &self,
+        call: &metatopia_sim::script::ScriptCall<'_>,
+    ) -> Result<metatopia_sim::script::ScriptOutput, metatopia_sim::script::ScriptFault> {
+        let index = self.scripts.iter().position(|s| *s == call.script);
+        let timers = self
+            .plan
+            .iter()
+            .find(|(tick, i, _)| *tick == call.tick && Some(*i) == index)
+            .map(|(_, _, timers)| timers.clone())
+            .unwrap_or_default();
+        Ok(metatopia_sim::script::ScriptOutput {
+            timers,
+            ..Default::default()
+        })
+    }
+}
+
+/// The region's timer cap counts pending timers once: a timer set twice in
+/// one call, or set again while pending, is one timer (as it was when the
+/// timers were an `OrdSet` filled during the merge; the merge now adds them
+/// in one batch after it).
+#[test]
+fn timer_cap_counts_each_pending_timer_once() {
+    let mut state = metatopia_sim::testing::timer_region(3, [5; 32]);
+    state.settings.timers_max = 4;
+    let scripts: Vec<ElementId> = state.scripted.iter().copied().collect();
+    let (a, b, c) = (scripts[0], scripts[1], scripts[2]);
+    let host = TimerHost {
+        scripts: scripts.clone(),
+        plan: vec![
+            // 0 pending. A: 2 distinct of 3 (0 + 3 <= 4); B: 2 + 1; C: 3 + 1.
+            (0, 0, vec![(1, 5), (1, 5), (2, 1)]),
+            (0, 1, vec![(1, 1)]),
+            (0, 2, vec![(1, 1)]),
+            // (5, A, 1) pending. A sets it again (1 + 1); B: 1 + 2; C: 3 + 1.
+            (1, 0, vec![(1, 4)]),
+            (1, 1, vec![(1, 2), (2, 2)]),
+            (1, 2, vec![(1, 1)]),
+            // 3 pending: C's two are refused (3 + 2 > 4).
+            (2, 2, vec![(1, 1), (2, 1)]),
+        ],
+    };
+    let mut sim = metatopia_sim::Sim::new(state);
+    let faults = |r: &metatopia_sim::TickReport| {
+        r.events
+            .iter()
+            .filter(|e| matches!(e, Event::ScriptFault { .. }))
+            .count()
+    };
+    let timers = |sim: &metatopia_sim::Sim| -> Vec<(u64, ElementId, u32)> {
+        sim.state().timers.iter().copied().collect()
+    };
+    let r = metatopia_sim::testing::step_idle(&mut sim, &host);
+    assert_eq!(faults(&r), 0, "{:?}", r.events);
+    assert_eq!(
+        timers(&sim),
+        vec![(1, a, 2), (1, b, 1), (1, c, 1), (5, a, 1)]
+    );
+    let r = metatopia_sim::testing::step_idle(&mut sim, &host);
+    assert_eq!(faults(&r), 0, "{:?}", r.events);
+    assert_eq!(
+        timers(&sim),
+        vec![(2, c, 1), (3, b, 1), (3, b, 2), (5, a, 1)]
+    );
+    let r = metatopia_sim::testing::step_idle(&mut sim, &host);
+    assert_eq!(faults(&r), 1, "{:?}", r.events);
+    assert_eq!(timers(&sim), vec![(3, b, 1), (3, b, 2), (5, a, 1)]);
+}
