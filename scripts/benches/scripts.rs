@@ -207,31 +207,14 @@ fn tick_10k(c: &mut Criterion) {
     }
 }
 
-/// The sim's own per-script work in the same tick: a host that returns
-/// what the Lua script would (a timer and a changed state) without Lua.
-#[derive(Debug)]
-struct FakeHost;
-
-impl metatopia_sim::script::ScriptHost for FakeHost {
-    fn run(
-        &self,
-        call: &ScriptCall<'_>,
-    ) -> Result<metatopia_sim::script::ScriptOutput, metatopia_sim::script::ScriptFault> {
-        Ok(metatopia_sim::script::ScriptOutput {
-            timers: vec![(1, 1)],
-            state: Some(call.tick.to_le_bytes().to_vec()),
-            ..Default::default()
-        })
-    }
-}
-
 fn tick_10k_sim_only(c: &mut Criterion) {
     let setup = std::sync::OnceLock::new();
     c.bench_function("tick_10k_scripts/sim_only_1_thread", |b| {
         let sim = setup.get_or_init(|| std::sync::Mutex::new(Sim::new(ten_thousand().0)));
         b.iter(|| {
             let mut guard = sim.lock().unwrap();
-            let r = metatopia_sim::testing::step_idle(&mut guard, &FakeHost);
+            let r =
+                metatopia_sim::testing::step_idle(&mut guard, &metatopia_sim::testing::TimerHost);
             assert_eq!(r.script_calls, 10_000);
         })
     });

@@ -43,11 +43,7 @@ fn build() -> (World, Vec<ElementId>) {
 #[test]
 fn fresh_hosts_and_thread_counts_agree() {
     let hash_with = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        metatopia_sim::testing::on_threads(threads, || {
             let (mut w, ids) = build();
             run(&mut w, &ids, 30);
             (

@@ -10,7 +10,6 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use metatopia_sim::input::{Batch, Input, InputKind};
-use metatopia_sim::script::{ScriptCall, ScriptFault, ScriptHost, ScriptOutput};
 use metatopia_sim::state::{ElementKind, Settings, State};
 use metatopia_sim::{ElementId, Fx, NoScripts, PlayerId, RegionId, Sim, Vec3, snapshot};
 
@@ -126,21 +125,6 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-/// What the Lua script `state.n = (state.n or 0) + 1; set_timer(1, 1)`
-/// returns, without Lua: one timer and a changed state of 8 bytes.
-#[derive(Debug)]
-struct FakeHost;
-
-impl ScriptHost for FakeHost {
-    fn run(&self, call: &ScriptCall<'_>) -> Result<ScriptOutput, ScriptFault> {
-        Ok(ScriptOutput {
-            timers: vec![(1, 1)],
-            state: Some(call.tick.to_le_bytes().to_vec()),
-            ..Default::default()
-        })
-    }
-}
-
 /// The sim side of a 10,000-script tick, on one rayon thread and on two
 /// (the host calls and the rehash of the scripts' elements run on the
 /// pool). The sim is stepped on from one iteration to the next, as a
@@ -157,7 +141,9 @@ fn scripts(c: &mut Criterion) {
         let mut sim = Sim::new(metatopia_sim::testing::timer_region(10_000, [7; 32]));
         c.bench_function(name, |b| {
             b.iter(|| {
-                let r = pool.install(|| metatopia_sim::testing::step_idle(&mut sim, &FakeHost));
+                let r = pool.install(|| {
+                    metatopia_sim::testing::step_idle(&mut sim, &metatopia_sim::testing::TimerHost)
+                });
                 assert_eq!(r.script_calls, 10_000);
                 r.hash
             })

@@ -14,29 +14,13 @@
 //! ```
 
 use metatopia_sim::Sim;
-use metatopia_sim::script::{ScriptCall, ScriptFault, ScriptHost, ScriptOutput};
-
-/// One timer and a changed 8-byte state, as `state.n = (state.n or 0) + 1;
-/// set_timer(1, 1)` returns.
-#[derive(Debug)]
-struct FakeHost;
-
-impl ScriptHost for FakeHost {
-    fn run(&self, call: &ScriptCall<'_>) -> Result<ScriptOutput, ScriptFault> {
-        Ok(ScriptOutput {
-            timers: vec![(1, 1)],
-            state: Some(call.tick.to_le_bytes().to_vec()),
-            ..Default::default()
-        })
-    }
-}
 
 /// Steps `n` ticks; returns the last state hash.
 #[inline(never)]
 fn measured(sim: &mut Sim, n: u32) -> [u8; 32] {
     let mut hash = sim.hash();
     for _ in 0..n {
-        hash = metatopia_sim::testing::step_idle(sim, &FakeHost).hash;
+        hash = metatopia_sim::testing::step_idle(sim, &metatopia_sim::testing::TimerHost).hash;
     }
     hash
 }

@@ -246,6 +246,32 @@ pub fn timer_region(n: i32, source: [u8; 32]) -> crate::state::State {
     state
 }
 
+/// What the Lua script `state.n = (state.n or 0) + 1; set_timer(1, 1)`
+/// returns, without Lua: one timer and a changed 8-byte state. The host of
+/// the sim-only 10k-script benches and of `tick10k_sim`.
+#[derive(Debug)]
+pub struct TimerHost;
+
+impl ScriptHost for TimerHost {
+    fn run(&self, call: &ScriptCall<'_>) -> Result<ScriptOutput, ScriptFault> {
+        Ok(ScriptOutput {
+            timers: vec![(1, 1)],
+            state: Some(call.tick.to_le_bytes().to_vec()),
+            ..Default::default()
+        })
+    }
+}
+
+/// Runs `f` on a rayon pool of `threads` threads (tests that compare
+/// results across thread counts). Panics if the pool cannot be built.
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a rayon pool")
+        .install(f)
+}
+
 /// Steps `sim` one tick with no inputs, at 20 Hz sim time (the loop of the
 /// `tick_10k_scripts` benches and `tick10k`). Panics if the sim refuses.
 pub fn step_idle(sim: &mut crate::step::Sim, host: &dyn ScriptHost) -> crate::step::TickReport {

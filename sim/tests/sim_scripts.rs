@@ -223,11 +223,7 @@ fn messages_and_timers_arrive_on_later_ticks() {
 #[test]
 fn script_hash_does_not_depend_on_thread_count() {
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        metatopia_sim::testing::on_threads(threads, || {
             let mut host = RuleHost::new();
             let busy = host.add("busy", Rule::Busy { n: 20 });
             let mover = host.add("mover", Rule::Mover);
@@ -608,11 +604,7 @@ fn bob_says(n: usize) -> Vec<(PlayerId, InputKind)> {
 #[test]
 fn deferred_element_hashes_match_a_rebuilt_state() {
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        metatopia_sim::testing::on_threads(threads, || {
             let mut host = RuleHost::new();
             let ticker = host.add("ticker", Rule::Ticker);
             let mover = host.add("mover", Rule::Mover);
