@@ -55,6 +55,23 @@ fn attach(d: &mut Driver, host: &RuleHost, element: ElementId, source: [u8; 32])
     assert_eq!(r.accepted, 1, "{:?}", r.events);
 }
 
+/// Attaches `sources` in turn to objects `0..n`, in one tick.
+fn attach_round_robin(d: &mut Driver, host: &RuleHost, n: u64, sources: &[[u8; 32]]) {
+    let attaches = (0..n)
+        .map(|i| {
+            let source = sources[i as usize % sources.len()];
+            (
+                ALICE,
+                InputKind::AttachScript {
+                    element: obj(i),
+                    source,
+                },
+            )
+        })
+        .collect();
+    d.tick(host, attaches);
+}
+
 fn journal(d: &Driver, element: ElementId) -> Vec<String> {
     let slot = d.sim.state().elements[&element].script.as_ref().unwrap();
     String::from_utf8(slot.state.clone())
@@ -229,19 +246,7 @@ fn script_hash_does_not_depend_on_thread_count() {
             let mover = host.add("mover", Rule::Mover);
             let counter = host.add("counter", Rule::Counter);
             let mut d = world(60);
-            let attaches = (0..60)
-                .map(|i| {
-                    let source = [busy, mover, counter][i as usize % 3];
-                    (
-                        ALICE,
-                        InputKind::AttachScript {
-                            element: obj(i),
-                            source,
-                        },
-                    )
-                })
-                .collect();
-            d.tick(&host, attaches);
+            attach_round_robin(&mut d, &host, 60, &[busy, mover, counter]);
             let mut hashes = Vec::new();
             for t in 0..20u64 {
                 let inputs = (0..10)
@@ -413,19 +418,7 @@ fn in_place_step_matches_copying_step_and_leaves_clones_alone() {
     let mover = host.add("mover", Rule::Mover);
     let counter = host.add("counter", Rule::Counter);
     let mut d = world(12);
-    let attaches = (0..12)
-        .map(|i| {
-            let source = [relay, journal_src, mover, counter][i as usize % 4];
-            (
-                ALICE,
-                InputKind::AttachScript {
-                    element: obj(i),
-                    source,
-                },
-            )
-        })
-        .collect();
-    d.tick(&host, attaches);
+    attach_round_robin(&mut d, &host, 12, &[relay, journal_src, mover, counter]);
     for t in 0..12u64 {
         let inputs = vec![
             d.input(
