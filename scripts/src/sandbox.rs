@@ -140,13 +140,9 @@ pub struct Sandbox {
     /// A registry slot through which mlua reads a call's error object
     /// (it holds `true` between calls).
     error_key: mlua::RegistryKey,
-    /// Where the script's globals live after sealing; `state` is put here
-    /// for each call.
-    env_shadow: Table,
-    /// The key `"state"`, made once.
-    state_key: mlua::LuaString,
-    /// Registry references of the handlers, `env_shadow` and the key
-    /// `"state"`, for the call path ([`Sandbox::call_handlers`]).
+    /// Registry references of the handlers, the sealed globals (where
+    /// `state` is put for each call) and the key `"state"`, for the call
+    /// path ([`Sandbox::call_handlers`]).
     refs: Vec<mlua::RegistryKey>,
     raw: RawRefs,
     budget: Arc<Budget>,
@@ -1178,8 +1174,6 @@ impl Sandbox {
             lua,
             main: MainState(main),
             error_key,
-            env_shadow: env.clone(),
-            state_key,
             refs: Vec::new(),
             raw: RawRefs::default(),
             budget,
@@ -1205,7 +1199,6 @@ impl Sandbox {
         sandbox.lua.remove_global_hook();
         let shadow =
             top.map_err(|e| LoadError::TopLevel(sandbox.fault_of(&e, limits).to_string()))?;
-        sandbox.env_shadow = shadow;
         let mut reg = |v: Value| -> Result<std::ffi::c_int, LoadError> {
             let key = sandbox.lua.create_registry_value(v).map_err(setup)?;
             let id = key.id();
@@ -1213,12 +1206,12 @@ impl Sandbox {
             Ok(id)
         };
         let mut raw = RawRefs {
-            env_shadow: reg(Value::Table(sandbox.env_shadow.clone()))?,
-            state_key: reg(Value::String(sandbox.state_key.clone()))?,
+            env_shadow: reg(Value::Table(shadow.clone()))?,
+            state_key: reg(Value::String(state_key))?,
             ..RawRefs::default()
         };
         for (i, name) in HANDLERS.iter().enumerate() {
-            match sandbox.env_shadow.raw_get::<Value>(*name).map_err(setup)? {
+            match shadow.raw_get::<Value>(*name).map_err(setup)? {
                 Value::Nil => {}
                 f @ Value::Function(_) => raw.handlers[i] = reg(f)?,
                 other => {
@@ -1326,13 +1319,29 @@ impl Sandbox {
             let mut keys = 0;
             if mlua::ffi::lua_checkstack(l, 3) != 0 {
                 let top = mlua::ffi::lua_gettop(l);
-                mlua::ffi::lua_rawgeti(l, mlua::ffi::LUA_REGISTRYINDEX, self.raw.env_shadow.into());
-                mlua::ffi::lua_rawgeti(l, mlua::ffi::LUA_REGISTRYINDEX, self.raw.state_key.into());
-                mlua::ffi::lua_rawget(l, -2);
+                self.push_state(l);
                 keys = lua_hotkeys(l, -1, rest.as_mut_ptr(), rest.len() as std::ffi::c_int);
                 mlua::ffi::lua_settop(l, top);
             }
             2 + k + usize::try_from(keys).unwrap_or(0).min(rest.len())
+        }
+    }
+
+    /// Pushes the sealed globals and their `state` value (two slots; raw
+    /// reads only).
+    ///
+    /// # Safety
+    /// `l` is this sandbox's main state, used by no one else meanwhile,
+    /// with room for three more values. Raw reads of tables raise no error
+    /// and allocate nothing; the registry indices are held by `self.refs`.
+    #[allow(unsafe_code)]
+    unsafe fn push_state(&self, l: *mut mlua::ffi::lua_State) {
+        use mlua::ffi;
+        // SAFETY: the caller's contract.
+        unsafe {
+            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, self.raw.env_shadow.into());
+            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, self.raw.state_key.into());
+            ffi::lua_rawget(l, -2);
         }
     }
 
@@ -1357,9 +1366,7 @@ impl Sandbox {
                 return Ok(Err(codec::CodecError::Lua("stack overflow".into())));
             }
             let top = ffi::lua_gettop(l);
-            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, self.raw.env_shadow.into());
-            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, self.raw.state_key.into());
-            ffi::lua_rawget(l, -2);
+            self.push_state(l);
             let r = match ffi::lua_type(l, -1) {
                 ffi::LUA_TTABLE => Ok(codec::from_stack(l, top + 2, limit)),
                 ffi::LUA_TNIL => Ok(Ok(codec::Data::Table(Vec::new()))),
