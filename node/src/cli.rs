@@ -10,12 +10,13 @@ use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
 use metatopia_sim::RegionId;
-use metatopia_sim::state::{Settings, State};
+use metatopia_sim::state::Settings;
 
 use crate::client;
 use crate::config::Config;
 use crate::datadir::{DataDir, NodeInfo, default_dir};
 use crate::http::{self, App};
+use crate::replica::Manifest;
 use crate::scenario;
 use crate::store::{Store, StoreError, hex};
 use crate::world;
@@ -124,12 +125,13 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The genesis of a new local world: region 1, the local player its founder.
-fn genesis(dir: &DataDir, region: u32) -> Result<State> {
-    Ok(State::new(
+/// The manifest of a new local world: the configured region, the local
+/// player its founder and its replica group of one.
+fn solo_manifest(dir: &DataDir, region: u32) -> Result<Manifest> {
+    Ok(Manifest::solo(
         RegionId(region),
         Settings::default(),
-        &[dir.player()?],
+        dir.player()?,
     ))
 }
 
@@ -157,11 +159,14 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
     let addr = addr.unwrap_or(config.http.addr);
     let store = Store::open(&dir.db_path())?;
     if store.genesis_hash()?.is_none() {
-        let g = world::region(genesis(&dir, config.world.region_id)?);
-        store.init(&g)?;
+        let g = store.init(&solo_manifest(&dir, config.world.region_id)?)?;
         info!(hash = %hex(&g.hash()), "new world created");
     }
     let (region, recovery) = store.recover(&crate::scripts::host(&dir.path)?)?;
+    let manifest = store
+        .manifest()?
+        .context("the data directory has a world but no manifest")?;
+    let head = store.head_digest(&manifest)?;
     if !recovery.skipped_snapshots.is_empty() {
         warn!(skipped = ?recovery.skipped_snapshots, "corrupt snapshots skipped");
         eprintln!(
@@ -184,7 +189,16 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(&dir, &config, store, region, addr));
+    let hosted = world::Hosted {
+        store,
+        manifest,
+        key: dir.signing_key()?,
+        region,
+        head,
+        host: Arc::new(crate::scripts::host(&dir.path)?),
+        sources: Arc::new(crate::scripts::SourceStore::new(&dir.path)),
+    };
+    let result = runtime.block_on(serve(&dir, &config, hosted, addr));
     dir.clear_node_info();
     drop(lock);
     result
@@ -193,8 +207,7 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
 async fn serve(
     dir: &DataDir,
     config: &Config,
-    store: Store,
-    region: metatopia_physics::Region,
+    hosted: world::Hosted,
     addr: SocketAddr,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -202,17 +215,12 @@ async fn serve(
     })?;
     let local = listener.local_addr()?;
     let base = format!("http://{local}");
+    let region = &hosted.region;
     let name = region.sim().state().settings.name.clone();
     let region_id = region.id().0;
     let (tick, hash) = (region.tick_number(), region.hash());
     let stop = Arc::new(AtomicBool::new(false));
-    let (handle, thread) = world::start(
-        store,
-        region,
-        Arc::new(crate::scripts::host(&dir.path)?),
-        config.world_config(),
-        stop.clone(),
-    )?;
+    let (handle, thread) = world::start(hosted, config.world_config(), stop.clone())?;
     let token = dir.token()?;
     let mut app = App {
         world: handle,

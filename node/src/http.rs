@@ -190,18 +190,23 @@ async fn post_input(
     };
     match app.world.submit(app.player, kind).await {
         Ok(receipt) => axum::Json(receipt).into_response(),
-        Err(SubmitError::Rejected(reason)) => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("rejected: {reason}"),
-        ),
-        Err(SubmitError::Busy) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            SubmitError::Busy.to_string(),
-        ),
-        Err(SubmitError::Stopped) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            SubmitError::Stopped.to_string(),
-        ),
+        Err(e @ SubmitError::Rejected(_)) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, format!("rejected: {e}"))
+        }
+        Err(e) => error(submit_error_status(&e), e.to_string()),
+    }
+}
+
+/// The HTTP status of a submission that did not commit.
+pub fn submit_error_status(e: &SubmitError) -> StatusCode {
+    use crate::replica::core::Refusal;
+    match e {
+        SubmitError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        SubmitError::Refused(Refusal::Busy | Refusal::NotServing)
+        | SubmitError::Busy
+        | SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        SubmitError::Refused(_) => StatusCode::BAD_REQUEST,
+        SubmitError::NotMine(_) => StatusCode::FORBIDDEN,
     }
 }
 

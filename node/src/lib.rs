@@ -8,7 +8,8 @@
 //! - [`config`]: `DIR/node.toml`: services and limits.
 //! - [`datadir`]: the data directory: keys, token, lock, where the node listens.
 //! - [`store`]: redb persistence: genesis, batch log with checkpoints, snapshots, recovery.
-//! - [`world`]: the local world's tick thread.
+//! - [`replica`]: the sans-IO replica core, its wire types and the region manifest.
+//! - [`world`]: the local world: the replica core's driver on a tick thread.
 //! - [`overlay`]: joining the Voronoi overlay, announcing and locating regions.
 //! - [`http`]: the HTTP API, the viewer page and metrics.
 //! - [`view`]: JSON views of the world.
@@ -26,6 +27,7 @@ pub mod datadir;
 pub mod http;
 pub mod overlay;
 pub mod physics_scene;
+pub mod replica;
 pub mod scenario;
 pub mod scripts;
 pub mod store;

@@ -93,6 +93,16 @@ impl SourceStore {
     }
 }
 
+impl crate::replica::SourceBook for SourceStore {
+    fn get(&self, hash: &[u8; 32]) -> Option<Arc<str>> {
+        SourceStore::get(self, hash)
+    }
+
+    fn put(&self, text: &str) -> std::io::Result<[u8; 32]> {
+        SourceStore::put(self, text)
+    }
+}
+
 impl Sources for SourceStore {
     fn source(&self, hash: &[u8; 32]) -> Option<Arc<str>> {
         self.get(hash)
@@ -234,7 +244,7 @@ async fn put_source(
                     format!("published as {} but not attached: {reason}", hex(&hash)),
                 );
             }
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            Err(e) => return error(crate::http::submit_error_status(&e), e.to_string()),
         }
     }
     axum::Json(out).into_response()

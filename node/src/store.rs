@@ -19,23 +19,41 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use metatopia_physics::Region;
+use metatopia_sim::ScriptHost;
 use metatopia_sim::snapshot::{self, DecodeError};
-use metatopia_sim::{Batch, ScriptHost};
+
+use crate::replica::{Digest, Manifest, Proposal};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
 
-/// Magic of a log record.
-pub const LOG_MAGIC: [u8; 4] = *b"MTLR";
+/// Magic of a log record. Version 2 (replication): the record holds the
+/// signed proposal and its finalization certificate; version 1 held a bare
+/// batch.
+pub const LOG_MAGIC: [u8; 4] = *b"MTL2";
 
-/// One executed tick: the agreed batch and the state hash after it.
+/// Magic of the stored manifest.
+pub const MANIFEST_MAGIC: [u8; 4] = *b"MTMF";
+
+/// One finalized tick: the agreed proposal, the region hash after it, and
+/// the consensus certificate that finalized it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRecord {
-    /// The batch.
-    pub batch: Batch,
-    /// The state hash after executing it.
+    /// The proposal (signed inputs, time, carried sources).
+    pub proposal: Proposal,
+    /// The region hash after executing it.
     pub hash: [u8; 32],
+    /// The finalization certificate (empty in a group of one, and when a
+    /// later tick's finalization implies this one).
+    pub proof: Vec<u8>,
+}
+
+impl LogRecord {
+    /// The tick it executed.
+    pub fn tick(&self) -> u64 {
+        self.proposal.tick
+    }
 }
 
 /// Why the store failed or refused its contents.
@@ -84,11 +102,10 @@ pub enum StoreError {
 /// region hash covers the quantized physics state, not every float of the
 /// rapier world (contact caches, broad phase), so the checksum is what
 /// catches a damaged byte there.
-fn encode_snapshot(region: &Region) -> Vec<u8> {
-    let body = region.snapshot();
+fn encode_snapshot(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + body.len());
-    out.extend_from_slice(blake3::hash(&body).as_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(blake3::hash(body).as_bytes());
+    out.extend_from_slice(body);
     out
 }
 
@@ -172,32 +189,73 @@ impl Store {
         Ok(Some(hash))
     }
 
-    /// Writes the genesis region (snapshot at tick 0).
-    pub fn init(&self, genesis: &Region) -> Result<(), StoreError> {
+    /// Writes a new world: its manifest and genesis region (snapshot at
+    /// tick 0).
+    pub fn init(&self, manifest: &Manifest) -> Result<Region, StoreError> {
+        let genesis = manifest.genesis();
         let txn = self.db.begin_write().map_err(db)?;
         {
             let mut meta = txn.open_table(META).map_err(db)?;
             meta.insert("genesis_hash", &genesis.hash()[..])
                 .map_err(db)?;
+            meta.insert("manifest", &snapshot::encode(MANIFEST_MAGIC, manifest)[..])
+                .map_err(db)?;
             let mut snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
             snaps
-                .insert(genesis.tick_number(), &encode_snapshot(genesis)[..])
+                .insert(
+                    genesis.tick_number(),
+                    &encode_snapshot(&genesis.snapshot())[..],
+                )
                 .map_err(db)?;
         }
-        txn.commit().map_err(db)
+        txn.commit().map_err(db)?;
+        Ok(genesis)
     }
 
-    /// Appends one executed tick, with a snapshot of the region after it.
-    pub fn append(&self, record: &LogRecord, snapshot: Option<&Region>) -> Result<(), StoreError> {
+    /// The region manifest, if a world exists.
+    pub fn manifest(&self) -> Result<Option<Manifest>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let meta = txn.open_table(META).map_err(db)?;
+        let Some(v) = meta.get("manifest").map_err(db)? else {
+            return Ok(None);
+        };
+        snapshot::decode(MANIFEST_MAGIC, v.value())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                what: "manifest",
+                tick: 0,
+                source,
+            })
+    }
+
+    /// Digest of the last logged proposal (the genesis digest of `manifest`
+    /// when the log is empty): what the next proposal builds on.
+    pub fn head_digest(&self, manifest: &Manifest) -> Result<Digest, StoreError> {
+        match self.last_tick()? {
+            Some(t) => Ok(self
+                .record(t)?
+                .ok_or_else(|| StoreError::Broken {
+                    tick: t,
+                    message: "last record vanished".into(),
+                })?
+                .proposal
+                .digest()),
+            None => Ok(manifest.genesis_digest()),
+        }
+    }
+
+    /// Appends one finalized tick, with a snapshot of the region after it
+    /// (`Region::snapshot` bytes) when one is due.
+    pub fn append(&self, record: &LogRecord, snapshot: Option<&[u8]>) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db)?;
         {
             let mut log = txn.open_table(LOG).map_err(db)?;
-            log.insert(record.batch.tick, &snapshot::encode(LOG_MAGIC, record)[..])
+            log.insert(record.tick(), &snapshot::encode(LOG_MAGIC, record)[..])
                 .map_err(db)?;
-            if let Some(region) = snapshot {
+            if let Some(bytes) = snapshot {
                 let mut snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
                 snaps
-                    .insert(region.tick_number(), &encode_snapshot(region)[..])
+                    .insert(record.tick() + 1, &encode_snapshot(bytes)[..])
                     .map_err(db)?;
             }
         }
@@ -290,6 +348,19 @@ impl Store {
         mut on_tick: impl FnMut(&Region),
     ) -> Result<u64, StoreError> {
         let from = region.tick_number();
+        let manifest = self.manifest()?.ok_or(StoreError::Empty)?;
+        // The log is a hash chain: each proposal names its parent's digest.
+        let mut parent = match from {
+            0 => manifest.genesis_digest(),
+            _ => self
+                .record(from - 1)?
+                .ok_or_else(|| StoreError::Broken {
+                    tick: from - 1,
+                    message: "no log record before the snapshot".into(),
+                })?
+                .proposal
+                .digest(),
+        };
         let txn = self.db.begin_read().map_err(db)?;
         let log = txn.open_table(LOG).map_err(db)?;
         let mut count = 0;
@@ -302,14 +373,27 @@ impl Store {
                     tick,
                     source,
                 })?;
-            if tick != region.tick_number() || record.batch.tick != tick {
+            if tick != region.tick_number() || record.tick() != tick {
                 return Err(StoreError::Broken {
                     tick,
                     message: format!("expected tick {}", region.tick_number()),
                 });
             }
+            if record.proposal.region != manifest.region {
+                return Err(StoreError::Broken {
+                    tick,
+                    message: format!("a proposal for region {}", record.proposal.region),
+                });
+            }
+            if record.proposal.parent != parent {
+                return Err(StoreError::Broken {
+                    tick,
+                    message: "the proposal does not follow the previous tick's".into(),
+                });
+            }
+            parent = record.proposal.digest();
             let report = region
-                .tick(&record.batch, host, &[])
+                .tick(&record.proposal.batch(), host, &[])
                 .map_err(|e| StoreError::Broken {
                     tick,
                     message: e.to_string(),
@@ -363,21 +447,42 @@ impl Store {
     /// Decodes every log record below `end` and lists those that fail, or
     /// that break the sequence of ticks.
     pub fn scan_log(&self, end: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        let manifest = self.manifest()?.ok_or(StoreError::Empty)?;
         let txn = self.db.begin_read().map_err(db)?;
         let log = txn.open_table(LOG).map_err(db)?;
         let mut bad = Vec::new();
         let mut expect = 0;
+        let mut parent = Some(manifest.genesis_digest());
         for item in log.range(..end).map_err(db)? {
             let (k, v) = item.map_err(db)?;
             let tick = k.value();
             if tick != expect {
                 bad.push((expect, format!("missing (next record is tick {tick})")));
+                parent = None;
             }
             expect = tick + 1;
             match snapshot::decode::<LogRecord>(LOG_MAGIC, v.value()) {
-                Ok(r) if r.batch.tick == tick => {}
-                Ok(r) => bad.push((tick, format!("holds the batch of tick {}", r.batch.tick))),
-                Err(e) => bad.push((tick, e.to_string())),
+                Ok(r) if r.tick() != tick => {
+                    bad.push((tick, format!("holds the batch of tick {}", r.tick())));
+                    parent = None;
+                }
+                Ok(r) if r.proposal.region != manifest.region => {
+                    bad.push((tick, format!("a proposal for region {}", r.proposal.region)));
+                    parent = None;
+                }
+                Ok(r) => {
+                    if parent.is_some_and(|p| p != r.proposal.parent) {
+                        bad.push((
+                            tick,
+                            "the proposal does not follow the previous tick's".into(),
+                        ));
+                    }
+                    parent = Some(r.proposal.digest());
+                }
+                Err(e) => {
+                    bad.push((tick, e.to_string()));
+                    parent = None;
+                }
             }
         }
         Ok(bad)
@@ -426,6 +531,13 @@ impl Store {
                 message: "this world was written by an older metatopia without physics in the \
                           live world (sim-only snapshots); move the data directory away to start \
                           a new world"
+                    .into(),
+            }),
+            _ if self.manifest()?.is_none() => Err(StoreError::Broken {
+                tick: 0,
+                message: "this world was written by an older metatopia without replication (no \
+                          region manifest, unsigned inputs in the log); move the data directory \
+                          away to start a new world"
                     .into(),
             }),
             _ => Ok(()),

@@ -8,19 +8,20 @@ mod common;
 use std::path::Path;
 
 use common::run;
+use metatopia_node::replica::wire::player_of;
+use metatopia_node::replica::{Manifest, Proposal, SignedInput};
 use metatopia_node::store::{LOG_MAGIC, LogRecord, Store};
-use metatopia_sim::input::{Input, InputKind};
-use metatopia_sim::state::{Settings, State};
-use metatopia_sim::{Batch, NoScripts, PlayerId, RegionId, Vec3, snapshot};
-
-const P: PlayerId = PlayerId::from_byte(7);
+use metatopia_sim::input::InputKind;
+use metatopia_sim::state::Settings;
+use metatopia_sim::{NoScripts, RegionId, Vec3, snapshot};
 
 /// A world of 30 ticks with snapshots at ticks 10, 20, 30.
 fn build(dir: &Path) -> String {
     let store = Store::open(&dir.join("world.redb")).unwrap();
-    let genesis = State::new(RegionId(1), Settings::default(), &[P]);
-    let mut region = metatopia_node::world::region(genesis);
-    store.init(&region).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let manifest = Manifest::solo(RegionId(1), Settings::default(), player_of(&key));
+    let mut region = store.init(&manifest).unwrap();
+    let mut parent = manifest.genesis_digest();
     let fx = metatopia_sim::Fx::from_int;
     for t in 0..30u64 {
         let body = region.sim().state().bodies.keys().next().copied();
@@ -44,24 +45,28 @@ fn build(dir: &Path) -> String {
                 radius: None,
             },
         };
-        let batch = Batch {
+        let proposal = Proposal {
+            region: RegionId(1),
             tick: t,
+            parent,
             time_ms: 1000 + t * 50,
-            inputs: vec![Input {
-                player: P,
-                seq: t + 1,
-                kind,
-            }],
+            inputs: vec![SignedInput::sign(&key, RegionId(1), t + 1, kind)],
+            sources: Vec::new(),
         };
-        let report = region.tick(&batch, &NoScripts, &[]).unwrap();
-        let snap = region.tick_number().is_multiple_of(10).then_some(&region);
+        parent = proposal.digest();
+        let report = region.tick(&proposal.batch(), &NoScripts, &[]).unwrap();
+        let snap = region
+            .tick_number()
+            .is_multiple_of(10)
+            .then(|| region.snapshot());
         store
             .append(
                 &LogRecord {
-                    batch,
+                    proposal,
                     hash: report.hash,
+                    proof: Vec::new(),
                 },
-                snap,
+                snap.as_deref(),
             )
             .unwrap();
     }
@@ -98,7 +103,7 @@ fn a_flipped_byte_in_the_log_is_reported_with_its_tick() {
     {
         let store = Store::open(&dir.path().join("world.redb")).unwrap();
         let mut raw = store.read_raw("log", 17).unwrap().unwrap();
-        // The first payload byte: the batch's tick.
+        // The first payload byte: the proposal's region.
         raw[6] ^= 0x55;
         store.write_raw("log", 17, &raw).unwrap();
     }
@@ -116,7 +121,7 @@ fn a_flipped_byte_in_the_log_is_reported_with_its_tick() {
     let store = Store::open(&dir.path().join("world.redb")).unwrap();
     for t in [20, 30] {
         let mut raw = store.read_raw("snapshots", t).unwrap().unwrap();
-        raw[0] = b'X';
+        raw[0] ^= 0xff;
         store.write_raw("snapshots", t, &raw).unwrap();
     }
     let err = store.recover(&NoScripts).unwrap_err().to_string();
@@ -130,7 +135,7 @@ fn a_valid_but_altered_batch_is_a_hash_mismatch() {
     {
         let store = Store::open(&dir.path().join("world.redb")).unwrap();
         let mut record = store.record(12).unwrap().unwrap();
-        record.batch.inputs[0].kind = InputKind::Say {
+        record.proposal.inputs[0].input.kind = InputKind::Say {
             text: "forged".into(),
             radius: None,
         };
@@ -152,7 +157,7 @@ fn the_log_hash_covers_physics() {
         let mut record = store.record(3).unwrap().unwrap();
         // Still a valid push of the same body, only harder: the main sim
         // state after tick 3 is the same, the physics world is not.
-        let InputKind::Push { impulse, .. } = &mut record.batch.inputs[0].kind else {
+        let InputKind::Push { impulse, .. } = &mut record.proposal.inputs[0].input.kind else {
             panic!("tick 3 holds the push");
         };
         impulse.y = metatopia_sim::Fx::from_int(3);

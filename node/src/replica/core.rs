@@ -1,0 +1,1273 @@
+//! The replica core: one member of a region's replica group, as a sans-IO
+//! state machine.
+//!
+//! Inputs go in through [`Replica::submit`] (a player's signed input),
+//! [`Replica::handle`] (a message from another member), [`Replica::order`]
+//! (what the ordering engine asks or tells) and [`Replica::tick`] (time
+//! passes); everything the core wants done comes out of
+//! [`Replica::poll_output`], and [`Replica::next_deadline`] says when to
+//! call [`Replica::tick`] again. `now` is milliseconds on the caller's
+//! clock (Unix time in a node, simulated time in the harness). The core
+//! never reads a clock, a socket or a file, except through the script host
+//! and the [`SourceBook`] it is given.
+//!
+//! The chain: the core keeps the region at its *head* (the last batch it
+//! executed) and the links (executed proposals) between the last finalized
+//! tick and the head. A proposal is executed speculatively when the engine
+//! asks to verify it, shown to players at notarization and committed
+//! (logged, acknowledged) at finalization. When the engine builds on a
+//! parent that is not the head (a view was nullified after the core had
+//! executed its proposal), the head is rebuilt from the last finalized
+//! snapshot by re-executing the chain to that parent.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use tracing::{debug, info, warn};
+
+use metatopia_physics::Region;
+use metatopia_sim::input::{Event, InputKind, Rejection};
+use metatopia_sim::{PlayerId, ScriptHost, Sim};
+
+use super::group::Manifest;
+use super::wire::{
+    Checkpoint, Digest, Message, PROPOSAL_BYTES_MAX, Proposal, SignedInput, player_of,
+};
+use super::{Answer, Order};
+
+/// Finalized proposals kept in memory to answer [`Message::Fetch`].
+const RECENT_MAX: usize = 1024;
+
+/// Script sources by hash: where the core finds the sources it must carry
+/// in a proposal, and where it puts the sources a proposal carries before
+/// executing it.
+pub trait SourceBook: Send + Sync {
+    /// The source with this hash, if held.
+    fn get(&self, hash: &[u8; 32]) -> Option<Arc<str>>;
+    /// Stores a source (idempotent); returns its hash.
+    fn put(&self, text: &str) -> std::io::Result<[u8; 32]>;
+}
+
+/// How a replica runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Milliseconds between ticks (the primary's pacing).
+    pub tick_ms: u64,
+    /// Most inputs in one proposal.
+    pub inputs_per_tick_max: usize,
+    /// Most inputs waiting in the mempool.
+    pub mempool_max: usize,
+    /// How far a proposal's time may be from the verifier's clock.
+    pub clock_skew_max_ms: u64,
+    /// Replicas exchange signed checkpoints after every tick `t` with
+    /// `(t + 1) % checkpoint_every == 0`.
+    pub checkpoint_every: u64,
+    /// A snapshot of the head is kept every this many ticks, so a rollback
+    /// re-executes at most about this many finalized ticks.
+    pub rollback_every: u64,
+    /// The store gets a snapshot every this many ticks.
+    pub store_snapshot_every: u64,
+    /// Most proposals held that are not (yet) on the chain.
+    pub proposals_max: usize,
+    /// A verify waiting this long for its proposal asks the group for it.
+    pub fetch_after_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            tick_ms: 50,
+            inputs_per_tick_max: 1000,
+            mempool_max: 16_384,
+            clock_skew_max_ms: 2_000,
+            checkpoint_every: 20,
+            rollback_every: 20,
+            store_snapshot_every: 200,
+            proposals_max: 1024,
+            fetch_after_ms: 100,
+        }
+    }
+}
+
+/// The world as of a notarized (or finalized) tick.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The tick executed last.
+    pub tick: u64,
+    /// The main sim after it.
+    pub sim: Sim,
+    /// The region hash after it (main sim and physics).
+    pub hash: [u8; 32],
+    /// The events of that tick.
+    pub events: Arc<Vec<Event>>,
+}
+
+/// A finalized tick, for the log.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The proposal.
+    pub proposal: Arc<Proposal>,
+    /// The region hash after it.
+    pub hash: Digest,
+    /// The engine's finalization certificate (empty when the finalization
+    /// of a later tick implies this one, and in a group of one).
+    pub proof: Vec<u8>,
+    /// A snapshot of the region after it, when one is due for the store.
+    pub snapshot: Option<Arc<Vec<u8>>>,
+}
+
+/// A replica that found its region hash differs from the group's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desync {
+    /// The tick whose checkpoint differs.
+    pub tick: u64,
+    /// This replica's hash.
+    pub mine: Digest,
+    /// The hash at least f + 1 other members signed.
+    pub theirs: Digest,
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum To {
+    /// Every other member.
+    All,
+    /// One member.
+    One(PlayerId),
+}
+
+/// What the core wants done.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// An answer for the ordering engine.
+    Answer(Answer),
+    /// A message for other members.
+    Send {
+        /// Recipients.
+        to: To,
+        /// The message.
+        msg: Message,
+    },
+    /// A newer notarized state to show.
+    Visible(Arc<Published>),
+    /// A finalized tick to make durable.
+    Commit(Commit),
+    /// An input's fate, at finalization.
+    Committed {
+        /// Its player.
+        player: PlayerId,
+        /// Its sequence number.
+        seq: u64,
+        /// The tick that held it.
+        tick: u64,
+        /// Why the sim refused it, if it did.
+        rejection: Option<Rejection>,
+    },
+    /// This replica diverged from the group and stopped serving.
+    Desync(Desync),
+    /// This replica restored the group's snapshot and serves again.
+    Resynced {
+        /// The tick of the snapshot.
+        tick: u64,
+    },
+}
+
+/// Why a submission was refused before ordering.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The signature does not verify.
+    #[error("input refused: {0}")]
+    Signature(#[from] super::wire::SignatureError),
+    /// The sequence number was used already.
+    #[error("input refused: replayed sequence number {seq} (the last accepted is {last})")]
+    Replayed {
+        /// The input's number.
+        seq: u64,
+        /// The player's last accepted number.
+        last: u64,
+    },
+    /// The input attaches a script whose source this replica does not hold.
+    #[error("input refused: unknown script source {0} (upload it first)")]
+    UnknownSource(String),
+    /// Too many inputs are waiting.
+    #[error("the node is busy: input queue full")]
+    Busy,
+    /// The replica has diverged and does not serve until it resyncs.
+    #[error("this replica has diverged from its group and is resyncing")]
+    NotServing,
+}
+
+/// Why the core refused a proposal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// Another region's.
+    #[error("proposal for region {0}")]
+    Region(u32),
+    /// The tick does not follow the parent.
+    #[error("proposal for tick {got}, expected {expected}")]
+    Tick {
+        /// The parent's next tick.
+        expected: u64,
+        /// The proposal's.
+        got: u64,
+    },
+    /// The parent digest does not match.
+    #[error("proposal's parent does not match the chain")]
+    Parent,
+    /// The time goes back or is far from the verifier's clock.
+    #[error("proposal time {got} ms: {why}")]
+    Time {
+        /// The proposal's time.
+        got: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// Too many inputs or bytes.
+    #[error("proposal too large: {0}")]
+    TooLarge(String),
+    /// An input's signature does not verify.
+    #[error("input {index}: {error}")]
+    Input {
+        /// Its index.
+        index: usize,
+        /// The signature error.
+        error: super::wire::SignatureError,
+    },
+    /// A player's inputs are not in strictly increasing order.
+    #[error("input {0}: sequence numbers of a player must increase")]
+    SeqOrder(usize),
+    /// The sources do not match the attached scripts.
+    #[error("sources: {0}")]
+    Sources(String),
+    /// The sim refused the batch.
+    #[error("the sim refused the batch: {0}")]
+    Sim(String),
+}
+
+/// One executed proposal above the finalized tick.
+#[derive(Debug, Clone)]
+struct Link {
+    digest: Digest,
+    proposal: Arc<Proposal>,
+    published: Arc<Published>,
+    notarized: bool,
+}
+
+/// A snapshot of a finalized state, from which the head is rebuilt.
+#[derive(Debug, Clone)]
+struct Base {
+    bytes: Arc<Vec<u8>>,
+}
+
+/// Counters, for metrics and status.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Proposals verified valid.
+    pub verified: u64,
+    /// Proposals refused.
+    pub invalid: u64,
+    /// Head rebuilds (rollbacks).
+    pub rollbacks: u64,
+    /// Ticks re-executed by rollbacks.
+    pub reexecuted: u64,
+    /// Ticks finalized.
+    pub finalized: u64,
+    /// Messages refused (bad signature, wrong region, not a member).
+    pub refused_messages: u64,
+    /// Submissions refused.
+    pub refused_inputs: u64,
+}
+
+/// One member of a replica group (or an observer), sans IO.
+pub struct Replica {
+    cfg: Config,
+    manifest: Manifest,
+    genesis: Digest,
+    key: SigningKey,
+    me: PlayerId,
+    host: Arc<dyn ScriptHost + Send + Sync>,
+    sources: Arc<dyn SourceBook>,
+    head: Region,
+    head_digest: Digest,
+    chain: Vec<Link>,
+    finalized: Digest,
+    finalized_next: u64,
+    finalized_hash: Digest,
+    base: Base,
+    since_base: Vec<Arc<Proposal>>,
+    recent: VecDeque<(Digest, Arc<Proposal>)>,
+    checkpoint_snap: Option<(Digest, Arc<Vec<u8>>)>,
+    spec_snaps: BTreeMap<Digest, Arc<Vec<u8>>>,
+    known: BTreeMap<Digest, Arc<Proposal>>,
+    propose_wait: Option<(u64, Digest)>,
+    verify_wait: Vec<(u64, Digest, Digest, u64)>,
+    order_wait: Vec<Order>,
+    fetched: BTreeSet<Digest>,
+    mempool: BTreeMap<PlayerId, BTreeMap<u64, SignedInput>>,
+    mempool_len: usize,
+    forward: Vec<SignedInput>,
+    hashes: BTreeMap<u64, Digest>,
+    checkpoints: BTreeMap<u64, BTreeMap<PlayerId, Digest>>,
+    desync: Option<Desync>,
+    published_tick: Option<u64>,
+    out: VecDeque<Output>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("region", &self.manifest.region)
+            .field("me", &self.me)
+            .field("head_tick", &self.head.tick_number())
+            .field("finalized_next", &self.finalized_next)
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// A replica whose region is `region`, the state after the proposal
+    /// `digest` (the genesis digest for genesis), which is finalized.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: Config,
+        manifest: Manifest,
+        key: SigningKey,
+        host: Arc<dyn ScriptHost + Send + Sync>,
+        sources: Arc<dyn SourceBook>,
+        region: Region,
+        digest: Digest,
+    ) -> Replica {
+        let genesis = manifest.genesis_digest();
+        let bytes = Arc::new(region.snapshot());
+        let next = region.tick_number();
+        let hash = region.hash();
+        let me = player_of(&key);
+        Replica {
+            cfg,
+            manifest,
+            genesis,
+            key,
+            me,
+            host,
+            sources,
+            head: region,
+            head_digest: digest,
+            chain: Vec::new(),
+            finalized: digest,
+            finalized_next: next,
+            finalized_hash: hash,
+            base: Base { bytes },
+            since_base: Vec::new(),
+            recent: VecDeque::new(),
+            checkpoint_snap: None,
+            spec_snaps: BTreeMap::new(),
+            known: BTreeMap::new(),
+            propose_wait: None,
+            verify_wait: Vec::new(),
+            order_wait: Vec::new(),
+            fetched: BTreeSet::new(),
+            mempool: BTreeMap::new(),
+            mempool_len: 0,
+            forward: Vec::new(),
+            hashes: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
+            desync: None,
+            published_tick: None,
+            out: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The genesis digest.
+    pub fn genesis_digest(&self) -> Digest {
+        self.genesis
+    }
+
+    /// This replica's key's player id.
+    pub fn me(&self) -> PlayerId {
+        self.me
+    }
+
+    /// The region at the head (speculative).
+    pub fn head(&self) -> &Region {
+        &self.head
+    }
+
+    /// Digest of the last finalized proposal, and the next tick after it.
+    pub fn finalized(&self) -> (Digest, u64, Digest) {
+        (self.finalized, self.finalized_next, self.finalized_hash)
+    }
+
+    /// Whether this replica has diverged and waits for a resync.
+    pub fn desync(&self) -> Option<&Desync> {
+        self.desync.as_ref()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Signed checkpoints seen for recent ticks: tick → member → hash.
+    pub fn checkpoints(&self) -> &BTreeMap<u64, BTreeMap<PlayerId, Digest>> {
+        &self.checkpoints
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if !self.forward.is_empty() && self.manifest.members.len() > 1 {
+            let inputs = std::mem::take(&mut self.forward);
+            self.out.push_back(Output::Send {
+                to: To::All,
+                msg: Message::Inputs(inputs),
+            });
+        }
+        self.forward.clear();
+        self.out.pop_front()
+    }
+
+    /// When [`Replica::tick`] has something to do, if ever.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let propose = self.propose_wait.map(|_| {
+            self.head
+                .sim()
+                .state()
+                .time_ms
+                .saturating_add(self.cfg.tick_ms)
+        });
+        let fetch = self
+            .verify_wait
+            .iter()
+            .filter(|w| !self.fetched.contains(&w.2))
+            .map(|w| w.3.saturating_add(self.cfg.fetch_after_ms))
+            .min();
+        match (propose, fetch) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Time passes: a due proposal is built, late proposals are asked for.
+    pub fn tick(&mut self, now: u64) {
+        if let Some((req, parent)) = self.propose_wait {
+            let deadline = self
+                .head
+                .sim()
+                .state()
+                .time_ms
+                .saturating_add(self.cfg.tick_ms);
+            if now >= deadline {
+                self.propose_wait = None;
+                let answer = if parent == self.head_digest {
+                    self.build(now, deadline)
+                } else {
+                    None
+                };
+                self.out.push_back(Output::Answer(Answer::Proposed {
+                    req,
+                    digest: answer,
+                }));
+            }
+        }
+        let late: Vec<Digest> = self
+            .verify_wait
+            .iter()
+            .filter(|w| now >= w.3.saturating_add(self.cfg.fetch_after_ms))
+            .map(|w| w.2)
+            .filter(|d| !self.fetched.contains(d))
+            .collect();
+        for d in late {
+            self.fetch(d);
+        }
+    }
+
+    // ----- submissions -----
+
+    /// A player's signed input, sent to this replica. It is checked,
+    /// queued and forwarded to the other members; its fate comes out as
+    /// [`Output::Committed`] when its tick is finalized.
+    pub fn submit(&mut self, input: SignedInput) -> Result<(), Refusal> {
+        if self.desync.is_some() {
+            return Err(Refusal::NotServing);
+        }
+        let fresh = self.admit(input.clone()).inspect_err(|_| {
+            self.stats.refused_inputs += 1;
+        })?;
+        if fresh {
+            self.forward.push(input);
+        }
+        Ok(())
+    }
+
+    /// Checks and queues an input; true if it was not queued before.
+    fn admit(&mut self, input: SignedInput) -> Result<bool, Refusal> {
+        input.verify(self.manifest.region)?;
+        let player = input.input.player;
+        let seq = input.input.seq;
+        let last = self.last_seq(player);
+        if seq <= last {
+            return Err(Refusal::Replayed { seq, last });
+        }
+        if let InputKind::AttachScript { source, .. } = &input.input.kind
+            && self.sources.get(source).is_none()
+        {
+            return Err(Refusal::UnknownSource(crate::store::hex(source)));
+        }
+        let queue = self.mempool.entry(player).or_default();
+        if queue.contains_key(&seq) {
+            return Ok(false);
+        }
+        if self.mempool_len >= self.cfg.mempool_max {
+            return Err(Refusal::Busy);
+        }
+        queue.insert(seq, input);
+        self.mempool_len += 1;
+        Ok(true)
+    }
+
+    fn last_seq(&self, player: PlayerId) -> u64 {
+        self.head
+            .sim()
+            .state()
+            .players
+            .get(&player)
+            .map_or(0, |p| p.last_seq)
+    }
+
+    // ----- messages from members -----
+
+    /// A message from another member (or a player's node).
+    pub fn handle(&mut self, now: u64, from: PlayerId, msg: Message) {
+        match msg {
+            Message::Inputs(inputs) => {
+                for input in inputs {
+                    if let Err(e) = self.admit(input) {
+                        self.stats.refused_messages += 1;
+                        debug!(from = %from, error = %e, "forwarded input refused");
+                    }
+                }
+            }
+            Message::Proposal(p) => self.received(now, p),
+            Message::Fetch(digest) => {
+                let found = self
+                    .known
+                    .get(&digest)
+                    .cloned()
+                    .or_else(|| {
+                        self.chain
+                            .iter()
+                            .find(|l| l.digest == digest)
+                            .map(|l| l.proposal.clone())
+                    })
+                    .or_else(|| {
+                        self.recent
+                            .iter()
+                            .find(|(d, _)| *d == digest)
+                            .map(|(_, p)| p.clone())
+                    });
+                if let Some(p) = found {
+                    self.out.push_back(Output::Send {
+                        to: To::One(from),
+                        msg: Message::Proposal((*p).clone()),
+                    });
+                }
+            }
+            Message::Checkpoint(c) => self.checkpoint(from, c),
+            Message::SnapshotRequest => {
+                if let (None, Some((digest, bytes))) = (&self.desync, &self.checkpoint_snap) {
+                    let tick = Region::restore(bytes).map_or(0, |r| r.tick_number());
+                    self.out.push_back(Output::Send {
+                        to: To::One(from),
+                        msg: Message::Snapshot {
+                            tick,
+                            digest: *digest,
+                            bytes: (**bytes).clone(),
+                        },
+                    });
+                }
+            }
+            Message::Snapshot { digest, bytes, .. } => self.resync(now, from, digest, &bytes),
+        }
+    }
+
+    fn received(&mut self, now: u64, p: Proposal) {
+        if p.region != self.manifest.region {
+            self.stats.refused_messages += 1;
+            return;
+        }
+        if p.tick < self.finalized_next {
+            return;
+        }
+        let digest = p.digest();
+        if self.known.contains_key(&digest) || self.chain.iter().any(|l| l.digest == digest) {
+            return;
+        }
+        if self.known.len() >= self.cfg.proposals_max {
+            // Drop the proposal furthest ahead: the ones near the head are
+            // the ones the engine asks about next.
+            if let Some((&d, _)) = self.known.iter().max_by_key(|(_, p)| p.tick) {
+                self.known.remove(&d);
+            }
+        }
+        self.known.insert(digest, Arc::new(p));
+        self.retry(now);
+    }
+
+    /// Retries orders that waited for a proposal.
+    fn retry(&mut self, now: u64) {
+        let waits = std::mem::take(&mut self.verify_wait);
+        for (req, parent, digest, since) in waits {
+            self.verify(now, req, parent, digest, since);
+        }
+        let orders = std::mem::take(&mut self.order_wait);
+        for o in orders {
+            self.order(now, o);
+        }
+    }
+
+    fn fetch(&mut self, digest: Digest) {
+        if self.fetched.insert(digest) {
+            self.out.push_back(Output::Send {
+                to: To::All,
+                msg: Message::Fetch(digest),
+            });
+        }
+    }
+
+    // ----- orders from the engine -----
+
+    /// What the ordering engine asks or tells.
+    pub fn order(&mut self, now: u64, order: Order) {
+        match order {
+            Order::Propose { req, parent } => {
+                let ready = self.desync.is_none()
+                    && match self.rebuild(parent) {
+                        Ok(()) => true,
+                        Err(missing) => {
+                            self.fetch(missing);
+                            false
+                        }
+                    };
+                if !ready {
+                    self.out
+                        .push_back(Output::Answer(Answer::Proposed { req, digest: None }));
+                    return;
+                }
+                self.propose_wait = Some((req, parent));
+                self.tick(now);
+            }
+            Order::Verify {
+                req,
+                parent,
+                digest,
+            } => self.verify(now, req, parent, digest, now),
+            Order::Notarized { digest } => {
+                if digest == self.finalized || self.is_final_ancestor(&digest) {
+                    return;
+                }
+                if self.execute_to(digest).is_err() {
+                    self.order_wait.push(Order::Notarized { digest });
+                    return;
+                }
+                if let Some(i) = self.chain.iter().position(|l| l.digest == digest) {
+                    for l in &mut self.chain[..=i] {
+                        l.notarized = true;
+                    }
+                    self.publish(self.chain[i].published.clone());
+                }
+            }
+            Order::Finalized { digest, proof } => {
+                if digest == self.finalized || self.is_final_ancestor(&digest) {
+                    return;
+                }
+                if self.execute_to(digest).is_err() {
+                    self.order_wait.push(Order::Finalized { digest, proof });
+                    return;
+                }
+                self.finalize(digest, proof);
+            }
+            Order::Nullified { view } => debug!(view, "view nullified"),
+        }
+    }
+
+    fn is_final_ancestor(&self, digest: &Digest) -> bool {
+        self.recent.iter().any(|(d, _)| d == digest)
+    }
+
+    fn verify(&mut self, now: u64, req: u64, parent: Digest, digest: Digest, since: u64) {
+        if self.desync.is_some() {
+            self.out
+                .push_back(Output::Answer(Answer::Verified { req, valid: false }));
+            return;
+        }
+        if let Some(l) = self.chain.iter().find(|l| l.digest == digest) {
+            let valid = l.proposal.parent == parent;
+            self.out
+                .push_back(Output::Answer(Answer::Verified { req, valid }));
+            return;
+        }
+        let Some(p) = self.known.get(&digest).cloned() else {
+            self.verify_wait.push((req, parent, digest, since));
+            return;
+        };
+        if p.parent != parent {
+            self.invalid(req, &Invalid::Parent);
+            return;
+        }
+        if let Err(missing) = self.rebuild(parent) {
+            self.fetch(missing);
+            self.verify_wait.push((req, parent, digest, since));
+            return;
+        }
+        if let Err(e) = self.check(&p, Some(now)) {
+            self.invalid(req, &e);
+            return;
+        }
+        match self.execute(p) {
+            Ok(()) => {
+                self.stats.verified += 1;
+                self.out
+                    .push_back(Output::Answer(Answer::Verified { req, valid: true }));
+            }
+            Err(e) => self.invalid(req, &e),
+        }
+    }
+
+    fn invalid(&mut self, req: u64, e: &Invalid) {
+        self.stats.invalid += 1;
+        warn!(error = %e, "proposal refused");
+        self.out
+            .push_back(Output::Answer(Answer::Verified { req, valid: false }));
+    }
+
+    // ----- the chain -----
+
+    /// Makes `parent` the head: nothing if it is, a rollback if it is an
+    /// earlier link, catch-up through held proposals otherwise. Err names
+    /// a proposal that is missing.
+    fn rebuild(&mut self, parent: Digest) -> Result<(), Digest> {
+        if parent == self.head_digest {
+            return Ok(());
+        }
+        if parent == self.finalized || self.chain.iter().any(|l| l.digest == parent) {
+            let keep = self
+                .chain
+                .iter()
+                .position(|l| l.digest == parent)
+                .map_or(0, |i| i + 1);
+            let links: Vec<Arc<Proposal>> = self.chain[..keep]
+                .iter()
+                .map(|l| l.proposal.clone())
+                .collect();
+            self.rollback_to(&links);
+            return Ok(());
+        }
+        // Not on the chain: follow held proposals back to it.
+        let mut path = Vec::new();
+        let mut at = parent;
+        loop {
+            if at == self.finalized || self.chain.iter().any(|l| l.digest == at) {
+                break;
+            }
+            let Some(p) = self.known.get(&at).cloned() else {
+                return Err(at);
+            };
+            if p.tick < self.finalized_next {
+                return Err(at);
+            }
+            at = p.parent;
+            path.push(p);
+        }
+        self.rebuild(at)?;
+        for p in path.into_iter().rev() {
+            if let Err(e) = self.check(&p, None).and_then(|()| self.execute(p.clone())) {
+                // Consensus notarized a proposal this replica cannot execute:
+                // a bug or a divergence, reported by the checkpoints.
+                warn!(error = %e, tick = p.tick, "a notarized proposal does not execute here");
+                return Err(p.digest());
+            }
+        }
+        Ok(())
+    }
+
+    /// Executes up to and including `digest` (a proposal the engine says is
+    /// notarized or finalized).
+    fn execute_to(&mut self, digest: Digest) -> Result<(), Digest> {
+        if self.chain.iter().any(|l| l.digest == digest) {
+            return Ok(());
+        }
+        let Some(p) = self.known.get(&digest).cloned() else {
+            self.fetch(digest);
+            return Err(digest);
+        };
+        if let Err(missing) = self.rebuild(p.parent) {
+            self.fetch(missing);
+            return Err(missing);
+        }
+        self.check(&p, None)
+            .and_then(|()| self.execute(p))
+            .map_err(|e| {
+                warn!(error = %e, "a notarized proposal does not execute here");
+                digest
+            })
+    }
+
+    /// Restores the base and re-executes the finalized proposals since it
+    /// and then `links`.
+    fn rollback_to(&mut self, links: &[Arc<Proposal>]) {
+        self.stats.rollbacks += 1;
+        let mut region = Region::restore(&self.base.bytes)
+            .expect("the base snapshot was made by this process and restores");
+        let replay: Vec<Arc<Proposal>> = self
+            .since_base
+            .iter()
+            .chain(links.iter())
+            .cloned()
+            .collect();
+        let mut chain = Vec::new();
+        for p in &replay {
+            let report = region
+                .tick(&p.batch(), &*self.host, &[])
+                .expect("a proposal executed before executes again");
+            self.stats.reexecuted += 1;
+            if p.tick >= self.finalized_next {
+                chain.push(Link {
+                    digest: p.digest(),
+                    proposal: p.clone(),
+                    published: Arc::new(Published {
+                        tick: p.tick,
+                        sim: region.sim().clone(),
+                        hash: report.hash,
+                        events: Arc::new(report.sim.events),
+                    }),
+                    notarized: false,
+                });
+            }
+        }
+        // Notarization marks survive on the links that stay.
+        for (new, old) in chain.iter_mut().zip(self.chain.iter()) {
+            new.notarized = old.notarized && old.digest == new.digest;
+        }
+        self.head_digest = chain.last().map_or(self.finalized, |l| l.digest);
+        self.chain = chain;
+        self.head = region;
+        let keep: BTreeSet<Digest> = self.chain.iter().map(|l| l.digest).collect();
+        self.spec_snaps.retain(|d, _| keep.contains(d));
+        info!(head = self.head.tick_number(), "head rebuilt");
+    }
+
+    /// Why `p` cannot follow the head, if it cannot. `now` is the clock for
+    /// a live verify (none when catching up on notarized proposals).
+    fn check(&self, p: &Proposal, now: Option<u64>) -> Result<(), Invalid> {
+        if p.region != self.manifest.region {
+            return Err(Invalid::Region(p.region.0));
+        }
+        let expected = self.head.tick_number();
+        if p.tick != expected {
+            return Err(Invalid::Tick {
+                expected,
+                got: p.tick,
+            });
+        }
+        if p.parent != self.head_digest {
+            return Err(Invalid::Parent);
+        }
+        let last = self.head.sim().state().time_ms;
+        if p.time_ms < last {
+            return Err(Invalid::Time {
+                got: p.time_ms,
+                why: format!("before the last tick's {last} ms"),
+            });
+        }
+        if let Some(now) = now {
+            let skew = self.cfg.clock_skew_max_ms;
+            if p.time_ms > now.saturating_add(skew) || p.time_ms.saturating_add(skew) < now {
+                return Err(Invalid::Time {
+                    got: p.time_ms,
+                    why: format!("more than {skew} ms from this replica's clock ({now} ms)"),
+                });
+            }
+        }
+        if p.inputs.len() > self.cfg.inputs_per_tick_max {
+            return Err(Invalid::TooLarge(format!(
+                "{} inputs (limit {})",
+                p.inputs.len(),
+                self.cfg.inputs_per_tick_max
+            )));
+        }
+        let bytes = p.encode().len();
+        if bytes > PROPOSAL_BYTES_MAX {
+            return Err(Invalid::TooLarge(format!(
+                "{bytes} bytes (limit {PROPOSAL_BYTES_MAX})"
+            )));
+        }
+        let mut last_seq: BTreeMap<PlayerId, u64> = BTreeMap::new();
+        let mut attached = BTreeSet::new();
+        for (index, s) in p.inputs.iter().enumerate() {
+            s.verify(self.manifest.region)
+                .map_err(|error| Invalid::Input { index, error })?;
+            let prev = last_seq.insert(s.input.player, s.input.seq);
+            if prev.is_some_and(|prev| prev >= s.input.seq) {
+                return Err(Invalid::SeqOrder(index));
+            }
+            if let InputKind::AttachScript { source, .. } = &s.input.kind {
+                attached.insert(*source);
+            }
+        }
+        let carried: Vec<[u8; 32]> = p
+            .sources
+            .iter()
+            .map(|s| metatopia_scripts::hash_source(s))
+            .collect();
+        if !carried.windows(2).all(|w| w[0] < w[1]) {
+            return Err(Invalid::Sources("not sorted by hash, or repeated".into()));
+        }
+        let carried: BTreeSet<[u8; 32]> = carried.into_iter().collect();
+        if carried != attached {
+            return Err(Invalid::Sources(
+                "the sources carried differ from the scripts attached".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Executes `p` on the head (it passed [`Replica::check`]).
+    fn execute(&mut self, p: Arc<Proposal>) -> Result<(), Invalid> {
+        for text in &p.sources {
+            if let Err(e) = self.sources.put(text) {
+                return Err(Invalid::Sources(format!("cannot store a source: {e}")));
+            }
+        }
+        let digest = p.digest();
+        let report = self
+            .head
+            .tick(&p.batch(), &*self.host, &[])
+            .map_err(|e| Invalid::Sim(e.to_string()))?;
+        self.known.remove(&digest);
+        self.head_digest = digest;
+        let next = self.head.tick_number();
+        if next.is_multiple_of(self.cfg.rollback_every.max(1))
+            || next.is_multiple_of(self.cfg.checkpoint_every.max(1))
+            || next.is_multiple_of(self.cfg.store_snapshot_every.max(1))
+        {
+            self.spec_snaps
+                .insert(digest, Arc::new(self.head.snapshot()));
+        }
+        self.chain.push(Link {
+            digest,
+            proposal: p.clone(),
+            published: Arc::new(Published {
+                tick: p.tick,
+                sim: self.head.sim().clone(),
+                hash: report.hash,
+                events: Arc::new(report.sim.events),
+            }),
+            notarized: false,
+        });
+        Ok(())
+    }
+
+    /// Builds, executes and broadcasts the proposal for the next tick.
+    fn build(&mut self, now: u64, deadline: u64) -> Option<Digest> {
+        let last = self.head.sim().state().time_ms;
+        // On time (or a little late): the scheduled time, so pacing does not
+        // drift. Far behind (after a failover): the clock.
+        let time_ms = if now.saturating_sub(deadline) < self.cfg.tick_ms {
+            deadline
+        } else {
+            now
+        }
+        .max(last);
+        let mut inputs = Vec::new();
+        let mut sources = BTreeMap::new();
+        // One input per player per round, so a flood from one player does
+        // not crowd out the others.
+        let mut queues: Vec<Vec<&SignedInput>> = self
+            .mempool
+            .iter()
+            .map(|(player, q)| {
+                let last = self.last_seq(*player);
+                q.range(last + 1..).map(|(_, s)| s).collect()
+            })
+            .collect();
+        let mut round = 0;
+        'fill: loop {
+            let mut any = false;
+            for q in &mut queues {
+                let Some(s) = q.get(round) else { continue };
+                any = true;
+                if inputs.len() >= self.cfg.inputs_per_tick_max {
+                    break 'fill;
+                }
+                if let InputKind::AttachScript { source, .. } = &s.input.kind {
+                    match self.sources.get(source) {
+                        Some(text) => {
+                            sources.insert(*source, text.to_string());
+                        }
+                        // The source went away: leave the rest of this
+                        // player's inputs for later.
+                        None => {
+                            q.truncate(round);
+                            continue;
+                        }
+                    }
+                }
+                inputs.push((*s).clone());
+            }
+            if !any {
+                break;
+            }
+            round += 1;
+        }
+        let p = Proposal {
+            region: self.manifest.region,
+            tick: self.head.tick_number(),
+            parent: self.head_digest,
+            time_ms,
+            inputs,
+            sources: sources.into_values().collect(),
+        };
+        let p = Arc::new(p);
+        if let Err(e) = self.check(&p, None).and_then(|()| self.execute(p.clone())) {
+            warn!(error = %e, "own proposal does not execute");
+            return None;
+        }
+        let digest = p.digest();
+        if self.manifest.members.len() > 1 {
+            self.out.push_back(Output::Send {
+                to: To::All,
+                msg: Message::Proposal((*p).clone()),
+            });
+        }
+        Some(digest)
+    }
+
+    fn publish(&mut self, p: Arc<Published>) {
+        if self.published_tick.is_some_and(|t| t >= p.tick) {
+            return;
+        }
+        self.published_tick = Some(p.tick);
+        self.out.push_back(Output::Visible(p));
+    }
+
+    /// Finalizes the chain up to `digest` (on the chain).
+    fn finalize(&mut self, digest: Digest, proof: Vec<u8>) {
+        let Some(i) = self.chain.iter().position(|l| l.digest == digest) else {
+            return;
+        };
+        let done: Vec<Link> = self.chain.drain(..=i).collect();
+        let count = done.len();
+        for (k, link) in done.into_iter().enumerate() {
+            let p = link.proposal.clone();
+            self.finalized = link.digest;
+            self.finalized_next = p.tick + 1;
+            self.finalized_hash = link.published.hash;
+            self.stats.finalized += 1;
+            // The base moves to a snapshot of this state when there is one.
+            let snap = self.spec_snaps.remove(&link.digest);
+            if let Some(bytes) = &snap {
+                self.base = Base {
+                    bytes: bytes.clone(),
+                };
+                self.since_base.clear();
+            } else {
+                self.since_base.push(p.clone());
+            }
+            self.recent.push_back((link.digest, p.clone()));
+            while self.recent.len() > RECENT_MAX {
+                self.recent.pop_front();
+            }
+            let next = p.tick + 1;
+            if next.is_multiple_of(self.cfg.checkpoint_every.max(1))
+                && let Some(bytes) = &snap
+            {
+                self.checkpoint_snap = Some((link.digest, bytes.clone()));
+            }
+            let store_snap =
+                snap.filter(|_| next.is_multiple_of(self.cfg.store_snapshot_every.max(1)));
+            self.publish(link.published.clone());
+            self.out.push_back(Output::Commit(Commit {
+                proposal: p.clone(),
+                hash: link.published.hash,
+                proof: if k + 1 == count {
+                    proof.clone()
+                } else {
+                    Vec::new()
+                },
+                snapshot: store_snap,
+            }));
+            for s in &p.inputs {
+                let (player, seq) = (s.input.player, s.input.seq);
+                if let Some(q) = self.mempool.get_mut(&player) {
+                    let before = q.len();
+                    q.retain(|k, _| *k > seq);
+                    self.mempool_len -= before - q.len();
+                    if q.is_empty() {
+                        self.mempool.remove(&player);
+                    }
+                }
+                let rejection = link.published.events.iter().find_map(|e| match e {
+                    Event::Rejected {
+                        player: p,
+                        seq: s,
+                        reason,
+                    } if *p == player && *s == seq => Some(reason.clone()),
+                    _ => None,
+                });
+                self.out.push_back(Output::Committed {
+                    player,
+                    seq,
+                    tick: p.tick,
+                    rejection,
+                });
+            }
+            if next.is_multiple_of(self.cfg.checkpoint_every.max(1)) {
+                self.own_checkpoint(p.tick, link.published.hash);
+            }
+        }
+        self.spec_snaps
+            .retain(|d, _| self.chain.iter().any(|l| l.digest == *d));
+        let floor = self.finalized_next;
+        self.known.retain(|_, p| p.tick >= floor);
+        self.fetched.clear();
+    }
+
+    // ----- checkpoints and resync -----
+
+    fn own_checkpoint(&mut self, tick: u64, hash: Digest) {
+        self.hashes.insert(tick, hash);
+        while self.hashes.len() > 64 {
+            self.hashes.pop_first();
+        }
+        let c = Checkpoint::sign(&self.key, self.manifest.region, tick, hash);
+        self.checkpoints
+            .entry(tick)
+            .or_default()
+            .insert(self.me, hash);
+        if self.manifest.members.len() > 1 {
+            self.out.push_back(Output::Send {
+                to: To::All,
+                msg: Message::Checkpoint(c),
+            });
+        }
+        self.compare(tick);
+    }
+
+    fn checkpoint(&mut self, from: PlayerId, c: Checkpoint) {
+        if c.region != self.manifest.region
+            || c.member != from
+            || self.manifest.index_of(c.member).is_none()
+            || c.verify().is_err()
+        {
+            self.stats.refused_messages += 1;
+            return;
+        }
+        let every = self.cfg.checkpoint_every.max(1);
+        let window = every.saturating_mul(64);
+        if c.tick.saturating_add(window) < self.finalized_next
+            || c.tick > self.finalized_next.saturating_add(window)
+        {
+            return;
+        }
+        self.checkpoints
+            .entry(c.tick)
+            .or_default()
+            .insert(c.member, c.hash);
+        while self.checkpoints.len() > 128 {
+            self.checkpoints.pop_first();
+        }
+        self.compare(c.tick);
+    }
+
+    /// Compares this replica's hash at `tick` with the group's.
+    fn compare(&mut self, tick: u64) {
+        if self.desync.is_some() {
+            return;
+        }
+        let Some(mine) = self.hashes.get(&tick).copied() else {
+            return;
+        };
+        let Some(seen) = self.checkpoints.get(&tick) else {
+            return;
+        };
+        let mut votes: BTreeMap<Digest, usize> = BTreeMap::new();
+        for (m, h) in seen {
+            if *m != self.me {
+                *votes.entry(*h).or_default() += 1;
+            }
+        }
+        let need = self.manifest.faults_max() + 1;
+        let Some((theirs, _)) = votes.into_iter().find(|(h, n)| *h != mine && *n >= need) else {
+            return;
+        };
+        let d = Desync { tick, mine, theirs };
+        warn!(tick, mine = %crate::store::hex(&mine), theirs = %crate::store::hex(&theirs), "desync: this replica's region hash differs from the group's");
+        self.desync = Some(d.clone());
+        self.out.push_back(Output::Desync(d));
+        self.out.push_back(Output::Send {
+            to: To::All,
+            msg: Message::SnapshotRequest,
+        });
+    }
+
+    /// A snapshot from `from` while desynced: adopted if its region hash is
+    /// one that at least f + 1 members other than this one signed.
+    fn resync(&mut self, now: u64, from: PlayerId, digest: Digest, bytes: &[u8]) {
+        if self.desync.is_none() || self.manifest.index_of(from).is_none() {
+            return;
+        }
+        let Ok(region) = Region::restore(bytes) else {
+            self.stats.refused_messages += 1;
+            return;
+        };
+        let hash = region.hash();
+        let tick = region.tick_number().saturating_sub(1);
+        let need = self.manifest.faults_max() + 1;
+        let signed = self.checkpoints.get(&tick).map_or(0, |m| {
+            m.iter()
+                .filter(|(member, h)| **member != self.me && **h == hash)
+                .count()
+        });
+        if signed < need || region.id() != self.manifest.region {
+            debug!(
+                tick,
+                signed, "snapshot not vouched for by enough checkpoints"
+            );
+            return;
+        }
+        info!(tick, "resynced from the group's snapshot");
+        let next = region.tick_number();
+        self.base = Base {
+            bytes: Arc::new(bytes.to_vec()),
+        };
+        self.since_base.clear();
+        self.head = region;
+        self.head_digest = digest;
+        self.chain.clear();
+        self.spec_snaps.clear();
+        self.finalized = digest;
+        self.finalized_next = next;
+        self.finalized_hash = hash;
+        self.hashes.insert(tick, hash);
+        self.desync = None;
+        self.published_tick = None;
+        self.out.push_back(Output::Resynced { tick });
+        self.retry(now);
+    }
+
+    /// Corrupts the head's hash record for a checkpoint, as a diverged
+    /// replica would (tests of the desync path only).
+    #[doc(hidden)]
+    pub fn diverge_for_test(&mut self, tick: u64) {
+        self.hashes.insert(tick, [0xd5; 32]);
+        self.compare(tick);
+    }
+}

@@ -1,0 +1,282 @@
+//! What replicas, players' nodes and the log exchange: signed inputs, the
+//! proposal (the batch that travels beside consensus), checkpoints, and the
+//! messages between the members of a replica group.
+//!
+//! Every message is a versioned envelope (`MTRM`, postcard) decoded with
+//! the check-then-parse rule: the size is checked before parsing, and the
+//! bytes must re-encode to themselves (postcard accepts overlong varints;
+//! we hash only canonical bytes).
+
+use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use metatopia_sim::input::{Input, InputKind};
+use metatopia_sim::snapshot::{self, DecodeError};
+use metatopia_sim::{Batch, PlayerId, RegionId};
+
+/// A blake3 digest: of a proposal, a manifest, a state.
+pub type Digest = [u8; 32];
+
+/// Magic of a replica message.
+pub const MESSAGE_MAGIC: [u8; 4] = *b"MTRM";
+
+/// Magic of a proposal's own encoding (digest and log).
+pub const PROPOSAL_MAGIC: [u8; 4] = *b"MTPP";
+
+/// Largest message a replica decodes (a snapshot for a resync is the
+/// largest; everything else is far smaller).
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Largest proposal: inputs and the script sources they attach.
+pub const PROPOSAL_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Most inputs in one forwarded bundle.
+pub const FORWARD_INPUTS_MAX: usize = 4096;
+
+/// An ed25519 signature (64 bytes), serialised as a byte string.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Sig(pub [u8; 64]);
+
+impl std::fmt::Debug for Sig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sig({})", crate::store::hex(&self.0[..8]))
+    }
+}
+
+impl Serialize for Sig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Sig, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Sig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("64 signature bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Sig, E> {
+                let bytes: [u8; 64] = v
+                    .try_into()
+                    .map_err(|_| E::invalid_length(v.len(), &self))?;
+                Ok(Sig(bytes))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Why a signature does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// The signer's id is not an ed25519 public key.
+    #[error("player id {0} is not an ed25519 public key")]
+    BadKey(PlayerId),
+    /// The signature does not match the signed bytes.
+    #[error("bad signature by {0}")]
+    BadSignature(PlayerId),
+}
+
+fn verify(signer: PlayerId, bytes: &[u8], sig: &Sig) -> Result<(), SignatureError> {
+    let key = VerifyingKey::from_bytes(&signer.0).map_err(|_| SignatureError::BadKey(signer))?;
+    let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
+    key.verify(bytes, &sig)
+        .map_err(|_| SignatureError::BadSignature(signer))
+}
+
+/// The player id of a signing key (its public key).
+pub fn player_of(key: &SigningKey) -> PlayerId {
+    PlayerId(key.verifying_key().to_bytes())
+}
+
+/// A player's input, signed by the player's key over (region, player, seq,
+/// kind): valid in one region only, once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedInput {
+    /// The input; `input.player` is the signer.
+    pub input: Input,
+    /// The signature over [`SignedInput::signed_bytes`].
+    pub sig: Sig,
+}
+
+impl SignedInput {
+    /// The bytes a player signs.
+    pub fn signed_bytes(region: RegionId, input: &Input) -> Vec<u8> {
+        let mut out = b"metatopia input v1\0".to_vec();
+        postcard::to_io(&(region, input), &mut out)
+            .expect("postcard encoding into a Vec cannot fail");
+        out
+    }
+
+    /// Signs `kind` as input `seq` of the key's player in `region`.
+    pub fn sign(key: &SigningKey, region: RegionId, seq: u64, kind: InputKind) -> SignedInput {
+        let input = Input {
+            player: player_of(key),
+            seq,
+            kind,
+        };
+        let sig = Sig(key
+            .sign(&SignedInput::signed_bytes(region, &input))
+            .to_bytes());
+        SignedInput { input, sig }
+    }
+
+    /// Checks the signature for `region`.
+    pub fn verify(&self, region: RegionId) -> Result<(), SignatureError> {
+        verify(
+            self.input.player,
+            &SignedInput::signed_bytes(region, &self.input),
+            &self.sig,
+        )
+    }
+}
+
+/// The batch of one tick as the primary proposes it: consensus orders its
+/// digest, and the proposal itself travels beside it. It carries everything
+/// its execution reads: the inputs (signed), the time, and the source of
+/// every script it attaches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The region.
+    pub region: RegionId,
+    /// The tick it executes: its parent's tick + 1 (the first tick after
+    /// genesis is the genesis state's next tick).
+    pub tick: u64,
+    /// Digest of the parent proposal (the genesis digest for the first).
+    pub parent: Digest,
+    /// Sim time of the tick, proposed by the primary.
+    pub time_ms: u64,
+    /// The inputs, in the order the sim applies them.
+    pub inputs: Vec<SignedInput>,
+    /// The sources of the scripts that `AttachScript` inputs here attach,
+    /// sorted by hash, each once.
+    pub sources: Vec<String>,
+}
+
+impl Proposal {
+    /// The canonical bytes the digest covers (and the log stores).
+    pub fn encode(&self) -> Vec<u8> {
+        snapshot::encode(PROPOSAL_MAGIC, self)
+    }
+
+    /// Its digest.
+    pub fn digest(&self) -> Digest {
+        let mut h = blake3::Hasher::new();
+        h.update(b"metatopia proposal v1\0");
+        h.update(&self.encode());
+        *h.finalize().as_bytes()
+    }
+
+    /// The sim batch it executes.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            tick: self.tick,
+            time_ms: self.time_ms,
+            inputs: self.inputs.iter().map(|s| s.input.clone()).collect(),
+        }
+    }
+}
+
+/// A replica's signed statement of its region hash after a finalized tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The region.
+    pub region: RegionId,
+    /// The tick executed (the hash is the state after it).
+    pub tick: u64,
+    /// The region hash after it.
+    pub hash: Digest,
+    /// The replica (its node key).
+    pub member: PlayerId,
+    /// Its signature.
+    pub sig: Sig,
+}
+
+impl Checkpoint {
+    fn signed_bytes(region: RegionId, tick: u64, hash: &Digest) -> Vec<u8> {
+        let mut out = b"metatopia checkpoint v1\0".to_vec();
+        postcard::to_io(&(region, tick, hash), &mut out)
+            .expect("postcard encoding into a Vec cannot fail");
+        out
+    }
+
+    /// Signs a checkpoint.
+    pub fn sign(key: &SigningKey, region: RegionId, tick: u64, hash: Digest) -> Checkpoint {
+        let sig = Sig(key
+            .sign(&Checkpoint::signed_bytes(region, tick, &hash))
+            .to_bytes());
+        Checkpoint {
+            region,
+            tick,
+            hash,
+            member: player_of(key),
+            sig,
+        }
+    }
+
+    /// Checks the signature.
+    pub fn verify(&self) -> Result<(), SignatureError> {
+        verify(
+            self.member,
+            &Checkpoint::signed_bytes(self.region, self.tick, &self.hash),
+            &self.sig,
+        )
+    }
+}
+
+/// A message between replicas (and from a player's node to a replica).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Inputs received from players, forwarded to the other members so that
+    /// whoever is primary orders them.
+    Inputs(Vec<SignedInput>),
+    /// A proposal, shipped beside the consensus that orders its digest.
+    Proposal(Proposal),
+    /// Asks for the proposal with this digest (a replica that missed it).
+    Fetch(Digest),
+    /// A signed checkpoint.
+    Checkpoint(Checkpoint),
+    /// Asks for the sender's latest finalized snapshot (resync).
+    SnapshotRequest,
+    /// A finalized snapshot: the region after `tick`, whose last proposal
+    /// has digest `digest`.
+    Snapshot {
+        /// The tick executed last.
+        tick: u64,
+        /// Digest of the proposal of that tick.
+        digest: Digest,
+        /// The region snapshot (`physics::Region::snapshot`).
+        bytes: Vec<u8>,
+    },
+}
+
+impl Message {
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        snapshot::encode(MESSAGE_MAGIC, self)
+    }
+
+    /// Decodes a message, refusing oversized, malformed and non-canonical
+    /// bytes and structurally impossible contents.
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        if bytes.len() > MESSAGE_BYTES_MAX {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        let msg: Message = snapshot::decode(MESSAGE_MAGIC, bytes)?;
+        match &msg {
+            Message::Inputs(v) if v.len() > FORWARD_INPUTS_MAX => {
+                return Err(DecodeError::Malformed(format!(
+                    "{} forwarded inputs (limit {FORWARD_INPUTS_MAX})",
+                    v.len()
+                )));
+            }
+            Message::Proposal(_) if bytes.len() > PROPOSAL_BYTES_MAX => {
+                return Err(DecodeError::TooLarge(bytes.len()));
+            }
+            _ => {}
+        }
+        Ok(msg)
+    }
+}
