@@ -20,3 +20,5 @@ pub fn example_scenarios() -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+pub mod replication;

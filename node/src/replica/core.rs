@@ -39,6 +39,9 @@ use super::{Answer, Order};
 /// Finalized proposals kept in memory to answer [`Message::Fetch`].
 const RECENT_MAX: usize = 1024;
 
+/// Finalized inputs remembered to refuse their replay.
+const DONE_MAX: usize = 65_536;
+
 /// Script sources by hash: where the core finds the sources it must carry
 /// in a proposal, and where it puts the sources a proposal carries before
 /// executing it.
@@ -72,6 +75,12 @@ pub struct Config {
     pub proposals_max: usize,
     /// A verify waiting this long for its proposal asks the group for it.
     pub fetch_after_ms: u64,
+    /// A proposal asked for and still missing is asked for again after
+    /// this long.
+    pub fetch_retry_ms: u64,
+    /// Inputs submitted to this replica and not finalized are forwarded
+    /// to the group again after this long.
+    pub forward_retry_ms: u64,
 }
 
 impl Default for Config {
@@ -86,6 +95,8 @@ impl Default for Config {
             store_snapshot_every: 200,
             proposals_max: 1024,
             fetch_after_ms: 100,
+            fetch_retry_ms: 250,
+            forward_retry_ms: 1000,
         }
     }
 }
@@ -302,11 +313,25 @@ pub struct Replica {
     known: BTreeMap<Digest, Arc<Proposal>>,
     propose_wait: Option<(u64, Digest)>,
     verify_wait: Vec<(u64, Digest, Digest, u64)>,
-    order_wait: Vec<Order>,
-    fetched: BTreeSet<Digest>,
+    early: Vec<(u64, Digest, Digest, u64)>,
+    wait_notarized: Option<Digest>,
+    wait_finalized: Option<(Digest, Vec<u8>)>,
+    /// Proposals asked for, and when they were last asked for.
+    wanted: BTreeMap<Digest, u64>,
+    now: u64,
     mempool: BTreeMap<PlayerId, BTreeMap<u64, SignedInput>>,
     mempool_len: usize,
     forward: Vec<SignedInput>,
+    /// Inputs submitted here and not finalized yet, with when they were
+    /// last forwarded: forwarded again every `forward_retry_ms` (a
+    /// forward may be lost, and the primary may change).
+    own: BTreeMap<(PlayerId, u64), u64>,
+    /// Recently finalized inputs (oldest first), and the same as a set: the
+    /// sim records sequence numbers only for players it knows, so an input
+    /// of a player it refused to know (a refused join, an input before
+    /// joining) would otherwise be admitted again.
+    done_order: VecDeque<(PlayerId, u64)>,
+    done: BTreeSet<(PlayerId, u64)>,
     hashes: BTreeMap<u64, Digest>,
     checkpoints: BTreeMap<u64, BTreeMap<PlayerId, Digest>>,
     desync: Option<Desync>,
@@ -367,11 +392,17 @@ impl Replica {
             known: BTreeMap::new(),
             propose_wait: None,
             verify_wait: Vec::new(),
-            order_wait: Vec::new(),
-            fetched: BTreeSet::new(),
+            early: Vec::new(),
+            wait_notarized: None,
+            wait_finalized: None,
+            wanted: BTreeMap::new(),
+            now: 0,
             mempool: BTreeMap::new(),
             mempool_len: 0,
             forward: Vec::new(),
+            own: BTreeMap::new(),
+            done_order: VecDeque::new(),
+            done: BTreeSet::new(),
             hashes: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
             desync: None,
@@ -446,35 +477,58 @@ impl Replica {
         let fetch = self
             .verify_wait
             .iter()
-            .filter(|w| !self.fetched.contains(&w.2))
+            .filter(|w| !self.wanted.contains_key(&w.2))
             .map(|w| w.3.saturating_add(self.cfg.fetch_after_ms))
+            .chain(
+                self.wanted
+                    .values()
+                    .map(|t| t.saturating_add(self.cfg.fetch_retry_ms)),
+            )
             .min();
-        match (propose, fetch) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let early = self
+            .early
+            .iter()
+            .filter_map(|w| self.known.get(&w.2))
+            .map(|p| p.time_ms.saturating_sub(self.cfg.clock_skew_max_ms))
+            .min();
+        let forward = self
+            .own
+            .values()
+            .min()
+            .map(|t| t.saturating_add(self.cfg.forward_retry_ms));
+        [propose, fetch, early, forward].into_iter().flatten().min()
     }
 
     /// Time passes: a due proposal is built, late proposals are asked for.
     pub fn tick(&mut self, now: u64) {
+        self.now = self.now.max(now);
         if let Some((req, parent)) = self.propose_wait {
+            let ready = self.desync.is_none()
+                && match self.rebuild(parent) {
+                    Ok(()) => true,
+                    Err(missing) => {
+                        // Keep the request: the parent may still arrive.
+                        self.fetch(missing);
+                        false
+                    }
+                };
             let deadline = self
                 .head
                 .sim()
                 .state()
                 .time_ms
                 .saturating_add(self.cfg.tick_ms);
-            if now >= deadline {
+            if ready && now >= deadline {
                 self.propose_wait = None;
-                let answer = if parent == self.head_digest {
-                    self.build(now, deadline)
-                } else {
-                    None
-                };
-                self.out.push_back(Output::Answer(Answer::Proposed {
-                    req,
-                    digest: answer,
-                }));
+                let digest = self.build(now, deadline);
+                self.out
+                    .push_back(Output::Answer(Answer::Proposed { req, digest }));
+            }
+        }
+        if !self.early.is_empty() {
+            let early = std::mem::take(&mut self.early);
+            for (req, parent, digest, since) in early {
+                self.verify(now, req, parent, digest, since);
             }
         }
         let late: Vec<Digest> = self
@@ -482,10 +536,35 @@ impl Replica {
             .iter()
             .filter(|w| now >= w.3.saturating_add(self.cfg.fetch_after_ms))
             .map(|w| w.2)
-            .filter(|d| !self.fetched.contains(d))
+            .chain(
+                self.wanted
+                    .iter()
+                    .filter(|(_, t)| now >= t.saturating_add(self.cfg.fetch_retry_ms))
+                    .map(|(d, _)| *d),
+            )
             .collect();
         for d in late {
             self.fetch(d);
+        }
+        let retry = self.cfg.forward_retry_ms;
+        let due: Vec<(PlayerId, u64)> = self
+            .own
+            .iter()
+            .filter(|(_, t)| now >= t.saturating_add(retry))
+            .map(|(k, _)| *k)
+            .collect();
+        for (player, seq) in due {
+            let last = self.last_seq(player);
+            let queued = self.mempool.get(&player).and_then(|q| q.get(&seq)).cloned();
+            match queued {
+                Some(input) if seq > last => {
+                    self.own.insert((player, seq), now);
+                    self.forward.push(input);
+                }
+                _ => {
+                    self.own.remove(&(player, seq));
+                }
+            }
         }
     }
 
@@ -502,6 +581,8 @@ impl Replica {
             self.stats.refused_inputs += 1;
         })?;
         if fresh {
+            self.own
+                .insert((input.input.player, input.input.seq), self.now);
             self.forward.push(input);
         }
         Ok(())
@@ -513,7 +594,7 @@ impl Replica {
         let player = input.input.player;
         let seq = input.input.seq;
         let last = self.last_seq(player);
-        if seq <= last {
+        if seq <= last || self.done.contains(&(player, seq)) {
             return Err(Refusal::Replayed { seq, last });
         }
         if let InputKind::AttachScript { source, .. } = &input.input.kind
@@ -546,6 +627,7 @@ impl Replica {
 
     /// A message from another member (or a player's node).
     pub fn handle(&mut self, now: u64, from: PlayerId, msg: Message) {
+        self.now = self.now.max(now);
         match msg {
             Message::Inputs(inputs) => {
                 for input in inputs {
@@ -607,6 +689,7 @@ impl Replica {
             return;
         }
         let digest = p.digest();
+        self.wanted.remove(&digest);
         if self.known.contains_key(&digest) || self.chain.iter().any(|l| l.digest == digest) {
             return;
         }
@@ -627,41 +710,49 @@ impl Replica {
         for (req, parent, digest, since) in waits {
             self.verify(now, req, parent, digest, since);
         }
-        let orders = std::mem::take(&mut self.order_wait);
-        for o in orders {
-            self.order(now, o);
+        if let Some(digest) = self.wait_notarized.take() {
+            self.order(now, Order::Notarized { digest });
+        }
+        if let Some((digest, proof)) = self.wait_finalized.take() {
+            self.order(now, Order::Finalized { digest, proof });
         }
     }
 
+    /// Asks the group for a proposal; again after `fetch_retry_ms` while it
+    /// is still missing (messages get lost).
     fn fetch(&mut self, digest: Digest) {
-        if self.fetched.insert(digest) {
-            self.out.push_back(Output::Send {
-                to: To::All,
-                msg: Message::Fetch(digest),
-            });
+        let now = self.now;
+        let due = self
+            .wanted
+            .get(&digest)
+            .is_none_or(|t| now >= t.saturating_add(self.cfg.fetch_retry_ms));
+        if !due {
+            return;
         }
+        if self.wanted.len() >= self.cfg.proposals_max {
+            self.wanted.pop_first();
+        }
+        self.wanted.insert(digest, now);
+        self.out.push_back(Output::Send {
+            to: To::All,
+            msg: Message::Fetch(digest),
+        });
     }
 
     // ----- orders from the engine -----
 
     /// What the ordering engine asks or tells.
     pub fn order(&mut self, now: u64, order: Order) {
+        self.now = self.now.max(now);
         match order {
             Order::Propose { req, parent } => {
-                let ready = self.desync.is_none()
-                    && match self.rebuild(parent) {
-                        Ok(()) => true,
-                        Err(missing) => {
-                            self.fetch(missing);
-                            false
-                        }
-                    };
-                if !ready {
-                    self.out
-                        .push_back(Output::Answer(Answer::Proposed { req, digest: None }));
-                    return;
+                // A newer request replaces an older one, which is declined.
+                if let Some((old, _)) = self.propose_wait.replace((req, parent)) {
+                    self.out.push_back(Output::Answer(Answer::Proposed {
+                        req: old,
+                        digest: None,
+                    }));
                 }
-                self.propose_wait = Some((req, parent));
                 self.tick(now);
             }
             Order::Verify {
@@ -674,7 +765,7 @@ impl Replica {
                     return;
                 }
                 if self.execute_to(digest).is_err() {
-                    self.order_wait.push(Order::Notarized { digest });
+                    self.wait_notarized = Some(digest);
                     return;
                 }
                 if let Some(i) = self.chain.iter().position(|l| l.digest == digest) {
@@ -689,7 +780,7 @@ impl Replica {
                     return;
                 }
                 if self.execute_to(digest).is_err() {
-                    self.order_wait.push(Order::Finalized { digest, proof });
+                    self.wait_finalized = Some((digest, proof));
                     return;
                 }
                 self.finalize(digest, proof);
@@ -725,6 +816,13 @@ impl Replica {
         if let Err(missing) = self.rebuild(parent) {
             self.fetch(missing);
             self.verify_wait.push((req, parent, digest, since));
+            return;
+        }
+        if p.time_ms > now.saturating_add(self.cfg.clock_skew_max_ms) {
+            // Ahead of this replica's clock: not invalid yet (an honest
+            // replica whose clock is behind must not vote against it for
+            // good); decided when the clock catches up.
+            self.early.push((req, parent, digest, since));
             return;
         }
         if let Err(e) = self.check(&p, Some(now)) {
@@ -995,7 +1093,10 @@ impl Replica {
             .iter()
             .map(|(player, q)| {
                 let last = self.last_seq(*player);
-                q.range(last + 1..).map(|(_, s)| s).collect()
+                q.range(last + 1..)
+                    .filter(|(seq, _)| !self.done.contains(&(*player, **seq)))
+                    .map(|(_, s)| s)
+                    .collect()
             })
             .collect();
         let mut round = 0;
@@ -1114,6 +1215,15 @@ impl Replica {
                         self.mempool.remove(&player);
                     }
                 }
+                self.own.remove(&(player, seq));
+                if self.done.insert((player, seq)) {
+                    self.done_order.push_back((player, seq));
+                    if self.done_order.len() > DONE_MAX
+                        && let Some(old) = self.done_order.pop_front()
+                    {
+                        self.done.remove(&old);
+                    }
+                }
                 let rejection = link.published.events.iter().find_map(|e| match e {
                     Event::Rejected {
                         player: p,
@@ -1137,7 +1247,8 @@ impl Replica {
             .retain(|d, _| self.chain.iter().any(|l| l.digest == *d));
         let floor = self.finalized_next;
         self.known.retain(|_, p| p.tick >= floor);
-        self.fetched.clear();
+        let known = &self.known;
+        self.wanted.retain(|d, _| !known.contains_key(d));
     }
 
     // ----- checkpoints and resync -----
