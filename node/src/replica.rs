@@ -14,9 +14,13 @@
 //! - [`wire`]: signed inputs, proposals, checkpoints, member messages.
 //! - [`group`]: the region manifest and the genesis digest.
 //! - [`core`]: the replica state machine.
+//! - [`simplex`]: the BFT engine (commonware Simplex) behind [`Engine`].
+//! - [`member`]: the driver of a member of a group of several.
 
 pub mod core;
 pub mod group;
+pub mod member;
+pub mod simplex;
 pub mod wire;
 
 use std::collections::VecDeque;

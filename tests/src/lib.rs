@@ -22,3 +22,4 @@ pub fn example_scenarios() -> Vec<PathBuf> {
 }
 
 pub mod replication;
+pub mod simplex_harness;

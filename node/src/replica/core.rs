@@ -317,7 +317,7 @@ pub struct Replica {
     wait_notarized: Option<Digest>,
     wait_finalized: Option<(Digest, Vec<u8>)>,
     /// Proposals asked for, and when they were last asked for.
-    wanted: BTreeMap<Digest, u64>,
+    wanted: BTreeMap<Digest, (u64, u64)>,
     now: u64,
     mempool: BTreeMap<PlayerId, BTreeMap<u64, SignedInput>>,
     mempool_len: usize,
@@ -432,6 +432,14 @@ impl Replica {
         &self.head
     }
 
+    /// The parent of the head's proposal (the finalized digest when the
+    /// head is the finalized state).
+    pub fn head_parent(&self) -> Digest {
+        self.chain
+            .last()
+            .map_or(self.finalized, |l| l.proposal.parent)
+    }
+
     /// Digest of the last finalized proposal, and the next tick after it.
     pub fn finalized(&self) -> (Digest, u64, Digest) {
         (self.finalized, self.finalized_next, self.finalized_hash)
@@ -467,22 +475,27 @@ impl Replica {
 
     /// When [`Replica::tick`] has something to do, if ever.
     pub fn next_deadline(&self) -> Option<u64> {
-        let propose = self.propose_wait.map(|_| {
-            self.head
-                .sim()
-                .state()
-                .time_ms
-                .saturating_add(self.cfg.tick_ms)
-        });
+        // A proposal is due at the head's time + the tick period, once the
+        // head is its parent (until then the fetch retries are the deadline).
+        let propose = self
+            .propose_wait
+            .filter(|(_, parent)| *parent == self.head_digest)
+            .map(|_| {
+                self.head
+                    .sim()
+                    .state()
+                    .time_ms
+                    .saturating_add(self.cfg.tick_ms)
+            });
         let fetch = self
             .verify_wait
             .iter()
-            .filter(|w| !self.wanted.contains_key(&w.2))
+            .filter(|w| !self.wanted.contains_key(&w.2) && !self.known.contains_key(&w.2))
             .map(|w| w.3.saturating_add(self.cfg.fetch_after_ms))
             .chain(
                 self.wanted
                     .values()
-                    .map(|t| t.saturating_add(self.cfg.fetch_retry_ms)),
+                    .map(|(_, t)| t.saturating_add(self.cfg.fetch_retry_ms)),
             )
             .min();
         let early = self
@@ -531,18 +544,27 @@ impl Replica {
                 self.verify(now, req, parent, digest, since);
             }
         }
+        // Proposals still missing: those verifies wait for (not those held
+        // that wait for an ancestor, which is asked for by itself), and
+        // those asked for before.
         let late: Vec<Digest> = self
             .verify_wait
             .iter()
             .filter(|w| now >= w.3.saturating_add(self.cfg.fetch_after_ms))
             .map(|w| w.2)
+            .filter(|d| !self.known.contains_key(d))
             .chain(
                 self.wanted
                     .iter()
-                    .filter(|(_, t)| now >= t.saturating_add(self.cfg.fetch_retry_ms))
+                    .filter(|(_, (_, t))| now >= t.saturating_add(self.cfg.fetch_retry_ms))
                     .map(|(d, _)| *d),
             )
             .collect();
+        // A proposal nobody has sent for a while is no longer asked for (a
+        // fork that was abandoned); a later order asks again if needed.
+        let give_up = self.cfg.fetch_retry_ms.saturating_mul(20);
+        self.wanted
+            .retain(|_, (first, _)| now < first.saturating_add(give_up));
         for d in late {
             self.fetch(d);
         }
@@ -722,17 +744,15 @@ impl Replica {
     /// is still missing (messages get lost).
     fn fetch(&mut self, digest: Digest) {
         let now = self.now;
-        let due = self
-            .wanted
-            .get(&digest)
-            .is_none_or(|t| now >= t.saturating_add(self.cfg.fetch_retry_ms));
-        if !due {
-            return;
-        }
+        let first = match self.wanted.get(&digest) {
+            Some((_, last)) if now < last.saturating_add(self.cfg.fetch_retry_ms) => return,
+            Some((first, _)) => *first,
+            None => now,
+        };
         if self.wanted.len() >= self.cfg.proposals_max {
             self.wanted.pop_first();
         }
-        self.wanted.insert(digest, now);
+        self.wanted.insert(digest, (first, now));
         self.out.push_back(Output::Send {
             to: To::All,
             msg: Message::Fetch(digest),
