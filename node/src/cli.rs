@@ -21,6 +21,39 @@ use crate::scenario;
 use crate::store::{Store, StoreError, hex};
 use crate::world;
 
+/// Standard output was closed by its reader (`metatopia status | head`).
+/// Verbs stop quietly on it and the binary exits successfully, as a filter
+/// would; nothing is printed about it.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+pub struct StdoutClosed;
+
+/// Writes `text` to standard output and flushes it. A closed stdout is
+/// [`StdoutClosed`]; use [`outln!`](crate::outln) in verbs.
+pub fn write_out(text: std::fmt::Arguments<'_>) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
+}
+
+/// A line for a long-running verb (`up`): printed if anyone still reads
+/// standard output, else dropped; the node does not stop for it.
+fn note(text: std::fmt::Arguments<'_>) {
+    if write_out(format_args!("{text}\n")).is_err() {
+        tracing::debug!("standard output closed: line dropped");
+    }
+}
+
+/// A warning line on standard error; dropped if nobody reads it.
+fn eprint_quiet(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
 /// Metatopia: a peer-to-peer virtual world.
 #[derive(Debug, Parser)]
 #[command(name = "metatopia", version, about)]
@@ -70,13 +103,17 @@ pub enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
-    /// Run a scenario file headless; prints state_hash=<hex> last.
+    /// Run a scenario file headless; prints each rejected input and script
+    /// fault, then a summary, and state_hash=<hex> last.
     Run {
         /// The scenario (TOML).
         scenario: PathBuf,
         /// Ticks to run (default: the scenario's).
         #[arg(long)]
         ticks: Option<u64>,
+        /// Print only the summary, not each rejected input and script fault.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Find who hosts the region at a world point, through the overlay.
     Join {
@@ -118,7 +155,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 serde_json::from_str(&json).context("the action is not valid JSON")?;
             act(&data.unwrap_or_else(default_dir), &action, false)
         }
-        Command::Run { scenario, ticks } => run_scenario(&scenario, ticks),
+        Command::Run {
+            scenario,
+            ticks,
+            quiet,
+        } => run_scenario(&scenario, ticks, quiet),
         Command::Replay { data } => replay(&data.unwrap_or_else(default_dir)),
         Command::Join { at, data } => join(&data.unwrap_or_else(default_dir), &at),
         Command::Script { cmd } => crate::scripts::cli(cmd),
@@ -141,16 +182,16 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
         Ok(lock) => lock,
         Err(info) => {
             match info {
-                Some(i) => println!(
+                Some(i) => note(format_args!(
                     "metatopia: a node is already running on {} at {} (pid {}); not starting another",
                     path.display(),
                     i.http,
                     i.pid
-                ),
-                None => println!(
+                )),
+                None => note(format_args!(
                     "metatopia: a node is already running on {}; not starting another",
                     path.display()
-                ),
+                )),
             }
             return Ok(());
         }
@@ -169,16 +210,16 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
     let head = store.head_digest(&manifest)?;
     if !recovery.skipped_snapshots.is_empty() {
         warn!(skipped = ?recovery.skipped_snapshots, "corrupt snapshots skipped");
-        eprintln!(
+        eprint_quiet(format_args!(
             "metatopia: warning: corrupt snapshots skipped: {:?}",
             recovery.skipped_snapshots
-        );
+        ));
     }
     if !recovery.corrupt_records.is_empty() {
-        eprintln!(
+        eprint_quiet(format_args!(
             "metatopia: warning: the log has corrupt records before tick {} (the world is intact; `metatopia replay` from genesis will fail): {:?}",
             recovery.snapshot_tick, recovery.corrupt_records
-        );
+        ));
     }
     info!(
         snapshot = recovery.snapshot_tick,
@@ -222,7 +263,9 @@ async fn serve(
     let stop = Arc::new(AtomicBool::new(false));
     let (handle, thread) = world::start(hosted, config.world_config(), stop.clone())?;
     let token = dir.token()?;
+    let faults = crate::faults::follow(&handle);
     let mut app = App {
+        faults,
         world: handle,
         player: dir.player()?,
         token: token.clone().into(),
@@ -234,17 +277,17 @@ async fn serve(
         http: base.clone(),
         pid: std::process::id(),
     })?;
-    println!(
+    note(format_args!(
         "metatopia: world {name:?} (region {region_id}) at tick {tick}, state_hash={}",
         hex(&hash)
-    );
-    println!("metatopia: listening on {base}");
-    println!("metatopia: viewer {base}/#token={token}");
+    ));
+    note(format_args!("metatopia: listening on {base}"));
+    note(format_args!("metatopia: viewer {base}/#token={token}"));
     if config.overlay.enabled {
         let state = app.world.latest().sim.state().clone();
         let member = crate::overlay::start(&config.overlay, dir, &state).await?;
         for a in &member.addrs {
-            println!("metatopia: overlay {a}");
+            note(format_args!("metatopia: overlay {a}"));
         }
         app.overlay = Some(member.handle);
     }
@@ -264,7 +307,7 @@ async fn serve(
         .await?
         .map_err(|_| anyhow::anyhow!("the tick thread panicked"))?;
     result?;
-    println!("metatopia: stopped");
+    note(format_args!("metatopia: stopped"));
     Ok(())
 }
 
@@ -299,23 +342,29 @@ fn status(path: &Path, json: bool) -> Result<()> {
     }
     let v = r.json()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("node:        {base}");
-    println!("tick:        {}", v["tick"]);
-    println!("state_hash:  {}", v["state_hash"].as_str().unwrap_or(""));
+    outln!("node:        {base}");
+    outln!("tick:        {}", v["tick"]);
+    outln!("state_hash:  {}", v["state_hash"].as_str().unwrap_or(""));
     if let Some(regions) = v["regions"].as_array() {
         for r in regions {
-            println!(
+            outln!(
                 "region {}:    {} ({} elements, {} online)",
-                r["id"], r["name"], r["elements"], r["players_online"]
+                r["id"],
+                r["name"],
+                r["elements"],
+                r["players_online"]
             );
+            if let Some(rule) = r["temp_admin_rule"]["summary"].as_str() {
+                outln!("temp admin:  {rule}");
+            }
         }
     }
     if let Some(players) = v["players_online"].as_array() {
         let names: Vec<&str> = players.iter().filter_map(|p| p["name"].as_str()).collect();
-        println!("online:      {}", names.join(", "));
+        outln!("online:      {}", names.join(", "));
     }
     Ok(())
 }
@@ -354,7 +403,7 @@ fn join(path: &Path, at: &str) -> Result<()> {
             .as_array()
             .map(|h| h.iter().filter_map(|x| x.as_str()).collect())
             .unwrap_or_default();
-        println!(
+        outln!(
             "region {} bounds_mm=({},{})-({},{}) hosts={}",
             reg["id"],
             b[0],
@@ -423,11 +472,59 @@ fn act(path: &Path, action: &serde_json::Value, join_first: bool) -> Result<()> 
         bail!("{msg}");
     }
     let v = r.json()?;
-    println!("committed at tick {} (seq {})", v["tick"], v["seq"]);
+    outln!("committed at tick {} (seq {})", v["tick"], v["seq"]);
     Ok(())
 }
 
-fn run_scenario(path: &Path, ticks: Option<u64>) -> Result<()> {
+/// One line about a rejected input or a script fault of a scenario run.
+fn notice_line(
+    n: &scenario::Notice<'_>,
+    names: &std::collections::BTreeMap<String, metatopia_sim::PlayerId>,
+) -> String {
+    use crate::quote::{QUOTE_CHARS_MAX, cap};
+    let who = |p: &metatopia_sim::PlayerId| {
+        names
+            .iter()
+            .find(|(_, id)| *id == p)
+            .map_or_else(|| p.to_string(), |(n, _)| n.clone())
+    };
+    match n {
+        scenario::Notice::Rejected {
+            tick,
+            region,
+            input,
+            player,
+            name,
+            action,
+            reason,
+        } => {
+            let action = serde_json::to_string(action).unwrap_or_default();
+            format!(
+                "tick {tick} region {region}: input[{input}] by {} rejected: {reason}; input {}",
+                name.map_or_else(|| player.to_string(), str::to_string),
+                cap(&action, QUOTE_CHARS_MAX)
+            )
+        }
+        scenario::Notice::ScriptFault {
+            tick,
+            region,
+            script,
+            owner,
+            error,
+            suspended,
+        } => format!(
+            "tick {tick} region {region}: script {script} (owner {}) faulted: {error}{}",
+            owner.as_ref().map_or_else(|| "none".into(), who),
+            if *suspended {
+                "; suspended (attach it again to resume)"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+fn run_scenario(path: &Path, ticks: Option<u64>, quiet: bool) -> Result<()> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if meta.len() > scenario::FILE_BYTES_MAX as u64 {
         bail!(
@@ -442,22 +539,38 @@ fn run_scenario(path: &Path, ticks: Option<u64>) -> Result<()> {
     if crate::physics_scene::is_physics_scene(&text) {
         let out = crate::physics_scene::run(&text, ticks)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        out.lines.iter().for_each(|l| println!("{l}"));
+        for l in &out.lines {
+            outln!("{l}");
+        }
         return Ok(());
     }
     let prepared = scenario::parse_at(&text, path.parent())
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let host = crate::scripts::scenario_host(&prepared.script_sources)?;
+    // Lines are printed as they happen; after stdout closes the run goes on
+    // silently and the verb then ends quietly.
+    let mut closed = None;
     let out = prepared
-        .run(ticks, &*host)
+        .run_with(ticks, &*host, &mut |n| {
+            if quiet || closed.is_some() {
+                return;
+            }
+            let line = notice_line(&n, &prepared.names);
+            if let Err(e) = write_out(format_args!("{line}\n")) {
+                closed = Some(e);
+            }
+        })
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Some(e) = closed {
+        return Err(e);
+    }
     for (id, sim) in &out.sims {
         let s = sim.state();
         let temp_admin = s
             .temp_admin
             .and_then(|p| s.players.get(&p).map(|pl| pl.name.clone()))
             .unwrap_or_else(|| "none".into());
-        println!(
+        outln!(
             "region {}: tick {} elements {} players {} temp_admin={} state_hash={}",
             id,
             sim.tick(),
@@ -467,11 +580,14 @@ fn run_scenario(path: &Path, ticks: Option<u64>) -> Result<()> {
             hex(&sim.hash())
         );
     }
-    println!(
+    outln!(
         "inputs: {} accepted, {} rejected, {} duplicates",
-        out.accepted, out.rejected, out.duplicates
+        out.accepted,
+        out.rejected,
+        out.duplicates
     );
-    println!("state_hash={}", hex(&out.state_hash()));
+    outln!("scripts: {} faults", out.faults);
+    outln!("state_hash={}", hex(&out.state_hash()));
     Ok(())
 }
 
@@ -490,10 +606,10 @@ fn replay(path: &Path) -> Result<()> {
     };
     match store.replay_all(&crate::scripts::host(&dir.path)?) {
         Ok((region, count)) => {
-            println!(
+            outln!(
                 "replayed {count} ticks from genesis (main sim and physics); every checkpoint matches"
             );
-            println!("state_hash={}", hex(&region.hash()));
+            outln!("state_hash={}", hex(&region.hash()));
             Ok(())
         }
         Err(e) => bail!("replay failed: {e}"),

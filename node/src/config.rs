@@ -119,8 +119,13 @@ impl Config {
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                path.display(),
+                crate::quote::toml_error(&text, &e)
+            )
+        })?;
         config
             .check()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

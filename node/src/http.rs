@@ -11,14 +11,16 @@
 //! | `GET /api/overlay` | overlay membership: peer id, joined, neighbours |
 //! | `GET /api/overlay/locate?x_mm=X&y_mm=Y` | regions announced at a world point, and their hosts |
 //!
-//! Bodies are limited to [`BODY_BYTES_MAX`]; errors are JSON `{"error": "..."}`.
+//! Bodies are limited to [`BODY_BYTES_MAX`] (64 KiB); every error, a body
+//! over the limit, an unknown route or a wrong method included, is JSON
+//! `{"error": "..."}`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +29,7 @@ use serde_json::json;
 use metatopia_sim::PlayerId;
 
 use crate::action::{Action, IdsOnly};
+use crate::faults::Faults;
 use crate::store::hex;
 use crate::view;
 use crate::world::{Handle, SubmitError};
@@ -49,6 +52,46 @@ pub struct App {
     pub metrics: bool,
     /// The overlay membership, when `[overlay] enabled`.
     pub overlay: Option<metatopia_overlay::Handle>,
+    /// Script faults seen since the node started.
+    pub faults: Arc<Faults>,
+}
+
+/// A request body of at most [`BODY_BYTES_MAX`] bytes. A larger one is
+/// refused with 413 and the JSON error naming the limit and what was sent
+/// (axum's own answer is plain text).
+#[derive(Debug)]
+pub(crate) struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Body, Response> {
+        let sent = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(error(StatusCode::PAYLOAD_TOO_LARGE, too_large(sent)))
+            }
+            Err(r) => Err(error(
+                r.status(),
+                format!("cannot read the request body: {}", r.body_text()),
+            )),
+        }
+    }
+}
+
+/// The message for a body over [`BODY_BYTES_MAX`]; `sent` is its
+/// `Content-Length`, when it had one.
+fn too_large(sent: Option<u64>) -> String {
+    let limit = format!("the limit of {BODY_BYTES_MAX} bytes (64 KiB)");
+    match sent {
+        Some(n) => format!("request body too large: {n} bytes sent, over {limit}"),
+        None => format!("request body too large: more than {limit} sent"),
+    }
 }
 
 /// The router.
@@ -67,6 +110,12 @@ pub fn router(app: App) -> Router {
         .route("/api/overlay/locate", get(overlay_locate));
     router
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method".into(),
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(app)
 }
@@ -123,7 +172,11 @@ async fn region_state(
             (header::ETAG, etag_value),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
-        axum::Json(view::region_state(&latest.sim, &latest.hash)),
+        axum::Json(view::region_state(
+            &latest.sim,
+            &latest.hash,
+            &app.faults.recent(),
+        )),
     )
         .into_response()
 }
@@ -164,7 +217,7 @@ async fn post_input(
     State(app): State<App>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Response {
     if !authorized(&app, &headers) {
         return unauthorized();
@@ -174,7 +227,15 @@ async fn post_input(
     }
     let action: Action = match serde_json::from_slice(&body) {
         Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid action: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid action: {}",
+                    crate::quote::cap(&e.to_string(), crate::quote::MESSAGE_CHARS_MAX)
+                ),
+            );
+        }
     };
     let avatar = app
         .world
@@ -186,7 +247,15 @@ async fn post_input(
         .and_then(|p| p.avatar);
     let kind = match action.to_input(&IdsOnly { avatar }) {
         Ok(k) => k,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid action: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid action: {}",
+                    crate::quote::cap(&e.to_string(), crate::quote::MESSAGE_CHARS_MAX)
+                ),
+            );
+        }
     };
     match app.world.submit(app.player, kind).await {
         Ok(receipt) => axum::Json(receipt).into_response(),
@@ -284,6 +353,22 @@ async fn metrics(State(app): State<App>) -> Response {
         "inputs_busy",
         "Inputs refused because the queue was full",
         counter(&c.busy),
+    );
+    let f = &app.faults;
+    reg.register(
+        "script_faults",
+        "Script faults (errors, budgets, refused outputs) since start",
+        counter(&f.total),
+    );
+    reg.register(
+        "script_suspensions",
+        "Script faults that suspended their script since start",
+        counter(&f.suspensions),
+    );
+    reg.register(
+        "fault_follower_ticks_missed",
+        "Committed ticks whose faults were not recorded (the follower fell behind)",
+        counter(&f.ticks_missed),
     );
     reg.register(
         "tick_seconds",

@@ -12,21 +12,35 @@
 //! - [`world`]: the local world: the replica core's driver on a tick thread.
 //! - [`overlay`]: joining the Voronoi overlay, announcing and locating regions.
 //! - [`http`]: the HTTP API, the viewer page and metrics.
+//! - [`faults`]: script faults seen: counted, logged, the recent ones kept.
 //! - [`view`]: JSON views of the world.
 //! - [`action`]: human-facing actions shared by the API, CLI and scenarios.
 //! - [`scenario`]: scenario files, run headless.
 //! - [`physics_scene`]: physics scene files (regions as boxes, bodies), run headless.
+//! - [`quote`]: quoting user input in error messages, bounded.
 //! - [`scripts`]: script sources by hash, their HTTP routes and CLI verbs.
 //! - [`client`]: a minimal HTTP client for the CLI and tests.
+
+/// `println!` for verbs: a closed standard output ends the verb quietly
+/// ([`cli::StdoutClosed`]) instead of panicking. Use inside a function
+/// returning `anyhow::Result`.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
 
 pub mod action;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod datadir;
+pub mod faults;
 pub mod http;
 pub mod overlay;
 pub mod physics_scene;
+pub mod quote;
 pub mod replica;
 pub mod scenario;
 pub mod scripts;

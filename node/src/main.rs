@@ -17,8 +17,12 @@ fn main() -> std::process::ExitCode {
     let cli = metatopia_node::cli::Cli::parse();
     match metatopia_node::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // A reader that closed our stdout (`metatopia status | head`) has
+        // what it wanted: stop quietly, as a filter would.
+        Err(e) if e.is::<metatopia_node::cli::StdoutClosed>() => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("metatopia: error: {e:#}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "metatopia: error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

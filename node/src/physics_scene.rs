@@ -152,7 +152,8 @@ fn hex(h: &[u8; 32]) -> String {
 
 /// Parses and runs a physics scene; `ticks` overrides the file's.
 pub fn run(text: &str, ticks: Option<u64>) -> anyhow::Result<Outcome> {
-    let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let file: File = toml::from_str(text)
+        .map_err(|e| anyhow::anyhow!("{}", crate::quote::toml_error(text, &e)))?;
     let spec = file.physics;
     let ticks = ticks.unwrap_or(spec.ticks);
     if ticks > TICKS_MAX {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use metatopia_sim::input::Input;
+use metatopia_sim::input::{Event, Input};
 use metatopia_sim::state::{ElementKind, Settings, State};
 use metatopia_sim::{Batch, ElementId, PlayerId, RegionId, ScriptHost, Sim, Vec3};
 
@@ -18,6 +18,11 @@ use crate::action::{Action, Resolve};
 pub const FILE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Most ticks a scenario may ask for.
 pub const TICKS_MAX: u64 = 100_000_000;
+/// Latest sim time a scenario may reach, ms since the Unix epoch: the end
+/// of the year 9999. Later times (`u64::MAX`) would saturate silently.
+pub const TIME_MS_MAX: u64 = 253_402_300_799_999;
+/// Longest tick a scenario may ask for, ms: a year.
+pub const TICK_MS_MAX: u64 = 366 * 86_400_000;
 
 /// A scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -186,9 +191,11 @@ pub enum ScenarioError {
 }
 
 fn field(field: impl Into<String>, message: impl Into<String>) -> ScenarioError {
+    use crate::quote::{MESSAGE_CHARS_MAX, cap};
+    let (field, message) = (field.into(), message.into());
     ScenarioError::Field {
-        field: field.into(),
-        message: message.into(),
+        field: cap(&field, MESSAGE_CHARS_MAX).into_owned(),
+        message: cap(&message, MESSAGE_CHARS_MAX).into_owned(),
     }
 }
 
@@ -230,7 +237,8 @@ pub fn parse_at(text: &str, dir: Option<&std::path::Path>) -> Result<Prepared, S
             format!("{} bytes, limit {FILE_BYTES_MAX}", text.len()),
         ));
     }
-    let sc: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Syntax(e.to_string()))?;
+    let sc: Scenario = toml::from_str(text)
+        .map_err(|e| ScenarioError::Syntax(crate::quote::toml_error(text, &e)))?;
     prepare(sc, dir)
 }
 
@@ -419,9 +427,29 @@ fn prepare(sc: Scenario, dir: Option<&std::path::Path>) -> Result<Prepared, Scen
     if sc.tick_ms == 0 {
         return Err(field("tick_ms", "must be at least 1"));
     }
+    if sc.tick_ms > TICK_MS_MAX {
+        return Err(field(
+            "tick_ms",
+            format!("{} ms, limit {TICK_MS_MAX} (a year)", sc.tick_ms),
+        ));
+    }
+    if sc.start_ms > TIME_MS_MAX {
+        return Err(field(
+            "start_ms",
+            format!("{} ms, limit {TIME_MS_MAX} (the end of 9999)", sc.start_ms),
+        ));
+    }
+    for (i, c) in sc.clock.iter().enumerate() {
+        if c.time_ms > TIME_MS_MAX {
+            return Err(field(
+                format!("clock[{i}].time_ms"),
+                format!("{} ms, limit {TIME_MS_MAX} (the end of 9999)", c.time_ms),
+            ));
+        }
+    }
     let mut clock = sc.clock.clone();
     clock.sort_by_key(|c| c.tick);
-    Ok(Prepared {
+    let prepared = Prepared {
         genesis,
         inputs,
         keys,
@@ -432,7 +460,9 @@ fn prepare(sc: Scenario, dir: Option<&std::path::Path>) -> Result<Prepared, Scen
         tick_ms: sc.tick_ms,
         start_ms: sc.start_ms,
         clock,
-    })
+    };
+    prepared.check_ticks(ticks)?;
+    Ok(prepared)
 }
 
 fn settings(s: &SettingsSpec, at: &str) -> Result<Settings, ScenarioError> {
@@ -503,6 +533,46 @@ impl Resolve for Resolver<'_> {
     }
 }
 
+/// Something a scenario's author wants to see while it runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Notice<'a> {
+    /// An input was refused; nothing it asked for happened.
+    Rejected {
+        /// The tick.
+        tick: u64,
+        /// The region.
+        region: RegionId,
+        /// Its index among the file's `[[input]]`s.
+        input: usize,
+        /// The sender.
+        player: PlayerId,
+        /// The sender's name in the file, if it has one.
+        name: Option<&'a str>,
+        /// The action as written.
+        action: &'a Action,
+        /// Why.
+        reason: &'a metatopia_sim::Rejection,
+    },
+    /// A script faulted; nothing it did that tick applies.
+    ScriptFault {
+        /// The tick.
+        tick: u64,
+        /// The region.
+        region: RegionId,
+        /// The script's element.
+        script: ElementId,
+        /// Its owner.
+        owner: Option<PlayerId>,
+        /// The sandbox's message.
+        error: &'a str,
+        /// Whether the script is suspended from now on.
+        suspended: bool,
+    },
+}
+
+/// An input a run sent: its player and sequence number.
+type Sent = (PlayerId, u64);
+
 /// The result of a run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -516,6 +586,8 @@ pub struct Outcome {
     pub rejected: u64,
     /// Duplicates dropped.
     pub duplicates: u64,
+    /// Script faults.
+    pub faults: u64,
 }
 
 impl Outcome {
@@ -548,9 +620,74 @@ impl Prepared {
         }
     }
 
+    /// Refuses a run of `ticks` ticks that asks for too many, or whose
+    /// clock would pass [`TIME_MS_MAX`].
+    fn check_ticks(&self, ticks: u64) -> Result<(), ScenarioError> {
+        if ticks > TICKS_MAX {
+            return Err(field("ticks", format!("must be at most {TICKS_MAX}")));
+        }
+        if ticks == 0 {
+            return Ok(());
+        }
+        let last = ticks - 1;
+        // Time runs linearly from the start and from each clock jump (those
+        // at one tick: the last in the file wins) until the next jump; check
+        // where each stretch ends.
+        let starts: Vec<(u64, u64, String)> =
+            std::iter::once((0, self.start_ms, "start_ms".into()))
+                .chain(self.clock.iter().map(|c| {
+                    (
+                        c.tick,
+                        c.time_ms,
+                        format!("the [[clock]] at tick {}", c.tick),
+                    )
+                }))
+                .filter(|(tick, _, _)| *tick <= last)
+                .collect();
+        for (k, (tick, ms, from)) in starts.iter().enumerate() {
+            let Some(end_tick) = starts[k + 1..]
+                .iter()
+                .map(|(t, _, _)| *t)
+                .find(|t| t > tick)
+                .map(|t| t - 1)
+                .or(Some(last))
+                .filter(|_| !starts[k + 1..].iter().any(|(t, _, _)| t == tick))
+            else {
+                continue;
+            };
+            let end = (end_tick - tick)
+                .checked_mul(self.tick_ms)
+                .and_then(|d| d.checked_add(*ms));
+            if end.is_none_or(|end| end > TIME_MS_MAX) {
+                return Err(field(
+                    "tick_ms",
+                    format!(
+                        "{} ms per tick from {from} at {ms} ms passes {TIME_MS_MAX} ms (the end of 9999) by tick {end_tick}",
+                        self.tick_ms
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `ticks` ticks (default: the scenario's).
     pub fn run(&self, ticks: Option<u64>, host: &dyn ScriptHost) -> Result<Outcome, ScenarioError> {
+        self.run_with(ticks, host, &mut |_| {})
+    }
+
+    /// Runs `ticks` ticks (default: the scenario's), telling `notice` about
+    /// every rejected input and script fault as it happens.
+    pub fn run_with(
+        &self,
+        ticks: Option<u64>,
+        host: &dyn ScriptHost,
+        notice: &mut dyn FnMut(Notice<'_>),
+    ) -> Result<Outcome, ScenarioError> {
         let ticks = ticks.unwrap_or(self.ticks);
+        self.check_ticks(ticks)?;
+        let name_of: BTreeMap<PlayerId, &str> =
+            self.names.iter().map(|(n, id)| (*id, n.as_str())).collect();
         let mut sims: BTreeMap<RegionId, Sim> = self
             .genesis
             .iter()
@@ -563,6 +700,7 @@ impl Prepared {
             accepted: 0,
             rejected: 0,
             duplicates: 0,
+            faults: 0,
         };
         let mut time = 0;
         for t in 0..ticks {
@@ -570,6 +708,9 @@ impl Prepared {
             time = self.time_at(t).max(time);
             for (region, sim) in sims.iter_mut() {
                 let mut inputs = Vec::new();
+                // (player, seq) -> (index in the file, action), to name
+                // rejected inputs.
+                let mut sent: Vec<(Sent, (usize, &Action))> = Vec::new();
                 if let Some(list) = self.inputs.get(&(t, *region)) {
                     for (i, who, seq, action) in list {
                         let avatar = sim.state().players.get(who).and_then(|p| p.avatar);
@@ -585,6 +726,7 @@ impl Prepared {
                         let next = seqs.entry((*region, *who)).or_insert(0);
                         let seq = seq.unwrap_or(*next + 1);
                         *next = (*next).max(seq);
+                        sent.push(((*who, seq), (*i, action)));
                         inputs.push(Input {
                             player: *who,
                             seq,
@@ -605,6 +747,48 @@ impl Prepared {
                 out.accepted += u64::from(report.accepted);
                 out.rejected += u64::from(report.rejected);
                 out.duplicates += u64::from(report.duplicates);
+                for e in &report.events {
+                    match e {
+                        Event::Rejected {
+                            player,
+                            seq,
+                            reason,
+                        } => {
+                            // Duplicates share a (player, seq): the first
+                            // with that pair is the one the sim refused.
+                            if let Some((_, (input, action))) =
+                                sent.iter().find(|(k, _)| *k == (*player, *seq))
+                            {
+                                notice(Notice::Rejected {
+                                    tick: t,
+                                    region: *region,
+                                    input: *input,
+                                    player: *player,
+                                    name: name_of.get(player).copied(),
+                                    action,
+                                    reason,
+                                });
+                            }
+                        }
+                        Event::ScriptFault {
+                            script,
+                            owner,
+                            error,
+                            suspended,
+                        } => {
+                            out.faults += 1;
+                            notice(Notice::ScriptFault {
+                                tick: t,
+                                region: *region,
+                                script: *script,
+                                owner: *owner,
+                                error,
+                                suspended: *suspended,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
             }
         }
         out.sims = sims;

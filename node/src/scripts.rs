@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +30,7 @@ use metatopia_sim::{ElementId, ScriptHost};
 
 use crate::client;
 use crate::datadir::{DataDir, default_dir};
-use crate::http::{App, authorized, error, if_none_match, unauthorized};
+use crate::http::{App, Body, authorized, error, if_none_match, unauthorized};
 use crate::store::hex;
 use crate::world::SubmitError;
 
@@ -172,13 +171,22 @@ pub struct PutQuery {
 
 async fn put_source(
     State(app): State<App>,
-    Query(q): Query<PutQuery>,
+    query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Response {
     if !authorized(&app, &headers) {
         return unauthorized();
     }
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected ?object=<element id>: {}", e.body_text()),
+            );
+        }
+    };
     let object = match q.object.as_deref().map(str::parse::<ElementId>).transpose() {
         Ok(o) => o,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("object: {e}")),
@@ -305,7 +313,7 @@ pub fn cli(cmd: ScriptCmd) -> Result<()> {
                         .unwrap_or_else(|| r.text())
                 );
             }
-            println!("{}", v["hash"].as_str().unwrap_or_default());
+            crate::outln!("{}", v["hash"].as_str().unwrap_or_default());
             if let Some(a) = v.get("attached") {
                 eprintln!(
                     "attached to {} at tick {}",
@@ -322,7 +330,7 @@ pub fn cli(cmd: ScriptCmd) -> Result<()> {
             let dir = DataDir::open(&data.unwrap_or_else(default_dir))?;
             // The local store first; then the running node.
             if let Some(text) = SourceStore::new(&dir.path).get(&h) {
-                print!("{text}");
+                crate::cli::write_out(format_args!("{text}"))?;
                 return Ok(());
             }
             let base = dir.running_node()?;
@@ -330,7 +338,7 @@ pub fn cli(cmd: ScriptCmd) -> Result<()> {
             if r.status != 200 {
                 bail!("no script with hash {} ({})", hex(&h), r.status);
             }
-            std::io::stdout().write_all(&r.body)?;
+            crate::cli::write_out(format_args!("{}", String::from_utf8_lossy(&r.body)))?;
             Ok(())
         }
     }

@@ -2,9 +2,11 @@
 
 use serde::Serialize;
 
-use metatopia_sim::state::{ChatLine, ElementKind, Role, Speaker, State};
+use metatopia_sim::admin;
+use metatopia_sim::state::{ChatLine, DAY_MS, Element, ElementKind, Role, Speaker, State};
 use metatopia_sim::{ElementId, Fx, PlayerId, Settings, Sim, Vec3};
 
+use crate::faults::Fault;
 use crate::store::hex;
 
 /// `GET /api/status`.
@@ -37,6 +39,48 @@ pub struct RegionSummary {
     pub players_online: u64,
     /// Current temp admin.
     pub temp_admin: Option<PlayerId>,
+    /// Why the temp-admin rule names whom it names, and what comes next.
+    pub temp_admin_rule: TempAdminRule,
+}
+
+/// The temp-admin rule explained (see `metatopia_sim::admin`).
+#[derive(Debug, Serialize)]
+pub struct TempAdminRule {
+    /// The temp admin the rule names now.
+    pub temp_admin: Option<PlayerRef>,
+    /// No temp admin while a permanent admin logged in within this many days.
+    pub absence_days: u32,
+    /// The temp admin is the oldest player who logged in within this many days.
+    pub recent_days: u32,
+    /// The newest login of a permanent admin (not banned), the one the rule
+    /// counts.
+    pub last_admin_login: Option<LoginView>,
+    /// What happens next if nobody logs in.
+    pub next_change: Option<ChangeView>,
+    /// The same in one sentence.
+    pub summary: String,
+}
+
+/// A login the rule counts.
+#[derive(Debug, Serialize)]
+pub struct LoginView {
+    /// Who.
+    pub player: PlayerRef,
+    /// Sim time, ms.
+    pub at_ms: u64,
+    /// Whole days before the region's sim time.
+    pub days_ago: u64,
+}
+
+/// The rule's next change.
+#[derive(Debug, Serialize)]
+pub struct ChangeView {
+    /// Sim time of the change, ms.
+    pub at_ms: u64,
+    /// Days until then, rounded up.
+    pub days: u64,
+    /// The temp admin from then on; `None`: the role ends.
+    pub temp_admin: Option<PlayerRef>,
 }
 
 /// A player reference.
@@ -74,6 +118,11 @@ pub struct RegionState {
     pub settings: Settings,
     /// Current temp admin.
     pub temp_admin: Option<PlayerId>,
+    /// Why the temp-admin rule names whom it names, and what comes next.
+    pub temp_admin_rule: TempAdminRule,
+    /// The most recent script faults since the node started, oldest first
+    /// (at most [`crate::faults::RECENT_MAX`]).
+    pub script_faults: Vec<Fault>,
     /// Every element.
     pub elements: Vec<ElementView>,
     /// Every player the region knows.
@@ -101,8 +150,23 @@ pub struct ElementView {
     pub children: Vec<ElementId>,
     /// Attached script source (hex blake3), if any.
     pub script: Option<String>,
+    /// The attached script's standing, if any.
+    pub script_status: Option<ScriptStatus>,
     /// Its physics body (spec, velocity, resting), if it has one.
     pub body: Option<metatopia_sim::physics::Body>,
+}
+
+/// An attached script's standing.
+#[derive(Debug, Serialize)]
+pub struct ScriptStatus {
+    /// Faults in a row (a call that succeeds resets it).
+    pub faults: u32,
+    /// Suspended after `script_faults_max` faults in a row: it gets no events.
+    pub suspended: bool,
+    /// The newest fault's message among the recent faults, if any.
+    pub last_error: Option<String>,
+    /// How to resume it, when suspended.
+    pub resume: Option<String>,
 }
 
 /// A player.
@@ -175,6 +239,7 @@ pub fn status(sim: &Sim, hash: &[u8; 32], player: PlayerId, data_dir: &str) -> S
             elements: s.element_count(),
             players_online: s.online().count() as u64,
             temp_admin: s.temp_admin,
+            temp_admin_rule: temp_admin_rule(s),
         }],
         players_online: s
             .online()
@@ -191,8 +256,137 @@ pub fn status(sim: &Sim, hash: &[u8; 32], player: PlayerId, data_dir: &str) -> S
     }
 }
 
-/// The region state view.
-pub fn region_state(sim: &Sim, hash: &[u8; 32]) -> RegionState {
+fn player_ref(state: &State, id: PlayerId) -> PlayerRef {
+    PlayerRef {
+        id,
+        name: state
+            .players
+            .get(&id)
+            .map(|p| p.name.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// A player's name for a sentence: the name, else the short key.
+fn who(state: &State, id: PlayerId) -> String {
+    match state.players.get(&id) {
+        Some(p) if !p.name.is_empty() => p.name.clone(),
+        _ => id.to_string(),
+    }
+}
+
+/// "1 day", "3 days".
+fn days(n: u64) -> String {
+    if n == 1 {
+        "1 day".into()
+    } else {
+        format!("{n} days")
+    }
+}
+
+/// The temp-admin rule explained at the state's sim time.
+pub fn temp_admin_rule(state: &State) -> TempAdminRule {
+    let e = admin::explain(state);
+    let now = state.time_ms;
+    let st = &state.settings;
+    let last_admin_login = e.last_admin_login.map(|l| LoginView {
+        player: player_ref(state, l.player),
+        at_ms: l.at_ms,
+        days_ago: now.saturating_sub(l.at_ms) / DAY_MS,
+    });
+    let next_change = e.next_change.map(|c| ChangeView {
+        at_ms: c.at_ms,
+        days: c.at_ms.saturating_sub(now).div_ceil(DAY_MS),
+        temp_admin: c.temp_admin.map(|p| player_ref(state, p)),
+    });
+    let admin = match &last_admin_login {
+        Some(l) => format!(
+            "the last admin login was {}'s, {} ago",
+            who(state, l.player.id),
+            days(l.days_ago)
+        ),
+        None => "no permanent admin has logged in".into(),
+    };
+    let mut summary = match e.temp_admin {
+        Some(p) => format!(
+            "{} is temp admin: no permanent admin logged in within {} ({admin}), and {} is the oldest player who logged in within {}",
+            who(state, p),
+            days(u64::from(st.temp_admin_absence_days)),
+            who(state, p),
+            days(u64::from(st.temp_admin_recent_days)),
+        ),
+        None if last_admin_login.as_ref().is_some_and(|l| {
+            now.saturating_sub(l.at_ms) <= u64::from(st.temp_admin_absence_days) * DAY_MS
+        }) =>
+        {
+            format!(
+                "no temp admin: a permanent admin logged in within {} ({admin})",
+                days(u64::from(st.temp_admin_absence_days))
+            )
+        }
+        None => format!(
+            "no temp admin: no permanent admin logged in within {} ({admin}), and nobody else logged in within {}",
+            days(u64::from(st.temp_admin_absence_days)),
+            days(u64::from(st.temp_admin_recent_days))
+        ),
+    };
+    match &next_change {
+        Some(c) => summary.push_str(&match &c.temp_admin {
+            Some(p) => format!(
+                "; in {} the role passes to {} unless someone logs in",
+                days(c.days),
+                who(state, p.id)
+            ),
+            None => format!("; in {} the role ends unless someone logs in", days(c.days)),
+        }),
+        None => summary.push_str("; this changes only when someone logs in"),
+    }
+    TempAdminRule {
+        temp_admin: e.temp_admin.map(|p| player_ref(state, p)),
+        absence_days: st.temp_admin_absence_days,
+        recent_days: st.temp_admin_recent_days,
+        last_admin_login,
+        next_change,
+        summary,
+    }
+}
+
+/// How to resume the suspended script of `e`.
+fn resume_hint(e: &Element, source: &[u8; 32]) -> String {
+    format!(
+        "attach a script again (its owner or an admin): `metatopia script push FILE --object {id}` uploads a new version, or the action {{\"do\":\"attach\",\"element\":\"{id}\",\"script\":\"{hash}\"}} restarts this one",
+        id = e.id,
+        hash = hex(source)
+    )
+}
+
+fn element_view(s: &State, e: &Element, faults: &[Fault]) -> ElementView {
+    ElementView {
+        id: e.id,
+        parent: e.parent,
+        kind: e.kind,
+        owner: e.owner,
+        name: e.name.clone(),
+        pos: e.pos,
+        children: e.children.clone(),
+        script: e.script.as_ref().map(|sl| hex(&sl.source)),
+        script_status: e.script.as_ref().map(|sl| ScriptStatus {
+            faults: sl.faults,
+            suspended: sl.suspended,
+            last_error: faults
+                .iter()
+                .rev()
+                .find(|f| f.script == e.id)
+                .map(|f| f.error.clone()),
+            resume: sl.suspended.then(|| resume_hint(e, &sl.source)),
+        }),
+        body: s.bodies.get(&e.id).cloned(),
+    }
+}
+
+/// The region state view; `faults` are the node's recent script faults,
+/// oldest first.
+pub fn region_state(sim: &Sim, hash: &[u8; 32], faults: &[Fault]) -> RegionState {
     let s = sim.state();
     RegionState {
         region: s.region.0,
@@ -201,20 +395,12 @@ pub fn region_state(sim: &Sim, hash: &[u8; 32]) -> RegionState {
         time_ms: s.time_ms,
         settings: s.settings.clone(),
         temp_admin: s.temp_admin,
+        temp_admin_rule: temp_admin_rule(s),
+        script_faults: faults.to_vec(),
         elements: s
             .elements
             .values()
-            .map(|e| ElementView {
-                id: e.id,
-                parent: e.parent,
-                kind: e.kind,
-                owner: e.owner,
-                name: e.name.clone(),
-                pos: e.pos,
-                children: e.children.clone(),
-                script: e.script.as_ref().map(|sl| hex(&sl.source)),
-                body: s.bodies.get(&e.id).cloned(),
-            })
+            .map(|e| element_view(s, e, faults))
             .collect(),
         players: s
             .players

@@ -73,6 +73,23 @@ fn scenario_errors_name_the_field() {
         ),
         ("[[region]]\nid = 1\n[[region]]\nid = 1\n", "region[1].id"),
         ("not toml at all [", "TOML"),
+        // Times that would saturate are refused, naming the field (issue 11).
+        (
+            "tick_ms = 18446744073709551615\n[[region]]\nid = 1\n",
+            "tick_ms: 18446744073709551615 ms, limit",
+        ),
+        (
+            "start_ms = 18446744073709551615\n[[region]]\nid = 1\n",
+            "start_ms: 18446744073709551615 ms, limit",
+        ),
+        (
+            "[[region]]\nid = 1\n[[clock]]\ntick = 0\ntime_ms = 18446744073709551615\n",
+            "clock[0].time_ms",
+        ),
+        (
+            "ticks = 100000\ntick_ms = 31536000000\nstart_ms = 253000000000000\n[[region]]\nid = 1\n",
+            "tick_ms: 31536000000 ms per tick from start_ms",
+        ),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));
@@ -88,4 +105,114 @@ fn scenario_errors_name_the_field() {
     }
     let out = run(&["run", dir.path().join("missing.toml").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+/// A scenario author sees why each input was refused and why each script
+/// faulted, with the tick, the player and the input (issue 11); `--quiet`
+/// leaves only the summary.
+#[test]
+fn run_prints_each_rejection_and_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[region]]
+id = 1
+
+[[player]]
+name = "alice"
+
+[[object]]
+key = "lamp"
+name = "lamp"
+pos = "1,1,0"
+owner = "alice"
+
+[[script]]
+key = "broken"
+source = "-- SPDX-License-Identifier: MPL-2.0\nfunction on_touch() error('the bulb is gone') end\n"
+
+[[input]]
+tick = 0
+by = "alice"
+do = "move"
+element = "@lamp"
+to = "2,2,0"
+
+[[input]]
+tick = 1
+by = "alice"
+do = "join"
+name = "alice"
+
+[[input]]
+tick = 2
+by = "alice"
+do = "attach"
+element = "@lamp"
+script = "@broken"
+
+[[input]]
+tick = 3
+by = "alice"
+do = "touch"
+element = "@lamp"
+"#,
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    let out = run(&["run", file]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "tick 0 region 1: input[0] by alice rejected: player has not joined this region; input {\"do\":\"move\",\"element\":\"@lamp\",\"to\":\"2,2,0\"}"
+        ),
+        "{stdout}"
+    );
+    let fault = stdout
+        .lines()
+        .find(|l| {
+            l.starts_with("tick 3 region 1: script 1.") && l.contains("(owner alice) faulted")
+        })
+        .unwrap_or_else(|| panic!("no fault line: {stdout}"));
+    assert!(fault.contains("the bulb is gone"), "{fault}");
+    assert!(stdout.contains("1 rejected"), "{stdout}");
+    assert!(stdout.contains("scripts: 1 faults"), "{stdout}");
+    let hash = final_hash(&out);
+
+    let quiet = run(&["run", file, "--quiet"]);
+    let quiet_out = String::from_utf8_lossy(&quiet.stdout);
+    assert!(!quiet_out.contains("rejected:"), "{quiet_out}");
+    assert!(!quiet_out.contains("faulted"), "{quiet_out}");
+    assert!(quiet_out.contains("1 rejected"), "{quiet_out}");
+    assert_eq!(final_hash(&quiet), hash);
+}
+
+/// A 3 MB one-line scenario with a type error: the error quotes a little
+/// of the line once, not the whole line and a caret under each byte
+/// (issue 11).
+#[test]
+fn a_huge_line_is_not_quoted_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "ticks = \"{}\"\n[[region]]\nid = 1\n",
+            "9".repeat(3_000_000)
+        ),
+    )
+    .unwrap();
+    let out = run(&["run", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.len() < 2000, "{} bytes of error", stderr.len());
+    assert!(stderr.contains("line 1, column 9"), "{stderr}");
+    assert!(stderr.contains("invalid type"), "{stderr}");
 }

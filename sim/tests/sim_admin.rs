@@ -10,7 +10,7 @@
 use metatopia_sim::input::{AdminAction, Event, InputKind};
 use metatopia_sim::state::{DAY_MS, Role, Settings, State};
 use metatopia_sim::testing::Driver;
-use metatopia_sim::{NoScripts, PlayerId, RegionId};
+use metatopia_sim::{NoScripts, PlayerId, RegionId, admin};
 
 const ADMIN: PlayerId = PlayerId::from_byte(0xA0);
 const CHARLIE: PlayerId = PlayerId::from_byte(0xC0);
@@ -153,6 +153,86 @@ fn temp_admin_going_inactive_passes_it_on_or_ends_it() {
     // And when Dave goes quiet too, there is none.
     at(&mut d, u64::from(X) + 4 + u64::from(Y) + 1, vec![]);
     assert_eq!(temp(&d), None);
+}
+
+/// Runs empty ticks until sim time `ms` (the next tick is at `ms`).
+fn until(d: &mut Driver, ms: u64) {
+    d.time_ms = ms;
+    d.tick(&NoScripts, vec![]);
+}
+
+#[test]
+fn explanation_predicts_when_the_role_passes_on_and_ends() {
+    let mut d = region();
+    visit(&mut d, 0, ADMIN);
+    let admin_login = d
+        .sim
+        .state()
+        .players
+        .get(&ADMIN)
+        .unwrap()
+        .last_admin_login_ms;
+    visit(&mut d, 1, BOB);
+    visit(&mut d, 2, DAVE);
+    // The admin is present: no temp admin, and none will come without a
+    // login (nobody will have logged in recently when the admin's window ends).
+    let e = admin::explain(d.sim.state());
+    assert_eq!(e.temp_admin, None);
+    assert_eq!(
+        e.last_admin_login,
+        Some(admin::Login {
+            player: ADMIN,
+            at_ms: admin_login.unwrap(),
+        })
+    );
+    assert_eq!(e.next_change, None);
+
+    visit(&mut d, u64::from(X) + 2, BOB);
+    visit(&mut d, u64::from(X) + 4, DAVE);
+    let e = admin::explain(d.sim.state());
+    assert_eq!(e.temp_admin, Some(BOB));
+    assert_eq!(e.last_admin_login.map(|l| l.player), Some(ADMIN));
+    let bob_login = d
+        .sim
+        .state()
+        .players
+        .get(&BOB)
+        .unwrap()
+        .last_login_ms
+        .unwrap();
+    let change = e.next_change.unwrap();
+    assert_eq!(change.at_ms, bob_login + u64::from(Y) * DAY_MS + 1);
+    assert_eq!(change.temp_admin, Some(DAVE), "the role passes on to Dave");
+    // One ms before, Bob still holds it; at that instant, Dave.
+    until(&mut d, change.at_ms - 1);
+    assert_eq!(temp(&d), Some(BOB));
+    until(&mut d, change.at_ms);
+    assert_eq!(temp(&d), Some(DAVE));
+
+    let change = admin::explain(d.sim.state()).next_change.unwrap();
+    assert_eq!(change.temp_admin, None, "then the role ends");
+    until(&mut d, change.at_ms - 1);
+    assert_eq!(temp(&d), Some(DAVE));
+    until(&mut d, change.at_ms);
+    assert_eq!(temp(&d), None);
+    assert_eq!(admin::explain(d.sim.state()).next_change, None);
+}
+
+#[test]
+fn explanation_names_when_a_temp_admin_will_be_needed() {
+    let mut d = region();
+    visit(&mut d, 0, ADMIN);
+    // Bob keeps logging in; the admin does not come back.
+    visit(&mut d, u64::from(X) - 1, BOB);
+    let e = admin::explain(d.sim.state());
+    let admin_login = e.last_admin_login.unwrap().at_ms;
+    let change = e.next_change.unwrap();
+    assert_eq!(change.at_ms, admin_login + u64::from(X) * DAY_MS + 1);
+    assert_eq!(change.temp_admin, Some(BOB));
+    until(&mut d, change.at_ms - 1);
+    assert_eq!(temp(&d), None);
+    until(&mut d, change.at_ms);
+    assert_eq!(temp(&d), Some(BOB));
 }
 
 #[test]

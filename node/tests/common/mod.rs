@@ -97,6 +97,17 @@ impl Node {
     }
 }
 
+/// A node left running by a failing test would outlive it (and keep its
+/// output pipes open): stop it.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 pub fn run(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
