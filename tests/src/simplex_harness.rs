@@ -48,6 +48,12 @@ struct Record {
     acks: BTreeMap<(PlayerId, u64), u64>,
     errors: Vec<String>,
     desyncs: u64,
+    /// When each input was sent, simulated ms.
+    sent_at: BTreeMap<(PlayerId, u64), u64>,
+    /// Per member: when each tick became visible (notarized) there.
+    visible_at: Vec<BTreeMap<u64, u64>>,
+    /// Per member: when each tick was committed (finalized) there.
+    committed_at: Vec<BTreeMap<u64, u64>>,
 }
 
 /// The result of a run.
@@ -65,6 +71,11 @@ pub struct Outcome {
     pub acked: usize,
     /// Ticks finalized after healing by the slowest member.
     pub after_heal: u64,
+    /// Before the faults: input sent → its tick notarized on every member,
+    /// p50 and p99, simulated ms.
+    pub visible_ms: (u64, u64),
+    /// Before the faults: input sent → its tick finalized on every member.
+    pub finalized_ms: (u64, u64),
 }
 
 struct Member {
@@ -199,11 +210,22 @@ fn start_member(
             }
             let record = shared.record.clone();
             let clock = ctx.child("clock");
+            let sink_clock = ctx.child("sink_clock");
             member::run(clock, core, engine, members, in_rx, faults, move |out| {
+                let now = now_ms(&sink_clock);
                 let Ok(mut r) = record.lock() else { return };
                 match out {
+                    Output::Visible(p) => {
+                        // A notarized tick shows every tick before it.
+                        let from = r.visible_at[idx].keys().next_back().map_or(0, |t| t + 1);
+                        for t in from..=p.tick {
+                            r.visible_at[idx].insert(t, now);
+                        }
+                    }
                     Output::Commit(c) => {
                         let tick = c.proposal.tick;
+                        r.committed_at[idx].entry(tick).or_insert(now);
+                        r.visible_at[idx].entry(tick).or_insert(now);
                         let entry = (c.proposal.digest(), c.hash, c.proposal);
                         if r.logs[idx].insert(tick, entry).is_some() {
                             r.errors
@@ -287,6 +309,8 @@ async fn run(
     }
     let record = Arc::new(Mutex::new(Record {
         logs: vec![Log::new(); n],
+        visible_at: vec![BTreeMap::new(); n],
+        committed_at: vec![BTreeMap::new(); n],
         ..Record::default()
     }));
     let shared = Arc::new(Shared {
@@ -343,6 +367,9 @@ async fn run(
                 }
             };
             let input = SignedInput::sign(&players[c], manifest.region, seqs[c], kind);
+            if let Ok(mut r) = record.lock() {
+                r.sent_at.insert((input.input.player, seqs[c]), now);
+            }
             seqs[c] += 1;
             let j = rng.random_range(0..n);
             let _ = members[j].inputs.try_send(input);
@@ -472,10 +499,51 @@ async fn run(
         }
     }
     let r = record.lock().map_err(|_| "record poisoned")?;
-    check(&r, seed, n, ticks_at_heal)
+    check(&r, seed, n, ticks_at_heal, crash_at)
 }
 
-fn check(r: &Record, seed: u64, n: usize, ticks_at_heal: u64) -> Result<Outcome, String> {
+/// p50 and p99 of `v`.
+fn percentiles(mut v: Vec<u64>) -> (u64, u64) {
+    if v.is_empty() {
+        return (0, 0);
+    }
+    v.sort_unstable();
+    let at = |q: usize| v[(v.len() - 1) * q / 100];
+    (at(50), at(99))
+}
+
+/// Latencies of the inputs sent before `until`: to notarized and to
+/// finalized on every member.
+fn latencies(r: &Record, until: u64) -> ((u64, u64), (u64, u64)) {
+    let mut visible = Vec::new();
+    let mut finalized = Vec::new();
+    for (id, tick) in &r.acks {
+        let Some(sent) = r.sent_at.get(id).copied().filter(|t| *t < until) else {
+            continue;
+        };
+        let all = |at: &Vec<BTreeMap<u64, u64>>| {
+            at.iter()
+                .map(|m| m.get(tick).copied())
+                .collect::<Option<Vec<u64>>>()
+                .and_then(|v| v.into_iter().max())
+        };
+        if let Some(t) = all(&r.visible_at) {
+            visible.push(t.saturating_sub(sent));
+        }
+        if let Some(t) = all(&r.committed_at) {
+            finalized.push(t.saturating_sub(sent));
+        }
+    }
+    (percentiles(visible), percentiles(finalized))
+}
+
+fn check(
+    r: &Record,
+    seed: u64,
+    n: usize,
+    ticks_at_heal: u64,
+    faults_at: u64,
+) -> Result<Outcome, String> {
     if let Some(e) = r.errors.first() {
         return Err(e.clone());
     }
@@ -532,6 +600,7 @@ fn check(r: &Record, seed: u64, n: usize, ticks_at_heal: u64) -> Result<Outcome,
     if max - min > 20 {
         return Err(format!("members did not converge: {min} to {max} ticks"));
     }
+    let (visible_ms, finalized_ms) = latencies(r, faults_at);
     Ok(Outcome {
         seed,
         members: n,
@@ -539,5 +608,7 @@ fn check(r: &Record, seed: u64, n: usize, ticks_at_heal: u64) -> Result<Outcome,
         max_ticks: max,
         acked: r.acks.len(),
         after_heal: min - ticks_at_heal,
+        visible_ms,
+        finalized_ms,
     })
 }

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
+use rayon::prelude::*;
 use tracing::{debug, info, warn};
 
 use metatopia_physics::Region;
@@ -613,6 +614,12 @@ impl Replica {
     /// Checks and queues an input; true if it was not queued before.
     fn admit(&mut self, input: SignedInput) -> Result<bool, Refusal> {
         input.verify(self.manifest.region)?;
+        self.queue(input)
+    }
+
+    /// Queues an input whose signature was checked; true if it was not
+    /// queued before.
+    fn queue(&mut self, input: SignedInput) -> Result<bool, Refusal> {
         let player = input.input.player;
         let seq = input.input.seq;
         let last = self.last_seq(player);
@@ -652,8 +659,15 @@ impl Replica {
         self.now = self.now.max(now);
         match msg {
             Message::Inputs(inputs) => {
-                for input in inputs {
-                    if let Err(e) = self.admit(input) {
+                // Signatures are checked on the rayon pool, in parallel.
+                let region = self.manifest.region;
+                let checked: Vec<Result<(), super::wire::SignatureError>> =
+                    inputs.par_iter().map(|i| i.verify(region)).collect();
+                for (input, check) in inputs.into_iter().zip(checked) {
+                    let result = check
+                        .map_err(Refusal::from)
+                        .and_then(|()| self.queue(input));
+                    if let Err(e) = result {
                         self.stats.refused_messages += 1;
                         debug!(from = %from, error = %e, "forwarded input refused");
                     }
@@ -1029,9 +1043,31 @@ impl Replica {
         }
         let mut last_seq: BTreeMap<PlayerId, u64> = BTreeMap::new();
         let mut attached = BTreeSet::new();
+        // Signatures on the rayon pool, in parallel; an input this replica
+        // queued (and so checked) with the same signature is not checked
+        // again. The first bad one by index is the error.
+        let region = self.manifest.region;
+        let mempool = &self.mempool;
+        let bad = p
+            .inputs
+            .par_iter()
+            .enumerate()
+            .find_map_first(|(index, s)| {
+                let queued = mempool
+                    .get(&s.input.player)
+                    .and_then(|q| q.get(&s.input.seq))
+                    .is_some_and(|m| m == s);
+                if queued {
+                    return None;
+                }
+                s.verify(region)
+                    .err()
+                    .map(|error| Invalid::Input { index, error })
+            });
+        if let Some(e) = bad {
+            return Err(e);
+        }
         for (index, s) in p.inputs.iter().enumerate() {
-            s.verify(self.manifest.region)
-                .map_err(|error| Invalid::Input { index, error })?;
             let prev = last_seq.insert(s.input.player, s.input.seq);
             if prev.is_some_and(|prev| prev >= s.input.seq) {
                 return Err(Invalid::SeqOrder(index));
