@@ -16,10 +16,12 @@
 //! - [`core`]: the replica state machine.
 //! - [`simplex`]: the BFT engine (commonware Simplex) behind [`Engine`].
 //! - [`member`]: the driver of a member of a group of several.
+//! - [`net`]: the members' libp2p streams, as commonware `Sender`/`Receiver`.
 
 pub mod core;
 pub mod group;
 pub mod member;
+pub mod net;
 pub mod simplex;
 pub mod wire;
 

@@ -640,6 +640,7 @@ impl Replica {
         }
         queue.insert(seq, input);
         self.mempool_len += 1;
+        debug!(player = %player, seq, "input queued");
         Ok(true)
     }
 
@@ -1193,6 +1194,12 @@ impl Replica {
             sources: sources.into_values().collect(),
         };
         let p = Arc::new(p);
+        debug!(
+            tick = p.tick,
+            inputs = p.inputs.len(),
+            mempool = self.mempool_len,
+            "proposal built"
+        );
         if let Err(e) = self.check(&p, None).and_then(|()| self.execute(p.clone())) {
             warn!(error = %e, "own proposal does not execute");
             return None;
@@ -1263,9 +1270,20 @@ impl Replica {
             }));
             for s in &p.inputs {
                 let (player, seq) = (s.input.player, s.input.seq);
+                // Gone from the queue: this input, and those the sim now
+                // counts as replays (at or below the player's last sequence
+                // number after this tick; a player the sim does not know
+                // has none, so its earlier inputs stay).
+                let last = link
+                    .published
+                    .sim
+                    .state()
+                    .players
+                    .get(&player)
+                    .map_or(0, |p| p.last_seq);
                 if let Some(q) = self.mempool.get_mut(&player) {
                     let before = q.len();
-                    q.retain(|k, _| *k > seq);
+                    q.retain(|k, _| *k != seq && *k > last);
                     self.mempool_len -= before - q.len();
                     if q.is_empty() {
                         self.mempool.remove(&player);

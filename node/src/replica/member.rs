@@ -77,8 +77,10 @@ pub async fn run<C, S, R>(
                 }
             },
             input = inputs.recv() => {
-                if let Some(input) = input {
-                    let _ = core.submit(input);
+                if let Some(input) = input
+                    && let Err(e) = core.submit(input)
+                {
+                    debug!(error = %e, "input refused");
                 }
             },
             _ = clock.sleep_until(wake) => {},

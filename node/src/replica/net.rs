@@ -1,0 +1,427 @@
+//! The replica group's network over libp2p: commonware's `Sender` and
+//! `Receiver` on one long-lived, ordered libp2p stream per pair of
+//! members (`/metatopia/replica/1`), never gossip (research/bft.md: gossip
+//! neither orders nor reliably delivers).
+//!
+//! A frame is `channel (u64 le) ‖ length (u32 le) ‖ bytes`. Each member
+//! keeps one writer per other member (a bounded queue; a full queue drops
+//! the frame, which the engine and the core tolerate as loss) and reads
+//! every inbound stream into the queue of the frame's channel. Streams
+//! from peers that are not members are refused. The swarm is the
+//! group's own (its own listen address), so the overlay's swarm stays as
+//! it is; the swarm task is the one place to add protocols for members.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use commonware_actor::{Feedback, Unreliable};
+use commonware_cryptography::ed25519::PublicKey;
+use commonware_p2p::{CheckedSender, LimitedSender, Receiver, Recipients};
+use commonware_runtime::{IoBuf, IoBufs};
+use commonware_utils::ordered::Set;
+use ed25519_dalek::SigningKey;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use metatopia_sim::PlayerId;
+
+use super::simplex::public_key;
+
+/// The members' stream protocol.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/metatopia/replica/1");
+
+/// Largest frame read (a resync snapshot is the largest message).
+pub const FRAME_BYTES_MAX: usize = super::wire::MESSAGE_BYTES_MAX;
+
+/// Frames queued per remote member, and per inbound channel.
+pub const QUEUE_MAX: usize = 4096;
+
+/// Why the mesh cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// libp2p could not be set up or listen.
+    #[error("libp2p: {0}")]
+    Libp2p(String),
+    /// A member id is not an ed25519 key.
+    #[error("member {0} is not an ed25519 public key")]
+    BadMember(PlayerId),
+}
+
+fn p2p<E: std::fmt::Display>(e: E) -> NetError {
+    NetError::Libp2p(e.to_string())
+}
+
+/// The libp2p peer id of a member (its node key).
+pub fn peer_id(member: PlayerId) -> Result<PeerId, NetError> {
+    let key = identity::ed25519::PublicKey::try_from_bytes(&member.0)
+        .map_err(|_| NetError::BadMember(member))?;
+    Ok(PeerId::from_public_key(&identity::PublicKey::from(key)))
+}
+
+/// Counters of the mesh.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames dropped because a member's send queue was full.
+    pub send_dropped: AtomicU64,
+    /// Frames dropped because a channel's receive queue was full.
+    pub recv_dropped: AtomicU64,
+    /// Inbound streams refused (not a member, bad frame).
+    pub refused: AtomicU64,
+}
+
+struct Frame {
+    channel: u64,
+    bytes: Bytes,
+}
+
+/// A member's swarm, listening.
+pub struct Mesh {
+    control: libp2p_stream::Control,
+    addresses: mpsc::Sender<(PeerId, Multiaddr)>,
+    /// The address it listens on.
+    pub addr: Multiaddr,
+    /// Counters.
+    pub counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh").field("addr", &self.addr).finish()
+    }
+}
+
+/// Starts a member's swarm (TCP, noise, yamux) listening on `listen`; its
+/// identity is the node key. Must run inside a tokio runtime.
+pub async fn listen(key: &SigningKey, listen: Multiaddr) -> Result<Mesh, NetError> {
+    let keypair = identity::Keypair::ed25519_from_bytes(key.to_bytes()).map_err(p2p)?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(p2p)?
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .map_err(p2p)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    swarm.listen_on(listen).map_err(p2p)?;
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    let control = swarm.behaviour().new_control();
+    let (addresses, mut new_addresses) = mpsc::channel::<(PeerId, Multiaddr)>(64);
+    tokio::spawn(async move {
+        // The members' addresses: the stream behaviour keeps none, so the
+        // swarm task dials them, and again every half second while one is
+        // not connected.
+        let mut known: BTreeMap<PeerId, Multiaddr> = BTreeMap::new();
+        let mut redial = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                event = swarm.select_next_some() => {
+                    if let SwarmEvent::OutgoingConnectionError { peer_id, error, .. } = event {
+                        debug!(peer = ?peer_id, error = %error, "member unreachable");
+                    }
+                }
+                a = new_addresses.recv() => match a {
+                    Some((peer, addr)) => {
+                        known.insert(peer, addr.clone());
+                        let _ = swarm.dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                    }
+                    None => return,
+                },
+                _ = redial.tick() => {
+                    for (peer, addr) in &known {
+                        if !swarm.is_connected(peer) {
+                            let opts = DialOpts::peer_id(*peer).addresses(vec![addr.clone()]).build();
+                            let _ = swarm.dial(opts);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok(Mesh {
+        control,
+        addresses,
+        addr,
+        counters: Arc::new(Counters::default()),
+    })
+}
+
+impl Mesh {
+    /// Connects to the other members (`(member, address)`, this one
+    /// included or not) and returns a sender and receiver per channel.
+    pub async fn connect(
+        &mut self,
+        me: PlayerId,
+        members: &[(PlayerId, Multiaddr)],
+        channels: &[u64],
+    ) -> Result<Vec<(NetSender, NetReceiver)>, NetError> {
+        let mut keys: BTreeMap<PeerId, PublicKey> = BTreeMap::new();
+        let mut writers = BTreeMap::new();
+        for (m, addr) in members {
+            let pk = public_key(*m).ok_or(NetError::BadMember(*m))?;
+            if *m == me {
+                continue;
+            }
+            let peer = peer_id(*m)?;
+            keys.insert(peer, pk.clone());
+            let _ = self.addresses.send((peer, addr.clone())).await;
+            let (tx, rx) = mpsc::channel::<Frame>(QUEUE_MAX);
+            writers.insert(pk, tx);
+            tokio::spawn(write(self.control.clone(), peer, rx));
+        }
+        let writers = Arc::new(writers);
+        let mut inbound = BTreeMap::new();
+        let mut out = Vec::new();
+        for &channel in channels {
+            let (tx, rx) = mpsc::channel(QUEUE_MAX);
+            inbound.insert(channel, tx);
+            out.push((
+                NetSender {
+                    channel,
+                    writers: writers.clone(),
+                    counters: self.counters.clone(),
+                },
+                NetReceiver { rx },
+            ));
+        }
+        let incoming = self.control.accept(PROTOCOL).map_err(p2p)?;
+        tokio::spawn(accept(incoming, keys, inbound, self.counters.clone()));
+        Ok(out)
+    }
+}
+
+/// One remote member's writer: (re)opens the stream and writes frames.
+async fn write(mut control: libp2p_stream::Control, peer: PeerId, mut rx: mpsc::Receiver<Frame>) {
+    loop {
+        let mut stream = match control.open_stream(peer, PROTOCOL).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(peer = %peer, error = %e, "cannot open a stream to a member");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            let Some(frame) = rx.recv().await else { return };
+            let mut head = [0u8; 12];
+            head[..8].copy_from_slice(&frame.channel.to_le_bytes());
+            head[8..].copy_from_slice(&(frame.bytes.len() as u32).to_le_bytes());
+            let written = async {
+                stream.write_all(&head).await?;
+                stream.write_all(&frame.bytes).await?;
+                stream.flush().await
+            };
+            if let Err(e) = written.await {
+                debug!(peer = %peer, error = %e, "stream to a member broke");
+                break;
+            }
+        }
+    }
+}
+
+/// Accepts members' streams and reads their frames into the channels.
+async fn accept(
+    mut incoming: libp2p_stream::IncomingStreams,
+    keys: BTreeMap<PeerId, PublicKey>,
+    inbound: BTreeMap<u64, mpsc::Sender<(PublicKey, IoBuf)>>,
+    counters: Arc<Counters>,
+) {
+    let inbound = Arc::new(inbound);
+    while let Some((peer, mut stream)) = incoming.next().await {
+        let Some(pk) = keys.get(&peer).cloned() else {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %peer, "stream from a peer that is not a member refused");
+            continue;
+        };
+        let (inbound, counters) = (inbound.clone(), counters.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut head = [0u8; 12];
+                if stream.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let channel = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+                let len = u32::from_le_bytes(head[8..].try_into().expect("4 bytes")) as usize;
+                if len > FRAME_BYTES_MAX || !inbound.contains_key(&channel) {
+                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                    warn!(peer = %peer, channel, len, "bad frame from a member: stream closed");
+                    return;
+                }
+                let mut bytes = vec![0u8; len];
+                if stream.read_exact(&mut bytes).await.is_err() {
+                    return;
+                }
+                if let Some(q) = inbound.get(&channel)
+                    && q.try_send((pk.clone(), IoBuf::from(bytes))).is_err()
+                {
+                    counters.recv_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+}
+
+/// Sends on one channel to members.
+#[derive(Clone)]
+pub struct NetSender {
+    channel: u64,
+    writers: Arc<BTreeMap<PublicKey, mpsc::Sender<Frame>>>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for NetSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetSender")
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
+/// A send checked against the members.
+#[derive(Debug)]
+pub struct Checked<'a> {
+    sender: &'a NetSender,
+    to: Vec<PublicKey>,
+}
+
+impl LimitedSender for NetSender {
+    type PublicKey = PublicKey;
+    type Checked<'a> = Checked<'a>;
+
+    fn check(&mut self, recipients: Recipients<PublicKey>) -> Result<Checked<'_>, SystemTime> {
+        let to = match recipients {
+            Recipients::All => self.writers.keys().cloned().collect(),
+            Recipients::Some(v) => v
+                .into_iter()
+                .filter(|k| self.writers.contains_key(k))
+                .collect(),
+            Recipients::One(k) => vec![k]
+                .into_iter()
+                .filter(|k| self.writers.contains_key(k))
+                .collect(),
+        };
+        Ok(Checked { sender: self, to })
+    }
+}
+
+impl CheckedSender for Checked<'_> {
+    type PublicKey = PublicKey;
+
+    fn recipients(&self) -> Vec<PublicKey> {
+        self.to.clone()
+    }
+
+    fn send(self, message: impl Into<IoBufs> + Send, _priority: bool) -> Unreliable<Feedback> {
+        let bytes: Bytes = message.into().coalesce().into();
+        let mut sent = false;
+        for k in &self.to {
+            let Some(q) = self.sender.writers.get(k) else {
+                continue;
+            };
+            let frame = Frame {
+                channel: self.sender.channel,
+                bytes: bytes.clone(),
+            };
+            if q.try_send(frame).is_ok() {
+                sent = true;
+            } else {
+                self.sender
+                    .counters
+                    .send_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if sent || self.to.is_empty() {
+            Unreliable::Outcome(Feedback::Ok)
+        } else {
+            Unreliable::Rejected
+        }
+    }
+}
+
+/// Receives one channel's frames from members.
+#[derive(Debug)]
+pub struct NetReceiver {
+    rx: mpsc::Receiver<(PublicKey, IoBuf)>,
+}
+
+/// The mesh has stopped.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the replica mesh has stopped")]
+pub struct Closed;
+
+impl Receiver for NetReceiver {
+    type Error = Closed;
+    type PublicKey = PublicKey;
+
+    async fn recv(&mut self) -> Result<(PublicKey, IoBuf), Closed> {
+        self.rx.recv().await.ok_or(Closed)
+    }
+
+    fn capacity(&self) -> NonZeroUsize {
+        NonZeroUsize::new(QUEUE_MAX).unwrap_or(NonZeroUsize::MIN)
+    }
+}
+
+/// A blocker that records the members the engine proved byzantine and
+/// drops nothing yet (a group of 3f + 1 outvotes them; disconnecting them
+/// is future work).
+#[derive(Clone, Default)]
+pub struct Blocker {
+    blocked: Arc<std::sync::Mutex<Vec<PublicKey>>>,
+    subscribers:
+        Arc<std::sync::Mutex<Vec<commonware_utils::channel::ring::Sender<Set<PublicKey>>>>>,
+}
+
+impl std::fmt::Debug for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blocker").finish_non_exhaustive()
+    }
+}
+
+impl Blocker {
+    fn set(&self) -> Set<PublicKey> {
+        let blocked = self.blocked.lock().map(|b| b.clone()).unwrap_or_default();
+        Set::from_iter_dedup(blocked)
+    }
+}
+
+impl commonware_p2p::Blocker for Blocker {
+    type PublicKey = PublicKey;
+
+    fn block(&mut self, peer: PublicKey) -> Feedback {
+        warn!(member = ?peer, "member blocked for byzantine behaviour");
+        if let Ok(mut b) = self.blocked.lock() {
+            b.push(peer);
+        }
+        let set = self.set();
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.retain(|s| s.send_lossy(set.clone()));
+        }
+        Feedback::Ok
+    }
+
+    fn blocked(&mut self) -> commonware_p2p::BlockedSubscription<PublicKey> {
+        let (tx, rx) = commonware_utils::channel::ring::channel(NonZeroUsize::MIN);
+        tx.send_lossy(self.set());
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.push(tx);
+        }
+        rx
+    }
+}
