@@ -130,6 +130,14 @@ pub enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Set up a replica group on loopback: `group init --dir BASE --members 4`
+    /// writes BASE/m0 … BASE/m3, each a data directory whose node.toml
+    /// lists every member; then run `metatopia up --data BASE/mI` for each.
+    Group {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
     /// Publish (`push FILE [--object ID]`) or fetch (`get HASH`) Lua scripts.
     Script {
         /// What to do.
@@ -163,7 +171,106 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Replay { data } => replay(&data.unwrap_or_else(default_dir)),
         Command::Join { at, data } => join(&data.unwrap_or_else(default_dir), &at),
         Command::Script { cmd } => crate::scripts::cli(cmd),
+        Command::Group { cmd } => group(cmd),
     }
+}
+
+/// `metatopia group ...`
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Write the data directories of a replica group on 127.0.0.1.
+    Init {
+        /// Where to put the members' data directories (m0, m1, …).
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many members (4 tolerates one fault; 3f + 1 tolerates f).
+        #[arg(long, default_value_t = 4)]
+        members: usize,
+        /// First member's libp2p port; the others follow.
+        #[arg(long, default_value_t = 7500)]
+        port: u16,
+        /// First member's HTTP port; the others follow.
+        #[arg(long, default_value_t = 7420)]
+        http_port: u16,
+        /// The region's id.
+        #[arg(long, default_value_t = 1)]
+        region: u32,
+    },
+}
+
+fn group(cmd: GroupCmd) -> Result<()> {
+    let GroupCmd::Init {
+        dir,
+        members,
+        port,
+        http_port,
+        region,
+    } = cmd;
+    if !(1..=crate::replica::group::MEMBERS_MAX).contains(&members) {
+        bail!(
+            "--members must be 1 to {}, got {members}",
+            crate::replica::group::MEMBERS_MAX
+        );
+    }
+    let mut dirs = Vec::new();
+    let mut list = Vec::new();
+    for i in 0..members {
+        let path = dir.join(format!("m{i}"));
+        if path.join("node.toml").exists() {
+            bail!(
+                "{} already has a node.toml; not overwriting it",
+                path.display()
+            );
+        }
+        let d = DataDir::open(&path)?;
+        let p = u16::try_from(usize::from(port) + i).context("--port too high")?;
+        list.push(format!("{}@/ip4/127.0.0.1/tcp/{p}", hex(&d.player()?.0)));
+        dirs.push((path, p));
+    }
+    for (i, (path, p)) in dirs.iter().enumerate() {
+        let mut config = Config::default();
+        config.world.region_id = region;
+        config.http.addr = SocketAddr::from((
+            [127, 0, 0, 1],
+            u16::try_from(usize::from(http_port) + i).context("--http-port too high")?,
+        ));
+        config.group = crate::config::Group {
+            enabled: true,
+            listen: format!("/ip4/127.0.0.1/tcp/{p}"),
+            members: list.clone(),
+        };
+        let text = format!(
+            "# metatopia node configuration: member {i} of a replica group of {members}.\n\n{}",
+            toml::to_string_pretty(&config)?
+        );
+        std::fs::write(path.join("node.toml"), text)
+            .with_context(|| format!("writing {}", path.join("node.toml").display()))?;
+        outln!("metatopia up --data {}", path.display());
+    }
+    Ok(())
+}
+
+/// The manifest of a region hosted by the group `[group]` describes: the
+/// configured region, default settings, the first member its founding
+/// admin. Every member derives the same manifest from the same list.
+fn group_manifest(config: &Config) -> Result<Manifest> {
+    let members: Vec<_> = config
+        .group
+        .members()
+        .map_err(|e| anyhow::anyhow!(e))?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let manifest = Manifest {
+        region: RegionId(config.world.region_id),
+        settings: Settings::default(),
+        founders: members.first().copied().into_iter().collect(),
+        members,
+    };
+    manifest
+        .check()
+        .map_err(|e| anyhow::anyhow!("group.members: {e}"))?;
+    Ok(manifest)
 }
 
 /// The manifest of a new local world: the configured region, the local
@@ -199,14 +306,25 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
     let config = Config::load_or_create(&dir.path)?;
     let addr = addr.unwrap_or(config.http.addr);
     let store = Store::open(&dir.db_path())?;
+    let wanted = if config.group.enabled {
+        group_manifest(&config)?
+    } else {
+        solo_manifest(&dir, config.world.region_id)?
+    };
     if store.genesis_hash()?.is_none() {
-        let g = store.init(&solo_manifest(&dir, config.world.region_id)?)?;
+        let g = store.init(&wanted)?;
         info!(hash = %hex(&g.hash()), "new world created");
     }
     let (region, recovery) = store.recover(&crate::scripts::host(&dir.path)?)?;
     let manifest = store
         .manifest()?
         .context("the data directory has a world but no manifest")?;
+    if config.group.enabled && manifest != wanted {
+        bail!(
+            "{}: the world here was created for another region or group than [group] in node.toml describes; move the data directory away or fix node.toml",
+            dir.path.display()
+        );
+    }
     let head = store.head_digest(&manifest)?;
     if !recovery.skipped_snapshots.is_empty() {
         warn!(skipped = ?recovery.skipped_snapshots, "corrupt snapshots skipped");
@@ -261,7 +379,27 @@ async fn serve(
     let region_id = region.id().0;
     let (tick, hash) = (region.tick_number(), region.hash());
     let stop = Arc::new(AtomicBool::new(false));
-    let (handle, thread) = world::start(hosted, config.world_config(), stop.clone())?;
+    let group = config.group.enabled;
+    let (handle, thread) = if group {
+        let membership = world::Membership {
+            listen: config
+                .group
+                .listen
+                .parse()
+                .map_err(|e| anyhow::anyhow!("group.listen: {e}"))?,
+            members: config.group.members().map_err(|e| anyhow::anyhow!(e))?,
+            storage: dir.path.join("consensus"),
+        };
+        if !hosted.manifest.members.contains(&dir.player()?) {
+            bail!(
+                "this node ({}) is not among group.members in node.toml",
+                dir.player()?
+            );
+        }
+        world::start_member(hosted, membership, config.world_config(), stop.clone())?
+    } else {
+        world::start(hosted, config.world_config(), stop.clone())?
+    };
     let token = dir.token()?;
     let faults = crate::faults::follow(&handle);
     let mut app = App {

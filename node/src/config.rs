@@ -21,6 +21,69 @@ pub struct Config {
     pub world: World,
     /// Membership of the Voronoi overlay.
     pub overlay: Overlay,
+    /// Hosting the region with a replica group of several nodes.
+    pub group: Group,
+}
+
+/// `[group]`: the region is hosted by a replica group of several nodes
+/// (`metatopia group init` writes these for a group on loopback).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Group {
+    /// Host the region with the members below (off: a private world, a
+    /// group of one).
+    pub enabled: bool,
+    /// This member's libp2p listen address for the group.
+    pub listen: String,
+    /// Every member, this node included, as `PLAYER_ID_HEX@MULTIADDR`; the
+    /// first is the region's founding admin. All members must list the
+    /// same members in the same order.
+    pub members: Vec<String>,
+}
+
+impl Default for Group {
+    fn default() -> Group {
+        Group {
+            enabled: false,
+            listen: "/ip4/127.0.0.1/tcp/0".into(),
+            members: Vec::new(),
+        }
+    }
+}
+
+impl Group {
+    /// The members as (player id, address), checked.
+    pub fn members(&self) -> Result<Vec<(metatopia_sim::PlayerId, libp2p::Multiaddr)>, String> {
+        if self.members.is_empty() {
+            return Err(
+                "group.members is empty (list every member as PLAYER_ID_HEX@MULTIADDR)".into(),
+            );
+        }
+        self.members
+            .iter()
+            .map(|m| {
+                let (id, addr) = m.split_once('@').ok_or_else(|| {
+                    format!(
+                        "group.members: {:?} is not PLAYER_ID_HEX@MULTIADDR",
+                        crate::quote::cap(m, crate::quote::QUOTE_CHARS_MAX)
+                    )
+                })?;
+                let bytes = crate::store::unhex32(id).ok_or_else(|| {
+                    format!(
+                        "group.members: {:?} is not a 64-digit hex player id",
+                        crate::quote::cap(id, crate::quote::QUOTE_CHARS_MAX)
+                    )
+                })?;
+                let addr = addr.parse().map_err(|e| {
+                    format!(
+                        "group.members: bad multiaddr {:?}: {e}",
+                        crate::quote::cap(addr, crate::quote::QUOTE_CHARS_MAX)
+                    )
+                })?;
+                Ok((metatopia_sim::PlayerId(bytes), addr))
+            })
+            .collect()
+    }
 }
 
 /// `[http]`.
@@ -133,6 +196,13 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        if self.group.enabled {
+            self.group.members()?;
+            self.group
+                .listen
+                .parse::<libp2p::Multiaddr>()
+                .map_err(|e| format!("group.listen: bad multiaddr: {e}"))?;
+        }
         if crate::overlay::parse_point(&self.overlay.origin).is_err() {
             return Err(format!(
                 "overlay.origin must be \"x,y\" in metres, got {:?}",

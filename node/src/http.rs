@@ -131,13 +131,9 @@ async fn viewer() -> Html<&'static str> {
 
 async fn status(State(app): State<App>) -> Response {
     let latest = app.world.latest();
-    axum::Json(view::status(
-        &latest.sim,
-        &latest.hash,
-        app.player,
-        &app.data_dir,
-    ))
-    .into_response()
+    let mut v = view::status(&latest.sim, &latest.hash, app.player, &app.data_dir);
+    v.group = Some(view::group(&app.world.group()));
+    axum::Json(v).into_response()
 }
 
 fn check_region(app: &App, id: &str) -> Result<(), Box<Response>> {

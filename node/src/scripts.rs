@@ -40,17 +40,6 @@ pub struct SourceStore {
     dir: PathBuf,
 }
 
-fn parse_hash(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 impl SourceStore {
     /// The store of a data directory (`DIR/scripts`).
     pub fn new(data_dir: &Path) -> SourceStore {
@@ -126,7 +115,7 @@ async fn get_source(
     UrlPath(hash): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(h) = parse_hash(&hash.to_ascii_lowercase()) else {
+    let Some(h) = crate::store::unhex32(&hash.to_ascii_lowercase()) else {
         return error(
             StatusCode::BAD_REQUEST,
             format!("{hash:?} is not a script hash (64 hex digits)"),
@@ -324,7 +313,7 @@ pub fn cli(cmd: ScriptCmd) -> Result<()> {
             Ok(())
         }
         ScriptCmd::Get { hash, data } => {
-            let Some(h) = parse_hash(&hash.to_ascii_lowercase()) else {
+            let Some(h) = crate::store::unhex32(&hash.to_ascii_lowercase()) else {
                 bail!("{hash:?} is not a script hash (64 hex digits)");
             };
             let dir = DataDir::open(&data.unwrap_or_else(default_dir))?;
@@ -368,7 +357,7 @@ mod tests {
         assert_eq!(&*s.get(&h).unwrap(), "-- hi\n");
         std::fs::write(s.path(&h), "-- tampered\n").unwrap();
         assert!(s.get(&h).is_none());
-        assert!(parse_hash("zz").is_none());
-        assert_eq!(parse_hash(&hex(&h)), Some(h));
+        assert!(crate::store::unhex32("zz").is_none());
+        assert_eq!(crate::store::unhex32(&hex(&h)), Some(h));
     }
 }

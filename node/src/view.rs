@@ -24,6 +24,8 @@ pub struct Status {
     pub players_online: Vec<PlayerRef>,
     /// This node.
     pub node: NodeSummary,
+    /// The replica group hosting the region (set by the HTTP API).
+    pub group: Option<GroupView>,
 }
 
 /// A region in a status.
@@ -253,6 +255,7 @@ pub fn status(sim: &Sim, hash: &[u8; 32], player: PlayerId, data_dir: &str) -> S
             player,
             data_dir: data_dir.to_string(),
         },
+        group: None,
     }
 }
 
@@ -416,5 +419,73 @@ pub fn region_state(sim: &Sim, hash: &[u8; 32], faults: &[Fault]) -> RegionState
             })
             .collect(),
         chat: s.chat.iter().map(|l| chat_view(s, l)).collect(),
+    }
+}
+
+/// The replica group as this member sees it.
+#[derive(Debug, Serialize)]
+pub struct GroupView {
+    /// The members (hex node keys), in the manifest's order.
+    pub members: Vec<String>,
+    /// This node.
+    pub me: Option<String>,
+    /// Recent signed checkpoints, newest first.
+    pub checkpoints: Vec<CheckpointView>,
+    /// This member's divergence, if it found one and has not resynced.
+    pub desync: Option<DesyncView>,
+    /// Resyncs since start.
+    pub resyncs: u64,
+}
+
+/// One checkpoint tick.
+#[derive(Debug, Serialize)]
+pub struct CheckpointView {
+    /// The tick (the hashes are the region after it).
+    pub tick: u64,
+    /// Members whose signed checkpoint this member has seen.
+    pub signed: usize,
+    /// Whether they all give the same hash.
+    pub agree: bool,
+    /// Member (hex) → region hash (hex).
+    pub hashes: std::collections::BTreeMap<String, String>,
+}
+
+/// A divergence.
+#[derive(Debug, Serialize)]
+pub struct DesyncView {
+    /// The checkpoint tick.
+    pub tick: u64,
+    /// This member's hash.
+    pub mine: String,
+    /// The hash f + 1 others signed.
+    pub theirs: String,
+}
+
+/// The group view of a status.
+pub fn group(g: &crate::world::GroupStatus) -> GroupView {
+    GroupView {
+        members: g.members.iter().map(|m| hex(&m.0)).collect(),
+        me: g.me.map(|m| hex(&m.0)),
+        checkpoints: g
+            .checkpoints
+            .iter()
+            .rev()
+            .map(|(tick, by)| {
+                let mut hashes = by.values();
+                let first = hashes.next();
+                CheckpointView {
+                    tick: *tick,
+                    signed: by.len(),
+                    agree: hashes.all(|h| Some(h) == first),
+                    hashes: by.iter().map(|(m, h)| (hex(&m.0), hex(h))).collect(),
+                }
+            })
+            .collect(),
+        desync: g.desync.as_ref().map(|d| DesyncView {
+            tick: d.tick,
+            mine: hex(&d.mine),
+            theirs: hex(&d.theirs),
+        }),
+        resyncs: g.resyncs,
     }
 }

@@ -123,9 +123,15 @@ pub struct Handle {
     events: broadcast::Sender<Arc<Published>>,
     /// Counters.
     pub counters: Arc<Counters>,
+    group: Arc<Mutex<GroupStatus>>,
 }
 
 impl Handle {
+    /// The replica group as this member sees it.
+    pub fn group(&self) -> GroupStatus {
+        self.group.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
     /// The latest notarized world.
     pub fn latest(&self) -> Arc<Published> {
         self.published.borrow().clone()
@@ -204,12 +210,34 @@ impl std::fmt::Debug for Hosted {
     }
 }
 
-/// Starts the tick thread. It runs until `stop` is set, then returns.
-pub fn start(
-    hosted: Hosted,
-    config: Config,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<(Handle, JoinHandle<Result<(), StoreError>>)> {
+/// A replica group's state as this member sees it, for status views.
+#[derive(Debug, Clone, Default)]
+pub struct GroupStatus {
+    /// The members (node keys), in the manifest's order.
+    pub members: Vec<PlayerId>,
+    /// This node.
+    pub me: Option<PlayerId>,
+    /// Recent signed checkpoints: tick → member → region hash.
+    pub checkpoints: BTreeMap<u64, BTreeMap<PlayerId, Digest>>,
+    /// This member's divergence, if it found one (until it resyncs).
+    pub desync: Option<crate::replica::core::Desync>,
+    /// Resyncs done since start.
+    pub resyncs: u64,
+}
+
+/// Checkpoint ticks kept for status views.
+const STATUS_CHECKPOINTS_MAX: usize = 16;
+
+/// What the drivers share: the channels to the HTTP side and the store.
+struct Parts {
+    handle: Handle,
+    rx: mpsc::Receiver<Submit>,
+    core: Replica,
+    sink: Sink,
+}
+
+/// Builds the handle, the core and the sink of a hosted region.
+fn parts(hosted: Hosted, config: &Config) -> Parts {
     let Hosted {
         store,
         manifest,
@@ -241,8 +269,12 @@ pub fn start(
         store_snapshot_every: config.snapshot_every.max(1),
         ..crate::replica::Config::default()
     };
+    let group = Arc::new(Mutex::new(GroupStatus {
+        members: manifest.members.clone(),
+        me: Some(me),
+        ..GroupStatus::default()
+    }));
     let core = Replica::new(replica_config, manifest, key, host, sources, region, head);
-    let engine = Solo::new(head);
     let (pub_tx, pub_rx) = watch::channel(published);
     let (events, _) = broadcast::channel(64);
     let counters = Arc::new(Counters::default());
@@ -252,17 +284,45 @@ pub fn start(
         published: pub_rx,
         events: events.clone(),
         counters: counters.clone(),
+        group: group.clone(),
     };
-    let driver = Driver {
-        core,
-        engine,
+    let sink = Sink {
         store,
-        stop,
-        rx,
         pub_tx,
         events,
         counters,
         waiting: BTreeMap::new(),
+        group,
+        started: Instant::now(),
+    };
+    Parts {
+        handle,
+        rx,
+        core,
+        sink,
+    }
+}
+
+/// Starts the tick thread of a private world (a group of one, the
+/// [`Solo`] engine). It runs until `stop` is set, then returns.
+pub fn start(
+    hosted: Hosted,
+    config: Config,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<(Handle, JoinHandle<Result<(), StoreError>>)> {
+    let head = hosted.head;
+    let Parts {
+        handle,
+        rx,
+        core,
+        sink,
+    } = parts(hosted, &config);
+    let driver = Driver {
+        core,
+        engine: Solo::new(head),
+        stop,
+        rx,
+        sink,
     };
     let thread = std::thread::Builder::new()
         .name("metatopia-tick".into())
@@ -270,69 +330,36 @@ pub fn start(
     Ok((handle, thread))
 }
 
-/// The tick thread: the replica core's driver in a group of one.
-struct Driver {
-    core: Replica,
-    engine: Solo,
+/// Carries out the core's outputs that are not for the engine or the
+/// network: durable commits, published states, answers, status.
+struct Sink {
     store: Store,
-    stop: Arc<AtomicBool>,
-    rx: mpsc::Receiver<Submit>,
     pub_tx: watch::Sender<Arc<Published>>,
     events: broadcast::Sender<Arc<Published>>,
     counters: Arc<Counters>,
     waiting: BTreeMap<(PlayerId, u64), oneshot::Sender<Result<Receipt, SubmitError>>>,
+    group: Arc<Mutex<GroupStatus>>,
+    /// When the current batch of work began (tick duration metric).
+    started: Instant,
 }
 
-impl Driver {
-    fn run(mut self) -> Result<(), StoreError> {
-        info!(tick = self.core.head().tick_number(), "world ticking");
-        while !self.stop.load(Ordering::Relaxed) {
-            let now = unix_ms();
-            while let Ok(s) = self.rx.try_recv() {
-                let key = (s.input.input.player, s.input.input.seq);
-                match self.core.submit(s.input) {
-                    Ok(()) => {
-                        self.waiting.insert(key, s.reply);
-                    }
-                    Err(e) => {
-                        let _ = s.reply.send(Err(SubmitError::Refused(e)));
-                    }
-                }
-            }
-            let started = Instant::now();
-            let mut worked = false;
-            while let Some(order) = self.engine.poll_order() {
-                let _span = info_span!("tick", tick = self.core.head().tick_number()).entered();
-                self.core.order(now, order);
-                worked = true;
-            }
-            self.core.tick(now);
-            while let Some(out) = self.core.poll_output() {
-                worked |= self.output(out, started)?;
-            }
-            if worked {
-                continue;
-            }
-            let wait = self
-                .core
-                .next_deadline()
-                .map_or(50, |d| d.saturating_sub(unix_ms()).clamp(1, 50));
-            std::thread::sleep(Duration::from_millis(wait));
-        }
-        info!(tick = self.core.head().tick_number(), "world stopped");
+impl Sink {
+    fn wait(&mut self, s: Submit) -> SignedInput {
+        let key = (s.input.input.player, s.input.input.seq);
+        self.waiting.insert(key, s.reply);
+        s.input
+    }
+
+    fn stop_all(&mut self) {
         for (_, reply) in std::mem::take(&mut self.waiting) {
             let _ = reply.send(Err(SubmitError::Stopped));
         }
-        Ok(())
     }
 
-    /// Carries out one output of the core; true if the engine got an answer.
-    fn output(&mut self, out: Output, started: Instant) -> Result<bool, StoreError> {
+    fn output(&mut self, out: Output) -> Result<(), StoreError> {
         match out {
-            Output::Answer(a) => {
-                self.engine.answer(a);
-                return Ok(true);
-            }
+            // The drivers handle these.
+            Output::Answer(_) | Output::Send { .. } => {}
             Output::Visible(p) => {
                 self.pub_tx.send_replace(p.clone());
                 let _ = self.events.send(p);
@@ -348,12 +375,10 @@ impl Driver {
                     .append(&record, c.snapshot.as_deref().map(|b| &b[..]))
                 {
                     warn!(error = %e, "commit failed: stopping the world");
-                    for (_, reply) in std::mem::take(&mut self.waiting) {
-                        let _ = reply.send(Err(SubmitError::Stopped));
-                    }
+                    self.stop_all();
                     return Err(e);
                 }
-                let elapsed = started.elapsed().as_micros() as u64;
+                let elapsed = self.started.elapsed().as_micros() as u64;
                 self.counters.ticks.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .tick_us_total
@@ -383,11 +408,241 @@ impl Driver {
                     });
                 }
             }
-            // A group of one has nobody to talk to.
-            Output::Send { .. } => {}
-            Output::Desync(d) => warn!(tick = d.tick, "desync reported in a group of one"),
-            Output::Resynced { tick } => info!(tick, "resynced"),
+            Output::Refused {
+                player,
+                seq,
+                refusal,
+            } => {
+                if let Some(reply) = self.waiting.remove(&(player, seq)) {
+                    let _ = reply.send(Err(SubmitError::Refused(refusal)));
+                }
+            }
+            Output::Checkpoint { tick, member, hash } => {
+                if let Ok(mut g) = self.group.lock() {
+                    g.checkpoints.entry(tick).or_default().insert(member, hash);
+                    while g.checkpoints.len() > STATUS_CHECKPOINTS_MAX {
+                        g.checkpoints.pop_first();
+                    }
+                }
+            }
+            Output::Desync(d) => {
+                warn!(tick = d.tick, mine = %crate::store::hex(&d.mine), theirs = %crate::store::hex(&d.theirs), "desync: this member diverged from its group; resyncing");
+                if let Ok(mut g) = self.group.lock() {
+                    g.desync = Some(d);
+                }
+            }
+            Output::Resynced { tick } => {
+                info!(tick, "resynced from the group's snapshot");
+                if let Ok(mut g) = self.group.lock() {
+                    g.desync = None;
+                    g.resyncs += 1;
+                }
+            }
         }
-        Ok(false)
+        Ok(())
     }
+}
+
+/// The tick thread of a private world: the core's driver with [`Solo`].
+struct Driver {
+    core: Replica,
+    engine: Solo,
+    stop: Arc<AtomicBool>,
+    rx: mpsc::Receiver<Submit>,
+    sink: Sink,
+}
+
+impl Driver {
+    fn run(mut self) -> Result<(), StoreError> {
+        info!(tick = self.core.head().tick_number(), "world ticking");
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = unix_ms();
+            while let Ok(s) = self.rx.try_recv() {
+                let input = self.sink.wait(s);
+                let (player, seq) = (input.input.player, input.input.seq);
+                if let Err(refusal) = self.core.submit(input) {
+                    self.sink.output(Output::Refused {
+                        player,
+                        seq,
+                        refusal,
+                    })?;
+                }
+            }
+            self.sink.started = Instant::now();
+            let mut worked = false;
+            while let Some(order) = self.engine.poll_order() {
+                let _span = info_span!("tick", tick = self.core.head().tick_number()).entered();
+                self.core.order(now, order);
+                worked = true;
+            }
+            self.core.tick(now);
+            while let Some(out) = self.core.poll_output() {
+                match out {
+                    Output::Answer(a) => {
+                        self.engine.answer(a);
+                        worked = true;
+                    }
+                    // A group of one has nobody to talk to.
+                    Output::Send { .. } => {}
+                    other => self.sink.output(other)?,
+                }
+            }
+            if worked {
+                continue;
+            }
+            let wait = self
+                .core
+                .next_deadline()
+                .map_or(50, |d| d.saturating_sub(unix_ms()).clamp(1, 50));
+            std::thread::sleep(Duration::from_millis(wait));
+        }
+        info!(tick = self.core.head().tick_number(), "world stopped");
+        self.sink.stop_all();
+        Ok(())
+    }
+}
+
+/// Where a member of a group of several listens and who the others are.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// This member's libp2p listen address.
+    pub listen: libp2p::Multiaddr,
+    /// Every member with its address (the manifest's members).
+    pub members: Vec<(PlayerId, libp2p::Multiaddr)>,
+    /// The engine's vote journal and other storage.
+    pub storage: std::path::PathBuf,
+}
+
+/// Starts a member of a replica group of several: its own thread runs the
+/// engine's runtime (commonware on tokio), the members' libp2p mesh, the
+/// Simplex engine and the core's driver ([`crate::replica::member::run`]).
+/// It runs until `stop` is set.
+pub fn start_member(
+    hosted: Hosted,
+    membership: Membership,
+    config: Config,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<(Handle, JoinHandle<Result<(), StoreError>>)> {
+    use crate::replica::{member, net, simplex};
+    use commonware_runtime::{Runner as _, Spawner as _, Supervisor as _};
+    let key = hosted.key.clone();
+    let genesis = hosted.manifest.genesis_digest();
+    let members_ids = hosted.manifest.members.clone();
+    let Parts {
+        handle,
+        mut rx,
+        core,
+        sink,
+    } = parts(hosted, &config);
+    let sink = Arc::new(Mutex::new(sink));
+    let queue_max = config.queue_max.max(1);
+    let thread = std::thread::Builder::new()
+        .name("metatopia-member".into())
+        .spawn(move || {
+            let cfg = commonware_runtime::tokio::Config::new()
+                .with_storage_directory(&membership.storage)
+                .with_worker_threads(2);
+            commonware_runtime::tokio::Runner::new(cfg).start(|ctx| async move {
+                let failed = |what: String| {
+                    warn!(error = %what, "the replica group cannot start");
+                    Err(StoreError::Db(what))
+                };
+                let mut mesh = match net::listen(&key, membership.listen.clone()).await {
+                    Ok(m) => m,
+                    Err(e) => return failed(e.to_string()),
+                };
+                info!(addr = %mesh.addr, "replica group member listening");
+                let channels = [
+                    simplex::CHANNEL_VOTES,
+                    simplex::CHANNEL_CERTIFICATES,
+                    simplex::CHANNEL_RESOLVER,
+                    simplex::CHANNEL_MEMBERS,
+                ];
+                let mut chans = match mesh
+                    .connect(player_of(&key), &membership.members, &channels)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => return failed(e.to_string()),
+                };
+                let (Some(members_ch), Some(resolver), Some(certs), Some(votes)) =
+                    (chans.pop(), chans.pop(), chans.pop(), chans.pop())
+                else {
+                    return failed("the mesh gave fewer channels than asked".into());
+                };
+                let (app, engine) = simplex::bridge();
+                if let Err(e) = simplex::start(
+                    ctx.child("engine"),
+                    &key,
+                    &members_ids,
+                    genesis,
+                    "simplex".into(),
+                    &simplex::Timing::default(),
+                    net::Blocker::default(),
+                    app,
+                    votes,
+                    certs,
+                    resolver,
+                ) {
+                    return failed(e.to_string());
+                }
+                // Players' inputs: remembered for their answers, then
+                // handed to the core.
+                let (in_tx, in_rx) = commonware_utils::channel::mpsc::channel(queue_max);
+                let inbox = sink.clone();
+                ctx.child("inputs").spawn(move |_| async move {
+                    while let Some(s) = rx.recv().await {
+                        let input = match inbox.lock() {
+                            Ok(mut sink) => sink.wait(s),
+                            Err(_) => return,
+                        };
+                        if in_tx.send(input).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let outputs = sink.clone();
+                let failure = Arc::new(Mutex::new(None));
+                let failed_store = failure.clone();
+                let run = member::run(
+                    ctx.child("member"),
+                    core,
+                    engine,
+                    members_ch,
+                    in_rx,
+                    member::Faults::default(),
+                    move |out| {
+                        let Ok(mut sink) = outputs.lock() else { return };
+                        sink.started = Instant::now();
+                        if let Err(e) = sink.output(out)
+                            && let Ok(mut f) = failed_store.lock()
+                        {
+                            *f = Some(e);
+                        }
+                    },
+                );
+                let watch_stop = async {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let store_failed = failure.lock().map(|f| f.is_some()).unwrap_or(true);
+                        if stop.load(Ordering::Relaxed) || store_failed {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = run => {},
+                    () = watch_stop => {},
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.stop_all();
+                }
+                let err = failure.lock().ok().and_then(|mut f| f.take());
+                match err {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                }
+            })
+        })?;
+    Ok((handle, thread))
 }

@@ -375,7 +375,7 @@ impl Harness {
                     }
                     self.submitted.remove(&(player, seq));
                 }
-                Output::Desync(_) => {}
+                Output::Desync(_) | Output::Checkpoint { .. } | Output::Refused { .. } => {}
                 Output::Resynced { .. } => self.resyncs += 1,
             }
         }

@@ -183,6 +183,25 @@ pub enum Output {
         /// The tick of the snapshot.
         tick: u64,
     },
+    /// A signed checkpoint was recorded (this replica's or a member's).
+    Checkpoint {
+        /// The tick.
+        tick: u64,
+        /// The member.
+        member: PlayerId,
+        /// Its region hash after the tick.
+        hash: Digest,
+    },
+    /// A submission the core refused (emitted by drivers that hand inputs
+    /// over without waiting for [`Replica::submit`]'s result).
+    Refused {
+        /// The player.
+        player: PlayerId,
+        /// The input's sequence number.
+        seq: u64,
+        /// Why.
+        refusal: Refusal,
+    },
 }
 
 /// Why a submission was refused before ordering.
@@ -1337,6 +1356,11 @@ impl Replica {
             .entry(tick)
             .or_default()
             .insert(self.me, hash);
+        self.out.push_back(Output::Checkpoint {
+            tick,
+            member: self.me,
+            hash,
+        });
         if self.manifest.members.len() > 1 {
             self.out.push_back(Output::Send {
                 to: To::All,
@@ -1366,6 +1390,11 @@ impl Replica {
             .entry(c.tick)
             .or_default()
             .insert(c.member, c.hash);
+        self.out.push_back(Output::Checkpoint {
+            tick: c.tick,
+            member: c.member,
+            hash: c.hash,
+        });
         while self.checkpoints.len() > 128 {
             self.checkpoints.pop_first();
         }

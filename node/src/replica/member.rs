@@ -77,10 +77,12 @@ pub async fn run<C, S, R>(
                 }
             },
             input = inputs.recv() => {
-                if let Some(input) = input
-                    && let Err(e) = core.submit(input)
-                {
-                    debug!(error = %e, "input refused");
+                if let Some(input) = input {
+                    let (player, seq) = (input.input.player, input.input.seq);
+                    if let Err(refusal) = core.submit(input) {
+                        debug!(error = %refusal, "input refused");
+                        sink(Output::Refused { player, seq, refusal });
+                    }
                 }
             },
             _ = clock.sleep_until(wake) => {},
