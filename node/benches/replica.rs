@@ -10,23 +10,11 @@ use ed25519_dalek::SigningKey;
 use metatopia_node::replica::core::Output;
 use metatopia_node::replica::wire::player_of;
 use metatopia_node::replica::{
-    Answer, Config, Manifest, Message, Order, Proposal, Replica, SignedInput, SourceBook,
+    Answer, Config, Manifest, MemSources, Message, Order, Proposal, Replica, SignedInput,
 };
 use metatopia_sim::input::InputKind;
 use metatopia_sim::state::Settings;
 use metatopia_sim::{NoScripts, RegionId};
-
-#[derive(Debug, Default)]
-struct NoSources;
-
-impl SourceBook for NoSources {
-    fn get(&self, _hash: &[u8; 32]) -> Option<Arc<str>> {
-        None
-    }
-    fn put(&self, text: &str) -> std::io::Result<[u8; 32]> {
-        Ok(metatopia_scripts::hash_source(text))
-    }
-}
 
 const INPUTS: usize = 1000;
 
@@ -71,7 +59,7 @@ fn replica(manifest: &Manifest, key: &SigningKey) -> Replica {
         manifest.clone(),
         key.clone(),
         Arc::new(NoScripts),
-        Arc::new(NoSources),
+        Arc::new(MemSources::default()),
         manifest.genesis(),
         manifest.genesis_digest(),
     )

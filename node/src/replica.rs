@@ -27,7 +27,7 @@ pub mod wire;
 
 use std::collections::VecDeque;
 
-pub use self::core::{Config, Output, Published, Replica, SourceBook};
+pub use self::core::{Config, MemSources, Output, Published, Replica, SourceBook};
 pub use self::group::Manifest;
 pub use self::wire::{Digest, Message, Proposal, SignedInput};
 

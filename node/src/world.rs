@@ -552,14 +552,8 @@ pub fn start_member(
                     Err(e) => return failed(e.to_string()),
                 };
                 info!(addr = %mesh.addr, "replica group member listening");
-                let channels = [
-                    simplex::CHANNEL_VOTES,
-                    simplex::CHANNEL_CERTIFICATES,
-                    simplex::CHANNEL_RESOLVER,
-                    simplex::CHANNEL_MEMBERS,
-                ];
                 let mut chans = match mesh
-                    .connect(player_of(&key), &membership.members, &channels)
+                    .connect(player_of(&key), &membership.members, &simplex::CHANNELS)
                     .await
                 {
                     Ok(c) => c,

@@ -15,22 +15,10 @@ use metatopia_node::replica::core::Output;
 use metatopia_node::replica::member::{self, Faults};
 use metatopia_node::replica::simplex::{self, Timing};
 use metatopia_node::replica::wire::player_of;
-use metatopia_node::replica::{Config, Digest, Manifest, Replica, SignedInput, SourceBook, net};
+use metatopia_node::replica::{Config, Digest, Manifest, MemSources, Replica, SignedInput, net};
 use metatopia_sim::input::InputKind;
 use metatopia_sim::state::Settings;
 use metatopia_sim::{NoScripts, PlayerId, RegionId};
-
-#[derive(Debug, Default)]
-struct NoSources;
-
-impl SourceBook for NoSources {
-    fn get(&self, _hash: &[u8; 32]) -> Option<Arc<str>> {
-        None
-    }
-    fn put(&self, text: &str) -> std::io::Result<[u8; 32]> {
-        Ok(metatopia_scripts::hash_source(text))
-    }
-}
 
 #[derive(Debug, Default)]
 struct Seen {
@@ -89,16 +77,7 @@ fn four_members_agree_over_libp2p_on_loopback() {
             let key = keys[i].clone();
             let me = player_of(&key);
             let mut channels = mesh
-                .connect(
-                    me,
-                    &addrs,
-                    &[
-                        simplex::CHANNEL_VOTES,
-                        simplex::CHANNEL_CERTIFICATES,
-                        simplex::CHANNEL_RESOLVER,
-                        simplex::CHANNEL_MEMBERS,
-                    ],
-                )
+                .connect(me, &addrs, &simplex::CHANNELS)
                 .await
                 .expect("connect");
             let members_ch = channels.pop().expect("4 channels");
@@ -110,7 +89,7 @@ fn four_members_agree_over_libp2p_on_loopback() {
                 manifest.clone(),
                 key.clone(),
                 Arc::new(NoScripts),
-                Arc::new(NoSources),
+                Arc::new(MemSources::default()),
                 manifest.genesis(),
                 manifest.genesis_digest(),
             );

@@ -24,7 +24,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
@@ -33,30 +33,12 @@ use rand_chacha::ChaCha8Rng;
 use metatopia_node::replica::core::{Output, To};
 use metatopia_node::replica::wire::player_of;
 use metatopia_node::replica::{
-    Answer, Config, Digest, Manifest, Message, Order, Proposal, Replica, SignedInput, SourceBook,
+    Answer, Config, Digest, Manifest, MemSources, Message, Order, Proposal, Replica, SignedInput,
 };
 use metatopia_physics::Region;
 use metatopia_sim::input::InputKind;
 use metatopia_sim::state::Settings;
 use metatopia_sim::{NoScripts, PlayerId, RegionId};
-
-/// Script sources in memory.
-#[derive(Debug, Default)]
-pub struct MemSources(Mutex<BTreeMap<[u8; 32], Arc<str>>>);
-
-impl SourceBook for MemSources {
-    fn get(&self, hash: &[u8; 32]) -> Option<Arc<str>> {
-        self.0.lock().ok()?.get(hash).cloned()
-    }
-
-    fn put(&self, text: &str) -> std::io::Result<[u8; 32]> {
-        let hash = metatopia_scripts::hash_source(text);
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(hash, Arc::from(text));
-        }
-        Ok(hash)
-    }
-}
 
 /// What can go wrong in a run.
 #[derive(Debug, Clone)]

@@ -30,13 +30,13 @@ use metatopia_node::replica::core::Output;
 use metatopia_node::replica::member::{self, Faults, now_ms};
 use metatopia_node::replica::simplex::{self, Timing, public_key};
 use metatopia_node::replica::wire::player_of;
-use metatopia_node::replica::{Config, Digest, Manifest, Proposal, Replica, SignedInput};
+use metatopia_node::replica::{
+    Config, Digest, Manifest, MemSources, Proposal, Replica, SignedInput,
+};
 use metatopia_physics::Region;
 use metatopia_sim::input::InputKind;
 use metatopia_sim::state::Settings;
 use metatopia_sim::{NoScripts, PlayerId, RegionId};
-
-use crate::replication::MemSources;
 
 /// A member's durable log: tick → (digest, region hash, proposal).
 type Log = BTreeMap<u64, (Digest, Digest, Arc<Proposal>)>;
@@ -109,6 +109,32 @@ async fn link(
         success_rate: Probability::from_f64(success).expect("a probability"),
     };
     let _ = oracle.add_link(a.clone(), b.clone(), link).await;
+}
+
+/// Sets every link `i → j` for which `pick(i, j)` holds: to the base
+/// latency with `jitter` and `success`, or removed (`None`).
+async fn relink(
+    oracle: &Oracle<PublicKey, deterministic::Context>,
+    pks: &[PublicKey],
+    latency: &[Vec<u64>],
+    pick: impl Fn(usize, usize) -> bool,
+    quality: Option<(u64, f64)>,
+) {
+    for i in 0..pks.len() {
+        for j in 0..pks.len() {
+            if i == j || !pick(i, j) {
+                continue;
+            }
+            match quality {
+                Some((jitter, success)) => {
+                    link(oracle, &pks[i], &pks[j], latency[i][j], jitter, success).await;
+                }
+                None => {
+                    let _ = oracle.remove_link(pks[i].clone(), pks[j].clone()).await;
+                }
+            }
+        }
+    }
 }
 
 /// Everything a member needs to (re)start.
@@ -300,13 +326,7 @@ async fn run(
     let latency: Vec<Vec<u64>> = (0..n)
         .map(|_| (0..n).map(|_| rng.random_range(5..20)).collect())
         .collect();
-    for i in 0..n {
-        for j in 0..n {
-            if i != j {
-                link(&oracle, &pks[i], &pks[j], latency[i][j], 1, 1.0).await;
-            }
-        }
-    }
+    relink(&oracle, &pks, &latency, |_, _| true, Some((1, 1.0))).await;
     let record = Arc::new(Mutex::new(Record {
         logs: vec![Log::new(); n],
         visible_at: vec![BTreeMap::new(); n],
@@ -380,21 +400,19 @@ async fn run(
             if let Some(h) = members[crash].handle.take() {
                 h.abort();
             }
-            for j in 0..n {
-                if j != crash {
-                    let _ = oracle.remove_link(pks[crash].clone(), pks[j].clone()).await;
-                    let _ = oracle.remove_link(pks[j].clone(), pks[crash].clone()).await;
-                }
-            }
+            relink(
+                &oracle,
+                &pks,
+                &latency,
+                |i, j| i == crash || j == crash,
+                None,
+            )
+            .await;
         }
         if state == 1 && now >= restart_at {
             state = 2;
-            for j in 0..n {
-                if j != crash {
-                    link(&oracle, &pks[crash], &pks[j], latency[crash][j], 1, 1.0).await;
-                    link(&oracle, &pks[j], &pks[crash], latency[j][crash], 1, 1.0).await;
-                }
-            }
+            let touches = |i: usize, j: usize| i == crash || j == crash;
+            relink(&oracle, &pks, &latency, touches, Some((1, 1.0))).await;
             let m = &mut members[crash];
             m.incarnation += 1;
             let (handle, inputs) = start_member(
@@ -431,43 +449,21 @@ async fn run(
         }
         if state == 2 && now >= lossy_at {
             state = 3;
-            for i in 0..n {
-                for j in 0..n {
-                    if i != j {
-                        link(&oracle, &pks[i], &pks[j], latency[i][j], 10, 0.9).await;
-                    }
-                }
-            }
+            relink(&oracle, &pks, &latency, |_, _| true, Some((10, 0.9))).await;
         }
         if state == 3 && now >= lossy_until {
             state = 4;
-            for i in 0..n {
-                for j in 0..n {
-                    if i != j {
-                        link(&oracle, &pks[i], &pks[j], latency[i][j], 1, 1.0).await;
-                    }
-                }
-            }
+            relink(&oracle, &pks, &latency, |_, _| true, Some((1, 1.0))).await;
         }
         if state == 4 && now >= part_at {
             state = 5;
-            for i in 0..n {
-                for j in 0..n {
-                    if i != j && side.contains(&i) != side.contains(&j) {
-                        let _ = oracle.remove_link(pks[i].clone(), pks[j].clone()).await;
-                    }
-                }
-            }
+            let across = |i: usize, j: usize| side.contains(&i) != side.contains(&j);
+            relink(&oracle, &pks, &latency, across, None).await;
         }
         if state == 5 && now >= part_until {
             state = 6;
-            for i in 0..n {
-                for j in 0..n {
-                    if i != j && side.contains(&i) != side.contains(&j) {
-                        link(&oracle, &pks[i], &pks[j], latency[i][j], 1, 1.0).await;
-                    }
-                }
-            }
+            let across = |i: usize, j: usize| side.contains(&i) != side.contains(&j);
+            relink(&oracle, &pks, &latency, across, Some((1, 1.0))).await;
         }
         if state == 6 && now >= heal_at {
             state = 7;

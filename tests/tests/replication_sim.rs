@@ -28,16 +28,25 @@ fn every_seed_is_safe_and_converges_after_healing() {
     }
 }
 
-#[test]
-fn a_quiet_group_ticks_at_its_rate_and_acknowledges_every_input() {
-    let faults = Faults {
+/// LAN delays and no faults.
+fn quiet() -> Faults {
+    Faults {
         loss: 0.0,
         duplicate: 0.0,
         delay_ms: (5, 20),
         crashes: false,
         partitions: false,
         byzantine: None,
+        heal_at_ms: 0,
+    }
+}
+
+#[test]
+fn a_quiet_group_ticks_at_its_rate_and_acknowledges_every_input() {
+    // Clients send until 4 s; the faults (none) "heal" then too.
+    let faults = Faults {
         heal_at_ms: 1_004_000,
+        ..quiet()
     };
     let mut h = Harness::new(99, 4, faults);
     let o = h.run(5_000, true).expect("safe");
@@ -50,16 +59,7 @@ fn a_quiet_group_ticks_at_its_rate_and_acknowledges_every_input() {
 
 #[test]
 fn a_diverged_replica_is_detected_and_resynced() {
-    let faults = Faults {
-        loss: 0.0,
-        duplicate: 0.0,
-        delay_ms: (5, 20),
-        crashes: false,
-        partitions: false,
-        byzantine: None,
-        heal_at_ms: 0,
-    };
-    let mut h = Harness::new(7, 4, faults);
+    let mut h = Harness::new(7, 4, quiet());
     h.diverge(3, 29);
     let o = h.run(5_000, true).expect("safe");
     assert_eq!(o.resyncs, 1, "{o:?}");

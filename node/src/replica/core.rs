@@ -53,6 +53,25 @@ pub trait SourceBook: Send + Sync {
     fn put(&self, text: &str) -> std::io::Result<[u8; 32]>;
 }
 
+/// Script sources in memory (tests, benches, and members that keep no
+/// files).
+#[derive(Debug, Default)]
+pub struct MemSources(std::sync::Mutex<BTreeMap<[u8; 32], Arc<str>>>);
+
+impl SourceBook for MemSources {
+    fn get(&self, hash: &[u8; 32]) -> Option<Arc<str>> {
+        self.0.lock().ok()?.get(hash).cloned()
+    }
+
+    fn put(&self, text: &str) -> std::io::Result<[u8; 32]> {
+        let hash = metatopia_scripts::hash_source(text);
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(hash, Arc::from(text));
+        }
+        Ok(hash)
+    }
+}
+
 /// How a replica runs.
 #[derive(Debug, Clone)]
 pub struct Config {

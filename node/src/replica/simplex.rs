@@ -73,6 +73,15 @@ pub const CHANNEL_RESOLVER: u64 = 2;
 /// The members' own messages ([`super::Message`]).
 pub const CHANNEL_MEMBERS: u64 = 3;
 
+/// Every channel a member uses, in the order [`crate::replica::net::Mesh::connect`]
+/// is asked for them: votes, certificates, resolver, members.
+pub const CHANNELS: [u64; 4] = [
+    CHANNEL_VOTES,
+    CHANNEL_CERTIFICATES,
+    CHANNEL_RESOLVER,
+    CHANNEL_MEMBERS,
+];
+
 /// Most orders queued between the engine and the core's driver.
 pub const ORDERS_MAX: usize = 4096;
 
