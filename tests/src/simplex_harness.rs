@@ -85,6 +85,33 @@ struct Member {
     incarnation: u32,
 }
 
+impl Member {
+    /// Stops the member if it runs and starts it again from its log, with
+    /// the same vote journal.
+    fn restart(
+        &mut self,
+        context: &deterministic::Context,
+        shared: &Arc<Shared>,
+        idx: usize,
+        faults: Faults,
+    ) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+        self.incarnation += 1;
+        let (handle, inputs) = start_member(
+            context,
+            shared,
+            idx,
+            self.key.clone(),
+            self.incarnation,
+            faults,
+        );
+        self.handle = Some(handle);
+        self.inputs = inputs;
+    }
+}
+
 const QUOTA: Quota = Quota::per_second(std::num::NonZeroU32::new(1024).expect("not zero"));
 const LABELS: [&str; 7] = [
     "member0", "member1", "member2", "member3", "member4", "member5", "member6",
@@ -413,38 +440,13 @@ async fn run(
             state = 2;
             let touches = |i: usize, j: usize| i == crash || j == crash;
             relink(&oracle, &pks, &latency, touches, Some((1, 1.0))).await;
-            let m = &mut members[crash];
-            m.incarnation += 1;
-            let (handle, inputs) = start_member(
-                &context,
-                &shared,
-                crash,
-                m.key.clone(),
-                m.incarnation,
-                Faults::default(),
-            );
-            m.handle = Some(handle);
-            m.inputs = inputs;
+            members[crash].restart(&context, &shared, crash, Faults::default());
             // The byzantine member turns bad (restarted with lying on).
             if byzantine != crash {
-                if let Some(h) = members[byzantine].handle.take() {
-                    h.abort();
-                }
-                let m = &mut members[byzantine];
-                m.incarnation += 1;
-                let faults = Faults {
+                let lying = Faults {
                     invalid_proposals: true,
                 };
-                let (handle, inputs) = start_member(
-                    &context,
-                    &shared,
-                    byzantine,
-                    m.key.clone(),
-                    m.incarnation,
-                    faults,
-                );
-                m.handle = Some(handle);
-                m.inputs = inputs;
+                members[byzantine].restart(&context, &shared, byzantine, lying);
             }
         }
         if state == 2 && now >= lossy_at {
@@ -468,21 +470,7 @@ async fn run(
         if state == 6 && now >= heal_at {
             state = 7;
             // The byzantine member is replaced by an honest restart.
-            if let Some(h) = members[byzantine].handle.take() {
-                h.abort();
-            }
-            let m = &mut members[byzantine];
-            m.incarnation += 1;
-            let (handle, inputs) = start_member(
-                &context,
-                &shared,
-                byzantine,
-                m.key.clone(),
-                m.incarnation,
-                Faults::default(),
-            );
-            m.handle = Some(handle);
-            m.inputs = inputs;
+            members[byzantine].restart(&context, &shared, byzantine, Faults::default());
             ticks_at_heal = record
                 .lock()
                 .map(|r| r.logs.iter().map(|l| l.len() as u64).min().unwrap_or(0))
