@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""A replica group of four `metatopia up` processes on loopback, measured.
+
+Usage: python3 node/benches/group_latency.py [BINARY] [INPUTS] [KILLS]
+(defaults: target/release/metatopia, 300 inputs, 4 kills).
+
+1. Input to acknowledged: one client sends INPUTS chat lines, one after the
+   other, to member 1 over HTTP; the 200 comes when the group has
+   finalized the input's tick. Prints p50/p99 in ms and in ticks (50 ms).
+2. Failover: a client keeps sending to a surviving member while one member
+   is killed with SIGKILL (each member in turn, KILLS times, restarting it
+   after); the longest gap between two acknowledgements around each kill
+   is the time the group needed to finalize again. The kill of the primary
+   (the term's leader) is the one that costs a view change.
+Everything runs on 127.0.0.1; the data directories are temporary.
+"""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/metatopia"
+INPUTS = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+KILLS = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+
+
+def free_base(n):
+    for base in range(31000, 60000, 7):
+        try:
+            socks = []
+            for i in range(n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", base + i))
+                socks.append(s)
+            for s in socks:
+                s.close()
+            return base
+        except OSError:
+            for s in socks:
+                s.close()
+    raise SystemExit("no free ports")
+
+
+def start(data):
+    p = subprocess.Popen([BIN, "up", "--data", data], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    for line in p.stdout:
+        if line.startswith("metatopia: listening on "):
+            base = line.split("listening on ", 1)[1].strip()
+            threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+            return p, base.replace("http://", "")
+    raise SystemExit(f"{data}: node did not start")
+
+
+def say(addr, token, text, conn_cache={}, action=None):
+    conn = conn_cache.get(addr)
+    if conn is None:
+        host, port = addr.split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn_cache[addr] = conn
+    body = json.dumps(action or {"do": "say", "text": text})
+    try:
+        conn.request("POST", "/api/regions/1/inputs", body,
+                     {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    except (OSError, http.client.HTTPException):
+        conn_cache.pop(addr, None)
+        return None
+
+
+def pct(v, q):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(round((len(v) - 1) * q)))]
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="metatopia-group-")
+    http_base, p2p_base = free_base(4), free_base(4) + 100
+    subprocess.run([BIN, "group", "init", "--dir", tmp, "--members", "4",
+                    "--port", str(p2p_base), "--http-port", str(http_base)],
+                   check=True, stdout=subprocess.DEVNULL)
+    dirs = [os.path.join(tmp, f"m{i}") for i in range(4)]
+    nodes = [start(d) for d in dirs]
+    tokens = [open(os.path.join(d, "token")).read().strip() for d in dirs]
+    addrs = [n[1] for n in nodes]
+    # Each member's player joins first.
+    for i in range(4):
+        say(addrs[i], tokens[i], "", action={"do": "join", "name": f"p{i}"})
+    lat = []
+    for k in range(INPUTS):
+        t0 = time.perf_counter()
+        status = say(addrs[1], tokens[1], f"line {k}")
+        if status == 200:
+            lat.append((time.perf_counter() - t0) * 1000)
+    print(f"input to acknowledged (finalized), {len(lat)} inputs, one client, 4 members:")
+    print(f"  p50 {pct(lat, 0.5):.1f} ms ({pct(lat, 0.5) / 50:.2f} ticks), "
+          f"p99 {pct(lat, 0.99):.1f} ms ({pct(lat, 0.99) / 50:.2f} ticks)")
+
+    gaps = []
+    for k in range(KILLS):
+        victim = k % 4
+        client = (victim + 1) % 4
+        stop = threading.Event()
+        acks = []
+
+        def send():
+            n = 0
+            while not stop.is_set():
+                if say(addrs[client], tokens[client], f"k{k} {n}") == 200:
+                    acks.append(time.perf_counter())
+                n += 1
+
+        t = threading.Thread(target=send)
+        t.start()
+        time.sleep(1.0)
+        killed_at = time.perf_counter()
+        nodes[victim][0].send_signal(signal.SIGKILL)
+        nodes[victim][0].wait()
+        time.sleep(2.0)
+        stop.set()
+        t.join()
+        around = [a for a in acks if a > killed_at - 0.5]
+        gap = max((b - a for a, b in zip(around, around[1:])), default=float("nan")) * 1000
+        after = next((a for a in acks if a > killed_at), None)
+        first = (after - killed_at) * 1000 if after else float("nan")
+        gaps.append(gap)
+        print(f"kill -9 member {victim}: longest gap between acks {gap:.0f} ms, "
+              f"first ack after the kill {first:.0f} ms")
+        nodes[victim] = start(dirs[victim])
+        addrs[victim] = nodes[victim][1]
+        time.sleep(2.0)
+    if gaps:
+        print(f"failover: median longest gap {pct(gaps, 0.5):.0f} ms, max {max(gaps):.0f} ms "
+              f"over {len(gaps)} kills")
+    for p, _ in nodes:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+
+if __name__ == "__main__":
+    main()
