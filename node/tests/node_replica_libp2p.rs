@@ -161,19 +161,25 @@ fn four_members_agree_over_libp2p_on_loopback() {
             }
             context.sleep(Duration::from_millis(50)).await;
         }
-        // Then until every input is acknowledged (at most 20 s more).
-        for _ in 0..200 {
+        // Then until every input is acknowledged and every member has
+        // logged the tick of the last one (at most 30 s more).
+        let done = |s: &Seen| {
+            let last = s.acks.values().max().copied().unwrap_or(0);
+            s.acks.len() >= 40 && s.logs.iter().all(|l| l.len() as u64 > last)
+        };
+        for _ in 0..300 {
             context.sleep(Duration::from_millis(100)).await;
-            if seen.lock().map(|s| s.acks.len() >= 40).unwrap_or(false) {
+            if seen.lock().map(|s| done(&s)).unwrap_or(false) {
                 break;
             }
         }
-        context.sleep(Duration::from_millis(500)).await;
     });
     let s = result.lock().expect("not poisoned");
     let lengths: Vec<usize> = s.logs.iter().map(|l| l.len()).collect();
+    // How many ticks fit in the run depends on the machine; that every
+    // member logged the ticks holding the 40 inputs is checked below.
     assert!(
-        lengths.iter().all(|l| *l >= 20),
+        lengths.iter().all(|l| *l >= 1),
         "ticks logged per member: {lengths:?}"
     );
     for tick in 0..*lengths.iter().min().expect("4 members") as u64 {
@@ -183,6 +189,11 @@ fn four_members_agree_over_libp2p_on_loopback() {
         }
     }
     assert_eq!(s.acks.len(), 40, "inputs acknowledged: {:?}", s.acks);
+    let last = s.acks.values().max().copied().unwrap_or(0);
+    assert!(
+        lengths.iter().all(|l| *l as u64 > last),
+        "every member logged the tick of the last input ({last}): {lengths:?}"
+    );
     // Every input was applied (no rejection): each player joined first.
     assert!(s.rejected.is_empty(), "rejected: {:?}", s.rejected);
 }
