@@ -230,6 +230,13 @@ fn parse_root<B: Build>(b: &mut B, bytes: &[u8]) -> Result<Option<B::V>, CodecEr
     if bytes[0] != VERSION {
         return Err(CodecError::Corrupt("unknown version"));
     }
+    // The empty state is stored as zero bytes, so an empty root table
+    // written out is not canonical (found by the fuzz smoke).
+    if bytes.get(1..6) == Some(&[4, 0, 0, 0, 0]) {
+        return Err(CodecError::Corrupt(
+            "an empty state is stored as zero bytes",
+        ));
+    }
     let mut at = 1;
     let (v, key) = parse(b, bytes, &mut at, 1)?;
     if key.is_some() {
@@ -598,6 +605,20 @@ mod tests {
         // Empty state is zero bytes.
         assert!(encode(&Data::Table(vec![]), 10).unwrap().is_empty());
         assert_eq!(decode(&[]).unwrap(), Data::Table(vec![]));
+    }
+
+    /// Found by the fuzz smoke (`scripts_args`): an empty root table
+    /// written out (version, table of 0 entries) decoded to the empty
+    /// state, whose canonical encoding is zero bytes.
+    #[test]
+    fn an_empty_root_table_written_out_is_refused() {
+        let bytes = [VERSION, 4, 0, 0, 0, 0];
+        assert!(decode(&bytes).is_err());
+        assert!(check(&bytes).is_err());
+        // A non-empty root and an empty nested table stay canonical.
+        let d = Data::Table(vec![(Data::Int(1), Data::Table(vec![]))]);
+        let bytes = encode(&d, 100).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), d);
     }
 
     #[test]
