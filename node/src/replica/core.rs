@@ -902,7 +902,7 @@ impl Replica {
             self.invalid(req, &e);
             return;
         }
-        match self.execute(p) {
+        match self.execute(p, digest) {
             Ok(()) => {
                 self.stats.verified += 1;
                 self.out
@@ -954,16 +954,20 @@ impl Replica {
             if p.tick < self.finalized_next {
                 return Err(at);
             }
-            at = p.parent;
-            path.push(p);
+            let next = p.parent;
+            path.push((at, p));
+            at = next;
         }
         self.rebuild(at)?;
-        for p in path.into_iter().rev() {
-            if let Err(e) = self.check(&p, None).and_then(|()| self.execute(p.clone())) {
+        for (digest, p) in path.into_iter().rev() {
+            if let Err(e) = self
+                .check(&p, None)
+                .and_then(|()| self.execute(p.clone(), digest))
+            {
                 // Consensus notarized a proposal this replica cannot execute:
                 // a bug or a divergence, reported by the checkpoints.
                 warn!(error = %e, tick = p.tick, "a notarized proposal does not execute here");
-                return Err(p.digest());
+                return Err(digest);
             }
         }
         Ok(())
@@ -984,7 +988,7 @@ impl Replica {
             return Err(missing);
         }
         self.check(&p, None)
-            .and_then(|()| self.execute(p))
+            .and_then(|()| self.execute(p, digest))
             .map_err(|e| {
                 warn!(error = %e, "a notarized proposal does not execute here");
                 digest
@@ -1132,14 +1136,14 @@ impl Replica {
         Ok(())
     }
 
-    /// Executes `p` on the head (it passed [`Replica::check`]).
-    fn execute(&mut self, p: Arc<Proposal>) -> Result<(), Invalid> {
+    /// Executes `p`, whose digest is `digest`, on the head (it passed
+    /// [`Replica::check`]; the digest is the caller's, not encoded again).
+    fn execute(&mut self, p: Arc<Proposal>, digest: Digest) -> Result<(), Invalid> {
         for text in &p.sources {
             if let Err(e) = self.sources.put(text) {
                 return Err(Invalid::Sources(format!("cannot store a source: {e}")));
             }
         }
-        let digest = p.digest();
         let report = self
             .head
             .tick(&p.batch(), &*self.host, &[])
@@ -1238,11 +1242,14 @@ impl Replica {
             mempool = self.mempool_len,
             "proposal built"
         );
-        if let Err(e) = self.check(&p, None).and_then(|()| self.execute(p.clone())) {
+        let digest = p.digest();
+        if let Err(e) = self
+            .check(&p, None)
+            .and_then(|()| self.execute(p.clone(), digest))
+        {
             warn!(error = %e, "own proposal does not execute");
             return None;
         }
-        let digest = p.digest();
         if self.manifest.members.len() > 1 {
             self.out.push_back(Output::Send {
                 to: To::All,
