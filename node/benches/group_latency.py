@@ -2,16 +2,16 @@
 """A replica group of four `metatopia up` processes on loopback, measured.
 
 Usage: python3 node/benches/group_latency.py [BINARY] [INPUTS] [KILLS]
-(defaults: target/release/metatopia, 300 inputs, 4 kills).
+(defaults: target/release/metatopia, 300 inputs, 10 kills).
 
 1. Input to acknowledged: one client sends INPUTS chat lines, one after the
    other, to member 1 over HTTP; the 200 comes when the group has
    finalized the input's tick. Prints p50/p99 in ms and in ticks (50 ms).
-2. Failover: a client keeps sending to a surviving member while one member
-   is killed with SIGKILL (each member in turn, KILLS times, restarting it
-   after); the longest gap between two acknowledgements around each kill
-   is the time the group needed to finalize again. The kill of the primary
-   (the term's leader) is the one that costs a view change.
+2. Failover: a client keeps sending to a surviving member while the
+   primary (as the members' status names it) is killed with SIGKILL, KILLS
+   times, restarting it after; the longest gap between two
+   acknowledgements around each kill is the time the group needed to
+   finalize again under a new primary.
 Everything runs on 127.0.0.1; the data directories are temporary.
 """
 
@@ -28,7 +28,7 @@ import time
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/metatopia"
 INPUTS = int(sys.argv[2]) if len(sys.argv) > 2 else 300
-KILLS = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+KILLS = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 
 
 def free_base(n):
@@ -77,6 +77,13 @@ def say(addr, token, text, conn_cache={}, action=None):
         return None
 
 
+def status(addr):
+    host, port = addr.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/api/status")
+    return json.loads(conn.getresponse().read())
+
+
 def pct(v, q):
     v = sorted(v)
     return v[min(len(v) - 1, int(round((len(v) - 1) * q)))]
@@ -105,9 +112,16 @@ def main():
     print(f"  p50 {pct(lat, 0.5):.1f} ms ({pct(lat, 0.5) / 50:.2f} ticks), "
           f"p99 {pct(lat, 0.99):.1f} ms ({pct(lat, 0.99) / 50:.2f} ticks)")
 
+    keys = [status(a)["group"]["me"] for a in addrs]
     gaps = []
     for k in range(KILLS):
-        victim = k % 4
+        primary = None
+        for _ in range(50):
+            primary = status(addrs[(k + 1) % 4])["group"].get("primary")
+            if primary in keys:
+                break
+            time.sleep(0.1)
+        victim = keys.index(primary)
         client = (victim + 1) % 4
         stop = threading.Event()
         acks = []
@@ -133,13 +147,18 @@ def main():
         after = next((a for a in acks if a > killed_at), None)
         first = (after - killed_at) * 1000 if after else float("nan")
         gaps.append(gap)
-        print(f"kill -9 member {victim}: longest gap between acks {gap:.0f} ms, "
+        print(f"kill -9 member {victim} (the primary): longest gap between acks {gap:.0f} ms, "
               f"first ack after the kill {first:.0f} ms")
         nodes[victim] = start(dirs[victim])
         addrs[victim] = nodes[victim][1]
-        time.sleep(2.0)
+        # Caught up (within a few ticks of a survivor) before the next kill.
+        for _ in range(200):
+            if status(addrs[victim])["tick"] + 5 >= status(addrs[client])["tick"]:
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
     if gaps:
-        print(f"failover: median longest gap {pct(gaps, 0.5):.0f} ms, max {max(gaps):.0f} ms "
+        print(f"failover after killing the primary: median longest gap {pct(gaps, 0.5):.0f} ms, max {max(gaps):.0f} ms "
               f"over {len(gaps)} kills")
     for p, _ in nodes:
         p.send_signal(signal.SIGKILL)

@@ -4,13 +4,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
-use metatopia_sim::RegionId;
 use metatopia_sim::state::Settings;
+use metatopia_sim::{PlayerId, RegionId};
 
 use crate::client;
 use crate::config::Config;
@@ -115,12 +116,30 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Find who hosts the region at a world point, through the overlay.
+    /// Follow a region hosted by a replica group as an observer (`--via
+    /// URL` of any member's node, or `--group HEX@MULTIADDR,...`): runs the
+    /// same sim from a snapshot the group vouches for, serves the viewer,
+    /// and forwards this node's player's inputs. With only `--at X,Y`:
+    /// find who hosts the region at a world point, through the overlay of
+    /// the running node.
     Join {
-        /// World point `X,Y` in metres.
+        /// World point `X,Y` in metres (overlay lookup).
         #[arg(long)]
-        at: String,
-        /// Data directory (of the local node that asks).
+        at: Option<String>,
+        /// The URL of any member's node: the group is read from its status.
+        #[arg(long)]
+        via: Option<String>,
+        /// The group's members, as in their node.toml: `HEX@MULTIADDR`,
+        /// comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        group: Vec<String>,
+        /// The region's id (with `--group`; default: node.toml's).
+        #[arg(long)]
+        region: Option<u32>,
+        /// HTTP address of this observer (default: node.toml's).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// Data directory (of the local node).
         #[arg(long)]
         data: Option<PathBuf>,
     },
@@ -169,7 +188,25 @@ pub fn run(cli: Cli) -> Result<()> {
             quiet,
         } => run_scenario(&scenario, ticks, quiet),
         Command::Replay { data } => replay(&data.unwrap_or_else(default_dir)),
-        Command::Join { at, data } => join(&data.unwrap_or_else(default_dir), &at),
+        Command::Join {
+            at,
+            via,
+            group,
+            region,
+            http,
+            data,
+        } => {
+            let path = data.unwrap_or_else(default_dir);
+            match (via, group.is_empty(), at) {
+                (None, true, Some(at)) => join(&path, &at),
+                (None, true, None) => {
+                    bail!(
+                        "join needs --via URL or --group HEX@MULTIADDR,... (to follow a region), or --at X,Y (to find one)"
+                    )
+                }
+                (via, _, _) => observe(&path, via.as_deref(), group, region, http),
+            }
+        }
         Command::Script { cmd } => crate::scripts::cli(cmd),
         Command::Group { cmd } => group(cmd),
     }
@@ -372,12 +409,6 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is the port in use? try --http 127.0.0.1:0)")
     })?;
-    let local = listener.local_addr()?;
-    let base = format!("http://{local}");
-    let region = &hosted.region;
-    let name = region.sim().state().settings.name.clone();
-    let region_id = region.id().0;
-    let (tick, hash) = (region.tick_number(), region.hash());
     let stop = Arc::new(AtomicBool::new(false));
     let group = config.group.enabled;
     let (handle, thread) = if group {
@@ -400,6 +431,23 @@ async fn serve(
     } else {
         world::start(hosted, config.world_config(), stop.clone())?
     };
+    serve_world(dir, config, listener, handle, thread, stop).await
+}
+
+/// Serves a started world over HTTP until a signal, then stops it.
+async fn serve_world(
+    dir: &DataDir,
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    handle: world::Handle,
+    thread: std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let base = format!("http://{}", listener.local_addr()?);
+    let latest = handle.latest();
+    let state = latest.sim.state();
+    let (name, region_id) = (state.settings.name.clone(), state.region.0);
+    let (tick, hash) = (state.tick, latest.hash);
     let token = dir.token()?;
     let faults = crate::faults::follow(&handle);
     let mut app = App {
@@ -504,6 +552,72 @@ fn status(path: &Path, json: bool) -> Result<()> {
         let names: Vec<&str> = players.iter().filter_map(|p| p["name"].as_str()).collect();
         outln!("online:      {}", names.join(", "));
     }
+    print_group(&v["group"])?;
+    Ok(())
+}
+
+/// The replica group part of `metatopia status`.
+fn print_group(g: &serde_json::Value) -> Result<()> {
+    let Some(members) = g["members"].as_array() else {
+        return Ok(());
+    };
+    let short = |v: &serde_json::Value| {
+        v.as_str()
+            .map_or(String::new(), |s| s.chars().take(12).collect())
+    };
+    let me = g["me"].as_str();
+    let primary = g["primary"].as_str();
+    outln!(
+        "group:       {} member(s), tolerates {} fault(s){}",
+        members.len(),
+        members.len().saturating_sub(1) / 3,
+        if g["observer"].as_bool() == Some(true) {
+            "; this node observes"
+        } else {
+            ""
+        }
+    );
+    let newest = g["checkpoints"].as_array().and_then(|c| c.first());
+    for m in members {
+        let key = m.as_str().unwrap_or("");
+        let mut tags = Vec::new();
+        if Some(key) == primary {
+            tags.push(format!("primary (view {})", g["view"]));
+        }
+        if Some(key) == me {
+            tags.push("this node".to_string());
+        }
+        let checkpoint = newest.map_or("no checkpoint yet".to_string(), |c| {
+            match c["hashes"][key].as_str() {
+                Some(h) => format!("checkpoint tick {} {}", c["tick"], &h[..h.len().min(12)]),
+                None => format!("no checkpoint for tick {} yet", c["tick"]),
+            }
+        });
+        outln!("  {}…  {checkpoint}  {}", short(m), tags.join(", "));
+    }
+    if let Some(c) = newest {
+        outln!(
+            "agreement:   tick {}: {} signed, {}",
+            c["tick"],
+            c["signed"],
+            if c["agree"].as_bool() == Some(true) {
+                "hashes agree"
+            } else {
+                "HASHES DIFFER"
+            }
+        );
+    }
+    if g["desync"].is_object() {
+        outln!(
+            "desync:      at tick {}: mine {} vs the group's {}; resyncing",
+            g["desync"]["tick"],
+            short(&g["desync"]["mine"]),
+            short(&g["desync"]["theirs"])
+        );
+    }
+    if g["resyncs"].as_u64().unwrap_or(0) > 0 {
+        outln!("resyncs:     {}", g["resyncs"]);
+    }
     Ok(())
 }
 
@@ -552,6 +666,115 @@ fn join(path: &Path, at: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `metatopia join --via URL | --group LIST`: follows a region as an
+/// observer and serves it until a signal.
+fn observe(
+    path: &Path,
+    via: Option<&str>,
+    group: Vec<String>,
+    region: Option<u32>,
+    addr: Option<SocketAddr>,
+) -> Result<()> {
+    let dir = DataDir::open(path)?;
+    let Ok(lock) = dir.lock()? else {
+        bail!(
+            "a node is already running on {}; join with another --data directory",
+            path.display()
+        );
+    };
+    let config = Config::load_or_create(&dir.path)?;
+    let (members, region) = match via {
+        Some(url) => {
+            let url = url.trim_end_matches('/');
+            let r = client::request(url, "GET", "/api/status", &[], None)
+                .with_context(|| format!("asking {url} for its group"))?;
+            if r.status != 200 {
+                bail!("{url}/api/status answered {}: {}", r.status, r.text());
+            }
+            let v = r.json()?;
+            let addresses: Vec<String> = v["group"]["addresses"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if addresses.is_empty() {
+                bail!(
+                    "the node at {url} is not a member of a replica group (its status lists no group addresses)"
+                );
+            }
+            let id = v["regions"][0]["id"]
+                .as_u64()
+                .context("the node's status names no region")?;
+            note(format_args!(
+                "metatopia: following the group of {url}: {} members (trusting its list; pass --group to pin them)",
+                addresses.len()
+            ));
+            (addresses, region.unwrap_or(id as u32))
+        }
+        None => (group, region.unwrap_or(config.world.region_id)),
+    };
+    let members = crate::config::Group {
+        members,
+        ..crate::config::Group::default()
+    }
+    .members()
+    .map_err(|e| anyhow::anyhow!(e))?;
+    if members
+        .iter()
+        .any(|(m, _)| *m == dir.player().unwrap_or(PlayerId([0; 32])))
+    {
+        bail!(
+            "this node is a member of that group: run `metatopia up --data {}` instead",
+            path.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let addr = addr.unwrap_or(config.http.addr);
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| {
+            format!("cannot listen on {addr} (is the port in use? try --http 127.0.0.1:0)")
+        })?;
+    let observing = world::Observing {
+        region: RegionId(region),
+        members,
+        listen: config
+            .group
+            .listen
+            .parse()
+            .map_err(|e| anyhow::anyhow!("group.listen: {e}"))?,
+        checkpoint_every: crate::replica::Config::default().checkpoint_every,
+        join_timeout: Duration::from_secs(60),
+    };
+    note(format_args!(
+        "metatopia: joining region {region} as an observer ({} members; waiting for a snapshot f + 1 of them vouch for)",
+        observing.members.len()
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let (handle, thread) = world::start_observer(
+        dir.signing_key()?,
+        observing,
+        Arc::new(crate::scripts::host(&dir.path)?),
+        Arc::new(crate::scripts::SourceStore::new(&dir.path)),
+        stop.clone(),
+    )?;
+    note(format_args!(
+        "metatopia: joined in {} ms",
+        started.elapsed().as_millis()
+    ));
+    let result = runtime.block_on(serve_world(&dir, &config, listener, handle, thread, stop));
+    dir.clear_node_info();
+    drop(lock);
+    result
 }
 
 fn post_action(base: &str, token: &str, action: &serde_json::Value) -> Result<client::Response> {

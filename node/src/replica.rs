@@ -16,12 +16,14 @@
 //! - [`core`]: the replica state machine.
 //! - [`simplex`]: the BFT engine (commonware Simplex) behind [`Engine`].
 //! - [`member`]: the driver of a member of a group of several.
+//! - [`observer`]: a node that follows a group's region without voting.
 //! - [`net`]: the members' libp2p streams, as commonware `Sender`/`Receiver`.
 
 pub mod core;
 pub mod group;
 pub mod member;
 pub mod net;
+pub mod observer;
 pub mod simplex;
 pub mod wire;
 

@@ -274,6 +274,62 @@ impl Store {
         txn.commit().map_err(db)
     }
 
+    /// Makes a snapshot the group vouched for (after this replica
+    /// diverged) the start of recovery: the record of `tick` gets the
+    /// group's region `hash`, the snapshot is stored after it, and every
+    /// later record and snapshot (this replica's diverged ones) is removed;
+    /// the ticks after come again from the group. The records before keep
+    /// what this replica computed, so `metatopia replay` from genesis names
+    /// the tick where it diverged.
+    pub fn adopt(&self, tick: u64, hash: [u8; 32], snapshot: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut log = txn.open_table(LOG).map_err(db)?;
+            let Some(mut record) = log
+                .get(tick)
+                .map_err(db)?
+                .map(|v| snapshot::decode::<LogRecord>(LOG_MAGIC, v.value()))
+                .transpose()
+                .map_err(|source| StoreError::Corrupt {
+                    what: "log record",
+                    tick,
+                    source,
+                })?
+            else {
+                return Err(StoreError::Broken {
+                    tick,
+                    message: "no log record for the adopted snapshot's tick".into(),
+                });
+            };
+            record.hash = hash;
+            log.insert(tick, &snapshot::encode(LOG_MAGIC, &record)[..])
+                .map_err(db)?;
+            let later: Vec<u64> = log
+                .range(tick + 1..)
+                .map_err(db)?
+                .map(|i| i.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()
+                .map_err(db)?;
+            for t in later {
+                log.remove(t).map_err(db)?;
+            }
+            let mut snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
+            let later: Vec<u64> = snaps
+                .range(tick + 1..)
+                .map_err(db)?
+                .map(|i| i.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()
+                .map_err(db)?;
+            for t in later {
+                snaps.remove(t).map_err(db)?;
+            }
+            snaps
+                .insert(tick + 1, &encode_snapshot(snapshot)[..])
+                .map_err(db)?;
+        }
+        txn.commit().map_err(db)
+    }
+
     /// The log record of tick `tick`.
     pub fn record(&self, tick: u64) -> Result<Option<LogRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(db)?;

@@ -435,6 +435,14 @@ pub struct GroupView {
     pub desync: Option<DesyncView>,
     /// Resyncs since start.
     pub resyncs: u64,
+    /// The primary (hex node key), as the engine last named it.
+    pub primary: Option<String>,
+    /// The view in which the engine named it.
+    pub view: Option<u64>,
+    /// Where the members listen (`HEX@MULTIADDR`).
+    pub addresses: Vec<String>,
+    /// This node follows the group as an observer.
+    pub observer: bool,
 }
 
 /// One checkpoint tick.
@@ -487,5 +495,9 @@ pub fn group(g: &crate::world::GroupStatus) -> GroupView {
             theirs: hex(&d.theirs),
         }),
         resyncs: g.resyncs,
+        primary: g.primary.map(|(_, p)| hex(&p.0)),
+        view: g.primary.map(|(v, _)| v),
+        addresses: g.addresses.clone(),
+        observer: g.observer,
     }
 }

@@ -32,6 +32,9 @@ use crate::replica::wire::player_of;
 use crate::replica::{Digest, Engine, Manifest, Replica, SignedInput, Solo, SourceBook};
 use crate::store::{LogRecord, Store, StoreError};
 
+mod observe;
+pub use observe::{ObserveError, Observing, start_observer};
+
 /// How the world runs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -223,6 +226,14 @@ pub struct GroupStatus {
     pub desync: Option<crate::replica::core::Desync>,
     /// Resyncs done since start.
     pub resyncs: u64,
+    /// The primary (the engine's leader of the newest view this member
+    /// voted in) and that view; this node in a group of one.
+    pub primary: Option<(u64, PlayerId)>,
+    /// Where the members listen (`HEX@MULTIADDR`, as in node.toml), for
+    /// observers (`metatopia join --via`).
+    pub addresses: Vec<String>,
+    /// This node follows the group as an observer (it is not a member).
+    pub observer: bool,
 }
 
 /// Checkpoint ticks kept for status views.
@@ -267,11 +278,13 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         inputs_per_tick_max: config.inputs_per_tick_max,
         mempool_max: config.queue_max.max(1),
         store_snapshot_every: config.snapshot_every.max(1),
+        diverge_at: diverge_at_for_test(),
         ..crate::replica::Config::default()
     };
     let group = Arc::new(Mutex::new(GroupStatus {
         members: manifest.members.clone(),
         me: Some(me),
+        primary: (manifest.members.len() == 1).then_some((0, me)),
         ..GroupStatus::default()
     }));
     let core = Replica::new(replica_config, manifest, key, host, sources, region, head);
@@ -287,7 +300,7 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         group: group.clone(),
     };
     let sink = Sink {
-        store,
+        store: Some(store),
         pub_tx,
         events,
         counters,
@@ -301,6 +314,24 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         core,
         sink,
     }
+}
+
+/// `METATOPIA_TEST_DIVERGE_AT=TICK` makes this replica execute that tick
+/// wrongly, so that tests can watch the group find and heal a divergence
+/// through the real binary. Debug builds only: a release build ignores it.
+fn diverge_at_for_test() -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let tick = std::env::var("METATOPIA_TEST_DIVERGE_AT")
+        .ok()?
+        .parse()
+        .ok()?;
+    warn!(
+        tick,
+        "METATOPIA_TEST_DIVERGE_AT: this replica will diverge (test build)"
+    );
+    Some(tick)
 }
 
 /// Starts the tick thread of a private world (a group of one, the
@@ -333,7 +364,8 @@ pub fn start(
 /// Carries out the core's outputs that are not for the engine or the
 /// network: durable commits, published states, answers, status.
 struct Sink {
-    store: Store,
+    /// The log (none on an observer, which keeps no log).
+    store: Option<Store>,
     pub_tx: watch::Sender<Arc<Published>>,
     events: broadcast::Sender<Arc<Published>>,
     counters: Arc<Counters>,
@@ -370,10 +402,11 @@ impl Sink {
                     hash: c.hash,
                     proof: c.proof,
                 };
-                if let Err(e) = self
-                    .store
-                    .append(&record, c.snapshot.as_deref().map(|b| &b[..]))
-                {
+                let appended = match &self.store {
+                    Some(store) => store.append(&record, c.snapshot.as_deref().map(|b| &b[..])),
+                    None => Ok(()),
+                };
+                if let Err(e) = appended {
                     warn!(error = %e, "commit failed: stopping the world");
                     self.stop_all();
                     return Err(e);
@@ -431,8 +464,19 @@ impl Sink {
                     g.desync = Some(d);
                 }
             }
-            Output::Resynced { tick } => {
+            Output::Resynced {
+                tick,
+                hash,
+                snapshot,
+            } => {
                 info!(tick, "resynced from the group's snapshot");
+                if let Some(store) = &self.store
+                    && let Err(e) = store.adopt(tick, hash, &snapshot)
+                {
+                    warn!(error = %e, "the adopted snapshot could not be stored: stopping the world");
+                    self.stop_all();
+                    return Err(e);
+                }
                 if let Ok(mut g) = self.group.lock() {
                     g.desync = None;
                     g.resyncs += 1;
@@ -534,6 +578,13 @@ pub fn start_member(
         core,
         sink,
     } = parts(hosted, &config);
+    if let Ok(mut g) = sink.group.lock() {
+        g.addresses = membership
+            .members
+            .iter()
+            .map(|(m, a)| format!("{}@{a}", crate::store::hex(&m.0)))
+            .collect();
+    }
     let sink = Arc::new(Mutex::new(sink));
     let queue_max = config.queue_max.max(1);
     let thread = std::thread::Builder::new()
@@ -552,6 +603,7 @@ pub fn start_member(
                     Err(e) => return failed(e.to_string()),
                 };
                 info!(addr = %mesh.addr, "replica group member listening");
+                mesh.serve_followers(simplex::CHANNEL_MEMBERS);
                 let mut chans = match mesh
                     .connect(player_of(&key), &membership.members, &simplex::CHANNELS)
                     .await
@@ -565,6 +617,8 @@ pub fn start_member(
                     return failed("the mesh gave fewer channels than asked".into());
                 };
                 let (app, engine) = simplex::bridge();
+                let primary = engine.primary();
+                let status = sink.lock().map(|s| s.group.clone());
                 if let Err(e) = simplex::start(
                     ctx.child("engine"),
                     &key,
@@ -618,6 +672,11 @@ pub fn start_member(
                 let watch_stop = async {
                     loop {
                         tokio::time::sleep(Duration::from_millis(100)).await;
+                        if let Ok(status) = &status
+                            && let Ok(mut g) = status.lock()
+                        {
+                            g.primary = primary.get();
+                        }
                         let store_failed = failure.lock().map(|f| f.is_some()).unwrap_or(true);
                         if stop.load(Ordering::Relaxed) || store_failed {
                             return;

@@ -1,14 +1,18 @@
 //! A region hosted by a replica group of four `metatopia up` processes on
-//! loopback (`metatopia group init`): an input sent through any member
-//! commits and every member shows it; the members sign agreeing
-//! checkpoints; after `kill -9` of one member the other three go on; the
-//! killed one restarts from its log, catches up and agrees again.
+//! loopback (`metatopia group init`): inputs sent continuously through
+//! every member commit; the members sign agreeing checkpoints; after
+//! `kill -9` of the primary the other three go on under a new one; a fifth
+//! process joins as an observer mid-run and reaches the members' hash; the
+//! killed one restarts from its log, catches up and agrees again; every
+//! acknowledged input is in the world exactly once.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Node, run};
@@ -75,8 +79,100 @@ fn chat(node: &Node) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The member that the group's engine names primary, as `member`'s status
+/// shows it.
+fn primary(node: &Node) -> Option<String> {
+    let status = node.get("/api/status").json().ok()?;
+    status["group"]["primary"].as_str().map(str::to_string)
+}
+
+/// This node's key, as its status shows it.
+fn me(node: &Node) -> String {
+    let status = node.get("/api/status").json().unwrap();
+    status["group"]["me"].as_str().unwrap().to_string()
+}
+
+/// The newest checkpoint tick at which an observer's own hash agrees with
+/// at least `members` members' signed hashes.
+fn observer_agrees(node: &Node, members: usize) -> Option<u64> {
+    let status = node.get("/api/status").json().ok()?;
+    let me = status["group"]["me"].as_str()?.to_string();
+    status["group"]["checkpoints"]
+        .as_array()?
+        .iter()
+        .find(|c| {
+            c["hashes"].get(&me).is_some()
+                && c["signed"].as_u64() > Some(members as u64)
+                && c["agree"] == true
+        })
+        .and_then(|c| c["tick"].as_u64())
+}
+
+/// Each member's (HTTP base, token), none while it is down.
+type Targets = Arc<Mutex<Vec<Option<(String, String)>>>>;
+
+/// A client that keeps sending chat lines through whichever members are
+/// up, and remembers every line a member acknowledged (HTTP 200 means
+/// finalized).
+struct Client {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Client {
+    fn start(targets: Targets) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (s, a) = (stop.clone(), acked.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            // Bounded: the chat history keeps 200 lines.
+            while !s.load(Ordering::Relaxed) && n < 150 {
+                let target = targets.lock().unwrap()[n as usize % 4].clone();
+                let Some((base, token)) = target else {
+                    n += 1;
+                    continue;
+                };
+                let text = format!("line {n}");
+                let body = serde_json::json!({"do": "say", "text": text});
+                let auth = format!("Bearer {token}");
+                let r = metatopia_node::client::request(
+                    &base,
+                    "POST",
+                    "/api/regions/1/inputs",
+                    &[("Authorization", auth.as_str())],
+                    Some(&serde_json::to_vec(&body).unwrap()),
+                );
+                if r.is_ok_and(|r| r.status == 200) {
+                    a.lock().unwrap().push(text);
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Client {
+            stop,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.acked.lock().unwrap().clone()
+    }
+}
+
 #[test]
-fn a_group_of_four_processes_commits_survives_a_kill_and_catches_up() {
+fn a_group_of_four_processes_survives_a_primary_kill_and_an_observer_joins() {
     let base = tempfile::tempdir().unwrap();
     let port = free_ports().to_string();
     let out = run(&[
@@ -97,8 +193,11 @@ fn a_group_of_four_processes_commits_survives_a_kill_and_catches_up() {
     let dirs: Vec<_> = (0..4).map(|i| base.path().join(format!("m{i}"))).collect();
     let mut nodes: Vec<Option<Node>> = dirs.iter().map(|d| Some(Node::start(d))).collect();
 
-    // An input through member 2 commits, and member 0 shows it.
-    say(&dirs[2], "hello group");
+    // Each member's player joins through its own node (an input through
+    // any member commits, and member 0 shows it).
+    for d in &dirs {
+        say(d, "hello group");
+    }
     let n0 = nodes[0].as_ref().unwrap();
     eventually("member 0 to show the chat line", || {
         chat(n0).contains(&"hello group".to_string()).then_some(())
@@ -106,26 +205,140 @@ fn a_group_of_four_processes_commits_survives_a_kill_and_catches_up() {
     // All four sign the same region hash at a checkpoint.
     eventually("a checkpoint all four agree on", || agreed(n0));
 
-    // kill -9 member 0: the other three go on.
-    nodes[0].take().unwrap().kill9();
-    let tick = say(&dirs[1], "after the kill");
-    let n3 = nodes[3].as_ref().unwrap();
-    eventually("member 3 to show the line", || {
-        chat(n3)
-            .contains(&"after the kill".to_string())
-            .then_some(())
+    // A client keeps sending through every member that is up.
+    let targets = Arc::new(Mutex::new(
+        nodes
+            .iter()
+            .map(|n| n.as_ref().map(|n| (n.base.clone(), n.token())))
+            .collect::<Vec<_>>(),
+    ));
+    let client = Client::start(targets.clone());
+    eventually("the client's first acknowledged lines", || {
+        (client.acked() >= 5).then_some(())
     });
 
-    // Member 0 restarts from its log, catches up and agrees again.
-    nodes[0] = Some(Node::start(&dirs[0]));
-    let n0 = nodes[0].as_ref().unwrap();
-    eventually("the restarted member to show the line it missed", || {
-        chat(n0)
-            .contains(&"after the kill".to_string())
-            .then_some(())
+    // kill -9 the primary: the other three go on.
+    let keys: Vec<String> = nodes.iter().map(|n| me(n.as_ref().unwrap())).collect();
+    let p = primary(n0).expect("the status names a primary");
+    let victim = keys
+        .iter()
+        .position(|k| *k == p)
+        .expect("the primary is a member");
+    targets.lock().unwrap()[victim] = None;
+    nodes[victim].take().unwrap().kill9();
+    let before = client.acked();
+    eventually("progress after the primary's kill", || {
+        (client.acked() >= before + 5).then_some(())
     });
-    let agreed_tick = eventually("a checkpoint after the kill that all four agree on", || {
-        agreed(n0).filter(|t| *t > tick)
+    let survivor = (0..4).find(|i| *i != victim).unwrap();
+    let new_primary = eventually("a new primary", || {
+        primary(nodes[survivor].as_ref().unwrap()).filter(|k| *k != p)
     });
-    assert!(agreed_tick > tick);
+    assert_ne!(new_primary, p);
+
+    // A fifth process joins as an observer mid-run and agrees with the
+    // three members' signed hashes.
+    let observer_dir = base.path().join("observer");
+    let observer = Node::observe(&observer_dir, &nodes[survivor].as_ref().unwrap().base);
+    eventually(
+        "the observer to agree with the members at a checkpoint",
+        || observer_agrees(&observer, 3),
+    );
+
+    // The killed member restarts from its log, catches up and agrees again.
+    nodes[victim] = Some(Node::start(&dirs[victim]));
+    targets.lock().unwrap()[victim] = nodes[victim].as_ref().map(|n| (n.base.clone(), n.token()));
+    let restarted = nodes[victim].as_ref().unwrap();
+    let tick = eventually("a checkpoint all four agree on after the restart", || {
+        agreed(restarted)
+    });
+    let acked = client.finish();
+    assert!(acked.len() >= 15, "only {} lines acknowledged", acked.len());
+
+    // Every acknowledged line is in the world exactly once, on every
+    // member and on the observer.
+    let last = acked.last().unwrap().clone();
+    for node in nodes.iter().flatten().chain(std::iter::once(&observer)) {
+        let lines = eventually("the last acknowledged line everywhere", || {
+            let c = chat(node);
+            c.contains(&last).then_some(c)
+        });
+        for a in &acked {
+            let n = lines.iter().filter(|l| *l == a).count();
+            assert_eq!(n, 1, "{a:?} is in {}'s chat {n} times", node.base);
+        }
+    }
+    // And they all sign the same hashes after the restart.
+    eventually("a later checkpoint all four agree on", || {
+        agreed(restarted).filter(|t| *t > tick)
+    });
+    eventually("the observer to agree later too", || {
+        observer_agrees(&observer, 4).filter(|t| *t > tick)
+    });
+}
+
+/// Member 2 executes tick 30 wrongly (a test-build switch): its checkpoint
+/// at tick 39 differs from the three others', it reports the desync,
+/// adopts the group's snapshot, serves again and signs agreeing hashes;
+/// restarted without the switch, it recovers from the adopted snapshot.
+#[test]
+fn a_diverged_member_is_detected_and_resynced() {
+    let base = tempfile::tempdir().unwrap();
+    let port = free_ports().to_string();
+    let out = run(&[
+        "group",
+        "init",
+        "--dir",
+        base.path().to_str().unwrap(),
+        "--members",
+        "4",
+        "--port",
+        &port,
+    ]);
+    assert!(out.status.success());
+    let dirs: Vec<_> = (0..4).map(|i| base.path().join(format!("m{i}"))).collect();
+    let mut nodes: Vec<Node> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if i == 2 {
+                Node::start_env(d, &[("METATOPIA_TEST_DIVERGE_AT", "30")])
+            } else {
+                Node::start(d)
+            }
+        })
+        .collect();
+    let resynced = eventually("member 2 to resync", || {
+        let status = nodes[2].get("/api/status").json().ok()?;
+        (status["group"]["resyncs"].as_u64()? >= 1).then_some(status)
+    });
+    assert!(resynced["group"]["desync"].is_null(), "{resynced}");
+    // The others saw member 2's different hash at tick 39.
+    let seen = nodes[0].get("/api/status").json().unwrap();
+    let differs = seen["group"]["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["tick"] == 39 && c["agree"] == false);
+    assert!(
+        differs,
+        "member 0 did not see the differing checkpoint: {seen}"
+    );
+    let after = eventually("a later checkpoint all four agree on", || {
+        agreed(&nodes[2]).filter(|t| *t > 39)
+    });
+    // The text view says so too.
+    let text = run(&["status", "--data", dirs[2].to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("resyncs:     1"), "{text}");
+    assert!(text.contains("primary (view"), "{text}");
+
+    // Restarted without the switch, it recovers from the adopted snapshot
+    // and agrees again.
+    let old = nodes.remove(2);
+    assert!(old.terminate());
+    nodes.insert(2, Node::start(&dirs[2]));
+    eventually("agreement after the restart", || {
+        agreed(&nodes[2]).filter(|t| *t > after)
+    });
 }

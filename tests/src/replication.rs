@@ -328,6 +328,8 @@ impl Harness {
                             self.send(i, j, &msg);
                         }
                     }
+                    // The harness has no observers.
+                    To::Some(_) => {}
                 },
                 Output::Visible(_) => {}
                 Output::Commit(c) => {

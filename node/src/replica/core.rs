@@ -33,12 +33,16 @@ use metatopia_sim::{PlayerId, ScriptHost, Sim};
 
 use super::group::Manifest;
 use super::wire::{
-    Checkpoint, Digest, Message, PROPOSAL_BYTES_MAX, Proposal, SignedInput, player_of,
+    Checkpoint, Digest, FOLLOW_LEASE_MS, Message, PROPOSAL_BYTES_MAX, Proposal, SignedInput,
+    player_of,
 };
 use super::{Answer, Order};
 
 /// Finalized proposals kept in memory to answer [`Message::Fetch`].
 const RECENT_MAX: usize = 1024;
+
+/// Most observers a member sends to at once.
+pub const FOLLOWERS_MAX: usize = 64;
 
 /// Finalized inputs remembered to refuse their replay.
 const DONE_MAX: usize = 65_536;
@@ -101,6 +105,10 @@ pub struct Config {
     /// Inputs submitted to this replica and not finalized are forwarded
     /// to the group again after this long.
     pub forward_retry_ms: u64,
+    /// Test only: this replica executes this tick wrongly (it lets in a
+    /// player nobody sent), as a replica with a determinism bug would.
+    #[doc(hidden)]
+    pub diverge_at: Option<u64>,
 }
 
 impl Default for Config {
@@ -117,6 +125,7 @@ impl Default for Config {
             fetch_after_ms: 100,
             fetch_retry_ms: 250,
             forward_retry_ms: 1000,
+            diverge_at: None,
         }
     }
 }
@@ -164,8 +173,10 @@ pub struct Desync {
 pub enum To {
     /// Every other member.
     All,
-    /// One member.
+    /// One member (or observer).
     One(PlayerId),
+    /// These (observers).
+    Some(Vec<PlayerId>),
 }
 
 /// What the core wants done.
@@ -197,10 +208,15 @@ pub enum Output {
     },
     /// This replica diverged from the group and stopped serving.
     Desync(Desync),
-    /// This replica restored the group's snapshot and serves again.
+    /// This replica restored the group's snapshot and serves again (an
+    /// observer: joined from it).
     Resynced {
-        /// The tick of the snapshot.
+        /// The tick of the snapshot (the last tick it holds).
         tick: u64,
+        /// The region hash after it, as the group signed it.
+        hash: Digest,
+        /// The snapshot, for the log: recovery starts from it.
+        snapshot: Arc<Vec<u8>>,
     },
     /// A signed checkpoint was recorded (this replica's or a member's).
     Checkpoint {
@@ -329,7 +345,36 @@ pub struct Stats {
     pub refused_inputs: u64,
 }
 
-/// One member of a replica group (or an observer), sans IO.
+/// The batch this replica executes for `p` (its own, unless a test made it
+/// diverge at this tick).
+fn batch_of(cfg: &Config, p: &Proposal) -> metatopia_sim::Batch {
+    let mut batch = p.batch();
+    if cfg.diverge_at == Some(p.tick) {
+        // A player only this replica lets in: a lasting difference.
+        batch.inputs.push(metatopia_sim::input::Input {
+            player: PlayerId([0xd5; 32]),
+            seq: 1,
+            kind: InputKind::Join {
+                name: "diverged".into(),
+            },
+        });
+    }
+    batch
+}
+
+/// Why the sim refused `player`'s input `seq` in a tick's events, if it did.
+pub(super) fn rejection(events: &[Event], player: PlayerId, seq: u64) -> Option<Rejection> {
+    events.iter().find_map(|e| match e {
+        Event::Rejected {
+            player: p,
+            seq: s,
+            reason,
+        } if *p == player && *s == seq => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+/// One member of a replica group, sans IO.
 pub struct Replica {
     cfg: Config,
     manifest: Manifest,
@@ -346,8 +391,15 @@ pub struct Replica {
     finalized_hash: Digest,
     base: Base,
     since_base: Vec<Arc<Proposal>>,
-    recent: VecDeque<(Digest, Arc<Proposal>)>,
-    checkpoint_snap: Option<(Digest, Arc<Vec<u8>>)>,
+    /// Finalized proposals, oldest first, with their certificates (empty
+    /// when a later one's implies it).
+    recent: VecDeque<(Digest, Arc<Proposal>, Arc<Vec<u8>>)>,
+    /// The snapshot of the newest checkpoint tick: (tick, digest, bytes).
+    checkpoint_snap: Option<(u64, Digest, Arc<Vec<u8>>)>,
+    /// This member's newest signed checkpoints, for observers.
+    own_signed: BTreeMap<u64, Checkpoint>,
+    /// Observers and when their lease ends.
+    followers: BTreeMap<PlayerId, u64>,
     spec_snaps: BTreeMap<Digest, Arc<Vec<u8>>>,
     known: BTreeMap<Digest, Arc<Proposal>>,
     propose_wait: Option<(u64, Digest)>,
@@ -427,6 +479,8 @@ impl Replica {
             since_base: Vec::new(),
             recent: VecDeque::new(),
             checkpoint_snap: None,
+            own_signed: BTreeMap::new(),
+            followers: BTreeMap::new(),
             spec_snaps: BTreeMap::new(),
             known: BTreeMap::new(),
             propose_wait: None,
@@ -696,6 +750,17 @@ impl Replica {
     /// A message from another member (or a player's node).
     pub fn handle(&mut self, now: u64, from: PlayerId, msg: Message) {
         self.now = self.now.max(now);
+        let member = self.manifest.index_of(from).is_some();
+        if !member
+            && !matches!(
+                msg,
+                Message::Inputs(_) | Message::Fetch(_) | Message::Follow { .. }
+            )
+        {
+            // Observers send inputs, fetches and follows; nothing else.
+            self.stats.refused_messages += 1;
+            return;
+        }
         match msg {
             Message::Inputs(inputs) => {
                 // Signatures are checked on the rayon pool, in parallel.
@@ -727,8 +792,8 @@ impl Replica {
                     .or_else(|| {
                         self.recent
                             .iter()
-                            .find(|(d, _)| *d == digest)
-                            .map(|(_, p)| p.clone())
+                            .find(|(d, _, _)| *d == digest)
+                            .map(|(_, p, _)| p.clone())
                     });
                 if let Some(p) = found {
                     self.out.push_back(Output::Send {
@@ -739,12 +804,11 @@ impl Replica {
             }
             Message::Checkpoint(c) => self.checkpoint(from, c),
             Message::SnapshotRequest => {
-                if let (None, Some((digest, bytes))) = (&self.desync, &self.checkpoint_snap) {
-                    let tick = Region::restore(bytes).map_or(0, |r| r.tick_number());
+                if let (None, Some((tick, digest, bytes))) = (&self.desync, &self.checkpoint_snap) {
                     self.out.push_back(Output::Send {
                         to: To::One(from),
                         msg: Message::Snapshot {
-                            tick,
+                            tick: *tick,
                             digest: *digest,
                             bytes: (**bytes).clone(),
                         },
@@ -752,7 +816,75 @@ impl Replica {
                 }
             }
             Message::Snapshot { digest, bytes, .. } => self.resync(now, from, digest, &bytes),
+            Message::Follow { snapshot } => self.follow(now, from, snapshot),
+            // Observers' business, not a member's.
+            Message::Finalized { .. } => self.stats.refused_messages += 1,
         }
+    }
+
+    /// An observer asks to follow (or renews its lease).
+    fn follow(&mut self, now: u64, from: PlayerId, snapshot: bool) {
+        if self.manifest.index_of(from).is_some() || self.desync.is_some() {
+            return;
+        }
+        self.followers.retain(|_, until| *until > now);
+        if !self.followers.contains_key(&from) && self.followers.len() >= FOLLOWERS_MAX {
+            self.stats.refused_messages += 1;
+            return;
+        }
+        self.followers
+            .insert(from, now.saturating_add(FOLLOW_LEASE_MS));
+        if !snapshot {
+            return;
+        }
+        let Some((tick, digest, bytes)) = self.checkpoint_snap.clone() else {
+            return;
+        };
+        let to = To::One(from);
+        self.out.push_back(Output::Send {
+            to: to.clone(),
+            msg: Message::Snapshot {
+                tick,
+                digest,
+                bytes: (*bytes).clone(),
+            },
+        });
+        if let Some(c) = self.own_signed.get(&tick) {
+            self.out.push_back(Output::Send {
+                to: to.clone(),
+                msg: Message::Checkpoint(c.clone()),
+            });
+        }
+        // The finalized proposals since, the last of which carries a
+        // certificate.
+        let since: Vec<Message> = self
+            .recent
+            .iter()
+            .filter(|(_, p, _)| p.tick > tick)
+            .map(|(_, p, proof)| Message::Finalized {
+                proposal: (**p).clone(),
+                proof: (**proof).clone(),
+            })
+            .collect();
+        for msg in since {
+            self.out.push_back(Output::Send {
+                to: to.clone(),
+                msg,
+            });
+        }
+    }
+
+    /// Sends to every observer whose lease runs.
+    fn tell_followers(&mut self, msg: Message) {
+        let now = self.now;
+        self.followers.retain(|_, until| *until > now);
+        if self.followers.is_empty() {
+            return;
+        }
+        self.out.push_back(Output::Send {
+            to: To::Some(self.followers.keys().copied().collect()),
+            msg,
+        });
     }
 
     fn received(&mut self, now: u64, p: Proposal) {
@@ -863,7 +995,7 @@ impl Replica {
     }
 
     fn is_final_ancestor(&self, digest: &Digest) -> bool {
-        self.recent.iter().any(|(d, _)| d == digest)
+        self.recent.iter().any(|(d, _, _)| d == digest)
     }
 
     fn verify(&mut self, now: u64, req: u64, parent: Digest, digest: Digest, since: u64) {
@@ -1010,7 +1142,7 @@ impl Replica {
         let mut chain = Vec::new();
         for p in &replay {
             let report = region
-                .tick(&p.batch(), &*self.host, &[])
+                .tick(&batch_of(&self.cfg, p), &*self.host, &[])
                 .expect("a proposal executed before executes again");
             self.stats.reexecuted += 1;
             if p.tick >= self.finalized_next {
@@ -1146,7 +1278,7 @@ impl Replica {
         }
         let report = self
             .head
-            .tick(&p.batch(), &*self.host, &[])
+            .tick(&batch_of(&self.cfg, &p), &*self.host, &[])
             .map_err(|e| Invalid::Sim(e.to_string()))?;
         self.known.remove(&digest);
         self.head_digest = digest;
@@ -1290,7 +1422,17 @@ impl Replica {
             } else {
                 self.since_base.push(p.clone());
             }
-            self.recent.push_back((link.digest, p.clone()));
+            let link_proof = Arc::new(if k + 1 == count {
+                proof.clone()
+            } else {
+                Vec::new()
+            });
+            self.recent
+                .push_back((link.digest, p.clone(), link_proof.clone()));
+            self.tell_followers(Message::Finalized {
+                proposal: (*p).clone(),
+                proof: (*link_proof).clone(),
+            });
             while self.recent.len() > RECENT_MAX {
                 self.recent.pop_front();
             }
@@ -1298,7 +1440,7 @@ impl Replica {
             if next.is_multiple_of(self.cfg.checkpoint_every.max(1))
                 && let Some(bytes) = &snap
             {
-                self.checkpoint_snap = Some((link.digest, bytes.clone()));
+                self.checkpoint_snap = Some((p.tick, link.digest, bytes.clone()));
             }
             let store_snap =
                 snap.filter(|_| next.is_multiple_of(self.cfg.store_snapshot_every.max(1)));
@@ -1306,11 +1448,7 @@ impl Replica {
             self.out.push_back(Output::Commit(Commit {
                 proposal: p.clone(),
                 hash: link.published.hash,
-                proof: if k + 1 == count {
-                    proof.clone()
-                } else {
-                    Vec::new()
-                },
+                proof: (*link_proof).clone(),
                 snapshot: store_snap,
             }));
             for s in &p.inputs {
@@ -1343,19 +1481,11 @@ impl Replica {
                         self.done.remove(&old);
                     }
                 }
-                let rejection = link.published.events.iter().find_map(|e| match e {
-                    Event::Rejected {
-                        player: p,
-                        seq: s,
-                        reason,
-                    } if *p == player && *s == seq => Some(reason.clone()),
-                    _ => None,
-                });
                 self.out.push_back(Output::Committed {
                     player,
                     seq,
                     tick: p.tick,
-                    rejection,
+                    rejection: rejection(&link.published.events, player, seq),
                 });
             }
             if next.is_multiple_of(self.cfg.checkpoint_every.max(1)) {
@@ -1378,6 +1508,11 @@ impl Replica {
             self.hashes.pop_first();
         }
         let c = Checkpoint::sign(&self.key, self.manifest.region, tick, hash);
+        self.own_signed.insert(tick, c.clone());
+        while self.own_signed.len() > 4 {
+            self.own_signed.pop_first();
+        }
+        self.tell_followers(Message::Checkpoint(c.clone()));
         self.checkpoints
             .entry(tick)
             .or_default()
@@ -1499,7 +1634,11 @@ impl Replica {
         self.hashes.insert(tick, hash);
         self.desync = None;
         self.published_tick = None;
-        self.out.push_back(Output::Resynced { tick });
+        self.out.push_back(Output::Resynced {
+            tick,
+            hash,
+            snapshot: self.base.bytes.clone(),
+        });
         self.retry(now);
     }
 

@@ -121,6 +121,9 @@ pub async fn run<C, S, R>(
                             Some(k) => Recipients::One(k),
                             None => continue,
                         },
+                        To::Some(ps) => {
+                            Recipients::Some(ps.into_iter().filter_map(public_key).collect())
+                        }
                     };
                     let priority = matches!(msg, Message::Proposal(_));
                     tx.send(recipients, msg.encode(), priority);

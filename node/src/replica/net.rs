@@ -38,6 +38,14 @@ use super::simplex::public_key;
 /// The members' stream protocol.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/metatopia/replica/1");
 
+/// Observers' stream protocol: one stream per observer and member, both
+/// ways, carrying the members' channel only ([`Mesh::serve_followers`],
+/// [`follow`]).
+pub const FOLLOW_PROTOCOL: StreamProtocol = StreamProtocol::new("/metatopia/follow/1");
+
+/// Most observers a member keeps streams with.
+pub const FOLLOWERS_MAX: usize = super::core::FOLLOWERS_MAX;
+
 /// Largest frame read (a resync snapshot is the largest message).
 pub const FRAME_BYTES_MAX: usize = super::wire::MESSAGE_BYTES_MAX;
 
@@ -85,6 +93,7 @@ struct Frame {
 /// A member's swarm, listening.
 pub struct Mesh {
     control: libp2p_stream::Control,
+    follow_channel: Option<u64>,
     addresses: mpsc::Sender<(PeerId, Multiaddr)>,
     /// The address it listens on.
     pub addr: Multiaddr,
@@ -155,6 +164,7 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr) -> Result<Mesh, NetErro
     });
     Ok(Mesh {
         control,
+        follow_channel: None,
         addresses,
         addr,
         counters: Arc::new(Counters::default()),
@@ -162,6 +172,13 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr) -> Result<Mesh, NetErro
 }
 
 impl Mesh {
+    /// Accepts observers' streams (see [`FOLLOW_PROTOCOL`]) from
+    /// [`Mesh::connect`] on: their frames arrive on `channel` (the members'
+    /// channel) and that channel's sender reaches them by key.
+    pub fn serve_followers(&mut self, channel: u64) {
+        self.follow_channel = Some(channel);
+    }
+
     /// Connects to the other members (`(member, address)`, this one
     /// included or not) and returns a sender and receiver per channel.
     pub async fn connect(
@@ -185,6 +202,7 @@ impl Mesh {
             tokio::spawn(write(self.control.clone(), peer, rx));
         }
         let writers = Arc::new(writers);
+        let followers: Followers = Arc::default();
         let mut inbound = BTreeMap::new();
         let mut out = Vec::new();
         for &channel in channels {
@@ -194,9 +212,22 @@ impl Mesh {
                 NetSender {
                     channel,
                     writers: writers.clone(),
+                    followers: followers.clone(),
                     counters: self.counters.clone(),
                 },
                 NetReceiver { rx },
+            ));
+        }
+        if let Some(channel) = self.follow_channel
+            && let Some(q) = inbound.get(&channel).cloned()
+        {
+            let incoming = self.control.accept(FOLLOW_PROTOCOL).map_err(p2p)?;
+            tokio::spawn(accept_followers(
+                incoming,
+                channel,
+                q,
+                followers,
+                self.counters.clone(),
             ));
         }
         let incoming = self.control.accept(PROTOCOL).map_err(p2p)?;
@@ -216,21 +247,215 @@ async fn write(mut control: libp2p_stream::Control, peer: PeerId, mut rx: mpsc::
                 continue;
             }
         };
-        loop {
-            let Some(frame) = rx.recv().await else { return };
-            let mut head = [0u8; 12];
-            head[..8].copy_from_slice(&frame.channel.to_le_bytes());
-            head[8..].copy_from_slice(&(frame.bytes.len() as u32).to_le_bytes());
-            let written = async {
-                stream.write_all(&head).await?;
-                stream.write_all(&frame.bytes).await?;
-                stream.flush().await
-            };
-            if let Err(e) = written.await {
-                debug!(peer = %peer, error = %e, "stream to a member broke");
-                break;
+        match write_frames(&mut stream, &mut rx).await {
+            Ok(()) => return,
+            Err(e) => debug!(peer = %peer, error = %e, "stream to a member broke"),
+        }
+    }
+}
+
+/// Observers' writers, by key.
+type Followers = Arc<std::sync::Mutex<BTreeMap<PublicKey, mpsc::Sender<Frame>>>>;
+
+/// The ed25519 key inside a peer id (ed25519 peer ids inline their key).
+pub fn key_of(peer: &PeerId) -> Option<PublicKey> {
+    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if hash.code() != 0 {
+        return None;
+    }
+    let key = identity::PublicKey::try_decode_protobuf(hash.digest())
+        .ok()?
+        .try_into_ed25519()
+        .ok()?;
+    public_key(PlayerId(key.to_bytes()))
+}
+
+/// Writes frames to a stream until the queue closes or the stream breaks.
+async fn write_frames(
+    mut out: impl futures::AsyncWrite + Unpin,
+    rx: &mut mpsc::Receiver<Frame>,
+) -> std::io::Result<()> {
+    while let Some(frame) = rx.recv().await {
+        let mut head = [0u8; 12];
+        head[..8].copy_from_slice(&frame.channel.to_le_bytes());
+        head[8..].copy_from_slice(&(frame.bytes.len() as u32).to_le_bytes());
+        out.write_all(&head).await?;
+        out.write_all(&frame.bytes).await?;
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+/// Reads one frame: `Ok(None)` at the end of the stream, `Err` for a frame
+/// that is too large or on a channel not in `accepted`.
+async fn read_frame(
+    input: &mut (impl futures::AsyncRead + Unpin),
+    accepted: impl Fn(u64) -> bool,
+) -> Result<Option<(u64, Vec<u8>)>, (u64, usize)> {
+    let mut head = [0u8; 12];
+    if input.read_exact(&mut head).await.is_err() {
+        return Ok(None);
+    }
+    let channel = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+    let len = u32::from_le_bytes(head[8..].try_into().expect("4 bytes")) as usize;
+    if len > FRAME_BYTES_MAX || !accepted(channel) {
+        return Err((channel, len));
+    }
+    let mut bytes = vec![0u8; len];
+    if input.read_exact(&mut bytes).await.is_err() {
+        return Ok(None);
+    }
+    Ok(Some((channel, bytes)))
+}
+
+/// Accepts observers' streams: their frames go to the members' channel,
+/// and the channel's senders reach them by key while the stream lasts.
+async fn accept_followers(
+    mut incoming: libp2p_stream::IncomingStreams,
+    channel: u64,
+    inbound: mpsc::Sender<(PublicKey, IoBuf)>,
+    followers: Followers,
+    counters: Arc<Counters>,
+) {
+    while let Some((peer, stream)) = incoming.next().await {
+        let Some(pk) = key_of(&peer) else {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE_MAX);
+        {
+            let Ok(mut f) = followers.lock() else { return };
+            if !f.contains_key(&pk) && f.len() >= FOLLOWERS_MAX {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = %peer, "observer refused: {FOLLOWERS_MAX} observers already");
+                continue;
+            }
+            f.insert(pk.clone(), tx.clone());
+        }
+        let (mut read, write) = stream.split();
+        tokio::spawn(async move {
+            let _ = write_frames(write, &mut rx).await;
+        });
+        let (inbound, followers, counters) = (inbound.clone(), followers.clone(), counters.clone());
+        tokio::spawn(async move {
+            loop {
+                match read_frame(&mut read, |c| c == channel).await {
+                    Ok(Some((_, bytes))) => {
+                        if inbound.try_send((pk.clone(), IoBuf::from(bytes))).is_err() {
+                            counters.recv_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err((c, len)) => {
+                        counters.refused.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = %peer, channel = c, len, "bad frame from an observer: stream closed");
+                        break;
+                    }
+                }
+            }
+            if let Ok(mut f) = followers.lock()
+                && f.get(&pk).is_some_and(|t| t.same_channel(&tx))
+            {
+                f.remove(&pk);
+            }
+        });
+    }
+}
+
+/// Frames an observer sends: to one member, or to every member (`None`).
+pub type FollowSender = mpsc::Sender<(Option<PlayerId>, Bytes)>;
+
+/// Frames an observer receives, with the member that sent them.
+pub type FollowReceiver = mpsc::Receiver<(PlayerId, Vec<u8>)>;
+
+/// An observer's link to a group: one [`FOLLOW_PROTOCOL`] stream to each
+/// member, reopened when it breaks. Frames to send go in with the member's
+/// id (`None`: every member); frames received come out with the member's
+/// id. Must run inside a tokio runtime.
+pub fn follow(
+    mesh: &Mesh,
+    members: &[(PlayerId, Multiaddr)],
+    channel: u64,
+) -> Result<(FollowSender, FollowReceiver), NetError> {
+    let (in_tx, in_rx) = mpsc::channel(QUEUE_MAX);
+    let mut writers = BTreeMap::new();
+    for (m, addr) in members {
+        let peer = peer_id(*m)?;
+        let _ = mesh.addresses.try_send((peer, addr.clone()));
+        let (tx, rx) = mpsc::channel::<Frame>(QUEUE_MAX);
+        writers.insert(*m, tx);
+        tokio::spawn(follow_member(
+            mesh.control.clone(),
+            *m,
+            peer,
+            channel,
+            rx,
+            in_tx.clone(),
+        ));
+    }
+    let (out_tx, mut out_rx) = mpsc::channel::<(Option<PlayerId>, Bytes)>(QUEUE_MAX);
+    tokio::spawn(async move {
+        while let Some((to, bytes)) = out_rx.recv().await {
+            for (m, w) in &writers {
+                if to.is_none_or(|t| t == *m) {
+                    let _ = w.try_send(Frame {
+                        channel,
+                        bytes: bytes.clone(),
+                    });
+                }
             }
         }
+    });
+    Ok((out_tx, in_rx))
+}
+
+/// One member's stream of an observer.
+async fn follow_member(
+    mut control: libp2p_stream::Control,
+    member: PlayerId,
+    peer: PeerId,
+    channel: u64,
+    mut rx: mpsc::Receiver<Frame>,
+    inbound: mpsc::Sender<(PlayerId, Vec<u8>)>,
+) {
+    loop {
+        let stream = match control.open_stream(peer, FOLLOW_PROTOCOL).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(peer = %peer, error = %e, "cannot open a stream to a member");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let (mut read, write) = stream.split();
+        let reader = async {
+            loop {
+                match read_frame(&mut read, |c| c == channel).await {
+                    Ok(Some((_, bytes))) => {
+                        if inbound.send((member, bytes)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err((c, len)) => {
+                        warn!(peer = %peer, channel = c, len, "bad frame from a member: stream closed");
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = reader => {}
+            r = write_frames(write, &mut rx) => {
+                if r.is_ok() {
+                    return;
+                }
+            }
+        }
+        if inbound.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -251,21 +476,17 @@ async fn accept(
         let (inbound, counters) = (inbound.clone(), counters.clone());
         tokio::spawn(async move {
             loop {
-                let mut head = [0u8; 12];
-                if stream.read_exact(&mut head).await.is_err() {
-                    return;
-                }
-                let channel = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-                let len = u32::from_le_bytes(head[8..].try_into().expect("4 bytes")) as usize;
-                if len > FRAME_BYTES_MAX || !inbound.contains_key(&channel) {
-                    counters.refused.fetch_add(1, Ordering::Relaxed);
-                    warn!(peer = %peer, channel, len, "bad frame from a member: stream closed");
-                    return;
-                }
-                let mut bytes = vec![0u8; len];
-                if stream.read_exact(&mut bytes).await.is_err() {
-                    return;
-                }
+                let (channel, bytes) = match read_frame(&mut stream, |c| inbound.contains_key(&c))
+                    .await
+                {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return,
+                    Err((channel, len)) => {
+                        counters.refused.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = %peer, channel, len, "bad frame from a member: stream closed");
+                        return;
+                    }
+                };
                 if let Some(q) = inbound.get(&channel)
                     && q.try_send((pk.clone(), IoBuf::from(bytes))).is_err()
                 {
@@ -281,6 +502,7 @@ async fn accept(
 pub struct NetSender {
     channel: u64,
     writers: Arc<BTreeMap<PublicKey, mpsc::Sender<Frame>>>,
+    followers: Followers,
     counters: Arc<Counters>,
 }
 
@@ -304,16 +526,11 @@ impl LimitedSender for NetSender {
     type Checked<'a> = Checked<'a>;
 
     fn check(&mut self, recipients: Recipients<PublicKey>) -> Result<Checked<'_>, SystemTime> {
+        // All is the members; observers are reached by name.
         let to = match recipients {
             Recipients::All => self.writers.keys().cloned().collect(),
-            Recipients::Some(v) => v
-                .into_iter()
-                .filter(|k| self.writers.contains_key(k))
-                .collect(),
-            Recipients::One(k) => vec![k]
-                .into_iter()
-                .filter(|k| self.writers.contains_key(k))
-                .collect(),
+            Recipients::Some(v) => v,
+            Recipients::One(k) => vec![k],
         };
         Ok(Checked { sender: self, to })
     }
@@ -330,8 +547,20 @@ impl CheckedSender for Checked<'_> {
         let bytes: Bytes = message.into().coalesce().into();
         let mut sent = false;
         for k in &self.to {
-            let Some(q) = self.sender.writers.get(k) else {
-                continue;
+            let q = match self.sender.writers.get(k) {
+                Some(q) => q.clone(),
+                None => {
+                    let follower = self
+                        .sender
+                        .followers
+                        .lock()
+                        .ok()
+                        .and_then(|f| f.get(k).cloned());
+                    match follower {
+                        Some(q) => q,
+                        None => continue,
+                    }
+                }
             };
             let frame = Frame {
                 channel: self.sender.channel,

@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use commonware_actor::Feedback;
-use commonware_codec::{DecodeExt, Encode};
+use commonware_codec::{Decode as _, DecodeExt, Encode};
 use commonware_consensus::simplex::elector::RoundRobin;
-use commonware_consensus::simplex::types::{Activity, Context};
+use commonware_consensus::simplex::types::{Activity, Context, Finalization};
 use commonware_consensus::simplex::{
     self, Engine as SimplexEngine, Floor, ForwardPolicy, Plan, SkipBudget, SkipPolicy,
 };
@@ -133,6 +133,68 @@ pub fn member(key: &PublicKey) -> PlayerId {
     PlayerId(out)
 }
 
+/// A check of finalization certificates by `members` (for observers): true
+/// when the certificate verifies and finalizes `digest`.
+pub fn proof_check(members: &[PlayerId]) -> Result<super::observer::ProofCheck, StartError> {
+    let keys = members
+        .iter()
+        .map(|m| public_key(*m).ok_or(StartError::BadMember(*m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let participants = Set::from_iter_dedup(keys);
+    let max = participants.len();
+    let scheme = Scheme::verifier(NAMESPACE, participants);
+    Ok(Box::new(move |digest: &Digest, proof: &[u8]| {
+        let bytes = bytes::Bytes::copy_from_slice(proof);
+        let Ok(f) = Finalization::<Scheme, EngineDigest>::decode_cfg(bytes, &max) else {
+            return false;
+        };
+        f.proposal.payload.0 == *digest && f.verify(&mut SeededRng::new(), &scheme, &Sequential)
+    }))
+}
+
+/// The randomness batch verification asks for (it picks the random
+/// coefficients that make a forged batch fail): blake3's output stream
+/// keyed from the system's randomness. Never part of any state.
+struct SeededRng(blake3::OutputReader);
+
+impl SeededRng {
+    fn new() -> SeededRng {
+        let mut seed = [0u8; 32];
+        if getrandom::fill(&mut seed).is_err() {
+            // No system randomness: the clock still keeps the coefficients
+            // away from a forger's guess.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            seed[..16].copy_from_slice(&t.to_le_bytes());
+        }
+        SeededRng(blake3::Hasher::new_keyed(&seed).finalize_xof())
+    }
+}
+
+impl rand_core_010::TryRng for SeededRng {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0u8; 4];
+        self.0.fill(&mut b);
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0u8; 8];
+        self.0.fill(&mut b);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.fill(dst);
+        Ok(())
+    }
+}
+
+impl rand_core_010::TryCryptoRng for SeededRng {}
+
 /// The engine's private key for a node key (the same ed25519 seed).
 pub fn private_key(key: &SigningKey) -> Option<PrivateKey> {
     PrivateKey::decode(bytes::Bytes::copy_from_slice(&key.to_bytes())).ok()
@@ -152,6 +214,27 @@ pub struct App {
     orders: mpsc::Sender<Order>,
     pending: Arc<Mutex<Pending>>,
     dropped: Arc<AtomicU64>,
+    primary: Primary,
+}
+
+/// The primary as the engine last named it: the leader of the newest view
+/// this member was asked to propose or verify in. Shared between the
+/// engine's side and whoever shows the group's status.
+#[derive(Debug, Clone, Default)]
+pub struct Primary(Arc<Mutex<Option<(u64, PlayerId)>>>);
+
+impl Primary {
+    /// The newest view seen and its leader.
+    pub fn get(&self) -> Option<(u64, PlayerId)> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn saw(&self, view: u64, leader: PlayerId) {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none_or(|(v, _)| view >= v) {
+            *p = Some((view, leader));
+        }
+    }
 }
 
 /// The core's side of the bridge: the [`Engine`] its driver talks to.
@@ -160,6 +243,7 @@ pub struct Simplex {
     orders: mpsc::Receiver<Order>,
     pending: Arc<Mutex<Pending>>,
     dropped: Arc<AtomicU64>,
+    primary: Primary,
 }
 
 /// A connected pair.
@@ -167,16 +251,19 @@ pub fn bridge() -> (App, Simplex) {
     let (tx, rx) = mpsc::channel(ORDERS_MAX);
     let pending = Arc::new(Mutex::new(Pending::default()));
     let dropped = Arc::new(AtomicU64::new(0));
+    let primary = Primary::default();
     (
         App {
             orders: tx,
             pending: pending.clone(),
             dropped: dropped.clone(),
+            primary: primary.clone(),
         },
         Simplex {
             orders: rx,
             pending,
             dropped,
+            primary,
         },
     )
 }
@@ -211,6 +298,8 @@ impl Automaton for App {
     async fn propose(&mut self, context: Self::Context) -> oneshot::Receiver<EngineDigest> {
         let (tx, rx) = oneshot::channel();
         let req = self.request(|p| &mut p.propose, tx);
+        self.primary
+            .saw(context.round.view().get(), member(&context.leader));
         let parent = context.parent.1.0;
         // Closed only when the driver has stopped; the request then closes.
         let _ = self.orders.send(Order::Propose { req, parent }).await;
@@ -224,6 +313,8 @@ impl Automaton for App {
     ) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
         let req = self.request(|p| &mut p.verify, tx);
+        self.primary
+            .saw(context.round.view().get(), member(&context.leader));
         let order = Order::Verify {
             req,
             parent: context.parent.1.0,
@@ -275,6 +366,11 @@ impl Simplex {
     /// The next order, waiting for one (none once the engine has stopped).
     pub async fn next_order(&mut self) -> Option<Order> {
         self.orders.recv().await
+    }
+
+    /// The primary as the engine last named it.
+    pub fn primary(&self) -> Primary {
+        self.primary.clone()
     }
 
     /// Engine reports dropped because the queue was full.

@@ -250,7 +250,29 @@ pub enum Message {
         /// The region snapshot (`physics::Region::snapshot`).
         bytes: Vec<u8>,
     },
+    /// An observer (a node that is not a member) asks to follow the
+    /// region: every finalized proposal and checkpoint from now on, for a
+    /// lease of [`FOLLOW_LEASE_MS`]; sent again before the lease ends.
+    Follow {
+        /// Also send the latest checkpoint snapshot, the signed checkpoint
+        /// of its tick and the finalized proposals since (joining, or
+        /// resyncing after a gap).
+        snapshot: bool,
+    },
+    /// A finalized proposal, for observers. `proof` is the engine's
+    /// finalization certificate; empty when a later proposal's certificate
+    /// implies this one.
+    Finalized {
+        /// The proposal.
+        proposal: Proposal,
+        /// The certificate (encoded `Finalization`), or empty.
+        proof: Vec<u8>,
+    },
 }
+
+/// How long a member keeps sending to an observer after its last
+/// [`Message::Follow`].
+pub const FOLLOW_LEASE_MS: u64 = 10_000;
 
 impl Message {
     /// The canonical bytes.
@@ -272,7 +294,9 @@ impl Message {
                     v.len()
                 )));
             }
-            Message::Proposal(_) if bytes.len() > PROPOSAL_BYTES_MAX => {
+            Message::Proposal(_) | Message::Finalized { .. }
+                if bytes.len() > PROPOSAL_BYTES_MAX =>
+            {
                 return Err(DecodeError::TooLarge(bytes.len()));
             }
             _ => {}

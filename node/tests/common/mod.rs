@@ -24,9 +24,32 @@ impl Node {
     /// Starts a node on `data` with an ephemeral port and waits until it
     /// says where it listens (bounded: 60 s).
     pub fn start(data: &Path) -> Node {
+        Node::start_with(&["up", "--http", "127.0.0.1:0"], data)
+    }
+
+    /// [`Node::start`] with extra environment variables.
+    pub fn start_env(data: &Path, env: &[(&str, &str)]) -> Node {
+        Node::spawn(&["up", "--http", "127.0.0.1:0"], data, env)
+    }
+
+    /// Starts `metatopia join --via URL` (an observer of the group of the
+    /// node at `url`) on `data`, and waits until it serves.
+    pub fn observe(data: &Path, url: &str) -> Node {
+        Node::start_with(&["join", "--via", url, "--http", "127.0.0.1:0"], data)
+    }
+
+    /// Starts the binary with `args` and `--data DATA`, and waits until it
+    /// says where it listens (bounded: 60 s).
+    pub fn start_with(args: &[&str], data: &Path) -> Node {
+        Node::spawn(args, data, &[])
+    }
+
+    fn spawn(args: &[&str], data: &Path, env: &[(&str, &str)]) -> Node {
         let mut child = Command::new(BIN)
-            .args(["up", "--http", "127.0.0.1:0", "--data"])
+            .args(args)
+            .arg("--data")
             .arg(data)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
