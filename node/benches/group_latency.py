@@ -77,7 +77,7 @@ def say(addr, token, text, conn_cache={}, action=None):
         return None
 
 
-def status(addr):
+def get_status(addr):
     host, port = addr.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     conn.request("GET", "/api/status")
@@ -112,12 +112,12 @@ def main():
     print(f"  p50 {pct(lat, 0.5):.1f} ms ({pct(lat, 0.5) / 50:.2f} ticks), "
           f"p99 {pct(lat, 0.99):.1f} ms ({pct(lat, 0.99) / 50:.2f} ticks)")
 
-    keys = [status(a)["group"]["me"] for a in addrs]
+    keys = [get_status(a)["group"]["me"] for a in addrs]
     gaps = []
     for k in range(KILLS):
         primary = None
         for _ in range(50):
-            primary = status(addrs[(k + 1) % 4])["group"].get("primary")
+            primary = get_status(addrs[(k + 1) % 4])["group"].get("primary")
             if primary in keys:
                 break
             time.sleep(0.1)
@@ -153,7 +153,7 @@ def main():
         addrs[victim] = nodes[victim][1]
         # Caught up (within a few ticks of a survivor) before the next kill.
         for _ in range(200):
-            if status(addrs[victim])["tick"] + 5 >= status(addrs[client])["tick"]:
+            if get_status(addrs[victim])["tick"] + 5 >= get_status(addrs[client])["tick"]:
                 break
             time.sleep(0.1)
         time.sleep(1.0)
