@@ -426,6 +426,8 @@ pub struct Replica {
     hashes: BTreeMap<u64, Digest>,
     checkpoints: BTreeMap<u64, BTreeMap<PlayerId, Digest>>,
     desync: Option<Desync>,
+    /// When the group was last asked for a snapshot (while desynced).
+    snapshot_asked: u64,
     published_tick: Option<u64>,
     out: VecDeque<Output>,
     stats: Stats,
@@ -499,6 +501,7 @@ impl Replica {
             hashes: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
             desync: None,
+            snapshot_asked: 0,
             published_tick: None,
             out: VecDeque::new(),
             stats: Stats::default(),
@@ -602,12 +605,27 @@ impl Replica {
             .values()
             .min()
             .map(|t| t.saturating_add(self.cfg.forward_retry_ms));
-        [propose, fetch, early, forward].into_iter().flatten().min()
+        let resync = self.desync.as_ref().map(|_| {
+            self.snapshot_asked
+                .saturating_add(self.cfg.fetch_retry_ms * 4)
+        });
+        [propose, fetch, early, forward, resync]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Time passes: a due proposal is built, late proposals are asked for.
     pub fn tick(&mut self, now: u64) {
         self.now = self.now.max(now);
+        if self.desync.is_some()
+            && now
+                >= self
+                    .snapshot_asked
+                    .saturating_add(self.cfg.fetch_retry_ms * 4)
+        {
+            self.ask_snapshot();
+        }
         if let Some((req, parent)) = self.propose_wait {
             let ready = self.desync.is_none()
                 && match self.rebuild(parent) {
@@ -1587,6 +1605,14 @@ impl Replica {
         warn!(tick, mine = %crate::store::hex(&mine), theirs = %crate::store::hex(&theirs), "desync: this replica's region hash differs from the group's");
         self.desync = Some(d.clone());
         self.out.push_back(Output::Desync(d));
+        self.ask_snapshot();
+    }
+
+    /// Asks the group for its snapshot (again every `fetch_retry_ms` × 4
+    /// while desynced: a member may answer with one older than the
+    /// divergence, which is not taken).
+    fn ask_snapshot(&mut self) {
+        self.snapshot_asked = self.now;
         self.out.push_back(Output::Send {
             to: To::All,
             msg: Message::SnapshotRequest,
@@ -1605,6 +1631,10 @@ impl Replica {
         };
         let hash = region.hash();
         let tick = region.tick_number().saturating_sub(1);
+        if self.desync.as_ref().is_some_and(|d| tick < d.tick) {
+            debug!(tick, "snapshot older than the divergence: not taken");
+            return;
+        }
         let need = self.manifest.faults_max() + 1;
         let signed = self.checkpoints.get(&tick).map_or(0, |m| {
             m.iter()
