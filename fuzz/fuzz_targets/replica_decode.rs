@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
                     let _ = i.verify(RegionId(1));
                 }
             }
-            Message::Proposal(p) => {
+            Message::Proposal(p) | Message::Finalized { proposal: p, .. } => {
                 let _ = p.digest();
                 let _ = p.batch();
                 for i in &p.inputs {
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
             Message::Snapshot { bytes, .. } => {
                 let _ = metatopia_physics::Region::restore(bytes);
             }
-            Message::Fetch(_) | Message::SnapshotRequest => {}
+            Message::Fetch(_) | Message::SnapshotRequest | Message::Follow { .. } => {}
         }
     }
 });
