@@ -304,25 +304,9 @@ impl Store {
             record.hash = hash;
             log.insert(tick, &snapshot::encode(LOG_MAGIC, &record)[..])
                 .map_err(db)?;
-            let later: Vec<u64> = log
-                .range(tick + 1..)
-                .map_err(db)?
-                .map(|i| i.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()
-                .map_err(db)?;
-            for t in later {
-                log.remove(t).map_err(db)?;
-            }
+            log.retain_in(tick + 1.., |_, _| false).map_err(db)?;
             let mut snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
-            let later: Vec<u64> = snaps
-                .range(tick + 1..)
-                .map_err(db)?
-                .map(|i| i.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()
-                .map_err(db)?;
-            for t in later {
-                snaps.remove(t).map_err(db)?;
-            }
+            snaps.retain_in(tick + 1.., |_, _| false).map_err(db)?;
             snaps
                 .insert(tick + 1, &encode_snapshot(snapshot)[..])
                 .map_err(db)?;

@@ -258,14 +258,8 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         host,
         sources,
     } = hosted;
-    let (tx, rx) = mpsc::channel(config.queue_max.max(1));
     let state = region.sim().state();
     let me = player_of(&key);
-    let signer = Signer {
-        key: key.clone(),
-        region: manifest.region,
-        next_seq: state.players.get(&me).map_or(0, |p| p.last_seq) + 1,
-    };
     let published = Arc::new(Published {
         tick: region.tick_number().saturating_sub(1),
         sim: region.sim().clone(),
@@ -281,13 +275,56 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         diverge_at: diverge_at_for_test(),
         ..crate::replica::Config::default()
     };
-    let group = Arc::new(Mutex::new(GroupStatus {
+    let group = GroupStatus {
         members: manifest.members.clone(),
         me: Some(me),
         primary: (manifest.members.len() == 1).then_some((0, me)),
         ..GroupStatus::default()
-    }));
+    };
+    let (handle, rx, sink) = connect(
+        &key,
+        manifest.region,
+        published,
+        group,
+        Some(store),
+        config.queue_max,
+    );
     let core = Replica::new(replica_config, manifest, key, host, sources, region, head);
+    Parts {
+        handle,
+        rx,
+        core,
+        sink,
+    }
+}
+
+/// The handle the HTTP side holds and the sink the driver feeds, around
+/// the world as `published` shows it: the input queue (`queue_max`), the
+/// signer of this node's player (numbering after its last sequence number
+/// in that world), the published state, the event stream, the counters and
+/// the group status.
+fn connect(
+    key: &SigningKey,
+    region: metatopia_sim::RegionId,
+    published: Arc<Published>,
+    group: GroupStatus,
+    store: Option<Store>,
+    queue_max: usize,
+) -> (Handle, mpsc::Receiver<Submit>, Sink) {
+    let (tx, rx) = mpsc::channel(queue_max.max(1));
+    let me = player_of(key);
+    let signer = Signer {
+        key: key.clone(),
+        region,
+        next_seq: published
+            .sim
+            .state()
+            .players
+            .get(&me)
+            .map_or(0, |p| p.last_seq)
+            + 1,
+    };
+    let group = Arc::new(Mutex::new(group));
     let (pub_tx, pub_rx) = watch::channel(published);
     let (events, _) = broadcast::channel(64);
     let counters = Arc::new(Counters::default());
@@ -300,7 +337,7 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         group: group.clone(),
     };
     let sink = Sink {
-        store: Some(store),
+        store,
         pub_tx,
         events,
         counters,
@@ -308,12 +345,15 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         group,
         started: Instant::now(),
     };
-    Parts {
-        handle,
-        rx,
-        core,
-        sink,
-    }
+    (handle, rx, sink)
+}
+
+/// Members as `HEX@MULTIADDR`, the form of node.toml and of the status.
+fn listing(members: &[(PlayerId, libp2p::Multiaddr)]) -> Vec<String> {
+    members
+        .iter()
+        .map(|(m, a)| format!("{}@{a}", crate::store::hex(&m.0)))
+        .collect()
 }
 
 /// `METATOPIA_TEST_DIVERGE_AT=TICK` makes this replica execute that tick
@@ -579,11 +619,7 @@ pub fn start_member(
         sink,
     } = parts(hosted, &config);
     if let Ok(mut g) = sink.group.lock() {
-        g.addresses = membership
-            .members
-            .iter()
-            .map(|(m, a)| format!("{}@{a}", crate::store::hex(&m.0)))
-            .collect();
+        g.addresses = listing(&membership.members);
     }
     let sink = Arc::new(Mutex::new(sink));
     let queue_max = config.queue_max.max(1);

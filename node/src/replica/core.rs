@@ -362,6 +362,43 @@ fn batch_of(cfg: &Config, p: &Proposal) -> metatopia_sim::Batch {
     batch
 }
 
+/// The hashes at least `need` members other than `except` signed in
+/// `seen` (member → hash of one checkpoint tick).
+pub(super) fn vouched(
+    seen: &BTreeMap<PlayerId, Digest>,
+    except: Option<PlayerId>,
+    need: usize,
+) -> impl Iterator<Item = Digest> {
+    let mut votes: BTreeMap<Digest, usize> = BTreeMap::new();
+    for (m, h) in seen {
+        if Some(*m) != except {
+            *votes.entry(*h).or_default() += 1;
+        }
+    }
+    votes
+        .into_iter()
+        .filter(move |(_, n)| *n >= need)
+        .map(|(h, _)| h)
+}
+
+/// Records a verified checkpoint in `seen` (tick → member → hash, the
+/// newest `keep` ticks) and gives the output that reports it.
+pub(super) fn note_checkpoint(
+    seen: &mut BTreeMap<u64, BTreeMap<PlayerId, Digest>>,
+    keep: usize,
+    c: &Checkpoint,
+) -> Output {
+    seen.entry(c.tick).or_default().insert(c.member, c.hash);
+    while seen.len() > keep {
+        seen.pop_first();
+    }
+    Output::Checkpoint {
+        tick: c.tick,
+        member: c.member,
+        hash: c.hash,
+    }
+}
+
 /// Why the sim refused `player`'s input `seq` in a tick's events, if it did.
 pub(super) fn rejection(events: &[Event], player: PlayerId, seq: u64) -> Option<Rejection> {
     events.iter().find_map(|e| match e {
@@ -1565,18 +1602,8 @@ impl Replica {
         {
             return;
         }
-        self.checkpoints
-            .entry(c.tick)
-            .or_default()
-            .insert(c.member, c.hash);
-        self.out.push_back(Output::Checkpoint {
-            tick: c.tick,
-            member: c.member,
-            hash: c.hash,
-        });
-        while self.checkpoints.len() > 128 {
-            self.checkpoints.pop_first();
-        }
+        let out = note_checkpoint(&mut self.checkpoints, 128, &c);
+        self.out.push_back(out);
         self.compare(c.tick);
     }
 
@@ -1591,14 +1618,8 @@ impl Replica {
         let Some(seen) = self.checkpoints.get(&tick) else {
             return;
         };
-        let mut votes: BTreeMap<Digest, usize> = BTreeMap::new();
-        for (m, h) in seen {
-            if *m != self.me {
-                *votes.entry(*h).or_default() += 1;
-            }
-        }
         let need = self.manifest.faults_max() + 1;
-        let Some((theirs, _)) = votes.into_iter().find(|(h, n)| *h != mine && *n >= need) else {
+        let Some(theirs) = vouched(seen, Some(self.me), need).find(|h| *h != mine) else {
             return;
         };
         let d = Desync { tick, mine, theirs };
@@ -1636,16 +1657,12 @@ impl Replica {
             return;
         }
         let need = self.manifest.faults_max() + 1;
-        let signed = self.checkpoints.get(&tick).map_or(0, |m| {
-            m.iter()
-                .filter(|(member, h)| **member != self.me && **h == hash)
-                .count()
-        });
-        if signed < need || region.id() != self.manifest.region {
-            debug!(
-                tick,
-                signed, "snapshot not vouched for by enough checkpoints"
-            );
+        let signed = self
+            .checkpoints
+            .get(&tick)
+            .is_some_and(|seen| vouched(seen, Some(self.me), need).any(|h| h == hash));
+        if !signed || region.id() != self.manifest.region {
+            debug!(tick, "snapshot not vouched for by enough checkpoints");
             return;
         }
         info!(tick, "resynced from the group's snapshot");

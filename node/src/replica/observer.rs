@@ -22,7 +22,7 @@ use metatopia_physics::Region;
 use metatopia_sim::{PlayerId, RegionId, ScriptHost};
 use tracing::{debug, info, warn};
 
-use super::core::{Desync, Output, Published, SourceBook, To, rejection};
+use super::core::{Desync, Output, Published, SourceBook, To, note_checkpoint, rejection, vouched};
 use super::wire::{Digest, FOLLOW_LEASE_MS, Message, Proposal, SignedInput};
 
 /// Finalized proposals held ahead of the head.
@@ -188,18 +188,8 @@ impl Observer {
                     self.stats.refused += 1;
                     return;
                 }
-                self.checkpoints
-                    .entry(c.tick)
-                    .or_default()
-                    .insert(c.member, c.hash);
-                self.out.push_back(Output::Checkpoint {
-                    tick: c.tick,
-                    member: c.member,
-                    hash: c.hash,
-                });
-                while self.checkpoints.len() > 64 {
-                    self.checkpoints.pop_first();
-                }
+                let out = note_checkpoint(&mut self.checkpoints, 64, &c);
+                self.out.push_back(out);
                 if self.head.is_none() {
                     self.try_join();
                 } else {
@@ -214,14 +204,7 @@ impl Observer {
 
     /// A hash at `tick` that at least f + 1 members signed.
     fn vouched(&self, tick: u64) -> Option<Digest> {
-        let mut votes: BTreeMap<Digest, usize> = BTreeMap::new();
-        for h in self.checkpoints.get(&tick)?.values() {
-            *votes.entry(*h).or_default() += 1;
-        }
-        votes
-            .into_iter()
-            .find(|(_, n)| *n >= self.need())
-            .map(|(h, _)| h)
+        vouched(self.checkpoints.get(&tick)?, None, self.need()).next()
     }
 
     /// Adopts an offered snapshot whose hash f + 1 members signed.

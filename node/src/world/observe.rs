@@ -15,17 +15,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use libp2p::Multiaddr;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use metatopia_sim::{PlayerId, RegionId, ScriptHost};
 
-use super::{Counters, GroupStatus, Handle, Signer, Sink, Submit, unix_ms};
+use super::{GroupStatus, Handle, Sink, Submit, connect, listing, unix_ms};
 use crate::replica::core::{Output, To};
 use crate::replica::observer::Observer;
 use crate::replica::wire::player_of;
 use crate::replica::{Message, SourceBook, net, simplex};
 use crate::store::StoreError;
+
+/// Inputs of this node's player waiting for the observer's driver.
+const QUEUE_MAX: usize = 4096;
 
 /// What an observer follows.
 #[derive(Debug, Clone)]
@@ -158,7 +161,6 @@ async fn drive(
     let me = player_of(&key);
     let members: Vec<PlayerId> = observing.members.iter().map(|(m, _)| *m).collect();
     let mut joined: Option<Joined> = None;
-    let mut check_stop = tokio::time::interval(Duration::from_millis(100));
     while !stop.load(Ordering::Relaxed) {
         let wait = core
             .next_deadline()
@@ -185,8 +187,8 @@ async fn drive(
                     core.submit(input);
                 }
             }
+            // At most 100 ms: the stop flag is read once a loop.
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-            _ = check_stop.tick() => {}
         }
         core.tick(unix_ms());
         while let Some(o) = core.poll_output() {
@@ -232,43 +234,13 @@ fn join(
     observing: &Observing,
     published: Arc<crate::replica::Published>,
 ) -> (Handle, Joined) {
-    let (tx, rx) = mpsc::channel(4096);
-    let state = published.sim.state();
-    let signer = Signer {
-        key: key.clone(),
-        region: observing.region,
-        next_seq: state.players.get(&me).map_or(0, |p| p.last_seq) + 1,
-    };
-    let group = Arc::new(Mutex::new(GroupStatus {
+    let group = GroupStatus {
         members: members.to_vec(),
         me: Some(me),
         observer: true,
-        addresses: observing
-            .members
-            .iter()
-            .map(|(m, a)| format!("{}@{a}", crate::store::hex(&m.0)))
-            .collect(),
+        addresses: listing(&observing.members),
         ..GroupStatus::default()
-    }));
-    let (pub_tx, pub_rx) = watch::channel(published);
-    let (events, _) = broadcast::channel(64);
-    let counters = Arc::new(Counters::default());
-    let handle = Handle {
-        tx,
-        signer: Arc::new(Mutex::new(signer)),
-        published: pub_rx,
-        events: events.clone(),
-        counters: counters.clone(),
-        group: group.clone(),
     };
-    let sink = Sink {
-        store: None,
-        pub_tx,
-        events,
-        counters,
-        waiting: std::collections::BTreeMap::new(),
-        group,
-        started: Instant::now(),
-    };
+    let (handle, rx, sink) = connect(key, observing.region, published, group, None, QUEUE_MAX);
     (handle, Joined { rx, sink })
 }
