@@ -96,7 +96,8 @@ def main():
                     "--port", str(p2p_base), "--http-port", str(http_base)],
                    check=True, stdout=subprocess.DEVNULL)
     dirs = [os.path.join(tmp, f"m{i}") for i in range(4)]
-    nodes = [start(d) for d in dirs]
+    nodes = STARTED
+    nodes.extend(start(d) for d in dirs)
     tokens = [open(os.path.join(d, "token")).read().strip() for d in dirs]
     addrs = [n[1] for n in nodes]
     # Each member's player joins first.
@@ -165,5 +166,15 @@ def main():
         p.wait()
 
 
+# Every node this script started, killed on the way out even when the
+# script fails (a crash must not leave a group running).
+STARTED = []
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        for p, _ in STARTED:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()

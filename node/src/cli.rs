@@ -409,6 +409,8 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is the port in use? try --http 127.0.0.1:0)")
     })?;
+    // The world as recovered, printed once it serves (it ticks on meanwhile).
+    let banner = Banner::of(hosted.region.sim().state(), hosted.region.hash());
     let stop = Arc::new(AtomicBool::new(false));
     let group = config.group.enabled;
     let (handle, thread) = if group {
@@ -431,7 +433,26 @@ async fn serve(
     } else {
         world::start(hosted, config.world_config(), stop.clone())?
     };
-    serve_world(dir, config, listener, handle, thread, stop).await
+    serve_world(dir, config, listener, banner, handle, thread, stop).await
+}
+
+/// The world line a starting node prints.
+struct Banner {
+    name: String,
+    region: u32,
+    tick: u64,
+    hash: [u8; 32],
+}
+
+impl Banner {
+    fn of(state: &metatopia_sim::state::State, hash: [u8; 32]) -> Banner {
+        Banner {
+            name: state.settings.name.clone(),
+            region: state.region.0,
+            tick: state.tick,
+            hash,
+        }
+    }
 }
 
 /// Serves a started world over HTTP until a signal, then stops it.
@@ -439,15 +460,18 @@ async fn serve_world(
     dir: &DataDir,
     config: &Config,
     listener: tokio::net::TcpListener,
+    banner: Banner,
     handle: world::Handle,
     thread: std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
     let base = format!("http://{}", listener.local_addr()?);
-    let latest = handle.latest();
-    let state = latest.sim.state();
-    let (name, region_id) = (state.settings.name.clone(), state.region.0);
-    let (tick, hash) = (state.tick, latest.hash);
+    let Banner {
+        name,
+        region: region_id,
+        tick,
+        hash,
+    } = banner;
     let token = dir.token()?;
     let faults = crate::faults::follow(&handle);
     let mut app = App {
@@ -771,7 +795,11 @@ fn observe(
         "metatopia: joined in {} ms",
         started.elapsed().as_millis()
     ));
-    let result = runtime.block_on(serve_world(&dir, &config, listener, handle, thread, stop));
+    let joined = handle.latest();
+    let banner = Banner::of(joined.sim.state(), joined.hash);
+    let result = runtime.block_on(serve_world(
+        &dir, &config, listener, banner, handle, thread, stop,
+    ));
     dir.clear_node_info();
     drop(lock);
     result
