@@ -31,6 +31,11 @@ pub const PENDING_MAX: usize = 4096;
 /// A [`Message::Follow`] is sent again this often (well inside the lease).
 pub const FOLLOW_EVERY_MS: u64 = FOLLOW_LEASE_MS / 4;
 
+/// Finalized proposals waiting this long without the head moving (one
+/// that chains them to the head never came: every member's copy was lost)
+/// make the observer join again from a snapshot.
+pub const STALL_REJOIN_MS: u64 = 3_000;
+
 /// Checks a finalization certificate for a proposal digest.
 pub type ProofCheck = Box<dyn Fn(&Digest, &[u8]) -> bool + Send>;
 
@@ -70,6 +75,10 @@ pub struct Observer {
     /// Inputs forwarded and not answered yet.
     own: BTreeSet<(PlayerId, u64)>,
     next_follow: u64,
+    /// The clock as of the last [`Observer::tick`].
+    now: u64,
+    /// When the head last moved (joined or executed).
+    moved: u64,
     out: VecDeque<Output>,
     stats: ObserverStats,
 }
@@ -111,6 +120,8 @@ impl Observer {
             pending: BTreeMap::new(),
             own: BTreeSet::new(),
             next_follow: 0,
+            now: 0,
+            moved: 0,
             out: VecDeque::new(),
             stats: ObserverStats::default(),
         }
@@ -141,11 +152,25 @@ impl Observer {
 
     /// When [`Observer::tick`] has something to do.
     pub fn next_deadline(&self) -> Option<u64> {
-        Some(self.next_follow)
+        let stall = (self.head.is_some() && !self.pending.is_empty())
+            .then(|| self.moved.saturating_add(STALL_REJOIN_MS));
+        Some(stall.map_or(self.next_follow, |s| s.min(self.next_follow)))
     }
 
-    /// Time passes: the follow lease is renewed.
+    /// Time passes: the follow lease is renewed; a stalled head joins
+    /// again.
     pub fn tick(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        if self.head.is_some()
+            && !self.pending.is_empty()
+            && now >= self.moved.saturating_add(STALL_REJOIN_MS)
+        {
+            warn!(
+                pending = self.pending.len(),
+                "finalized proposals do not chain onto the head; joining again"
+            );
+            self.rejoin();
+        }
         if now < self.next_follow {
             return;
         }
@@ -252,6 +277,7 @@ impl Observer {
             self.head_digest = digest;
             self.offers.clear();
             self.stats.joins += 1;
+            self.moved = self.now;
             self.advance();
             return;
         }
@@ -354,6 +380,7 @@ impl Observer {
             .map_err(|e| e.to_string())?;
         self.head_digest = digest;
         self.stats.executed += 1;
+        self.moved = self.now;
         let published = Arc::new(Published {
             tick: p.tick,
             sim: head.sim().clone(),
@@ -583,5 +610,43 @@ mod tests {
         assert_eq!(head_tick(&o), Some(3), "tick 2's certificate covers tick 1");
         assert_eq!(o.head().unwrap().hash(), h2);
         assert_eq!(o.stats().executed, 2);
+    }
+
+    #[test]
+    fn a_missing_link_makes_the_observer_join_again() {
+        let w = world();
+        let mut o = observer(&w);
+        let m = &w.manifest.members;
+        let (_, d0, h0) = w.chain[0];
+        let (_, d2, _) = w.chain[2];
+        o.tick(1_000);
+        o.handle(m[0], checkpoint(&w, 0, 0, h0));
+        o.handle(m[1], checkpoint(&w, 1, 0, h0));
+        o.handle(
+            m[2],
+            Message::Snapshot {
+                tick: 0,
+                digest: d0,
+                bytes: w.snap0.clone(),
+            },
+        );
+        assert_eq!(head_tick(&o), Some(1));
+        // Tick 2 arrives certified, tick 1 never does.
+        o.handle(m[3], finalized(&w, 2, d2.to_vec()));
+        o.tick(1_000 + STALL_REJOIN_MS - 1);
+        assert_eq!(head_tick(&o), Some(1), "not stalled long enough yet");
+        while o.poll_output().is_some() {}
+        o.tick(1_000 + STALL_REJOIN_MS);
+        assert_eq!(head_tick(&o), None, "dropped its state to join again");
+        let asks = std::iter::from_fn(|| o.poll_output()).any(|out| {
+            matches!(
+                out,
+                Output::Send {
+                    msg: Message::Follow { snapshot: true },
+                    ..
+                }
+            )
+        });
+        assert!(asks, "it asks the members for a snapshot");
     }
 }
