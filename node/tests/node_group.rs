@@ -79,6 +79,11 @@ fn chat(node: &Node) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The group tests run one at a time: each runs four or five debug
+/// processes that tick at 20 Hz and fsync every tick, and two such groups
+/// at once on a 2-core machine measure the machine, not the group.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// `metatopia group init` of four members on free ports: the temporary
 /// base directory and the members' data directories.
 fn group_init() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
@@ -197,6 +202,7 @@ impl Client {
 
 #[test]
 fn a_group_of_four_processes_survives_a_primary_kill_and_an_observer_joins() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (base, dirs) = group_init();
     let mut nodes: Vec<Option<Node>> = dirs.iter().map(|d| Some(Node::start(d))).collect();
 
@@ -294,6 +300,7 @@ fn a_group_of_four_processes_survives_a_primary_kill_and_an_observer_joins() {
 /// restarted without the switch, it recovers from the adopted snapshot.
 #[test]
 fn a_diverged_member_is_detected_and_resynced() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (_base, dirs) = group_init();
     let mut nodes: Vec<Node> = dirs
         .iter()
