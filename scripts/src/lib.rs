@@ -11,6 +11,9 @@
 //! Layout:
 //! - [`host`]: the `ScriptHost`, the source lookup and the upload check.
 //! - [`sandbox`]: one Lua state, hardened; one call of it.
+//! - `budget`: a call's limits and the counters charged against them.
+//! - `strings`: the string functions with counted work (over [`pattern`]).
+//! - `errors`: errors as the script's owner reads them.
 //! - [`bytecode`]: finds assignments to enclosing variables in compiled code.
 //! - [`codec`]: the canonical `state` encoding.
 //! - [`fx`]: the `fx` library.
@@ -23,8 +26,10 @@
 //! - [`alloc`]: the allocator binaries that run scripts should use.
 
 pub mod alloc;
+mod budget;
 pub mod bytecode;
 pub mod codec;
+mod errors;
 pub mod fuzz;
 pub mod fx;
 pub mod host;
@@ -34,6 +39,7 @@ pub mod prefetch;
 pub mod raw;
 pub mod rng;
 pub mod sandbox;
+mod strings;
 
 pub use host::{CheckError, Host, MemorySources, Sources, check_upload, hash_source};
 pub use sandbox::{Limits, LoadError, Sandbox, check_build};

@@ -20,8 +20,34 @@ use mlua::{Function, Lua, Value, ffi};
 
 use crate::codec;
 
+// The functions the Lua patches add (vendor/lua-src/PATCHES.md).
+#[allow(unsafe_code)]
+unsafe extern "C" {
+    /// Writes up to `n` addresses a call of the state `l` touches first
+    /// (the state, its stack and call frames, the registry values `refs`
+    /// name and what they point to) to `out`; returns how many. Reads the
+    /// state, raises no error, allocates nothing.
+    pub fn lua_hotlines(
+        l: *mut ffi::lua_State,
+        refs: *const c_int,
+        nrefs: c_int,
+        out: *mut *const c_void,
+        n: c_int,
+    ) -> c_int;
+    /// Writes up to `n` addresses of the string keys of the table at
+    /// `idx` (their string-table buckets) to `out`; returns how many.
+    /// Reads the state, raises no error, allocates nothing.
+    pub fn lua_hotkeys(
+        l: *mut ffi::lua_State,
+        idx: c_int,
+        out: *mut *const c_void,
+        n: c_int,
+    ) -> c_int;
+}
+
 /// A host function's argument: read from the Lua stack without copying
 /// (raw host functions) or from an mlua value.
+
 #[derive(Debug)]
 pub enum Arg<'a> {
     /// Nil or absent.
@@ -214,7 +240,7 @@ pub fn function(lua: &Lua, memory: &AtomicBool, f: RawFn) -> mlua::Result<Functi
                     return 1;
                 }
                 Ok(Ret::Text(t)) => Found::Data(codec::Data::Str(t.into_bytes())),
-                Err(e) => Found::Error(crate::sandbox::describe_error(&e)),
+                Err(e) => Found::Error(crate::errors::describe_error(&e)),
             };
             if push_found(l, found) {
                 ffi::lua_error(l);
