@@ -25,7 +25,7 @@ use metatopia_sim::script::{ScriptCall, ScriptFault, ScriptHost, ScriptOutput, h
 use metatopia_sim::{ElementId, State};
 
 use crate::licence::{self, LicenceError};
-use crate::prefetch::{HOT_MAX, Hot};
+use crate::prefetch::{HOT_MAX, Hot, Prefetcher};
 use crate::sandbox::{Limits, LoadError, Sandbox};
 
 /// Where the host finds script sources by blake3 hash.
@@ -191,15 +191,21 @@ impl Host {
         }
     }
 
-    fn entry(&self, call: &ScriptCall<'_>, limits: &Limits) -> Result<Arc<Entry>, ScriptFault> {
-        let (script, source) = (call.script, call.slot.source);
-        if let Some(e) = self.cache.load().get(&script)
-            && e.source == source
-            && e.limits == *limits
-        {
-            e.used_tick.store(call.tick, Ordering::Relaxed);
-            return Ok(e.clone());
+    /// The cached entry for `call`'s script, if its source and limits are
+    /// current. Borrowed from `cache`: a lookup writes nothing shared (no
+    /// reference count).
+    fn lookup<'c>(cache: &'c Cache, call: &ScriptCall<'_>, limits: &Limits) -> Option<&'c Entry> {
+        let e = cache.get(&call.script)?;
+        if e.source != call.slot.source || e.limits != *limits {
+            return None;
         }
+        e.used_tick.store(call.tick, Ordering::Relaxed);
+        Some(e)
+    }
+
+    /// Loads `call`'s script into a new sandbox and caches it.
+    fn load(&self, call: &ScriptCall<'_>, limits: &Limits) -> Result<Arc<Entry>, ScriptFault> {
+        let (script, source) = (call.script, call.slot.source);
         let text = self
             .sources
             .source(&source)
@@ -226,95 +232,83 @@ impl Host {
     }
 }
 
-/// The next script's hot addresses are prefetched in three parts: up to
-/// `EARLY` when a call starts (its cache entry, stored state, budget, Lua
-/// state), up to `MID` before the Lua call (stack, call frames, registry,
-/// handler), the rest after it (globals, string-table buckets).
-const EARLY: usize = 24;
-/// See [`EARLY`].
-const MID: usize = 48;
-
-thread_local! {
-    /// The entry of the last script this thread ran, to which the next
-    /// script's hot addresses are given.
-    static LAST: std::cell::RefCell<std::sync::Weak<Entry>> = const {
-        std::cell::RefCell::new(std::sync::Weak::new())
-    };
-}
-
-/// Records what `entry`'s call will touch first (its cache entry, licence
-/// list, hot Lua memory and `data`: the script's slot in the sim's state and
-/// the `state` bytes it will read) in the entry this thread ran before, which
-/// prefetches it at its next call: a thread runs its share of a tick's
-/// calls in the same order every tick (by element id).
-fn hand_back(entry: &Arc<Entry>, sandbox: &Sandbox, data: [*const std::ffi::c_void; 2]) {
-    let mut hot = [std::ptr::null(); HOT_MAX];
-    hot[..2].copy_from_slice(&data);
-    // The entry with its reference counts, which sit just before it.
-    let counts = 2 * std::mem::size_of::<usize>();
-    let start = Arc::as_ptr(entry).cast::<u8>().wrapping_sub(counts);
-    let lines = (counts + std::mem::size_of::<Entry>()).div_ceil(64);
-    let mut n = 2;
-    for i in 0..lines.min(HOT_MAX / 4) {
-        hot[n] = start.wrapping_add(64 * i).cast();
-        n += 1;
-    }
-    hot[n] = entry.licence_ids.as_ptr().cast();
-    n += 1;
-    if let Some(id) = entry.licence_ids.first() {
-        hot[n] = id.as_ptr().cast();
-        n += 1;
-    }
-    let (_, rest) = hot.split_at_mut(n);
-    let mut lua = [std::ptr::null(); HOT_MAX];
-    let k = sandbox.hot_lines(&mut lua).min(rest.len());
-    rest[..k].copy_from_slice(&lua[..k]);
-    n += k;
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some(prev) = last.upgrade() {
-            prev.next.store(&hot[..n]);
-        }
-        *last = Arc::downgrade(entry);
-    });
-}
-
-impl ScriptHost for Host {
-    fn run(&self, call: &ScriptCall<'_>) -> Result<ScriptOutput, ScriptFault> {
-        let allowed = &call.state.settings.script_licences;
-        let limits = Limits::from_settings(&call.state.settings);
-        let entry = self.entry(call, &limits)?;
-        entry.next.prefetch(0, EARLY);
-        let guard = match entry.sandbox.lock() {
-            Ok(g) => g,
-            Err(_) => {
-                // A panic left this sandbox in an unknown state: rebuild.
-                self.update(|c| {
-                    c.remove(&call.script);
-                });
-                return Err(ScriptFault::Error(
-                    "the script's sandbox was reset after an internal error".into(),
-                ));
-            }
-        };
-        let sandbox = guard.as_ref().map_err(|e| ScriptFault::Error(e.clone()))?;
-        // The allow-list may change after upload; a script whose licence
-        // the region no longer accepts stops running.
-        if entry.licence_ids.is_empty() {
+impl Entry {
+    /// The allow-list may change after upload; a script whose licence the
+    /// region no longer accepts stops running.
+    fn check_licence(&self, allowed: &[String]) -> Result<(), ScriptFault> {
+        if self.licence_ids.is_empty() {
             return Err(ScriptFault::Error(
                 "the script has no valid SPDX-License-Identifier line".into(),
             ));
         }
-        if let Some(id) = entry.licence_ids.iter().find(|id| !allowed.contains(id)) {
+        if let Some(id) = self.licence_ids.iter().find(|id| !allowed.contains(id)) {
             return Err(ScriptFault::Error(format!(
                 "licence {id:?} is not accepted in this region; accepted: {}",
                 allowed.join(", ")
             )));
         }
-        entry.next.prefetch(EARLY, MID);
+        Ok(())
+    }
+
+    /// What a call of this entry touches first, for [`Prefetcher::hand_back`]:
+    /// `data` (the script's slot in the sim's state and the `state` bytes
+    /// its next call will read), this entry, its licence list and the hot
+    /// memory of its Lua state. Writes them to `out`, returns how many.
+    fn hot_lines(
+        &self,
+        sandbox: &Sandbox,
+        data: [*const std::ffi::c_void; 2],
+        out: &mut [*const std::ffi::c_void; HOT_MAX],
+    ) -> usize {
+        out[..2].copy_from_slice(&data);
+        let start = std::ptr::from_ref(self).cast::<u8>();
+        let lines = std::mem::size_of::<Entry>().div_ceil(64);
+        let mut n = 2;
+        for i in 0..lines.min(HOT_MAX / 4) {
+            out[n] = start.wrapping_add(64 * i).cast();
+            n += 1;
+        }
+        out[n] = self.licence_ids.as_ptr().cast();
+        n += 1;
+        if let Some(id) = self.licence_ids.first() {
+            out[n] = id.as_ptr().cast();
+            n += 1;
+        }
+        let (_, rest) = out.split_at_mut(n);
+        let mut lua = [std::ptr::null(); HOT_MAX];
+        let k = sandbox.hot_lines(&mut lua).min(rest.len());
+        rest[..k].copy_from_slice(&lua[..k]);
+        n + k
+    }
+}
+
+impl ScriptHost for Host {
+    fn run(&self, call: &ScriptCall<'_>) -> Result<ScriptOutput, ScriptFault> {
+        let limits = Limits::from_settings(&call.state.settings);
+        // Held for the call: the entry is borrowed from it.
+        let cache = self.cache.load();
+        let loaded;
+        let entry = match Host::lookup(&cache, call, &limits) {
+            Some(e) => e,
+            None => {
+                loaded = self.load(call, &limits)?;
+                &*loaded
+            }
+        };
+        let prefetch = Prefetcher::start(&entry.next);
+        let Ok(guard) = entry.sandbox.lock() else {
+            // A panic left this sandbox in an unknown state: rebuild.
+            self.update(|c| {
+                c.remove(&call.script);
+            });
+            return Err(ScriptFault::Error(
+                "the script's sandbox was reset after an internal error".into(),
+            ));
+        };
+        let sandbox = guard.as_ref().map_err(|e| ScriptFault::Error(e.clone()))?;
+        entry.check_licence(&call.state.settings.script_licences)?;
         let fresh = sandbox.is_fresh();
-        let result = sandbox.run(call, &limits);
-        entry.next.prefetch(MID, HOT_MAX);
+        let result = prefetch.around(|| sandbox.run(call, &limits));
         // Where the next call's stored `state` will be: the bytes this call
         // returns (the sim keeps them as they are), or the ones it read.
         let state = match &result {
@@ -323,11 +317,12 @@ impl ScriptHost for Host {
             }) => bytes.as_ptr(),
             _ => call.slot.state.as_ptr(),
         };
-        hand_back(
-            &entry,
-            sandbox,
-            [std::ptr::from_ref(call.slot).cast(), state.cast()],
-        );
+        let mut hot = [std::ptr::null(); HOT_MAX];
+        let data = [std::ptr::from_ref(call.slot).cast(), state.cast()];
+        let n = entry.hot_lines(sandbox, data, &mut hot);
+        prefetch.hand_back(call.script, &hot[..n], |prev| {
+            cache.get(&prev).map(|e| &e.next)
+        });
         if matches!(result, Err(ScriptFault::MemoryCap(_))) && !fresh {
             // Near the cap, a sandbox's history (its Lua bookkeeping) could
             // decide the outcome. The fresh sandbox's result is canonical:

@@ -9,15 +9,19 @@
 //! cache entry and [`crate::Sandbox::hot_lines`]) to the script the thread
 //! ran just before ([`Hot`]). When that script runs next tick, the host asks
 //! the CPU to fetch them, and the misses of the script after it overlap
-//! with useful work instead of stalling it.
+//! with useful work instead of stalling it. [`Prefetcher`] is the whole of
+//! it as the call path sees it: start, around the Lua call, hand back.
 //!
 //! Prefetches are hints: they never fault, whatever the address, and change
 //! nothing a program can observe but time. A stale address (an object Lua
 //! freed or moved since it was recorded) costs one wasted fetch. Nothing
 //! here can change what a script computes.
 
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use metatopia_sim::ElementId;
 
 /// Most addresses kept per sandbox.
 pub const HOT_MAX: usize = 80;
@@ -88,6 +92,65 @@ impl Hot {
     }
 }
 
+/// The next script's hot addresses are prefetched in three parts: up to
+/// `EARLY` when a call starts (its cache entry, stored state, budget, Lua
+/// state), up to `MID` before the Lua call (stack, call frames, registry,
+/// handler), the rest after it (globals, string-table buckets).
+const EARLY: usize = 24;
+/// See [`EARLY`].
+const MID: usize = 48;
+
+thread_local! {
+    /// The script this thread ran last, to which the next script's hot
+    /// addresses are handed back.
+    static LAST: Cell<Option<ElementId>> = const { Cell::new(None) };
+}
+
+/// The prefetching around one script call. `next` is the call's own
+/// [`Hot`]: what the script its thread ran after it touched first, last
+/// tick, fetched in three parts spread over the call (a CPU keeps only so
+/// many fetches in flight). After the call, [`Prefetcher::hand_back`] gives
+/// what this call touched first to the script the thread ran before.
+#[derive(Debug)]
+pub struct Prefetcher<'a> {
+    next: &'a Hot,
+}
+
+impl<'a> Prefetcher<'a> {
+    /// Starts a call: fetches the first part.
+    pub fn start(next: &'a Hot) -> Prefetcher<'a> {
+        next.prefetch(0, EARLY);
+        Prefetcher { next }
+    }
+
+    /// Runs the call's Lua part, `call`, with the second part fetched
+    /// before it and the rest after.
+    pub fn around<R>(&self, call: impl FnOnce() -> R) -> R {
+        self.next.prefetch(EARLY, MID);
+        let r = call();
+        self.next.prefetch(MID, HOT_MAX);
+        r
+    }
+
+    /// Ends the call of `script`, which touched `hot` first: stores `hot`
+    /// in the [`Hot`] of the script this thread ran before (`find` looks
+    /// it up; gone is fine), which prefetches it at its next call. A
+    /// thread runs its share of a tick's calls in the same order every
+    /// tick (by element id).
+    pub fn hand_back<'h>(
+        self,
+        script: ElementId,
+        hot: &[*const c_void],
+        find: impl FnOnce(ElementId) -> Option<&'h Hot>,
+    ) {
+        if let Some(prev) = LAST.replace(Some(script))
+            && let Some(prev) = find(prev)
+        {
+            prev.store(hot);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +183,26 @@ mod tests {
         hot.store(&addrs);
         assert_eq!(hot.len.load(Ordering::Relaxed), HOT_MAX);
         assert_eq!(hot.addrs[HOT_MAX - 1].load(Ordering::Relaxed), HOT_MAX * 64);
+    }
+
+    #[test]
+    fn hand_back_goes_to_the_script_run_before() {
+        use metatopia_sim::RegionId;
+        let id = |counter| ElementId {
+            region: RegionId(1),
+            counter,
+        };
+        let (first, second) = (Hot::default(), Hot::default());
+        let hot = [64 as *const c_void, 128 as *const c_void];
+        // The first call on this thread has no one to hand back to.
+        Prefetcher::start(&first).hand_back(id(1), &hot, |_| panic!("no script ran before"));
+        let p = Prefetcher::start(&second);
+        assert_eq!(p.around(|| 7), 7);
+        p.hand_back(id(2), &hot, |prev| {
+            assert_eq!(prev, id(1));
+            Some(&first)
+        });
+        assert_eq!(first.len.load(Ordering::Relaxed), 2);
+        assert_eq!(second.len.load(Ordering::Relaxed), 0);
     }
 }
