@@ -301,6 +301,55 @@ fn shift(cmd: &PhysicsCommand, by: Vec3) -> PhysicsCommand {
     c
 }
 
+/// What step 1 of a tick gathers for the steps after it.
+struct Received<'a> {
+    now: u64,
+    /// Commands for this tick's physics step, before the sim's own.
+    pre: Vec<PhysicsCommand>,
+    /// The sim's physics inbox: departures, arrivals, last tick's events.
+    sim: PhysicsInbox,
+    /// Physics events of this tick for the report.
+    events: Vec<PhysicsEvent>,
+    outbox: Vec<Envelope>,
+    /// Influences for bodies handed away, by new owner, in issue order.
+    forward: BTreeMap<RegionId, Vec<PhysicsCommand>>,
+    /// Forwarded influences received, applied after every switch.
+    late: Vec<&'a PhysicsCommand>,
+}
+
+impl Received<'_> {
+    fn new(now: u64, pending: Vec<PhysicsEvent>) -> Self {
+        Received {
+            now,
+            pre: Vec::new(),
+            sim: PhysicsInbox {
+                events: pending,
+                ..PhysicsInbox::default()
+            },
+            events: Vec::new(),
+            outbox: Vec::new(),
+            forward: BTreeMap::new(),
+            late: Vec::new(),
+        }
+    }
+}
+
+/// The physics step's events with positions relative to the region's
+/// origin (the sim's frame).
+fn to_region_frame(events: Vec<PhysicsEvent>, origin: Vec3) -> Vec<PhysicsEvent> {
+    events
+        .into_iter()
+        .map(|e| match e {
+            PhysicsEvent::Moved { id, pos, vel } => PhysicsEvent::Moved {
+                id,
+                pos: pos.saturating_sub(origin),
+                vel,
+            },
+            other => other,
+        })
+        .collect()
+}
+
 impl Region {
     /// A new region with an empty world. `settings.size` and
     /// `settings.tick_rate_hz` are taken from the config; a spawn point
@@ -460,28 +509,59 @@ impl Region {
 
     /// Executes one tick: `batch` for the main sim and the border envelopes
     /// neighbours sent at the end of the previous tick. On a batch error
-    /// nothing changes.
+    /// nothing changes. The steps are those of the module doc.
     pub fn tick(
         &mut self,
         batch: &Batch,
         host: &dyn ScriptHost,
         inbox: &[Envelope],
     ) -> Result<RegionReport, StepError> {
+        self.sim.check(batch)?;
         let now = self.sim.tick();
-        let state = self.sim.state();
-        if batch.tick != now {
-            return Err(StepError::WrongTick {
-                expected: now,
-                got: batch.tick,
-            });
-        }
-        if batch.time_ms < state.time_ms {
-            return Err(StepError::TimeWentBack {
-                last: state.time_ms,
-                got: batch.time_ms,
-            });
-        }
         let origin = self.origin();
+        let (msgs, refused) = self.sorted_inbox(inbox, now);
+        let mut work = Received::new(now, std::mem::take(&mut self.pending));
+        for env in msgs {
+            self.receive(env, &mut work);
+        }
+        self.apply_late_influences(&mut work);
+        self.deadlines(&mut work);
+        self.expire_forwards(&mut work);
+        let sim_report = self.sim.step_with_physics(batch, host, &work.sim)?;
+        let commands = self.route_commands(&sim_report.physics, origin, &mut work);
+        let Received {
+            forward,
+            mut outbox,
+            events: mut events_out,
+            ..
+        } = work;
+        self.send_influences(now, forward, &mut outbox);
+        let step_events = self.world.step(&commands);
+        let offers = self.borders(now, &mut outbox);
+        self.send_finals(now, &mut outbox);
+        self.send_ghosts(now, &mut outbox);
+        let local = to_region_frame(step_events, origin);
+        events_out.extend(local.iter().cloned());
+        self.pending = local;
+        self.hash = self.compute_hash();
+        Ok(RegionReport {
+            tick: now,
+            hash: self.hash,
+            sim: sim_report,
+            events: events_out,
+            outbox,
+            refused,
+            offers,
+        })
+    }
+
+    /// Step 1, the check: the envelopes that apply now, in canonical order
+    /// (by sender, then by kind), and the refused ones with their reasons.
+    fn sorted_inbox<'a>(
+        &self,
+        inbox: &'a [Envelope],
+        now: u64,
+    ) -> (Vec<&'a Envelope>, Vec<(RegionId, String)>) {
         let mut refused = Vec::new();
         let mut msgs: Vec<&Envelope> = Vec::new();
         for env in inbox {
@@ -491,179 +571,204 @@ impl Region {
             }
         }
         msgs.sort_by_key(|e| (e.from, rank(&e.msg)));
+        (msgs, refused)
+    }
 
-        let mut pre: Vec<PhysicsCommand> = Vec::new();
-        let mut inbox_sim = PhysicsInbox {
-            events: std::mem::take(&mut self.pending),
-            ..PhysicsInbox::default()
-        };
-        let mut events_out = Vec::new();
-        let mut outbox = Vec::new();
-        // Influences for bodies handed away, by new owner, in issue order.
-        let mut forward: BTreeMap<RegionId, Vec<PhysicsCommand>> = BTreeMap::new();
-        let mut late: Vec<&PhysicsCommand> = Vec::new();
-        for env in msgs {
-            match &env.msg {
-                BorderMessage::Abort { root } => {
-                    self.abort(
-                        *root,
-                        env.from,
-                        now,
-                        &mut pre,
-                        &mut inbox_sim,
-                        &mut events_out,
-                    );
-                }
-                BorderMessage::Refuse { root } => {
-                    if self
-                        .border
-                        .outgoing
-                        .get(root)
-                        .is_some_and(|o| o.to == env.from)
-                    {
-                        let o = self.border.outgoing.remove(root).unwrap_or_default();
-                        self.border.refused += 1;
-                        // Back inside first, then the held influences.
-                        pre.extend(self.push_back(*root));
-                        pre.extend(o.influences.into_iter().map(|(_, c)| c));
-                    }
-                }
-                BorderMessage::Accept { root } => {
-                    let ok = self
-                        .border
-                        .outgoing
-                        .get(root)
-                        .is_some_and(|o| o.to == env.from && o.switch_tick == now);
-                    if ok {
-                        let o = self.border.outgoing.remove(root).unwrap_or_default();
-                        self.border.handoffs_out += 1;
-                        if let Some(BorderMessage::Final {
-                            transfer, bodies, ..
-                        }) = self.final_message(*root, self.origin())
-                        {
-                            self.border.released.insert(
-                                *root,
-                                Released {
-                                    to: env.from,
-                                    tick: now,
-                                    transfer,
-                                    bodies,
-                                    influences: o.influences.into_iter().map(|(_, c)| c).collect(),
-                                },
-                            );
-                        }
-                        for id in self.group_bodies(*root) {
-                            self.world.release(id);
-                            events_out.push(PhysicsEvent::LeftRegion { id, to: env.from });
-                            let owner = self.sim.state().elements.get(&id).and_then(|e| e.owner);
-                            self.border.forwards.insert(
-                                id,
-                                Forward {
-                                    to: env.from,
-                                    until: now.saturating_add(self.cfg.forward_ticks),
-                                    owner,
-                                },
-                            );
-                        }
-                        inbox_sim.departures.push(*root);
-                    }
-                }
-                BorderMessage::Offer {
-                    root,
-                    bodies,
-                    switch_tick,
-                } => {
-                    let waiting: u64 = self
-                        .border
-                        .incoming
-                        .values()
-                        .map(|i| u64::from(i.bodies))
-                        .sum();
-                    let fits = u64::from(self.world.owned_count()) + waiting + u64::from(*bodies)
-                        <= u64::from(self.cfg.bodies_max);
-                    // A group we give back this tick (an abort) may be
-                    // offered again at once.
-                    let here = self.sim.state().elements.contains_key(root)
-                        && !inbox_sim.departures.contains(root);
-                    let fresh = !here
-                        && !self.border.incoming.contains_key(root)
-                        && *switch_tick == now + 1;
-                    let msg = if fits && fresh {
-                        self.border.incoming.insert(
-                            *root,
-                            Incoming {
-                                from: env.from,
-                                switch_tick: *switch_tick,
-                                bodies: *bodies,
-                            },
-                        );
-                        BorderMessage::Accept { root: *root }
-                    } else {
-                        BorderMessage::Refuse { root: *root }
-                    };
-                    outbox.push(Envelope {
-                        from: self.cfg.id,
-                        to: env.from,
-                        tick: now,
-                        msg,
-                    });
-                }
-                BorderMessage::Final {
-                    transfer,
-                    bodies,
-                    influences,
-                } => {
-                    let Some(root) = transfer.root() else {
-                        continue;
-                    };
-                    let ok = self
-                        .border
-                        .incoming
-                        .get(&root)
-                        .is_some_and(|i| i.from == env.from && i.switch_tick == now);
-                    let clash = transfer
-                        .elements
-                        .iter()
-                        .any(|e| self.sim.state().elements.contains_key(&e.id));
-                    if ok && !clash {
-                        self.border.incoming.remove(&root);
-                        self.border.handoffs_in += 1;
-                        self.border.adopted.insert(root, (env.from, now));
-                        for b in bodies {
-                            self.world.adopt(b);
-                            self.border.forwards.remove(&b.id);
-                        }
-                        inbox_sim.arrivals.push(transfer.clone());
-                        pre.extend(influences.iter().map(|(_, c)| c.clone()));
-                    }
-                }
-                BorderMessage::Influences { influences } => {
-                    // After every switch of this tick, below.
-                    late.extend(influences.iter().map(|(_, c)| c));
-                }
-                BorderMessage::Ghosts { bodies } => {
-                    self.world.set_ghosts(env.from, bodies);
-                }
+    /// Step 1: one checked envelope.
+    fn receive<'a>(&mut self, env: &'a Envelope, work: &mut Received<'a>) {
+        match &env.msg {
+            BorderMessage::Abort { root } => self.abort(*root, env.from, work),
+            BorderMessage::Refuse { root } => self.refused(*root, env.from, work),
+            BorderMessage::Accept { root } => self.accepted(*root, env.from, work),
+            BorderMessage::Offer {
+                root,
+                bodies,
+                switch_tick,
+            } => self.offered(*root, *bodies, *switch_tick, env.from, work),
+            BorderMessage::Final {
+                transfer,
+                bodies,
+                influences,
+            } => self.final_data(transfer, bodies, influences, env.from, work),
+            BorderMessage::Influences { influences } => {
+                // After every switch of this tick (`apply_late_influences`).
+                work.late.extend(influences.iter().map(|(_, c)| c));
+            }
+            BorderMessage::Ghosts { bodies } => {
+                self.world.set_ghosts(env.from, bodies);
             }
         }
-        // Forwarded influences, by sender and number: applied if the body
-        // is ours now, passed on if it moved on, dropped otherwise.
-        for cmd in late {
+    }
+
+    /// `from` refused our offer of `root`: it stays here, back inside,
+    /// then the influences held for it apply.
+    fn refused(&mut self, root: ElementId, from: RegionId, work: &mut Received<'_>) {
+        if self
+            .border
+            .outgoing
+            .get(&root)
+            .is_some_and(|o| o.to == from)
+        {
+            let o = self.border.outgoing.remove(&root).unwrap_or_default();
+            self.border.refused += 1;
+            work.pre.extend(self.push_back(root));
+            work.pre.extend(o.influences.into_iter().map(|(_, c)| c));
+        }
+    }
+
+    /// `from` accepted our offer of `root` for this tick: release the
+    /// group, keeping a copy until `from` can no longer abort.
+    fn accepted(&mut self, root: ElementId, from: RegionId, work: &mut Received<'_>) {
+        let ok = self
+            .border
+            .outgoing
+            .get(&root)
+            .is_some_and(|o| o.to == from && o.switch_tick == work.now);
+        if !ok {
+            return;
+        }
+        let o = self.border.outgoing.remove(&root).unwrap_or_default();
+        self.border.handoffs_out += 1;
+        if let Some(BorderMessage::Final {
+            transfer, bodies, ..
+        }) = self.final_message(root, self.origin())
+        {
+            self.border.released.insert(
+                root,
+                Released {
+                    to: from,
+                    tick: work.now,
+                    transfer,
+                    bodies,
+                    influences: o.influences.into_iter().map(|(_, c)| c).collect(),
+                },
+            );
+        }
+        self.release_group(root, from, work);
+    }
+
+    /// Lets the bodies of the group `root` go to `to` (remembering where,
+    /// for forwarding) and tells the sim the subtree departs.
+    fn release_group(&mut self, root: ElementId, to: RegionId, work: &mut Received<'_>) {
+        for id in self.group_bodies(root) {
+            self.world.release(id);
+            work.events.push(PhysicsEvent::LeftRegion { id, to });
+            let owner = self.sim.state().elements.get(&id).and_then(|e| e.owner);
+            self.border.forwards.insert(
+                id,
+                Forward {
+                    to,
+                    until: work.now.saturating_add(self.cfg.forward_ticks),
+                    owner,
+                },
+            );
+        }
+        work.sim.departures.push(root);
+    }
+
+    /// `from` offers the group `root` (of `bodies` bodies) for
+    /// `switch_tick`: accepted if it fits and is new here, else refused.
+    fn offered(
+        &mut self,
+        root: ElementId,
+        bodies: u32,
+        switch_tick: u64,
+        from: RegionId,
+        work: &mut Received<'_>,
+    ) {
+        let waiting: u64 = self
+            .border
+            .incoming
+            .values()
+            .map(|i| u64::from(i.bodies))
+            .sum();
+        let fits = u64::from(self.world.owned_count()) + waiting + u64::from(bodies)
+            <= u64::from(self.cfg.bodies_max);
+        // A group we give back this tick (an abort) may be offered again at
+        // once.
+        let here =
+            self.sim.state().elements.contains_key(&root) && !work.sim.departures.contains(&root);
+        let fresh =
+            !here && !self.border.incoming.contains_key(&root) && switch_tick == work.now + 1;
+        let msg = if fits && fresh {
+            self.border.incoming.insert(
+                root,
+                Incoming {
+                    from,
+                    switch_tick,
+                    bodies,
+                },
+            );
+            BorderMessage::Accept { root }
+        } else {
+            BorderMessage::Refuse { root }
+        };
+        work.outbox.push(Envelope {
+            from: self.cfg.id,
+            to: from,
+            tick: work.now,
+            msg,
+        });
+    }
+
+    /// The final data of a group we accepted from `from`: adopted if it
+    /// came by the switch tick and clashes with nothing here.
+    fn final_data(
+        &mut self,
+        transfer: &Transfer,
+        bodies: &[BodyTransfer],
+        influences: &[(u32, PhysicsCommand)],
+        from: RegionId,
+        work: &mut Received<'_>,
+    ) {
+        let Some(root) = transfer.root() else {
+            return;
+        };
+        let ok = self
+            .border
+            .incoming
+            .get(&root)
+            .is_some_and(|i| i.from == from && i.switch_tick == work.now);
+        let clash = transfer
+            .elements
+            .iter()
+            .any(|e| self.sim.state().elements.contains_key(&e.id));
+        if ok && !clash {
+            self.border.incoming.remove(&root);
+            self.border.handoffs_in += 1;
+            self.border.adopted.insert(root, (from, work.now));
+            for b in bodies {
+                self.world.adopt(b);
+                self.border.forwards.remove(&b.id);
+            }
+            work.sim.arrivals.push(transfer.clone());
+            work.pre.extend(influences.iter().map(|(_, c)| c.clone()));
+        }
+    }
+
+    /// Step 1, last: forwarded influences, by sender and number: applied if
+    /// the body is ours now, passed on if it moved on, dropped otherwise.
+    fn apply_late_influences(&mut self, work: &mut Received<'_>) {
+        for cmd in std::mem::take(&mut work.late) {
             let id = cmd.id();
             if self.world.owns(id) {
                 self.border.influences_applied += 1;
-                pre.push(cmd.clone());
+                work.pre.push(cmd.clone());
             } else if let Some(f) = self.border.forwards.get(&id) {
-                forward.entry(f.to).or_default().push(cmd.clone());
+                work.forward.entry(f.to).or_default().push(cmd.clone());
             } else {
                 self.border.influences_dropped += 1;
             }
         }
-        // Deadlines. An accepted offer whose final data did not come by the
-        // switch tick is aborted (the source takes its group back); so is
-        // our own offer that got no answer by then (we keep the group; the
-        // target discards the copy it may have adopted). Copies kept for an
-        // abort expire one tick after the switch.
+    }
+
+    /// Deadlines. An accepted offer whose final data did not come by the
+    /// switch tick is aborted (the source takes its group back); so is our
+    /// own offer that got no answer by then (we keep the group; the target
+    /// discards the copy it may have adopted). Copies kept for an abort
+    /// expire one tick after the switch.
+    fn deadlines(&mut self, work: &mut Received<'_>) {
+        let now = work.now;
         let mut aborts: Vec<(ElementId, RegionId)> = Vec::new();
         for (root, i) in &self.border.incoming {
             if i.switch_tick <= now {
@@ -681,12 +786,12 @@ impl Region {
         for root in lapsed {
             if let Some(o) = self.border.outgoing.remove(&root) {
                 aborts.push((root, o.to));
-                pre.extend(o.influences.into_iter().map(|(_, c)| c));
+                work.pre.extend(o.influences.into_iter().map(|(_, c)| c));
             }
         }
         self.border.aborted += aborts.len() as u64;
         for (root, to) in aborts {
-            outbox.push(Envelope {
+            work.outbox.push(Envelope {
                 from: self.cfg.id,
                 to,
                 tick: now,
@@ -695,26 +800,39 @@ impl Region {
         }
         self.border.released.retain(|_, r| r.tick + 1 > now);
         self.border.adopted.retain(|_, (_, at)| *at + 1 > now);
+    }
 
+    /// Forwarding windows that end now close; the sim hears of the open
+    /// ones (it still accepts influences for those bodies).
+    fn expire_forwards(&mut self, work: &mut Received<'_>) {
+        let now = work.now;
         self.border.forwards.retain(|_, f| f.until > now);
-        inbox_sim.forwarded = self
+        work.sim.forwarded = self
             .border
             .forwards
             .iter()
             .map(|(id, f)| (*id, f.owner))
             .collect();
+    }
 
-        let sim_report = self.sim.step_with_physics(batch, host, &inbox_sim)?;
-
-        // Commands: held for a leaving group, otherwise to the world.
+    /// Step 3, first part: the sim's commands in world coordinates, after
+    /// the commands of step 1. A command for a body in an outgoing handoff
+    /// is numbered and held for the receiver; an influence for a body
+    /// handed away is forwarded to its new owner.
+    fn route_commands(
+        &mut self,
+        sim_commands: &[PhysicsCommand],
+        origin: Vec3,
+        work: &mut Received<'_>,
+    ) -> Vec<PhysicsCommand> {
         let mut leaving: BTreeMap<ElementId, ElementId> = BTreeMap::new();
         for root in self.border.outgoing.keys() {
             for id in self.group_bodies(*root) {
                 leaving.insert(id, *root);
             }
         }
-        let mut commands = pre;
-        for cmd in &sim_report.physics {
+        let mut commands = std::mem::take(&mut work.pre);
+        for cmd in sim_commands {
             let cmd = shift(cmd, origin);
             let hold = !matches!(
                 cmd,
@@ -729,56 +847,20 @@ impl Region {
                 }
                 _ => match self.border.forwards.get(&cmd.id()) {
                     Some(f) if is_influence(&cmd) && !self.world.owns(cmd.id()) => {
-                        forward.entry(f.to).or_default().push(cmd);
+                        work.forward.entry(f.to).or_default().push(cmd);
                     }
                     _ => commands.push(cmd),
                 },
             }
         }
-        self.send_influences(now, forward, &mut outbox);
-        let step_events = self.world.step(&commands);
-
-        let offers = self.borders(now, &mut outbox);
-        self.send_finals(now, &mut outbox);
-        self.send_ghosts(now, &mut outbox);
-
-        let local: Vec<PhysicsEvent> = step_events
-            .into_iter()
-            .map(|e| match e {
-                PhysicsEvent::Moved { id, pos, vel } => PhysicsEvent::Moved {
-                    id,
-                    pos: pos.saturating_sub(origin),
-                    vel,
-                },
-                other => other,
-            })
-            .collect();
-        events_out.extend(local.iter().cloned());
-        self.pending = local;
-        self.hash = self.compute_hash();
-        Ok(RegionReport {
-            tick: now,
-            hash: self.hash,
-            sim: sim_report,
-            events: events_out,
-            outbox,
-            refused,
-            offers,
-        })
+        commands
     }
 
     /// An `Abort` from `from` for the group `root`: take back a group we
     /// released to it at the last tick, or give back a group we adopted
     /// from it at the last tick. Anything else is stale and ignored.
-    fn abort(
-        &mut self,
-        root: ElementId,
-        from: RegionId,
-        now: u64,
-        pre: &mut Vec<PhysicsCommand>,
-        inbox_sim: &mut PhysicsInbox,
-        events_out: &mut Vec<PhysicsEvent>,
-    ) {
+    fn abort(&mut self, root: ElementId, from: RegionId, work: &mut Received<'_>) {
+        let now = work.now;
         if self
             .border
             .released
@@ -792,8 +874,8 @@ impl Region {
                 self.world.adopt(b);
                 self.border.forwards.remove(&b.id);
             }
-            inbox_sim.arrivals.push(r.transfer);
-            pre.extend(r.influences);
+            work.sim.arrivals.push(r.transfer);
+            work.pre.extend(r.influences);
             return;
         }
         if self
@@ -805,20 +887,7 @@ impl Region {
             self.border.adopted.remove(&root);
             self.border.aborted += 1;
             self.border.handoffs_in = self.border.handoffs_in.saturating_sub(1);
-            for id in self.group_bodies(root) {
-                self.world.release(id);
-                events_out.push(PhysicsEvent::LeftRegion { id, to: from });
-                let owner = self.sim.state().elements.get(&id).and_then(|e| e.owner);
-                self.border.forwards.insert(
-                    id,
-                    Forward {
-                        to: from,
-                        until: now.saturating_add(self.cfg.forward_ticks),
-                        owner,
-                    },
-                );
-            }
-            inbox_sim.departures.push(root);
+            self.release_group(root, from, work);
         }
     }
 
