@@ -23,7 +23,7 @@
 #include "lgc.h"
 #include "lmem.h"
 #include "lobject.h"
-#include "lopcodes.h"
+#include "lopcodes.h"  /* metatopia: for lua_hotlines */
 #include "lstate.h"
 #include "lstring.h"
 #include "ltable.h"

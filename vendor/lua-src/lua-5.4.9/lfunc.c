@@ -27,7 +27,7 @@
 CClosure *luaF_newCclosure (lua_State *L, int nupvals) {
   GCObject *o = luaC_newobj(L, LUA_VCCL, sizeCclosure(nupvals));
   CClosure *c = gco2ccl(o);
-  c->id = G(L)->objid++;
+  c->id = G(L)->objid++;  /* metatopia: creation number */
   c->nupvalues = cast_byte(nupvals);
   return c;
 }
@@ -36,7 +36,7 @@ CClosure *luaF_newCclosure (lua_State *L, int nupvals) {
 LClosure *luaF_newLclosure (lua_State *L, int nupvals) {
   GCObject *o = luaC_newobj(L, LUA_VLCL, sizeLclosure(nupvals));
   LClosure *c = gco2lcl(o);
-  c->id = G(L)->objid++;
+  c->id = G(L)->objid++;  /* metatopia: creation number */
   c->p = NULL;
   c->nupvalues = cast_byte(nupvals);
   while (nupvals--) c->upvals[nupvals] = NULL;

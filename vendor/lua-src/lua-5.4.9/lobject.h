@@ -642,7 +642,7 @@ typedef struct UpVal {
 
 
 #define ClosureHeader \
-	CommonHeader; lu_byte nupvalues; unsigned int id; GCObject *gclist
+	CommonHeader; lu_byte nupvalues; unsigned int id; GCObject *gclist  /* metatopia: id */
 
 typedef struct CClosure {
   ClosureHeader;
