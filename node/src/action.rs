@@ -311,6 +311,42 @@ pub fn body_shape(field: &str, text: &str) -> Result<Shape, ActionError> {
     ))
 }
 
+/// The text of a body's fields, as the `spawn_body` action and a physics
+/// scene's `[[physics.body]]` both write them: one format.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyText<'a> {
+    /// `"ball:R"` or `"box:HX,HY,HZ"` (metres).
+    pub shape: &'a str,
+    /// `dynamic` (default), `kinematic` or `fixed`.
+    pub kind: Option<&'a str>,
+    /// Density, kg/m³; default 1.
+    pub density: Option<&'a str>,
+    /// Friction, `0..=10`; default 0.5.
+    pub friction: Option<&'a str>,
+    /// Restitution, `0..=1`; default 0.5.
+    pub restitution: Option<&'a str>,
+}
+
+/// The body a [`BodyText`] describes; `field` names a field for errors.
+/// Ranges are not checked here (the sim checks them, `BodySpec::valid`).
+pub fn body_spec(
+    t: &BodyText<'_>,
+    field: impl Fn(&str) -> String,
+) -> Result<BodySpec, ActionError> {
+    let m = Material::default();
+    let opt =
+        |name: &str, v: Option<&str>, default: Fx| v.map_or(Ok(default), |t| fx(&field(name), t));
+    Ok(BodySpec {
+        kind: body_kind(&field("kind"), t.kind.unwrap_or("dynamic"))?,
+        shape: body_shape(&field("shape"), t.shape)?,
+        material: Material {
+            density: opt("density", t.density, m.density)?,
+            friction: opt("friction", t.friction, m.friction)?,
+            restitution: opt("restitution", t.restitution, m.restitution)?,
+        },
+    })
+}
+
 /// A body kind: `dynamic`, `kinematic` or `fixed`.
 pub fn body_kind(field: &str, text: &str) -> Result<BodyKind, ActionError> {
     match text {
@@ -326,6 +362,8 @@ pub fn body_kind(field: &str, text: &str) -> Result<BodyKind, ActionError> {
 
 impl Action {
     /// The input this action asks for.
+    ///
+    /// Long on purpose: one short arm per action (the whole action → input table in one place).
     pub fn to_input(&self, r: &dyn Resolve) -> Result<InputKind, ActionError> {
         Ok(match self {
             Action::Join { name } => InputKind::Join { name: name.clone() },
@@ -377,9 +415,12 @@ impl Action {
                 restitution,
                 parent,
             } => {
-                let m = Material::default();
-                let opt = |field: &str, v: &Option<String>, default: Fx| {
-                    v.as_deref().map_or(Ok(default), |t| fx(field, t))
+                let text = BodyText {
+                    shape,
+                    kind: kind.as_deref(),
+                    density: density.as_deref(),
+                    friction: friction.as_deref(),
+                    restitution: restitution.as_deref(),
                 };
                 InputKind::SpawnBody {
                     parent: parent
@@ -388,15 +429,7 @@ impl Action {
                         .transpose()?,
                     name: name.clone(),
                     pos: vec3("pos", pos)?,
-                    body: BodySpec {
-                        kind: body_kind("kind", kind.as_deref().unwrap_or("dynamic"))?,
-                        shape: body_shape("shape", shape)?,
-                        material: Material {
-                            density: opt("density", density, m.density)?,
-                            friction: opt("friction", friction, m.friction)?,
-                            restitution: opt("restitution", restitution, m.restitution)?,
-                        },
-                    },
+                    body: body_spec(&text, str::to_string)?,
                     vel: vel.as_deref().map_or(Ok(Vec3::ZERO), |v| vec3("vel", v))?,
                 }
             }

@@ -203,7 +203,7 @@ impl Config {
                 .parse::<libp2p::Multiaddr>()
                 .map_err(|e| format!("group.listen: bad multiaddr: {e}"))?;
         }
-        if crate::overlay::parse_point(&self.overlay.origin).is_err() {
+        if parse_point(&self.overlay.origin).is_err() {
             return Err(format!(
                 "overlay.origin must be \"x,y\" in metres, got {:?}",
                 self.overlay.origin
@@ -230,4 +230,15 @@ impl Config {
             queue_max: self.world.queue_max as usize,
         }
     }
+}
+
+/// Parses `"x,y"` in metres (decimal text) into an overlay point (world
+/// millimetres, rounded toward negative infinity as `overlay::mm`).
+pub fn parse_point(text: &str) -> anyhow::Result<metatopia_overlay::Point> {
+    let (x, y) = text
+        .split_once(',')
+        .ok_or_else(|| anyhow::anyhow!("expected X,Y in metres, got {text:?}"))?;
+    let x: metatopia_sim::Fx = x.trim().parse()?;
+    let y: metatopia_sim::Fx = y.trim().parse()?;
+    Ok(metatopia_overlay::Point::new(x.to_milli(), y.to_milli()))
 }

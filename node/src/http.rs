@@ -15,84 +15,22 @@
 //! over the limit, an unknown route or a wrong method included, is JSON
 //! `{"error": "..."}`.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use metatopia_sim::PlayerId;
-
 use crate::action::{Action, IdsOnly};
-use crate::faults::Faults;
 use crate::store::hex;
 use crate::view;
-use crate::world::{Handle, SubmitError};
+use crate::web::{Body, authorized, error, if_none_match, unauthorized};
+use crate::world::SubmitError;
 
-/// Largest request body.
-pub const BODY_BYTES_MAX: usize = 64 * 1024;
-
-/// What the handlers share.
-#[derive(Debug, Clone)]
-pub struct App {
-    /// The world.
-    pub world: Handle,
-    /// The local player (inputs posted with the token act as this player).
-    pub player: PlayerId,
-    /// The bearer token.
-    pub token: Arc<str>,
-    /// Data directory, for status.
-    pub data_dir: Arc<str>,
-    /// Whether `/metrics` is served.
-    pub metrics: bool,
-    /// The overlay membership, when `[overlay] enabled`.
-    pub overlay: Option<metatopia_overlay::Handle>,
-    /// Script faults seen since the node started.
-    pub faults: Arc<Faults>,
-}
-
-/// A request body of at most [`BODY_BYTES_MAX`] bytes. A larger one is
-/// refused with 413 and the JSON error naming the limit and what was sent
-/// (axum's own answer is plain text).
-#[derive(Debug)]
-pub(crate) struct Body(pub Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for Body {
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Body, Response> {
-        let sent = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        match Bytes::from_request(req, state).await {
-            Ok(bytes) => Ok(Body(bytes)),
-            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(error(StatusCode::PAYLOAD_TOO_LARGE, too_large(sent)))
-            }
-            Err(r) => Err(error(
-                r.status(),
-                format!("cannot read the request body: {}", r.body_text()),
-            )),
-        }
-    }
-}
-
-/// The message for a body over [`BODY_BYTES_MAX`]; `sent` is its
-/// `Content-Length`, when it had one.
-fn too_large(sent: Option<u64>) -> String {
-    let limit = format!("the limit of {BODY_BYTES_MAX} bytes (64 KiB)");
-    match sent {
-        Some(n) => format!("request body too large: {n} bytes sent, over {limit}"),
-        None => format!("request body too large: more than {limit} sent"),
-    }
-}
+pub use crate::web::{App, BODY_BYTES_MAX, submit_error_status};
 
 /// The router.
 pub fn router(app: App) -> Router {
@@ -118,11 +56,6 @@ pub fn router(app: App) -> Router {
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(app)
-}
-
-/// A JSON error answer `{"error": message}`.
-pub(crate) fn error(code: StatusCode, message: String) -> Response {
-    (code, axum::Json(json!({ "error": message }))).into_response()
 }
 
 async fn viewer() -> Html<&'static str> {
@@ -175,38 +108,6 @@ async fn region_state(
         )),
     )
         .into_response()
-}
-
-/// Whether `If-None-Match` names `etag` (a quoted strong tag) or `*`.
-pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
-    headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-}
-
-/// The 401 answer for a missing or wrong bearer token.
-pub(crate) fn unauthorized() -> Response {
-    error(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong bearer token (see the `token` file in the data directory)".into(),
-    )
-}
-
-/// Whether the request carries the node's bearer token.
-pub(crate) fn authorized(app: &App, headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(given) = value.strip_prefix("Bearer ") else {
-        return false;
-    };
-    // Constant-time comparison of equal-length strings.
-    let (a, b) = (given.trim().as_bytes(), app.token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn post_input(
@@ -262,19 +163,6 @@ async fn post_input(
     }
 }
 
-/// The HTTP status of a submission that did not commit.
-pub fn submit_error_status(e: &SubmitError) -> StatusCode {
-    use crate::replica::core::Refusal;
-    match e {
-        SubmitError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        SubmitError::Refused(Refusal::Busy | Refusal::NotServing)
-        | SubmitError::Busy
-        | SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
-        SubmitError::Refused(_) => StatusCode::BAD_REQUEST,
-        SubmitError::NotMine(_) => StatusCode::FORBIDDEN,
-    }
-}
-
 fn overlay_handle(app: &App) -> Result<&metatopia_overlay::Handle, Box<Response>> {
     app.overlay.as_ref().ok_or_else(|| {
         Box::new(error(
@@ -327,6 +215,7 @@ async fn overlay_locate(
     }
 }
 
+/// Long on purpose: one registration per exported metric, in the order they are printed.
 async fn metrics(State(app): State<App>) -> Response {
     use prometheus_client::encoding::text::encode;
     use prometheus_client::metrics::counter::ConstCounter;

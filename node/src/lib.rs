@@ -46,4 +46,5 @@ pub mod scenario;
 pub mod scripts;
 pub mod store;
 pub mod view;
+pub mod web;
 pub mod world;

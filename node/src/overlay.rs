@@ -15,10 +15,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 
-use metatopia_overlay::{Point, Rect, RegionId, RegionInfo, Service, ServiceConfig};
+use metatopia_overlay::{Point, Rect, RegionId, RegionInfo, Service, service};
 use metatopia_sim::{Fx, State};
 
 use crate::config;
+
+pub use crate::config::parse_point;
 use crate::datadir::DataDir;
 
 /// How long `up` waits for the overlay join before giving up.
@@ -27,16 +29,6 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Metres (fixed point) to overlay millimetres, rounded toward negative infinity.
 pub fn mm(v: Fx) -> i64 {
     v.to_milli()
-}
-
-/// Parses `"x,y"` in metres (decimal text) into an overlay point.
-pub fn parse_point(text: &str) -> Result<Point> {
-    let (x, y) = text
-        .split_once(',')
-        .ok_or_else(|| anyhow!("expected X,Y in metres, got {text:?}"))?;
-    let x: Fx = x.trim().parse()?;
-    let y: Fx = y.trim().parse()?;
-    Ok(Point::new(mm(x), mm(y)))
 }
 
 /// The region's bounds in world millimetres.
@@ -71,7 +63,7 @@ pub async fn start(cfg: &config::Overlay, dir: &DataDir, state: &State) -> Resul
     let mut secret = dir.signing_key()?.to_bytes();
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)
         .map_err(|e| anyhow!("player key is not a valid ed25519 key: {e}"))?;
-    let mut sc = ServiceConfig::new(centre);
+    let mut sc = service::Config::new(centre);
     sc.keypair = Some(keypair);
     sc.listen = cfg
         .listen

@@ -36,9 +36,11 @@ use metatopia_physics::cluster::ClusterReport;
 use metatopia_physics::region::{Aabb, Region, RegionConfig};
 use metatopia_physics::scene::{self, Scene};
 use metatopia_sim::input::InputKind;
-use metatopia_sim::physics::{BodySpec, Material, PhysicsEvent, Shape};
-use metatopia_sim::{ElementId, Fx, NoScripts, RegionId, Vec3};
+use metatopia_sim::physics::PhysicsEvent;
+use metatopia_sim::{ElementId, Fx, NoScripts, RegionId, Vec3, hex};
 use serde::Deserialize;
+
+use crate::action::BodyText;
 
 /// Most ticks a physics scene may run.
 pub const TICKS_MAX: u64 = 10_000_000;
@@ -135,10 +137,6 @@ fn fx(field: &str, s: &str) -> anyhow::Result<Fx> {
     s.parse().map_err(|e| err(field, e))
 }
 
-fn shape(field: &str, s: &str) -> anyhow::Result<Shape> {
-    Ok(crate::action::body_shape(field, s)?)
-}
-
 /// What a physics scene did.
 #[derive(Debug)]
 pub struct Outcome {
@@ -146,11 +144,9 @@ pub struct Outcome {
     pub lines: Vec<String>,
 }
 
-fn hex(h: &[u8; 32]) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Parses and runs a physics scene; `ticks` overrides the file's.
+///
+/// Long on purpose: the scene driver reads top to bottom (build, then each tick: spawns, pushes, step, tallies); its steps share many locals.
 pub fn run(text: &str, ticks: Option<u64>) -> anyhow::Result<Outcome> {
     let file: File = toml::from_str(text)
         .map_err(|e| anyhow::anyhow!("{}", crate::quote::toml_error(text, &e)))?;
@@ -248,34 +244,16 @@ pub fn run(text: &str, ticks: Option<u64>) -> anyhow::Result<Outcome> {
             let b = &spec.body_list[i];
             let f = |name: &str| format!("physics.body[{i}].{name}");
             let pos = vec3(&f("pos"), &b.pos)?;
-            let kind =
-                crate::action::body_kind(&f("kind"), b.kind.as_deref().unwrap_or("dynamic"))?;
-            let d = Material::default();
-            let material = Material {
-                density: b
-                    .density
-                    .as_deref()
-                    .map(|v| fx(&f("density"), v))
-                    .transpose()?
-                    .unwrap_or(d.density),
-                friction: b
-                    .friction
-                    .as_deref()
-                    .map(|v| fx(&f("friction"), v))
-                    .transpose()?
-                    .unwrap_or(d.friction),
-                restitution: b
-                    .restitution
-                    .as_deref()
-                    .map(|v| fx(&f("restitution"), v))
-                    .transpose()?
-                    .unwrap_or(d.restitution),
-            };
-            let body = BodySpec {
-                kind,
-                shape: shape(&f("shape"), &b.shape)?,
-                material,
-            };
+            let body = crate::action::body_spec(
+                &BodyText {
+                    shape: &b.shape,
+                    kind: b.kind.as_deref(),
+                    density: b.density.as_deref(),
+                    friction: b.friction.as_deref(),
+                    restitution: b.restitution.as_deref(),
+                },
+                f,
+            )?;
             if !body.valid() {
                 return Err(err(&f("shape"), "shape or material out of range"));
             }

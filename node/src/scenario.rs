@@ -291,6 +291,7 @@ fn load_scripts(
     Ok((texts, keys))
 }
 
+/// Long on purpose: it checks a scenario file field by field, each check a few lines with its own error.
 fn prepare(sc: Scenario, dir: Option<&std::path::Path>) -> Result<Prepared, ScenarioError> {
     if sc.regions.is_empty() {
         return Err(field("region", "a scenario needs at least one [[region]]"));
@@ -678,6 +679,8 @@ impl Prepared {
 
     /// Runs `ticks` ticks (default: the scenario's), telling `notice` about
     /// every rejected input and script fault as it happens.
+    ///
+    /// Long on purpose: the scenario tick loop: inputs due, the step, then notices and tallies, all over shared locals.
     pub fn run_with(
         &self,
         ticks: Option<u64>,

@@ -30,8 +30,8 @@ use metatopia_sim::{ElementId, ScriptHost};
 
 use crate::client;
 use crate::datadir::{DataDir, default_dir};
-use crate::http::{App, Body, authorized, error, if_none_match, unauthorized};
 use crate::store::hex;
+use crate::web::{App, Body, authorized, error, if_none_match, submit_error_status, unauthorized};
 use crate::world::SubmitError;
 
 /// Sources stored as files, by hash.
@@ -158,6 +158,7 @@ pub struct PutQuery {
     pub object: Option<String>,
 }
 
+/// Long on purpose: the upload route checks, stores and optionally attaches in sequence, each refusal its own status and message.
 async fn put_source(
     State(app): State<App>,
     query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
@@ -241,7 +242,7 @@ async fn put_source(
                     format!("published as {} but not attached: {reason}", hex(&hash)),
                 );
             }
-            Err(e) => return error(crate::http::submit_error_status(&e), e.to_string()),
+            Err(e) => return error(submit_error_status(&e), e.to_string()),
         }
     }
     axum::Json(out).into_response()

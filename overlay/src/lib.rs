@@ -27,5 +27,5 @@ pub mod wire;
 pub use geometry::{Exact2d, Geometry, Oracle};
 pub use net::Behaviour;
 pub use peer::{CommandError, Config, Dest, Event, Output, Peer, Stats};
-pub use service::{Handle, Location, Service, ServiceConfig, ServiceError, Status};
+pub use service::{Handle, Location, Service, ServiceError, Status};
 pub use wire::{Contact, Message, NodeId, Point, Rect, RegionId, RegionInfo};

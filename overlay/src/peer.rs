@@ -608,6 +608,7 @@ impl<G: Geometry> Peer<G> {
         self.advance_confirm(now, false);
     }
 
+    /// Long on purpose: one arm per overlay message kind, the protocol table in one place.
     fn handle_msg(&mut self, now: u64, msg: Message) {
         if matches!(self.phase, Phase::Left | Phase::Idle) {
             return;
@@ -767,6 +768,7 @@ impl<G: Geometry> Peer<G> {
         }
     }
 
+    /// Long on purpose: the joined phase's timers in order (hello, pings, timeouts, announcements), one short block each.
     fn tick_joined(&mut self, now: u64) {
         if self.hello_at.is_some_and(|t| t <= now) {
             self.flush_hello();
@@ -1209,6 +1211,7 @@ impl<G: Geometry> Peer<G> {
         }
     }
 
+    /// Long on purpose: one arm per route kind that arrives at its owner.
     fn deliver(&mut self, now: u64, r: Route) {
         let origin_is_me = r.origin.id == self.me.id;
         match r.kind {

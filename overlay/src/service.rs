@@ -3,8 +3,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), metatopia_overlay::ServiceError> {
-//! use metatopia_overlay::{Point, Service, ServiceConfig};
-//! let (handle, _task) = Service::spawn(ServiceConfig::new(Point::new(0, 0)))?;
+//! use metatopia_overlay::{Point, Service, service};
+//! let (handle, _task) = Service::spawn(service::Config::new(Point::new(0, 0)))?;
 //! handle.joined().await?;
 //! let region = handle.locate(Point::new(1_000, 2_000)).await?;
 //! # let _ = region; Ok(()) }
@@ -25,12 +25,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::net::{self, Behaviour, BehaviourEvent, PROTOCOL, node_id, pack_addr, unpack_addr};
-use crate::peer::{Config, Dest, Event, Output, Peer};
+use crate::peer::{self, Dest, Event, Output, Peer};
 use crate::wire::{self, Contact, Message, NodeId, Point, RegionInfo};
 
 /// Service settings.
 #[derive(Debug, Clone)]
-pub struct ServiceConfig {
+pub struct Config {
     /// This node's position in the world (a host uses its region's centre).
     pub position: Point,
     /// Identity; a fresh ed25519 key when `None`.
@@ -45,7 +45,7 @@ pub struct ServiceConfig {
     /// How long to wait for an mDNS peer before starting alone.
     pub mdns_wait: Duration,
     /// Overlay core tunables.
-    pub overlay: Config,
+    pub overlay: peer::Config,
     /// Most established connections.
     pub connections_max: u32,
     /// Most requests in flight (further sends are dropped and counted).
@@ -56,7 +56,7 @@ pub struct ServiceConfig {
     pub commands_max: usize,
 }
 
-impl ServiceConfig {
+impl Config {
     /// Defaults at `position`, listening on loopback.
     pub fn new(position: Point) -> Self {
         Self {
@@ -70,7 +70,7 @@ impl ServiceConfig {
             bootstrap: Vec::new(),
             mdns: false,
             mdns_wait: Duration::from_secs(2),
-            overlay: Config::default(),
+            overlay: peer::Config::default(),
             connections_max: 256,
             requests_max: 4096,
             request_timeout: Duration::from_secs(10),
@@ -262,7 +262,7 @@ pub struct Service;
 
 impl Service {
     /// Build the swarm and run it on the current tokio runtime.
-    pub fn spawn(cfg: ServiceConfig) -> Result<(Handle, JoinHandle<()>), ServiceError> {
+    pub fn spawn(cfg: Config) -> Result<(Handle, JoinHandle<()>), ServiceError> {
         let keypair = cfg
             .keypair
             .clone()
@@ -306,10 +306,7 @@ impl Service {
     }
 }
 
-fn build_swarm(
-    cfg: &ServiceConfig,
-    keypair: identity::Keypair,
-) -> Result<Swarm<Behaviour>, ServiceError> {
+fn build_swarm(cfg: &Config, keypair: identity::Keypair) -> Result<Swarm<Behaviour>, ServiceError> {
     let rr_cfg = request_response::Config::default()
         .with_request_timeout(cfg.request_timeout)
         .with_max_concurrent_streams(256);
@@ -354,7 +351,7 @@ fn build_swarm(
 }
 
 struct Driver {
-    cfg: ServiceConfig,
+    cfg: Config,
     swarm: Swarm<Behaviour>,
     peer_id: PeerId,
     core: Option<Peer>,

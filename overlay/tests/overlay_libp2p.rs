@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use metatopia_overlay::{
-    Config, Handle, NodeId, Oracle, Point, Rect, RegionId, RegionInfo, Service, ServiceConfig,
+    Config, Handle, NodeId, Oracle, Point, Rect, RegionId, RegionInfo, Service, service,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -88,7 +88,7 @@ async fn scenario() -> Result<()> {
     let mut boot = Vec::new();
     for i in 0..16 {
         let pos = Point::new(rng.random_range(0..=WORLD), rng.random_range(0..=WORLD));
-        let mut cfg = ServiceConfig::new(pos);
+        let mut cfg = service::Config::new(pos);
         cfg.overlay = overlay_config();
         cfg.bootstrap = boot.clone();
         let (h, task) = Service::spawn(cfg)?;

@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use metatopia_overlay::{Config, Point, Rect, Service, ServiceConfig};
+use metatopia_overlay::{Config, Point, Rect, Service, service};
 
-fn config(pos: Point) -> ServiceConfig {
-    let mut cfg = ServiceConfig::new(pos);
+fn config(pos: Point) -> service::Config {
+    let mut cfg = service::Config::new(pos);
     cfg.mdns = true;
     // mDNS only advertises listen addresses on the interface it answers on
     // (and never on loopback), so listen on every interface.

@@ -44,4 +44,4 @@ pub mod world;
 
 pub use cluster::Cluster;
 pub use region::{Aabb, Region, RegionConfig, RegionReport};
-pub use world::{World, WorldConfig};
+pub use world::World;

@@ -50,8 +50,7 @@ use std::collections::BTreeMap;
 
 use metatopia_sim::input::Batch;
 use metatopia_sim::physics::{
-    BodyTransfer, BorderMessage, Envelope, PhysicsCommand, PhysicsEvent, PhysicsInbox, Transfer,
-    is_influence,
+    self, BodyTransfer, BorderMessage, Envelope, PhysicsEvent, PhysicsInbox, Transfer, is_influence,
 };
 use metatopia_sim::snapshot::{self, DecodeError};
 use metatopia_sim::state::{Settings, State};
@@ -59,7 +58,7 @@ use metatopia_sim::step::{StepError, TickReport};
 use metatopia_sim::{ElementId, Fx, PlayerId, RegionId, ScriptHost, Sim, Vec3};
 use serde::{Deserialize, Serialize};
 
-use crate::world::{World, WorldConfig};
+use crate::world::{self, World};
 
 /// First bytes of a region snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"MTPR";
@@ -139,7 +138,7 @@ pub struct RegionConfig {
     /// forwarded to the new owner.
     pub forward_ticks: u64,
     /// Gravity and tick rate.
-    pub world: WorldConfig,
+    pub world: world::Config,
 }
 
 impl RegionConfig {
@@ -155,7 +154,7 @@ impl RegionConfig {
             hysteresis: Fx::from_milli(500),
             bodies_max: 10_000,
             forward_ticks: 200,
-            world: WorldConfig::default(),
+            world: world::Config::default(),
         }
     }
 }
@@ -164,7 +163,7 @@ impl RegionConfig {
 struct Outgoing {
     to: RegionId,
     switch_tick: u64,
-    influences: Vec<(u32, PhysicsCommand)>,
+    influences: Vec<(u32, physics::Command)>,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -192,7 +191,7 @@ struct Released {
     /// The subtree in our coordinates, its bodies and the held influences.
     transfer: Transfer,
     bodies: Vec<BodyTransfer>,
-    influences: Vec<PhysicsCommand>,
+    influences: Vec<physics::Command>,
 }
 
 /// Handoff state and counters. Part of the region hash.
@@ -290,12 +289,12 @@ fn rank(m: &BorderMessage) -> u8 {
 }
 
 /// `cmd` with its positions shifted by `by`.
-fn shift(cmd: &PhysicsCommand, by: Vec3) -> PhysicsCommand {
+fn shift(cmd: &physics::Command, by: Vec3) -> physics::Command {
     let mut c = cmd.clone();
     match &mut c {
-        PhysicsCommand::Spawn { pos, .. }
-        | PhysicsCommand::KinematicTarget { pos, .. }
-        | PhysicsCommand::SetPosition { pos, .. } => *pos = pos.saturating_add(by),
+        physics::Command::Spawn { pos, .. }
+        | physics::Command::KinematicTarget { pos, .. }
+        | physics::Command::SetPosition { pos, .. } => *pos = pos.saturating_add(by),
         _ => {}
     }
     c
@@ -305,16 +304,16 @@ fn shift(cmd: &PhysicsCommand, by: Vec3) -> PhysicsCommand {
 struct Received<'a> {
     now: u64,
     /// Commands for this tick's physics step, before the sim's own.
-    pre: Vec<PhysicsCommand>,
+    pre: Vec<physics::Command>,
     /// The sim's physics inbox: departures, arrivals, last tick's events.
     sim: PhysicsInbox,
     /// Physics events of this tick for the report.
     events: Vec<PhysicsEvent>,
     outbox: Vec<Envelope>,
     /// Influences for bodies handed away, by new owner, in issue order.
-    forward: BTreeMap<RegionId, Vec<PhysicsCommand>>,
+    forward: BTreeMap<RegionId, Vec<physics::Command>>,
     /// Forwarded influences received, applied after every switch.
-    late: Vec<&'a PhysicsCommand>,
+    late: Vec<&'a physics::Command>,
 }
 
 impl Received<'_> {
@@ -410,7 +409,7 @@ impl Region {
                 metatopia_sim::physics::BodyKind::Seated { .. } => e.parent,
                 _ => None,
             };
-            world.apply(&PhysicsCommand::Spawn {
+            world.apply(&physics::Command::Spawn {
                 id: *id,
                 spec: body.spec,
                 pos: e.pos,
@@ -717,7 +716,7 @@ impl Region {
         &mut self,
         transfer: &Transfer,
         bodies: &[BodyTransfer],
-        influences: &[(u32, PhysicsCommand)],
+        influences: &[(u32, physics::Command)],
         from: RegionId,
         work: &mut Received<'_>,
     ) {
@@ -821,10 +820,10 @@ impl Region {
     /// handed away is forwarded to its new owner.
     fn route_commands(
         &mut self,
-        sim_commands: &[PhysicsCommand],
+        sim_commands: &[physics::Command],
         origin: Vec3,
         work: &mut Received<'_>,
-    ) -> Vec<PhysicsCommand> {
+    ) -> Vec<physics::Command> {
         let mut leaving: BTreeMap<ElementId, ElementId> = BTreeMap::new();
         for root in self.border.outgoing.keys() {
             for id in self.group_bodies(*root) {
@@ -836,7 +835,7 @@ impl Region {
             let cmd = shift(cmd, origin);
             let hold = !matches!(
                 cmd,
-                PhysicsCommand::Remove { .. } | PhysicsCommand::Spawn { .. }
+                physics::Command::Remove { .. } | physics::Command::Spawn { .. }
             );
             match leaving.get(&cmd.id()) {
                 Some(root) if hold => {
@@ -896,7 +895,7 @@ impl Region {
     fn send_influences(
         &mut self,
         now: u64,
-        forward: BTreeMap<RegionId, Vec<PhysicsCommand>>,
+        forward: BTreeMap<RegionId, Vec<physics::Command>>,
         outbox: &mut Vec<Envelope>,
     ) {
         for (to, cmds) in forward {
@@ -933,7 +932,7 @@ impl Region {
 
     /// Commands that put a group root back inside the box and stop it
     /// moving outwards.
-    fn push_back(&self, root: ElementId) -> Vec<PhysicsCommand> {
+    fn push_back(&self, root: ElementId) -> Vec<physics::Command> {
         let Some(m) = self.world.motion(root) else {
             return Vec::new();
         };
@@ -967,14 +966,15 @@ impl Region {
             stop(m.vel.z, m.pos.z, b.min.z, b.max.z),
         );
         vec![
-            PhysicsCommand::SetPosition { id: root, pos },
-            PhysicsCommand::SetVelocity { id: root, vel },
+            physics::Command::SetPosition { id: root, pos },
+            physics::Command::SetVelocity { id: root, vel },
         ]
     }
 
-    /// Step 4, first part: offers for groups deep enough in a neighbour,
-    /// push-back for bodies outside every box. Returns the offered roots.
-    fn borders(&mut self, now: u64, outbox: &mut Vec<Envelope>) -> Vec<ElementId> {
+    /// The owned bodies outside our box: group roots deep enough in a
+    /// neighbour to offer (with the neighbour), and bodies outside every
+    /// box to push back (not seated ones: their vehicle carries them).
+    fn outside(&self) -> (Vec<(ElementId, RegionId)>, Vec<ElementId>) {
         let state = self.sim.state();
         let region_root = state.root();
         let mut offers = Vec::new();
@@ -1016,6 +1016,13 @@ impl Region {
                 }
             }
         }
+        (offers, clamp)
+    }
+
+    /// Step 4, first part: offers for groups deep enough in a neighbour,
+    /// push-back for bodies outside every box. Returns the offered roots.
+    fn borders(&mut self, now: u64, outbox: &mut Vec<Envelope>) -> Vec<ElementId> {
+        let (offers, clamp) = self.outside();
         for id in clamp {
             for cmd in self.push_back(id) {
                 self.world.apply(&cmd);

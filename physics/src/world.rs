@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use metatopia_sim::id::RegionId;
 use metatopia_sim::physics::{
-    BodyKind, BodySpec, BodyTransfer, Ghost, Motion, PhysicsCommand, PhysicsEvent, Shape,
+    self, BodyKind, BodySpec, BodyTransfer, Ghost, Motion, PhysicsEvent, Shape,
 };
 use metatopia_sim::snapshot::{self, DecodeError};
 use metatopia_sim::{ElementId, Fx, Vec3};
@@ -39,16 +39,16 @@ pub const DIGEST_MAGIC: [u8; 4] = *b"MTPD";
 
 /// World parameters, the same on every replica of a region.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct WorldConfig {
+pub struct Config {
     /// Gravity, m/s².
     pub gravity: Vec3,
     /// Ticks per second; the step is `1 / tick_rate_hz` seconds.
     pub tick_rate_hz: u32,
 }
 
-impl Default for WorldConfig {
-    fn default() -> WorldConfig {
-        WorldConfig {
+impl Default for Config {
+    fn default() -> Config {
+        Config {
             gravity: Vec3::new(Fx::ZERO, Fx::ZERO, Fx::from_milli(-9_810)),
             tick_rate_hz: 20,
         }
@@ -84,7 +84,7 @@ impl Slot {
 
 /// One region's physics world.
 pub struct World {
-    cfg: WorldConfig,
+    cfg: Config,
     rapier: PhysicsWorld,
     slots: BTreeMap<ElementId, Slot>,
     forced: Vec<RigidBodyHandle>,
@@ -182,7 +182,7 @@ fn rigid_body(spec: &BodySpec, id: ElementId, m: &Motion) -> RigidBody {
 
 impl World {
     /// An empty world.
-    pub fn new(cfg: WorldConfig) -> World {
+    pub fn new(cfg: Config) -> World {
         let mut rapier = PhysicsWorld::new();
         rapier.gravity = convert::vector(cfg.gravity);
         rapier.integration_parameters.dt = 1.0 / f64::from(cfg.tick_rate_hz.max(1));
@@ -197,7 +197,7 @@ impl World {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &WorldConfig {
+    pub fn config(&self) -> &Config {
         &self.cfg
     }
 
@@ -286,9 +286,9 @@ impl World {
     /// Applies one command to an owned body; commands for unknown bodies or
     /// ghosts are ignored (the main sim checked them; a ghost's owner gets
     /// its own).
-    pub fn apply(&mut self, cmd: &PhysicsCommand) {
+    pub fn apply(&mut self, cmd: &physics::Command) {
         self.cache.dynamics_ok = false;
-        if let PhysicsCommand::Spawn {
+        if let physics::Command::Spawn {
             id,
             spec,
             pos,
@@ -329,7 +329,7 @@ impl World {
             return;
         }
         let handle = slot.handle;
-        if let PhysicsCommand::Remove { .. } = cmd {
+        if let physics::Command::Remove { .. } = cmd {
             self.remove(id);
             return;
         }
@@ -337,29 +337,29 @@ impl World {
             return;
         };
         match cmd {
-            PhysicsCommand::Impulse { impulse, .. } => {
+            physics::Command::Impulse { impulse, .. } => {
                 rb.apply_impulse(convert::vector(*impulse), true);
             }
-            PhysicsCommand::Force { force, .. } => {
+            physics::Command::Force { force, .. } => {
                 rb.add_force(convert::vector(*force), true);
                 self.forced.push(handle);
             }
-            PhysicsCommand::SetVelocity { vel, .. } => {
+            physics::Command::SetVelocity { vel, .. } => {
                 rb.set_linvel(convert::vector(*vel), true);
             }
-            PhysicsCommand::KinematicTarget { pos, .. } => {
+            physics::Command::KinematicTarget { pos, .. } => {
                 rb.set_next_kinematic_translation(convert::vector(*pos));
             }
-            PhysicsCommand::SetPosition { pos, .. } => {
+            physics::Command::SetPosition { pos, .. } => {
                 rb.set_translation(convert::vector(*pos), true);
             }
-            PhysicsCommand::Spawn { .. } | PhysicsCommand::Remove { .. } => {}
+            physics::Command::Spawn { .. } | physics::Command::Remove { .. } => {}
         }
     }
 
     /// Applies `commands` in order, steps once, and returns the events of
     /// owned bodies, sorted by id.
-    pub fn step(&mut self, commands: &[PhysicsCommand]) -> Vec<PhysicsEvent> {
+    pub fn step(&mut self, commands: &[physics::Command]) -> Vec<PhysicsEvent> {
         for cmd in commands {
             self.apply(cmd);
         }
@@ -403,6 +403,8 @@ impl World {
     /// Events of owned bodies after a step, and the digest's dynamic
     /// records of every body (the pose and velocity are quantized once for
     /// both).
+    ///
+    /// Long on purpose: one pass over the bodies builds both the events and the digest records (the pose is quantized once for both).
     fn collect_events(&mut self) -> Vec<PhysicsEvent> {
         // Active contacts as (body, other) pairs, both ways, sorted.
         let mut pairs = std::mem::take(&mut self.cache.pairs);
@@ -664,7 +666,7 @@ impl World {
     /// A world from [`World::snapshot`] bytes. Continuing from it gives the
     /// same digests as never stopping.
     pub fn restore(bytes: &[u8]) -> Result<World, DecodeError> {
-        let (cfg, rapier, slots): (WorldConfig, PhysicsWorld, BTreeMap<ElementId, Slot>) =
+        let (cfg, rapier, slots): (Config, PhysicsWorld, BTreeMap<ElementId, Slot>) =
             snapshot::decode(SNAPSHOT_MAGIC, bytes)?;
         let seated = slots.values().filter(|s| is_seated(&s.spec)).count();
         Ok(World {

@@ -13,7 +13,7 @@ use metatopia_physics::cluster::ClusterReport;
 use metatopia_physics::scene::{self, Rng, Scene};
 use metatopia_sim::input::InputKind;
 use metatopia_sim::physics::{
-    BodyKind, BodySpec, BorderMessage, Material, PhysicsCommand, PhysicsEvent, Shape,
+    self, BodyKind, BodySpec, BorderMessage, Material, PhysicsEvent, Shape,
 };
 use metatopia_sim::testing::{Rule, RuleHost};
 use metatopia_sim::{ElementId, Fx, NoScripts, RegionId, ScriptHost, Vec3};
@@ -410,7 +410,7 @@ fn influences_after_the_switch_are_forwarded_to_the_new_owner() {
             RegionId(2),
             vec![(
                 1,
-                PhysicsCommand::Impulse {
+                physics::Command::Impulse {
                     id: ball,
                     impulse: v(0, 1_000, 0)
                 }

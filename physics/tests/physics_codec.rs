@@ -134,7 +134,7 @@ fn malformed_bytes_get_clear_errors() {
     let push = |n: u64| {
         (
             n,
-            metatopia_sim::physics::PhysicsCommand::Impulse {
+            metatopia_sim::physics::Command::Impulse {
                 id: ElementId::new(2, 1),
                 impulse: metatopia_sim::Vec3::ZERO,
             },
@@ -148,7 +148,7 @@ fn malformed_bytes_get_clear_errors() {
     assert!(err(&influences(vec![push(3), push(3)])).contains("numbered"));
     let remove = (
         1,
-        metatopia_sim::physics::PhysicsCommand::Remove {
+        metatopia_sim::physics::Command::Remove {
             id: ElementId::new(2, 1),
         },
     );

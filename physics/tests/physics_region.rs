@@ -116,11 +116,11 @@ fn corrupt_snapshots_are_refused() {
 /// kind of change, and see a one-quantum change of any body.
 #[test]
 fn tick_digest_matches_the_full_digest_after_every_change() {
-    use metatopia_physics::WorldConfig;
-    use metatopia_sim::physics::{Ghost, Motion, PhysicsCommand};
+    use metatopia_physics::world;
+    use metatopia_sim::physics::{self, Ghost, Motion};
     use metatopia_sim::{ElementId, Fx, Vec3};
 
-    let mut w = World::new(WorldConfig::default());
+    let mut w = World::new(world::Config::default());
     let check = |w: &mut World| {
         let d = w.tick_digest();
         assert_eq!(d, w.digest());
@@ -131,7 +131,7 @@ fn tick_digest_matches_the_full_digest_after_every_change() {
         |x: i64, y: i64, z: i64| Vec3::new(Fx::from_milli(x), Fx::from_milli(y), Fx::from_milli(z));
     let empty = check(&mut w);
     for n in 1..=4 {
-        w.apply(&PhysicsCommand::Spawn {
+        w.apply(&physics::Command::Spawn {
             id: id(n),
             spec: scene::ball(500),
             pos: v(n as i64 * 2000, 0, 1000),
@@ -151,7 +151,7 @@ fn tick_digest_matches_the_full_digest_after_every_change() {
     let before = check(&mut w);
     let m = w.motion(id(2)).unwrap();
     let nudged = Vec3::new(m.vel.x.saturating_add(Fx::from_bits(1)), m.vel.y, m.vel.z);
-    w.apply(&PhysicsCommand::SetVelocity {
+    w.apply(&physics::Command::SetVelocity {
         id: id(2),
         vel: nudged,
     });
@@ -188,7 +188,7 @@ fn tick_digest_matches_the_full_digest_after_every_change() {
     w.release(id(3));
     w.adopt(&t);
     check(&mut w);
-    w.step(&[PhysicsCommand::Impulse {
+    w.step(&[physics::Command::Impulse {
         id: id(4),
         impulse: v(0, 1, 0),
     }]);

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use arc_swap::ArcSwap;
 use imbl::OrdMap;
 
-use metatopia_sim::script::{ScriptCall, ScriptFault, ScriptHost, ScriptOutput, hex32};
+use metatopia_sim::script::{ScriptCall, ScriptFault, ScriptHost, ScriptOutput};
 use metatopia_sim::{ElementId, State};
 
 use crate::licence::{self, LicenceError};
@@ -99,8 +99,9 @@ pub enum CheckError {
     Invalid(String),
 }
 
-/// Largest source accepted, bytes.
-pub const SOURCE_BYTES_MAX: usize = 256 * 1024;
+/// Largest source accepted, bytes (64 KiB, docs/scripting.md): the one
+/// definition; the node's HTTP body limit is this too.
+pub const SOURCE_BYTES_MAX: usize = 64 * 1024;
 
 /// Default most sandboxes cached (about 50 KiB each when idle).
 pub const CACHED_MAX: usize = 16_384;
@@ -210,7 +211,7 @@ impl Host {
             .sources
             .source(&source)
             .filter(|t| hash_source(t) == source)
-            .ok_or_else(|| ScriptFault::MissingSource(hex32(&source)))?;
+            .ok_or_else(|| ScriptFault::MissingSource(metatopia_sim::hex(&source)))?;
         let sandbox = Sandbox::new(&text, script, limits).map_err(|e| e.to_string());
         let entry = Arc::new(Entry {
             source,

@@ -76,6 +76,8 @@ pub fn ids(source: &str) -> Vec<String> {
 }
 
 /// Checks `source` against `allowed` and returns its licence expression.
+///
+/// Long on purpose: the licence line is parsed and checked clause by clause, each with its own error.
 pub fn check<S: AsRef<str>>(source: &str, allowed: &[S]) -> Result<String, LicenceError> {
     let accepted = allowed
         .iter()

@@ -326,6 +326,7 @@ impl<'a, F: FnMut(u64) -> bool> Matcher<'a, F> {
         r
     }
 
+    /// Long on purpose: a port of lstrlib.c's `match`, one arm per pattern item, kept in Lua's shape so the two can be compared.
     fn match_inner(&mut self, mut s: usize, mut p: usize) -> Result<Option<usize>, PatternError> {
         loop {
             self.step(1)?;

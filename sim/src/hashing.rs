@@ -2,8 +2,9 @@
 //! for table entry hashes and the per-tick state digest.
 //!
 //! The bytes hashed are exactly `postcard::to_stdvec(value)`: this is only
-//! a cheaper sink (no `Vec` per value, no `io::Write` layer), plus a
-//! hand-written encoder for [`Element`], the value a tick rehashes most.
+//! a cheaper sink (no `Vec` per value, no `io::Write` layer); the
+//! hand-written encoder of an element, the value a tick rehashes most, is
+//! `state::element_hash`.
 //! Every hash stays what it was; tests compare against postcard. The
 //! `Sink` trait writes the same bytes onto a `Vec` instead, for the part
 //! of the digest encoded on another thread.
@@ -13,12 +14,11 @@ use serde::Serialize;
 
 use crate::fx::Fx;
 use crate::id::ElementId;
-use crate::state::{Element, ElementKind, ScriptSlot};
 
 /// Bytes buffered before they go to the hasher, for one value. An
 /// element's encoding is usually well under this, so it is hashed in one
 /// call.
-const BUF: usize = 256;
+pub(crate) const BUF: usize = 256;
 
 /// A buffer of `N` bytes in front of a blake3 hasher. The hasher (about
 /// 2 KB) is made, on the heap, only for input longer than the buffer:
@@ -93,7 +93,7 @@ impl<const N: usize> HashSink<N> {
     }
 
     /// postcard's `i64`: zigzag, then a varint.
-    fn fx(&mut self, v: Fx) {
+    pub(crate) fn fx(&mut self, v: Fx) {
         let n = v.to_bits();
         self.varint(((n << 1) ^ (n >> 63)) as u64);
     }
@@ -249,76 +249,6 @@ impl<const N: usize> Flavor for HashFlavor<'_, N> {
 pub fn value_hash<V: Serialize + ?Sized>(value: &V) -> [u8; 32] {
     let mut sink = HashSink::<BUF>::new();
     sink.put(value);
-    sink.finish()
-}
-
-/// [`value_hash`] of an element, encoded by hand: the tick rehashes an
-/// element for every script whose state changed, and serde's generic path
-/// cost as much as blake3 itself. The bytes are postcard's (a test compares
-/// them on random elements); a new field fails to compile here until it is
-/// encoded.
-pub fn element_hash(e: &Element) -> [u8; 32] {
-    let Element {
-        id,
-        parent,
-        kind,
-        owner_region,
-        owner,
-        name,
-        pos,
-        children,
-        script,
-    } = e;
-    let mut sink = HashSink::<BUF>::new();
-    sink.id(*id);
-    match parent {
-        None => sink.byte(0),
-        Some(p) => {
-            sink.byte(1);
-            sink.id(*p);
-        }
-    }
-    // Unit variants are their index as a varint.
-    sink.varint(match kind {
-        ElementKind::Region => 0,
-        ElementKind::Object => 1,
-        ElementKind::Part => 2,
-        ElementKind::Avatar => 3,
-    });
-    sink.varint(u64::from(owner_region.0));
-    match owner {
-        None => sink.byte(0),
-        Some(p) => {
-            sink.byte(1);
-            sink.bytes(&p.0);
-        }
-    }
-    sink.varint(name.len() as u64);
-    sink.bytes(name.as_bytes());
-    sink.fx(pos.x);
-    sink.fx(pos.y);
-    sink.fx(pos.z);
-    sink.varint(children.len() as u64);
-    for c in children {
-        sink.id(*c);
-    }
-    match script {
-        None => sink.byte(0),
-        Some(slot) => {
-            let ScriptSlot {
-                source,
-                state,
-                faults,
-                suspended,
-            } = slot;
-            sink.byte(1);
-            sink.bytes(source);
-            sink.varint(state.len() as u64);
-            sink.bytes(state);
-            sink.varint(u64::from(*faults));
-            sink.byte(u8::from(*suspended));
-        }
-    }
     sink.finish()
 }
 

@@ -128,6 +128,11 @@ impl PlayerId {
     }
 }
 
+/// Lowercase hex of some bytes (hashes, keys): the one hex helper.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl fmt::Display for PlayerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in self.0 {

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::fx::{Fx, Vec3};
 use crate::id::{ElementId, PlayerId};
 
+pub use crate::rejection::Rejection;
+
 /// One player's command. Inputs are signed by the node layer; the sim sees
 /// verified ones.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -182,42 +184,6 @@ pub struct Batch {
     pub time_ms: u64,
     /// The inputs, in the agreed order.
     pub inputs: Vec<Input>,
-}
-
-/// Why an input was refused. The input changed nothing but its sender's
-/// sequence number.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, thiserror::Error)]
-pub enum Rejection {
-    /// The sender has not joined this region.
-    #[error("player has not joined this region")]
-    NotJoined,
-    /// The sender is banned.
-    #[error("player is banned from this region")]
-    Banned,
-    /// The region is full.
-    #[error("region is full ({0} players online)")]
-    RegionFull(u32),
-    /// The sender is already in the region.
-    #[error("player is already in the region")]
-    AlreadyJoined,
-    /// The sender lacks the right.
-    #[error("permission denied: {0}")]
-    Permission(String),
-    /// The element does not exist.
-    #[error("unknown element {0}")]
-    UnknownElement(ElementId),
-    /// The player is unknown to the region.
-    #[error("unknown player {0}")]
-    UnknownPlayer(PlayerId),
-    /// A value is out of range.
-    #[error("{0}")]
-    OutOfBounds(String),
-    /// The request is not valid for this element or player.
-    #[error("{0}")]
-    Invalid(String),
-    /// The sender sent more inputs this tick than allowed.
-    #[error("too many inputs this tick (limit {0})")]
-    RateLimited(u32),
 }
 
 /// What a tick tells the outside world. Events are output, not state.

@@ -9,7 +9,10 @@
 //! - [`fx`]: fixed-point numbers and vectors, deterministic maths.
 //! - [`id`]: region, element and player ids.
 //! - [`state`]: the world state (elements, players, chat, settings).
-//! - [`input`]: inputs, batches, rejections and events.
+//! - [`input`]: inputs, batches and events.
+//! - [`rejection`]: why an input was refused.
+//! - [`body`]: physics bodies as the state holds them.
+//! - [`script_event`]: the events scripts get, and those queued for them.
 //! - [`admin`]: the temp-admin rule.
 //! - [`order`]: tick seeds and canonical inbox order.
 //! - [`script`]: the script host trait.
@@ -25,6 +28,7 @@
 #![deny(clippy::float_arithmetic)]
 
 pub mod admin;
+pub mod body;
 pub mod codec;
 pub mod fx;
 pub mod hashing;
@@ -32,7 +36,9 @@ pub mod id;
 pub mod input;
 pub mod order;
 pub mod physics;
+pub mod rejection;
 pub mod script;
+pub mod script_event;
 pub mod snapshot;
 pub mod state;
 pub mod step;
@@ -41,7 +47,7 @@ pub mod testing;
 pub mod timers;
 
 pub use fx::{Fx, Vec3};
-pub use id::{ElementId, PlayerId, RegionId};
+pub use id::{ElementId, PlayerId, RegionId, hex};
 pub use input::{AdminAction, Batch, Event, Input, InputKind, Rejection, SettingsPatch};
 pub use script::{NoScripts, ScriptHost};
 pub use state::{Settings, State};

@@ -5,7 +5,7 @@
 //! types both sides (and scripts) agree on, all in fixed point and ids, so
 //! that `sim` stays free of floats and of rapier.
 //!
-//! - [`PhysicsCommand`]: what the main sim asks of its physics sim during a
+//! - [`Command`]: what the main sim asks of its physics sim during a
 //!   tick (spawn, remove, impulse, force, velocity, kinematic target).
 //! - [`PhysicsEvent`]: what the physics sim reports for bodies its region
 //!   owns (moved, collided, came to rest, left the region). They are inputs
@@ -29,129 +29,13 @@ use crate::id::{ElementId, RegionId};
 use crate::snapshot::{self, DecodeError};
 use crate::state::{Element, Pending};
 
-/// A collision shape.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub enum Shape {
-    /// A sphere.
-    Ball {
-        /// Radius, metres, positive.
-        radius: Fx,
-    },
-    /// A box.
-    Cuboid {
-        /// Half extents, metres, each positive.
-        half: Vec3,
-    },
-}
-
-impl Shape {
-    /// Radius of the smallest sphere around the shape's centre (upper
-    /// bound), for margins.
-    pub fn bounding_radius(&self) -> Fx {
-        match self {
-            Shape::Ball { radius } => *radius,
-            Shape::Cuboid { half } => half.x.saturating_add(half.y).saturating_add(half.z),
-        }
-    }
-
-    fn valid(&self) -> bool {
-        let ok = |v: Fx| v > Fx::ZERO && v <= Fx::from_int(1000);
-        match self {
-            Shape::Ball { radius } => ok(*radius),
-            Shape::Cuboid { half } => ok(half.x) && ok(half.y) && ok(half.z),
-        }
-    }
-}
-
-/// Surface and mass properties.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct Material {
-    /// Mass per cubic metre, positive.
-    pub density: Fx,
-    /// Friction coefficient, `0..=10`.
-    pub friction: Fx,
-    /// Restitution (bounciness), `0..=1`.
-    pub restitution: Fx,
-}
-
-impl Default for Material {
-    fn default() -> Material {
-        Material {
-            density: Fx::ONE,
-            friction: Fx::from_milli(500),
-            restitution: Fx::from_milli(500),
-        }
-    }
-}
-
-impl Material {
-    fn valid(&self) -> bool {
-        self.density > Fx::ZERO
-            && self.density <= Fx::from_int(100_000)
-            && self.friction >= Fx::ZERO
-            && self.friction <= Fx::from_int(10)
-            && self.restitution >= Fx::ZERO
-            && self.restitution <= Fx::ONE
-    }
-}
-
-/// How a body moves.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub enum BodyKind {
-    /// Moved by forces and contacts.
-    Dynamic,
-    /// Moved only by kinematic targets; pushes dynamic bodies.
-    Kinematic,
-    /// Never moves (ground, walls).
-    Fixed,
-    /// Rides its parent element's body at a fixed offset (a seated avatar
-    /// in a vehicle). It has a sensor collider and no dynamics of its own,
-    /// and it crosses borders with its vehicle, as one group.
-    Seated {
-        /// Offset from the vehicle's centre, metres.
-        offset: Vec3,
-    },
-}
-
-/// What a body is made of.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct BodySpec {
-    /// How it moves.
-    pub kind: BodyKind,
-    /// Its collider.
-    pub shape: Shape,
-    /// Its material.
-    pub material: Material,
-}
-
-impl BodySpec {
-    /// Whether every field is in range.
-    pub fn valid(&self) -> bool {
-        let offset_ok = match self.kind {
-            BodyKind::Seated { offset } => offset.length() <= Fx::from_int(100),
-            _ => true,
-        };
-        offset_ok && self.shape.valid() && self.material.valid()
-    }
-}
-
-/// What the main sim keeps of a physical element (its position is the
-/// element's `pos`). Written only from physics events and body inputs.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct Body {
-    /// Shape, material and kind.
-    pub spec: BodySpec,
-    /// Linear velocity at the end of the last physics step, m/s.
-    pub vel: Vec3,
-    /// Whether the body is asleep (came to rest).
-    pub resting: bool,
-}
+pub use crate::body::{Body, BodyKind, BodySpec, Material, Shape};
 
 /// A command from the main sim to its physics sim, issued during a tick and
 /// applied, in issue order, before that tick's physics step. Positions are
 /// in region coordinates.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub enum PhysicsCommand {
+pub enum Command {
     /// Create a body for an element.
     Spawn {
         /// The element.
@@ -207,23 +91,23 @@ pub enum PhysicsCommand {
     },
 }
 
-impl PhysicsCommand {
+impl Command {
     /// The element the command is for.
     pub fn id(&self) -> ElementId {
         match self {
-            PhysicsCommand::Spawn { id, .. }
-            | PhysicsCommand::Remove { id }
-            | PhysicsCommand::Impulse { id, .. }
-            | PhysicsCommand::Force { id, .. }
-            | PhysicsCommand::SetVelocity { id, .. }
-            | PhysicsCommand::KinematicTarget { id, .. }
-            | PhysicsCommand::SetPosition { id, .. } => *id,
+            Command::Spawn { id, .. }
+            | Command::Remove { id }
+            | Command::Impulse { id, .. }
+            | Command::Force { id, .. }
+            | Command::SetVelocity { id, .. }
+            | Command::KinematicTarget { id, .. }
+            | Command::SetPosition { id, .. } => *id,
         }
     }
 
     fn valid(&self) -> bool {
         match self {
-            PhysicsCommand::Spawn { spec, .. } => spec.valid(),
+            Command::Spawn { spec, .. } => spec.valid(),
             _ => true,
         }
     }
@@ -328,8 +212,6 @@ pub struct Ghost {
     pub motion: Motion,
 }
 
-impl crate::table::EntryHash for Body {}
-
 /// A body in a handoff, with the contacts it had (so the receiver does not
 /// report them again).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -388,7 +270,7 @@ pub enum BorderMessage {
         /// The physics side of each body, world coordinates.
         bodies: Vec<BodyTransfer>,
         /// Influences, by sequence number.
-        influences: Vec<(u32, PhysicsCommand)>,
+        influences: Vec<(u32, Command)>,
     },
     /// The sender gives up a handoff whose deadline (the switch tick)
     /// passed without the message it needed: the source did not get the
@@ -405,19 +287,19 @@ pub enum BorderMessage {
     /// number order, or forwards them again if the body moved on.
     Influences {
         /// `(sequence number, command)`, ascending numbers.
-        influences: Vec<(u64, PhysicsCommand)>,
+        influences: Vec<(u64, Command)>,
     },
 }
 
 /// Whether a command may travel as a forwarded influence (it acts on a
 /// body's motion; spawning, removing and teleporting stay with the owner).
-pub fn is_influence(cmd: &PhysicsCommand) -> bool {
+pub fn is_influence(cmd: &Command) -> bool {
     matches!(
         cmd,
-        PhysicsCommand::Impulse { .. }
-            | PhysicsCommand::Force { .. }
-            | PhysicsCommand::SetVelocity { .. }
-            | PhysicsCommand::KinematicTarget { .. }
+        Command::Impulse { .. }
+            | Command::Force { .. }
+            | Command::SetVelocity { .. }
+            | Command::KinematicTarget { .. }
     )
 }
 
@@ -466,6 +348,8 @@ impl Envelope {
     /// Checks bounds and values: counts within limits, shapes and
     /// materials in range, ids unique where they must be, a transfer's
     /// elements forming one subtree.
+    ///
+    /// Long on purpose: one arm per border message kind, each bound checked where it is read.
     pub fn validate(&self) -> Result<(), BorderError> {
         let bad = |m: String| Err(BorderError::Invalid(m));
         if self.from == self.to {

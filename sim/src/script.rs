@@ -10,66 +10,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::fx::Vec3;
-use crate::id::{ElementId, PlayerId};
-use crate::state::{ScriptSlot, Speaker, State};
+use crate::id::ElementId;
+use crate::state::{ScriptSlot, State};
 
-/// An event in a script's inbox.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct ScriptEvent {
-    /// Unique within the tick; with the tick seed it fixes the canonical order.
-    pub id: u64,
-    /// What happened.
-    pub kind: ScriptEventKind,
-}
-
-/// What a script can hear about.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub enum ScriptEventKind {
-    /// A player touched `element` (the script's element or a descendant).
-    Touched {
-        /// Who touched.
-        by: PlayerId,
-        /// What was touched.
-        element: ElementId,
-    },
-    /// Chat within hearing.
-    Heard {
-        /// Who spoke.
-        from: Speaker,
-        /// What was said.
-        text: String,
-    },
-    /// A message from another script, sent last tick.
-    Message {
-        /// The sending script.
-        from: ElementId,
-        /// The message.
-        body: String,
-    },
-    /// A timer the script set has fired.
-    Timer {
-        /// The timer's id, as the script chose it.
-        timer: u32,
-    },
-    /// A player entered the region.
-    Entered {
-        /// The player.
-        player: PlayerId,
-    },
-    /// A player left the region.
-    Left {
-        /// The player.
-        player: PlayerId,
-    },
-    /// A body (the script's element or a descendant) started touching
-    /// another (reported by the body's owner region only).
-    Collision {
-        /// The body.
-        element: ElementId,
-        /// What it touched.
-        other: ElementId,
-    },
-}
+pub use crate::script_event::{ScriptEvent, ScriptEventKind};
 
 /// One call of a script for one tick.
 #[derive(Debug)]
@@ -108,14 +52,14 @@ pub enum Write {
         name: String,
     },
     /// Add an impulse (N·s) to a body at its centre of mass (a
-    /// `PhysicsCommand::Impulse` for the physics sim).
+    /// `physics::Command::Impulse` for the physics sim).
     Impulse {
         /// The body.
         element: ElementId,
         /// The impulse.
         impulse: Vec3,
     },
-    /// Set a body's linear velocity, m/s (a `PhysicsCommand::SetVelocity`).
+    /// Set a body's linear velocity, m/s (a `physics::Command::SetVelocity`).
     SetVelocity {
         /// The body.
         element: ElementId,
@@ -177,12 +121,7 @@ impl ScriptHost for NoScripts {
     fn run(&self, call: &ScriptCall<'_>) -> Result<ScriptOutput, ScriptFault> {
         Err(ScriptFault::MissingSource(format!(
             "{} (this node runs no script runtime)",
-            hex32(&call.slot.source)
+            crate::id::hex(&call.slot.source)
         )))
     }
-}
-
-/// Lowercase hex of 32 bytes.
-pub fn hex32(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -108,6 +108,8 @@ pub const DIGEST_MAGIC: [u8; 4] = *b"MTSD";
 /// keeps those per-entry hashes current, so a tick re-hashes only what it
 /// changed. It is exact: two states have the same hash only if every field
 /// and every element and player are equal (up to blake3 collisions).
+///
+/// Long on purpose: it destructures `State` without `..` so that a new field fails to compile here, and encodes every field in order.
 pub fn state_hash(state: &State) -> [u8; 32] {
     // Destructured without `..`: adding a field to State fails to compile
     // here until the digest covers it.

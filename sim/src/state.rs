@@ -13,6 +13,11 @@ use crate::fx::{Fx, Vec3};
 use crate::id::{ElementId, PlayerId, RegionId};
 use crate::table::Table;
 
+pub use crate::script_event::{Pending, Speaker};
+pub use element_hash::element_hash;
+
+mod element_hash;
+
 /// Milliseconds in a day of sim time.
 pub const DAY_MS: u64 = 86_400_000;
 
@@ -68,7 +73,7 @@ pub struct Element {
 
 impl crate::table::EntryHash for Element {
     fn entry_hash(&self) -> [u8; 32] {
-        crate::hashing::element_hash(self)
+        element_hash(self)
     }
 }
 
@@ -107,15 +112,6 @@ pub struct Player {
 
 impl crate::table::EntryHash for Player {}
 
-/// Who said a chat line.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub enum Speaker {
-    /// A player (through their avatar).
-    Player(PlayerId),
-    /// A scripted element.
-    Script(ElementId),
-}
-
 /// One line of chat.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ChatLine {
@@ -131,16 +127,6 @@ pub struct ChatLine {
     pub radius: Option<Fx>,
     /// The text.
     pub text: String,
-}
-
-/// An event for a script, delivered at the next tick (messages between
-/// scripts, chat said by scripts).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct Pending {
-    /// The receiving script.
-    pub to: ElementId,
-    /// The event.
-    pub event: crate::script::ScriptEventKind,
 }
 
 /// Region settings. Changed only by admin inputs, so every replica agrees.
@@ -277,7 +263,7 @@ pub struct State {
     pub timers: crate::timers::Timers,
     /// Physical elements: shape, material, velocity (positions are the
     /// elements' own). Changed by body inputs and physics events.
-    pub bodies: Table<ElementId, crate::physics::Body>,
+    pub bodies: Table<ElementId, crate::body::Body>,
 }
 
 impl State {
@@ -424,8 +410,8 @@ impl State {
         owner: Option<PlayerId>,
         name: &str,
         pos: Vec3,
-    ) -> Result<ElementId, crate::input::Rejection> {
-        use crate::input::Rejection;
+    ) -> Result<ElementId, crate::rejection::Rejection> {
+        use crate::rejection::Rejection;
         if !self.elements.contains_key(&parent) {
             return Err(Rejection::UnknownElement(parent));
         }

@@ -31,7 +31,7 @@
 use crate::id::{ElementId, PlayerId};
 use crate::input::{Batch, Event, Rejection};
 use crate::order;
-use crate::physics::{PhysicsCommand, PhysicsInbox};
+use crate::physics::{self, PhysicsInbox};
 use crate::script::{ScriptEvent, ScriptHost};
 use crate::snapshot;
 use crate::state::{Element, State};
@@ -88,7 +88,7 @@ pub struct TickReport {
     /// Script events dropped because an inbox was full.
     pub inbox_dropped: u32,
     /// Commands for this tick's physics step, in issue order.
-    pub physics: Vec<PhysicsCommand>,
+    pub physics: Vec<physics::Command>,
 }
 
 /// A sim: a state with its hash, stepped by batches.

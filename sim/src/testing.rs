@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::fx::{Fx, Vec3};
 use crate::id::ElementId;
-use crate::script::{
-    ScriptCall, ScriptEventKind, ScriptFault, ScriptHost, ScriptOutput, Write, hex32,
-};
+use crate::script::{ScriptCall, ScriptEventKind, ScriptFault, ScriptHost, ScriptOutput, Write};
 
 /// A built-in behaviour.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +87,7 @@ impl ScriptHost for RuleHost {
         let rule = self
             .rules
             .get(&call.slot.source)
-            .ok_or_else(|| ScriptFault::MissingSource(hex32(&call.slot.source)))?;
+            .ok_or_else(|| ScriptFault::MissingSource(crate::hex(&call.slot.source)))?;
         let mut out = ScriptOutput::default();
         match rule {
             Rule::Journal => {

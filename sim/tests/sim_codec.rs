@@ -284,7 +284,7 @@ proptest! {
     fn element_hash_is_blake3_of_postcard(e in any_element()) {
         let bytes = postcard::to_stdvec(&e).unwrap();
         prop_assert_eq!(
-            metatopia_sim::hashing::element_hash(&e),
+            metatopia_sim::state::element_hash(&e),
             *blake3::hash(&bytes).as_bytes()
         );
     }

@@ -300,7 +300,7 @@ impl metatopia_sim::ScriptHost for Writes {
 
 #[test]
 fn script_physics_writes_become_commands_for_own_bodies_only() {
-    use metatopia_sim::physics::{BodyKind, BodySpec, Material, PhysicsCommand, Shape};
+    use metatopia_sim::physics::{self, BodyKind, BodySpec, Material, Shape};
     use metatopia_sim::script::Write;
     use metatopia_sim::{Fx, NoScripts};
     let mut d = world(1);
@@ -349,13 +349,13 @@ fn script_physics_writes_become_commands_for_own_bodies_only() {
         },
     ]);
     let r = d.tick(&ok, touch());
-    assert!(r.physics.contains(&PhysicsCommand::Impulse {
+    assert!(r.physics.contains(&physics::Command::Impulse {
         id: mine,
         impulse: up
     }));
     assert!(
         r.physics
-            .contains(&PhysicsCommand::SetVelocity { id: mine, vel: up })
+            .contains(&physics::Command::SetVelocity { id: mine, vel: up })
     );
     assert_eq!(slot(&d).state, b"pushed".to_vec());
     // A non-body, or a body outside the subtree: the whole output is
@@ -397,7 +397,7 @@ fn script_physics_writes_become_commands_for_own_bodies_only() {
         assert!(
             !r.physics
                 .iter()
-                .any(|c| matches!(c, PhysicsCommand::Impulse { .. })),
+                .any(|c| matches!(c, physics::Command::Impulse { .. })),
             "{:?}",
             r.physics
         );

@@ -463,6 +463,8 @@ impl Harness {
     }
 
     /// Advances the oracle: start a view, collect votes, decide.
+    ///
+    /// Long on purpose: the oracle's view, vote and decision steps share the view's state; it is test harness code read as one sequence.
     fn oracle_step(&mut self) -> Result<(), String> {
         let n = self.nodes.len();
         if self.oracle.pending.is_none() && self.oracle.quiet {
@@ -558,6 +560,8 @@ impl Harness {
     }
 
     /// One millisecond of simulated time.
+    ///
+    /// Long on purpose: one simulated millisecond, deliveries, timers and faults in order; test harness code read as one sequence.
     fn step(&mut self) -> Result<(), String> {
         self.now += 1;
         let n = self.nodes.len();
@@ -679,6 +683,7 @@ impl Harness {
         self.check(converge)
     }
 
+    /// Long on purpose: one assertion block per safety and liveness property, each with its message.
     fn check(&self, converge: bool) -> Result<Outcome, String> {
         let honest: Vec<usize> = (0..self.nodes.len())
             .filter(|i| Some(*i) != self.byzantine())

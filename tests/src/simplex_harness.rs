@@ -203,6 +203,7 @@ fn boot(shared: &Shared, idx: usize, key: &SigningKey) -> Replica {
     )
 }
 
+/// Long on purpose: wires one member (network, engine, journal, driver) in the order commonware needs.
 fn start_member(
     context: &deterministic::Context,
     shared: &Arc<Shared>,
@@ -314,6 +315,7 @@ pub fn run_seed(seed: u64, n: usize, seconds: u64) -> Result<Outcome, String> {
     deterministic::Runner::new(cfg).start(|context| run(context, seed, n, seconds))
 }
 
+/// Long on purpose: the whole simulated run (start, faults, heal, wait) over shared handles; test harness code read as one sequence.
 async fn run(
     context: deterministic::Context,
     seed: u64,
@@ -521,6 +523,7 @@ fn latencies(r: &Record, until: u64) -> ((u64, u64), (u64, u64)) {
     (percentiles(visible), percentiles(finalized))
 }
 
+/// Long on purpose: one assertion block per property, each with its message.
 fn check(
     r: &Record,
     seed: u64,

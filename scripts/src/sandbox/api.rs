@@ -18,6 +18,7 @@ use crate::errors::rt;
 use crate::raw::{self, Arg, Ret};
 use crate::{fx, strings};
 
+/// Long on purpose: one registration per host function in the table the prelude reads.
 pub(super) fn install_host(lua: &Lua, budget: &Arc<Budget>) -> mlua::Result<Table> {
     let h = lua.create_table()?;
     let b = budget.clone();

@@ -175,6 +175,8 @@ impl Sandbox {
     /// hash by, vendor/lua-src/PATCHES.md), clears `state`, then calls
     /// each handler with its arguments pushed straight onto the stack.
     /// Stops after a handler that ran out of budget.
+    ///
+    /// Long on purpose: the whole inbox runs inside one protected call, so the handlers' argument pushes must sit in this closure (nothing with a destructor may be live when Lua long-jumps).
     #[allow(unsafe_code)]
     fn call_handlers(&self, inbox: &[metatopia_sim::script::ScriptEvent]) -> mlua::Result<()> {
         use mlua::ffi;

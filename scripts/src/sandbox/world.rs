@@ -13,6 +13,7 @@ fn player_str(p: PlayerId) -> String {
     p.to_string()
 }
 
+/// Long on purpose: one short closure per `world` function, the table in one place.
 pub(super) fn world_table(lua: &Lua) -> mlua::Result<Table> {
     let w = lua.create_table()?;
     w.set(

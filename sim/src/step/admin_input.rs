@@ -108,14 +108,7 @@ impl Work<'_> {
                 range(v, 65_536, 256 * 1024 * 1024, "script_memory_bytes_max")?;
         }
         if let Some(list) = &patch.script_licences {
-            let spdx = |id: &String| {
-                !id.is_empty()
-                    && id.len() <= 64
-                    && id
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '+'))
-            };
-            if list.is_empty() || list.len() > 64 || !list.iter().all(spdx) {
+            if !licences_ok(list) {
                 return Err(Rejection::Invalid(
                     "script_licences must be 1 to 64 SPDX identifiers".into(),
                 ));
@@ -131,4 +124,16 @@ impl Work<'_> {
         self.trim_chat();
         Ok(())
     }
+}
+
+/// Whether `list` is 1 to 64 SPDX identifiers.
+fn licences_ok(list: &[String]) -> bool {
+    let spdx = |id: &String| {
+        !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '+'))
+    };
+    !list.is_empty() && list.len() <= 64 && list.iter().all(spdx)
 }

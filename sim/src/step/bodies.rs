@@ -4,7 +4,7 @@
 use crate::fx::Vec3;
 use crate::id::{ElementId, PlayerId};
 use crate::input::Rejection;
-use crate::physics::{Body, BodyKind, PhysicsCommand};
+use crate::physics::{self, Body, BodyKind};
 
 use super::Work;
 
@@ -65,7 +65,7 @@ impl Work<'_> {
             BodyKind::Seated { .. } => parent,
             _ => None,
         };
-        self.report.physics.push(PhysicsCommand::Spawn {
+        self.report.physics.push(physics::Command::Spawn {
             id,
             spec,
             pos,

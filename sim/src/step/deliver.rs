@@ -2,6 +2,7 @@
 //! whose ownership leaves, then those that arrive, then last tick's physics
 //! events), then last tick's queued script events and the timers due now.
 
+use crate::fx::Vec3;
 use crate::id::ElementId;
 use crate::physics::{PhysicsEvent, PhysicsInbox, Transfer};
 use crate::script::{ScriptEvent, ScriptEventKind};
@@ -19,71 +20,70 @@ impl Work<'_> {
         }
         for event in &inbox.events {
             match event {
-                PhysicsEvent::Moved { id, pos, vel } => {
-                    let Some(from) = self.state.elements.get(id).map(|e| e.pos) else {
-                        continue;
-                    };
-                    if !self.state.bodies.contains_key(id) {
-                        continue;
-                    }
-                    // Elements without a body of their own ride along.
-                    let has_children = self
-                        .state
-                        .elements
-                        .get(id)
-                        .is_some_and(|e| !e.children.is_empty());
-                    let riders: Vec<ElementId> = if has_children {
-                        self.state
-                            .subtree(*id)
-                            .into_iter()
-                            .filter(|c| c != id && !self.state.bodies.contains_key(c))
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
-                    for c in riders {
-                        self.state.elements.update(&c, |e| {
-                            e.pos = e.pos.saturating_sub(from).saturating_add(*pos);
-                        });
-                    }
-                    self.state.elements.update(id, |e| e.pos = *pos);
-                    self.state.bodies.update(id, |b| {
-                        b.vel = *vel;
-                        b.resting = false;
-                    });
-                }
+                PhysicsEvent::Moved { id, pos, vel } => self.moved(*id, *pos, *vel),
                 PhysicsEvent::AtRest { id } => {
                     self.state.bodies.update(id, |b| b.resting = true);
                 }
-                PhysicsEvent::Collided { id, other } => {
-                    // The body's script hears it, or its nearest scripted
-                    // ancestor's.
-                    let mut cur = Some(*id);
-                    let mut steps = 0u32;
-                    while let Some(at) = cur {
-                        let Some(e) = self.state.elements.get(&at) else {
-                            break;
-                        };
-                        if e.script.is_some() {
-                            let ev = self.new_event_id();
-                            self.push_event(
-                                at,
-                                ev,
-                                ScriptEventKind::Collision {
-                                    element: *id,
-                                    other: *other,
-                                },
-                            );
-                            break;
-                        }
-                        cur = e.parent;
-                        steps += 1;
-                        if steps > self.state.settings.depth_max {
-                            break;
-                        }
-                    }
-                }
+                PhysicsEvent::Collided { id, other } => self.collided(*id, *other),
                 PhysicsEvent::LeftRegion { .. } => {}
+            }
+        }
+    }
+
+    /// A body moved in last tick's physics step: its element (and the
+    /// elements riding on it without a body of their own) follow.
+    fn moved(&mut self, id: ElementId, pos: Vec3, vel: Vec3) {
+        let Some(from) = self.state.elements.get(&id).map(|e| e.pos) else {
+            return;
+        };
+        if !self.state.bodies.contains_key(&id) {
+            return;
+        }
+        // Elements without a body of their own ride along.
+        let has_children = self
+            .state
+            .elements
+            .get(&id)
+            .is_some_and(|e| !e.children.is_empty());
+        let riders: Vec<ElementId> = if has_children {
+            self.state
+                .subtree(id)
+                .into_iter()
+                .filter(|c| *c != id && !self.state.bodies.contains_key(c))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for c in riders {
+            self.state.elements.update(&c, |e| {
+                e.pos = e.pos.saturating_sub(from).saturating_add(pos);
+            });
+        }
+        self.state.elements.update(&id, |e| e.pos = pos);
+        self.state.bodies.update(&id, |b| {
+            b.vel = vel;
+            b.resting = false;
+        });
+    }
+
+    /// A body collided: its script hears it, or its nearest scripted
+    /// ancestor's.
+    fn collided(&mut self, id: ElementId, other: ElementId) {
+        let mut cur = Some(id);
+        let mut steps = 0u32;
+        while let Some(at) = cur {
+            let Some(e) = self.state.elements.get(&at) else {
+                break;
+            };
+            if e.script.is_some() {
+                let ev = self.new_event_id();
+                self.push_event(at, ev, ScriptEventKind::Collision { element: id, other });
+                break;
+            }
+            cur = e.parent;
+            steps += 1;
+            if steps > self.state.settings.depth_max {
+                break;
             }
         }
     }

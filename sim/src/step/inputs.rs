@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::fx::{Fx, Vec3};
 use crate::id::{ElementId, PlayerId};
 use crate::input::{Event, Input, InputKind, Rejection};
-use crate::physics::PhysicsCommand;
+use crate::physics;
 use crate::script::ScriptEventKind;
 use crate::state::{ElementKind, Player, Role, ScriptSlot, Speaker};
 
@@ -240,7 +240,7 @@ impl Work<'_> {
         if self.forwarded_owner(element).is_none() {
             self.body(element)?;
         }
-        self.report.physics.push(PhysicsCommand::Impulse {
+        self.report.physics.push(physics::Command::Impulse {
             id: element,
             impulse,
         });
@@ -264,7 +264,7 @@ impl Work<'_> {
         self.check_owner(who, owner, "set the velocity of")?;
         self.report
             .physics
-            .push(PhysicsCommand::SetVelocity { id: element, vel });
+            .push(physics::Command::SetVelocity { id: element, vel });
         Ok(())
     }
 
@@ -375,7 +375,7 @@ impl Work<'_> {
             if self.state.bodies.contains_key(&id) {
                 self.report
                     .physics
-                    .push(PhysicsCommand::SetPosition { id, pos });
+                    .push(physics::Command::SetPosition { id, pos });
             }
         }
         Ok(())
@@ -387,7 +387,7 @@ impl Work<'_> {
             self.state.elements.remove(&id);
             self.state.scripted.remove(&id);
             if self.state.bodies.remove(&id).is_some() {
-                self.report.physics.push(PhysicsCommand::Remove { id });
+                self.report.physics.push(physics::Command::Remove { id });
             }
         }
         if let Some(parent) = parent {

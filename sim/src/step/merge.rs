@@ -4,7 +4,7 @@
 use crate::fx::{Fx, Vec3};
 use crate::id::ElementId;
 use crate::input::Event;
-use crate::physics::PhysicsCommand;
+use crate::physics;
 use crate::script::{ScriptEventKind, ScriptFault, ScriptOutput, Write};
 use crate::state::{Pending, Speaker};
 
@@ -19,32 +19,7 @@ impl Work<'_> {
     ) -> Result<(), ScriptFault> {
         let st = &self.state.settings;
         let reject = |m: String| Err(ScriptFault::Rejected(m));
-        for w in &out.writes {
-            let (element, ok) = match w {
-                Write::SetPos { element, pos } => (*element, self.state.in_bounds(*pos)),
-                Write::SetName { element, name } => (
-                    *element,
-                    check_text(name, st.name_bytes_max, "name").is_ok(),
-                ),
-                Write::Impulse { element, .. } | Write::SetVelocity { element, .. } => {
-                    (*element, true)
-                }
-            };
-            if !self.state.elements.contains_key(&element) {
-                return reject(format!("write to unknown element {element}"));
-            }
-            if !self.state.is_within(element, script) {
-                return reject(format!("write to {element}, which the script does not own"));
-            }
-            if !ok {
-                return reject(format!("invalid value written to {element}"));
-            }
-            if matches!(w, Write::Impulse { .. } | Write::SetVelocity { .. })
-                && !self.state.bodies.contains_key(&element)
-            {
-                return reject(format!("{element} is not a body"));
-            }
-        }
+        self.check_writes(script, &out.writes)?;
         let sends = out.sends.len() + out.says.len();
         if sends as u64 > u64::from(st.script_sends_per_tick_max) {
             return reject(format!(
@@ -94,6 +69,40 @@ impl Work<'_> {
         Ok(())
     }
 
+    /// Each write: to a known element within the script's subtree, with a
+    /// valid value; impulses and velocities to bodies.
+    fn check_writes(&self, script: ElementId, writes: &[Write]) -> Result<(), ScriptFault> {
+        let st = &self.state.settings;
+        let reject = |m: String| Err(ScriptFault::Rejected(m));
+        for w in writes {
+            let (element, ok) = match w {
+                Write::SetPos { element, pos } => (*element, self.state.in_bounds(*pos)),
+                Write::SetName { element, name } => (
+                    *element,
+                    check_text(name, st.name_bytes_max, "name").is_ok(),
+                ),
+                Write::Impulse { element, .. } | Write::SetVelocity { element, .. } => {
+                    (*element, true)
+                }
+            };
+            if !self.state.elements.contains_key(&element) {
+                return reject(format!("write to unknown element {element}"));
+            }
+            if !self.state.is_within(element, script) {
+                return reject(format!("write to {element}, which the script does not own"));
+            }
+            if !ok {
+                return reject(format!("invalid value written to {element}"));
+            }
+            if matches!(w, Write::Impulse { .. } | Write::SetVelocity { .. })
+                && !self.state.bodies.contains_key(&element)
+            {
+                return reject(format!("{element} is not a body"));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies a checked output. `had_faults`: the script's slot counted
     /// faults before this call (they are reset now).
     pub(super) fn apply_output(&mut self, script: ElementId, out: ScriptOutput, had_faults: bool) {
@@ -110,7 +119,7 @@ impl Work<'_> {
                     });
                 }
                 Write::Impulse { element, impulse } => {
-                    self.report.physics.push(PhysicsCommand::Impulse {
+                    self.report.physics.push(physics::Command::Impulse {
                         id: element,
                         impulse,
                     });
@@ -118,7 +127,7 @@ impl Work<'_> {
                 Write::SetVelocity { element, vel } => {
                     self.report
                         .physics
-                        .push(PhysicsCommand::SetVelocity { id: element, vel });
+                        .push(physics::Command::SetVelocity { id: element, vel });
                 }
             }
         }

@@ -1,0 +1,128 @@
+//! What the HTTP routes share ([`crate::http`], [`crate::scripts`]): the
+//! app state, the bounded request body, JSON errors, the bearer-token
+//! check, `If-None-Match`, and the status of a submission that did not
+//! commit. Both route modules import it; neither imports the other's
+//! helpers.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use metatopia_sim::PlayerId;
+
+use crate::faults::Faults;
+use crate::world::{Handle, SubmitError};
+
+/// Largest request body: a script source at its largest (one definition).
+pub const BODY_BYTES_MAX: usize = metatopia_scripts::host::SOURCE_BYTES_MAX;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The world.
+    pub world: Handle,
+    /// The local player (inputs posted with the token act as this player).
+    pub player: PlayerId,
+    /// The bearer token.
+    pub token: Arc<str>,
+    /// Data directory, for status.
+    pub data_dir: Arc<str>,
+    /// Whether `/metrics` is served.
+    pub metrics: bool,
+    /// The overlay membership, when `[overlay] enabled`.
+    pub overlay: Option<metatopia_overlay::Handle>,
+    /// Script faults seen since the node started.
+    pub faults: Arc<Faults>,
+}
+
+/// A request body of at most [`BODY_BYTES_MAX`] bytes. A larger one is
+/// refused with 413 and the JSON error naming the limit and what was sent
+/// (axum's own answer is plain text).
+#[derive(Debug)]
+pub(crate) struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Body, Response> {
+        let sent = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(error(StatusCode::PAYLOAD_TOO_LARGE, too_large(sent)))
+            }
+            Err(r) => Err(error(
+                r.status(),
+                format!("cannot read the request body: {}", r.body_text()),
+            )),
+        }
+    }
+}
+
+/// The message for a body over [`BODY_BYTES_MAX`]; `sent` is its
+/// `Content-Length`, when it had one.
+fn too_large(sent: Option<u64>) -> String {
+    let limit = format!("the limit of {BODY_BYTES_MAX} bytes (64 KiB)");
+    match sent {
+        Some(n) => format!("request body too large: {n} bytes sent, over {limit}"),
+        None => format!("request body too large: more than {limit} sent"),
+    }
+}
+
+/// A JSON error answer `{"error": message}`.
+pub(crate) fn error(code: StatusCode, message: String) -> Response {
+    (code, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// Whether `If-None-Match` names `etag` (a quoted strong tag) or `*`.
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+}
+
+/// The 401 answer for a missing or wrong bearer token.
+pub(crate) fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (see the `token` file in the data directory)".into(),
+    )
+}
+
+/// Whether the request carries the node's bearer token.
+pub(crate) fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(given) = value.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // Constant-time comparison of equal-length strings.
+    let (a, b) = (given.trim().as_bytes(), app.token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The HTTP status of a submission that did not commit.
+pub fn submit_error_status(e: &SubmitError) -> StatusCode {
+    use crate::replica::core::Refusal;
+    match e {
+        SubmitError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        SubmitError::Refused(Refusal::Busy | Refusal::NotServing)
+        | SubmitError::Busy
+        | SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        SubmitError::Refused(_) => StatusCode::BAD_REQUEST,
+        SubmitError::NotMine(_) => StatusCode::FORBIDDEN,
+    }
+}
