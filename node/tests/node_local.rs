@@ -8,6 +8,7 @@ mod common;
 use common::{Node, run};
 use serde_json::json;
 
+/// Long on purpose: one scenario told step by step; its assertions read the state the steps before them built.
 #[test]
 fn up_serves_the_api_and_refuses_a_second_node() {
     let dir = tempfile::tempdir().unwrap();

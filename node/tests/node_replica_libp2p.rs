@@ -29,6 +29,7 @@ struct Seen {
 
 const LABELS: [&str; 4] = ["m0", "m1", "m2", "m3"];
 
+/// Long on purpose: one scenario told step by step; its assertions read the state the steps before them built.
 #[test]
 fn four_members_agree_over_libp2p_on_loopback() {
     let _ = tracing_subscriber::fmt()

@@ -110,6 +110,8 @@ fn scenario_errors_name_the_field() {
 /// A scenario author sees why each input was refused and why each script
 /// faulted, with the tick, the player and the input (issue 11); `--quiet`
 /// leaves only the summary.
+///
+/// Long on purpose: one scenario told step by step; its assertions read the state the steps before them built.
 #[test]
 fn run_prints_each_rejection_and_fault() {
     let dir = tempfile::tempdir().unwrap();

@@ -80,6 +80,7 @@ fn push(data: &str, file: &std::path::Path, object: Option<&str>) -> std::proces
     run(&args)
 }
 
+/// Long on purpose: one scenario told step by step; its assertions read the state the steps before them built.
 #[test]
 fn push_get_attach_reload_and_refusals() {
     let dir = tempfile::tempdir().unwrap();

@@ -278,6 +278,7 @@ fn route(net: &mut SimNet, rng: &mut ChaCha8Rng, side: i64, q: usize) -> (usize,
     (ok, total, hops)
 }
 
+/// Long on purpose: one table of the report, its rows computed and printed in one loop.
 fn static_runs(a: &Args) {
     println!("\n### Static routing and neighbour quality (exact 2-D mode)\n");
     println!(
@@ -427,6 +428,7 @@ fn owner_at(
     any
 }
 
+/// Long on purpose: one table of the report, its rows computed and printed in one loop.
 fn churn_runs(a: &Args) {
     println!("\n### Churn: 1 %/s of peers crash and as many join (uniform, 60 s)\n");
     println!(
@@ -607,6 +609,7 @@ fn grid(sites: &[(NodeId, Point)], cell: i64) -> BTreeMap<(i64, i64), Vec<(NodeI
     g
 }
 
+/// Long on purpose: one table of the report, its rows computed and printed in one loop.
 fn moving_runs(a: &Args) {
     println!(
         "\n### Moving peers (VAST setting: AOI 100 m, 5 m/step, 10 steps/s, density of 1000 peers on 1200 m × 1200 m)\n"

@@ -25,6 +25,7 @@ fn median(mut v: Vec<Duration>) -> (f64, f64) {
     (ms(v[v.len() / 2]), ms(v[v.len() * 9 / 10]))
 }
 
+/// Long on purpose: the numbered measurements run in order and print one report.
 fn main() {
     let ticks: usize = std::env::args()
         .skip(1)

@@ -46,6 +46,7 @@ impl Audit {
         self.bodies = s.owners().into_iter().map(|(id, _)| id).collect();
     }
 
+    /// Long on purpose: one assertion block per invariant of the border protocol, each with its message.
     fn check(&mut self, s: &Scene, rep: &ClusterReport, seed: u64) {
         let owners = s.owners();
         let ids: Vec<ElementId> = owners.iter().map(|(id, _)| *id).collect();
@@ -364,6 +365,7 @@ fn accepted_handoff_moves_body_script_and_influences() {
     assert_eq!(s.owners(), vec![(ball, RegionId(2))]);
 }
 
+/// Long on purpose: one scenario told step by step; its assertions read the state the steps before them built.
 #[test]
 fn influences_after_the_switch_are_forwarded_to_the_new_owner() {
     let mut host = RuleHost::new();

@@ -77,6 +77,7 @@ fn valid_envelopes_round_trip_and_apply() {
     assert_eq!(r.world().owned_count(), 0);
 }
 
+/// Long on purpose: one case per malformed input, each with the error it must give.
 #[test]
 fn malformed_bytes_get_clear_errors() {
     let good = encode_envelope(&env(

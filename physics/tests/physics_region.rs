@@ -114,6 +114,8 @@ fn corrupt_snapshots_are_refused() {
 /// The per-tick digest reuses the step's quantized motion and a cached
 /// static hash; it must equal the digest computed from scratch after every
 /// kind of change, and see a one-quantum change of any body.
+///
+/// Long on purpose: one case per kind of change, each followed by the same digest check.
 #[test]
 fn tick_digest_matches_the_full_digest_after_every_change() {
     use metatopia_physics::world;

@@ -47,6 +47,7 @@ fn refused(name: &str, body: &str, want: &str) {
     }
 }
 
+/// Long on purpose: one case per way of smuggling state, each with the refusal it must get.
 #[test]
 fn smuggling_state_between_calls_is_refused() {
     let cases: &[(&str, &str, &str)] = &[

@@ -298,6 +298,7 @@ impl metatopia_sim::ScriptHost for Writes {
     }
 }
 
+/// Long on purpose: one scenario told step by step; its assertions read the state the steps before them built.
 #[test]
 fn script_physics_writes_become_commands_for_own_bodies_only() {
     use metatopia_sim::physics::{self, BodyKind, BodySpec, Material, Shape};

@@ -127,6 +127,7 @@ fn chat_history_is_bounded() {
     assert_eq!(chat.front().unwrap().text, "line 25");
 }
 
+/// Long on purpose: one case per refused input, each followed by the same check.
 #[test]
 fn refused_inputs_change_nothing_but_the_sequence_number() {
     let mut d = world();
@@ -291,6 +292,7 @@ fn per_player_rate_limit() {
     );
 }
 
+/// Long on purpose: one scenario told step by step; its assertions read the state the steps before them built.
 #[test]
 fn hierarchy_create_reparent_delete() {
     let mut d = world();
