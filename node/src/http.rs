@@ -24,8 +24,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use metatopia_sim::hex;
+
 use crate::action::{Action, IdsOnly};
-use crate::store::hex;
 use crate::view;
 use crate::web::{Body, authorized, error, if_none_match, unauthorized};
 use crate::world::SubmitError;

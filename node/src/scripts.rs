@@ -26,11 +26,10 @@ use serde_json::json;
 
 use metatopia_scripts::{CheckError, Host, Sources, check_upload, hash_source};
 use metatopia_sim::input::InputKind;
-use metatopia_sim::{ElementId, ScriptHost};
+use metatopia_sim::{ElementId, ScriptHost, hex};
 
 use crate::client;
 use crate::datadir::{DataDir, default_dir};
-use crate::store::hex;
 use crate::web::{App, Body, authorized, error, if_none_match, submit_error_status, unauthorized};
 use crate::world::SubmitError;
 

@@ -70,7 +70,7 @@ fn build(dir: &Path) -> String {
             )
             .unwrap();
     }
-    metatopia_node::store::hex(&region.hash())
+    metatopia_sim::hex(&region.hash())
 }
 
 fn replay(dir: &Path) -> (bool, String) {
@@ -189,7 +189,7 @@ fn a_corrupt_snapshot_is_reported_by_replay_and_skipped_by_recovery() {
     assert_eq!(recovery.snapshot_tick, 20);
     assert_eq!(recovery.skipped_snapshots.len(), 1);
     assert_eq!(recovery.skipped_snapshots[0].0, 30);
-    assert_eq!(metatopia_node::store::hex(&region.hash()), hash);
+    assert_eq!(metatopia_sim::hex(&region.hash()), hash);
 }
 
 #[test]
