@@ -17,29 +17,12 @@ use crate::client;
 use crate::config::Config;
 use crate::datadir::{DataDir, NodeInfo, default_dir};
 use crate::http::{self, App};
+use crate::out::write_out;
 use crate::replica::Manifest;
 use crate::scenario;
-use crate::store::{Store, StoreError, hex};
+use crate::store::{Store, StoreError};
 use crate::world;
-
-/// Standard output was closed by its reader (`metatopia status | head`).
-/// Verbs stop quietly on it and the binary exits successfully, as a filter
-/// would; nothing is printed about it.
-#[derive(Debug, thiserror::Error)]
-#[error("standard output is closed")]
-pub struct StdoutClosed;
-
-/// Writes `text` to standard output and flushes it. A closed stdout is
-/// [`StdoutClosed`]; use [`outln!`](crate::outln) in verbs.
-pub fn write_out(text: std::fmt::Arguments<'_>) -> Result<()> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    match out.write_fmt(text).and_then(|()| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
-        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
-    }
-}
+use metatopia_sim::hex;
 
 /// A line for a long-running verb (`up`): printed if anyone still reads
 /// standard output, else dropped; the node does not stop for it.

@@ -68,7 +68,7 @@ impl Group {
                         crate::quote::cap(m, crate::quote::QUOTE_CHARS_MAX)
                     )
                 })?;
-                let bytes = crate::store::unhex32(id).ok_or_else(|| {
+                let bytes = metatopia_sim::unhex32(id).ok_or_else(|| {
                     format!(
                         "group.members: {:?} is not a 64-digit hex player id",
                         crate::quote::cap(id, crate::quote::QUOTE_CHARS_MAX)

@@ -20,14 +20,15 @@
 //! - [`quote`]: quoting user input in error messages, bounded.
 //! - [`scripts`]: script sources by hash, their HTTP routes and CLI verbs.
 //! - [`client`]: a minimal HTTP client for the CLI and tests.
+//! - [`out`]: standard output for verbs ([`outln!`]); a closed pipe ends a verb quietly.
 
 /// `println!` for verbs: a closed standard output ends the verb quietly
-/// ([`cli::StdoutClosed`]) instead of panicking. Use inside a function
+/// ([`out::StdoutClosed`]) instead of panicking. Use inside a function
 /// returning `anyhow::Result`.
 #[macro_export]
 macro_rules! outln {
     ($($arg:tt)*) => {
-        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))?
+        $crate::out::write_out(format_args!("{}\n", format_args!($($arg)*)))?
     };
 }
 
@@ -38,6 +39,7 @@ pub mod config;
 pub mod datadir;
 pub mod faults;
 pub mod http;
+pub mod out;
 pub mod overlay;
 pub mod physics_scene;
 pub mod quote;

@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // A reader that closed our stdout (`metatopia status | head`) has
         // what it wanted: stop quietly, as a filter would.
-        Err(e) if e.is::<metatopia_node::cli::StdoutClosed>() => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<metatopia_node::out::StdoutClosed>() => std::process::ExitCode::SUCCESS,
         Err(e) => {
             use std::io::Write as _;
             let _ = writeln!(std::io::stderr(), "metatopia: error: {e:#}");

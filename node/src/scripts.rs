@@ -114,7 +114,7 @@ async fn get_source(
     UrlPath(hash): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(h) = crate::store::unhex32(&hash.to_ascii_lowercase()) else {
+    let Some(h) = metatopia_sim::unhex32(&hash.to_ascii_lowercase()) else {
         return error(
             StatusCode::BAD_REQUEST,
             format!("{hash:?} is not a script hash (64 hex digits)"),
@@ -313,13 +313,13 @@ pub fn cli(cmd: ScriptCmd) -> Result<()> {
             Ok(())
         }
         ScriptCmd::Get { hash, data } => {
-            let Some(h) = crate::store::unhex32(&hash.to_ascii_lowercase()) else {
+            let Some(h) = metatopia_sim::unhex32(&hash.to_ascii_lowercase()) else {
                 bail!("{hash:?} is not a script hash (64 hex digits)");
             };
             let dir = DataDir::open(&data.unwrap_or_else(default_dir))?;
             // The local store first; then the running node.
             if let Some(text) = SourceStore::new(&dir.path).get(&h) {
-                crate::cli::write_out(format_args!("{text}"))?;
+                crate::out::write_out(format_args!("{text}"))?;
                 return Ok(());
             }
             let base = dir.running_node()?;
@@ -327,7 +327,7 @@ pub fn cli(cmd: ScriptCmd) -> Result<()> {
             if r.status != 200 {
                 bail!("no script with hash {} ({})", hex(&h), r.status);
             }
-            crate::cli::write_out(format_args!("{}", String::from_utf8_lossy(&r.body)))?;
+            crate::out::write_out(format_args!("{}", String::from_utf8_lossy(&r.body)))?;
             Ok(())
         }
     }
@@ -357,7 +357,7 @@ mod tests {
         assert_eq!(&*s.get(&h).unwrap(), "-- hi\n");
         std::fs::write(s.path(&h), "-- tampered\n").unwrap();
         assert!(s.get(&h).is_none());
-        assert!(crate::store::unhex32("zz").is_none());
-        assert_eq!(crate::store::unhex32(&hex(&h)), Some(h));
+        assert!(metatopia_sim::unhex32("zz").is_none());
+        assert_eq!(metatopia_sim::unhex32(&hex(&h)), Some(h));
     }
 }

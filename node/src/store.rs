@@ -19,8 +19,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use metatopia_physics::Region;
-use metatopia_sim::ScriptHost;
 use metatopia_sim::snapshot::{self, DecodeError};
+use metatopia_sim::{ScriptHost, hex};
 
 use crate::replica::{Digest, Manifest, Proposal};
 
@@ -130,23 +130,6 @@ fn decode_region(bytes: &[u8], tick: u64) -> Result<Region, StoreError> {
 
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// 32 bytes from 64 hex digits, if they are.
-pub fn unhex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// The database of one data directory.

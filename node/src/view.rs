@@ -7,7 +7,7 @@ use metatopia_sim::state::{ChatLine, DAY_MS, Element, ElementKind, Role, Speaker
 use metatopia_sim::{ElementId, Fx, PlayerId, Settings, Sim, Vec3};
 
 use crate::faults::Fault;
-use crate::store::hex;
+use metatopia_sim::hex;
 
 /// `GET /api/status`.
 #[derive(Debug, Serialize)]

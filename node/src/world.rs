@@ -352,7 +352,7 @@ fn connect(
 fn listing(members: &[(PlayerId, libp2p::Multiaddr)]) -> Vec<String> {
     members
         .iter()
-        .map(|(m, a)| format!("{}@{a}", crate::store::hex(&m.0)))
+        .map(|(m, a)| format!("{}@{a}", metatopia_sim::hex(&m.0)))
         .collect()
 }
 
@@ -499,7 +499,7 @@ impl Sink {
                 }
             }
             Output::Desync(d) => {
-                warn!(tick = d.tick, mine = %crate::store::hex(&d.mine), theirs = %crate::store::hex(&d.theirs), "desync: this member diverged from its group; resyncing");
+                warn!(tick = d.tick, mine = %metatopia_sim::hex(&d.mine), theirs = %metatopia_sim::hex(&d.theirs), "desync: this member diverged from its group; resyncing");
                 if let Ok(mut g) = self.group.lock() {
                     g.desync = Some(d);
                 }

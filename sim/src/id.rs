@@ -133,6 +133,19 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// 32 bytes from exactly 64 hex digits (either case), if they are: the
+/// one hex reader, the inverse of [`hex`].
+pub fn unhex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 impl fmt::Display for PlayerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in self.0 {
@@ -154,16 +167,9 @@ impl FromStr for PlayerId {
 
     fn from_str(s: &str) -> Result<PlayerId, IdError> {
         let s = s.trim();
-        let bad = || IdError::Player(s.chars().take(70).collect());
-        if s.len() != 64 || !s.is_ascii() {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-            let pair = std::str::from_utf8(chunk).map_err(|_| bad())?;
-            out[i] = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
-        }
-        Ok(PlayerId(out))
+        unhex32(s)
+            .map(PlayerId)
+            .ok_or_else(|| IdError::Player(s.chars().take(70).collect()))
     }
 }
 

@@ -47,7 +47,7 @@ pub mod testing;
 pub mod timers;
 
 pub use fx::{Fx, Vec3};
-pub use id::{ElementId, PlayerId, RegionId, hex};
+pub use id::{ElementId, PlayerId, RegionId, hex, unhex32};
 pub use input::{AdminAction, Batch, Event, Input, InputKind, Rejection, SettingsPatch};
 pub use script::{NoScripts, ScriptHost};
 pub use state::{Settings, State};

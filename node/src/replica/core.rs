@@ -776,7 +776,7 @@ impl Replica {
         if let InputKind::AttachScript { source, .. } = &input.input.kind
             && self.sources.get(source).is_none()
         {
-            return Err(Refusal::UnknownSource(crate::store::hex(source)));
+            return Err(Refusal::UnknownSource(metatopia_sim::hex(source)));
         }
         let queue = self.mempool.entry(player).or_default();
         if queue.contains_key(&seq) {
@@ -1623,7 +1623,7 @@ impl Replica {
             return;
         };
         let d = Desync { tick, mine, theirs };
-        warn!(tick, mine = %crate::store::hex(&mine), theirs = %crate::store::hex(&theirs), "desync: this replica's region hash differs from the group's");
+        warn!(tick, mine = %metatopia_sim::hex(&mine), theirs = %metatopia_sim::hex(&theirs), "desync: this replica's region hash differs from the group's");
         self.desync = Some(d.clone());
         self.out.push_back(Output::Desync(d));
         self.ask_snapshot();

@@ -39,7 +39,7 @@ pub struct Sig(pub [u8; 64]);
 
 impl std::fmt::Debug for Sig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sig({})", crate::store::hex(&self.0[..8]))
+        write!(f, "Sig({})", metatopia_sim::hex(&self.0[..8]))
     }
 }
 
