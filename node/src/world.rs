@@ -88,7 +88,7 @@ pub enum SubmitError {
 /// What the tick thread is handed.
 struct Submit {
     input: SignedInput,
-    reply: oneshot::Sender<Result<Receipt, SubmitError>>,
+    reply: Reply,
 }
 
 /// The node's key and the next sequence number of its player; one lock so
@@ -341,7 +341,7 @@ fn connect(
         pub_tx,
         events,
         counters,
-        waiting: BTreeMap::new(),
+        waiting: Arc::default(),
         group,
         started: Instant::now(),
     };
@@ -409,23 +409,58 @@ struct Sink {
     pub_tx: watch::Sender<Arc<Published>>,
     events: broadcast::Sender<Arc<Published>>,
     counters: Arc<Counters>,
-    waiting: BTreeMap<(PlayerId, u64), oneshot::Sender<Result<Receipt, SubmitError>>>,
+    waiting: Arc<Waiting>,
     group: Arc<Mutex<GroupStatus>>,
     /// When the current batch of work began (tick duration metric).
     started: Instant,
 }
 
-impl Sink {
-    fn wait(&mut self, s: Submit) -> SignedInput {
+/// The submissions of this node's player that wait for their answer,
+/// by (player, sequence number). Shared, so that a member's input task
+/// can register a submission while its committer answers others.
+#[derive(Default)]
+struct Waiting(Mutex<BTreeMap<(PlayerId, u64), Reply>>);
+
+/// Where a submission's answer goes.
+type Reply = oneshot::Sender<Result<Receipt, SubmitError>>;
+
+impl Waiting {
+    /// Remembers `s`'s reply; gives the input to hand to the core.
+    fn wait(&self, s: Submit) -> SignedInput {
         let key = (s.input.input.player, s.input.input.seq);
-        self.waiting.insert(key, s.reply);
+        if let Ok(mut w) = self.0.lock() {
+            w.insert(key, s.reply);
+        }
         s.input
     }
 
-    fn stop_all(&mut self) {
-        for (_, reply) in std::mem::take(&mut self.waiting) {
+    fn answer(&self, player: PlayerId, seq: u64, answer: Result<Receipt, SubmitError>) {
+        let reply = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(&(player, seq)));
+        if let Some(reply) = reply {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Answers every waiting submission: the world stopped.
+    fn stop_all(&self) {
+        let all = self.0.lock().map(|mut w| std::mem::take(&mut *w));
+        for (_, reply) in all.unwrap_or_default() {
             let _ = reply.send(Err(SubmitError::Stopped));
         }
+    }
+}
+
+impl Sink {
+    fn wait(&mut self, s: Submit) -> SignedInput {
+        self.waiting.wait(s)
+    }
+
+    fn stop_all(&mut self) {
+        self.waiting.stop_all();
     }
 
     fn output(&mut self, out: Output) -> Result<(), StoreError> {
@@ -474,22 +509,22 @@ impl Sink {
                     None => &self.counters.accepted,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                if let Some(reply) = self.waiting.remove(&(player, seq)) {
-                    let _ = reply.send(match rejection {
+                self.waiting.answer(
+                    player,
+                    seq,
+                    match rejection {
                         Some(reason) => Err(SubmitError::Rejected(reason)),
                         None => Ok(Receipt { tick, seq }),
-                    });
-                }
+                    },
+                );
             }
             Output::Refused {
                 player,
                 seq,
                 refusal,
-            } => {
-                if let Some(reply) = self.waiting.remove(&(player, seq)) {
-                    let _ = reply.send(Err(SubmitError::Refused(refusal)));
-                }
-            }
+            } => self
+                .waiting
+                .answer(player, seq, Err(SubmitError::Refused(refusal))),
             Output::Checkpoint { tick, member, hash } => {
                 if let Ok(mut g) = self.group.lock() {
                     g.checkpoints.entry(tick).or_default().insert(member, hash);
@@ -586,6 +621,39 @@ impl Driver {
     }
 }
 
+/// Most outputs a member's driver may be ahead of its committer.
+const COMMIT_QUEUE_MAX: usize = 4096;
+
+/// An output and when the driver gave it out.
+type Queued = (Instant, Output);
+
+/// The committer of a member: a thread of its own that carries out the
+/// sink's outputs in order (the log append and its fsync, then answers,
+/// published states, status), so that a slow disk never stalls the
+/// consensus driver and its votes. A player's answer still follows its
+/// tick's durable commit: one thread, one queue, in the driver's order.
+/// It stops on the first store error, which it leaves in `failure`.
+fn committer(
+    mut sink: Sink,
+    failure: Arc<Mutex<Option<StoreError>>>,
+) -> std::io::Result<(std::sync::mpsc::SyncSender<Queued>, JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Queued>(COMMIT_QUEUE_MAX);
+    let thread = std::thread::Builder::new()
+        .name("metatopia-commit".into())
+        .spawn(move || {
+            for (started, out) in rx {
+                sink.started = started;
+                if let Err(e) = sink.output(out) {
+                    if let Ok(mut f) = failure.lock() {
+                        *f = Some(e);
+                    }
+                    return;
+                }
+            }
+        })?;
+    Ok((tx, thread))
+}
+
 /// Where a member of a group of several listens and who the others are.
 #[derive(Debug, Clone)]
 pub struct Membership {
@@ -621,7 +689,10 @@ pub fn start_member(
     if let Ok(mut g) = sink.group.lock() {
         g.addresses = listing(&membership.members);
     }
-    let sink = Arc::new(Mutex::new(sink));
+    let waiting = sink.waiting.clone();
+    let status = sink.group.clone();
+    let failure: Arc<Mutex<Option<StoreError>>> = Arc::new(Mutex::new(None));
+    let (commits, committer) = committer(sink, failure.clone())?;
     let queue_max = config.queue_max.max(1);
     let thread = std::thread::Builder::new()
         .name("metatopia-member".into())
@@ -654,7 +725,6 @@ pub fn start_member(
                 };
                 let (app, engine) = simplex::bridge();
                 let primary = engine.primary();
-                let status = sink.lock().map(|s| s.group.clone());
                 if let Err(e) = simplex::start(
                     ctx.child("engine"),
                     &key,
@@ -673,21 +743,15 @@ pub fn start_member(
                 // Players' inputs: remembered for their answers, then
                 // handed to the core.
                 let (in_tx, in_rx) = commonware_utils::channel::mpsc::channel(queue_max);
-                let inbox = sink.clone();
+                let inbox = waiting.clone();
                 ctx.child("inputs").spawn(move |_| async move {
                     while let Some(s) = rx.recv().await {
-                        let input = match inbox.lock() {
-                            Ok(mut sink) => sink.wait(s),
-                            Err(_) => return,
-                        };
+                        let input = inbox.wait(s);
                         if in_tx.send(input).await.is_err() {
                             return;
                         }
                     }
                 });
-                let outputs = sink.clone();
-                let failure = Arc::new(Mutex::new(None));
-                let failed_store = failure.clone();
                 let run = member::run(
                     ctx.child("member"),
                     core,
@@ -695,22 +759,18 @@ pub fn start_member(
                     members_ch,
                     in_rx,
                     member::Faults::default(),
+                    // Blocks only when the committer is COMMIT_QUEUE_MAX
+                    // outputs behind (the disk cannot keep up); fails only
+                    // when it stopped on a store error, which stops this
+                    // member below.
                     move |out| {
-                        let Ok(mut sink) = outputs.lock() else { return };
-                        sink.started = Instant::now();
-                        if let Err(e) = sink.output(out)
-                            && let Ok(mut f) = failed_store.lock()
-                        {
-                            *f = Some(e);
-                        }
+                        let _ = commits.send((Instant::now(), out));
                     },
                 );
                 let watch_stop = async {
                     loop {
                         tokio::time::sleep(Duration::from_millis(100)).await;
-                        if let Ok(status) = &status
-                            && let Ok(mut g) = status.lock()
-                        {
+                        if let Ok(mut g) = status.lock() {
                             g.primary = primary.get();
                         }
                         let store_failed = failure.lock().map(|f| f.is_some()).unwrap_or(true);
@@ -723,9 +783,12 @@ pub fn start_member(
                     () = run => {},
                     () = watch_stop => {},
                 }
-                if let Ok(mut s) = sink.lock() {
-                    s.stop_all();
+                // The driver (and with it the committer's queue) is gone:
+                // the committer finishes what was queued and ends.
+                if committer.join().is_err() {
+                    warn!("the committer panicked");
                 }
+                waiting.stop_all();
                 let err = failure.lock().ok().and_then(|mut f| f.take());
                 match err {
                     Some(e) => Err(e),

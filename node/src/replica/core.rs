@@ -264,6 +264,18 @@ pub enum Refusal {
     NotServing,
 }
 
+/// The clocks of a live verify: a proposal's time may be at most
+/// `clock_skew_max_ms` ahead of `now` and at most that far behind
+/// `asked`, the clock when the engine asked about it. Measuring the lower
+/// bound at the ask, not at the check, keeps a verifier that had to fetch
+/// the proposal or its ancestors (or was slow to get to it) from refusing
+/// a proposal that was on time when it came, view after view.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    now: u64,
+    asked: u64,
+}
+
 /// Why the core refused a proposal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {
@@ -1085,7 +1097,7 @@ impl Replica {
             self.early.push((req, parent, digest, since));
             return;
         }
-        if let Err(e) = self.check(&p, Some(now)) {
+        if let Err(e) = self.check(&p, Some(Live { now, asked: since })) {
             self.invalid(req, &e);
             return;
         }
@@ -1226,9 +1238,10 @@ impl Replica {
         info!(head = self.head.tick_number(), "head rebuilt");
     }
 
-    /// Why `p` cannot follow the head, if it cannot. `now` is the clock for
-    /// a live verify (none when catching up on notarized proposals).
-    fn check(&self, p: &Proposal, now: Option<u64>) -> Result<(), Invalid> {
+    /// Why `p` cannot follow the head, if it cannot. `live` holds the
+    /// clocks of a live verify (none when catching up on notarized
+    /// proposals).
+    fn check(&self, p: &Proposal, live: Option<Live>) -> Result<(), Invalid> {
         if p.region != self.manifest.region {
             return Err(Invalid::Region(p.region.0));
         }
@@ -1249,12 +1262,20 @@ impl Replica {
                 why: format!("before the last tick's {last} ms"),
             });
         }
-        if let Some(now) = now {
+        if let Some(Live { now, asked }) = live {
             let skew = self.cfg.clock_skew_max_ms;
-            if p.time_ms > now.saturating_add(skew) || p.time_ms.saturating_add(skew) < now {
+            if p.time_ms > now.saturating_add(skew) {
                 return Err(Invalid::Time {
                     got: p.time_ms,
-                    why: format!("more than {skew} ms from this replica's clock ({now} ms)"),
+                    why: format!("more than {skew} ms ahead of this replica's clock ({now} ms)"),
+                });
+            }
+            if p.time_ms.saturating_add(skew) < asked {
+                return Err(Invalid::Time {
+                    got: p.time_ms,
+                    why: format!(
+                        "more than {skew} ms behind this replica's clock when it was asked to verify ({asked} ms)"
+                    ),
                 });
             }
         }
@@ -1695,5 +1716,112 @@ impl Replica {
     pub fn diverge_for_test(&mut self, tick: u64) {
         self.hashes.insert(tick, [0xd5; 32]);
         self.compare(tick);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use metatopia_sim::state::Settings;
+    use metatopia_sim::{NoScripts, RegionId};
+
+    use super::*;
+    use crate::replica::wire::player_of;
+
+    /// Member 1 of four (not the first view's primary) at genesis, and
+    /// the proposal for tick 0 made at `time_ms`.
+    fn verifier(time_ms: u64) -> (Replica, Proposal, PlayerId) {
+        let keys: Vec<SigningKey> = (1..=4u8)
+            .map(|i| SigningKey::from_bytes(&[i; 32]))
+            .collect();
+        let manifest = Manifest {
+            region: RegionId(3),
+            settings: Settings::default(),
+            founders: vec![player_of(&keys[0])],
+            members: keys.iter().map(player_of).collect(),
+        };
+        let genesis = manifest.genesis_digest();
+        let p = Proposal {
+            region: manifest.region,
+            tick: 0,
+            parent: genesis,
+            time_ms,
+            inputs: Vec::new(),
+            sources: Vec::new(),
+        };
+        let primary = manifest.members[0];
+        let core = Replica::new(
+            Config::default(),
+            manifest.clone(),
+            keys[1].clone(),
+            Arc::new(NoScripts),
+            Arc::new(MemSources::default()),
+            manifest.genesis(),
+            genesis,
+        );
+        (core, p, primary)
+    }
+
+    fn verdicts(core: &mut Replica) -> Vec<bool> {
+        std::iter::from_fn(|| core.poll_output())
+            .filter_map(|o| match o {
+                Output::Answer(Answer::Verified { valid, .. }) => Some(valid),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_proposal_on_time_when_asked_is_valid_however_late_it_arrives() {
+        let (mut core, p, primary) = verifier(10_000);
+        let skew = Config::default().clock_skew_max_ms;
+        // Asked on time; the proposal itself comes (fetched) much later.
+        core.order(
+            10_010,
+            Order::Verify {
+                req: 1,
+                parent: p.parent,
+                digest: p.digest(),
+            },
+        );
+        assert_eq!(verdicts(&mut core), Vec::<bool>::new());
+        core.handle(10_020 + 3 * skew, primary, Message::Proposal(p));
+        assert_eq!(verdicts(&mut core), vec![true]);
+    }
+
+    #[test]
+    fn a_proposal_already_stale_when_asked_is_refused() {
+        let (mut core, p, primary) = verifier(10_000);
+        let skew = Config::default().clock_skew_max_ms;
+        let late = 10_001 + skew;
+        core.handle(late, primary, Message::Proposal(p.clone()));
+        core.order(
+            late,
+            Order::Verify {
+                req: 1,
+                parent: p.parent,
+                digest: p.digest(),
+            },
+        );
+        assert_eq!(verdicts(&mut core), vec![false]);
+    }
+
+    #[test]
+    fn a_proposal_from_the_future_waits_for_the_clock() {
+        let (mut core, p, primary) = verifier(10_000);
+        let skew = Config::default().clock_skew_max_ms;
+        let early = 10_000 - skew - 500;
+        core.handle(early, primary, Message::Proposal(p.clone()));
+        core.order(
+            early,
+            Order::Verify {
+                req: 1,
+                parent: p.parent,
+                digest: p.digest(),
+            },
+        );
+        assert_eq!(verdicts(&mut core), Vec::<bool>::new());
+        core.tick(early + 600);
+        assert_eq!(verdicts(&mut core), vec![true]);
     }
 }
