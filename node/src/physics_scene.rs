@@ -88,6 +88,11 @@ struct RegionSpec {
     bodies_max: Option<u32>,
 }
 
+/// A `[[physics.body]]`. Its body fields repeat those of the
+/// `spawn_body` action (`action::Action::SpawnBody`) because serde cannot
+/// `flatten` a shared struct into a type that denies unknown fields, and
+/// both must deny them (a misspelt field is an error, not a default); the
+/// text of the fields is read by one function, `action::body_spec`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BodySpecToml {

@@ -1721,25 +1721,14 @@ impl Replica {
 
 #[cfg(test)]
 mod tests {
-    use ed25519_dalek::SigningKey;
-    use metatopia_sim::state::Settings;
-    use metatopia_sim::{NoScripts, RegionId};
+    use metatopia_sim::NoScripts;
 
     use super::*;
-    use crate::replica::wire::player_of;
 
     /// Member 1 of four (not the first view's primary) at genesis, and
     /// the proposal for tick 0 made at `time_ms`.
     fn verifier(time_ms: u64) -> (Replica, Proposal, PlayerId) {
-        let keys: Vec<SigningKey> = (1..=4u8)
-            .map(|i| SigningKey::from_bytes(&[i; 32]))
-            .collect();
-        let manifest = Manifest {
-            region: RegionId(3),
-            settings: Settings::default(),
-            founders: vec![player_of(&keys[0])],
-            members: keys.iter().map(player_of).collect(),
-        };
+        let (keys, manifest) = crate::replica::group::test_group();
         let genesis = manifest.genesis_digest();
         let p = Proposal {
             region: manifest.region,

@@ -101,3 +101,20 @@ impl Manifest {
         self.members.iter().position(|m| *m == member)
     }
 }
+
+/// Four members with the keys `[1; 32]` .. `[4; 32]`, hosting region 3
+/// with default settings, the first member its founder: the group of the
+/// replica modules' unit tests.
+#[cfg(test)]
+pub(crate) fn test_group() -> (Vec<ed25519_dalek::SigningKey>, Manifest) {
+    let keys: Vec<ed25519_dalek::SigningKey> = (1..=4u8)
+        .map(|i| ed25519_dalek::SigningKey::from_bytes(&[i; 32]))
+        .collect();
+    let manifest = Manifest {
+        region: RegionId(3),
+        settings: Settings::default(),
+        founders: vec![super::wire::player_of(&keys[0])],
+        members: keys.iter().map(super::wire::player_of).collect(),
+    };
+    (keys, manifest)
+}

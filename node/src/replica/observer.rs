@@ -442,12 +442,11 @@ impl Observer {
 mod tests {
     use ed25519_dalek::SigningKey;
     use metatopia_sim::NoScripts;
-    use metatopia_sim::state::Settings;
 
     use super::*;
     use crate::replica::core::MemSources;
     use crate::replica::group::Manifest;
-    use crate::replica::wire::{Checkpoint, player_of};
+    use crate::replica::wire::Checkpoint;
 
     struct World {
         keys: Vec<SigningKey>,
@@ -459,15 +458,7 @@ mod tests {
     }
 
     fn world() -> World {
-        let keys: Vec<SigningKey> = (1..=4u8)
-            .map(|i| SigningKey::from_bytes(&[i; 32]))
-            .collect();
-        let manifest = Manifest {
-            region: RegionId(3),
-            settings: Settings::default(),
-            founders: vec![player_of(&keys[0])],
-            members: keys.iter().map(player_of).collect(),
-        };
+        let (keys, manifest) = crate::replica::group::test_group();
         let mut region = manifest.genesis();
         let mut parent = manifest.genesis_digest();
         let mut chain = Vec::new();
