@@ -179,7 +179,7 @@ pub fn run(text: &str, ticks: Option<u64>) -> anyhow::Result<Outcome> {
         .transpose()?;
     let tune = |c: &mut RegionConfig| {
         if let Some(g) = gravity {
-            c.world.gravity = g;
+            c.space.gravity = g;
         }
         if let Some(m) = margin {
             c.margin = m;
@@ -315,7 +315,7 @@ pub fn run(text: &str, ticks: Option<u64>) -> anyhow::Result<Outcome> {
             "region {}: tick {} bodies {} handoffs out {} in {} refused {} hash={}",
             r.id(),
             r.tick_number(),
-            r.world().owned_count(),
+            r.space().owned_count(),
             c.handoffs_out,
             c.handoffs_in,
             c.refused,

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use metatopia_physics::World;
+use metatopia_physics::Space;
 use metatopia_physics::scene;
 use metatopia_sim::NoScripts;
 use rapier3d_f64::prelude::PhysicsWorld;
@@ -35,13 +35,13 @@ fn main() {
     // 1. 1,000 active bodies in one region: full region tick vs bare rapier.
     let mut s = scene::active_bodies(1000, 7).unwrap();
     let region = s.cluster.region(metatopia_sim::RegionId(1)).unwrap();
-    let world_bytes = region.world().snapshot();
+    let world_bytes = region.space().snapshot();
     let mut bare: PhysicsWorld = {
-        let w = World::restore(&world_bytes).unwrap();
+        let w = Space::restore(&world_bytes).unwrap();
         let bytes = postcard::to_stdvec(w.rapier()).unwrap();
         postcard::from_bytes(&bytes).unwrap()
     };
-    let mut ours = World::restore(&world_bytes).unwrap();
+    let mut ours = Space::restore(&world_bytes).unwrap();
     let mut region_t = Vec::new();
     let mut world_t = Vec::new();
     let mut bare_t = Vec::new();
@@ -86,7 +86,7 @@ fn main() {
     );
     println!("  bare rapier step            median {b50:.3} ms  p90 {b90:.3} ms");
     println!(
-        "  physics::World step+digest  median {w50:.3} ms  p90 {w90:.3} ms  ratio {:.3}x",
+        "  physics::Space step+digest  median {w50:.3} ms  p90 {w90:.3} ms  ratio {:.3}x",
         w50 / b50
     );
     println!("    of which the digest       median {d50:.3} ms");

@@ -47,7 +47,7 @@ impl Cluster {
     /// A cluster of the given regions.
     pub fn new(regions: Vec<Region>) -> Cluster {
         let tick_ms = regions.first().map_or(50, |r| {
-            1000 / u64::from(r.config().world.tick_rate_hz.max(1))
+            1000 / u64::from(r.config().space.tick_rate_hz.max(1))
         });
         Cluster {
             regions: regions.into_iter().map(|r| (r.id(), r)).collect(),

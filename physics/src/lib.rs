@@ -20,7 +20,7 @@
 //!
 //! Layout:
 //! - [`convert`]: the `f64` <-> `Fx` rounding rule.
-//! - [`world`]: [`World`], one rapier world: commands in, events out,
+//! - [`space`]: [`Space`], one region's rapier world: commands in, events out,
 //!   digest, snapshots, ghosts.
 //! - [`region`]: [`Region`], one region tick: main sim, then physics, then
 //!   border messages; the handoff state machine.
@@ -40,8 +40,8 @@ pub mod convert;
 pub mod fuzz;
 pub mod region;
 pub mod scene;
-pub mod world;
+pub mod space;
 
 pub use cluster::Cluster;
 pub use region::{Aabb, Region, RegionConfig, RegionReport};
-pub use world::World;
+pub use space::Space;

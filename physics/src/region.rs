@@ -10,7 +10,7 @@
 //! 2. The main sim steps with the batch and its physics inbox: departures
 //!    and arrivals decided in 1, and the events of the physics step of
 //!    `t - 1`.
-//! 3. The physics world steps with the commands of 1 (pushed-back bodies,
+//! 3. The physics space steps with the commands of 1 (pushed-back bodies,
 //!    forwarded influences) followed by the main sim's commands; commands
 //!    for a body in an outgoing handoff are numbered and held for the
 //!    receiver instead.
@@ -58,7 +58,7 @@ use metatopia_sim::step::{StepError, TickReport};
 use metatopia_sim::{ElementId, Fx, PlayerId, RegionId, ScriptHost, Sim, Vec3};
 use serde::{Deserialize, Serialize};
 
-use crate::world::{self, World};
+use crate::space::{self, Space};
 
 /// First bytes of a region snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"MTPR";
@@ -138,12 +138,12 @@ pub struct RegionConfig {
     /// forwarded to the new owner.
     pub forward_ticks: u64,
     /// Gravity and tick rate.
-    pub world: world::Config,
+    pub space: space::Config,
 }
 
 impl RegionConfig {
     /// A region with default margin (2 m), hysteresis (0.5 m), capacity
-    /// (10,000 bodies), forwarding window (200 ticks) and world config, and
+    /// (10,000 bodies), forwarding window (200 ticks) and space config, and
     /// no neighbours.
     pub fn new(id: RegionId, bounds: Aabb) -> RegionConfig {
         RegionConfig {
@@ -154,7 +154,7 @@ impl RegionConfig {
             hysteresis: Fx::from_milli(500),
             bodies_max: 10_000,
             forward_ticks: 200,
-            world: world::Config::default(),
+            space: space::Config::default(),
         }
     }
 }
@@ -264,12 +264,12 @@ pub struct RegionReport {
     pub offers: Vec<ElementId>,
 }
 
-/// One region: its main sim, its physics world and its border state.
+/// One region: its main sim, its physics space and its border state.
 #[derive(Debug)]
 pub struct Region {
     cfg: RegionConfig,
     sim: Sim,
-    world: World,
+    space: Space,
     border: Border,
     /// This tick's physics events, for the main sim's next tick.
     pending: Vec<PhysicsEvent>,
@@ -350,12 +350,12 @@ fn to_region_frame(events: Vec<PhysicsEvent>, origin: Vec3) -> Vec<PhysicsEvent>
 }
 
 impl Region {
-    /// A new region with an empty world. `settings.size` and
+    /// A new region with an empty space. `settings.size` and
     /// `settings.tick_rate_hz` are taken from the config; a spawn point
     /// outside the box moves to the middle of its floor.
     pub fn new(cfg: RegionConfig, mut settings: Settings, founders: &[PlayerId]) -> Region {
         settings.size = cfg.bounds.size();
-        settings.tick_rate_hz = cfg.world.tick_rate_hz;
+        settings.tick_rate_hz = cfg.space.tick_rate_hz;
         let size = settings.size;
         let s = settings.spawn;
         if !(s.x < size.x && s.y < size.y && s.z < size.z) {
@@ -363,22 +363,22 @@ impl Region {
             settings.spawn = Vec3::new(half(size.x), half(size.y), Fx::ZERO);
         }
         let state = State::new(cfg.id, settings, founders);
-        let world = World::new(cfg.world);
-        Region::assemble(cfg, state, world, Border::default(), Vec::new())
+        let space = Space::new(cfg.space);
+        Region::assemble(cfg, state, space, Border::default(), Vec::new())
     }
 
     /// A region from its parts, with its hash computed.
     fn assemble(
         cfg: RegionConfig,
         state: State,
-        world: World,
+        space: Space,
         border: Border,
         pending: Vec<PhysicsEvent>,
     ) -> Region {
         let mut region = Region {
             cfg,
             sim: Sim::new(state),
-            world,
+            space,
             border,
             pending,
             hash: [0; 32],
@@ -388,9 +388,9 @@ impl Region {
     }
 
     /// A region around an existing sim state (a node's genesis, say). Its
-    /// box is `[0, settings.size)` and its tick rate the settings' (world
+    /// box is `[0, settings.size)` and its tick rate the settings' (space
     /// coordinates are region coordinates); it has no neighbours. Bodies
-    /// the state already has are spawned in the physics world, in id
+    /// the state already has are spawned in the physics space, in id
     /// order, at their element's position with their velocity.
     pub fn from_state(state: State) -> Region {
         let settings = &state.settings;
@@ -399,8 +399,8 @@ impl Region {
             max: settings.size,
         };
         let mut cfg = RegionConfig::new(state.region, bounds);
-        cfg.world.tick_rate_hz = settings.tick_rate_hz;
-        let mut world = World::new(cfg.world);
+        cfg.space.tick_rate_hz = settings.tick_rate_hz;
+        let mut space = Space::new(cfg.space);
         for (id, body) in state.bodies.iter() {
             let Some(e) = state.elements.get(id) else {
                 continue;
@@ -409,7 +409,7 @@ impl Region {
                 metatopia_sim::physics::BodyKind::Seated { .. } => e.parent,
                 _ => None,
             };
-            world.apply(&physics::Command::Spawn {
+            space.apply(&physics::Command::Spawn {
                 id: *id,
                 spec: body.spec,
                 pos: e.pos,
@@ -417,7 +417,7 @@ impl Region {
                 vehicle,
             });
         }
-        Region::assemble(cfg, state, world, Border::default(), Vec::new())
+        Region::assemble(cfg, state, space, Border::default(), Vec::new())
     }
 
     /// The configuration.
@@ -435,9 +435,9 @@ impl Region {
         &self.sim
     }
 
-    /// The physics world.
-    pub fn world(&self) -> &World {
-        &self.world
+    /// The physics space.
+    pub fn space(&self) -> &Space {
+        &self.space
     }
 
     /// The region hash.
@@ -480,10 +480,10 @@ impl Region {
         let mut h = blake3::Hasher::new();
         h.update(b"metatopia region hash\0");
         h.update(&self.sim.hash());
-        let digest = self.world.tick_digest();
+        let digest = self.space.tick_digest();
         // The cached digest must equal the one computed from scratch; every
         // debug-build test checks it on every tick.
-        debug_assert_eq!(digest, self.world.digest());
+        debug_assert_eq!(digest, self.space.digest());
         h.update(&digest);
         let mut buf = Vec::new();
         postcard::to_io(&(&self.border, &self.pending), &mut buf)
@@ -535,7 +535,7 @@ impl Region {
             ..
         } = work;
         self.send_influences(now, forward, &mut outbox);
-        let step_events = self.world.step(&commands);
+        let step_events = self.space.step(&commands);
         let offers = self.borders(now, &mut outbox);
         self.send_finals(now, &mut outbox);
         self.send_ghosts(now, &mut outbox);
@@ -594,7 +594,7 @@ impl Region {
                 work.late.extend(influences.iter().map(|(_, c)| c));
             }
             BorderMessage::Ghosts { bodies } => {
-                self.world.set_ghosts(env.from, bodies);
+                self.space.set_ghosts(env.from, bodies);
             }
         }
     }
@@ -650,7 +650,7 @@ impl Region {
     /// for forwarding) and tells the sim the subtree departs.
     fn release_group(&mut self, root: ElementId, to: RegionId, work: &mut Received<'_>) {
         for id in self.group_bodies(root) {
-            self.world.release(id);
+            self.space.release(id);
             work.events.push(PhysicsEvent::LeftRegion { id, to });
             let owner = self.sim.state().elements.get(&id).and_then(|e| e.owner);
             self.border.forwards.insert(
@@ -681,7 +681,7 @@ impl Region {
             .values()
             .map(|i| u64::from(i.bodies))
             .sum();
-        let fits = u64::from(self.world.owned_count()) + waiting + u64::from(bodies)
+        let fits = u64::from(self.space.owned_count()) + waiting + u64::from(bodies)
             <= u64::from(self.cfg.bodies_max);
         // A group we give back this tick (an abort) may be offered again at
         // once.
@@ -737,7 +737,7 @@ impl Region {
             self.border.handoffs_in += 1;
             self.border.adopted.insert(root, (from, work.now));
             for b in bodies {
-                self.world.adopt(b);
+                self.space.adopt(b);
                 self.border.forwards.remove(&b.id);
             }
             work.sim.arrivals.push(transfer.clone());
@@ -750,7 +750,7 @@ impl Region {
     fn apply_late_influences(&mut self, work: &mut Received<'_>) {
         for cmd in std::mem::take(&mut work.late) {
             let id = cmd.id();
-            if self.world.owns(id) {
+            if self.space.owns(id) {
                 self.border.influences_applied += 1;
                 work.pre.push(cmd.clone());
             } else if let Some(f) = self.border.forwards.get(&id) {
@@ -845,7 +845,7 @@ impl Region {
                     }
                 }
                 _ => match self.border.forwards.get(&cmd.id()) {
-                    Some(f) if is_influence(&cmd) && !self.world.owns(cmd.id()) => {
+                    Some(f) if is_influence(&cmd) && !self.space.owns(cmd.id()) => {
                         work.forward.entry(f.to).or_default().push(cmd);
                     }
                     _ => commands.push(cmd),
@@ -870,7 +870,7 @@ impl Region {
             self.border.aborted += 1;
             self.border.handoffs_out = self.border.handoffs_out.saturating_sub(1);
             for b in &r.bodies {
-                self.world.adopt(b);
+                self.space.adopt(b);
                 self.border.forwards.remove(&b.id);
             }
             work.sim.arrivals.push(r.transfer);
@@ -924,7 +924,7 @@ impl Region {
             .state()
             .subtree(root)
             .into_iter()
-            .filter(|id| self.world.owns(*id))
+            .filter(|id| self.space.owns(*id))
             .collect();
         ids.sort();
         ids
@@ -933,7 +933,7 @@ impl Region {
     /// Commands that put a group root back inside the box and stop it
     /// moving outwards.
     fn push_back(&self, root: ElementId) -> Vec<physics::Command> {
-        let Some(m) = self.world.motion(root) else {
+        let Some(m) = self.space.motion(root) else {
             return Vec::new();
         };
         let b = self.cfg.bounds;
@@ -979,8 +979,8 @@ impl Region {
         let region_root = state.root();
         let mut offers = Vec::new();
         let mut clamp = Vec::new();
-        for id in self.world.owned() {
-            let Some(pos) = self.world.position(id) else {
+        for id in self.space.owned() {
+            let Some(pos) = self.space.position(id) else {
                 continue;
             };
             if self.cfg.bounds.contains(pos) {
@@ -990,7 +990,7 @@ impl Region {
                 .elements
                 .get(&id)
                 .is_some_and(|e| e.parent == Some(region_root));
-            let seated = self.world.slots().get(&id).is_some_and(|s| {
+            let seated = self.space.slots().get(&id).is_some_and(|s| {
                 matches!(
                     s.spec().kind,
                     metatopia_sim::physics::BodyKind::Seated { .. }
@@ -1025,7 +1025,7 @@ impl Region {
         let (offers, clamp) = self.outside();
         for id in clamp {
             for cmd in self.push_back(id) {
-                self.world.apply(&cmd);
+                self.space.apply(&cmd);
             }
         }
         let mut roots = Vec::new();
@@ -1084,10 +1084,10 @@ impl Region {
                     if let Some(o) = self.border.outgoing.remove(&root) {
                         self.border.refused += 1;
                         for cmd in self.push_back(root) {
-                            self.world.apply(&cmd);
+                            self.space.apply(&cmd);
                         }
                         for (_, cmd) in &o.influences {
-                            self.world.apply(cmd);
+                            self.space.apply(cmd);
                         }
                     }
                 }
@@ -1111,7 +1111,7 @@ impl Region {
         for id in &ids {
             let mut e = state.elements.get(id)?.clone();
             e.pos = e.pos.saturating_add(shift);
-            if let (Some(body), Some(t)) = (state.bodies.get(id), self.world.transfer(*id)) {
+            if let (Some(body), Some(t)) = (state.bodies.get(id), self.space.transfer(*id)) {
                 e.pos = t.motion.pos.saturating_sub(target_min);
                 let mut body = body.clone();
                 body.vel = t.motion.vel;
@@ -1159,14 +1159,14 @@ impl Region {
     fn send_ghosts(&self, now: u64, outbox: &mut Vec<Envelope>) {
         for (to, b) in &self.cfg.neighbours {
             let bodies = self
-                .world
+                .space
                 .owned()
                 .filter(|id| {
-                    self.world
+                    self.space
                         .position(*id)
                         .is_some_and(|p| b.outside_by(p) <= self.cfg.margin)
                 })
-                .filter_map(|id| self.world.ghost(id))
+                .filter_map(|id| self.space.ghost(id))
                 .take(metatopia_sim::physics::GHOSTS_MAX)
                 .collect();
             outbox.push(Envelope {
@@ -1178,21 +1178,21 @@ impl Region {
         }
     }
 
-    /// The full snapshot: config, sim state, rapier world, border state and
+    /// The full snapshot: config, sim state, physics space, border state and
     /// pending events. Restoring it and continuing gives the same hashes as
     /// never stopping.
     pub fn snapshot(&self) -> Vec<u8> {
         let sim = snapshot::encode_state(self.sim.state());
-        let world = self.world.snapshot();
+        let space = self.space.snapshot();
         snapshot::encode(
             SNAPSHOT_MAGIC,
-            &(&self.cfg, &sim, &world, &self.border, &self.pending),
+            &(&self.cfg, &sim, &space, &self.border, &self.pending),
         )
     }
 
     /// A region from [`Region::snapshot`] bytes.
     pub fn restore(bytes: &[u8]) -> Result<Region, DecodeError> {
-        let (cfg, sim, world, border, pending): (
+        let (cfg, sim, space, border, pending): (
             RegionConfig,
             Vec<u8>,
             Vec<u8>,
@@ -1200,7 +1200,7 @@ impl Region {
             Vec<PhysicsEvent>,
         ) = snapshot::decode(SNAPSHOT_MAGIC, bytes)?;
         let state = snapshot::decode_state(&sim)?;
-        let world = World::restore(&world)?;
-        Ok(Region::assemble(cfg, state, world, border, pending))
+        let space = Space::restore(&space)?;
+        Ok(Region::assemble(cfg, state, space, border, pending))
     }
 }

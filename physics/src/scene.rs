@@ -147,7 +147,7 @@ impl Scene {
             .cluster
             .regions()
             .values()
-            .flat_map(|r| r.world().owned().map(move |id| (id, r.id())))
+            .flat_map(|r| r.space().owned().map(move |id| (id, r.id())))
             .collect();
         out.sort();
         out
@@ -203,7 +203,7 @@ fn v(x: i64, y: i64, z: i64) -> Vec3 {
 /// stays awake and collides. The first two ticks (join, spawn) are run.
 pub fn active_bodies(n: u32, seed: u64) -> Result<Scene, StepError> {
     let mut scene = Scene::grid(1, 1, 64, |c| {
-        c.world.gravity = Vec3::ZERO;
+        c.space.gravity = Vec3::ZERO;
     });
     scene.step(&metatopia_sim::NoScripts)?;
     let walls = [
@@ -282,7 +282,7 @@ fn storm(n: u32, seed: u64, split: bool) -> Result<Scene, StepError> {
     let lanes = (n as f64).sqrt().ceil() as i64;
     let extent = 2_000 + lanes * 1_500;
     let zero_g = |c: &mut RegionConfig| {
-        c.world.gravity = Vec3::ZERO;
+        c.space.gravity = Vec3::ZERO;
     };
     let mut scene = if split {
         Scene::grid(2, 1, 64, zero_g)

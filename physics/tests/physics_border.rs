@@ -161,7 +161,7 @@ fn storm_at_the_corner_of_four_regions() {
     let seed = seed(5);
     let mut rng = Rng(seed);
     let mut s = Scene::grid(2, 2, 32, |c| {
-        c.world.gravity = Vec3::ZERO;
+        c.space.gravity = Vec3::ZERO;
     });
     s.step(&NoScripts).unwrap();
     let n = 72;
@@ -184,7 +184,7 @@ fn storm_at_the_corner_of_four_regions() {
         // Aim every body back at the corner, through its owner.
         for (id, owner) in s.owners() {
             let r = s.cluster.region(owner).unwrap();
-            let Some(p) = r.world().position(id) else {
+            let Some(p) = r.space().position(id) else {
                 continue;
             };
             let corner = v(32_000, 32_000, 11_500);
@@ -219,7 +219,7 @@ fn storm_at_the_corner_of_four_regions() {
 fn collision_across_a_border_is_reported_once_by_each_owner() {
     let seed = seed(1);
     let mut s = Scene::grid(2, 1, 64, |c| {
-        c.world.gravity = Vec3::ZERO;
+        c.space.gravity = Vec3::ZERO;
     });
     s.step(&NoScripts).unwrap();
     s.spawn(
@@ -258,7 +258,7 @@ fn collision_across_a_border_is_reported_once_by_each_owner() {
 /// flying from region 1 into region 2; returns the ball's id.
 fn flying_ball(capacity: u32, host: &mut RuleHost) -> (Scene, ElementId, [u8; 32]) {
     let mut s = Scene::grid(2, 1, 64, |c| {
-        c.world.gravity = Vec3::ZERO;
+        c.space.gravity = Vec3::ZERO;
         if c.id == RegionId(2) {
             c.bodies_max = capacity;
         }
@@ -352,7 +352,7 @@ fn accepted_handoff_moves_body_script_and_influences() {
         .cluster
         .region(RegionId(2))
         .unwrap()
-        .world()
+        .space()
         .motion(ball)
         .unwrap()
         .vel;
@@ -379,7 +379,7 @@ fn influences_after_the_switch_are_forwarded_to_the_new_owner() {
         s.cluster
             .region(RegionId(2))
             .unwrap()
-            .world()
+            .space()
             .motion(ball)
             .unwrap()
             .vel
@@ -575,7 +575,7 @@ fn refused_handoff_keeps_the_body_on_its_side() {
     assert_eq!(r1.border_counts().refused, 1);
     assert_eq!(s.owners(), vec![(ball, RegionId(1))]);
     // The held push was applied once, by the old owner.
-    let m = r1.world().motion(ball).unwrap();
+    let m = r1.space().motion(ball).unwrap();
     let dv = metatopia_physics::convert::f64(m.vel.y);
     let want = 1.0 / mass_of_ball(0.5);
     assert!((dv - want).abs() < 1e-6, "push applied {dv}, want {want}");
@@ -595,7 +595,7 @@ fn handoff_during_a_collision() {
     let mut rng = Rng(seed);
     for _case in 0..6 {
         let mut s = Scene::grid(2, 1, 64, |c| {
-            c.world.gravity = Vec3::ZERO;
+            c.space.gravity = Vec3::ZERO;
         });
         s.step(&NoScripts).unwrap();
         // The target sits just past the hysteresis band; vary it so the
@@ -644,7 +644,7 @@ fn oscillation_on_the_border_does_not_ping_pong() {
         [(700, 63_800, 0u64, 0u64), (4_000, 63_000, 24, 12)]
     {
         let mut s = Scene::grid(2, 1, 64, |c| {
-            c.world.gravity = Vec3::ZERO;
+            c.space.gravity = Vec3::ZERO;
         });
         s.step(&NoScripts).unwrap();
         s.spawn(None, v(start, 10_000, 10_000), scene::ball(300), Vec3::ZERO);
@@ -731,7 +731,7 @@ fn vehicle(s: &mut Scene, host: &mut RuleHost) -> (ElementId, Vec<ElementId>) {
 fn vehicle_with_passengers_crosses_as_one() {
     let mut host = RuleHost::new();
     let mut s = Scene::grid(2, 1, 64, |c| {
-        c.world.gravity = Vec3::ZERO;
+        c.space.gravity = Vec3::ZERO;
     });
     s.step(&host).unwrap();
     let (car, passengers) = vehicle(&mut s, &mut host);
@@ -758,8 +758,8 @@ fn vehicle_with_passengers_crosses_as_one() {
         assert_eq!(e.parent, Some(car));
         assert!(e.script.is_some() && st.scripted.contains(p));
         // Seated: riding at the offset.
-        let pp = r2.world().position(*p).unwrap();
-        let cp = r2.world().position(car).unwrap();
+        let pp = r2.space().position(*p).unwrap();
+        let cp = r2.space().position(car).unwrap();
         assert!(pp.within(cp, Fx::from_int(2)));
     }
     assert_eq!(st.elements[&car].children, passengers);
@@ -770,7 +770,7 @@ fn vehicle_refused_for_capacity_stays_whole() {
     let mut host = RuleHost::new();
     // Region 2 has room for two bodies; the group is three.
     let mut s = Scene::grid(2, 1, 64, |c| {
-        c.world.gravity = Vec3::ZERO;
+        c.space.gravity = Vec3::ZERO;
         if c.id == RegionId(2) {
             c.bodies_max = 2;
         }
@@ -793,7 +793,7 @@ fn vehicle_refused_for_capacity_stays_whole() {
         .cluster
         .region(RegionId(1))
         .unwrap()
-        .world()
+        .space()
         .position(car)
         .unwrap();
     assert!(p.x < Fx::from_int(65), "{p}");
@@ -805,7 +805,7 @@ fn vehicle_refused_for_capacity_stays_whole() {
 #[test]
 fn group_too_big_to_hand_over_stays_whole() {
     let mut s = Scene::grid(2, 1, 64, |c| {
-        c.world.gravity = Vec3::ZERO;
+        c.space.gravity = Vec3::ZERO;
     });
     s.step(&NoScripts).unwrap();
     s.spawn(
@@ -837,7 +837,7 @@ fn group_too_big_to_hand_over_stays_whole() {
         r1.sim().state().elements[&ball].children.len(),
         metatopia_sim::physics::TRANSFER_ELEMENTS_MAX
     );
-    assert!(r1.world().position(ball).unwrap().x < Fx::from_int(65));
+    assert!(r1.space().position(ball).unwrap().x < Fx::from_int(65));
     let r2 = s.cluster.region(RegionId(2)).unwrap();
     assert_eq!(
         r2.sim().state().elements.len(),

@@ -73,8 +73,8 @@ fn valid_envelopes_round_trip_and_apply() {
     r.tick(&batch(0), &NoScripts, &[]).unwrap();
     let rep = r.tick(&batch(1), &NoScripts, &[e]).unwrap();
     assert!(rep.refused.is_empty());
-    assert_eq!(r.world().ghost_of(ElementId::new(2, 1)), Some(RegionId(2)));
-    assert_eq!(r.world().owned_count(), 0);
+    assert_eq!(r.space().ghost_of(ElementId::new(2, 1)), Some(RegionId(2)));
+    assert_eq!(r.space().owned_count(), 0);
 }
 
 /// Long on purpose: one case per malformed input, each with the error it must give.

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use metatopia_physics::scene;
-use metatopia_physics::{Region, World};
+use metatopia_physics::{Region, Space};
 use metatopia_sim::{NoScripts, RegionId};
 
 fn seed() -> u64 {
@@ -35,12 +35,12 @@ fn bodies_move_sim_elements_in_fixed_point() {
     let state = r.sim().state();
     // 27 balls and 6 walls, all owned, all known to the sim as bodies.
     assert_eq!(state.bodies.len(), 33);
-    assert_eq!(r.world().owned_count(), 33);
+    assert_eq!(r.space().owned_count(), 33);
     let origin = r.config().bounds.min;
     let mut moving = 0;
     for (id, body) in state.bodies.iter() {
-        let world_pos = r.world().position(*id).unwrap();
-        let m = r.world().motion(*id).unwrap();
+        let world_pos = r.space().position(*id).unwrap();
+        let m = r.space().motion(*id).unwrap();
         let e = &state.elements[id];
         // The sim sees last tick's step (events are next-tick inputs); a
         // fixed wall never moves, so it matches exactly.
@@ -88,8 +88,8 @@ fn snapshot_restore_mid_run_gives_the_same_hashes() {
         restored.hash(),
         s.cluster.region(RegionId(1)).unwrap().hash()
     );
-    let world = World::restore(&restored.world().snapshot()).unwrap();
-    assert_eq!(world.digest(), restored.world().digest());
+    let world = Space::restore(&restored.space().snapshot()).unwrap();
+    assert_eq!(world.digest(), restored.space().digest());
     let mut s2 = scene::Scene::new(metatopia_physics::Cluster::new(vec![restored]));
     // Scene::new queues a join; the driver is already in: that input is
     // refused (AlreadyJoined) and changes nothing but its sequence number,
@@ -118,12 +118,12 @@ fn corrupt_snapshots_are_refused() {
 /// Long on purpose: one case per kind of change, each followed by the same digest check.
 #[test]
 fn tick_digest_matches_the_full_digest_after_every_change() {
-    use metatopia_physics::world;
+    use metatopia_physics::space;
     use metatopia_sim::physics::{self, Ghost, Motion};
     use metatopia_sim::{ElementId, Fx, Vec3};
 
-    let mut w = World::new(world::Config::default());
-    let check = |w: &mut World| {
+    let mut w = Space::new(space::Config::default());
+    let check = |w: &mut Space| {
         let d = w.tick_digest();
         assert_eq!(d, w.digest());
         d
@@ -196,6 +196,6 @@ fn tick_digest_matches_the_full_digest_after_every_change() {
     }]);
     check(&mut w);
     // A restored world computes the same digest with cold caches.
-    let mut r = World::restore(&w.snapshot()).unwrap();
+    let mut r = Space::restore(&w.snapshot()).unwrap();
     assert_eq!(r.tick_digest(), w.tick_digest());
 }

@@ -138,9 +138,11 @@ impl Sim {
         self.step_with_physics(batch, host, &PhysicsInbox::default())
     }
 
-    /// Executes one batch with the physics inbox of this tick (see
-    /// [`step_with_physics`]), in place as [`Sim::step`]. On error nothing
-    /// changes.
+    /// Executes one batch with what the region's physics side hands the
+    /// sim at this tick (ownership departures and arrivals, last tick's
+    /// physics events), in place as [`Sim::step`]. On error nothing
+    /// changes. The one definition of a tick; [`Sim::step`] is it with an
+    /// empty inbox.
     pub fn step_with_physics(
         &mut self,
         batch: &Batch,
@@ -152,33 +154,6 @@ impl Sim {
         self.hash = report.hash;
         Ok(report)
     }
-}
-
-/// Executes `batch` on `state` (whose hash is `hash`), returning the next
-/// state and what happened. `state` itself is untouched (persistent maps:
-/// the two share everything the tick did not change).
-pub fn step(
-    state: &State,
-    hash: &[u8; 32],
-    batch: &Batch,
-    host: &dyn ScriptHost,
-) -> Result<(State, TickReport), StepError> {
-    step_with_physics(state, hash, batch, host, &PhysicsInbox::default())
-}
-
-/// [`step`], with what the region's physics side hands the sim at this
-/// tick: ownership departures and arrivals, and last tick's physics events.
-pub fn step_with_physics(
-    state: &State,
-    hash: &[u8; 32],
-    batch: &Batch,
-    host: &dyn ScriptHost,
-    physics: &PhysicsInbox,
-) -> Result<(State, TickReport), StepError> {
-    check_batch(state, batch)?;
-    let mut next = state.clone();
-    let report = run_tick(&mut next, hash, batch, host, physics);
-    Ok((next, report))
 }
 
 /// Step 1: whether `batch` can run on `state`.

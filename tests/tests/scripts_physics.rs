@@ -84,7 +84,7 @@ impl World {
             .cluster
             .region(self.region)
             .unwrap()
-            .world()
+            .space()
             .motion(id)
             .unwrap()
             .vel

@@ -1,4 +1,4 @@
-//! [`World`]: one region's rapier world.
+//! [`Space`]: one region's rapier world.
 //!
 //! Bodies are keyed by element id. A body is either owned by this region
 //! (it gets commands and produces events) or a ghost mirrored from the
@@ -37,7 +37,7 @@ pub const SNAPSHOT_MAGIC: [u8; 4] = *b"MTPW";
 /// First bytes of the per-tick physics digest.
 pub const DIGEST_MAGIC: [u8; 4] = *b"MTPD";
 
-/// World parameters, the same on every replica of a region.
+/// Space parameters, the same on every replica of a region.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Config {
     /// Gravity, m/s².
@@ -82,8 +82,8 @@ impl Slot {
     }
 }
 
-/// One region's physics world.
-pub struct World {
+/// One region's physics space: its rapier world, the bodies it owns and the ghosts it mirrors.
+pub struct Space {
     cfg: Config,
     rapier: PhysicsWorld,
     slots: BTreeMap<ElementId, Slot>,
@@ -96,7 +96,7 @@ pub struct World {
 
 /// Work the per-tick digest can reuse. Not state: every field is derived
 /// from the state above, and a stale field is rebuilt, so
-/// [`World::tick_digest`] always equals [`World::digest`].
+/// [`Space::tick_digest`] always equals [`Space::digest`].
 #[derive(Default)]
 struct DigestCache {
     /// Hash of the static records (id, ghost owner, spec, vehicle) of
@@ -123,9 +123,9 @@ impl DigestCache {
     }
 }
 
-impl std::fmt::Debug for World {
+impl std::fmt::Debug for Space {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("World")
+        f.debug_struct("Space")
             .field("cfg", &self.cfg)
             .field("bodies", &self.slots.len())
             .finish()
@@ -180,13 +180,13 @@ fn rigid_body(spec: &BodySpec, id: ElementId, m: &Motion) -> RigidBody {
     rb
 }
 
-impl World {
+impl Space {
     /// An empty world.
-    pub fn new(cfg: Config) -> World {
+    pub fn new(cfg: Config) -> Space {
         let mut rapier = PhysicsWorld::new();
         rapier.gravity = convert::vector(cfg.gravity);
         rapier.integration_parameters.dt = 1.0 / f64::from(cfg.tick_rate_hz.max(1));
-        World {
+        Space {
             cfg,
             rapier,
             slots: BTreeMap::new(),
@@ -609,7 +609,7 @@ impl World {
         self.finish_digest(&statics, &records)
     }
 
-    /// The same value as [`World::digest`], reusing what the last step
+    /// The same value as [`Space::digest`], reusing what the last step
     /// already quantized (and the static hash while no body was added,
     /// removed or relabelled). This is what a region tick pays.
     pub fn tick_digest(&mut self) -> [u8; 32] {
@@ -663,13 +663,13 @@ impl World {
         snapshot::encode(SNAPSHOT_MAGIC, &(&self.cfg, &self.rapier, &self.slots))
     }
 
-    /// A world from [`World::snapshot`] bytes. Continuing from it gives the
+    /// A world from [`Space::snapshot`] bytes. Continuing from it gives the
     /// same digests as never stopping.
-    pub fn restore(bytes: &[u8]) -> Result<World, DecodeError> {
+    pub fn restore(bytes: &[u8]) -> Result<Space, DecodeError> {
         let (cfg, rapier, slots): (Config, PhysicsWorld, BTreeMap<ElementId, Slot>) =
             snapshot::decode(SNAPSHOT_MAGIC, bytes)?;
         let seated = slots.values().filter(|s| is_seated(&s.spec)).count();
-        Ok(World {
+        Ok(Space {
             cfg,
             rapier,
             slots,
