@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A replica group of four `metatopia up` processes on loopback, measured.
 
-Usage: python3 node/benches/group_latency.py [BINARY] [INPUTS] [KILLS]
-(defaults: target/release/metatopia, 300 inputs, 10 kills).
+Usage: python3 node/benches/group_latency.py [BINARY] [INPUTS] [KILLS] [ELEMENTS]
+(defaults: target/release/metatopia, 300 inputs, 10 kills, 10000 elements).
 
 1. Input to acknowledged: one client sends INPUTS chat lines, one after the
    other, to member 1 over HTTP; the 200 comes when the group has
@@ -12,6 +12,11 @@ Usage: python3 node/benches/group_latency.py [BINARY] [INPUTS] [KILLS]
    times, restarting it after; the longest gap between two
    acknowledgements around each kill is the time the group needed to
    finalize again under a new primary.
+3. Observer late join: ELEMENTS objects are created (32 clients across
+   the four members), then `metatopia join --via` a member starts; the
+   time from its start to "listening on" (it has adopted a snapshot f + 1
+   members vouch for and caught up to a finalized head) and to a tick
+   within 5 of the group's is printed, with the snapshot's size.
 Everything runs on 127.0.0.1; the data directories are temporary.
 """
 
@@ -29,6 +34,7 @@ import time
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/metatopia"
 INPUTS = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 KILLS = int(sys.argv[3]) if len(sys.argv) > 3 else 10
+ELEMENTS = int(sys.argv[4]) if len(sys.argv) > 4 else 10000
 
 
 def free_base(n):
@@ -48,8 +54,8 @@ def free_base(n):
     raise SystemExit("no free ports")
 
 
-def start(data):
-    p = subprocess.Popen([BIN, "up", "--data", data], stdout=subprocess.PIPE,
+def start(data, args=("up",)):
+    p = subprocess.Popen([BIN, *args, "--data", data], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True)
     for line in p.stdout:
         if line.startswith("metatopia: listening on "):
@@ -161,9 +167,62 @@ def main():
     if gaps:
         print(f"failover after killing the primary: median longest gap {pct(gaps, 0.5):.0f} ms, max {max(gaps):.0f} ms "
               f"over {len(gaps)} kills")
+    if ELEMENTS:
+        late_join(tmp, addrs, tokens)
     for p, _ in nodes:
         p.send_signal(signal.SIGKILL)
         p.wait()
+
+
+def late_join(tmp, addrs, tokens):
+    """Phase 3: ELEMENTS objects, then an observer joins late."""
+    t0 = time.perf_counter()
+    created = [0]
+    lock = threading.Lock()
+    next_i = [0]
+
+    def creator(member):
+        cache = {}
+        while True:
+            with lock:
+                i = next_i[0]
+                next_i[0] += 1
+            if i >= ELEMENTS:
+                return
+            action = {"do": "create", "name": f"e{i}",
+                      "pos": f"{i % 200 + 20},{(i // 200) % 200 + 20},1"}
+            if say(addrs[member], tokens[member], "", conn_cache=cache, action=action) == 200:
+                with lock:
+                    created[0] += 1
+
+    threads = [threading.Thread(target=creator, args=(k % 4,)) for k in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - t0
+    print(f"created {created[0]} of {ELEMENTS} objects in {took:.1f} s "
+          f"({created[0] / took:.0f} acknowledged inputs/s, 32 clients, one input per request)")
+    status = get_status(addrs[0])
+    print(f"  the group at tick {status['tick']}, {status['regions'][0]['elements']} elements")
+    data = os.path.join(tmp, "observer")
+    http_port = free_base(1)
+    started = time.perf_counter()
+    node = start(data, ("join", "--via", f"http://{addrs[0]}", "--http", f"127.0.0.1:{http_port}"))
+    STARTED.append(node)
+    listening = time.perf_counter() - started
+    caught = float("nan")
+    for _ in range(600):
+        mine, theirs = get_status(node[1]), get_status(addrs[0])
+        if mine["tick"] + 5 >= theirs["tick"]:
+            caught = time.perf_counter() - started
+            break
+        time.sleep(0.05)
+    mine = get_status(node[1])
+    theirs = get_status(addrs[0])
+    print(f"observer late join with {mine['regions'][0]['elements']} elements "
+          f"(the group: {theirs['regions'][0]['elements']}): "
+          f"listening after {listening * 1000:.0f} ms, within 5 ticks of the group after {caught * 1000:.0f} ms")
 
 
 # Every node this script started, killed on the way out even when the
