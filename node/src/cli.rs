@@ -694,34 +694,12 @@ fn observe(
     let config = Config::load_or_create(&dir.path)?;
     let (members, region) = match via {
         Some(url) => {
-            let url = url.trim_end_matches('/');
-            let r = client::request(url, "GET", "/api/status", &[], None)
-                .with_context(|| format!("asking {url} for its group"))?;
-            if r.status != 200 {
-                bail!("{url}/api/status answered {}: {}", r.status, r.text());
-            }
-            let v = r.json()?;
-            let addresses: Vec<String> = v["group"]["addresses"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if addresses.is_empty() {
-                bail!(
-                    "the node at {url} is not a member of a replica group (its status lists no group addresses)"
-                );
-            }
-            let id = v["regions"][0]["id"]
-                .as_u64()
-                .context("the node's status names no region")?;
+            let (addresses, id) = group_of(url)?;
             note(format_args!(
                 "metatopia: following the group of {url}: {} members (trusting its list; pass --group to pin them)",
                 addresses.len()
             ));
-            (addresses, region.unwrap_or(id as u32))
+            (addresses, region.unwrap_or(id))
         }
         None => (group, region.unwrap_or(config.world.region_id)),
     };
@@ -786,6 +764,36 @@ fn observe(
     dir.clear_node_info();
     drop(lock);
     result
+}
+
+/// The replica group of the node at `url` (any member's HTTP address),
+/// from its status: its members as `HEX@MULTIADDR` and its region id.
+pub fn group_of(url: &str) -> Result<(Vec<String>, u32)> {
+    let url = url.trim_end_matches('/');
+    let r = client::request(url, "GET", "/api/status", &[], None)
+        .with_context(|| format!("asking {url} for its group"))?;
+    if r.status != 200 {
+        bail!("{url}/api/status answered {}: {}", r.status, r.text());
+    }
+    let v = r.json()?;
+    let addresses: Vec<String> = v["group"]["addresses"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if addresses.is_empty() {
+        bail!(
+            "the node at {url} is not a member of a replica group (its status lists no group addresses)"
+        );
+    }
+    let id = v["regions"][0]["id"]
+        .as_u64()
+        .and_then(|id| u32::try_from(id).ok())
+        .context("the node's status names no region")?;
+    Ok((addresses, id))
 }
 
 fn post_action(base: &str, token: &str, action: &serde_json::Value) -> Result<client::Response> {

@@ -837,10 +837,18 @@ impl Replica {
                 for (input, check) in inputs.into_iter().zip(checked) {
                     let result = check
                         .map_err(Refusal::from)
-                        .and_then(|()| self.queue(input));
-                    if let Err(e) = result {
-                        self.stats.refused_messages += 1;
-                        debug!(from = %from, error = %e, "forwarded input refused");
+                        .and_then(|()| self.queue(input.clone()));
+                    match result {
+                        // A player's node (not a member) sent it to this
+                        // member only: the others must see it too, or it
+                        // waits until this member is primary. Inputs from
+                        // members are not forwarded again.
+                        Ok(true) if !member => self.forward.push(input),
+                        Ok(_) => {}
+                        Err(e) => {
+                            self.stats.refused_messages += 1;
+                            debug!(from = %from, error = %e, "forwarded input refused");
+                        }
                     }
                 }
             }
@@ -1721,7 +1729,9 @@ impl Replica {
 
 #[cfg(test)]
 mod tests {
+    use ed25519_dalek::SigningKey;
     use metatopia_sim::NoScripts;
+    use metatopia_sim::input::InputKind;
 
     use super::*;
 
@@ -1758,6 +1768,44 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Inputs forwarded to all members by `core`'s outputs.
+    fn forwarded(core: &mut Replica) -> usize {
+        std::iter::from_fn(|| core.poll_output())
+            .map(|o| match o {
+                Output::Send {
+                    to: To::All,
+                    msg: Message::Inputs(v),
+                } => v.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_players_inputs_sent_to_one_member_reach_the_others() {
+        let (mut core, p, primary) = verifier(10_000);
+        let player = SigningKey::from_bytes(&[7; 32]);
+        let join = |seq| {
+            SignedInput::sign(
+                &player,
+                p.region,
+                seq,
+                InputKind::Join {
+                    name: "seven".into(),
+                },
+            )
+        };
+        // From the player's node (not a member): queued and forwarded, once.
+        let from_node = crate::replica::wire::player_of(&player);
+        core.handle(10_000, from_node, Message::Inputs(vec![join(1)]));
+        assert_eq!(forwarded(&mut core), 1);
+        core.handle(10_001, from_node, Message::Inputs(vec![join(1)]));
+        assert_eq!(forwarded(&mut core), 0, "a duplicate is not forwarded");
+        // From a member: queued, not forwarded again.
+        core.handle(10_002, primary, Message::Inputs(vec![join(2)]));
+        assert_eq!(forwarded(&mut core), 0);
     }
 
     #[test]
