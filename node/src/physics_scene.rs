@@ -150,9 +150,23 @@ pub struct Outcome {
 }
 
 /// Parses and runs a physics scene; `ticks` overrides the file's.
+pub fn run(text: &str, ticks: Option<u64>) -> anyhow::Result<Outcome> {
+    run_with(text, ticks, &mut |_, _, _| Ok(()))
+}
+
+/// What [`run_with`] calls after each tick: `(tick, cluster hash, cluster)`.
+pub type AfterTick<'a> = dyn FnMut(u64, [u8; 32], &mut Cluster) -> anyhow::Result<()> + 'a;
+
+/// [`run`], calling `after(tick, cluster hash, cluster)` after each tick:
+/// the determinism suite checks every tick's hash there, and may replace
+/// the cluster with one restored from its snapshot (heavy mode).
 ///
 /// Long on purpose: the scene driver reads top to bottom (build, then each tick: spawns, pushes, step, tallies); its steps share many locals.
-pub fn run(text: &str, ticks: Option<u64>) -> anyhow::Result<Outcome> {
+pub fn run_with(
+    text: &str,
+    ticks: Option<u64>,
+    after: &mut AfterTick<'_>,
+) -> anyhow::Result<Outcome> {
     let file: File = toml::from_str(text)
         .map_err(|e| anyhow::anyhow!("{}", crate::quote::toml_error(text, &e)))?;
     let spec = file.physics;
@@ -306,6 +320,7 @@ pub fn run(text: &str, ticks: Option<u64>) -> anyhow::Result<Outcome> {
                 .filter(|e| matches!(e, PhysicsEvent::Collided { .. }))
                 .count() as u64;
         }
+        after(t, rep.hash, &mut s.cluster)?;
         last = Some(rep);
     }
     let mut lines = Vec::new();

@@ -595,18 +595,7 @@ impl Outcome {
     /// The scenario's state hash: the region's hash when there is one
     /// region, else blake3 over `(region id, hash)` in id order.
     pub fn state_hash(&self) -> [u8; 32] {
-        if self.sims.len() == 1
-            && let Some(sim) = self.sims.values().next()
-        {
-            return sim.hash();
-        }
-        let mut h = blake3::Hasher::new();
-        h.update(b"metatopia scenario regions\0");
-        for (id, sim) in &self.sims {
-            h.update(&id.0.to_le_bytes());
-            h.update(&sim.hash());
-        }
-        *h.finalize().as_bytes()
+        regions_hash(&self.sims)
     }
 }
 
@@ -679,122 +668,284 @@ impl Prepared {
 
     /// Runs `ticks` ticks (default: the scenario's), telling `notice` about
     /// every rejected input and script fault as it happens.
-    ///
-    /// Long on purpose: the scenario tick loop: inputs due, the step, then notices and tallies, all over shared locals.
     pub fn run_with(
         &self,
         ticks: Option<u64>,
         host: &dyn ScriptHost,
         notice: &mut dyn FnMut(Notice<'_>),
     ) -> Result<Outcome, ScenarioError> {
-        let ticks = ticks.unwrap_or(self.ticks);
-        self.check_ticks(ticks)?;
-        let name_of: BTreeMap<PlayerId, &str> =
-            self.names.iter().map(|(n, id)| (*id, n.as_str())).collect();
-        let mut sims: BTreeMap<RegionId, Sim> = self
+        let mut run = self.start(ticks)?;
+        while run.step(host, notice)? {}
+        Ok(run.finish())
+    }
+
+    /// A run of `ticks` ticks (default: the scenario's) from genesis, to be
+    /// stepped one tick at a time ([`Run::step`]).
+    pub fn start(&self, ticks: Option<u64>) -> Result<Run<'_>, ScenarioError> {
+        let sims = self
             .genesis
             .iter()
             .map(|(id, s)| (*id, Sim::new(s.clone())))
             .collect();
+        self.resume_sims(ticks, sims)
+    }
+
+    /// A run of `ticks` ticks (default: the scenario's) that continues from
+    /// `states` (one per region, all at the same tick, e.g. decoded from
+    /// snapshots of an earlier run of this scenario): a restart. Nothing
+    /// of the earlier run is needed but the states; the driver's own
+    /// bookkeeping (sequence numbers, the clock) follows from the file.
+    /// The tallies of the [`Outcome`] count only the ticks this run steps.
+    pub fn resume(
+        &self,
+        ticks: Option<u64>,
+        states: BTreeMap<RegionId, State>,
+    ) -> Result<Run<'_>, ScenarioError> {
+        if !states.keys().eq(self.genesis.keys()) {
+            return Err(field(
+                "snapshot",
+                "the states are not one per region of the scenario",
+            ));
+        }
+        let mut tick = None;
+        for (id, s) in &states {
+            if s.region != *id {
+                return Err(field(
+                    "snapshot",
+                    format!("the state for region {id} is region {}'s", s.region),
+                ));
+            }
+            if tick.is_some_and(|t| t != s.tick) {
+                return Err(field(
+                    "snapshot",
+                    "the regions' states are at different ticks",
+                ));
+            }
+            tick = Some(s.tick);
+        }
+        let sims = states
+            .into_iter()
+            .map(|(id, s)| (id, Sim::new(s)))
+            .collect();
+        self.resume_sims(ticks, sims)
+    }
+
+    fn resume_sims(
+        &self,
+        ticks: Option<u64>,
+        sims: BTreeMap<RegionId, Sim>,
+    ) -> Result<Run<'_>, ScenarioError> {
+        let ticks = ticks.unwrap_or(self.ticks);
+        self.check_ticks(ticks)?;
+        let next = sims.values().next().map_or(0, Sim::tick);
+        // The driver's bookkeeping depends on the file alone: replay it for
+        // the ticks already executed.
         let mut seqs: BTreeMap<(RegionId, PlayerId), u64> = BTreeMap::new();
-        let mut out = Outcome {
-            ticks,
-            sims: BTreeMap::new(),
-            accepted: 0,
-            rejected: 0,
-            duplicates: 0,
-            faults: 0,
-        };
-        let mut time = 0;
-        for t in 0..ticks {
-            // Clock jumps never go back: time is the running maximum.
-            time = self.time_at(t).max(time);
-            for (region, sim) in sims.iter_mut() {
-                let mut inputs = Vec::new();
-                // (player, seq) -> (index in the file, action), to name
-                // rejected inputs.
-                let mut sent: Vec<(Sent, (usize, &Action))> = Vec::new();
-                if let Some(list) = self.inputs.get(&(t, *region)) {
-                    for (i, who, seq, action) in list {
-                        let avatar = sim.state().players.get(who).and_then(|p| p.avatar);
-                        let resolver = Resolver {
-                            keys: &self.keys,
-                            names: &self.names,
-                            scripts: &self.scripts,
-                            avatar,
-                        };
-                        let kind = action
-                            .to_input(&resolver)
-                            .map_err(|e| field(format!("input[{i}].{}", e.field), e.message))?;
-                        let next = seqs.entry((*region, *who)).or_insert(0);
-                        let seq = seq.unwrap_or(*next + 1);
-                        *next = (*next).max(seq);
-                        sent.push(((*who, seq), (*i, action)));
-                        inputs.push(Input {
-                            player: *who,
-                            seq,
-                            kind,
-                        });
-                    }
+        for ((_, region), list) in self.inputs.range(..(next, RegionId(0))) {
+            for (_, who, seq, _) in list {
+                let n = seqs.entry((*region, *who)).or_insert(0);
+                *n = (*n).max(seq.unwrap_or(*n + 1));
+            }
+        }
+        // Time is the running maximum of `time_at`, which rises within each
+        // stretch between clock jumps: the maximum is at a stretch's end.
+        let time = std::iter::once(next)
+            .chain(self.clock.iter().map(|c| c.tick).filter(|t| *t < next))
+            .filter(|t| *t > 0)
+            .map(|t| self.time_at(t - 1))
+            .max()
+            .unwrap_or(0);
+        Ok(Run {
+            prepared: self,
+            name_of: self.names.iter().map(|(n, id)| (*id, n.as_str())).collect(),
+            sims,
+            seqs,
+            time,
+            next,
+            out: Outcome {
+                ticks,
+                sims: BTreeMap::new(),
+                accepted: 0,
+                rejected: 0,
+                duplicates: 0,
+                faults: 0,
+            },
+        })
+    }
+}
+
+/// A scenario run in progress: the sims and the driver's bookkeeping.
+/// [`Prepared::run_with`] is `start` and `step` until done; a test steps
+/// it itself to look at (or snapshot and restart from) every tick.
+#[derive(Debug)]
+pub struct Run<'p> {
+    prepared: &'p Prepared,
+    name_of: BTreeMap<PlayerId, &'p str>,
+    sims: BTreeMap<RegionId, Sim>,
+    /// The last sequence number sent, by (region, player).
+    seqs: BTreeMap<(RegionId, PlayerId), u64>,
+    /// Sim time of the last tick: clock jumps never go back.
+    time: u64,
+    /// The next tick to run.
+    next: u64,
+    /// Tallies; `sims` is filled by [`Run::finish`].
+    out: Outcome,
+}
+
+impl Run<'_> {
+    /// The next tick to run (ticks executed so far).
+    pub fn tick(&self) -> u64 {
+        self.next
+    }
+
+    /// Whether every tick asked for has run.
+    pub fn done(&self) -> bool {
+        self.next >= self.out.ticks
+    }
+
+    /// The sims by region.
+    pub fn sims(&self) -> &BTreeMap<RegionId, Sim> {
+        &self.sims
+    }
+
+    /// The scenario's state hash now (see [`Outcome::state_hash`]).
+    pub fn state_hash(&self) -> [u8; 32] {
+        regions_hash(&self.sims)
+    }
+
+    /// The snapshot bytes of every region's state now
+    /// (`metatopia_sim::snapshot::encode_state`).
+    pub fn snapshots(&self) -> BTreeMap<RegionId, Vec<u8>> {
+        self.sims
+            .iter()
+            .map(|(id, sim)| (*id, metatopia_sim::snapshot::encode_state(sim.state())))
+            .collect()
+    }
+
+    /// The outcome: tallies and the final sims.
+    pub fn finish(mut self) -> Outcome {
+        self.out.sims = self.sims;
+        self.out
+    }
+
+    /// Runs the next tick; `false` (and nothing run) once done.
+    ///
+    /// Long on purpose: the scenario tick: inputs due, the step, then notices and tallies, all over shared locals.
+    pub fn step(
+        &mut self,
+        host: &dyn ScriptHost,
+        notice: &mut dyn FnMut(Notice<'_>),
+    ) -> Result<bool, ScenarioError> {
+        if self.done() {
+            return Ok(false);
+        }
+        let t = self.next;
+        let p = self.prepared;
+        let out = &mut self.out;
+        // Clock jumps never go back: time is the running maximum.
+        self.time = p.time_at(t).max(self.time);
+        for (region, sim) in self.sims.iter_mut() {
+            let mut inputs = Vec::new();
+            // (player, seq) -> (index in the file, action), to name
+            // rejected inputs.
+            let mut sent: Vec<(Sent, (usize, &Action))> = Vec::new();
+            if let Some(list) = p.inputs.get(&(t, *region)) {
+                for (i, who, seq, action) in list {
+                    let avatar = sim.state().players.get(who).and_then(|p| p.avatar);
+                    let resolver = Resolver {
+                        keys: &p.keys,
+                        names: &p.names,
+                        scripts: &p.scripts,
+                        avatar,
+                    };
+                    let kind = action
+                        .to_input(&resolver)
+                        .map_err(|e| field(format!("input[{i}].{}", e.field), e.message))?;
+                    let next = self.seqs.entry((*region, *who)).or_insert(0);
+                    let seq = seq.unwrap_or(*next + 1);
+                    *next = (*next).max(seq);
+                    sent.push(((*who, seq), (*i, action)));
+                    inputs.push(Input {
+                        player: *who,
+                        seq,
+                        kind,
+                    });
                 }
-                let report = sim
-                    .step(
-                        &Batch {
-                            tick: t,
-                            time_ms: time,
-                            inputs,
-                        },
-                        host,
-                    )
-                    .map_err(|e| field("clock", e.to_string()))?;
-                out.accepted += u64::from(report.accepted);
-                out.rejected += u64::from(report.rejected);
-                out.duplicates += u64::from(report.duplicates);
-                for e in &report.events {
-                    match e {
-                        Event::Rejected {
-                            player,
-                            seq,
-                            reason,
-                        } => {
-                            // Duplicates share a (player, seq): the first
-                            // with that pair is the one the sim refused.
-                            if let Some((_, (input, action))) =
-                                sent.iter().find(|(k, _)| *k == (*player, *seq))
-                            {
-                                notice(Notice::Rejected {
-                                    tick: t,
-                                    region: *region,
-                                    input: *input,
-                                    player: *player,
-                                    name: name_of.get(player).copied(),
-                                    action,
-                                    reason,
-                                });
-                            }
-                        }
-                        Event::ScriptFault {
-                            script,
-                            owner,
-                            error,
-                            suspended,
-                        } => {
-                            out.faults += 1;
-                            notice(Notice::ScriptFault {
+            }
+            let report = sim
+                .step(
+                    &Batch {
+                        tick: t,
+                        time_ms: self.time,
+                        inputs,
+                    },
+                    host,
+                )
+                .map_err(|e| field("clock", e.to_string()))?;
+            out.accepted += u64::from(report.accepted);
+            out.rejected += u64::from(report.rejected);
+            out.duplicates += u64::from(report.duplicates);
+            for e in &report.events {
+                match e {
+                    Event::Rejected {
+                        player,
+                        seq,
+                        reason,
+                    } => {
+                        // Duplicates share a (player, seq): the first
+                        // with that pair is the one the sim refused.
+                        if let Some((_, (input, action))) =
+                            sent.iter().find(|(k, _)| *k == (*player, *seq))
+                        {
+                            notice(Notice::Rejected {
                                 tick: t,
                                 region: *region,
-                                script: *script,
-                                owner: *owner,
-                                error,
-                                suspended: *suspended,
+                                input: *input,
+                                player: *player,
+                                name: self.name_of.get(player).copied(),
+                                action,
+                                reason,
                             });
                         }
-                        _ => {}
                     }
+                    Event::ScriptFault {
+                        script,
+                        owner,
+                        error,
+                        suspended,
+                    } => {
+                        out.faults += 1;
+                        notice(Notice::ScriptFault {
+                            tick: t,
+                            region: *region,
+                            script: *script,
+                            owner: *owner,
+                            error,
+                            suspended: *suspended,
+                        });
+                    }
+                    _ => {}
                 }
             }
         }
-        out.sims = sims;
-        Ok(out)
+        self.next = t + 1;
+        Ok(true)
     }
+}
+
+/// The state hash of several regions: the region's hash when there is one,
+/// else blake3 over `(region id, hash)` in id order.
+pub fn regions_hash(sims: &BTreeMap<RegionId, Sim>) -> [u8; 32] {
+    if sims.len() == 1
+        && let Some(sim) = sims.values().next()
+    {
+        return sim.hash();
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"metatopia scenario regions\0");
+    for (id, sim) in sims {
+        h.update(&id.0.to_le_bytes());
+        h.update(&sim.hash());
+    }
+    *h.finalize().as_bytes()
 }
