@@ -98,6 +98,25 @@ pub enum Command {
         /// Print only the summary, not each rejected input and script fault.
         #[arg(long)]
         quiet: bool,
+        /// Also print `tick T state_hash=HEX` after every tick, for
+        /// `metatopia desync`.
+        #[arg(long)]
+        trace: bool,
+        /// Write the final state's snapshot here (one-region scenarios),
+        /// for `metatopia desync`.
+        #[arg(long)]
+        snapshot: Option<PathBuf>,
+    },
+    /// Compare two runs that should agree: two snapshot files (`run
+    /// --snapshot`) print every difference (element and field, player,
+    /// settings, chat, timers, a script's state); two hash traces (`run
+    /// --trace` output) print the first tick that differs. Exits with an
+    /// error when they differ.
+    Desync {
+        /// The first snapshot or trace.
+        a: PathBuf,
+        /// The second.
+        b: PathBuf,
     },
     /// Follow a region hosted by a replica group as an observer (`--via
     /// URL` of any member's node, or `--group HEX@MULTIADDR,...`): runs the
@@ -169,7 +188,10 @@ pub fn run(cli: Cli) -> Result<()> {
             scenario,
             ticks,
             quiet,
-        } => run_scenario(&scenario, ticks, quiet),
+            trace,
+            snapshot,
+        } => run_scenario(&scenario, ticks, quiet, trace, snapshot.as_deref()),
+        Command::Desync { a, b } => desync(&a, &b),
         Command::Replay { data } => replay(&data.unwrap_or_else(default_dir)),
         Command::Join {
             at,
@@ -904,7 +926,13 @@ fn notice_line(
     }
 }
 
-fn run_scenario(path: &Path, ticks: Option<u64>, quiet: bool) -> Result<()> {
+fn run_scenario(
+    path: &Path,
+    ticks: Option<u64>,
+    quiet: bool,
+    trace: bool,
+    snapshot: Option<&Path>,
+) -> Result<()> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if meta.len() > scenario::FILE_BYTES_MAX as u64 {
         bail!(
@@ -917,6 +945,9 @@ fn run_scenario(path: &Path, ticks: Option<u64>, quiet: bool) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if crate::physics_scene::is_physics_scene(&text) {
+        if trace || snapshot.is_some() {
+            bail!("--trace and --snapshot are for scenario files, not physics scenes");
+        }
         let out = crate::physics_scene::run(&text, ticks)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         for l in &out.lines {
@@ -929,21 +960,47 @@ fn run_scenario(path: &Path, ticks: Option<u64>, quiet: bool) -> Result<()> {
     let host = crate::scripts::scenario_host(&prepared.script_sources)?;
     // Lines are printed as they happen; after stdout closes the run goes on
     // silently and the verb then ends quietly.
+    if snapshot.is_some() && prepared.genesis.len() != 1 {
+        bail!("--snapshot needs a scenario with one region");
+    }
     let mut closed = None;
-    let out = prepared
-        .run_with(ticks, &*host, &mut |n| {
-            if quiet || closed.is_some() {
-                return;
-            }
-            let line = notice_line(&n, &prepared.names);
+    let failed = |e| anyhow::anyhow!("{}: {e}", path.display());
+    let mut run = prepared.start(ticks).map_err(failed)?;
+    loop {
+        let stepped = run
+            .step(&*host, &mut |n| {
+                if quiet || closed.is_some() {
+                    return;
+                }
+                let line = notice_line(&n, &prepared.names);
+                if let Err(e) = write_out(format_args!("{line}\n")) {
+                    closed = Some(e);
+                }
+            })
+            .map_err(failed)?;
+        if !stepped {
+            break;
+        }
+        if trace && closed.is_none() {
+            let line = format!(
+                "tick {} state_hash={}",
+                run.tick() - 1,
+                hex(&run.state_hash())
+            );
             if let Err(e) = write_out(format_args!("{line}\n")) {
                 closed = Some(e);
             }
-        })
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+    }
     if let Some(e) = closed {
         return Err(e);
     }
+    if let Some(file) = snapshot
+        && let Some(bytes) = run.snapshots().into_values().next()
+    {
+        std::fs::write(file, bytes).with_context(|| format!("writing {}", file.display()))?;
+    }
+    let out = run.finish();
     for (id, sim) in &out.sims {
         let s = sim.state();
         let temp_admin = s
@@ -993,5 +1050,90 @@ fn replay(path: &Path) -> Result<()> {
             Ok(())
         }
         Err(e) => bail!("replay failed: {e}"),
+    }
+}
+
+/// What `metatopia desync` reads: a snapshot, else a hash trace.
+enum RunRecord {
+    Snapshot(Box<metatopia_sim::State>),
+    Trace(Vec<(u64, [u8; 32])>),
+}
+
+fn read_record(path: &Path) -> Result<RunRecord> {
+    let max = metatopia_sim::snapshot::DECODE_BYTES_MAX as u64;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.len() > max {
+        bail!("{}: {} bytes, limit {max}", path.display(), meta.len());
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.starts_with(&metatopia_sim::snapshot::MAGIC) {
+        return metatopia_sim::snapshot::decode_state(&bytes)
+            .map(|s| RunRecord::Snapshot(Box::new(s)))
+            .map_err(|e| anyhow::anyhow!("{}: not a valid state snapshot: {e}", path.display()));
+    }
+    let trace = std::str::from_utf8(&bytes)
+        .ok()
+        .map(crate::desync::parse_trace)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        .filter(|t| !t.is_empty());
+    match trace {
+        Some(t) => Ok(RunRecord::Trace(t)),
+        None => bail!(
+            "{}: neither a state snapshot (`metatopia run --snapshot`) nor a hash trace (`metatopia run --trace`)",
+            path.display()
+        ),
+    }
+}
+
+fn desync(a: &Path, b: &Path) -> Result<()> {
+    match (read_record(a)?, read_record(b)?) {
+        (RunRecord::Snapshot(x), RunRecord::Snapshot(y)) => {
+            for (path, s) in [(a, &x), (b, &y)] {
+                outln!(
+                    "{}: region {} tick {} state_hash={}",
+                    path.display(),
+                    s.region,
+                    s.tick,
+                    hex(&metatopia_sim::snapshot::state_hash(s))
+                );
+            }
+            let (diffs, more) = crate::desync::diff_states(&x, &y);
+            if diffs.is_empty() {
+                outln!("the states are identical");
+                return Ok(());
+            }
+            for d in &diffs {
+                outln!("{d}");
+            }
+            if more > 0 {
+                outln!("... and {more} more differences");
+            }
+            bail!("the states differ ({} differences)", diffs.len() + more)
+        }
+        (RunRecord::Trace(x), RunRecord::Trace(y)) => {
+            match crate::desync::first_divergence(&x, &y) {
+                None => {
+                    outln!("the traces agree on all {} ticks", x.len());
+                    Ok(())
+                }
+                Some(t) => {
+                    let at = |tr: &[(u64, [u8; 32])]| {
+                        tr.iter()
+                            .find(|(u, _)| *u == t)
+                            .map_or("absent".into(), |(_, h)| hex(h))
+                    };
+                    outln!("first diverging tick: {t}");
+                    outln!("{}: {}", a.display(), at(&x));
+                    outln!("{}: {}", b.display(), at(&y));
+                    outln!(
+                        "compare the states with `metatopia run FILE --ticks {} --snapshot X.snap` on each side, then `metatopia desync A.snap B.snap`",
+                        t + 1
+                    );
+                    bail!("the runs diverge at tick {t}")
+                }
+            }
+        }
+        _ => bail!("give two snapshots or two traces, not one of each"),
     }
 }

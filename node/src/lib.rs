@@ -4,8 +4,9 @@
 //! [`cli::run`]; everything else lives here so that tests can drive it.
 //!
 //! Layout:
-//! - [`cli`]: the verbs (`up`, `status`, `say`, `act`, `run`, `replay`).
+//! - [`cli`]: the verbs (`up`, `status`, `say`, `act`, `run`, `replay`, `desync`).
 //! - [`config`]: `DIR/node.toml`: services and limits.
+//! - [`desync`]: desync reports: the first diverging tick, and which element and field differ.
 //! - [`datadir`]: the data directory: keys, token, lock, where the node listens.
 //! - [`store`]: redb persistence: genesis, batch log with checkpoints, snapshots, recovery.
 //! - [`replica`]: the sans-IO replica core, its wire types and the region manifest.
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod datadir;
+pub mod desync;
 pub mod faults;
 pub mod http;
 pub mod out;
