@@ -21,5 +21,6 @@ pub fn example_scenarios() -> Vec<PathBuf> {
     out
 }
 
+pub mod determinism;
 pub mod replication;
 pub mod simplex_harness;
