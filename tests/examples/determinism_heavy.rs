@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         let ticks = case.ticks().max(1) as f64;
-        let mut time = |mode: &Mode| -> anyhow::Result<f64> {
+        let time = |mode: &Mode| -> anyhow::Result<f64> {
             let mut v = Vec::new();
             for _ in 0..rounds {
                 let start = Instant::now();
