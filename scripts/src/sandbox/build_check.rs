@@ -6,7 +6,7 @@ use mlua::{Lua, LuaOptions, StdLib};
 use super::LoadError;
 
 /// Pairs order of a fixed set of string keys: the same on every machine
-/// only if Lua was built with the pinned hash seed (.cargo/config.toml).
+/// only if Lua was built with the pinned hash seed (vendor/lua-src's build).
 pub fn string_key_order() -> Result<String, LoadError> {
     let lua = Lua::new_with(StdLib::TABLE, LuaOptions::default())
         .map_err(|e| LoadError::Setup(e.to_string()))?;
@@ -52,7 +52,7 @@ pub fn check_build() -> Result<(), LoadError> {
     let got = string_key_order()?;
     if got != PINNED_STRING_KEY_ORDER {
         return Err(LoadError::Setup(format!(
-            "this build of Lua does not pin its string-hash seed (pairs order {got:?}); build with the workspace's .cargo/config.toml (CFLAGS -Dluai_makeseed)"
+            "this build of Lua does not pin its string-hash seed (pairs order {got:?}); build with the workspace's patched lua-src (vendor/lua-src), whose build pins it"
         )));
     }
     let got = table_key_order()?;

@@ -199,6 +199,21 @@ impl Build {
             config.define("LUA_COMPAT_5_3", None);
         }
 
+        // metatopia: the determinism pins, built into Lua itself so that a
+        // build outside the workspace keeps them (they were CFLAGS in the
+        // workspace's .cargo/config.toml; see PATCHES.md):
+        // - luai_makeseed: the string-hash seed, else taken from the time
+        //   and ASLR addresses (pairs order over string keys would differ
+        //   between runs and replicas);
+        // - l_randomizePivot: table.sort's pivot, else taken from clock()
+        //   and time() after an unbalanced partition;
+        // - -ffp-contract=off: no fused multiply-add contraction of a*b+c.
+        // metatopia_scripts::check_build refuses a Lua without them.
+        config
+            .define("luai_makeseed(L)", Some("0x5eed5eedU"))
+            .define("l_randomizePivot()", Some("0x5eedU"))
+            .flag_if_supported("-ffp-contract=off");
+
         #[cfg(feature = "ucid")]
         if let Lua54 | Lua55 = version {
             config.define("LUA_UCID", None);
