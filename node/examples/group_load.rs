@@ -28,7 +28,7 @@ use metatopia_node::replica::{Message, SignedInput, net, simplex};
 use metatopia_sim::input::InputKind;
 use metatopia_sim::{PlayerId, RegionId};
 
-/// Inputs a second a batch is sent at: one batch every this many ms.
+/// A batch of the inputs due goes out every this many ms.
 const BATCH_MS: u64 = 10;
 
 fn main() -> Result<()> {

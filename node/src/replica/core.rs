@@ -835,17 +835,18 @@ impl Replica {
                 let checked: Vec<Result<(), super::wire::SignatureError>> =
                     inputs.par_iter().map(|i| i.verify(region)).collect();
                 for (input, check) in inputs.into_iter().zip(checked) {
+                    // A player's node (not a member) sent it to this member
+                    // only: the others must see it too, or it waits until
+                    // this member is primary. Inputs from members are not
+                    // forwarded again (and not copied for it).
+                    let copy = (!member).then(|| input.clone());
                     let result = check
                         .map_err(Refusal::from)
-                        .and_then(|()| self.queue(input.clone()));
-                    match result {
-                        // A player's node (not a member) sent it to this
-                        // member only: the others must see it too, or it
-                        // waits until this member is primary. Inputs from
-                        // members are not forwarded again.
-                        Ok(true) if !member => self.forward.push(input),
-                        Ok(_) => {}
-                        Err(e) => {
+                        .and_then(|()| self.queue(input));
+                    match (result, copy) {
+                        (Ok(true), Some(copy)) => self.forward.push(copy),
+                        (Ok(_), _) => {}
+                        (Err(e), _) => {
                             self.stats.refused_messages += 1;
                             debug!(from = %from, error = %e, "forwarded input refused");
                         }

@@ -501,6 +501,22 @@ mod tests {
         )
     }
 
+    /// Members 0 and 1 sign `vouched` as the hash of tick 0; member 2
+    /// offers the snapshot after tick 0.
+    fn offer_snapshot(o: &mut Observer, w: &World, vouched: Digest) {
+        let m = &w.manifest.members;
+        o.handle(m[0], checkpoint(w, 0, 0, vouched));
+        o.handle(m[1], checkpoint(w, 1, 0, vouched));
+        o.handle(
+            m[2],
+            Message::Snapshot {
+                tick: 0,
+                digest: w.chain[0].1,
+                bytes: w.snap0.clone(),
+            },
+        );
+    }
+
     fn checkpoint(w: &World, member: usize, tick: u64, hash: Digest) -> Message {
         Message::Checkpoint(Checkpoint::sign(
             &w.keys[member],
@@ -557,19 +573,8 @@ mod tests {
     fn a_snapshot_the_group_did_not_sign_is_refused() {
         let w = world();
         let mut o = observer(&w);
-        let m = &w.manifest.members;
-        let (_, d0, _) = w.chain[0];
         let wrong = [0x55; 32];
-        o.handle(m[0], checkpoint(&w, 0, 0, wrong));
-        o.handle(m[1], checkpoint(&w, 1, 0, wrong));
-        o.handle(
-            m[2],
-            Message::Snapshot {
-                tick: 0,
-                digest: d0,
-                bytes: w.snap0.clone(),
-            },
-        );
+        offer_snapshot(&mut o, &w, wrong);
         assert_eq!(head_tick(&o), None);
         assert_eq!(o.stats().refused, 1);
     }
@@ -579,20 +584,11 @@ mod tests {
         let w = world();
         let mut o = observer(&w);
         let m = &w.manifest.members;
-        let (_, d0, h0) = w.chain[0];
+        let (_, _, h0) = w.chain[0];
         let (_, d2, h2) = w.chain[2];
         // Proposals may arrive before the snapshot.
         o.handle(m[3], finalized(&w, 1, Vec::new()));
-        o.handle(m[0], checkpoint(&w, 0, 0, h0));
-        o.handle(m[1], checkpoint(&w, 1, 0, h0));
-        o.handle(
-            m[2],
-            Message::Snapshot {
-                tick: 0,
-                digest: d0,
-                bytes: w.snap0.clone(),
-            },
-        );
+        offer_snapshot(&mut o, &w, h0);
         assert_eq!(head_tick(&o), Some(1), "tick 1 has no certificate yet");
         o.handle(m[3], finalized(&w, 2, vec![1, 2, 3]));
         assert_eq!(head_tick(&o), Some(1), "a bad certificate is refused");
@@ -608,19 +604,10 @@ mod tests {
         let w = world();
         let mut o = observer(&w);
         let m = &w.manifest.members;
-        let (_, d0, h0) = w.chain[0];
+        let (_, _, h0) = w.chain[0];
         let (_, d2, _) = w.chain[2];
         o.tick(1_000);
-        o.handle(m[0], checkpoint(&w, 0, 0, h0));
-        o.handle(m[1], checkpoint(&w, 1, 0, h0));
-        o.handle(
-            m[2],
-            Message::Snapshot {
-                tick: 0,
-                digest: d0,
-                bytes: w.snap0.clone(),
-            },
-        );
+        offer_snapshot(&mut o, &w, h0);
         assert_eq!(head_tick(&o), Some(1));
         // Tick 2 arrives certified, tick 1 never does.
         o.handle(m[3], finalized(&w, 2, d2.to_vec()));
