@@ -479,8 +479,14 @@ async fn serve_world(
     } = banner;
     let token = dir.token()?;
     let faults = crate::faults::follow(&handle);
+    let stream = crate::stream::Hub::start(
+        &handle,
+        faults.clone(),
+        config.limits.stream_subscribers_max as usize,
+    );
     let mut app = App {
         faults,
+        stream: stream.clone(),
         world: handle,
         player: dir.player()?,
         token: token.clone().into(),
@@ -511,6 +517,9 @@ async fn serve_world(
         async move {
             wait_for_signal().await;
             info!("shutting down");
+            // Stream subscribers are told and closed, so that the
+            // graceful shutdown does not wait for their sockets.
+            stream.stop();
             stop.store(true, Ordering::Relaxed);
         }
     };

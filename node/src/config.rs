@@ -23,6 +23,26 @@ pub struct Config {
     pub overlay: Overlay,
     /// Hosting the region with a replica group of several nodes.
     pub group: Group,
+    /// Limits on what clients may hold.
+    pub limits: Limits,
+}
+
+/// `[limits]`: what clients may hold; over a limit the excess is refused
+/// with a reason and counted in `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Region stream (WebSocket) subscribers at once; the next one is
+    /// closed with code 1013 and the reason.
+    pub stream_subscribers_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            stream_subscribers_max: 256,
+        }
+    }
 }
 
 /// `[group]`: the region is hosted by a replica group of several nodes
@@ -218,6 +238,9 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&w.queue_max) {
             return Err("world.queue_max must be in 1..=1000000".into());
+        }
+        if !(1..=100_000).contains(&self.limits.stream_subscribers_max) {
+            return Err("limits.stream_subscribers_max must be in 1..=100000".into());
         }
         Ok(())
     }

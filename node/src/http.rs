@@ -6,6 +6,7 @@
 //! | `GET /api/status` | tick, state hash, regions, players online |
 //! | `GET /api/regions/{id}/state` | the region as JSON; strong `ETag` = state hash, `If-None-Match` → 304 |
 //! | `POST /api/regions/{id}/inputs` | one action as the local player (bearer token); answers when committed |
+//! | `GET /api/regions/{id}/stream` | WebSocket: a snapshot, then each published tick's changes and events ([`crate::stream`], `docs/stream.md`) |
 //! | `GET /scripts/{hash}`, `PUT /api/scripts` | script sources (see [`crate::scripts`]) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/overlay` | overlay membership: peer id, joined, neighbours |
@@ -40,6 +41,7 @@ pub fn router(app: App) -> Router {
         .route("/api/status", get(status))
         .route("/api/regions/{id}/state", get(region_state))
         .route("/api/regions/{id}/inputs", post(post_input))
+        .route("/api/regions/{id}/stream", get(crate::stream::route))
         .merge(crate::scripts::routes());
     if app.metrics {
         router = router.route("/metrics", get(metrics));
@@ -70,7 +72,7 @@ async fn status(State(app): State<App>) -> Response {
     axum::Json(v).into_response()
 }
 
-fn check_region(app: &App, id: &str) -> Result<(), Box<Response>> {
+pub(crate) fn check_region(app: &App, id: &str) -> Result<(), Box<Response>> {
     let region = app.world.latest().sim.state().region;
     if id.parse::<u32>().ok() == Some(region.0) {
         Ok(())
@@ -275,6 +277,22 @@ async fn metrics(State(app): State<App>) -> Response {
         "players_online",
         "Players online",
         ConstGauge::new(s.online().count() as i64),
+    );
+    let st = &app.stream.counters;
+    reg.register(
+        "stream_subscribers",
+        "Region stream subscribers connected",
+        ConstGauge::new(st.subscribers.load(Ordering::Relaxed) as i64),
+    );
+    reg.register(
+        "stream_dropped_slow",
+        "Region stream subscribers dropped for falling behind",
+        counter(&st.dropped_slow),
+    );
+    reg.register(
+        "stream_refused_full",
+        "Region stream subscribers refused at stream_subscribers_max",
+        counter(&st.refused_full),
     );
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {

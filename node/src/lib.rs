@@ -13,6 +13,7 @@
 //! - [`world`]: the local world: the replica core's driver on a tick thread.
 //! - [`overlay`]: joining the Voronoi overlay, announcing and locating regions.
 //! - [`http`]: the HTTP API, the viewer page and metrics.
+//! - [`stream`]: the region stream, a WebSocket of each tick's changes and events.
 //! - [`faults`]: script faults seen: counted, logged, the recent ones kept.
 //! - [`view`]: JSON views of the world.
 //! - [`action`]: human-facing actions shared by the API, CLI and scenarios.
@@ -49,6 +50,7 @@ pub mod replica;
 pub mod scenario;
 pub mod scripts;
 pub mod store;
+pub mod stream;
 pub mod view;
 pub mod web;
 pub mod world;

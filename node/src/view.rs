@@ -207,7 +207,8 @@ pub struct ChatView {
     pub text: String,
 }
 
-fn chat_view(state: &State, line: &ChatLine) -> ChatView {
+/// A chat line as the API shows it.
+pub(crate) fn chat_view(state: &State, line: &ChatLine) -> ChatView {
     let (from, name) = match line.from {
         Speaker::Player(p) => (
             p.to_string(),
@@ -363,7 +364,8 @@ fn resume_hint(e: &Element, source: &[u8; 32]) -> String {
     )
 }
 
-fn element_view(s: &State, e: &Element, faults: &[Fault]) -> ElementView {
+/// An element as the API shows it; `faults` as in [`region_state`].
+pub(crate) fn element_view(s: &State, e: &Element, faults: &[Fault]) -> ElementView {
     ElementView {
         id: e.id,
         parent: e.parent,
@@ -405,20 +407,21 @@ pub fn region_state(sim: &Sim, hash: &[u8; 32], faults: &[Fault]) -> RegionState
             .values()
             .map(|e| element_view(s, e, faults))
             .collect(),
-        players: s
-            .players
-            .values()
-            .map(|p| PlayerView {
-                id: p.id,
-                name: p.name.clone(),
-                role: p.role,
-                online: p.online,
-                avatar: p.avatar,
-                first_join_ms: p.first_join_ms,
-                last_login_ms: p.last_login_ms,
-            })
-            .collect(),
+        players: s.players.values().map(player_view).collect(),
         chat: s.chat.iter().map(|l| chat_view(s, l)).collect(),
+    }
+}
+
+/// A player as the API shows it.
+pub(crate) fn player_view(p: &metatopia_sim::state::Player) -> PlayerView {
+    PlayerView {
+        id: p.id,
+        name: p.name.clone(),
+        role: p.role,
+        online: p.online,
+        avatar: p.avatar,
+        first_join_ms: p.first_join_ms,
+        last_login_ms: p.last_login_ms,
     }
 }
 

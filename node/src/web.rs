@@ -37,6 +37,8 @@ pub struct App {
     pub overlay: Option<metatopia_overlay::Handle>,
     /// Script faults seen since the node started.
     pub faults: Arc<Faults>,
+    /// The region stream's hub.
+    pub stream: crate::stream::Hub,
 }
 
 /// A request body of at most [`BODY_BYTES_MAX`] bytes. A larger one is
@@ -109,7 +111,11 @@ pub(crate) fn authorized(app: &App, headers: &HeaderMap) -> bool {
     let Some(given) = value.strip_prefix("Bearer ") else {
         return false;
     };
-    // Constant-time comparison of equal-length strings.
+    token_matches(app, given)
+}
+
+/// Whether `given` is the node's token (compared in constant time).
+pub(crate) fn token_matches(app: &App, given: &str) -> bool {
     let (a, b) = (given.trim().as_bytes(), app.token.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -69,6 +69,15 @@ impl<V: EntryHash> Entry<V> {
     }
 }
 
+/// One difference between two tables ([`Table::changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a, K, V> {
+    /// The key is new, or its value changed.
+    Set(&'a K, &'a V),
+    /// The key is gone.
+    Removed(&'a K),
+}
+
 /// An ordered map of hashed values.
 pub struct Table<K, V> {
     map: OrdMap<K, Entry<V>>,
@@ -286,6 +295,33 @@ impl<K: Ord + Clone, V: EntryHash + Clone> Table<K, V> {
         self.map.values().map(|e| &e.inner.value)
     }
 
+    /// What changed from `older` to `self`, in key order: entries that are
+    /// new or whose value differs ([`Change::Set`]) and keys `self` no
+    /// longer has ([`Change::Removed`]). An entry `self` shares with `older`
+    /// (the same allocation, as after a clone and no update) is skipped
+    /// without comparing values, so a tick that changed little costs a
+    /// walk over the keys. For views (the region stream), never the state
+    /// hash.
+    pub fn changes<'a>(&'a self, older: &'a Table<K, V>) -> Vec<Change<'a, K, V>>
+    where
+        V: PartialEq,
+    {
+        let mut out = Vec::new();
+        let mut old = older.map.iter().peekable();
+        for (k, e) in self.map.iter() {
+            while let Some((ok, _)) = old.next_if(|(ok, _)| *ok < k) {
+                out.push(Change::Removed(ok));
+            }
+            match old.next_if(|(ok, _)| *ok == k) {
+                Some((_, oe))
+                    if Arc::ptr_eq(&oe.inner, &e.inner) || oe.inner.value == e.inner.value => {}
+                _ => out.push(Change::Set(k, &e.inner.value)),
+            }
+        }
+        out.extend(old.map(|(ok, _)| Change::Removed(ok)));
+        out
+    }
+
     /// `(key, value hash)` pairs in key order, for the state digest.
     /// Hashes not computed since their value changed are computed here.
     pub fn hashes(&self) -> impl Iterator<Item = (&K, &[u8; 32])> {
@@ -339,6 +375,33 @@ mod tests {
 
     fn read(table: &Table<u64, u64>) -> Vec<(u64, [u8; 32])> {
         table.hashes().map(|(k, h)| (*k, *h)).collect()
+    }
+
+    #[test]
+    fn changes_lists_set_and_removed_keys_in_order() {
+        let mut a = Table::new();
+        for k in 0..6u64 {
+            a.insert(k, k * 10);
+        }
+        let mut b = a.clone();
+        b.update(&1, |v| *v = 11);
+        b.update(&2, |v| *v = 20); // updated to the same value: not a change
+        b.remove(&0);
+        b.remove(&5);
+        b.insert(3, 31);
+        b.insert(7, 70);
+        assert_eq!(
+            b.changes(&a),
+            vec![
+                Change::Removed(&0),
+                Change::Set(&1, &11),
+                Change::Set(&3, &31),
+                Change::Removed(&5),
+                Change::Set(&7, &70),
+            ]
+        );
+        assert_eq!(a.changes(&a.clone()), vec![]);
+        assert_eq!(Table::new().changes(&a).len(), 6);
     }
 
     /// One change to a table in the property test below.
