@@ -418,6 +418,20 @@ async fn serve(
     let banner = Banner::of(hosted.region.sim().state(), hosted.region.hash());
     let stop = Arc::new(AtomicBool::new(false));
     let group = config.group.enabled;
+    let hosting = crate::overlay::HostingGroup {
+        digest: hosted.manifest.genesis_digest(),
+        members: if group {
+            config
+                .group
+                .members()
+                .map_err(|e| anyhow::anyhow!(e))?
+                .into_iter()
+                .map(|(p, a)| (p, Some(a)))
+                .collect()
+        } else {
+            vec![(dir.player()?, None)]
+        },
+    };
     let (handle, thread) = if group {
         let membership = world::Membership {
             listen: config
@@ -438,15 +452,21 @@ async fn serve(
     } else {
         world::start(hosted, config.world_config(), stop.clone())?
     };
+    let banner = Banner {
+        hosting: Some(hosting),
+        ..banner
+    };
     serve_world(dir, config, listener, banner, handle, thread, stop).await
 }
 
-/// The world line a starting node prints.
+/// The world line a starting node prints, and the group it announces in
+/// the overlay when it hosts the region.
 struct Banner {
     name: String,
     region: u32,
     tick: u64,
     hash: [u8; 32],
+    hosting: Option<crate::overlay::HostingGroup>,
 }
 
 impl Banner {
@@ -456,6 +476,7 @@ impl Banner {
             region: state.region.0,
             tick: state.tick,
             hash,
+            hosting: None,
         }
     }
 }
@@ -476,6 +497,7 @@ async fn serve_world(
         region: region_id,
         tick,
         hash,
+        hosting,
     } = banner;
     let token = dir.token()?;
     let faults = crate::faults::follow(&handle);
@@ -506,7 +528,7 @@ async fn serve_world(
     note(format_args!("metatopia: viewer {base}/#token={token}"));
     if config.overlay.enabled {
         let state = app.world.latest().sim.state().clone();
-        let member = crate::overlay::start(&config.overlay, dir, &state).await?;
+        let member = crate::overlay::start(&config.overlay, dir, &state, hosting.as_ref()).await?;
         for a in &member.addrs {
             note(format_args!("metatopia: overlay {a}"));
         }
@@ -693,15 +715,31 @@ fn join(path: &Path, at: &str) -> Result<()> {
             .as_array()
             .map(|h| h.iter().filter_map(|x| x.as_str()).collect())
             .unwrap_or_default();
+        let members: Vec<&str> = reg["members"]
+            .as_array()
+            .map(|h| h.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        let signed = reg["signed_by"].as_array().map_or(0, Vec::len);
         outln!(
-            "region {} bounds_mm=({},{})-({},{}) hosts={}",
+            "region {} bounds_mm=({},{})-({},{}) hosts={} group={} signed_by={signed}/{}",
             reg["id"],
             b[0],
             b[1],
             b[2],
             b[3],
-            hosts.join(",")
+            hosts.join(","),
+            reg["group"].as_str().unwrap_or(""),
+            members.len()
         );
+        if !members.is_empty() && members.iter().all(|m| m.contains('@')) {
+            outln!(
+                "  follow it: metatopia join --region {} --group {}",
+                reg["id"],
+                members.join(",")
+            );
+        } else {
+            outln!("  a private world (its host has no group address to follow)");
+        }
     }
     Ok(())
 }

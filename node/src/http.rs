@@ -187,6 +187,7 @@ async fn overlay_status(State(app): State<App>) -> Response {
         "position_mm": [s.position.x, s.position.y],
         "voronoi_neighbours": s.voronoi.len(),
         "links": s.links,
+        "regions_refused": s.regions_refused,
     }))
     .into_response()
 }

@@ -1,21 +1,26 @@
 //! The node's place in the Voronoi overlay (`metatopia-overlay`).
 //!
-//! When `[overlay] enabled = true`, `up` joins the overlay at the centre of
+//! When `[overlay] enabled = true`, `up` joins the overlay near the centre of
 //! its region (in world millimetres: the region's `origin` plus half its
 //! size), through the configured bootstrap peers or mDNS, and announces the
 //! region (id, bounds, and this node's peer id as its replica). The overlay
 //! identity is the local player's ed25519 key, so the player id and the
 //! libp2p peer id are the same key.
 //!
+//! The region's record names its hosting group: the genesis digest and
+//! every member's key with its group address, signed by this member
+//! (`metatopia_overlay::record`: peers refuse a record of another group
+//! for a region whose group still announces it).
+//!
 //! `metatopia join --at X,Y` asks the local node, which routes to the owner
-//! of the point and returns the regions announced there.
+//! of the point and returns the regions announced there with their groups.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 
-use metatopia_overlay::{Point, Rect, RegionId, RegionInfo, Service, service};
+use metatopia_overlay::{GroupMember, Point, Rect, RegionId, RegionInfo, Service, service};
 use metatopia_sim::{Fx, State};
 
 use crate::config;
@@ -52,17 +57,38 @@ pub struct Membership {
     pub addrs: Vec<String>,
 }
 
-/// Joins the overlay and announces the region.
-pub async fn start(cfg: &config::Overlay, dir: &DataDir, state: &State) -> Result<Membership> {
+/// The group hosting this node's region, as the overlay announces it.
+#[derive(Debug, Clone)]
+pub struct HostingGroup {
+    /// The genesis digest.
+    pub digest: [u8; 32],
+    /// Every member with its group address (empty for a private world).
+    pub members: Vec<(metatopia_sim::PlayerId, Option<libp2p::Multiaddr>)>,
+}
+
+/// Joins the overlay and, when this node hosts the region (`group`: its
+/// hosting group), announces it.
+pub async fn start(
+    cfg: &config::Overlay,
+    dir: &DataDir,
+    state: &State,
+    group: Option<&HostingGroup>,
+) -> Result<Membership> {
     let origin = parse_point(&cfg.origin).context("[overlay] origin")?;
     let rect = bounds(origin, state);
+    // Every member of a group sits near its region's centre: each at its
+    // own offset of under a metre, taken from its key, so that no two
+    // peers share a site (the overlay ignores duplicate sites).
+    let me = dir.player()?;
+    let jitter = |b: [u8; 2]| i64::from(u16::from_le_bytes(b) % 1000);
     let centre = Point::new(
-        rect.min.x + (rect.max.x - rect.min.x) / 2,
-        rect.min.y + (rect.max.y - rect.min.y) / 2,
+        rect.min.x + (rect.max.x - rect.min.x) / 2 + jitter([me.0[0], me.0[1]]),
+        rect.min.y + (rect.max.y - rect.min.y) / 2 + jitter([me.0[2], me.0[3]]),
     );
     let mut secret = dir.signing_key()?.to_bytes();
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)
         .map_err(|e| anyhow!("player key is not a valid ed25519 key: {e}"))?;
+    let signer = keypair.clone();
     let mut sc = service::Config::new(centre);
     sc.keypair = Some(keypair);
     sc.listen = cfg
@@ -89,13 +115,29 @@ pub async fn start(cfg: &config::Overlay, dir: &DataDir, state: &State) -> Resul
         .iter()
         .map(|a| a.to_string())
         .collect();
-    handle
-        .announce(RegionInfo {
-            id: RegionId(state.region.0),
-            bounds: rect,
-            replicas: vec![handle.peer_id().to_bytes()],
+    let Some(group) = group else {
+        return Ok(Membership { handle, addrs });
+    };
+    let index = group
+        .members
+        .iter()
+        .position(|(p, _)| *p == me)
+        .ok_or_else(|| anyhow!("this node ({me}) is not a member of the group it announces"))?;
+    let members = group
+        .members
+        .iter()
+        .map(|(p, a)| GroupMember {
+            key: p.0,
+            addr: a.as_ref().map(|a| a.to_vec()).unwrap_or_default(),
         })
-        .await?;
+        .collect();
+    let seq = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut record = RegionInfo::new(RegionId(state.region.0), rect, group.digest, members, seq);
+    record.sign(index as u16, &signer)?;
+    handle.announce(record).await?;
     Ok(Membership { handle, addrs })
 }
 
@@ -117,6 +159,13 @@ pub struct LocatedRegion {
     pub bounds: [i64; 4],
     /// Hosting peers (libp2p peer ids).
     pub hosts: Vec<String>,
+    /// The hosting group's genesis digest (hex).
+    pub group: String,
+    /// Its members as `PLAYER_ID_HEX@MULTIADDR` (what `join --group` and
+    /// `[group] members` take); a member without an address is its key alone.
+    pub members: Vec<String>,
+    /// The members whose signatures on the record verified (indexes).
+    pub signed_by: Vec<u16>,
 }
 
 /// Routes to `point` and lists the regions announced there.
@@ -135,14 +184,27 @@ pub async fn locate(handle: &metatopia_overlay::Handle, point: Point) -> Result<
                 r.bounds.max.y,
             ],
             hosts: r
-                .replicas
+                .members
                 .iter()
-                .map(|b| {
-                    libp2p::PeerId::from_bytes(b)
+                .map(|m| {
+                    m.peer_id()
                         .map(|p| p.to_string())
-                        .unwrap_or_else(|_| "(invalid peer id)".into())
+                        .unwrap_or_else(|| "(invalid key)".into())
                 })
                 .collect(),
+            group: metatopia_sim::hex(&r.group),
+            members: r
+                .members
+                .iter()
+                .map(|m| {
+                    let key = metatopia_sim::hex(&m.key);
+                    match libp2p::Multiaddr::try_from(m.addr.clone()) {
+                        Ok(a) if !m.addr.is_empty() => format!("{key}@{a}"),
+                        _ => key,
+                    }
+                })
+                .collect(),
+            signed_by: r.signers().unwrap_or_default(),
         })
         .collect();
     Ok(Located {

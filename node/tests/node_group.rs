@@ -13,19 +13,9 @@ mod common;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Node, run};
-
-/// Four consecutive free TCP ports on 127.0.0.1 (probed; a little racy,
-/// like any port picked in advance).
-fn free_ports() -> u16 {
-    let start = 20_000 + (std::process::id() % 20_000) as u16;
-    (start..60_000)
-        .step_by(5)
-        .find(|base| (0..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
-        .expect("four free ports")
-}
+use common::{Node, eventually, group_init, observer_agrees, run};
 
 /// The newest checkpoint this member has seen that all four signed and
 /// agree on, if any.
@@ -36,18 +26,6 @@ fn agreed(node: &Node) -> Option<u64> {
         .iter()
         .find(|c| c["signed"] == 4 && c["agree"] == true)
         .and_then(|c| c["tick"].as_u64())
-}
-
-/// Polls (bounded: 60 s) until `f` holds.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn say(data: &Path, text: &str) -> u64 {
@@ -84,30 +62,6 @@ fn chat(node: &Node) -> Vec<String> {
 /// at once on a 2-core machine measure the machine, not the group.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// `metatopia group init` of four members on free ports: the temporary
-/// base directory and the members' data directories.
-fn group_init() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
-    let base = tempfile::tempdir().unwrap();
-    let port = free_ports().to_string();
-    let out = run(&[
-        "group",
-        "init",
-        "--dir",
-        base.path().to_str().unwrap(),
-        "--members",
-        "4",
-        "--port",
-        &port,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dirs = (0..4).map(|i| base.path().join(format!("m{i}"))).collect();
-    (base, dirs)
-}
-
 /// The member that the group's engine names primary, as `member`'s status
 /// shows it.
 fn primary(node: &Node) -> Option<String> {
@@ -119,22 +73,6 @@ fn primary(node: &Node) -> Option<String> {
 fn me(node: &Node) -> String {
     let status = node.get("/api/status").json().unwrap();
     status["group"]["me"].as_str().unwrap().to_string()
-}
-
-/// The newest checkpoint tick at which an observer's own hash agrees with
-/// at least `members` members' signed hashes.
-fn observer_agrees(node: &Node, members: usize) -> Option<u64> {
-    let status = node.get("/api/status").json().ok()?;
-    let me = status["group"]["me"].as_str()?.to_string();
-    status["group"]["checkpoints"]
-        .as_array()?
-        .iter()
-        .find(|c| {
-            c["hashes"].get(&me).is_some()
-                && c["signed"].as_u64() > Some(members as u64)
-                && c["agree"] == true
-        })
-        .and_then(|c| c["tick"].as_u64())
 }
 
 /// Each member's (HTTP base, token), none while it is down.

@@ -112,3 +112,110 @@ fn overlay_off_by_default() {
     assert!(r.text().contains("enabled = false"));
     node.kill9();
 }
+
+/// Turns on the overlay in a data directory's existing node.toml (as
+/// `group init` wrote it).
+fn enable_overlay(dir: &std::path::Path, origin: &str, bootstrap: &str) {
+    let mut config = metatopia_node::config::Config::load_or_create(dir).unwrap();
+    config.overlay.enabled = true;
+    config.overlay.origin = origin.into();
+    config.overlay.bootstrap = vec![bootstrap.into()];
+    std::fs::write(
+        dir.join("node.toml"),
+        toml::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The lines `join --at` prints, once it finds a region there (bounded).
+fn located(data: &str, at: &str, want: impl Fn(&str) -> bool) -> String {
+    common::eventually(&format!("a region at {at}"), || {
+        let out = run(&["join", "--at", at, "--data", data]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.success() && want(&text)).then_some(text)
+    })
+}
+
+/// A region hosted by a group of four processes is announced in the
+/// overlay with the group's members, signed by them; another peer finds
+/// the group with `join --at` and follows the region as an observer with
+/// the command it printed; a private world claiming the same region id is
+/// refused by the peers that hold the group's record.
+#[test]
+fn a_group_is_found_through_the_overlay_and_cannot_be_taken_over() {
+    let seed_dir = tempfile::tempdir().unwrap();
+    write_config(seed_dir.path(), 7, "1000,0", None);
+    let seed = Node::start(seed_dir.path());
+    let seed_addr = overlay_addr(&seed);
+    let seed_data = seed_dir.path().to_str().unwrap();
+
+    let (_base, dirs) = common::group_init();
+    for d in &dirs {
+        enable_overlay(d, "0,0", &seed_addr);
+    }
+    let members: Vec<Node> = dirs.iter().map(|d| Node::start(d)).collect();
+    let keys: Vec<String> = members
+        .iter()
+        .map(|m| {
+            m.get("/api/status").json().unwrap()["group"]["me"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+
+    // From the seed: region 1 at (10 m, 10 m), hosted by the four, with a
+    // command to follow it.
+    let text = located(seed_data, "10,10", |t| t.contains("follow it:"));
+    assert!(text.contains("region 1 "), "{text}");
+    assert!(text.contains("signed_by=1/4"), "{text}");
+    let follow = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("follow it: metatopia "))
+        .unwrap()
+        .to_string();
+    for k in &keys {
+        assert!(
+            follow.contains(&format!("{k}@/ip4/127.0.0.1/tcp/")),
+            "{follow}"
+        );
+    }
+
+    // Follow it with exactly that command.
+    let observer_dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<&str> = follow.split_whitespace().collect();
+    args.extend(["--http", "127.0.0.1:0"]);
+    let observer = Node::start_with(&args, observer_dir.path());
+    common::eventually("the observer agrees with the group", || {
+        common::observer_agrees(&observer, 2)
+    });
+
+    // A private world that claims region 1 at the same place: its record
+    // is refused, and the group's record stays.
+    let rogue_dir = tempfile::tempdir().unwrap();
+    write_config(rogue_dir.path(), 1, "0,0", Some(&seed_addr));
+    let rogue = Node::start(rogue_dir.path());
+    let _ = overlay_addr(&rogue);
+    common::eventually("the rogue record refused somewhere", || {
+        let refused: u64 = members
+            .iter()
+            .chain([&seed, &rogue])
+            .map(|n| {
+                n.get("/api/overlay").json().unwrap()["regions_refused"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .sum();
+        (refused > 0).then_some(())
+    });
+    let text = located(seed_data, "10,10", |_| true);
+    assert!(
+        text.contains(&keys[0]) && text.contains("signed_by=1/4"),
+        "{text}"
+    );
+    let rogue_key = rogue.get("/api/status").json().unwrap()["node"]["player"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!text.contains(&rogue_key), "{text}");
+}

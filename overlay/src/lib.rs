@@ -10,6 +10,7 @@
 //! Layout:
 //! - [`wire`]: ids, points, contacts, messages and the versioned codec.
 //! - [`geometry`]: the geometry trait, exact 2-D on spade, the global oracle.
+//! - [`record`]: region records signed by their hosting group; who may replace one.
 //! - [`peer`]: the sans-IO core state machine.
 //! - [`fuzz`]: the decoder fuzz body.
 //! - [`net`]: the libp2p codec and `NetworkBehaviour`.
@@ -20,6 +21,7 @@ pub mod fuzz;
 pub mod geometry;
 pub mod net;
 pub mod peer;
+pub mod record;
 pub mod service;
 pub mod simnet;
 pub mod wire;
@@ -27,5 +29,8 @@ pub mod wire;
 pub use geometry::{Exact2d, Geometry, Oracle};
 pub use net::Behaviour;
 pub use peer::{CommandError, Config, Dest, Event, Output, Peer, Stats};
+pub use record::RecordError;
 pub use service::{Handle, Location, Service, ServiceError, Status};
-pub use wire::{Contact, Message, NodeId, Point, Rect, RegionId, RegionInfo};
+pub use wire::{
+    Contact, GroupMember, MemberSig, Message, NodeId, Point, Rect, RegionId, RegionInfo,
+};

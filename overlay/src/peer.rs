@@ -188,6 +188,9 @@ pub enum CommandError {
     /// `queries_max` queries are in flight.
     #[error("too many queries in flight")]
     TooManyQueries,
+    /// The region record's signatures do not verify.
+    #[error("the region record is not validly signed by a member of its group")]
+    Unsigned,
 }
 
 /// Counters for the simulator and metrics.
@@ -203,6 +206,10 @@ pub struct Stats {
     pub dead: u64,
     /// Long-link handovers performed.
     pub handovers: u64,
+    /// Region records refused: a signature that does not verify, or a
+    /// record of another group for a region whose group still announces
+    /// (an older record of the same group is dropped, not counted).
+    pub regions_refused: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,6 +552,9 @@ impl<G: Geometry> Peer<G> {
     /// its bounds (reached by routing to its centre), and re-announced
     /// every third of `region_ttl_ms` while this peer keeps it.
     pub fn announce(&mut self, now: u64, region: RegionInfo) -> Result<u64, CommandError> {
+        if region.signers().is_err() {
+            return Err(CommandError::Unsigned);
+        }
         self.own.insert(region.id, region.clone());
         self.next_announce = self.next_announce.min(now + self.cfg.region_ttl_ms / 3);
         self.announce_one(now, region)
@@ -564,7 +574,7 @@ impl<G: Geometry> Peer<G> {
             RouteKind::Walk {
                 query,
                 shape,
-                kind: WalkKind::Announce(region),
+                kind: WalkKind::Announce(Box::new(region)),
             },
         );
         Ok(query)
@@ -686,9 +696,12 @@ impl<G: Geometry> Peer<G> {
             Message::LocateReply {
                 from,
                 query,
-                regions,
+                mut regions,
                 hops,
             } => {
+                let before = regions.len();
+                regions.retain(|r| r.signers().is_ok());
+                self.stats.regions_refused += (before - regions.len()) as u64;
                 if self.queries.remove(&query).is_some() {
                     self.out.push_back(Output::Event(Event::Located {
                         query,
@@ -1350,7 +1363,7 @@ impl<G: Geometry> Peer<G> {
                 w.found.push(self.me.clone());
             }
             if let WalkKind::Announce(region) = &w.kind {
-                let region = region.clone();
+                let region = (**region).clone();
                 self.store_region(now, region);
             }
             for id in self.vn.clone() {
@@ -1394,7 +1407,25 @@ impl<G: Geometry> Peer<G> {
         }
     }
 
+    /// Stores a region record if it is signed by its group and may replace
+    /// the live record of its region ([`crate::record`]); counts it in
+    /// [`Stats::regions_refused`] otherwise.
     fn store_region(&mut self, now: u64, region: RegionInfo) {
+        let verdict = region
+            .signers()
+            .and_then(|_| match self.regions.get(&region.id) {
+                Some((stored, exp)) if *exp > now => region.may_replace(stored),
+                _ => Ok(()),
+            });
+        if let Err(e) = verdict {
+            // An older record of the same group is normal (its members
+            // announce with their own clocks); anything else is refused.
+            if !matches!(e, crate::record::RecordError::Stale { .. }) {
+                self.stats.regions_refused += 1;
+            }
+            tracing::debug!(region = region.id.0, error = %e, "region record refused");
+            return;
+        }
         let exp = now + self.cfg.region_ttl_ms;
         if !self.regions.contains_key(&region.id) && self.regions.len() >= REGIONS_MAX {
             // Evict the record closest to expiry.

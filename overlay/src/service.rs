@@ -128,6 +128,8 @@ pub struct Status {
     pub links: usize,
     /// Requests dropped because `requests_max` were in flight.
     pub dropped_sends: u64,
+    /// Region records refused (bad signatures, takeovers).
+    pub regions_refused: u64,
 }
 
 enum Reply {
@@ -656,6 +658,7 @@ impl Driver {
                 voronoi: c.voronoi_neighbours().iter().copied().collect(),
                 links: c.links().len(),
                 dropped_sends: self.dropped_sends,
+                regions_refused: c.stats().regions_refused,
             };
             self.status.send_if_modified(|old| {
                 if *old == s {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// First byte of every encoded message.
 pub const MAGIC: u8 = 0xA7;
 /// Second byte: the wire format version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Largest encoded message, envelope included.
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024;
 /// Most contacts carried in one list.
@@ -19,8 +19,10 @@ pub const CONTACTS_MAX: usize = 256;
 pub const IDS_MAX: usize = 1024;
 /// Most bytes in an opaque transport address.
 pub const ADDR_BYTES_MAX: usize = 160;
-/// Most replica entries in a region record.
+/// Most members of a region's hosting group in its record.
 pub const REPLICAS_MAX: usize = 16;
+/// Bytes of an ed25519 signature.
+pub const SIGNATURE_BYTES: usize = 64;
 /// Most region records in one message.
 pub const REGIONS_MAX: usize = 64;
 /// Coordinates are clamped to `[-COORD_MAX, COORD_MAX]` millimetres so that
@@ -125,15 +127,41 @@ pub struct Contact {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RegionId(pub u32);
 
-/// What a hosted region announces: its id, its bounds and its replicas.
+/// What a hosted region announces: its id, its bounds and the group that
+/// hosts it, signed by members of that group (see [`crate::record`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionInfo {
     /// Region id.
     pub id: RegionId,
     /// The area it simulates.
     pub bounds: Rect,
-    /// Opaque replica references (the node stores libp2p `PeerId` bytes).
-    pub replicas: Vec<Vec<u8>>,
+    /// The hosting group's identity (the node uses its genesis digest).
+    pub group: [u8; 32],
+    /// The hosting group's members, in the group's order.
+    pub members: Vec<GroupMember>,
+    /// Sequence number: a record replaces one of the same group with a
+    /// lower number (the node uses its wall clock, milliseconds).
+    pub seq: u64,
+    /// Members' signatures over everything above ([`RegionInfo::signing_bytes`]).
+    pub sigs: Vec<MemberSig>,
+}
+
+/// A member of a region's hosting group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    /// Its ed25519 public key (the node's player id and libp2p identity).
+    pub key: [u8; 32],
+    /// Where its group endpoint listens (a multiaddr's bytes; may be empty).
+    pub addr: Vec<u8>,
+}
+
+/// A member's signature of a region record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSig {
+    /// The member's index in [`RegionInfo::members`].
+    pub member: u16,
+    /// ed25519 signature, [`SIGNATURE_BYTES`] long.
+    pub sig: Vec<u8>,
 }
 
 /// An area for a walk: a disc (AOI query) or a rectangle (region announce).
@@ -192,7 +220,7 @@ pub enum WalkKind {
     /// Collect every peer inside the shape.
     Aoi,
     /// Store a region record at every visited cell.
-    Announce(RegionInfo),
+    Announce(Box<RegionInfo>),
 }
 
 /// A token walk over the cells meeting a shape (depth-first, deterministic).
@@ -406,8 +434,10 @@ fn region_ok(r: &RegionInfo) -> bool {
         && r.bounds.max.is_valid()
         && r.bounds.min.x <= r.bounds.max.x
         && r.bounds.min.y <= r.bounds.max.y
-        && r.replicas.len() <= REPLICAS_MAX
-        && r.replicas.iter().all(|b| b.len() <= ADDR_BYTES_MAX)
+        && r.members.len() <= REPLICAS_MAX
+        && r.members.iter().all(|m| m.addr.len() <= ADDR_BYTES_MAX)
+        && r.sigs.len() <= r.members.len()
+        && r.sigs.iter().all(|s| s.sig.len() == SIGNATURE_BYTES)
 }
 
 fn regions_ok(rs: &[RegionInfo]) -> bool {

@@ -111,14 +111,12 @@ async fn scenario() -> Result<()> {
 
     // A region hosted at node 3 is found from anywhere inside it.
     let host = nodes[3].1;
-    let region = RegionInfo {
-        id: RegionId(42),
-        bounds: Rect {
-            min: Point::new(host.x - 100_000, host.y - 100_000),
-            max: Point::new(host.x + 100_000, host.y + 100_000),
-        },
-        replicas: vec![nodes[3].0.peer_id().to_bytes()],
+    let bounds = Rect {
+        min: Point::new(host.x - 100_000, host.y - 100_000),
+        max: Point::new(host.x + 100_000, host.y + 100_000),
     };
+    let key = libp2p::identity::Keypair::ed25519_from_bytes([42; 32]).expect("32 bytes");
+    let region = RegionInfo::signed_by_all(RegionId(42), bounds, [42; 32], &[key], 1);
     let stored = nodes[3].0.announce(region.clone()).await?;
     ensure!(stored >= 1);
     let inside = Point::new(host.x + 50_000, host.y - 70_000);

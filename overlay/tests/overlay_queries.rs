@@ -56,11 +56,8 @@ fn announced_region_is_located_from_anywhere_inside() {
         min: Point::new(200_000, 300_000),
         max: Point::new(456_000, 556_000),
     };
-    let region = RegionInfo {
-        id: RegionId(9),
-        bounds,
-        replicas: vec![b"host-a".to_vec(), b"host-b".to_vec()],
-    };
+    let group = keys(1..=4);
+    let region = RegionInfo::signed_by_all(RegionId(9), bounds, [1; 32], &group[..1], 1);
     let host = NodeId(4);
     net.with_peer(host, |p, now| p.announce(now, region.clone()))
         .expect("alive")
@@ -112,6 +109,52 @@ fn announced_region_is_located_from_anywhere_inside() {
     let joined = net.peer(id).expect("alive");
     assert!(joined.is_joined());
     assert!(joined.regions().any(|r| r.id == RegionId(9)));
+
+    // Outsiders announcing their own group for region 9 are refused
+    // everywhere the record lives; a forged signature too. The group's
+    // record stays.
+    let outsiders = keys(11..=14);
+    let takeover = RegionInfo::signed_by_all(RegionId(9), bounds, [2; 32], &outsiders, 99);
+    let mut forged = region.clone();
+    forged.seq = 2;
+    let refused_before: u64 = net
+        .alive()
+        .iter()
+        .map(|id| net.peer(*id).expect("alive").stats().regions_refused)
+        .sum();
+    let rogue = alive[5];
+    net.with_peer(rogue, |p, now| p.announce(now, takeover.clone()))
+        .expect("alive")
+        .expect("joined");
+    assert_eq!(
+        net.with_peer(rogue, |p, now| p.announce(now, forged.clone()))
+            .expect("alive"),
+        Err(metatopia_overlay::CommandError::Unsigned)
+    );
+    net.drain(60_000);
+    let refused_after: u64 = net
+        .alive()
+        .iter()
+        .map(|id| net.peer(*id).expect("alive").stats().regions_refused)
+        .sum();
+    assert!(refused_after > refused_before, "the takeover was refused");
+    let inside = Point::new(300_000, 400_000);
+    let q = net
+        .with_peer(alive[1], |p, now| p.locate(now, inside))
+        .expect("alive")
+        .expect("joined");
+    net.drain(60_000);
+    let found = net.take_events().into_iter().find_map(|(who, e)| match e {
+        Event::Located { query, regions, .. } if who == alive[1] && query == q => Some(regions),
+        _ => None,
+    });
+    assert_eq!(found, Some(vec![region]));
+}
+
+/// ed25519 identities numbered `ids`.
+fn keys(ids: std::ops::RangeInclusive<u8>) -> Vec<libp2p::identity::Keypair> {
+    ids.map(|i| libp2p::identity::Keypair::ed25519_from_bytes([i; 32]).expect("32 bytes"))
+        .collect()
 }
 
 #[test]

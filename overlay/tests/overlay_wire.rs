@@ -18,14 +18,12 @@ fn contact(i: u64) -> Contact {
 }
 
 fn samples() -> Vec<Message> {
-    let region = RegionInfo {
-        id: RegionId(7),
-        bounds: Rect {
-            min: Point::new(0, 0),
-            max: Point::new(10, 10),
-        },
-        replicas: vec![vec![9; 38]],
+    let key = libp2p::identity::Keypair::ed25519_from_bytes([7; 32]).expect("32 bytes");
+    let bounds = Rect {
+        min: Point::new(0, 0),
+        max: Point::new(10, 10),
     };
+    let region = RegionInfo::signed_by_all(RegionId(7), bounds, [3; 32], &[key], 5);
     vec![
         Message::Route(Route {
             target: Point::new(5, 6),
@@ -37,7 +35,7 @@ fn samples() -> Vec<Message> {
                     centre: Point::new(1, 1),
                     radius: 50,
                 },
-                kind: WalkKind::Announce(region.clone()),
+                kind: WalkKind::Announce(Box::new(region.clone())),
             },
         }),
         Message::Hello {

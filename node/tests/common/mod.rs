@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_metatopia");
 
@@ -158,4 +158,66 @@ pub fn final_hash(out: &Output) -> String {
 
 pub fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// Four consecutive free TCP ports on 127.0.0.1 (probed; a little racy,
+/// like any port picked in advance).
+pub fn free_ports() -> u16 {
+    let start = 20_000 + (std::process::id() % 20_000) as u16;
+    (start..60_000)
+        .step_by(5)
+        .find(|base| (0..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
+        .expect("four free ports")
+}
+
+/// Polls (bounded: 60 s) until `f` holds.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `metatopia group init` of four members on free ports: the temporary
+/// base directory and the members' data directories.
+pub fn group_init() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
+    let base = tempfile::tempdir().unwrap();
+    let port = free_ports().to_string();
+    let out = run(&[
+        "group",
+        "init",
+        "--dir",
+        base.path().to_str().unwrap(),
+        "--members",
+        "4",
+        "--port",
+        &port,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dirs = (0..4).map(|i| base.path().join(format!("m{i}"))).collect();
+    (base, dirs)
+}
+
+/// The newest checkpoint tick at which an observer's own hash agrees with
+/// at least `members` members' signed hashes.
+pub fn observer_agrees(node: &Node, members: usize) -> Option<u64> {
+    let status = node.get("/api/status").json().ok()?;
+    let me = status["group"]["me"].as_str()?.to_string();
+    status["group"]["checkpoints"]
+        .as_array()?
+        .iter()
+        .find(|c| {
+            c["hashes"].get(&me).is_some()
+                && c["signed"].as_u64() > Some(members as u64)
+                && c["agree"] == true
+        })
+        .and_then(|c| c["tick"].as_u64())
 }
