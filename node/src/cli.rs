@@ -123,11 +123,16 @@ pub enum Command {
     /// same sim from a snapshot the group vouches for, serves the viewer,
     /// and forwards this node's player's inputs. With only `--at X,Y`:
     /// find who hosts the region at a world point, through the overlay of
-    /// the running node.
+    /// the running node. With `--at X,Y --follow`: find the group there
+    /// through the overlay (this data directory's `[overlay] bootstrap`)
+    /// and follow its region.
     Join {
         /// World point `X,Y` in metres (overlay lookup).
         #[arg(long)]
         at: Option<String>,
+        /// With `--at`: follow the region found there as an observer.
+        #[arg(long, requires = "at")]
+        follow: bool,
         /// The URL of any member's node: the group is read from its status.
         #[arg(long)]
         via: Option<String>,
@@ -195,6 +200,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Replay { data } => replay(&data.unwrap_or_else(default_dir)),
         Command::Join {
             at,
+            follow,
             via,
             group,
             region,
@@ -203,13 +209,17 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let path = data.unwrap_or_else(default_dir);
             match (via, group.is_empty(), at) {
+                (None, true, Some(at)) if follow => {
+                    observe(&path, Source::At(&at), group, region, http)
+                }
                 (None, true, Some(at)) => join(&path, &at),
                 (None, true, None) => {
                     bail!(
                         "join needs --via URL or --group HEX@MULTIADDR,... (to follow a region), or --at X,Y (to find one)"
                     )
                 }
-                (via, _, _) => observe(&path, via.as_deref(), group, region, http),
+                (Some(url), _, _) => observe(&path, Source::Via(&url), group, region, http),
+                (None, false, _) => observe(&path, Source::Group, group, region, http),
             }
         }
         Command::Script { cmd } => crate::scripts::cli(cmd),
@@ -744,11 +754,22 @@ fn join(path: &Path, at: &str) -> Result<()> {
     Ok(())
 }
 
-/// `metatopia join --via URL | --group LIST`: follows a region as an
-/// observer and serves it until a signal.
+/// Where an observer learns the group it follows.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    /// `--via URL`: a member's node's status.
+    Via(&'a str),
+    /// `--group LIST`: as given.
+    Group,
+    /// `--at X,Y --follow`: the region's record in the overlay.
+    At(&'a str),
+}
+
+/// `metatopia join --via URL | --group LIST | --at X,Y --follow`: follows a
+/// region as an observer and serves it until a signal.
 fn observe(
     path: &Path,
-    via: Option<&str>,
+    source: Source<'_>,
     group: Vec<String>,
     region: Option<u32>,
     addr: Option<SocketAddr>,
@@ -761,8 +782,12 @@ fn observe(
         );
     };
     let config = Config::load_or_create(&dir.path)?;
-    let (members, region) = match via {
-        Some(url) => {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (members, region) = match source {
+        Source::Via(url) => {
             let (addresses, id) = group_of(url)?;
             note(format_args!(
                 "metatopia: following the group of {url}: {} members (trusting its list; pass --group to pin them)",
@@ -770,7 +795,19 @@ fn observe(
             ));
             (addresses, region.unwrap_or(id))
         }
-        None => (group, region.unwrap_or(config.world.region_id)),
+        Source::Group => (group, region.unwrap_or(config.world.region_id)),
+        Source::At(at) => {
+            let point = crate::overlay::parse_point(at)?;
+            let found =
+                runtime.block_on(crate::overlay::find_group(&config.overlay, &dir, point))?;
+            note(format_args!(
+                "metatopia: region {} at {at} is hosted by a group of {} (record signed by {} of them): following it",
+                found.region,
+                found.members.len(),
+                found.signed_by
+            ));
+            (found.members, found.region)
+        }
     };
     let members = crate::config::Group {
         members,
@@ -787,10 +824,6 @@ fn observe(
             path.display()
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let addr = addr.unwrap_or(config.http.addr);
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(addr))

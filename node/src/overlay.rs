@@ -66,8 +66,8 @@ pub struct HostingGroup {
     pub members: Vec<(metatopia_sim::PlayerId, Option<libp2p::Multiaddr>)>,
 }
 
-/// Joins the overlay and, when this node hosts the region (`group`: its
-/// hosting group), announces it.
+/// Joins the overlay near its region's centre and, when this node hosts
+/// the region (`group`: its hosting group), announces it.
 pub async fn start(
     cfg: &config::Overlay,
     dir: &DataDir,
@@ -76,21 +76,58 @@ pub async fn start(
 ) -> Result<Membership> {
     let origin = parse_point(&cfg.origin).context("[overlay] origin")?;
     let rect = bounds(origin, state);
-    // Every member of a group sits near its region's centre: each at its
-    // own offset of under a metre, taken from its key, so that no two
-    // peers share a site (the overlay ignores duplicate sites).
+    let centre = Point::new(
+        rect.min.x + (rect.max.x - rect.min.x) / 2,
+        rect.min.y + (rect.max.y - rect.min.y) / 2,
+    );
+    let membership = join_at(cfg, dir, centre).await?;
+    let Some(group) = group else {
+        return Ok(membership);
+    };
+    let me = dir.player()?;
+    let index = group
+        .members
+        .iter()
+        .position(|(p, _)| *p == me)
+        .ok_or_else(|| anyhow!("this node ({me}) is not a member of the group it announces"))?;
+    let members = group
+        .members
+        .iter()
+        .map(|(p, a)| GroupMember {
+            key: p.0,
+            addr: a.as_ref().map(|a| a.to_vec()).unwrap_or_default(),
+        })
+        .collect();
+    let seq = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut record = RegionInfo::new(RegionId(state.region.0), rect, group.digest, members, seq);
+    record.sign(index as u16, &keypair(dir)?)?;
+    membership.handle.announce(record).await?;
+    Ok(membership)
+}
+
+/// The node's libp2p identity: its player key.
+fn keypair(dir: &DataDir) -> Result<libp2p::identity::Keypair> {
+    let mut secret = dir.signing_key()?.to_bytes();
+    libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)
+        .map_err(|e| anyhow!("player key is not a valid ed25519 key: {e}"))
+}
+
+/// Joins the overlay near `point`: at an offset of under a metre taken
+/// from the node's key, so that the members of a group, which all sit near
+/// their region's centre, never share a site (the overlay ignores
+/// duplicate sites).
+async fn join_at(cfg: &config::Overlay, dir: &DataDir, point: Point) -> Result<Membership> {
     let me = dir.player()?;
     let jitter = |b: [u8; 2]| i64::from(u16::from_le_bytes(b) % 1000);
-    let centre = Point::new(
-        rect.min.x + (rect.max.x - rect.min.x) / 2 + jitter([me.0[0], me.0[1]]),
-        rect.min.y + (rect.max.y - rect.min.y) / 2 + jitter([me.0[2], me.0[3]]),
+    let site = Point::new(
+        point.x + jitter([me.0[0], me.0[1]]),
+        point.y + jitter([me.0[2], me.0[3]]),
     );
-    let mut secret = dir.signing_key()?.to_bytes();
-    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)
-        .map_err(|e| anyhow!("player key is not a valid ed25519 key: {e}"))?;
-    let signer = keypair.clone();
-    let mut sc = service::Config::new(centre);
-    sc.keypair = Some(keypair);
+    let mut sc = service::Config::new(site);
+    sc.keypair = Some(keypair(dir)?);
     sc.listen = cfg
         .listen
         .iter()
@@ -115,30 +152,56 @@ pub async fn start(
         .iter()
         .map(|a| a.to_string())
         .collect();
-    let Some(group) = group else {
-        return Ok(Membership { handle, addrs });
-    };
-    let index = group
-        .members
-        .iter()
-        .position(|(p, _)| *p == me)
-        .ok_or_else(|| anyhow!("this node ({me}) is not a member of the group it announces"))?;
-    let members = group
-        .members
-        .iter()
-        .map(|(p, a)| GroupMember {
-            key: p.0,
-            addr: a.as_ref().map(|a| a.to_vec()).unwrap_or_default(),
-        })
-        .collect();
-    let seq = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let mut record = RegionInfo::new(RegionId(state.region.0), rect, group.digest, members, seq);
-    record.sign(index as u16, &signer)?;
-    handle.announce(record).await?;
     Ok(Membership { handle, addrs })
+}
+
+/// How long [`find_group`] looks for a region's record.
+pub const FIND_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A region's hosting group as its overlay record names it.
+#[derive(Debug, Clone)]
+pub struct FoundGroup {
+    /// The region.
+    pub region: u32,
+    /// Its members as `PLAYER_ID_HEX@MULTIADDR`.
+    pub members: Vec<String>,
+    /// How many members' signatures on the record verified.
+    pub signed_by: usize,
+}
+
+/// Joins the overlay at `point` (without announcing anything), finds the
+/// region whose record covers it and returns its group; leaves again.
+/// Needs `[overlay] bootstrap` (or mDNS) to meet the overlay.
+pub async fn find_group(cfg: &config::Overlay, dir: &DataDir, point: Point) -> Result<FoundGroup> {
+    if cfg.bootstrap.is_empty() && !cfg.mdns {
+        anyhow::bail!(
+            "join --at --follow meets the overlay through [overlay] bootstrap in node.toml (or mdns = true); both are unset"
+        );
+    }
+    let membership = join_at(cfg, dir, point).await?;
+    let deadline = tokio::time::Instant::now() + FIND_TIMEOUT;
+    loop {
+        let located = locate(&membership.handle, point).await?;
+        let usable = located
+            .regions
+            .into_iter()
+            .find(|r| !r.signed_by.is_empty() && r.members.iter().all(|m| m.contains('@')));
+        if let Some(r) = usable {
+            return Ok(FoundGroup {
+                region: r.id,
+                signed_by: r.signed_by.len(),
+                members: r.members,
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "no region with a group to follow is announced at ({} mm, {} mm) after {FIND_TIMEOUT:?} (a private world cannot be followed)",
+                point.x,
+                point.y
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// What `GET /api/overlay/locate` answers.

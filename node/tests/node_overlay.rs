@@ -189,6 +189,48 @@ fn a_group_is_found_through_the_overlay_and_cannot_be_taken_over() {
     common::eventually("the observer agrees with the group", || {
         common::observer_agrees(&observer, 2)
     });
+    // Or in one step: a peer that only knows the overlay finds the group at
+    // a point and follows it.
+    let finder_dir = tempfile::tempdir().unwrap();
+    write_config(finder_dir.path(), 9, "5000,5000", Some(&seed_addr));
+    let finder = Node::start_with(
+        &[
+            "join",
+            "--at",
+            "100,200",
+            "--follow",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        finder_dir.path(),
+    );
+    assert!(
+        finder
+            .header
+            .iter()
+            .any(|l| l.contains("region 1 at 100,200 is hosted by a group of 4")),
+        "{:?}",
+        finder.header
+    );
+    common::eventually("the finder agrees with the group", || {
+        common::observer_agrees(&finder, 2)
+    });
+    // Without a way into the overlay it says so.
+    let lost_dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "join",
+        "--at",
+        "100,200",
+        "--follow",
+        "--data",
+        lost_dir.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[overlay] bootstrap"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A private world that claims region 1 at the same place: its record
     // is refused, and the group's record stays.
