@@ -516,8 +516,10 @@ async fn serve_world(
         faults.clone(),
         config.limits.stream_subscribers_max as usize,
     );
+    let connections = Arc::new(crate::listener::ConnectionCounters::default());
     let mut app = App {
         faults,
+        connections: connections.clone(),
         stream: stream.clone(),
         world: handle,
         player: dir.player()?,
@@ -555,6 +557,11 @@ async fn serve_world(
             stop.store(true, Ordering::Relaxed);
         }
     };
+    let caps = crate::listener::Caps {
+        total: config.limits.http_connections_max as usize,
+        per_ip: config.limits.http_connections_per_ip_max as usize,
+    };
+    let listener = crate::listener::Capped::new(listener, caps, connections);
     axum::serve(listener, http::router(app))
         .with_graceful_shutdown(shutdown)
         .await?;

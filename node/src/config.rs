@@ -35,12 +35,18 @@ pub struct Limits {
     /// Region stream (WebSocket) subscribers at once; the next one is
     /// closed with code 1013 and the reason.
     pub stream_subscribers_max: u32,
+    /// HTTP connections at once; the next one is answered 503 and closed.
+    pub http_connections_max: u32,
+    /// HTTP connections at once from one IP address.
+    pub http_connections_per_ip_max: u32,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             stream_subscribers_max: 256,
+            http_connections_max: 1024,
+            http_connections_per_ip_max: 128,
         }
     }
 }
@@ -239,8 +245,18 @@ impl Config {
         if !(1..=1_000_000).contains(&w.queue_max) {
             return Err("world.queue_max must be in 1..=1000000".into());
         }
-        if !(1..=100_000).contains(&self.limits.stream_subscribers_max) {
+        let l = &self.limits;
+        if !(1..=100_000).contains(&l.stream_subscribers_max) {
             return Err("limits.stream_subscribers_max must be in 1..=100000".into());
+        }
+        if !(1..=100_000).contains(&l.http_connections_max) {
+            return Err("limits.http_connections_max must be in 1..=100000".into());
+        }
+        if !(1..=l.http_connections_max).contains(&l.http_connections_per_ip_max) {
+            return Err(
+                "limits.http_connections_per_ip_max must be in 1..=limits.http_connections_max"
+                    .into(),
+            );
         }
         Ok(())
     }

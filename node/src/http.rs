@@ -279,6 +279,17 @@ async fn metrics(State(app): State<App>) -> Response {
         "Players online",
         ConstGauge::new(s.online().count() as i64),
     );
+    let conns = &app.connections;
+    reg.register(
+        "http_connections",
+        "HTTP connections open",
+        ConstGauge::new(conns.open.load(Ordering::Relaxed) as i64),
+    );
+    reg.register(
+        "http_connections_refused",
+        "HTTP connections refused at http_connections_max or http_connections_per_ip_max",
+        counter(&conns.refused),
+    );
     let st = &app.stream.counters;
     reg.register(
         "stream_subscribers",

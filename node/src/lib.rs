@@ -13,6 +13,7 @@
 //! - [`world`]: the local world: the replica core's driver on a tick thread.
 //! - [`overlay`]: joining the Voronoi overlay, announcing and locating regions.
 //! - [`http`]: the HTTP API, the viewer page and metrics.
+//! - [`listener`]: the HTTP listener's connection caps (total and per address).
 //! - [`stream`]: the region stream, a WebSocket of each tick's changes and events.
 //! - [`faults`]: script faults seen: counted, logged, the recent ones kept.
 //! - [`view`]: JSON views of the world.
@@ -42,6 +43,7 @@ pub mod datadir;
 pub mod desync;
 pub mod faults;
 pub mod http;
+pub mod listener;
 pub mod out;
 pub mod overlay;
 pub mod physics_scene;

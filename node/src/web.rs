@@ -39,6 +39,8 @@ pub struct App {
     pub faults: Arc<Faults>,
     /// The region stream's hub.
     pub stream: crate::stream::Hub,
+    /// The HTTP listener's connection counters.
+    pub connections: Arc<crate::listener::ConnectionCounters>,
 }
 
 /// A request body of at most [`BODY_BYTES_MAX`] bytes. A larger one is
@@ -125,6 +127,7 @@ pub fn submit_error_status(e: &SubmitError) -> StatusCode {
     use crate::replica::core::Refusal;
     match e {
         SubmitError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        SubmitError::Refused(Refusal::PlayerBusy(_)) => StatusCode::TOO_MANY_REQUESTS,
         SubmitError::Refused(Refusal::Busy | Refusal::NotServing)
         | SubmitError::Busy
         | SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,

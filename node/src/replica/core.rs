@@ -85,6 +85,9 @@ pub struct Config {
     pub inputs_per_tick_max: usize,
     /// Most inputs waiting in the mempool.
     pub mempool_max: usize,
+    /// Most inputs of one player waiting in the mempool: a player who
+    /// floods fills its own share, never the others' room.
+    pub player_pending_max: usize,
     /// How far a proposal's time may be from the verifier's clock.
     pub clock_skew_max_ms: u64,
     /// Replicas exchange signed checkpoints after every tick `t` with
@@ -117,6 +120,7 @@ impl Default for Config {
             tick_ms: 50,
             inputs_per_tick_max: 1000,
             mempool_max: 16_384,
+            player_pending_max: 256,
             clock_skew_max_ms: 2_000,
             checkpoint_every: 20,
             rollback_every: 20,
@@ -259,6 +263,9 @@ pub enum Refusal {
     /// Too many inputs are waiting.
     #[error("the node is busy: input queue full")]
     Busy,
+    /// Too many of this player's inputs are waiting.
+    #[error("too many of your inputs are waiting ({0}); send more once they commit")]
+    PlayerBusy(usize),
     /// The replica has diverged and does not serve until it resyncs.
     #[error("this replica has diverged from its group and is resyncing")]
     NotServing,
@@ -793,6 +800,9 @@ impl Replica {
         let queue = self.mempool.entry(player).or_default();
         if queue.contains_key(&seq) {
             return Ok(false);
+        }
+        if queue.len() >= self.cfg.player_pending_max {
+            return Err(Refusal::PlayerBusy(self.cfg.player_pending_max));
         }
         if self.mempool_len >= self.cfg.mempool_max {
             return Err(Refusal::Busy);
@@ -1807,6 +1817,40 @@ mod tests {
         // From a member: queued, not forwarded again.
         core.handle(10_002, primary, Message::Inputs(vec![join(2)]));
         assert_eq!(forwarded(&mut core), 0);
+    }
+
+    #[test]
+    fn a_flooding_player_fills_only_its_own_share_of_the_mempool() {
+        let (mut core, p, _) = verifier(10_000);
+        let say = |key: &SigningKey, seq| {
+            SignedInput::sign(
+                key,
+                p.region,
+                seq,
+                InputKind::Say {
+                    text: "x".into(),
+                    radius: None,
+                },
+            )
+        };
+        let flooder = SigningKey::from_bytes(&[8; 32]);
+        let max = Config::default().player_pending_max as u64;
+        for seq in 1..=max {
+            core.submit(say(&flooder, seq))
+                .expect("within the player's share");
+        }
+        assert_eq!(
+            core.submit(say(&flooder, max + 1)),
+            Err(Refusal::PlayerBusy(max as usize))
+        );
+        // Its inputs forwarded by its node to another member: refused too.
+        let node = crate::replica::wire::player_of(&flooder);
+        let refused = core.stats.refused_messages;
+        core.handle(10_001, node, Message::Inputs(vec![say(&flooder, max + 2)]));
+        assert_eq!(core.stats.refused_messages, refused + 1);
+        // Another player still gets in.
+        let other = SigningKey::from_bytes(&[9; 32]);
+        assert_eq!(core.submit(say(&other, 1)), Ok(()));
     }
 
     #[test]
