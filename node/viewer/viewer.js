@@ -1,0 +1,912 @@
+// The Metatopia viewer: the region in 3-D (three.js), live from the region
+// stream (docs/stream.md) or, when the node has none, by polling its state;
+// walking, chat, building, scripts, people and status. Every failure a user
+// causes or meets is shown in words on the page.
+//
+// Coordinates: the sim is z-up (x east, y north); three.js is y-up. A sim
+// point (x, y, z) is drawn at (x, z, -y).
+//
+// `window.metatopia` exposes the viewer's state (the scene, the region as
+// last applied, counters) for tests and for curious people.
+
+import * as THREE from "three";
+import { OrbitControls } from "three/addons/OrbitControls.js";
+
+
+const REGION = 1;
+const POLL_MS = 250;
+const STATUS_MS = 2000;
+const WALK_STEP_M = 0.5;
+const token = new URLSearchParams(location.hash.slice(1)).get("token");
+const $ = id => document.getElementById(id);
+
+const M = window.metatopia = {
+  mode: "starting",     // "stream" | "poll" | "down"
+  modeWhy: "",
+  me: null,             // my player id
+  tick: 0,
+  stateHash: "",
+  settings: null,
+  tempAdmin: null,
+  tempAdminRule: null,
+  elements: new Map(),  // id -> element view
+  players: new Map(),   // id -> player view
+  chat: [],
+  faults: [],           // my scripts' faults: {tick, element, error, suspended}
+  errors: [],           // every error shown on the page, newest last
+  latencies: [],        // ms from POST to its 200, newest last
+  bytes: 0,             // bytes of region data received (stream frames, poll bodies)
+  framesApplied: 0,
+  fps: 0,
+  status: null,
+  meshes: new Map(),    // element id -> Object3D
+  scene: null,
+  camera: null,
+  selected: null,
+};
+
+// ---------------------------------------------------------------- errors
+
+function showError(msg) {
+  const text = String(msg);
+  M.errors.push(text);
+  if (M.errors.length > 50) M.errors.shift();
+  const p = document.createElement("p");
+  p.textContent = text;
+  $("err").append(p);
+  while ($("err").children.length > 4) $("err").firstChild.remove();
+  setTimeout(() => p.remove(), 12000);
+}
+window.addEventListener("error", e => showError("viewer error: " + e.message));
+window.addEventListener("unhandledrejection", e => showError("viewer error: " + (e.reason && e.reason.message || e.reason)));
+
+// ---------------------------------------------------------------- HTTP
+
+/** POSTs an action as the node's local player; resolves to the receipt, rejects with the node's words. */
+async function act(action) {
+  if (!token) throw new Error("this page has no token: open the URL that `metatopia up` printed (it ends in #token=…)");
+  const t0 = performance.now();
+  let r;
+  try {
+    r = await fetch(`/api/regions/${REGION}/inputs`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token },
+      body: JSON.stringify(action),
+    });
+  } catch (e) {
+    throw new Error(`${action.do}: the node is unreachable (${e.message})`);
+  }
+  const body = await r.json().catch(() => ({ error: `answer ${r.status} is not JSON` }));
+  if (r.status !== 200) throw new Error(`${action.do}: ${body.error || r.status}`);
+  M.latencies.push(performance.now() - t0);
+  if (M.latencies.length > 100) M.latencies.shift();
+  return body;
+}
+
+/** `act`, with a refusal shown on the page (and in `where`, if given) instead of thrown. */
+async function tryAct(action, where) {
+  try {
+    const r = await act(action);
+    if (where) { where.className = "mono ok"; where.textContent = `${action.do}: done at tick ${r.tick}`; }
+    return r;
+  } catch (e) {
+    if (where) { where.className = "mono bad"; where.textContent = e.message; }
+    showError(e.message);
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------- the region's state
+
+const num = s => parseFloat(s);
+const vec = v => ({ x: num(v.x), y: num(v.y), z: num(v.z) });
+
+function replaceState(state) {
+  M.tick = state.tick;
+  M.stateHash = state.state_hash;
+  M.settings = state.settings;
+  M.tempAdmin = state.temp_admin;
+  if (state.temp_admin_rule) M.tempAdminRule = state.temp_admin_rule;
+  const seen = new Set();
+  for (const e of state.elements) { seen.add(e.id); upsertElement(e); }
+  for (const id of [...M.elements.keys()]) if (!seen.has(id)) removeElement(id);
+  M.players = new Map(state.players.map(p => [p.id, p]));
+  M.chat = state.chat.slice();
+  if (state.script_faults) {
+    M.faults = state.script_faults.filter(f => f.owner === M.me)
+      .map(f => ({ tick: f.tick, element: f.script, error: f.error, suspended: f.suspended }));
+  }
+  M.framesApplied++;
+  ground();
+  renderPanels();
+}
+
+function applyTick(f) {
+  M.tick = f.tick;
+  M.stateHash = f.state_hash;
+  M.tempAdmin = f.temp_admin;
+  if (f.settings) { M.settings = f.settings; ground(); }
+  for (const e of f.elements || []) upsertElement(e);
+  for (const id of f.removed || []) removeElement(id);
+  for (const p of f.players || []) M.players.set(p.id, p);
+  if (f.chat && f.chat.length) {
+    M.chat.push(...f.chat);
+    const max = (M.settings && M.settings.chat_history_max) || 200;
+    if (M.chat.length > max) M.chat.splice(0, M.chat.length - max);
+  }
+  for (const ev of f.events || []) {
+    if (ev.event === "rejected") showError(`input ${ev.seq} refused: ${ev.reason}`);
+    else if (ev.event === "script_fault") {
+      M.faults.push({ tick: f.tick, element: ev.element, error: ev.error, suspended: ev.suspended });
+      if (M.faults.length > 50) M.faults.shift();
+    } else if (ev.event === "joined" || ev.event === "left") {
+      const p = M.players.get(ev.player);
+      M.chat.push({ tick: f.tick, from: "", name: null, text: `${p ? p.name : ev.player.slice(0, 8)} ${ev.event}`, sys: true });
+    }
+  }
+  M.framesApplied++;
+  renderPanels();
+}
+
+function upsertElement(e) {
+  M.elements.set(e.id, e);
+  if (e.kind === "Region") return;
+  drawElement(e);
+}
+
+function removeElement(id) {
+  M.elements.delete(id);
+  const mesh = M.meshes.get(id);
+  if (mesh) {
+    scene.remove(mesh);
+    M.meshes.delete(id);
+    moving.delete(mesh);
+    if (mesh.userData.label) mesh.userData.label.material.map.dispose(), mesh.userData.label.material.dispose();
+  }
+  if (M.selected === id) select(null);
+}
+
+const me = () => M.me && M.players.get(M.me);
+const myAvatar = () => { const p = me(); return p && p.avatar ? M.elements.get(p.avatar) : null; };
+const isAdmin = () => { const p = me(); return !!p && (p.role === "Admin" || M.tempAdmin === M.me); };
+
+// ---------------------------------------------------------------- the scene
+
+const canvas = $("scene");
+const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, powerPreference: "high-performance" });
+renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
+const scene = new THREE.Scene();
+scene.background = new THREE.Color(0x9cc4e4);
+scene.fog = new THREE.Fog(0x9cc4e4, 150, 500);
+const camera = new THREE.PerspectiveCamera(55, 1, 0.1, 2000);
+const controls = new OrbitControls(camera, canvas);
+controls.target.set(128, 1, -128);
+camera.position.set(128, 8, -114);
+controls.maxPolarAngle = Math.PI * 0.49;
+controls.enableDamping = false;
+scene.add(new THREE.HemisphereLight(0xddeeff, 0x445533, 1.6));
+const sun = new THREE.DirectionalLight(0xffffff, 1.6);
+sun.position.set(60, 120, 40);
+scene.add(sun);
+M.scene = scene;
+M.camera = camera;
+M.controls = controls;
+
+let groundMesh = null, gridMesh = null, groundSize = "";
+function ground() {
+  if (!M.settings) return;
+  const sx = num(M.settings.size.x), sy = num(M.settings.size.y);
+  const key = sx + "x" + sy;
+  if (key === groundSize) return;
+  groundSize = key;
+  if (groundMesh) scene.remove(groundMesh, gridMesh);
+  groundMesh = new THREE.Mesh(new THREE.PlaneGeometry(sx, sy), new THREE.MeshLambertMaterial({ color: 0x5f7f4a }));
+  groundMesh.rotation.x = -Math.PI / 2;
+  groundMesh.position.set(sx / 2, 0, -sy / 2);
+  groundMesh.userData.ground = true;
+  gridMesh = new THREE.GridHelper(Math.max(sx, sy), Math.max(sx, sy) / 8, 0x46603a, 0x52703f);
+  gridMesh.position.set(sx / 2, 0.01, -sy / 2);
+  scene.add(groundMesh, gridMesh);
+}
+
+const materials = new Map();
+function material(color) {
+  if (!materials.has(color)) materials.set(color, new THREE.MeshLambertMaterial({ color }));
+  return materials.get(color);
+}
+const unitBox = new THREE.BoxGeometry(1, 1, 1);
+const unitBall = new THREE.SphereGeometry(1, 20, 14);
+const avatarBody = new THREE.CapsuleGeometry(0.3, 0.9, 4, 12);
+const avatarHead = new THREE.SphereGeometry(0.22, 16, 12);
+
+function hue(id) {
+  let h = 0;
+  for (const c of id) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  return (h % 360) / 360;
+}
+
+function label(text, color) {
+  const c = document.createElement("canvas");
+  const g = c.getContext("2d");
+  g.font = "bold 28px system-ui, sans-serif";
+  const w = Math.ceil(g.measureText(text).width) + 16;
+  c.width = w; c.height = 40;
+  g.font = "bold 28px system-ui, sans-serif";
+  g.fillStyle = "rgba(0,0,0,0.55)"; g.fillRect(0, 0, w, 40);
+  g.fillStyle = color; g.fillText(text, 8, 29);
+  const tex = new THREE.CanvasTexture(c);
+  tex.colorSpace = THREE.SRGBColorSpace;
+  // Constant size on screen: readable far away, not huge up close.
+  const s = new THREE.Sprite(new THREE.SpriteMaterial({ map: tex, depthTest: false, sizeAttenuation: false }));
+  s.scale.set(0.035 * w / 40, 0.035, 1);
+  s.renderOrder = 10;
+  return s;
+}
+
+/** What an element looks like, as a key: a mesh is rebuilt when it changes. */
+function looks(e) {
+  const shape = e.body ? JSON.stringify(e.body.spec.shape) : "";
+  return [e.kind, e.name, e.owner === M.me, !!e.script, shape].join("|");
+}
+
+function build(e) {
+  if (e.kind === "Avatar") {
+    const g = new THREE.Group();
+    const mine = e.owner === M.me;
+    const col = new THREE.Color().setHSL(hue(e.owner || e.id), 0.6, mine ? 0.55 : 0.45);
+    const bodyMesh = new THREE.Mesh(avatarBody, new THREE.MeshLambertMaterial({ color: col }));
+    bodyMesh.position.y = 0.75;
+    const head = new THREE.Mesh(avatarHead, material(0xf0d0b0));
+    head.position.y = 1.62;
+    const lab = label(e.name + (mine ? " (you)" : ""), mine ? "#ffe680" : "#ffffff");
+    lab.position.y = 2.25;
+    g.add(bodyMesh, head, lab);
+    g.userData.label = lab;
+    return g;
+  }
+  if (e.body) {
+    const sh = e.body.spec.shape;
+    if (sh.Ball) {
+      const m = new THREE.Mesh(unitBall, material(0xe08a3c));
+      m.scale.setScalar(num(sh.Ball.radius));
+      m.userData.centred = true;
+      return m;
+    }
+    if (sh.Cuboid) {
+      const h = vec(sh.Cuboid.half);
+      const m = new THREE.Mesh(unitBox, material(0xb07a4a));
+      m.scale.set(2 * h.x, 2 * h.z, 2 * h.y);
+      m.userData.centred = true;
+      return m;
+    }
+  }
+  const size = e.kind === "Part" ? 0.5 : 1;
+  const color = e.script ? 0x3cb0a0 : e.owner === M.me ? 0x7a8fd0 : 0x9a9a9a;
+  const m = new THREE.Mesh(unitBox, material(color));
+  m.scale.setScalar(size);
+  m.userData.lift = size / 2;
+  return m;
+}
+
+const moving = new Set();
+let expectedStepMs = 50, lastApplyAt = 0;
+
+function drawElement(e) {
+  let mesh = M.meshes.get(e.id);
+  const key = looks(e);
+  if (mesh && mesh.userData.looks !== key) {
+    const at = mesh.position.clone();
+    removeMesh(mesh);
+    mesh = null;
+    M.meshes.delete(e.id);
+    mesh = build(e);
+    mesh.position.copy(at);
+    addMesh(e, mesh, key);
+  }
+  const p = vec(e.pos);
+  const lift = mesh ? mesh.userData.lift || 0 : 0;
+  const to = new THREE.Vector3(p.x, p.z + lift, -p.y);
+  if (!mesh) {
+    mesh = build(e);
+    mesh.position.set(p.x, p.z + (mesh.userData.lift || 0), -p.y);
+    addMesh(e, mesh, key);
+    return;
+  }
+  if (mesh.userData.to && mesh.userData.to.equals(to)) return;
+  // Interpolate from where it is drawn now to the new position over about
+  // one update interval (one tick when streaming).
+  mesh.userData.from = mesh.position.clone();
+  mesh.userData.to = to;
+  mesh.userData.t0 = performance.now();
+  moving.add(mesh);
+}
+
+function addMesh(e, mesh, key) {
+  mesh.userData.id = e.id;
+  mesh.userData.looks = key;
+  mesh.userData.to = mesh.position.clone();
+  M.meshes.set(e.id, mesh);
+  scene.add(mesh);
+}
+
+function removeMesh(mesh) {
+  scene.remove(mesh);
+  moving.delete(mesh);
+}
+
+function animate(now) {
+  for (const mesh of moving) {
+    const a = Math.min(1, (now - mesh.userData.t0) / expectedStepMs);
+    mesh.position.lerpVectors(mesh.userData.from, mesh.userData.to, a);
+    if (a >= 1) moving.delete(mesh);
+  }
+  const av = myAvatar();
+  const avMesh = av && M.meshes.get(av.id);
+  if (avMesh && $("follow").checked) {
+    const want = avMesh.position.clone().add(new THREE.Vector3(0, 1, 0));
+    const delta = want.sub(controls.target);
+    controls.target.add(delta);
+    camera.position.add(delta);
+  }
+  if (M.selected && selBox.visible) {
+    const sm = M.meshes.get(M.selected);
+    if (sm) selBox.setFromObject(sm);
+  }
+  controls.update();
+  renderer.render(scene, camera);
+}
+
+const selBox = new THREE.BoxHelper(undefined, 0xffee55);
+selBox.visible = false;
+scene.add(selBox);
+
+function resize() {
+  const w = canvas.clientWidth, h = canvas.clientHeight;
+  if (canvas.width !== Math.floor(w * renderer.getPixelRatio()) || canvas.height !== Math.floor(h * renderer.getPixelRatio())) {
+    renderer.setSize(w, h, false);
+    camera.aspect = w / Math.max(1, h);
+    camera.updateProjectionMatrix();
+  }
+}
+
+let frames = 0, fpsAt = performance.now();
+function loop(now) {
+  resize();
+  animate(now);
+  frames++;
+  if (now - fpsAt >= 1000) {
+    M.fps = Math.round(frames * 1000 / (now - fpsAt));
+    frames = 0; fpsAt = now;
+  }
+  requestAnimationFrame(loop);
+}
+requestAnimationFrame(loop);
+
+/** Where an element is drawn on the screen (CSS pixels), and whether it is in front of the camera: for tests. */
+M.screenPos = (id, up = 1) => {
+  const mesh = M.meshes.get(id);
+  if (!mesh) return null;
+  const v = mesh.position.clone().add(new THREE.Vector3(0, up, 0)).project(camera);
+  return { x: (v.x + 1) / 2 * canvas.clientWidth, y: (1 - v.y) / 2 * canvas.clientHeight, visible: v.z < 1 && Math.abs(v.x) <= 1 && Math.abs(v.y) <= 1 };
+};
+
+// ---------------------------------------------------------------- picking
+
+const ray = new THREE.Raycaster();
+function pick(clientX, clientY) {
+  const r = canvas.getBoundingClientRect();
+  const ndc = new THREE.Vector2((clientX - r.left) / r.width * 2 - 1, -(clientY - r.top) / r.height * 2 + 1);
+  ray.setFromCamera(ndc, camera);
+  const targets = [...M.meshes.values()];
+  const hit = ray.intersectObjects(targets, true).find(h => !(h.object instanceof THREE.Sprite));
+  if (hit) {
+    let o = hit.object;
+    while (o && !o.userData.id) o = o.parent;
+    if (o) return { element: o.userData.id };
+  }
+  if (groundMesh) {
+    const g = ray.intersectObject(groundMesh)[0];
+    if (g) return { ground: { x: g.point.x, y: -g.point.z } };
+  }
+  return null;
+}
+
+let downAt = null;
+canvas.addEventListener("pointerdown", e => { downAt = { x: e.clientX, y: e.clientY }; });
+canvas.addEventListener("pointerup", e => {
+  if (!downAt || Math.hypot(e.clientX - downAt.x, e.clientY - downAt.y) > 5 || e.button !== 0) return;
+  downAt = null;
+  const hit = pick(e.clientX, e.clientY);
+  if (!hit) return;
+  if (hit.element) {
+    select(hit.element);
+    const el = M.elements.get(hit.element);
+    if (!e.shiftKey && el && el.kind !== "Avatar") tryAct({ do: "touch", element: hit.element });
+  } else if (hit.ground) {
+    goTo(hit.ground);
+  }
+});
+
+// ---------------------------------------------------------------- walking
+
+const held = new Set();
+let goal = null, walking = false;
+const KEYS = { w: [0, 1], arrowup: [0, 1], s: [0, -1], arrowdown: [0, -1], a: [-1, 0], arrowleft: [-1, 0], d: [1, 0], arrowright: [1, 0] };
+
+function typing(e) {
+  const t = e.target;
+  return t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable);
+}
+window.addEventListener("keydown", e => {
+  const k = e.key.toLowerCase();
+  if (!KEYS[k] || typing(e)) return;
+  e.preventDefault();
+  held.add(k);
+  goal = null;
+  walk();
+});
+window.addEventListener("keyup", e => held.delete(e.key.toLowerCase()));
+window.addEventListener("blur", () => held.clear());
+
+/** The camera's forward and right directions on the ground, in sim coordinates. */
+function cameraAxes() {
+  const d = new THREE.Vector3();
+  camera.getWorldDirection(d);
+  let fx = d.x, fy = -d.z;
+  const n = Math.hypot(fx, fy) || 1;
+  fx /= n; fy /= n;
+  return { fwd: [fx, fy], right: [fy, -fx] };
+}
+
+function clampToRegion(x, y) {
+  const sx = M.settings ? num(M.settings.size.x) : 256, sy = M.settings ? num(M.settings.size.y) : 256;
+  return [Math.min(Math.max(x, 0), sx), Math.min(Math.max(y, 0), sy)];
+}
+
+function goTo(p) {
+  goal = p;
+  walk();
+}
+
+/** One move in flight at a time: the next step leaves when the last one committed. */
+async function walk() {
+  if (walking) return;
+  const av0 = myAvatar();
+  if (!av0) { showError(token ? "join first (the bar above the tabs), then walk" : "this page has no token: open the URL `metatopia up` printed"); held.clear(); goal = null; return; }
+  walking = true;
+  try {
+    let at = vec(av0.pos);
+    while (held.size || goal) {
+      let nx, ny;
+      if (held.size) {
+        const { fwd, right } = cameraAxes();
+        let dx = 0, dy = 0;
+        for (const k of held) { const [r, f] = KEYS[k]; dx += f * fwd[0] + r * right[0]; dy += f * fwd[1] + r * right[1]; }
+        const n = Math.hypot(dx, dy);
+        if (n < 1e-6) break;
+        nx = at.x + dx / n * WALK_STEP_M; ny = at.y + dy / n * WALK_STEP_M;
+      } else {
+        const dx = goal.x - at.x, dy = goal.y - at.y, n = Math.hypot(dx, dy);
+        if (n <= WALK_STEP_M) { nx = goal.x; ny = goal.y; goal = null; }
+        else { nx = at.x + dx / n * WALK_STEP_M * 2; ny = at.y + dy / n * WALK_STEP_M * 2; }
+      }
+      [nx, ny] = clampToRegion(nx, ny);
+      const r = await tryAct({ do: "move", element: "me", to: `${nx.toFixed(3)},${ny.toFixed(3)},${at.z.toFixed(3)}` });
+      if (!r) { goal = null; held.clear(); break; }
+      at = { x: nx, y: ny, z: at.z };
+    }
+  } finally {
+    walking = false;
+  }
+}
+
+// ---------------------------------------------------------------- the overview map
+
+const map = $("map");
+function drawMap() {
+  if (!M.settings) return;
+  const w = map.clientWidth, h = map.clientHeight;
+  map.width = w; map.height = h;
+  const g = map.getContext("2d");
+  const sx = num(M.settings.size.x), sy = num(M.settings.size.y);
+  const k = Math.min(w / sx, h / sy) * 0.94, ox = (w - sx * k) / 2, oy = (h - sy * k) / 2;
+  g.strokeStyle = "#46603a"; g.strokeRect(ox, oy, sx * k, sy * k);
+  const av = myAvatar();
+  for (const e of M.elements.values()) {
+    if (e.kind === "Region") continue;
+    const mesh = M.meshes.get(e.id);
+    const x = mesh ? mesh.position.x : num(e.pos.x), y = mesh ? -mesh.position.z : num(e.pos.y);
+    g.fillStyle = e.kind === "Avatar" ? (av && e.id === av.id ? "#ffe680" : "#8cf") : e.body ? "#e08a3c" : "#aaa";
+    const r = e.kind === "Avatar" ? 3 : 1.5;
+    g.fillRect(ox + x * k - r, oy + (sy - y) * k - r, 2 * r, 2 * r);
+  }
+  const t = controls.target;
+  g.strokeStyle = "#fff"; g.strokeRect(ox + t.x * k - 4, oy + (sy + t.z) * k - 4, 8, 8);
+  map.dataset.k = JSON.stringify({ k, ox, oy, sy });
+}
+setInterval(drawMap, 200);
+map.addEventListener("click", e => {
+  if (!map.dataset.k) return;
+  const { k, ox, oy, sy } = JSON.parse(map.dataset.k);
+  const r = map.getBoundingClientRect();
+  goTo({ x: (e.clientX - r.left - ox) / k, y: sy - (e.clientY - r.top - oy) / k });
+});
+
+// ---------------------------------------------------------------- panels
+
+for (const b of document.querySelectorAll("#tabs button")) {
+  b.addEventListener("click", () => {
+    for (const o of document.querySelectorAll("#tabs button")) o.classList.toggle("on", o === b);
+    for (const t of document.querySelectorAll(".tab")) t.classList.toggle("on", t.id === "tab-" + b.dataset.tab);
+  });
+}
+
+const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
+const nameOf = id => { const p = M.players.get(id); return p ? p.name : id ? id.slice(0, 8) + "…" : "nobody"; };
+
+let chatShown = -1, chatTickShown = -1;
+function renderPanels() {
+  if (!M.settings) return;
+  document.title = `${M.settings.name} · Metatopia`;
+  $("title").textContent = M.settings.name;
+  document.body.dataset.tick = M.tick;
+  const mine = me();
+  $("joinbar").hidden = !token || (mine && mine.online);
+  document.body.dataset.joined = !!(mine && mine.online);
+  const av = myAvatar();
+  if (av) document.body.dataset.avatar = av.id; else delete document.body.dataset.avatar;
+  document.body.dataset.avatars = [...M.elements.values()].filter(e => e.kind === "Avatar").length;
+
+  // Chat: redrawn when it changed.
+  const lastTick = M.chat.length ? M.chat[M.chat.length - 1].tick : -1;
+  if (M.chat.length !== chatShown || lastTick !== chatTickShown) {
+    chatShown = M.chat.length; chatTickShown = lastTick;
+    const box = $("chat");
+    box.replaceChildren(...M.chat.map(l => {
+      if (l.sys) return el("p", l.text, "sys");
+      const p = el("p");
+      p.append(el("b", (l.name || l.from.slice(0, 8)) + ": "), l.text);
+      return p;
+    }));
+    box.scrollTop = box.scrollHeight;
+  }
+
+  renderSelected();
+  renderFaults();
+  renderPeople();
+  renderStatus();
+}
+
+function renderStatus() {
+  const lines = [];
+  lines.push(`tick ${M.tick}  ${M.stateHash.slice(0, 16)}…`);
+  if (tickMs !== null) lines.push(`tick duration ${tickMs.toFixed(2)} ms (mean over the last ${STATUS_MS / 1000} s)`);
+  const g = M.status && M.status.group;
+  if (g) {
+    const cp = g.checkpoints && g.checkpoints[0];
+    const agree = cp ? (cp.agree ? `hashes agree at tick ${cp.tick} (${cp.signed} signed)` : `HASHES DIFFER at tick ${cp.tick}`) : "no checkpoint yet";
+    lines.push(`group of ${g.members.length}${g.observer ? " (this node observes)" : ""}: ${agree}${g.desync ? "; desync: " + JSON.stringify(g.desync) : ""}`);
+  }
+  if (M.latencies.length) {
+    const last = M.latencies[M.latencies.length - 1], mean = M.latencies.reduce((a, b) => a + b, 0) / M.latencies.length;
+    lines.push(`input→commit ${last.toFixed(0)} ms (mean ${mean.toFixed(0)} ms over ${M.latencies.length})`);
+  }
+  lines.push(`${M.fps} fps · ${(bytesRate / 1024).toFixed(1)} KiB/s received`);
+  $("status").textContent = lines.join("\n");
+}
+
+function renderSelected() {
+  const box = $("selected");
+  const e = M.selected && M.elements.get(M.selected);
+  for (const b of ["touch", "push", "delete"]) $(b).disabled = !e;
+  if (!e) { box.textContent = "nothing selected: click an object"; selBox.visible = false; return; }
+  const lines = [`${e.name} (${e.kind}, ${e.id})`, `owner: ${e.owner ? nameOf(e.owner) : "nobody"}`,
+    `at ${vec(e.pos).x.toFixed(2)}, ${vec(e.pos).y.toFixed(2)}, ${vec(e.pos).z.toFixed(2)}`];
+  if (e.body) lines.push(`body: ${Object.keys(e.body.spec.shape)[0]}, ${e.body.spec.kind}${e.body.resting ? ", resting" : ""}`);
+  if (e.script) {
+    lines.push(`script: ${e.script}`);
+    const s = e.script_status;
+    if (s) lines.push(s.suspended ? `SUSPENDED after ${s.faults} faults: ${s.last_error || ""} (${s.resume || ""})` : s.faults ? `${s.faults} faults in a row; last: ${s.last_error}` : "running");
+  }
+  box.textContent = lines.join("\n");
+  $("push").disabled = !e.body;
+  $("delete").disabled = !(e.owner === M.me || isAdmin());
+}
+
+function select(id) {
+  M.selected = id;
+  selBox.visible = !!id;
+  renderSelected();
+}
+M.select = select;
+
+function renderFaults() {
+  const box = $("faults");
+  if (!M.faults.length) { box.replaceChildren(el("p", "none", "ok")); return; }
+  box.replaceChildren(...M.faults.slice(-10).reverse().map(f => {
+    const e = M.elements.get(f.element);
+    return el("p", `tick ${f.tick}: ${e ? e.name : "element"} ${f.element}: ${f.error}${f.suspended ? " (suspended: push a new version to resume)" : ""}`);
+  }));
+}
+
+function renderPeople() {
+  const box = $("people");
+  const ps = [...M.players.values()].sort((a, b) => (b.online - a.online) || a.name.localeCompare(b.name));
+  const admin = isAdmin();
+  box.replaceChildren(...ps.map(p => {
+    const row = el("p");
+    row.append(el("span", p.name + (p.id === M.me ? " (you)" : "")));
+    if (p.role === "Admin") row.append(el("span", "admin", "badge"));
+    if (p.id === M.tempAdmin) row.append(el("span", "temp admin", "badge temp"));
+    row.append(el("span", p.online ? " online" : " away", p.online ? "ok" : "mono"));
+    if (p.id !== M.me) {
+      const acts = el("div", undefined, "acts");
+      for (const what of ["kick", "ban", "unban", p.role === "Admin" ? "revoke" : "grant"]) {
+        const b = el("button", what);
+        b.title = admin ? `${what} ${p.name}` : `${what} ${p.name} (you are not an admin: the region will refuse)`;
+        b.dataset.act = what; b.dataset.player = p.id;
+        acts.append(b);
+      }
+      row.append(acts);
+    }
+    return row;
+  }));
+  $("rule").textContent = M.tempAdminRule ? "temp admin: " + M.tempAdminRule.summary : "";
+  if (document.activeElement && document.activeElement.closest("#settings")) return;
+  $("set-name").value = M.settings.name;
+  $("set-absence").value = M.settings.temp_admin_absence_days;
+  $("set-recent").value = M.settings.temp_admin_recent_days;
+}
+
+$("people").addEventListener("click", e => {
+  const b = e.target.closest("button[data-act]");
+  if (b) tryAct({ do: b.dataset.act, player: b.dataset.player }, $("adminmsg"));
+});
+$("settings").addEventListener("submit", e => {
+  e.preventDefault();
+  const days = id => { const v = $(id).value.trim(); return v === "" ? undefined : Number(v); };
+  const action = { do: "settings", name: $("set-name").value, temp_admin_absence_days: days("set-absence"), temp_admin_recent_days: days("set-recent") };
+  for (const k of ["temp_admin_absence_days", "temp_admin_recent_days"]) {
+    if (action[k] !== undefined && !(Number.isInteger(action[k]) && action[k] >= 0)) {
+      $("adminmsg").className = "mono bad"; $("adminmsg").textContent = `settings: ${k} must be a whole number of days`; return;
+    }
+  }
+  tryAct(action, $("adminmsg"));
+});
+
+// ---------------------------------------------------------------- chat, join, build
+
+$("say").addEventListener("submit", async e => {
+  e.preventDefault();
+  const input = $("text");
+  if (!input.value.trim()) return;
+  if (await tryAct({ do: "say", text: input.value })) input.value = "";
+});
+$("join").addEventListener("submit", e => {
+  e.preventDefault();
+  tryAct({ do: "join", name: $("joinname").value.trim() || "viewer" });
+});
+
+/** A point `dist` metres in front of my avatar (or the region's centre), in sim coordinates. */
+function inFront(dist) {
+  const av = myAvatar();
+  const { fwd } = cameraAxes();
+  const p = av ? vec(av.pos) : M.settings ? { x: num(M.settings.size.x) / 2, y: num(M.settings.size.y) / 2, z: 0 } : { x: 128, y: 128, z: 0 };
+  const [x, y] = clampToRegion(p.x + fwd[0] * dist, p.y + fwd[1] * dist);
+  return { x, y, z: p.z };
+}
+const xyz = (x, y, z) => `${x.toFixed(3)},${y.toFixed(3)},${z.toFixed(3)}`;
+
+$("create").addEventListener("click", () => {
+  const p = inFront(3);
+  tryAct({ do: "create", name: $("newname").value.trim() || "Object", pos: xyz(p.x, p.y, p.z) });
+});
+$("spawnball").addEventListener("click", () => {
+  const p = inFront(3);
+  tryAct({ do: "spawn_body", name: "Ball", pos: xyz(p.x, p.y, p.z + 2), shape: "ball:0.5" });
+});
+$("spawnbox").addEventListener("click", () => {
+  const p = inFront(3);
+  tryAct({ do: "spawn_body", name: "Box", pos: xyz(p.x, p.y, p.z + 2), shape: "box:0.5,0.5,0.5" });
+});
+$("touch").addEventListener("click", () => M.selected && tryAct({ do: "touch", element: M.selected }));
+$("delete").addEventListener("click", () => M.selected && tryAct({ do: "delete", element: M.selected }));
+$("push").addEventListener("click", () => {
+  if (!M.selected) return;
+  const f = Number($("pushforce").value);
+  if (!Number.isFinite(f)) { showError("push: the impulse must be a number (N·s)"); return; }
+  const { fwd } = cameraAxes();
+  tryAct({ do: "push", element: M.selected, impulse: xyz(fwd[0] * f, fwd[1] * f, f * 0.3) });
+});
+
+// ---------------------------------------------------------------- scripts
+
+const source = $("source"), gutter = $("gutter");
+source.value = `-- SPDX-License-Identifier: AGPL-3.0-or-later
+-- Touch the object: it counts and says so.
+function on_touch(by, element)
+  state.n = (state.n or 0) + 1
+  say("touched " .. state.n .. " times")
+end
+`;
+function numberLines() {
+  const n = source.value.split("\n").length;
+  gutter.textContent = Array.from({ length: n }, (_, i) => i + 1).join("\n");
+  gutter.scrollTop = source.scrollTop;
+}
+source.addEventListener("input", numberLines);
+source.addEventListener("scroll", () => { gutter.scrollTop = source.scrollTop; });
+source.addEventListener("keydown", e => {
+  if (e.key === "Tab") { e.preventDefault(); source.setRangeText("  ", source.selectionStart, source.selectionEnd, "end"); numberLines(); }
+});
+numberLines();
+
+function scriptMsg(text, ok) {
+  $("scriptmsg").className = "mono " + (ok ? "ok" : "bad");
+  $("scriptmsg").textContent = text;
+}
+
+$("pushscript").addEventListener("click", async () => {
+  if (!M.selected) { scriptMsg("select an object you own first (click it; shift-click selects without touching)", false); return; }
+  if (!token) { scriptMsg("this page has no token: open the URL that `metatopia up` printed", false); return; }
+  let r;
+  try {
+    r = await fetch(`/api/scripts?object=${encodeURIComponent(M.selected)}`, {
+      method: "PUT", headers: { "Authorization": "Bearer " + token, "Content-Type": "text/x-lua" }, body: source.value,
+    });
+  } catch (e) { scriptMsg("push: the node is unreachable: " + e.message, false); return; }
+  const body = await r.json().catch(() => ({ error: `answer ${r.status} is not JSON` }));
+  if (r.status !== 200) { scriptMsg("refused: " + (body.error || r.status), false); return; }
+  const att = body.attached ? ` and attached to ${M.selected} at tick ${body.attached.tick !== undefined ? body.attached.tick : JSON.stringify(body.attached)}` : "";
+  scriptMsg(`published ${body.hash} (${body.licence})${att}`, true);
+});
+
+$("readscript").addEventListener("click", async () => {
+  const e = M.selected && M.elements.get(M.selected);
+  if (!e || !e.script) { scriptMsg("select an object that has a script", false); return; }
+  try {
+    const r = await fetch(`/scripts/${e.script}`);
+    if (r.status !== 200) { const b = await r.json().catch(() => ({})); scriptMsg(`cannot read ${e.script}: ${b.error || r.status}`, false); return; }
+    source.value = await r.text();
+    numberLines();
+    scriptMsg(`source of ${e.name}'s script ${e.script}`, true);
+  } catch (err) { scriptMsg("the node is unreachable: " + err.message, false); }
+});
+
+// ---------------------------------------------------------------- connection: stream, else polling
+
+const banner = $("conn");
+function setMode(mode, why) {
+  M.mode = mode; M.modeWhy = why || "";
+  document.body.dataset.mode = mode;
+  banner.classList.toggle("bad", mode !== "stream");
+  banner.textContent = mode === "stream" ? "live: region stream"
+    : mode === "poll" ? `polling every ${POLL_MS} ms (fallback): ${why}`
+    : `disconnected: ${why}; retrying`;
+}
+
+function streamUrl() {
+  const q = token ? `?token=${encodeURIComponent(token)}` : "";
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/regions/${REGION}/stream${q}`;
+}
+
+/** Why the WebSocket could not open, in words (asks the same URL over plain HTTP). */
+async function whyNoStream() {
+  try {
+    const r = await fetch(streamUrl().replace(/^ws/, "http"));
+    const b = await r.json().catch(() => ({}));
+    if (r.status === 404) return "this node serves no region stream";
+    if (r.status === 401) return "the stream refused this page's token: " + (b.error || "401");
+    return `the stream answered ${r.status}${b.error ? ": " + b.error : ""}`;
+  } catch (e) {
+    return "the node is unreachable";
+  }
+}
+
+let ws = null, streamRetryMs = 1000;
+function openStream() {
+  let opened = false;
+  ws = new WebSocket(streamUrl());
+  ws.onopen = () => { opened = true; };
+  ws.onmessage = ev => {
+    M.bytes += ev.data.length;
+    let f;
+    try { f = JSON.parse(ev.data); } catch (e) { showError("stream: a frame is not JSON: " + e.message); return; }
+    noteApply();
+    if (f.type === "snapshot") {
+      if (f.you) M.me = f.you;
+      streamRetryMs = 1000;
+      setMode("stream");
+      replaceState(f.state);
+    } else if (f.type === "tick") {
+      applyTick(f);
+    }
+  };
+  ws.onclose = async ev => {
+    ws = null;
+    let why;
+    if (!opened) why = await whyNoStream();
+    else why = `the stream closed (${ev.code}${ev.reason ? ": " + ev.reason : ""})`;
+    if (opened && ev.code !== 1000) showError(why);
+    setMode(why === "the node is unreachable" ? "down" : "poll", why);
+    setTimeout(openStream, streamRetryMs);
+    streamRetryMs = Math.min(streamRetryMs * 2, 10000);
+    poll();
+  };
+}
+
+let etag = null, polling = false;
+async function poll() {
+  if (polling || M.mode === "stream") return;
+  polling = true;
+  try {
+    while (M.mode !== "stream") {
+      try {
+        const r = await fetch(`/api/regions/${REGION}/state`, { headers: etag ? { "If-None-Match": etag } : {} });
+        if (r.status === 200) {
+          const text = await r.text();
+          M.bytes += text.length;
+          etag = r.headers.get("ETag");
+          noteApply();
+          if (M.mode !== "stream") replaceState(JSON.parse(text));
+        } else if (r.status !== 304) {
+          const b = await r.json().catch(() => ({}));
+          showError(`reading the region: ${r.status} ${b.error || ""}`);
+        }
+        if (M.mode === "down") setMode("poll", "reconnected; the stream is being retried");
+      } catch (e) {
+        if (M.mode !== "down") setMode("down", "the node is unreachable (" + e.message + ")");
+      }
+      await new Promise(res => setTimeout(res, POLL_MS));
+    }
+  } finally {
+    polling = false;
+  }
+}
+
+/** Interpolation spans the time between updates: one tick when streaming. */
+function noteApply() {
+  const now = performance.now();
+  if (M.mode === "stream" && M.settings) expectedStepMs = 1000 / (M.settings.tick_rate_hz || 20);
+  else if (lastApplyAt) expectedStepMs = Math.min(500, Math.max(50, now - lastApplyAt));
+  lastApplyAt = now;
+}
+
+// ---------------------------------------------------------------- status and metrics
+
+let tickMs = null, lastMetrics = null, bytesRate = 0, lastBytes = 0;
+async function statusLoop() {
+  try {
+    const r = await fetch("/api/status");
+    if (r.status === 200) {
+      const s = await r.json();
+      M.status = s;
+      if (!M.me) M.me = s.node.player;
+      const reg = s.regions && s.regions[0];
+      if (reg && reg.temp_admin_rule) M.tempAdminRule = reg.temp_admin_rule;
+    }
+    const m = await fetch("/metrics");
+    if (m.status === 200) {
+      const text = await m.text();
+      const val = name => { const x = text.match(new RegExp("^" + name + " ([0-9.e+-]+)$", "m")); return x ? Number(x[1]) : null; };
+      const now = { ticks: val("metatopia_ticks_total"), secs: val("metatopia_tick_seconds_total") };
+      if (lastMetrics && now.ticks !== null && now.secs !== null && now.ticks > lastMetrics.ticks) {
+        tickMs = (now.secs - lastMetrics.secs) / (now.ticks - lastMetrics.ticks) * 1000;
+      }
+      lastMetrics = now;
+    }
+  } catch (e) {
+    // The connection banner says the node is unreachable.
+  }
+  bytesRate = (M.bytes - lastBytes) / (STATUS_MS / 1000);
+  lastBytes = M.bytes;
+  M.bytesPerSecond = bytesRate;
+  renderPanels();
+  setTimeout(statusLoop, STATUS_MS);
+}
+
+// ---------------------------------------------------------------- start
+
+if (!token) showError("no token in this page's URL: you can watch, but not act. Open the URL that `metatopia up` printed (it ends in #token=…)");
+await statusLoop();
+openStream();
