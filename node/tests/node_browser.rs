@@ -89,12 +89,12 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
     let browser = Browser::launch();
     let mut page = browser.open(&format!("{}/#token={}", node.base, node.token()));
 
-    // The page says how it gets the region: the stream, or polling.
+    // The page follows the region stream and says so.
     let mode = page.wait_for(
-        "the connection banner",
-        "['stream','poll'].includes(document.body.dataset.mode) && document.getElementById('conn').textContent",
+        "the stream",
+        "document.body.dataset.mode === 'stream' && document.getElementById('conn').textContent",
     );
-    println!("connection: {mode}");
+    assert_eq!(mode, "live: region stream");
 
     // Join, and see the avatar in the 3-D view, in front of the camera,
     // labelled with the name.
@@ -227,6 +227,10 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
     );
 
     // A faulting script: its reason is shown.
+    let lit = element_named(&state(&node), "Lamp").unwrap()["script"]
+        .as_str()
+        .unwrap()
+        .to_string();
     set_source(
         &mut page,
         "-- SPDX-License-Identifier: AGPL-3.0-or-later\nfunction on_touch(by, element)\n  error(\"the bulb is broken\")\nend\n",
@@ -238,12 +242,7 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
     );
     page.wait_for(
         "the new script attached",
-        &format!(
-            "window.metatopia.elements.get({lamp:?}).script !== {:?}",
-            element_named(&state(&node), "Lamp").unwrap()["script"]
-                .as_str()
-                .unwrap()
-        ),
+        &format!("window.metatopia.elements.get({lamp:?}).script !== {lit:?}"),
     );
     page.eval("document.getElementById('touch').click(); true");
     let fault = page.wait_for(
@@ -279,6 +278,81 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
     // player who is not here is refused by the sim.
     let errors = page.eval("JSON.stringify(window.metatopia.errors)");
     println!("errors the page showed: {errors}");
+    node.kill9();
+}
+
+#[test]
+#[ignore = "needs chromium; run by .ci/run"]
+fn the_page_polls_when_it_cannot_stream_and_reconnects_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "[limits]\nstream_subscribers_max = 1\n",
+    )
+    .unwrap();
+    let node = Node::start(dir.path());
+    let url = format!("{}/#token={}", node.base, node.token());
+    let browser = Browser::launch();
+    let mut first = browser.open(&url);
+    first.wait_for(
+        "the first page streaming",
+        "document.body.dataset.mode === 'stream'",
+    );
+
+    // The second page finds the stream full: it polls, and says why.
+    let mut second = browser.open(&url);
+    let banner = second.wait_for(
+        "the second page polling",
+        "document.body.dataset.mode === 'poll' && document.getElementById('conn').textContent",
+    );
+    println!("second page: {banner}");
+    assert!(
+        banner
+            .as_str()
+            .unwrap()
+            .contains("too many stream subscribers"),
+        "{banner}"
+    );
+    // Polling still shows the world: a chat line said through the API.
+    assert_eq!(
+        node.act(&json!({"do": "join", "name": "Poller"})).status,
+        200
+    );
+    assert_eq!(
+        node.act(&json!({"do": "say", "text": "seen by polling"}))
+            .status,
+        200
+    );
+    second.wait_for(
+        "the line on the polling page",
+        "document.getElementById('chat').textContent.includes('Poller: seen by polling')",
+    );
+    second.screenshot("viewer-polling");
+    second.close();
+
+    // The node dies: the page says so in words, then reconnects to the
+    // restarted node (same data directory, same address) and streams again.
+    let addr = node.base.trim_start_matches("http://").to_string();
+    node.kill9();
+    let down = first.wait_for(
+        "the page to notice",
+        "document.body.dataset.mode !== 'stream' && document.getElementById('conn').textContent",
+    );
+    println!("node down: {down}");
+    let node = Node::start_with(&["up", "--http", &addr], dir.path());
+    first.wait_for(
+        "the page streaming again",
+        "document.body.dataset.mode === 'stream'",
+    );
+    assert_eq!(
+        node.act(&json!({"do": "say", "text": "after the restart"}))
+            .status,
+        200
+    );
+    first.wait_for(
+        "a line said after the restart",
+        "document.getElementById('chat').textContent.includes('Poller: after the restart')",
+    );
     node.kill9();
 }
 

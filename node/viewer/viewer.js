@@ -126,6 +126,7 @@ function applyTick(f) {
   M.stateHash = f.state_hash;
   M.tempAdmin = f.temp_admin;
   if (f.settings) { M.settings = f.settings; ground(); }
+  if (f.temp_admin_rule) M.tempAdminRule = f.temp_admin_rule;
   for (const e of f.elements || []) upsertElement(e);
   for (const id of f.removed || []) removeElement(id);
   for (const p of f.players || []) M.players.set(p.id, p);
@@ -386,6 +387,8 @@ requestAnimationFrame(loop);
 M.screenPos = (id, up = 1) => {
   const mesh = M.meshes.get(id);
   if (!mesh) return null;
+  scene.updateMatrixWorld();
+  camera.updateMatrixWorld();
   const v = mesh.position.clone().add(new THREE.Vector3(0, up, 0)).project(camera);
   return { x: (v.x + 1) / 2 * canvas.clientWidth, y: (1 - v.y) / 2 * canvas.clientHeight, visible: v.z < 1 && Math.abs(v.x) <= 1 && Math.abs(v.y) <= 1 };
 };
@@ -396,6 +399,9 @@ const ray = new THREE.Raycaster();
 function pick(clientX, clientY) {
   const r = canvas.getBoundingClientRect();
   const ndc = new THREE.Vector2((clientX - r.left) / r.width * 2 - 1, -(clientY - r.top) / r.height * 2 + 1);
+  // Matrices as of now, not of the last frame (the camera may have moved since).
+  scene.updateMatrixWorld();
+  camera.updateMatrixWorld();
   ray.setFromCamera(ndc, camera);
   const targets = [...M.meshes.values()];
   const hit = ray.intersectObjects(targets, true).find(h => !(h.object instanceof THREE.Sprite));
@@ -411,6 +417,7 @@ function pick(clientX, clientY) {
   return null;
 }
 
+M.pick = pick;
 let downAt = null;
 canvas.addEventListener("pointerdown", e => { downAt = { x: e.clientX, y: e.clientY }; });
 canvas.addEventListener("pointerup", e => {
@@ -749,6 +756,8 @@ function scriptMsg(text, ok) {
 $("pushscript").addEventListener("click", async () => {
   if (!M.selected) { scriptMsg("select an object you own first (click it; shift-click selects without touching)", false); return; }
   if (!token) { scriptMsg("this page has no token: open the URL that `metatopia up` printed", false); return; }
+  $("scriptmsg").className = "mono";
+  $("scriptmsg").textContent = `pushing to ${M.selected}…`;
   let r;
   try {
     r = await fetch(`/api/scripts?object=${encodeURIComponent(M.selected)}`, {

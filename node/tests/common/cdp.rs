@@ -171,6 +171,11 @@ impl Page {
         }
     }
 
+    /// Closes the tab.
+    pub fn close(mut self) {
+        self.call("Page.close", json!({}));
+    }
+
     /// Evaluates `expr` (promises awaited) and returns its value as JSON.
     pub fn eval(&mut self, expr: &str) -> Value {
         let r = self.call(
