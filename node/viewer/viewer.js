@@ -37,6 +37,7 @@ const M = window.metatopia = {
   latencies: [],        // ms from POST to its 200, newest last
   bytes: 0,             // bytes of region data received (stream frames, poll bodies)
   framesApplied: 0,
+  framesDrawn: 0,
   fps: 0,
   status: null,
   meshes: new Map(),    // element id -> Object3D
@@ -118,7 +119,7 @@ function replaceState(state) {
   }
   M.framesApplied++;
   ground();
-  renderPanels();
+  panelsDirty = true;
 }
 
 function applyTick(f) {
@@ -146,7 +147,7 @@ function applyTick(f) {
     }
   }
   M.framesApplied++;
-  renderPanels();
+  panelsDirty = true;
 }
 
 function upsertElement(e) {
@@ -159,9 +160,8 @@ function removeElement(id) {
   M.elements.delete(id);
   const mesh = M.meshes.get(id);
   if (mesh) {
-    scene.remove(mesh);
+    removeMesh(mesh);
     M.meshes.delete(id);
-    moving.delete(mesh);
     if (mesh.userData.label) mesh.userData.label.material.map.dispose(), mesh.userData.label.material.dispose();
   }
   if (M.selected === id) select(null);
@@ -174,8 +174,29 @@ const isAdmin = () => { const p = me(); return !!p && (p.role === "Admin" || M.t
 // ---------------------------------------------------------------- the scene
 
 const canvas = $("scene");
-const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, powerPreference: "high-performance" });
+/** Whether WebGL runs on a software renderer (SwiftShader, llvmpipe): then antialiasing costs more than it gives. */
+function softwareGl() {
+  try {
+    const g = document.createElement("canvas").getContext("webgl2") || document.createElement("canvas").getContext("webgl");
+    if (!g) return false;
+    const d = g.getExtension("WEBGL_debug_renderer_info");
+    const name = String(d ? g.getParameter(d.UNMASKED_RENDERER_WEBGL) : g.getParameter(g.RENDERER));
+    g.getExtension("WEBGL_lose_context")?.loseContext();
+    return /swiftshader|llvmpipe|software/i.test(name);
+  } catch (e) {
+    return false;
+  }
+}
+M.softwareGl = softwareGl();
+let renderer;
+try {
+  renderer = new THREE.WebGLRenderer({ canvas, antialias: !M.softwareGl, powerPreference: "high-performance" });
+} catch (e) {
+  showError("this browser cannot draw 3-D (WebGL is off or unsupported): " + e.message + ". The map, chat and panels still work.");
+  throw e;
+}
 renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
+canvas.style.imageRendering = "auto";
 const scene = new THREE.Scene();
 scene.background = new THREE.Color(0x9cc4e4);
 scene.fog = new THREE.Fog(0x9cc4e4, 150, 500);
@@ -192,6 +213,7 @@ scene.add(sun);
 M.scene = scene;
 M.camera = camera;
 M.controls = controls;
+M.renderer = renderer;
 
 let groundMesh = null, gridMesh = null, groundSize = "";
 function ground() {
@@ -265,31 +287,100 @@ function build(e) {
     g.userData.label = lab;
     return g;
   }
+  // Everything else is an instance of a shared mesh (one draw call per
+  // shape and colour): a proxy holds its position and scale.
+  const proxy = new THREE.Object3D();
   if (e.body) {
     const sh = e.body.spec.shape;
     if (sh.Ball) {
-      const m = new THREE.Mesh(unitBall, material(0xe08a3c));
-      m.scale.setScalar(num(sh.Ball.radius));
-      m.userData.centred = true;
-      return m;
+      const r = num(sh.Ball.radius);
+      proxy.scale.setScalar(r);
+      proxy.userData.extent = new THREE.Vector3(2 * r, 2 * r, 2 * r);
+      proxy.userData.pool = ["ball", unitBall, 0xe08a3c];
+      return proxy;
     }
     if (sh.Cuboid) {
       const h = vec(sh.Cuboid.half);
-      const m = new THREE.Mesh(unitBox, material(0xb07a4a));
-      m.scale.set(2 * h.x, 2 * h.z, 2 * h.y);
-      m.userData.centred = true;
-      return m;
+      proxy.scale.set(2 * h.x, 2 * h.z, 2 * h.y);
+      proxy.userData.extent = proxy.scale.clone();
+      proxy.userData.pool = ["box", unitBox, 0xb07a4a];
+      return proxy;
     }
   }
   const size = e.kind === "Part" ? 0.5 : 1;
   const color = e.script ? 0x3cb0a0 : e.owner === M.me ? 0x7a8fd0 : 0x9a9a9a;
-  const m = new THREE.Mesh(unitBox, material(color));
-  m.scale.setScalar(size);
-  m.userData.lift = size / 2;
-  return m;
+  proxy.scale.setScalar(size);
+  proxy.userData.extent = proxy.scale.clone();
+  proxy.userData.lift = size / 2;
+  proxy.userData.pool = ["box", unitBox, color];
+  return proxy;
+}
+
+// Instance pools: one InstancedMesh per shape and colour, grown by doubling.
+const pools = new Map();
+const tmpMatrix = new THREE.Matrix4(), noRotation = new THREE.Quaternion();
+
+function poolOf([shape, geometry, color]) {
+  const key = shape + "|" + color;
+  let p = pools.get(key);
+  if (!p) {
+    p = { geometry, material: material(color), proxies: [], mesh: null };
+    growPool(p, 64);
+    pools.set(key, p);
+  }
+  return p;
+}
+
+function growPool(p, capacity) {
+  const m = new THREE.InstancedMesh(p.geometry, p.material, capacity);
+  m.instanceMatrix.setUsage(THREE.DynamicDrawUsage);
+  // Instances move: no stale bounding sphere may cull them.
+  m.frustumCulled = false;
+  m.userData.pool = p;
+  if (p.mesh) {
+    m.instanceMatrix.array.set(p.mesh.instanceMatrix.array.subarray(0, p.proxies.length * 16));
+    scene.remove(p.mesh);
+    p.mesh.dispose();
+  }
+  m.count = p.proxies.length;
+  p.mesh = m;
+  scene.add(m);
+}
+
+function writeInstance(proxy) {
+  const p = proxy.userData.inPool;
+  tmpMatrix.compose(proxy.position, noRotation, proxy.scale);
+  p.mesh.setMatrixAt(proxy.userData.index, tmpMatrix);
+  p.mesh.instanceMatrix.needsUpdate = true;
+  p.mesh.boundingSphere = null; // recomputed when picking
+}
+
+function poolAdd(proxy) {
+  const p = poolOf(proxy.userData.pool);
+  if (p.proxies.length === p.mesh.instanceMatrix.count) growPool(p, p.proxies.length * 2);
+  proxy.userData.inPool = p;
+  proxy.userData.index = p.proxies.length;
+  p.proxies.push(proxy);
+  p.mesh.count = p.proxies.length;
+  writeInstance(proxy);
+}
+
+function poolRemove(proxy) {
+  const p = proxy.userData.inPool, i = proxy.userData.index;
+  const last = p.proxies.pop();
+  if (last !== proxy) {
+    p.proxies[i] = last;
+    last.userData.index = i;
+    writeInstance(last);
+  }
+  p.mesh.count = p.proxies.length;
+  p.mesh.boundingSphere = null;
+  proxy.userData.inPool = null;
 }
 
 const moving = new Set();
+const labelled = new Set();
+const LABEL_RANGE_M = 60;
 let expectedStepMs = 50, lastApplyAt = 0;
 
 function drawElement(e) {
@@ -327,18 +418,23 @@ function addMesh(e, mesh, key) {
   mesh.userData.looks = key;
   mesh.userData.to = mesh.position.clone();
   M.meshes.set(e.id, mesh);
-  scene.add(mesh);
+  if (mesh.userData.pool) poolAdd(mesh);
+  else scene.add(mesh);
+  if (mesh.userData.label) labelled.add(mesh);
 }
 
 function removeMesh(mesh) {
-  scene.remove(mesh);
+  if (mesh.userData.inPool) poolRemove(mesh);
+  else scene.remove(mesh);
   moving.delete(mesh);
+  labelled.delete(mesh);
 }
 
 function animate(now) {
   for (const mesh of moving) {
     const a = Math.min(1, (now - mesh.userData.t0) / expectedStepMs);
     mesh.position.lerpVectors(mesh.userData.from, mesh.userData.to, a);
+    if (mesh.userData.inPool) writeInstance(mesh);
     if (a >= 1) moving.delete(mesh);
   }
   const av = myAvatar();
@@ -349,17 +445,34 @@ function animate(now) {
     controls.target.add(delta);
     camera.position.add(delta);
   }
+  // Name labels of avatars near the camera only (readable, and cheaper).
+  for (const m of labelled) m.userData.label.visible = m.position.distanceTo(camera.position) < LABEL_RANGE_M;
   if (M.selected && selBox.visible) {
     const sm = M.meshes.get(M.selected);
-    if (sm) selBox.setFromObject(sm);
+    if (sm && sm.userData.extent) selBox.box.setFromCenterAndSize(sm.position, sm.userData.extent);
+    else if (sm) selBox.box.setFromObject(sm);
   }
   controls.update();
   renderer.render(scene, camera);
 }
 
-const selBox = new THREE.BoxHelper(undefined, 0xffee55);
+const selBox = new THREE.Box3Helper(new THREE.Box3(), 0xffee55);
 selBox.visible = false;
 scene.add(selBox);
+
+// Dynamic resolution: below 30 fps the scene is drawn with fewer pixels
+// (down to a quarter), above 50 fps with more again (up to the screen's).
+const pixelRatioMax = Math.min(window.devicePixelRatio || 1, 2);
+M.renderScale = 1;
+function adaptResolution() {
+  const before = M.renderScale;
+  if (M.fps < 30 && M.renderScale > 0.5) M.renderScale = Math.max(0.5, M.renderScale - 0.125);
+  else if (M.fps > 50 && M.renderScale < 1) M.renderScale = Math.min(1, M.renderScale + 0.125);
+  if (M.renderScale !== before) {
+    renderer.setPixelRatio(pixelRatioMax * M.renderScale);
+    renderer.setSize(canvas.clientWidth, canvas.clientHeight, false);
+  }
+}
 
 function resize() {
   const w = canvas.clientWidth, h = canvas.clientHeight;
@@ -370,14 +483,23 @@ function resize() {
   }
 }
 
-let frames = 0, fpsAt = performance.now();
+let frames = 0, fpsAt = performance.now(), panelsDirty = false, panelsAt = 0;
+const PANELS_MS = 200;
 function loop(now) {
   resize();
   animate(now);
+  M.framesDrawn++;
+  // The side panels follow the region at most every PANELS_MS (the DOM is
+  // slower than the scene); the scene follows every frame.
+  if (panelsDirty && now - panelsAt >= PANELS_MS) {
+    panelsDirty = false; panelsAt = now;
+    renderPanels();
+  }
   frames++;
   if (now - fpsAt >= 1000) {
     M.fps = Math.round(frames * 1000 / (now - fpsAt));
     frames = 0; fpsAt = now;
+    adaptResolution();
   }
   requestAnimationFrame(loop);
 }
@@ -403,8 +525,9 @@ function pick(clientX, clientY) {
   scene.updateMatrixWorld();
   camera.updateMatrixWorld();
   ray.setFromCamera(ndc, camera);
-  const targets = [...M.meshes.values()];
+  const targets = [...M.meshes.values()].filter(m => !m.userData.pool).concat([...pools.values()].map(p => p.mesh));
   const hit = ray.intersectObjects(targets, true).find(h => !(h.object instanceof THREE.Sprite));
+  if (hit && hit.object.userData.pool) return { element: hit.object.userData.pool.proxies[hit.instanceId].userData.id };
   if (hit) {
     let o = hit.object;
     while (o && !o.userData.id) o = o.parent;
@@ -598,7 +721,7 @@ function renderStatus() {
     const last = M.latencies[M.latencies.length - 1], mean = M.latencies.reduce((a, b) => a + b, 0) / M.latencies.length;
     lines.push(`input→commit ${last.toFixed(0)} ms (mean ${mean.toFixed(0)} ms over ${M.latencies.length})`);
   }
-  lines.push(`${M.fps} fps · ${(bytesRate / 1024).toFixed(1)} KiB/s received`);
+  lines.push(`${M.fps} fps${M.renderScale < 1 ? ` at ${Math.round(M.renderScale * 100)}% resolution` : ""}${M.softwareGl ? " (software WebGL)" : ""} · ${(bytesRate / 1024).toFixed(1)} KiB/s received`);
   $("status").textContent = lines.join("\n");
 }
 
@@ -813,28 +936,35 @@ async function whyNoStream() {
 }
 
 let ws = null, streamRetryMs = 1000;
+
+/** One stream frame (text). Also `metatopia.onFrame`, so a benchmark can feed frames in the stream's format. */
+function onFrame(text) {
+  M.bytes += text.length;
+  let f;
+  try { f = JSON.parse(text); } catch (e) { showError("stream: a frame is not JSON: " + e.message); return; }
+  noteApply();
+  if (f.type === "snapshot") {
+    if (f.you) M.me = f.you;
+    streamRetryMs = 1000;
+    setMode("stream");
+    replaceState(f.state);
+  } else if (f.type === "tick") {
+    applyTick(f);
+  } else {
+    showError(`stream: unknown frame type ${JSON.stringify(f.type)}`);
+  }
+}
+M.onFrame = onFrame;
 function openStream() {
   let opened = false;
   ws = new WebSocket(streamUrl());
   ws.onopen = () => { opened = true; };
-  ws.onmessage = ev => {
-    M.bytes += ev.data.length;
-    let f;
-    try { f = JSON.parse(ev.data); } catch (e) { showError("stream: a frame is not JSON: " + e.message); return; }
-    noteApply();
-    if (f.type === "snapshot") {
-      if (f.you) M.me = f.you;
-      streamRetryMs = 1000;
-      setMode("stream");
-      replaceState(f.state);
-    } else if (f.type === "tick") {
-      applyTick(f);
-    }
-  };
+  ws.onmessage = ev => onFrame(ev.data);
   ws.onclose = async ev => {
     ws = null;
     let why;
     if (!opened) why = await whyNoStream();
+    else if (ev.code === 1006) why = "the connection to the node was lost (1006)";
     else why = `the stream closed (${ev.code}${ev.reason ? ": " + ev.reason : ""})`;
     if (opened && ev.code !== 1000) showError(why);
     setMode(why === "the node is unreachable" ? "down" : "poll", why);
