@@ -192,11 +192,10 @@ let renderer;
 try {
   renderer = new THREE.WebGLRenderer({ canvas, antialias: !M.softwareGl, powerPreference: "high-performance" });
 } catch (e) {
-  showError("this browser cannot draw 3-D (WebGL is off or unsupported): " + e.message + ". The map, chat and panels still work.");
-  throw e;
+  renderer = null;
+  M.noWebGl = "this browser cannot draw 3-D (WebGL is off or unsupported: " + e.message + "); the map, chat and panels still work";
 }
-renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
-canvas.style.imageRendering = "auto";
+renderer?.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
 const scene = new THREE.Scene();
 scene.background = new THREE.Color(0x9cc4e4);
 scene.fog = new THREE.Fog(0x9cc4e4, 150, 500);
@@ -453,7 +452,7 @@ function animate(now) {
     else if (sm) selBox.box.setFromObject(sm);
   }
   controls.update();
-  renderer.render(scene, camera);
+  renderer?.render(scene, camera);
 }
 
 const selBox = new THREE.Box3Helper(new THREE.Box3(), 0xffee55);
@@ -465,6 +464,7 @@ scene.add(selBox);
 const pixelRatioMax = Math.min(window.devicePixelRatio || 1, 2);
 M.renderScale = 1;
 function adaptResolution() {
+  if (!renderer) return;
   const before = M.renderScale;
   if (M.fps < 30 && M.renderScale > 0.5) M.renderScale = Math.max(0.5, M.renderScale - 0.125);
   else if (M.fps > 50 && M.renderScale < 1) M.renderScale = Math.min(1, M.renderScale + 0.125);
@@ -475,6 +475,7 @@ function adaptResolution() {
 }
 
 function resize() {
+  if (!renderer) return;
   const w = canvas.clientWidth, h = canvas.clientHeight;
   if (canvas.width !== Math.floor(w * renderer.getPixelRatio()) || canvas.height !== Math.floor(h * renderer.getPixelRatio())) {
     renderer.setSize(w, h, false);
@@ -1046,6 +1047,7 @@ async function statusLoop() {
 
 // ---------------------------------------------------------------- start
 
+if (M.noWebGl) showError(M.noWebGl);
 if (!token) showError("no token in this page's URL: you can watch, but not act. Open the URL that `metatopia up` printed (it ends in #token=…)");
 await statusLoop();
 openStream();
