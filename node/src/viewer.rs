@@ -31,6 +31,17 @@ struct Asset {
 
 const JS: &str = "text/javascript; charset=utf-8";
 
+/// A module of the vendored CodeMirror (`node/viewer/vendor/codemirror/`).
+macro_rules! codemirror {
+    ($file:literal) => {
+        Asset {
+            path: concat!("vendor/codemirror/", $file),
+            content_type: JS,
+            bytes: include_bytes!(concat!("../viewer/vendor/codemirror/", $file)),
+        }
+    };
+}
+
 const ASSETS: &[Asset] = &[
     Asset {
         path: "viewer.js",
@@ -61,6 +72,23 @@ const ASSETS: &[Asset] = &[
         path: "vendor/three/LICENSE",
         content_type: "text/plain; charset=utf-8",
         bytes: include_bytes!("../viewer/vendor/three/LICENSE"),
+    },
+    codemirror!("state.js"),
+    codemirror!("view.js"),
+    codemirror!("language.js"),
+    codemirror!("commands.js"),
+    codemirror!("streamparser.js"),
+    codemirror!("lua.js"),
+    codemirror!("lezer-common.js"),
+    codemirror!("lezer-highlight.js"),
+    codemirror!("find-cluster-break.js"),
+    codemirror!("crelt.js"),
+    codemirror!("style-mod.js"),
+    codemirror!("w3c-keyname.js"),
+    Asset {
+        path: "vendor/codemirror/LICENSES.txt",
+        content_type: "text/plain; charset=utf-8",
+        bytes: include_bytes!("../viewer/vendor/codemirror/LICENSES.txt"),
     },
 ];
 

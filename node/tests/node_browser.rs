@@ -76,7 +76,7 @@ fn join_from_page(page: &mut Page, name: &str) -> String {
 /// Sets the script editor's text.
 fn set_source(page: &mut Page, text: &str) {
     page.eval(&format!(
-        "document.querySelector('[data-tab=scripts]').click(); document.getElementById('source').value = {}; true",
+        "document.querySelector('[data-tab=scripts]').click(); window.metatopia.editor.set({}); true",
         json!(text)
     ));
 }
@@ -95,6 +95,12 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
         "document.body.dataset.mode === 'stream' && document.getElementById('conn').textContent",
     );
     assert_eq!(mode, "live: region stream");
+
+    // The script editor is the vendored CodeMirror.
+    page.wait_for(
+        "CodeMirror",
+        "window.metatopia.editor.kind === 'codemirror' && document.querySelector('#editor .cm-editor')",
+    );
 
     // Join, and see the avatar in the 3-D view, in front of the camera,
     // labelled with the name.
@@ -160,10 +166,14 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
     let lamp = lamp.as_str().unwrap().to_string();
     page.eval(&format!("window.metatopia.select({lamp:?}); true"));
 
-    // A script without a licence line is refused, in words.
-    set_source(
-        &mut page,
-        "function on_touch(by, element)\n  say(\"no licence\")\nend\n",
+    // A script without a licence line, typed into the editor, is refused,
+    // in words.
+    set_source(&mut page, "");
+    page.eval("document.querySelector('#editor .cm-content').focus(); true");
+    page.type_text("function on_touch(by, element)\n  say(\"no licence\")\nend\n");
+    assert_eq!(
+        page.eval("window.metatopia.editor.get()"),
+        json!("function on_touch(by, element)\n  say(\"no licence\")\nend\n")
     );
     page.eval("document.getElementById('pushscript').click(); true");
     let refusal = page.wait_for(
@@ -223,7 +233,7 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
     page.eval("document.getElementById('readscript').click(); true");
     page.wait_for(
         "the source read back",
-        "document.getElementById('source').value.includes('lamp lit')",
+        "window.metatopia.editor.get().includes('lamp lit')",
     );
 
     // A faulting script: its reason is shown.

@@ -1,5 +1,5 @@
 //! The viewer's files come from the binary: the page at `/`, its script,
-//! style and three.js under `/viewer/{version}/`, with content types, a
+//! style, three.js and CodeMirror under `/viewer/{version}/`, with content types, a
 //! year's cache under the current version, strong ETags and 304s; nothing
 //! on the page points off the node.
 
@@ -64,6 +64,21 @@ fn the_node_serves_the_viewer_and_three_js_from_the_binary() {
             "class OrbitControls",
         ),
         ("vendor/three/LICENSE", "text/plain; charset=utf-8", "MIT"),
+        (
+            "vendor/codemirror/view.js",
+            "text/javascript; charset=utf-8",
+            "class EditorView",
+        ),
+        (
+            "vendor/codemirror/lua.js",
+            "text/javascript; charset=utf-8",
+            "export const lua",
+        ),
+        (
+            "vendor/codemirror/LICENSES.txt",
+            "text/plain; charset=utf-8",
+            "MIT",
+        ),
     ] {
         let path = format!("/viewer/{version}/{file}");
         if ["viewer.js", "viewer.css", "vendor/three/three.module.js"].contains(&file) {

@@ -872,6 +872,61 @@ source.addEventListener("keydown", e => {
 });
 numberLines();
 
+// The editor: CodeMirror 6 (vendored) with Lua highlighting; if its modules
+// cannot load, the text area with line numbers above, and a note saying so.
+const editor = M.editor = {
+  get: () => source.value,
+  set: text => { source.value = text; numberLines(); },
+  kind: "textarea",
+};
+async function startCodeMirror() {
+  try {
+    const [view, state, language, commands, luaMode, hl] = await Promise.all([
+      import("@codemirror/view"), import("@codemirror/state"), import("@codemirror/language"),
+      import("@codemirror/commands"), import("@codemirror/legacy-modes/mode/lua"), import("@lezer/highlight"),
+    ]);
+    const t = hl.tags;
+    const style = language.HighlightStyle.define([
+      { tag: t.keyword, color: "#c792ea" }, { tag: t.comment, color: "#6b9f6b", fontStyle: "italic" },
+      { tag: t.string, color: "#e5c07b" }, { tag: t.number, color: "#f78c6c" },
+      { tag: [t.bool, t.null, t.atom], color: "#f78c6c" }, { tag: t.operator, color: "#89ddff" },
+      { tag: [t.variableName, t.name], color: "#dde" }, { tag: t.standard(t.variableName), color: "#82aaff" },
+    ]);
+    const theme = view.EditorView.theme({
+      "&": { height: "100%", backgroundColor: "#0f1216", color: "#dde", fontSize: "12px" },
+      ".cm-content": { fontFamily: "ui-monospace, monospace", caretColor: "#fff" },
+      ".cm-gutters": { backgroundColor: "#161a20", color: "#567", border: "none" },
+      ".cm-activeLine": { backgroundColor: "#161c24" }, ".cm-activeLineGutter": { backgroundColor: "#1b222c" },
+      "&.cm-focused .cm-selectionBackground, .cm-selectionBackground": { backgroundColor: "#2b4060" },
+      ".cm-scroller": { overflow: "auto" },
+    }, { dark: true });
+    const cm = new view.EditorView({
+      parent: $("editor"),
+      state: state.EditorState.create({
+        doc: source.value,
+        extensions: [
+          view.lineNumbers(), view.highlightActiveLine(), view.highlightActiveLineGutter(), view.drawSelection(),
+          commands.history(), language.indentOnInput(), language.bracketMatching(),
+          language.StreamLanguage.define(luaMode.lua), language.syntaxHighlighting(style), theme,
+          state.EditorState.tabSize.of(2),
+          view.keymap.of([...commands.defaultKeymap, ...commands.historyKeymap, commands.indentWithTab]),
+        ],
+      }),
+    });
+    gutter.remove();
+    source.remove();
+    cm.dom.style.flex = "1";
+    editor.get = () => cm.state.doc.toString();
+    editor.set = text => cm.dispatch({ changes: { from: 0, to: cm.state.doc.length, insert: text } });
+    editor.kind = "codemirror";
+    editor.view = cm;
+  } catch (e) {
+    $("editornote").textContent = "the code editor (CodeMirror) did not load (" + e.message + "): a plain text area instead";
+    showError($("editornote").textContent);
+  }
+}
+startCodeMirror();
+
 function scriptMsg(text, ok) {
   $("scriptmsg").className = "mono " + (ok ? "ok" : "bad");
   $("scriptmsg").textContent = text;
@@ -885,7 +940,7 @@ $("pushscript").addEventListener("click", async () => {
   let r;
   try {
     r = await fetch(`/api/scripts?object=${encodeURIComponent(M.selected)}`, {
-      method: "PUT", headers: { "Authorization": "Bearer " + token, "Content-Type": "text/x-lua" }, body: source.value,
+      method: "PUT", headers: { "Authorization": "Bearer " + token, "Content-Type": "text/x-lua" }, body: editor.get(),
     });
   } catch (e) { scriptMsg("push: the node is unreachable: " + e.message, false); return; }
   const body = await r.json().catch(() => ({ error: `answer ${r.status} is not JSON` }));
@@ -900,8 +955,7 @@ $("readscript").addEventListener("click", async () => {
   try {
     const r = await fetch(`/scripts/${e.script}`);
     if (r.status !== 200) { const b = await r.json().catch(() => ({})); scriptMsg(`cannot read ${e.script}: ${b.error || r.status}`, false); return; }
-    source.value = await r.text();
-    numberLines();
+    editor.set(await r.text());
     scriptMsg(`source of ${e.name}'s script ${e.script}`, true);
   } catch (err) { scriptMsg("the node is unreachable: " + err.message, false); }
 });
