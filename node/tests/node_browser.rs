@@ -112,7 +112,7 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
     println!("avatar {avatar} drawn at {seen}");
     assert_eq!(
         page.eval(&format!(
-            "window.metatopia.meshes.get({avatar:?}).userData.label !== undefined && window.metatopia.scene.children.includes(window.metatopia.meshes.get({avatar:?}))"
+            "(() => {{ const m = window.metatopia.meshes.get({avatar:?}); return m.userData.slots.length === 2 && window.metatopia.scene.children.includes(m.userData.label); }})()"
         )),
         json!(true)
     );

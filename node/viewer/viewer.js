@@ -162,7 +162,6 @@ function removeElement(id) {
   if (mesh) {
     removeMesh(mesh);
     M.meshes.delete(id);
-    if (mesh.userData.label) mesh.userData.label.material.map.dispose(), mesh.userData.label.material.dispose();
   }
   if (M.selected === id) select(null);
 }
@@ -237,9 +236,9 @@ function material(color) {
   return materials.get(color);
 }
 const unitBox = new THREE.BoxGeometry(1, 1, 1);
-const unitBall = new THREE.SphereGeometry(1, 20, 14);
-const avatarBody = new THREE.CapsuleGeometry(0.3, 0.9, 4, 12);
-const avatarHead = new THREE.SphereGeometry(0.22, 16, 12);
+const unitBall = new THREE.SphereGeometry(1, 14, 10);
+const avatarBody = new THREE.CapsuleGeometry(0.3, 0.9, 3, 10);
+const avatarHead = new THREE.SphereGeometry(0.22, 10, 8);
 
 function hue(id) {
   let h = 0;
@@ -271,59 +270,64 @@ function looks(e) {
   return [e.kind, e.name, e.owner === M.me, !!e.script, shape].join("|");
 }
 
+/**
+ * An element's look: a proxy (an Object3D outside the scene) holding its
+ * position, and the parts drawn for it, each an instance in a shared
+ * InstancedMesh (one draw call per shape and colour, whatever the number
+ * of elements). Avatars also get a name label (a sprite in the scene).
+ */
 function build(e) {
-  if (e.kind === "Avatar") {
-    const g = new THREE.Group();
-    const mine = e.owner === M.me;
-    const col = new THREE.Color().setHSL(hue(e.owner || e.id), 0.6, mine ? 0.55 : 0.45);
-    const bodyMesh = new THREE.Mesh(avatarBody, new THREE.MeshLambertMaterial({ color: col }));
-    bodyMesh.position.y = 0.75;
-    const head = new THREE.Mesh(avatarHead, material(0xf0d0b0));
-    head.position.y = 1.62;
-    const lab = label(e.name + (mine ? " (you)" : ""), mine ? "#ffe680" : "#ffffff");
-    lab.position.y = 2.25;
-    g.add(bodyMesh, head, lab);
-    g.userData.label = lab;
-    return g;
-  }
-  // Everything else is an instance of a shared mesh (one draw call per
-  // shape and colour): a proxy holds its position and scale.
   const proxy = new THREE.Object3D();
+  const part = (shape, geometry, color, scale, offset = new THREE.Vector3(), tint = null) =>
+    ({ shape, geometry, color, scale, offset, tint });
+  if (e.kind === "Avatar") {
+    const mine = e.owner === M.me;
+    const tint = new THREE.Color().setHSL(hue(e.owner || e.id), 0.6, mine ? 0.55 : 0.45);
+    proxy.userData.parts = [
+      part("avatar", avatarBody, 0xffffff, new THREE.Vector3(1, 1, 1), new THREE.Vector3(0, 0.75, 0), tint),
+      part("head", avatarHead, 0xf0d0b0, new THREE.Vector3(1, 1, 1), new THREE.Vector3(0, 1.62, 0)),
+    ];
+    proxy.userData.extent = new THREE.Vector3(0.7, 1.9, 0.7);
+    proxy.userData.centre = new THREE.Vector3(0, 0.95, 0);
+    proxy.userData.label = label(e.name + (mine ? " (you)" : ""), mine ? "#ffe680" : "#ffffff");
+    return proxy;
+  }
   if (e.body) {
     const sh = e.body.spec.shape;
     if (sh.Ball) {
       const r = num(sh.Ball.radius);
-      proxy.scale.setScalar(r);
+      proxy.userData.parts = [part("ball", unitBall, 0xe08a3c, new THREE.Vector3(r, r, r))];
       proxy.userData.extent = new THREE.Vector3(2 * r, 2 * r, 2 * r);
-      proxy.userData.pool = ["ball", unitBall, 0xe08a3c];
       return proxy;
     }
     if (sh.Cuboid) {
       const h = vec(sh.Cuboid.half);
-      proxy.scale.set(2 * h.x, 2 * h.z, 2 * h.y);
-      proxy.userData.extent = proxy.scale.clone();
-      proxy.userData.pool = ["box", unitBox, 0xb07a4a];
+      const size = new THREE.Vector3(2 * h.x, 2 * h.z, 2 * h.y);
+      proxy.userData.parts = [part("box", unitBox, 0xb07a4a, size)];
+      proxy.userData.extent = size;
       return proxy;
     }
   }
   const size = e.kind === "Part" ? 0.5 : 1;
   const color = e.script ? 0x3cb0a0 : e.owner === M.me ? 0x7a8fd0 : 0x9a9a9a;
-  proxy.scale.setScalar(size);
-  proxy.userData.extent = proxy.scale.clone();
+  const scale = new THREE.Vector3(size, size, size);
+  proxy.userData.parts = [part("box", unitBox, color, scale)];
+  proxy.userData.extent = scale;
   proxy.userData.lift = size / 2;
-  proxy.userData.pool = ["box", unitBox, color];
   return proxy;
 }
 
-// Instance pools: one InstancedMesh per shape and colour, grown by doubling.
+// Instance pools: one InstancedMesh per shape and colour, grown by
+// doubling. A slot is one instance: {proxy, part, index}.
 const pools = new Map();
-const tmpMatrix = new THREE.Matrix4(), noRotation = new THREE.Quaternion();
+const tmpMatrix = new THREE.Matrix4(), tmpVec = new THREE.Vector3(), noRotation = new THREE.Quaternion();
+const LABEL_HEIGHT_M = 2.25;
 
-function poolOf([shape, geometry, color]) {
-  const key = shape + "|" + color;
+function poolOf(part) {
+  const key = part.shape + "|" + part.color;
   let p = pools.get(key);
   if (!p) {
-    p = { geometry, material: material(color), proxies: [], mesh: null };
+    p = { geometry: part.geometry, material: material(part.color), slots: [], mesh: null, tinted: !!part.tint };
     growPool(p, 64);
     pools.set(key, p);
   }
@@ -337,44 +341,62 @@ function growPool(p, capacity) {
   m.frustumCulled = false;
   m.userData.pool = p;
   if (p.mesh) {
-    m.instanceMatrix.array.set(p.mesh.instanceMatrix.array.subarray(0, p.proxies.length * 16));
+    m.instanceMatrix.array.set(p.mesh.instanceMatrix.array.subarray(0, p.slots.length * 16));
     scene.remove(p.mesh);
     p.mesh.dispose();
   }
-  m.count = p.proxies.length;
+  m.count = p.slots.length;
   p.mesh = m;
   scene.add(m);
+  if (p.tinted && p.slots.length) { for (const slot of p.slots) m.setColorAt(slot.index, slot.part.tint); m.instanceColor.needsUpdate = true; }
 }
 
-function writeInstance(proxy) {
-  const p = proxy.userData.inPool;
-  tmpMatrix.compose(proxy.position, noRotation, proxy.scale);
-  p.mesh.setMatrixAt(proxy.userData.index, tmpMatrix);
+function writeSlot(slot) {
+  const p = slot.pool;
+  tmpVec.copy(slot.proxy.position).add(slot.part.offset);
+  tmpMatrix.compose(tmpVec, noRotation, slot.part.scale);
+  p.mesh.setMatrixAt(slot.index, tmpMatrix);
   p.mesh.instanceMatrix.needsUpdate = true;
   p.mesh.boundingSphere = null; // recomputed when picking
 }
 
+/** Draws a proxy where it is now: its instances and its label. */
+function writeInstance(proxy) {
+  for (const slot of proxy.userData.slots) writeSlot(slot);
+  const lab = proxy.userData.label;
+  if (lab) lab.position.copy(proxy.position).y += LABEL_HEIGHT_M;
+}
+
 function poolAdd(proxy) {
-  const p = poolOf(proxy.userData.pool);
-  if (p.proxies.length === p.mesh.instanceMatrix.count) growPool(p, p.proxies.length * 2);
-  proxy.userData.inPool = p;
-  proxy.userData.index = p.proxies.length;
-  p.proxies.push(proxy);
-  p.mesh.count = p.proxies.length;
+  proxy.userData.slots = proxy.userData.parts.map(part => {
+    const p = poolOf(part);
+    if (p.slots.length === p.mesh.instanceMatrix.count) growPool(p, p.slots.length * 2);
+    const slot = { proxy, part, pool: p, index: p.slots.length };
+    p.slots.push(slot);
+    p.mesh.count = p.slots.length;
+    if (part.tint) { p.mesh.setColorAt(slot.index, part.tint); p.mesh.instanceColor.needsUpdate = true; }
+    return slot;
+  });
+  if (proxy.userData.label) scene.add(proxy.userData.label);
   writeInstance(proxy);
 }
 
 function poolRemove(proxy) {
-  const p = proxy.userData.inPool, i = proxy.userData.index;
-  const last = p.proxies.pop();
-  if (last !== proxy) {
-    p.proxies[i] = last;
-    last.userData.index = i;
-    writeInstance(last);
+  for (const slot of proxy.userData.slots) {
+    const p = slot.pool, i = slot.index;
+    const last = p.slots.pop();
+    if (last !== slot) {
+      p.slots[i] = last;
+      last.index = i;
+      writeSlot(last);
+      if (last.part.tint) { p.mesh.setColorAt(i, last.part.tint); p.mesh.instanceColor.needsUpdate = true; }
+    }
+    p.mesh.count = p.slots.length;
+    p.mesh.boundingSphere = null;
   }
-  p.mesh.count = p.proxies.length;
-  p.mesh.boundingSphere = null;
-  proxy.userData.inPool = null;
+  proxy.userData.slots = [];
+  const lab = proxy.userData.label;
+  if (lab) { scene.remove(lab); lab.material.map.dispose(); lab.material.dispose(); }
 }
 
 const moving = new Set();
@@ -417,14 +439,12 @@ function addMesh(e, mesh, key) {
   mesh.userData.looks = key;
   mesh.userData.to = mesh.position.clone();
   M.meshes.set(e.id, mesh);
-  if (mesh.userData.pool) poolAdd(mesh);
-  else scene.add(mesh);
+  poolAdd(mesh);
   if (mesh.userData.label) labelled.add(mesh);
 }
 
 function removeMesh(mesh) {
-  if (mesh.userData.inPool) poolRemove(mesh);
-  else scene.remove(mesh);
+  poolRemove(mesh);
   moving.delete(mesh);
   labelled.delete(mesh);
 }
@@ -433,7 +453,7 @@ function animate(now) {
   for (const mesh of moving) {
     const a = Math.min(1, (now - mesh.userData.t0) / expectedStepMs);
     mesh.position.lerpVectors(mesh.userData.from, mesh.userData.to, a);
-    if (mesh.userData.inPool) writeInstance(mesh);
+    writeInstance(mesh);
     if (a >= 1) moving.delete(mesh);
   }
   const av = myAvatar();
@@ -448,8 +468,7 @@ function animate(now) {
   for (const m of labelled) m.userData.label.visible = m.position.distanceTo(camera.position) < LABEL_RANGE_M;
   if (M.selected && selBox.visible) {
     const sm = M.meshes.get(M.selected);
-    if (sm && sm.userData.extent) selBox.box.setFromCenterAndSize(sm.position, sm.userData.extent);
-    else if (sm) selBox.box.setFromObject(sm);
+    if (sm) selBox.box.setFromCenterAndSize(tmpVec.copy(sm.position).add(sm.userData.centre || new THREE.Vector3()), sm.userData.extent);
   }
   controls.update();
   renderer?.render(scene, camera);
@@ -526,14 +545,8 @@ function pick(clientX, clientY) {
   scene.updateMatrixWorld();
   camera.updateMatrixWorld();
   ray.setFromCamera(ndc, camera);
-  const targets = [...M.meshes.values()].filter(m => !m.userData.pool).concat([...pools.values()].map(p => p.mesh));
-  const hit = ray.intersectObjects(targets, true).find(h => !(h.object instanceof THREE.Sprite));
-  if (hit && hit.object.userData.pool) return { element: hit.object.userData.pool.proxies[hit.instanceId].userData.id };
-  if (hit) {
-    let o = hit.object;
-    while (o && !o.userData.id) o = o.parent;
-    if (o) return { element: o.userData.id };
-  }
+  const hit = ray.intersectObjects([...pools.values()].map(p => p.mesh), false)[0];
+  if (hit) return { element: hit.object.userData.pool.slots[hit.instanceId].proxy.userData.id };
   if (groundMesh) {
     const g = ray.intersectObject(groundMesh)[0];
     if (g) return { ground: { x: g.point.x, y: -g.point.z } };
