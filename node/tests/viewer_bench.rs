@@ -139,7 +139,9 @@ fn frame_rate_with_1000_objects_and_100_moving_avatars() {
     );
     // What holds it back: the same view with only the ground, then with
     // only the objects and avatars.
-    page.eval("for (const o of window.metatopia.scene.children) o.visible = !o.isInstancedMesh; true");
+    page.eval(
+        "for (const o of window.metatopia.scene.children) o.visible = !o.isInstancedMesh; true",
+    );
     println!("only the ground and lights: {:.1} fps", fps(&mut page, 5));
     page.eval("for (const o of window.metatopia.scene.children) o.visible = o.isInstancedMesh || o.isLight; true");
     println!("only the objects and avatars: {:.1} fps", fps(&mut page, 5));
