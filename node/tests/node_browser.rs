@@ -300,6 +300,27 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
     });
     println!("clicked the ground at ({gx:.2}, {gy:.2}); the avatar went to {arrived:?}");
 
+    // Delete the lamp from the Build tab: gone from the node and the page.
+    page.eval(&format!(
+        "document.querySelector('[data-tab=build]').click(); window.metatopia.select({lamp:?}); document.getElementById('delete').click(); true"
+    ));
+    eventually("the lamp deleted", || {
+        element_named(&state(&node), "Lamp").is_none().then_some(())
+    });
+    page.wait_for(
+        "the lamp gone from the page",
+        &format!(
+            "!window.metatopia.meshes.has({lamp:?}) && !window.metatopia.elements.has({lamp:?})"
+        ),
+    );
+
+    // The status lines: tick duration, the group's agreement, latency.
+    let status = page.wait_for(
+        "the status lines",
+        "(() => { const t = document.getElementById('status').textContent; return t.includes('tick duration') && t.includes('hashes agree') && t.includes('input→commit') && t; })()",
+    );
+    println!("status: {status}");
+
     // Nothing went wrong on the way, so the page showed no error.
     assert_eq!(page.eval("window.metatopia.errors"), json!([]));
     node.kill9();
@@ -442,6 +463,20 @@ fn two_players_on_two_nodes_see_each_other_move_and_chat() {
     ann.screenshot("two-players-ann");
     bob.screenshot("two-players-bob");
 
+    // The people tab: Ann is admin, and the temp-admin rule says why
+    // nobody is temp admin.
+    bob.eval("document.querySelector('[data-tab=people]').click(); true");
+    let people = bob.wait_for(
+        "the people tab",
+        "(() => { const t = document.getElementById('people').textContent; return t.includes('Annadmin') && t.includes('Bob (you)') && t; })()",
+    );
+    println!("Bob's people tab: {people}");
+    let rule = bob.wait_for(
+        "the rule",
+        "document.getElementById('rule').textContent.includes('no temp admin') && document.getElementById('rule').textContent",
+    );
+    println!("Bob's rule line: {rule}");
+
     // Bob is no admin: his kick of Ann is refused in words on his page.
     bob.eval(&format!(
         "document.querySelector('[data-tab=people]').click(); document.querySelector('button[data-act=kick][data-player=\"' + {:?} + '\"]').click(); true",
@@ -453,6 +488,20 @@ fn two_players_on_two_nodes_see_each_other_move_and_chat() {
     );
     println!("Bob's kick: {refusal}");
     assert!(refusal.as_str().unwrap().starts_with("kick: "), "{refusal}");
+
+    // Ann is: she grants Bob admin, and his page shows his badge.
+    ann.eval(&format!(
+        "document.querySelector('[data-tab=people]').click(); document.querySelector('button[data-act=grant][data-player=\"' + {:?} + '\"]').click(); true",
+        host_player(&guest)
+    ));
+    ann.wait_for(
+        "the grant done",
+        "document.getElementById('adminmsg').classList.contains('ok') && document.getElementById('adminmsg').textContent",
+    );
+    bob.wait_for(
+        "Bob's admin badge",
+        "document.getElementById('people').textContent.includes('Bob (you)admin')",
+    );
     drop(guest);
     host.kill9();
 }

@@ -795,7 +795,7 @@ function renderPeople() {
     }
     return row;
   }));
-  $("rule").textContent = M.tempAdminRule ? "temp admin: " + M.tempAdminRule.summary : "";
+  $("rule").textContent = M.tempAdminRule ? "Temp-admin rule: " + M.tempAdminRule.summary : "";
   if (document.activeElement && document.activeElement.closest("#settings")) return;
   $("set-name").value = M.settings.name;
   $("set-absence").value = M.settings.temp_admin_absence_days;
