@@ -12,7 +12,6 @@
 import * as THREE from "three";
 import { OrbitControls } from "three/addons/OrbitControls.js";
 
-
 const REGION = 1;
 const POLL_MS = 250;
 const STATUS_MS = 2000;
@@ -630,9 +629,10 @@ async function walk() {
         if (n < 1e-6) break;
         nx = at.x + dx / n * WALK_STEP_M; ny = at.y + dy / n * WALK_STEP_M;
       } else {
-        const dx = goal.x - at.x, dy = goal.y - at.y, n = Math.hypot(dx, dy);
-        if (n <= WALK_STEP_M) { nx = goal.x; ny = goal.y; goal = null; }
-        else { nx = at.x + dx / n * WALK_STEP_M * 2; ny = at.y + dy / n * WALK_STEP_M * 2; }
+        // Going somewhere: twice the walking step, the last one exact.
+        const dx = goal.x - at.x, dy = goal.y - at.y, n = Math.hypot(dx, dy), step = 2 * WALK_STEP_M;
+        if (n <= step) { nx = goal.x; ny = goal.y; goal = null; }
+        else { nx = at.x + dx / n * step; ny = at.y + dy / n * step; }
       }
       [nx, ny] = clampToRegion(nx, ny);
       const r = await tryAct({ do: "move", element: "me", to: `${nx.toFixed(3)},${ny.toFixed(3)},${at.z.toFixed(3)}` });
