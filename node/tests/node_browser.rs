@@ -502,6 +502,15 @@ fn two_players_on_two_nodes_see_each_other_move_and_chat() {
         "Bob's admin badge",
         "document.getElementById('people').textContent.includes('Bob (you)admin')",
     );
+
+    // Ann renames the region from the settings form; Bob's page shows it.
+    ann.eval(
+        "document.getElementById('set-name').value = 'Harbour'; document.querySelector('#settings button').click(); true",
+    );
+    bob.wait_for(
+        "the new name",
+        "document.getElementById('title').textContent === 'Harbour'",
+    );
     drop(guest);
     host.kill9();
 }
