@@ -300,6 +300,56 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
     });
     println!("clicked the ground at ({gx:.2}, {gy:.2}); the avatar went to {arrived:?}");
 
+    // A falling body is drawn between ticks: sampled at every frame for a
+    // second, some drawn heights lie strictly between the last two heights
+    // the stream gave (interpolation), and none below the newest (the page
+    // never draws ahead of the sim).
+    assert_eq!(
+        node.act(
+            &json!({"do": "spawn_body", "name": "Drop", "pos": "100,100,60", "shape": "ball:0.5"})
+        )
+        .status,
+        200
+    );
+    let drop_id = page.wait_for(
+        "the falling ball",
+        "[...window.metatopia.elements.values()].find(e => e.name === 'Drop' && window.metatopia.meshes.has(e.id))?.id",
+    );
+    let samples = page.eval(&format!(
+        "new Promise(done => {{ const m = window.metatopia, id = {drop_id}; let last = null, prev = null; const out = [];
+           const t0 = performance.now();
+           const step = () => {{
+             const z = parseFloat(m.elements.get(id).pos.z);
+             if (last !== null && z !== last) prev = last;
+             last = z;
+             if (prev !== null) out.push([m.meshes.get(id).position.y, prev, z]);
+             if (performance.now() - t0 < 1000) requestAnimationFrame(step); else done(out);
+           }};
+           requestAnimationFrame(step); }})"
+    ));
+    let samples = samples.as_array().unwrap();
+    let between = samples
+        .iter()
+        .filter(|s| {
+            let (y, a, b) = (
+                s[0].as_f64().unwrap(),
+                s[1].as_f64().unwrap(),
+                s[2].as_f64().unwrap(),
+            );
+            y < a - 1e-6 && y > b + 1e-6
+        })
+        .count();
+    let ahead = samples
+        .iter()
+        .filter(|s| s[0].as_f64().unwrap() < s[2].as_f64().unwrap() - 1e-6)
+        .count();
+    println!(
+        "falling ball: {} frames sampled, {between} drawn between two ticks, {ahead} ahead of the sim",
+        samples.len()
+    );
+    assert!(between > 0, "interpolated frames: {samples:?}");
+    assert_eq!(ahead, 0, "{samples:?}");
+
     // Delete the lamp from the Build tab: gone from the node and the page.
     page.eval(&format!(
         "document.querySelector('[data-tab=build]').click(); window.metatopia.select({lamp:?}); document.getElementById('delete').click(); true"

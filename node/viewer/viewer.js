@@ -83,6 +83,8 @@ async function act(action) {
   return body;
 }
 
+const recentRefusals = [];
+
 /** `act`, with a refusal shown on the page (and in `where`, if given) instead of thrown. */
 async function tryAct(action, where) {
   try {
@@ -92,6 +94,8 @@ async function tryAct(action, where) {
   } catch (e) {
     if (where) { where.className = "mono bad"; where.textContent = e.message; }
     showError(e.message);
+    recentRefusals.push(e.message);
+    if (recentRefusals.length > 8) recentRefusals.shift();
     return null;
   }
 }
@@ -136,7 +140,9 @@ function applyTick(f) {
     if (M.chat.length > max) M.chat.splice(0, M.chat.length - max);
   }
   for (const ev of f.events || []) {
-    if (ev.event === "rejected") showError(`input ${ev.seq} refused: ${ev.reason}`);
+    // A refusal this page already showed (its POST answered 422) is not
+    // shown twice; one of another client of this player's (the CLI) is.
+    if (ev.event === "rejected" && !recentRefusals.some(r => r.includes(ev.reason))) showError(`input ${ev.seq} refused: ${ev.reason}`);
     else if (ev.event === "script_fault") {
       M.faults.push({ tick: f.tick, element: ev.element, error: ev.error, suspended: ev.suspended });
       if (M.faults.length > 50) M.faults.shift();
