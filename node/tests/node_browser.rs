@@ -288,12 +288,19 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
         "(() => {{ const m = window.metatopia; const p = m.meshes.get({avatar:?}).position; \
          m.controls.target.copy(p); m.camera.position.set(p.x, p.y + 25, p.z + 0.1); return true; }})()"
     ));
+    // South-west of the avatar, where nothing was built or pushed.
     let goal = page.wait_for(
         "a ground point",
-        "(() => { const h = window.metatopia.pick(300, 250); return h && h.ground; })()",
+        "(() => { const h = window.metatopia.pick(300, 550); return h && h.ground; })()",
     );
     let (gx, gy) = (goal["x"].as_f64().unwrap(), goal["y"].as_f64().unwrap());
-    page.click(300.0, 250.0, 0);
+    page.click(300.0, 550.0, 0);
+    page.wait_for(
+        "the page to show the avatar there",
+        &format!(
+            "(() => {{ const e = window.metatopia.elements.get({avatar:?}); return Math.hypot(parseFloat(e.pos.x) - {gx}, parseFloat(e.pos.y) - {gy}) < 0.01; }})()"
+        ),
+    );
     let arrived = eventually("the avatar to arrive", || {
         let p = pos(&element_named(&state(&node), "Browser Tester").unwrap());
         (((p.0 - gx).powi(2) + (p.1 - gy).powi(2)).sqrt() < 0.01).then_some(p)

@@ -749,6 +749,8 @@ function renderSelected() {
   const box = $("selected");
   const e = M.selected && M.elements.get(M.selected);
   for (const b of ["touch", "push", "delete"]) $(b).disabled = !e;
+  $("scripttarget").textContent = !e ? "select an object (click it; shift-click selects without touching)"
+    : `target: ${e.name} (${e.id})${e.script ? ", script " + e.script.slice(0, 12) + "…" : ", no script"}${e.owner === M.me || isAdmin() ? "" : " (not yours: the node will refuse)"}`;
   if (!e) { box.textContent = "nothing selected: click an object"; selBox.visible = false; return; }
   const lines = [`${e.name} (${e.kind}, ${e.id})`, `owner: ${e.owner ? nameOf(e.owner) : "nobody"}`,
     `at ${vec(e.pos).x.toFixed(2)}, ${vec(e.pos).y.toFixed(2)}, ${vec(e.pos).z.toFixed(2)}`];
