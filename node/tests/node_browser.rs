@@ -189,6 +189,23 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
         "{refusal}"
     );
 
+    // One the sandbox refuses (it assigns a variable of an enclosing
+    // function) is refused with the line and the name.
+    set_source(
+        &mut page,
+        "-- SPDX-License-Identifier: AGPL-3.0-or-later\nlocal n = 0\nfunction on_touch(by, element)\n  n = n + 1\nend\n",
+    );
+    page.eval("document.getElementById('pushscript').click(); true");
+    let sandbox = page.wait_for(
+        "the sandbox's refusal",
+        "document.getElementById('scriptmsg').classList.contains('bad') && document.getElementById('scriptmsg').textContent",
+    );
+    println!("sandbox: {sandbox}");
+    assert!(
+        sandbox.as_str().unwrap().contains("assigns `n`"),
+        "{sandbox}"
+    );
+
     // With a licence it is published and attached.
     set_source(
         &mut page,
