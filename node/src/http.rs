@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /` | the browser viewer |
+//! | `GET /`, `GET /viewer/...` | the browser viewer (see [`crate::viewer`]) |
 //! | `GET /api/status` | tick, state hash, regions, players online |
 //! | `GET /api/regions/{id}/state` | the region as JSON; strong `ETag` = state hash, `If-None-Match` → 304 |
 //! | `POST /api/regions/{id}/inputs` | one action as the local player (bearer token); answers when committed |
@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
@@ -37,7 +37,7 @@ pub use crate::web::{App, BODY_BYTES_MAX, submit_error_status};
 /// The router.
 pub fn router(app: App) -> Router {
     let mut router = Router::new()
-        .route("/", get(viewer))
+        .merge(crate::viewer::routes())
         .route("/api/status", get(status))
         .route("/api/regions/{id}/state", get(region_state))
         .route("/api/regions/{id}/inputs", post(post_input))
@@ -59,10 +59,6 @@ pub fn router(app: App) -> Router {
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(app)
-}
-
-async fn viewer() -> Html<&'static str> {
-    Html(include_str!("viewer.html"))
 }
 
 async fn status(State(app): State<App>) -> Response {

@@ -12,9 +12,10 @@
 //! - [`replica`]: the sans-IO replica core, its wire types and the region manifest.
 //! - [`world`]: the local world: the replica core's driver on a tick thread.
 //! - [`overlay`]: joining the Voronoi overlay, announcing and locating regions.
-//! - [`http`]: the HTTP API, the viewer page and metrics.
+//! - [`http`]: the HTTP API and metrics.
 //! - [`listener`]: the HTTP listener's connection caps (total and per address).
 //! - [`stream`]: the region stream, a WebSocket of each tick's changes and events.
+//! - [`viewer`]: the browser viewer's files (page, script, vendored three.js), embedded.
 //! - [`faults`]: script faults seen: counted, logged, the recent ones kept.
 //! - [`view`]: JSON views of the world.
 //! - [`action`]: human-facing actions shared by the API, CLI and scenarios.
@@ -54,5 +55,6 @@ pub mod scripts;
 pub mod store;
 pub mod stream;
 pub mod view;
+pub mod viewer;
 pub mod web;
 pub mod world;

@@ -1,69 +1,629 @@
-//! The viewer in a real browser (headless Chromium): it loads the page from
-//! a running node, fetches the region, and renders the players and the
-//! committed chat. Needs `chromium` on PATH: `.ci/run` installs it and runs
-//! this test explicitly (`cargo test -p metatopia-node --test node_browser
-//! -- --ignored`); plain `cargo test` skips it.
+//! The viewer in a real browser (headless Chromium over the DevTools
+//! protocol, see `common/cdp.rs`): a player joins from the page, sees their
+//! avatar in the 3-D view, walks with the keyboard, chats, builds, pushes a
+//! script without and with a licence, touches its object and sees its
+//! reaction and, for a faulting script, the fault's reason. A second player
+//! on another node of the same region (an observer, `metatopia join --via`:
+//! one node has one local player) sees the first move and chat, and the
+//! other way round.
+//!
+//! Needs `chromium` on PATH: `.ci/run` installs it and runs these tests
+//! explicitly (`cargo test -p metatopia-node --test node_browser --
+//! --ignored`); plain `cargo test` skips them. Screenshots go to
+//! `target/browser-artefacts/` (paths printed).
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/cdp.rs"]
+mod cdp;
 mod common;
 
-use std::process::Command;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use common::Node;
-use serde_json::json;
+use cdp::{Browser, Page};
+use common::{Node, run};
+use serde_json::{Value, json};
+
+fn state(node: &Node) -> Value {
+    node.get("/api/regions/1/state").json().unwrap()
+}
+
+fn element_named(state: &Value, name: &str) -> Option<Value> {
+    state["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .cloned()
+}
+
+fn pos(e: &Value) -> (f64, f64) {
+    let f = |k: &str| e["pos"][k].as_str().unwrap().parse::<f64>().unwrap();
+    (f("x"), f("y"))
+}
+
+/// Bounded polling of the node's API (the page's side uses `Page::wait_for`).
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + cdp::WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Joins from the page's join bar as `name` and waits until the page draws
+/// the avatar; returns the avatar's element id.
+fn join_from_page(page: &mut Page, name: &str) -> String {
+    page.wait_for(
+        "the join bar",
+        "!document.getElementById('joinbar').hidden && window.metatopia.settings",
+    );
+    page.eval(&format!(
+        "document.getElementById('joinname').value = {}; document.querySelector('#join button').click(); true",
+        json!(name)
+    ));
+    let avatar = page.wait_for(
+        "my avatar drawn",
+        "document.body.dataset.avatar && window.metatopia.meshes.has(document.body.dataset.avatar) && document.body.dataset.avatar",
+    );
+    avatar.as_str().unwrap().to_string()
+}
+
+/// Sets the script editor's text.
+fn set_source(page: &mut Page, text: &str) {
+    page.eval(&format!(
+        "document.querySelector('[data-tab=scripts]').click(); window.metatopia.editor.set({}); true",
+        json!(text)
+    ));
+}
 
 #[test]
 #[ignore = "needs chromium; run by .ci/run"]
-fn viewer_renders_the_world_in_chromium() {
+fn a_player_walks_chats_builds_and_scripts_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path());
-    assert_eq!(
-        node.act(&json!({"do": "join", "name": "Browser Tester"}))
-            .status,
-        200
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("{}/#token={}", node.base, node.token()));
+
+    // The page follows the region stream and says so.
+    let mode = page.wait_for(
+        "the stream",
+        "document.body.dataset.mode === 'stream' && document.getElementById('conn').textContent",
     );
-    assert_eq!(
-        node.act(&json!({"do": "say", "text": "seen in chromium"}))
-            .status,
-        200
+    assert_eq!(mode, "live: region stream");
+
+    // The script editor is the vendored CodeMirror.
+    page.wait_for(
+        "CodeMirror",
+        "window.metatopia.editor.kind === 'codemirror' && document.querySelector('#editor .cm-editor')",
     );
-    assert_eq!(
-        node.act(&json!({"do": "create", "name": "Lantern", "pos": "30,40,0"}))
-            .status,
-        200
+
+    // Join, and see the avatar in the 3-D view, in front of the camera,
+    // labelled with the name.
+    let avatar = join_from_page(&mut page, "Browser Tester");
+    let seen = page.wait_for(
+        "the avatar on screen",
+        &format!("(() => {{ const p = window.metatopia.screenPos({avatar:?}); return p && p.visible && p; }})()"),
     );
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("{}/#token={}", node.base, node.token()))
-        .output()
-        .expect("chromium is installed (see .ci/run)");
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(dom.contains("seen in chromium"), "chat rendered: {dom}");
+    println!("avatar {avatar} drawn at {seen}");
+    assert_eq!(
+        page.eval(&format!(
+            "(() => {{ const m = window.metatopia.meshes.get({avatar:?}); return m.userData.slots.length === 2 && window.metatopia.scene.children.includes(m.userData.label); }})()"
+        )),
+        json!(true)
+    );
+    let st = state(&node);
+    assert_eq!(element_named(&st, "Browser Tester").unwrap()["id"], avatar);
+    page.wait_for("a frame rendered", "window.metatopia.fps > 0");
+    page.screenshot("viewer-joined");
+
+    // Walk with the keyboard: W held until the node has the avatar > 2 m
+    // away.
+    let before = pos(&element_named(&state(&node), "Browser Tester").unwrap());
+    page.eval("document.getElementById('scene').focus(); true");
+    page.key("w", true);
+    let after = eventually("the avatar to walk", || {
+        let p = pos(&element_named(&state(&node), "Browser Tester").unwrap());
+        (((p.0 - before.0).powi(2) + (p.1 - before.1).powi(2)).sqrt() > 2.0).then_some(p)
+    });
+    page.key("w", false);
+    println!("walked from {before:?} to {after:?}");
+    page.wait_for(
+        "the page to show the new position",
+        &format!(
+            "(() => {{ const e = window.metatopia.elements.get({avatar:?}); return Math.hypot(parseFloat(e.pos.x) - {}, parseFloat(e.pos.y) - {}) > 2; }})()",
+            before.0, before.1
+        ),
+    );
+
+    // Chat from the box; the committed line comes back to the page.
+    page.eval("document.getElementById('text').focus(); true");
+    page.type_text("hello from chromium");
+    page.key("Enter", true);
+    page.key("Enter", false);
+    page.wait_for(
+        "the chat line",
+        "document.getElementById('chat').textContent.includes('Browser Tester: hello from chromium')",
+    );
     assert!(
-        dom.contains("online: Browser Tester (admin)"),
-        "players rendered: {dom}"
-    );
-    let state = node.get("/api/regions/1/state").json().unwrap();
-    assert!(
-        state["elements"]
+        state(&node)["chat"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["name"] == "Lantern")
+            .any(|l| l["text"] == "hello from chromium")
+    );
+
+    // Build: create an object in front of the avatar.
+    page.eval("document.querySelector('[data-tab=build]').click(); document.getElementById('newname').value = 'Lamp'; document.getElementById('create').click(); true");
+    let lamp = page.wait_for(
+        "the lamp",
+        "[...window.metatopia.elements.values()].find(e => e.name === 'Lamp' && window.metatopia.meshes.has(e.id))?.id",
+    );
+    let lamp = lamp.as_str().unwrap().to_string();
+    page.eval(&format!("window.metatopia.select({lamp:?}); true"));
+
+    // A script without a licence line, typed into the editor, is refused,
+    // in words.
+    set_source(&mut page, "");
+    page.eval("document.querySelector('#editor .cm-content').focus(); true");
+    page.type_text("function on_touch(by, element)\n  say(\"no licence\")\nend\n");
+    assert_eq!(
+        page.eval("window.metatopia.editor.get()"),
+        json!("function on_touch(by, element)\n  say(\"no licence\")\nend\n")
+    );
+    page.eval("document.getElementById('pushscript').click(); true");
+    let refusal = page.wait_for(
+        "the licence refusal",
+        "document.getElementById('scriptmsg').classList.contains('bad') && document.getElementById('scriptmsg').textContent",
+    );
+    println!("refusal: {refusal}");
+    assert!(
+        refusal
+            .as_str()
+            .unwrap()
+            .contains("SPDX-License-Identifier"),
+        "{refusal}"
+    );
+
+    // One the sandbox refuses (it assigns a variable of an enclosing
+    // function) is refused with the line and the name.
+    set_source(
+        &mut page,
+        "-- SPDX-License-Identifier: AGPL-3.0-or-later\nlocal n = 0\nfunction on_touch(by, element)\n  n = n + 1\nend\n",
+    );
+    page.eval("document.getElementById('pushscript').click(); true");
+    let sandbox = page.wait_for(
+        "the sandbox's refusal",
+        "document.getElementById('scriptmsg').classList.contains('bad') && document.getElementById('scriptmsg').textContent",
+    );
+    println!("sandbox: {sandbox}");
+    assert!(
+        sandbox.as_str().unwrap().contains("assigns `n`"),
+        "{sandbox}"
+    );
+
+    // With a licence it is published and attached.
+    set_source(
+        &mut page,
+        "-- SPDX-License-Identifier: AGPL-3.0-or-later\nfunction on_touch(by, element)\n  state.n = (state.n or 0) + 1\n  say(\"lamp lit \" .. state.n)\nend\n",
+    );
+    page.eval("document.getElementById('pushscript').click(); true");
+    let ok = page.wait_for(
+        "the script published",
+        "document.getElementById('scriptmsg').classList.contains('ok') && document.getElementById('scriptmsg').textContent",
+    );
+    println!("pushed: {ok}");
+    page.wait_for(
+        "the lamp's script",
+        &format!("window.metatopia.elements.get({lamp:?}).script"),
+    );
+
+    // Touch it by clicking it in the 3-D view (looking down on it, so the
+    // avatar is not in the way); its script answers in chat.
+    page.eval(&format!(
+        "(() => {{ const m = window.metatopia; document.getElementById('follow').checked = false; \
+         const p = m.meshes.get({lamp:?}).position; m.controls.target.copy(p); \
+         m.camera.position.set(p.x + 0.5, p.y + 10, p.z + 4); return true; }})()"
+    ));
+    let at = page.wait_for(
+        "the lamp on screen",
+        &format!("(() => {{ const p = window.metatopia.screenPos({lamp:?}, 0); return p && p.visible && p; }})()"),
+    );
+    let (x, y) = (at["x"].as_f64().unwrap(), at["y"].as_f64().unwrap());
+    page.click(x, y, 0);
+    page.wait_for(
+        "the lamp selected by the click",
+        &format!("window.metatopia.selected === {lamp:?}"),
+    );
+    page.wait_for(
+        "the lamp's reaction",
+        "document.getElementById('chat').textContent.includes('Lamp: lamp lit 1')",
+    );
+    page.screenshot("viewer-touched");
+
+    // Read the script back by its hash.
+    set_source(&mut page, "");
+    page.eval("document.getElementById('readscript').click(); true");
+    page.wait_for(
+        "the source read back",
+        "window.metatopia.editor.get().includes('lamp lit')",
+    );
+
+    // A faulting script: its reason is shown.
+    let lit = element_named(&state(&node), "Lamp").unwrap()["script"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    set_source(
+        &mut page,
+        "-- SPDX-License-Identifier: AGPL-3.0-or-later\nfunction on_touch(by, element)\n  error(\"the bulb is broken\")\nend\n",
+    );
+    page.eval("document.getElementById('pushscript').click(); true");
+    page.wait_for(
+        "the faulting script published",
+        "document.getElementById('scriptmsg').classList.contains('ok') && document.getElementById('scriptmsg').textContent.includes('published')",
+    );
+    page.wait_for(
+        "the new script attached",
+        &format!("window.metatopia.elements.get({lamp:?}).script !== {lit:?}"),
+    );
+    page.eval("document.getElementById('touch').click(); true");
+    let fault = page.wait_for(
+        "the fault's reason",
+        "document.getElementById('faults').textContent.includes('the bulb is broken') && document.getElementById('faults').textContent",
+    );
+    println!("fault shown: {fault}");
+
+    // Spawn a ball and push it: the node sees it move.
+    page.eval("document.querySelector('[data-tab=build]').click(); document.getElementById('spawnball').click(); true");
+    let ball = page.wait_for(
+        "the ball",
+        "[...window.metatopia.elements.values()].find(e => e.name === 'Ball' && e.body)?.id",
+    );
+    let ball = ball.as_str().unwrap().to_string();
+    page.eval(&format!("window.metatopia.select({ball:?}); document.getElementById('pushforce').value = '20'; document.getElementById('push').click(); true"));
+    eventually("the pushed ball to move sideways", || {
+        let st = state(&node);
+        let b = st["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == ball.as_str())?
+            .clone();
+        let v = &b["body"]["vel"];
+        let h = |k: &str| v[k].as_str().unwrap().parse::<f64>().unwrap().abs();
+        (h("x") + h("y") > 0.5).then_some(())
+    });
+    page.screenshot("viewer-scripts");
+
+    // Click-to-go: a click on the ground walks the avatar there.
+    page.eval(&format!(
+        "(() => {{ const m = window.metatopia; const p = m.meshes.get({avatar:?}).position; \
+         m.controls.target.copy(p); m.camera.position.set(p.x, p.y + 25, p.z + 0.1); return true; }})()"
+    ));
+    // South-west of the avatar, where nothing was built or pushed.
+    let goal = page.wait_for(
+        "a ground point",
+        "(() => { const h = window.metatopia.pick(300, 550); return h && h.ground; })()",
+    );
+    let (gx, gy) = (goal["x"].as_f64().unwrap(), goal["y"].as_f64().unwrap());
+    page.click(300.0, 550.0, 0);
+    page.wait_for(
+        "the page to show the avatar there",
+        &format!(
+            "(() => {{ const e = window.metatopia.elements.get({avatar:?}); return Math.hypot(parseFloat(e.pos.x) - {gx}, parseFloat(e.pos.y) - {gy}) < 0.01; }})()"
+        ),
+    );
+    let arrived = eventually("the avatar to arrive", || {
+        let p = pos(&element_named(&state(&node), "Browser Tester").unwrap());
+        (((p.0 - gx).powi(2) + (p.1 - gy).powi(2)).sqrt() < 0.01).then_some(p)
+    });
+    println!("clicked the ground at ({gx:.2}, {gy:.2}); the avatar went to {arrived:?}");
+
+    // A falling body is drawn between ticks: sampled at every frame for a
+    // second, some drawn heights lie strictly between the last two heights
+    // the stream gave (interpolation), and none below the newest (the page
+    // never draws ahead of the sim).
+    assert_eq!(
+        node.act(
+            &json!({"do": "spawn_body", "name": "Drop", "pos": "100,100,60", "shape": "ball:0.5"})
+        )
+        .status,
+        200
+    );
+    let drop_id = page.wait_for(
+        "the falling ball",
+        "[...window.metatopia.elements.values()].find(e => e.name === 'Drop' && window.metatopia.meshes.has(e.id))?.id",
+    );
+    let samples = page.eval(&format!(
+        "new Promise(done => {{ const m = window.metatopia, id = {drop_id}; let last = null, prev = null; const out = [];
+           const t0 = performance.now();
+           const step = () => {{
+             const z = parseFloat(m.elements.get(id).pos.z);
+             if (last !== null && z !== last) prev = last;
+             last = z;
+             if (prev !== null) out.push([m.meshes.get(id).position.y, prev, z]);
+             if (performance.now() - t0 < 1000) requestAnimationFrame(step); else done(out);
+           }};
+           requestAnimationFrame(step); }})"
+    ));
+    let samples = samples.as_array().unwrap();
+    let between = samples
+        .iter()
+        .filter(|s| {
+            let (y, a, b) = (
+                s[0].as_f64().unwrap(),
+                s[1].as_f64().unwrap(),
+                s[2].as_f64().unwrap(),
+            );
+            y < a - 1e-6 && y > b + 1e-6
+        })
+        .count();
+    let ahead = samples
+        .iter()
+        .filter(|s| s[0].as_f64().unwrap() < s[2].as_f64().unwrap() - 1e-6)
+        .count();
+    println!(
+        "falling ball: {} frames sampled, {between} drawn between two ticks, {ahead} ahead of the sim",
+        samples.len()
+    );
+    assert!(between > 0, "interpolated frames: {samples:?}");
+    assert_eq!(ahead, 0, "{samples:?}");
+
+    // Delete the lamp from the Build tab: gone from the node and the page.
+    page.eval(&format!(
+        "document.querySelector('[data-tab=build]').click(); window.metatopia.select({lamp:?}); document.getElementById('delete').click(); true"
+    ));
+    eventually("the lamp deleted", || {
+        element_named(&state(&node), "Lamp").is_none().then_some(())
+    });
+    page.wait_for(
+        "the lamp gone from the page",
+        &format!(
+            "!window.metatopia.meshes.has({lamp:?}) && !window.metatopia.elements.has({lamp:?})"
+        ),
+    );
+
+    // The status lines: tick duration, the group's agreement, latency.
+    let status = page.wait_for(
+        "the status lines",
+        "(() => { const t = document.getElementById('status').textContent; return t.includes('tick duration') && t.includes('hashes agree') && t.includes('input→commit') && t; })()",
+    );
+    println!("status: {status}");
+
+    // Nothing went wrong on the way, so the page showed no error.
+    assert_eq!(page.eval("window.metatopia.errors"), json!([]));
+    node.kill9();
+}
+
+#[test]
+#[ignore = "needs chromium; run by .ci/run"]
+fn the_page_polls_when_it_cannot_stream_and_reconnects_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "[limits]\nstream_subscribers_max = 1\n",
+    )
+    .unwrap();
+    let node = Node::start(dir.path());
+    let url = format!("{}/#token={}", node.base, node.token());
+    let browser = Browser::launch();
+    let mut first = browser.open(&url);
+    first.wait_for(
+        "the first page streaming",
+        "document.body.dataset.mode === 'stream'",
+    );
+
+    // The second page finds the stream full: it polls, and says why.
+    let mut second = browser.open(&url);
+    let banner = second.wait_for(
+        "the second page polling",
+        "document.body.dataset.mode === 'poll' && document.getElementById('conn').textContent",
+    );
+    println!("second page: {banner}");
+    assert!(
+        banner
+            .as_str()
+            .unwrap()
+            .contains("too many stream subscribers"),
+        "{banner}"
+    );
+    // Polling still shows the world: a chat line said through the API.
+    assert_eq!(
+        node.act(&json!({"do": "join", "name": "Poller"})).status,
+        200
+    );
+    assert_eq!(
+        node.act(&json!({"do": "say", "text": "seen by polling"}))
+            .status,
+        200
+    );
+    second.wait_for(
+        "the line on the polling page",
+        "document.getElementById('chat').textContent.includes('Poller: seen by polling')",
+    );
+    second.screenshot("viewer-polling");
+    second.close();
+
+    // The node dies: the page says so in words, then reconnects to the
+    // restarted node (same data directory, same address) and streams again.
+    let addr = node.base.trim_start_matches("http://").to_string();
+    node.kill9();
+    let down = first.wait_for(
+        "the page to notice",
+        "document.body.dataset.mode !== 'stream' && document.getElementById('conn').textContent",
+    );
+    println!("node down: {down}");
+    let node = Node::start_with(&["up", "--http", &addr], dir.path());
+    first.wait_for(
+        "the page streaming again",
+        "document.body.dataset.mode === 'stream'",
+    );
+    assert_eq!(
+        node.act(&json!({"do": "say", "text": "after the restart"}))
+            .status,
+        200
+    );
+    first.wait_for(
+        "a line said after the restart",
+        "document.getElementById('chat').textContent.includes('Poller: after the restart')",
     );
     node.kill9();
+}
+
+/// `metatopia group init --members 1` writes a one-member group whose
+/// libp2p address an observer can follow.
+fn one_member_group(base: &Path) -> std::path::PathBuf {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let out = run(&[
+        "group",
+        "init",
+        "--dir",
+        base.to_str().unwrap(),
+        "--members",
+        "1",
+        "--port",
+        &port,
+    ]);
+    assert!(
+        out.status.success(),
+        "group init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    base.join("m0")
+}
+
+#[test]
+#[ignore = "needs chromium; run by .ci/run"]
+fn two_players_on_two_nodes_see_each_other_move_and_chat() {
+    let base = tempfile::tempdir().unwrap();
+    let m0 = one_member_group(base.path());
+    let host = Node::start(&m0);
+    let guest = Node::observe(&base.path().join("guest"), &host.base);
+
+    let b1 = Browser::launch();
+    let b2 = Browser::launch();
+    let mut ann = b1.open(&format!("{}/#token={}", host.base, host.token()));
+    let mut bob = b2.open(&format!("{}/#token={}", guest.base, guest.token()));
+    let ann_avatar = join_from_page(&mut ann, "Ann");
+    let bob_avatar = join_from_page(&mut bob, "Bob");
+
+    // Each page draws the other's avatar.
+    ann.wait_for(
+        "Bob's avatar on Ann's page",
+        &format!("window.metatopia.meshes.has({bob_avatar:?})"),
+    );
+    bob.wait_for(
+        "Ann's avatar on Bob's page",
+        &format!("window.metatopia.meshes.has({ann_avatar:?})"),
+    );
+
+    // Bob walks; Ann's page sees his avatar move, and the other way round.
+    walk_and_watch(&mut bob, &mut ann, &bob_avatar);
+    walk_and_watch(&mut ann, &mut bob, &ann_avatar);
+
+    // Each sees the other's chat.
+    chat_and_hear(&mut ann, &mut bob, "Ann", "hello Bob");
+    chat_and_hear(&mut bob, &mut ann, "Bob", "hello Ann");
+    ann.screenshot("two-players-ann");
+    bob.screenshot("two-players-bob");
+
+    // The people tab: Ann is admin, and the temp-admin rule says why
+    // nobody is temp admin.
+    bob.eval("document.querySelector('[data-tab=people]').click(); true");
+    let people = bob.wait_for(
+        "the people tab",
+        "(() => { const t = document.getElementById('people').textContent; return t.includes('Annadmin') && t.includes('Bob (you)') && t; })()",
+    );
+    println!("Bob's people tab: {people}");
+    let rule = bob.wait_for(
+        "the rule",
+        "document.getElementById('rule').textContent.includes('no temp admin') && document.getElementById('rule').textContent",
+    );
+    println!("Bob's rule line: {rule}");
+
+    // Bob is no admin: his kick of Ann is refused in words on his page.
+    bob.eval(&format!(
+        "document.querySelector('[data-tab=people]').click(); document.querySelector('button[data-act=kick][data-player=\"' + {:?} + '\"]').click(); true",
+        host_player(&host)
+    ));
+    let refusal = bob.wait_for(
+        "the refusal",
+        "document.getElementById('adminmsg').classList.contains('bad') && document.getElementById('adminmsg').textContent",
+    );
+    println!("Bob's kick: {refusal}");
+    assert!(refusal.as_str().unwrap().starts_with("kick: "), "{refusal}");
+
+    // Ann is: she grants Bob admin, and his page shows his badge.
+    ann.eval(&format!(
+        "document.querySelector('[data-tab=people]').click(); document.querySelector('button[data-act=grant][data-player=\"' + {:?} + '\"]').click(); true",
+        host_player(&guest)
+    ));
+    ann.wait_for(
+        "the grant done",
+        "document.getElementById('adminmsg').classList.contains('ok') && document.getElementById('adminmsg').textContent",
+    );
+    bob.wait_for(
+        "Bob's admin badge",
+        "document.getElementById('people').textContent.includes('Bob (you)admin')",
+    );
+
+    // Ann renames the region from the settings form; Bob's page shows it.
+    ann.eval(
+        "document.getElementById('set-name').value = 'Harbour'; document.querySelector('#settings button').click(); true",
+    );
+    bob.wait_for(
+        "the new name",
+        "document.getElementById('title').textContent === 'Harbour'",
+    );
+    drop(guest);
+    host.kill9();
+}
+
+fn host_player(node: &Node) -> String {
+    node.get("/api/status").json().unwrap()["node"]["player"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `walker` holds D until `watcher`'s page has `avatar` more than 1.5 m away.
+fn walk_and_watch(walker: &mut Page, watcher: &mut Page, avatar: &str) {
+    let start = watcher.eval(&format!(
+        "(() => {{ const e = window.metatopia.elements.get({avatar:?}); return [parseFloat(e.pos.x), parseFloat(e.pos.y)]; }})()"
+    ));
+    walker.eval("document.getElementById('scene').focus(); true");
+    walker.key("d", true);
+    watcher.wait_for(
+        "the other avatar to move",
+        &format!(
+            "(() => {{ const e = window.metatopia.elements.get({avatar:?}); return Math.hypot(parseFloat(e.pos.x) - {}, parseFloat(e.pos.y) - {}) > 1.5; }})()",
+            start[0], start[1]
+        ),
+    );
+    walker.key("d", false);
+}
+
+/// `speaker` says `text` from the chat box; `listener`'s page shows it.
+fn chat_and_hear(speaker: &mut Page, listener: &mut Page, name: &str, text: &str) {
+    speaker.eval(&format!(
+        "document.getElementById('text').value = {}; document.querySelector('#say button').click(); true",
+        json!(text)
+    ));
+    listener.wait_for(
+        "the other's chat line",
+        &format!(
+            "document.getElementById('chat').textContent.includes({})",
+            json!(format!("{name}: {text}"))
+        ),
+    );
 }

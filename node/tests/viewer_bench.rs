@@ -1,0 +1,226 @@
+//! Viewer benchmarks in headless Chromium (software WebGL: SwiftShader).
+//! Ignored, not run by `.ci/run`; they print numbers for
+//! `docs/performance.md`:
+//!
+//! ```sh
+//! cargo test --release -p metatopia-node --test viewer_bench -- --ignored --nocapture --test-threads 1
+//! ```
+//!
+//! - `frame_rate_with_1000_objects_and_100_moving_avatars`: 1,000 objects
+//!   created on a real node (900 boxes, 100 physics balls), plus 100
+//!   avatars walking at 20 Hz. One node has one local player, so the 100
+//!   avatars are fed into the page as tick frames in the stream's format
+//!   (`metatopia.onFrame`, the same path the WebSocket's frames take),
+//!   shaped exactly like the node's element views.
+//! - `stream_bytes_per_second`: what the page's WebSocket receives from a
+//!   real node whose 1,000 physics bodies are all moving, and the
+//!   per-element cost from which 1,000 moving avatars follow.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "common/cdp.rs"]
+mod cdp;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cdp::Browser;
+use common::Node;
+use serde_json::{Value, json};
+
+/// Posts `actions` with `threads` clients at once (a player may have up to
+/// 64 inputs in one tick, so this takes a few ticks per 64).
+fn act_all(node: &Node, actions: Vec<Value>, threads: usize) {
+    let token = node.token();
+    let chunks: Vec<Vec<Value>> = actions
+        .chunks(actions.len().div_ceil(threads))
+        .map(<[Value]>::to_vec)
+        .collect();
+    std::thread::scope(|s| {
+        for chunk in chunks {
+            let (base, auth) = (node.base.clone(), format!("Bearer {token}"));
+            s.spawn(move || {
+                for a in chunk {
+                    let r = metatopia_node::client::request(
+                        &base,
+                        "POST",
+                        "/api/regions/1/inputs",
+                        &[("Authorization", auth.as_str())],
+                        Some(&serde_json::to_vec(&a).unwrap()),
+                    )
+                    .unwrap();
+                    assert_eq!(r.status, 200, "{a}: {}", r.text());
+                }
+            });
+        }
+    });
+}
+
+fn elements(node: &Node) -> usize {
+    node.get("/api/regions/1/state").json().unwrap()["elements"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+/// The page's mean frame rate over `secs` seconds (requestAnimationFrame
+/// callbacks per second).
+fn fps(page: &mut cdp::Page, secs: u64) -> f64 {
+    let start = page.eval("[performance.now(), window.metatopia.framesDrawn]");
+    std::thread::sleep(Duration::from_secs(secs));
+    let end = page.eval("[performance.now(), window.metatopia.framesDrawn]");
+    let ms = end[0].as_f64().unwrap() - start[0].as_f64().unwrap();
+    let n = end[1].as_f64().unwrap() - start[1].as_f64().unwrap();
+    n * 1000.0 / ms
+}
+
+#[test]
+#[ignore = "benchmark: needs chromium; prints numbers"]
+fn frame_rate_with_1000_objects_and_100_moving_avatars() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    assert_eq!(
+        node.act(&json!({"do": "join", "name": "Bench"})).status,
+        200
+    );
+    let mut actions = Vec::new();
+    for i in 0..1000u32 {
+        let (x, y) = (20 + (i % 40) * 5, 20 + (i / 40) * 8);
+        actions.push(if i % 10 == 0 {
+            json!({"do": "spawn_body", "name": format!("ball{i}"), "pos": format!("{x},{y},1"),
+                   "shape": "ball:0.5", "kind": "fixed"})
+        } else {
+            json!({"do": "create", "name": format!("box{i}"), "pos": format!("{x},{y},0")})
+        });
+    }
+    let t = Instant::now();
+    act_all(&node, actions, 16);
+    println!("created 1000 objects in {:?}", t.elapsed());
+    assert_eq!(elements(&node), 1002);
+
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("{}/#token={}", node.base, node.token()));
+    page.wait_for(
+        "1,000 objects drawn",
+        "window.metatopia.meshes.size >= 1001 && window.metatopia.fps > 0",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(3));
+    let still = fps(&mut page, 5);
+    println!("1000 objects, 1 avatar, nothing moving: {still:.1} fps");
+
+    // 100 avatars, walking in circles, one tick frame per 50 ms.
+    page.eval(
+        r#"(() => {
+        const M = window.metatopia, owner = "ab".repeat(32);
+        let tick = 1e6;
+        const avatar = (i, t) => ({ id: "1." + (50000 + i), parent: "1.0", kind: "Avatar", owner: owner.slice(0, 60) + String(1000 + i),
+          name: "walker " + i, children: [], script: null, script_status: null, body: null,
+          pos: { x: String(128 + 40 * Math.cos(t / 40 + i)), y: String(128 + 40 * Math.sin(t / 40 + i)), z: "0" } });
+        M.benchTimer = setInterval(() => {
+          tick++;
+          const els = [];
+          for (let i = 0; i < 100; i++) els.push(avatar(i, tick));
+          M.onFrame(JSON.stringify({ type: "tick", tick, state_hash: "00", time_ms: 0, temp_admin: null,
+            elements: els, removed: [], players: [], chat: [], events: [] }));
+        }, 50);
+        return true; })()"#,
+    );
+    page.wait_for("100 avatars drawn", "window.metatopia.meshes.size >= 1101");
+    page.eval("document.getElementById('follow').checked = false; window.metatopia.camera.position.set(128, 60, -20); window.metatopia.controls.target.set(128, 0, -128); true");
+    std::thread::sleep(Duration::from_secs(2));
+    let moving = fps(&mut page, 10);
+    println!("1000 objects, 100 avatars walking at 20 Hz: {moving:.1} fps");
+    page.screenshot("bench-1000-objects-100-avatars");
+    println!(
+        "render scale {} (of the 920x800 canvas), {} draw calls per frame",
+        page.eval("window.metatopia.renderScale"),
+        page.eval("window.metatopia.renderer.info.render.calls")
+    );
+    // What holds it back: the same view with only the ground, then with
+    // only the objects and avatars.
+    page.eval(
+        "for (const o of window.metatopia.scene.children) o.visible = !o.isInstancedMesh; true",
+    );
+    println!("only the ground and lights: {:.1} fps", fps(&mut page, 5));
+    page.eval("for (const o of window.metatopia.scene.children) o.visible = o.isInstancedMesh || o.isLight; true");
+    println!("only the objects and avatars: {:.1} fps", fps(&mut page, 5));
+    page.eval("for (const o of window.metatopia.scene.children) o.visible = true; window.metatopia.scene.visible = false; true");
+    println!(
+        "the same page drawing nothing (its ceiling on this machine): {:.1} fps",
+        fps(&mut page, 5)
+    );
+    let renderer = page.eval(
+        "(() => { const g = document.createElement('canvas').getContext('webgl2'); const d = g.getExtension('WEBGL_debug_renderer_info'); return d ? g.getParameter(d.UNMASKED_RENDERER_WEBGL) : g.getParameter(g.RENDERER); })()",
+    );
+    println!("renderer: {renderer}");
+    node.kill9();
+}
+
+#[test]
+#[ignore = "benchmark: needs a node; prints numbers"]
+fn stream_bytes_per_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    assert_eq!(
+        node.act(&json!({"do": "join", "name": "Bench"})).status,
+        200
+    );
+    // Balls falling from up to 200 m: all of them move for the
+    // measurement's 5 s. `BENCH_BODIES` of them (default 250: with 1,000, a
+    // debug-built node and reader on this 2-core machine fall behind and
+    // the node drops the reader with 4008).
+    let bodies: u32 = std::env::var("BENCH_BODIES").map_or(250, |v| v.parse().unwrap());
+    let mut actions = Vec::new();
+    for i in 0..bodies {
+        let (x, y) = (20 + (i % 40) * 5, 20 + (i / 40) * 8);
+        actions.push(json!({"do": "spawn_body", "name": format!("ball{i}"),
+            "pos": format!("{x},{y},{}", 150 + i % 50), "shape": "ball:0.5"}));
+    }
+    act_all(&node, actions, 16);
+    let url = format!(
+        "{}/api/regions/1/stream?token={}",
+        node.base.replace("http://", "ws://"),
+        node.token()
+    );
+    let (mut ws, _) = tungstenite::connect(&url).unwrap();
+    let first = ws.read().unwrap().into_text().unwrap();
+    println!("snapshot frame: {} bytes", first.len());
+    let (mut bytes, mut frames, mut changed) = (0usize, 0usize, 0usize);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        let text = match ws.read().unwrap() {
+            tungstenite::Message::Text(t) => t,
+            tungstenite::Message::Close(c) => panic!("the stream closed: {c:?}"),
+            _ => continue,
+        };
+        bytes += text.len();
+        frames += 1;
+        // One `"children":` per element view (cheaper than parsing: a
+        // slow reader is dropped).
+        changed += text.as_str().matches("\"children\":").count();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{bodies} falling bodies: {frames} frames in {secs:.1} s, {:.0} elements changed per frame, {:.0} bytes/s ({:.0} bytes per changed element)",
+        changed as f64 / frames as f64,
+        bytes as f64 / secs,
+        bytes as f64 / changed.max(1) as f64
+    );
+    // An avatar's element view as the node serializes it (no body, so
+    // smaller than a ball's).
+    let state = node.get("/api/regions/1/state").json().unwrap();
+    let avatar = state["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "Avatar")
+        .unwrap()
+        .to_string();
+    println!(
+        "an avatar's element view: {} bytes; 1000 avatars moving every tick at 20 Hz: about {:.0} bytes/s",
+        avatar.len(),
+        avatar.len() as f64 * 1000.0 * 20.0
+    );
+    node.kill9();
+}
