@@ -39,6 +39,8 @@ pub struct App {
     pub faults: Arc<Faults>,
     /// The region stream's hub.
     pub stream: crate::stream::Hub,
+    /// The content store (script sources and assets).
+    pub content: crate::content::Store,
 }
 
 /// A request body of at most [`BODY_BYTES_MAX`] bytes. A larger one is
