@@ -49,6 +49,10 @@ pub type Hash = [u8; 32];
 /// the memory is cleared and files are hashed again on their next read.
 const VERIFIED_MAX: usize = 65_536;
 
+/// Most uploads streaming at once (each holds a temporary file of up to
+/// `content_blob_bytes_max`); the next is refused with 503 and counted.
+pub const UPLOADS_MAX: usize = 8;
+
 /// Size caps on uploads (from `[limits]` in node.toml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
@@ -149,6 +153,8 @@ pub struct Counters {
     pub refused_player: AtomicU64,
     /// Uploads refused at `content_store_bytes_max`.
     pub refused_store: AtomicU64,
+    /// Uploads refused because [`UPLOADS_MAX`] were in progress.
+    pub refused_busy: AtomicU64,
     /// Uploads refused because the bytes did not match `?hash=`.
     pub refused_hash: AtomicU64,
     /// Reads that found a blob not matching its name.
@@ -214,6 +220,7 @@ struct Inner {
     verified: Mutex<HashMap<Hash, Stamp>>,
     counters: Counters,
     tmp_seq: AtomicU64,
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// The content store of one data directory (cheap to clone; clones share
@@ -307,6 +314,7 @@ impl Store {
                 verified: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
                 tmp_seq: AtomicU64::new(0),
+                uploads: Arc::new(tokio::sync::Semaphore::new(UPLOADS_MAX)),
             }),
         })
     }
@@ -314,6 +322,19 @@ impl Store {
     /// The caps on uploads.
     pub fn caps(&self) -> Caps {
         self.inner.caps
+    }
+
+    /// A place among the [`UPLOADS_MAX`] uploads in progress, held until
+    /// dropped; `None` (counted) when all are taken.
+    pub fn upload_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slot = self.inner.uploads.clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            self.inner
+                .counters
+                .refused_busy
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        slot
     }
 
     /// What the store counts.

@@ -174,6 +174,13 @@ fn upload_fetch_304_and_ranges() {
     assert!(error_of(&r).contains("64 hex digits"));
     let r = node.get(&format!("/assets/{}", "0".repeat(64)));
     assert_eq!(r.status, 404);
+    let missing = format!("\"{}\"", "0".repeat(64));
+    let r = get_with(
+        &node,
+        &format!("/assets/{}", "0".repeat(64)),
+        &[("If-None-Match", missing.as_str())],
+    );
+    assert_eq!(r.status, 404, "not 304: nothing is stored under that hash");
     assert!(error_of(&r).contains("no blob"));
 
     // The CLI verbs.
@@ -243,12 +250,17 @@ fn hash_mismatch_refused_and_corruption_never_served() {
     let mut damaged = asset.clone();
     damaged[50_000] ^= 1;
     std::fs::write(&file, &damaged).unwrap();
-    for headers in [&[][..], &[("Range", "bytes=0-9")][..]] {
+    let etag = format!("\"{hash}\"");
+    for headers in [
+        &[][..],
+        &[("Range", "bytes=0-9")][..],
+        &[("If-None-Match", etag.as_str())][..],
+    ] {
         let r = get_with(&node, &path, headers);
         assert_eq!(r.status, 500, "{}", r.text());
         assert!(error_of(&r).contains("corrupt"), "{}", r.text());
     }
-    assert!(metric(&node, "metatopia_content_corrupt_total") >= 2);
+    assert!(metric(&node, "metatopia_content_corrupt_total") >= 3);
     // Uploading the bytes again repairs it.
     let r = put(&node, "/api/assets", &asset);
     assert_eq!(r.status, 200, "{}", r.text());

@@ -132,6 +132,15 @@ async fn put_asset(
         }
     };
     let store = app.content.clone();
+    let Some(_slot) = store.upload_slot() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} uploads are in progress, the most this node takes at once; try again",
+                super::UPLOADS_MAX
+            ),
+        );
+    };
     // A declared length over the cap is refused before reading a byte.
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -226,12 +235,12 @@ enum Opened {
 }
 
 /// Opens the blob (hashing it if this file version was not seen), and
-/// reads it whole when it is small.
-fn open(store: &Store, h: &Hash) -> Opened {
+/// reads it whole when it is small and a body is wanted.
+fn open(store: &Store, h: &Hash, body: bool) -> Opened {
     match store.open_verified(h) {
         Ok(None) => Opened::Missing,
         Err(c) => Opened::Corrupt(c.to_string()),
-        Ok(Some((mut file, len))) if len <= CHUNK_BYTES as u64 => {
+        Ok(Some((mut file, len))) if body && len <= CHUNK_BYTES as u64 => {
             let mut bytes = Vec::with_capacity(len as usize);
             match file.read_to_end(&mut bytes) {
                 Ok(_) if bytes.len() as u64 == len => Opened::Whole(bytes),
@@ -266,8 +275,10 @@ async fn get_asset(
             );
         }
     };
+    let etag = format!("\"{}\"", hex(&h));
+    let not_modified = if_none_match(&headers, &etag);
     let store = app.content.clone();
-    let opened = match tokio::task::spawn_blocking(move || open(&store, &h)).await {
+    let opened = match tokio::task::spawn_blocking(move || open(&store, &h, !not_modified)).await {
         Ok(o) => o,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -285,7 +296,6 @@ async fn get_asset(
         }
         Opened::File(f, len) => (None, Some(f), len),
     };
-    let etag = format!("\"{}\"", hex(&h));
     let etag_value = HeaderValue::from_str(&etag).expect("hex in quotes is a valid header");
     let mut out = HeaderMap::new();
     out.insert(header::ETAG, etag_value);
@@ -293,7 +303,8 @@ async fn get_asset(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=31536000, immutable"),
     );
-    if if_none_match(&headers, &etag) {
+    // Only a blob that is stored and intact is "not modified".
+    if not_modified {
         return (StatusCode::NOT_MODIFIED, out).into_response();
     }
     out.insert(header::CONTENT_TYPE, content_type);
@@ -428,6 +439,11 @@ pub fn register_metrics(reg: &mut prometheus_client::registry::Registry, store: 
         "content_refused_store_bytes_max",
         "Uploads refused at limits.content_store_bytes_max",
         counter(&c.refused_store),
+    );
+    reg.register(
+        "content_refused_busy",
+        "Uploads refused because UPLOADS_MAX were in progress",
+        counter(&c.refused_busy),
     );
     reg.register(
         "content_refused_hash",
