@@ -170,6 +170,19 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::scripts::ScriptCmd,
     },
+    /// Upload (`put FILE`) or download (`get HASH [-o FILE]`) assets.
+    Asset {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: crate::content::cli::AssetCmd,
+    },
+    /// The content store: `content gc` removes blobs the region no longer
+    /// references (the node stopped).
+    Content {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: crate::content::cli::ContentCmd,
+    },
 }
 
 /// Runs a command.
@@ -223,6 +236,8 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Script { cmd } => crate::scripts::cli(cmd),
+        Command::Asset { cmd } => crate::content::cli::asset(cmd),
+        Command::Content { cmd } => crate::content::cli::content(cmd),
         Command::Group { cmd } => group(cmd),
     }
 }
@@ -367,6 +382,7 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
         let g = store.init(&wanted)?;
         info!(hash = %hex(&g.hash()), "new world created");
     }
+    let content = content_store(&dir, &config)?;
     let (region, recovery) = store.recover(&crate::scripts::host(&dir.path)?)?;
     let manifest = store
         .manifest()?
@@ -407,9 +423,9 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
         region,
         head,
         host: Arc::new(crate::scripts::host(&dir.path)?),
-        sources: Arc::new(crate::scripts::SourceStore::new(&dir.path)),
+        sources: Arc::new(crate::scripts::SourceStore::on(content.clone())),
     };
-    let result = runtime.block_on(serve(&dir, &config, hosted, addr));
+    let result = runtime.block_on(serve(&dir, &config, hosted, content, addr));
     dir.clear_node_info();
     drop(lock);
     result
@@ -419,6 +435,7 @@ async fn serve(
     dir: &DataDir,
     config: &Config,
     hosted: world::Hosted,
+    content: crate::content::Store,
     addr: SocketAddr,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -466,7 +483,14 @@ async fn serve(
         hosting: Some(hosting),
         ..banner
     };
-    serve_world(dir, config, listener, banner, handle, thread, stop).await
+    serve_world(dir, config, listener, banner, handle, thread, stop, content).await
+}
+
+/// The data directory's content store, with node.toml's caps.
+fn content_store(dir: &DataDir, config: &Config) -> Result<crate::content::Store> {
+    let path = dir.path.join("content");
+    crate::content::Store::open(&dir.path, config.limits.content_caps())
+        .with_context(|| format!("opening the content store {}", path.display()))
 }
 
 /// The world line a starting node prints, and the group it announces in
@@ -492,6 +516,10 @@ impl Banner {
 }
 
 /// Serves a started world over HTTP until a signal, then stops it.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the started world's parts, each used once"
+)]
 async fn serve_world(
     dir: &DataDir,
     config: &Config,
@@ -500,6 +528,7 @@ async fn serve_world(
     handle: world::Handle,
     thread: std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
     stop: Arc<AtomicBool>,
+    content: crate::content::Store,
 ) -> Result<()> {
     let base = format!("http://{}", listener.local_addr()?);
     let Banner {
@@ -527,6 +556,7 @@ async fn serve_world(
         data_dir: dir.path.display().to_string().into(),
         metrics: config.metrics.enabled,
         overlay: None,
+        content,
     };
     dir.write_node_info(&NodeInfo {
         http: base.clone(),
@@ -831,6 +861,7 @@ fn observe(
             path.display()
         );
     }
+    let content = content_store(&dir, &config)?;
     let addr = addr.unwrap_or(config.http.addr);
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(addr))
@@ -858,7 +889,7 @@ fn observe(
         dir.signing_key()?,
         observing,
         Arc::new(crate::scripts::host(&dir.path)?),
-        Arc::new(crate::scripts::SourceStore::new(&dir.path)),
+        Arc::new(crate::scripts::SourceStore::on(content.clone())),
         stop.clone(),
     )?;
     note(format_args!(
@@ -868,7 +899,7 @@ fn observe(
     let joined = handle.latest();
     let banner = Banner::of(joined.sim.state(), joined.hash);
     let result = runtime.block_on(serve_world(
-        &dir, &config, listener, banner, handle, thread, stop,
+        &dir, &config, listener, banner, handle, thread, stop, content,
     ));
     dir.clear_node_info();
     drop(lock);

@@ -39,14 +39,38 @@ pub struct Limits {
     pub http_connections_max: u32,
     /// HTTP connections at once from one IP address.
     pub http_connections_per_ip_max: u32,
+    /// Bytes in one uploaded blob (an asset or a script source; sources
+    /// are also held to 64 KiB by the script host). Default 32 MiB.
+    pub content_blob_bytes_max: u64,
+    /// Bytes of blobs the local player has added to the content store
+    /// (uploads of bytes already stored are free). Default 256 MiB.
+    pub content_player_bytes_max: u64,
+    /// Bytes in the whole content store (the node hosts one region).
+    /// Default 4 GiB.
+    pub content_store_bytes_max: u64,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
+        let caps = crate::content::Caps::default();
         Limits {
             stream_subscribers_max: 256,
             http_connections_max: 1024,
             http_connections_per_ip_max: 128,
+            content_blob_bytes_max: caps.blob_bytes_max,
+            content_player_bytes_max: caps.player_bytes_max,
+            content_store_bytes_max: caps.store_bytes_max,
+        }
+    }
+}
+
+impl Limits {
+    /// The content store's caps on uploads.
+    pub fn content_caps(&self) -> crate::content::Caps {
+        crate::content::Caps {
+            blob_bytes_max: self.content_blob_bytes_max,
+            player_bytes_max: self.content_player_bytes_max,
+            store_bytes_max: self.content_store_bytes_max,
         }
     }
 }
@@ -257,6 +281,17 @@ impl Config {
                 "limits.http_connections_per_ip_max must be in 1..=limits.http_connections_max"
                     .into(),
             );
+        }
+        for (key, value) in [
+            ("content_blob_bytes_max", l.content_blob_bytes_max),
+            ("content_player_bytes_max", l.content_player_bytes_max),
+            ("content_store_bytes_max", l.content_store_bytes_max),
+        ] {
+            if !(1..=1 << 50).contains(&value) {
+                return Err(format!(
+                    "limits.{key} must be in 1..=2^50 bytes, got {value}"
+                ));
+            }
         }
         Ok(())
     }

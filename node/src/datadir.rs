@@ -6,6 +6,7 @@
 //! DIR/token        bearer token for the local CLI (hex, 0600)
 //! DIR/node.lock    held (flock) while a node runs
 //! DIR/node.json    where the running node listens
+//! DIR/content/     script sources and assets by hash (content.rs)
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -85,6 +86,9 @@ impl DataDir {
             let token: String = random_bytes()?.iter().map(|b| format!("{b:02x}")).collect();
             write_private(&dir.path.join("token"), token.as_bytes())?;
         }
+        // Sources of a directory from before the content store.
+        crate::content::migrate_scripts(&dir.path)
+            .with_context(|| format!("moving {}/scripts into content/", path.display()))?;
         Ok(dir)
     }
 

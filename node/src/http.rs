@@ -8,11 +8,13 @@
 //! | `POST /api/regions/{id}/inputs` | one action as the local player (bearer token); answers when committed |
 //! | `GET /api/regions/{id}/stream` | WebSocket: a snapshot, then each published tick's changes and events ([`crate::stream`], `docs/stream.md`) |
 //! | `GET /scripts/{hash}`, `PUT /api/scripts` | script sources (see [`crate::scripts`]) |
+//! | `GET /assets/{hash}`, `PUT /api/assets` | assets, any bytes by hash (see [`crate::content::http`]) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/overlay` | overlay membership: peer id, joined, neighbours |
 //! | `GET /api/overlay/locate?x_mm=X&y_mm=Y` | regions announced at a world point, and their hosts |
 //!
-//! Bodies are limited to [`BODY_BYTES_MAX`] (64 KiB); every error, a body
+//! Bodies are limited to [`BODY_BYTES_MAX`] (64 KiB), but for `PUT
+//! /api/assets` (`limits.content_blob_bytes_max`); every error, a body
 //! over the limit, an unknown route or a wrong method included, is JSON
 //! `{"error": "..."}`.
 
@@ -42,7 +44,8 @@ pub fn router(app: App) -> Router {
         .route("/api/regions/{id}/state", get(region_state))
         .route("/api/regions/{id}/inputs", post(post_input))
         .route("/api/regions/{id}/stream", get(crate::stream::route))
-        .merge(crate::scripts::routes());
+        .merge(crate::scripts::routes())
+        .merge(crate::content::http::routes());
     if app.metrics {
         router = router.route("/metrics", get(metrics));
     }
@@ -302,6 +305,7 @@ async fn metrics(State(app): State<App>) -> Response {
         "Region stream subscribers refused at stream_subscribers_max",
         counter(&st.refused_full),
     );
+    crate::content::http::register_metrics(&mut reg, &app.content);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         return error(

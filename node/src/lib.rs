@@ -22,7 +22,8 @@
 //! - [`scenario`]: scenario files, run headless.
 //! - [`physics_scene`]: physics scene files (regions as boxes, bodies), run headless.
 //! - [`quote`]: quoting user input in error messages, bounded.
-//! - [`scripts`]: script sources by hash, their HTTP routes and CLI verbs.
+//! - [`content`]: the content store (script sources and assets by blake3), its caps, HTTP routes, gc and CLI verbs.
+//! - [`scripts`]: script sources (in the content store), their HTTP routes and CLI verbs.
 //! - [`client`]: a minimal HTTP client for the CLI and tests.
 //! - [`out`]: standard output for verbs ([`outln!`]); a closed pipe ends a verb quietly.
 
@@ -40,6 +41,7 @@ pub mod action;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod content;
 pub mod datadir;
 pub mod desync;
 pub mod faults;

@@ -1,17 +1,16 @@
 //! Scripts in the node: content-addressed source storage, the HTTP routes
 //! and the `metatopia script push|get` verbs.
 //!
-//! Sources live under `DIR/scripts/<blake3 hex>.lua`, written atomically
-//! (temporary file, fsync, rename, fsync of the directory), so a crash
-//! leaves either the whole file or none. Reading checks the hash, so a
-//! corrupted file is treated as missing, never run.
+//! Sources are blobs in the content store ([`crate::content`],
+//! `DIR/content/<blake3 hex>`), written atomically; reading checks the
+//! hash, so a corrupted file is treated as missing, never run. Uploads
+//! count against the store's caps like assets.
 //!
 //! | route | what |
 //! |---|---|
 //! | `GET /scripts/{hash}` | the exact source; strong `ETag` = hash, `If-None-Match` → 304 |
 //! | `PUT /api/scripts[?object=ID]` | publish a source (bearer token), licence-checked; with `object`, attach it (an input, committed at a tick) |
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,7 +23,7 @@ use axum::routing::{get, put};
 use clap::Subcommand;
 use serde_json::json;
 
-use metatopia_scripts::{CheckError, Host, Sources, check_upload, hash_source};
+use metatopia_scripts::{CheckError, Host, Sources, check_upload};
 use metatopia_sim::input::InputKind;
 use metatopia_sim::{ElementId, ScriptHost, hex};
 
@@ -33,50 +32,37 @@ use crate::datadir::{DataDir, default_dir};
 use crate::web::{App, Body, authorized, error, if_none_match, submit_error_status, unauthorized};
 use crate::world::SubmitError;
 
-/// Sources stored as files, by hash.
+/// Script sources in the content store ([`crate::content`]): a source is
+/// a blob whose bytes are UTF-8.
 #[derive(Debug, Clone)]
 pub struct SourceStore {
-    dir: PathBuf,
+    content: crate::content::Store,
 }
 
 impl SourceStore {
-    /// The store of a data directory (`DIR/scripts`).
-    pub fn new(data_dir: &Path) -> SourceStore {
-        SourceStore {
-            dir: data_dir.join("scripts"),
-        }
+    /// The sources of a data directory's content store (`DIR/content`).
+    pub fn open(data_dir: &Path) -> std::io::Result<SourceStore> {
+        Ok(SourceStore::on(crate::content::Store::open(
+            data_dir,
+            crate::content::Caps::default(),
+        )?))
     }
 
-    fn path(&self, hash: &[u8; 32]) -> PathBuf {
-        self.dir.join(format!("{}.lua", hex(hash)))
+    /// The sources in `content`.
+    pub fn on(content: crate::content::Store) -> SourceStore {
+        SourceStore { content }
     }
 
-    /// Stores `text` (idempotent) and returns its hash.
+    /// Stores `text` (idempotent, no caps: for sources a committed
+    /// proposal carries) and returns its hash.
     pub fn put(&self, text: &str) -> std::io::Result<[u8; 32]> {
-        let hash = hash_source(text);
-        let path = self.path(&hash);
-        if self.get(&hash).is_some() {
-            return Ok(hash);
-        }
-        std::fs::create_dir_all(&self.dir)?;
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", hex(&hash), std::process::id()));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
-        Ok(hash)
+        self.content.put(text.as_bytes())
     }
 
-    /// The source with this hash, if stored and intact.
+    /// The source with this hash, if stored, intact and UTF-8.
     pub fn get(&self, hash: &[u8; 32]) -> Option<Arc<str>> {
-        let bytes = std::fs::read(self.path(hash)).ok()?;
-        let text = String::from_utf8(bytes).ok()?;
-        (hash_source(&text) == *hash).then(|| Arc::from(text))
+        let bytes = self.content.get(hash)?;
+        String::from_utf8(bytes).ok().map(Arc::from)
     }
 }
 
@@ -98,7 +84,9 @@ impl Sources for SourceStore {
 
 /// The Lua host for a data directory's world.
 pub fn host(data_dir: &Path) -> Result<Host> {
-    Host::new(Arc::new(SourceStore::new(data_dir)))
+    let sources = SourceStore::open(data_dir)
+        .with_context(|| format!("opening {}", data_dir.join("content").display()))?;
+    Host::new(Arc::new(sources))
         .map_err(|e| anyhow::anyhow!("cannot start the script runtime: {e}"))
 }
 
@@ -120,8 +108,12 @@ async fn get_source(
             format!("{hash:?} is not a script hash (64 hex digits)"),
         );
     };
-    let store = SourceStore::new(Path::new(&*app.data_dir));
-    let Some(text) = store.get(&h) else {
+    let store = SourceStore::on(app.content.clone());
+    let Some(text) = tokio::task::spawn_blocking(move || store.get(&h))
+        .await
+        .ok()
+        .flatten()
+    else {
         return error(
             StatusCode::NOT_FOUND,
             format!("no script with hash {}", hex(&h)),
@@ -214,15 +206,15 @@ async fn put_source(
         }
     };
     let text = String::from_utf8_lossy(&body).into_owned();
-    let store = SourceStore::new(Path::new(&*app.data_dir));
-    let hash = match tokio::task::spawn_blocking(move || store.put(&text)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot store the script: {e}"),
-            );
-        }
+    let (store, player) = (app.content.clone(), app.player);
+    let hash = match tokio::task::spawn_blocking(move || {
+        store.upload(player, text.as_bytes(), None)
+    })
+    .await
+    {
+        Ok(Ok(put)) => put.hash,
+        // Over a cap: the content store's answer, naming it.
+        Ok(Err(e)) => return crate::content::http::put_error(&e),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let mut out = json!({ "hash": hex(&hash), "licence": licence });
@@ -318,7 +310,7 @@ pub fn cli(cmd: ScriptCmd) -> Result<()> {
             };
             let dir = DataDir::open(&data.unwrap_or_else(default_dir))?;
             // The local store first; then the running node.
-            if let Some(text) = SourceStore::new(&dir.path).get(&h) {
+            if let Some(text) = SourceStore::open(&dir.path)?.get(&h) {
                 crate::out::write_out(format_args!("{text}"))?;
                 return Ok(());
             }
@@ -351,11 +343,11 @@ mod tests {
     #[test]
     fn store_round_trip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SourceStore::new(dir.path());
+        let s = SourceStore::open(dir.path()).unwrap();
         let h = s.put("-- hi\n").unwrap();
         assert_eq!(s.put("-- hi\n").unwrap(), h);
         assert_eq!(&*s.get(&h).unwrap(), "-- hi\n");
-        std::fs::write(s.path(&h), "-- tampered\n").unwrap();
+        std::fs::write(s.content.path(&h), "-- tampered\n").unwrap();
         assert!(s.get(&h).is_none());
         assert!(metatopia_sim::unhex32("zz").is_none());
         assert_eq!(metatopia_sim::unhex32(&hex(&h)), Some(h));

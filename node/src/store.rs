@@ -353,8 +353,9 @@ impl Store {
         Ok(record.hash)
     }
 
-    /// The verified region of the snapshot at `tick`.
-    fn verified_snapshot(&self, tick: u64) -> Result<Region, StoreError> {
+    /// The verified region of the snapshot at `tick` (its checksum, and
+    /// its hash against the log).
+    pub fn verified_snapshot(&self, tick: u64) -> Result<Region, StoreError> {
         let bytes = self
             .snapshot_bytes(tick)?
             .ok_or_else(|| StoreError::Broken {

@@ -41,6 +41,8 @@ pub struct App {
     pub stream: crate::stream::Hub,
     /// The HTTP listener's connection counters.
     pub connections: Arc<crate::listener::ConnectionCounters>,
+    /// The content store (script sources and assets).
+    pub content: crate::content::Store,
 }
 
 /// A request body of at most [`BODY_BYTES_MAX`] bytes. A larger one is
