@@ -183,6 +183,49 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::content::cli::ContentCmd,
     },
+    /// node.toml: `config example` prints every key with its default and
+    /// what it does; `config check` checks a data directory's file.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+/// `metatopia config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Print a commented node.toml with every key at its default.
+    Example,
+    /// Check DIR/node.toml (as `up` would read it) and print the settings
+    /// in effect.
+    Check {
+        /// Data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+/// `metatopia config ...`
+fn config(cmd: ConfigCmd) -> Result<()> {
+    match cmd {
+        ConfigCmd::Example => {
+            crate::outln!("{}", crate::config::EXAMPLE.trim_end());
+        }
+        ConfigCmd::Check { data } => {
+            let path = data.unwrap_or_else(default_dir).join("node.toml");
+            if !path.exists() {
+                bail!(
+                    "{} does not exist; a node writes the defaults there when it first starts (`metatopia config example` shows them)",
+                    path.display()
+                );
+            }
+            let config = Config::load(&path)?;
+            crate::outln!("{}: ok; in effect:\n", path.display());
+            crate::outln!("{}", toml::to_string_pretty(&config)?.trim_end());
+        }
+    }
+    Ok(())
 }
 
 /// Runs a command.
@@ -239,6 +282,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Asset { cmd } => crate::content::cli::asset(cmd),
         Command::Content { cmd } => crate::content::cli::content(cmd),
         Command::Group { cmd } => group(cmd),
+        Command::Config { cmd } => config(cmd),
     }
 }
 

@@ -9,6 +9,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// The commented full configuration with every key at its default:
+/// `metatopia config example`, and a new data directory's `node.toml`.
+pub const EXAMPLE: &str = include_str!("config/example.toml");
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -220,28 +224,30 @@ impl Default for World {
 }
 
 impl Config {
-    /// Reads `DIR/node.toml`, writing the defaults there first if it is missing.
+    /// Reads `DIR/node.toml`, writing the commented defaults ([`EXAMPLE`])
+    /// there first if it is missing.
     pub fn load_or_create(dir: &Path) -> Result<Config> {
         let path = dir.join("node.toml");
         if !path.exists() {
-            let text = format!(
-                "# metatopia node configuration (services and limits).\n# Flags on the command line override these.\n\n{}",
-                toml::to_string_pretty(&Config::default())?
-            );
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, EXAMPLE)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let config: Config = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {}",
-                path.display(),
-                crate::quote::toml_error(&text, &e)
-            )
-        })?;
-        config
-            .check()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Config::load(&path)
+    }
+
+    /// Reads and checks a config file; an error names the file, the key
+    /// and what it accepts.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Parses and checks a config's text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| crate::quote::toml_error(text, &e))?;
+        config.check()?;
         Ok(config)
     }
 
@@ -315,4 +321,48 @@ pub fn parse_point(text: &str) -> anyhow::Result<metatopia_overlay::Point> {
     let x: metatopia_sim::Fx = x.trim().parse()?;
     let y: metatopia_sim::Fx = y.trim().parse()?;
     Ok(metatopia_overlay::Point::new(x.to_milli(), y.to_milli()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys of a TOML document, as `section.key`.
+    fn keys(text: &str) -> std::collections::BTreeSet<String> {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let mut keys = std::collections::BTreeSet::new();
+        for (section, value) in &table {
+            for key in value.as_table().unwrap().keys() {
+                keys.insert(format!("{section}.{key}"));
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn the_example_is_every_key_at_its_default() {
+        assert_eq!(Config::parse(EXAMPLE).unwrap(), Config::default());
+        let all = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(
+            keys(EXAMPLE),
+            keys(&all),
+            "the example lists every key once"
+        );
+    }
+
+    #[test]
+    fn a_bad_config_names_the_key_and_what_it_accepts() {
+        let unknown = Config::parse("[world]\nsnapshot_evry = 5\n").unwrap_err();
+        assert!(
+            unknown.contains("snapshot_evry") && unknown.contains("snapshot_every"),
+            "{unknown}"
+        );
+        let range = Config::parse("[limits]\nhttp_connections_max = 0\n").unwrap_err();
+        assert!(
+            range.contains("limits.http_connections_max") && range.contains("1..=100000"),
+            "{range}"
+        );
+        let kind = Config::parse("[metrics]\nenabled = \"yes\"\n").unwrap_err();
+        assert!(kind.contains("enabled") && kind.contains("bool"), "{kind}");
+    }
 }

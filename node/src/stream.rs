@@ -23,10 +23,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, warn};
 
+use metatopia_sim::state::{Element, State as Region};
 use metatopia_sim::table::Change;
 use metatopia_sim::{Event, PlayerId, hex};
 
@@ -225,11 +226,17 @@ fn tick_frame(prev: &Published, cur: &Published, faults: &Faults, rule: &mut Str
         let (Change::Set(id, _) | Change::Removed(id)) = c;
         changed.insert(*id);
     }
-    let elements: Vec<_> = changed
-        .iter()
-        .filter_map(|id| b.elements.get(id))
-        .map(|e| view::element_view(b, e, &recent))
-        .collect();
+    let mut elements = Vec::new();
+    let mut moved = Vec::new();
+    for id in &changed {
+        let Some(e) = b.elements.get(id) else {
+            continue;
+        };
+        match movement(a, b, e) {
+            Some(m) => moved.push(m),
+            None => elements.push(view::element_view(b, e, &recent)),
+        }
+    }
     let players: Vec<_> = b
         .players
         .changes(&a.players)
@@ -283,6 +290,7 @@ fn tick_frame(prev: &Published, cur: &Published, faults: &Faults, rule: &mut Str
         "time_ms": b.time_ms,
         "temp_admin": b.temp_admin,
         "elements": elements,
+        "moved": moved,
         "removed": removed,
         "players": players,
         "chat": chat,
@@ -306,6 +314,35 @@ fn tick_frame(prev: &Published, cur: &Published, faults: &Faults, rule: &mut Str
             public,
             addressed,
         },
+    }
+}
+
+/// An element that only moved between `a` and `b` (its position, and its
+/// body's velocity and rest), in the tick frame's short form: `[id, x, y,
+/// z]`, or `[id, x, y, z, vx, vy, vz, resting]` for a body. `None` when
+/// anything else about it changed (or it is new): then the frame carries
+/// its whole view. Compared by value, so a field added to an element or a
+/// body later can never be dropped from the stream by mistake.
+fn movement(a: &Region, b: &Region, e: &Element) -> Option<Value> {
+    let before = a.elements.get(&e.id)?;
+    let mut only_moved = before.clone();
+    only_moved.pos = e.pos;
+    if only_moved != *e {
+        return None;
+    }
+    let p = e.pos;
+    match (a.bodies.get(&e.id), b.bodies.get(&e.id)) {
+        (None, None) => Some(json!([e.id, p.x, p.y, p.z])),
+        (Some(was), Some(body)) => {
+            let mut only_moved = was.clone();
+            only_moved.vel = body.vel;
+            only_moved.resting = body.resting;
+            (only_moved == *body).then(|| {
+                let v = body.vel;
+                json!([e.id, p.x, p.y, p.z, v.x, v.y, v.z, body.resting])
+            })
+        }
+        _ => None,
     }
 }
 

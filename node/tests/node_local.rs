@@ -279,4 +279,27 @@ fn node_toml_chooses_services_and_bad_keys_are_named() {
     );
     assert_eq!(node.get("/metrics").status, 200);
     node.kill9();
+
+    // `config example` is that file; `config check` names a bad key.
+    let example = run(&["config", "example"]);
+    assert!(example.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&example.stdout).trim_end(),
+        text.trim_end()
+    );
+    let fresh = fresh.path().to_str().unwrap();
+    assert!(run(&["config", "check", "--data", fresh]).status.success());
+    let check = run(&["config", "check", "--data", data]);
+    assert!(check.status.success(), "[metrics] enabled = false is fine");
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "[limits]\nstream_subscribers_max = 0\n",
+    )
+    .unwrap();
+    let check = run(&["config", "check", "--data", data]);
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        !check.status.success() && err.contains("limits.stream_subscribers_max"),
+        "{err}"
+    );
 }

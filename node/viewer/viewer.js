@@ -132,6 +132,7 @@ function applyTick(f) {
   if (f.settings) { M.settings = f.settings; ground(); }
   if (f.temp_admin_rule) M.tempAdminRule = f.temp_admin_rule;
   for (const e of f.elements || []) upsertElement(e);
+  for (const m of f.moved || []) moveElement(m);
   for (const id of f.removed || []) removeElement(id);
   for (const p of f.players || []) M.players.set(p.id, p);
   if (f.chat && f.chat.length) {
@@ -159,6 +160,21 @@ function upsertElement(e) {
   M.elements.set(e.id, e);
   if (e.kind === "Region") return;
   drawElement(e);
+}
+
+/** A tick frame's short form for an element that only moved:
+ * `[id, x, y, z]`, or `[id, x, y, z, vx, vy, vz, resting]` for a body. */
+function moveElement(m) {
+  const old = M.elements.get(m[0]);
+  if (!old) {
+    // Cannot happen after a snapshot; if it does, start over from a fresh one.
+    showError(`stream: element ${m[0]} moved but was never sent; reconnecting for a fresh snapshot`);
+    if (ws) ws.close(4000, "unknown element moved");
+    return;
+  }
+  const e = { ...old, pos: { x: m[1], y: m[2], z: m[3] } };
+  if (m.length === 8 && old.body) e.body = { ...old.body, vel: { x: m[4], y: m[5], z: m[6] }, resting: m[7] };
+  upsertElement(e);
 }
 
 function removeElement(id) {
