@@ -36,6 +36,13 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// New inputs one player may send per second on average (a token
+    /// bucket); faster ones are refused with 429 and the reason.
+    pub inputs_per_player_per_sec: u32,
+    /// New inputs one player may send at once after a quiet spell.
+    pub inputs_per_player_burst: u32,
+    /// Inputs of one player waiting for a tick; more are refused with 429.
+    pub inputs_per_player_pending_max: u32,
     /// Region stream (WebSocket) subscribers at once; the next one is
     /// closed with code 1013 and the reason.
     pub stream_subscribers_max: u32,
@@ -58,6 +65,9 @@ impl Default for Limits {
     fn default() -> Limits {
         let caps = crate::content::Caps::default();
         Limits {
+            inputs_per_player_per_sec: 1000,
+            inputs_per_player_burst: 2000,
+            inputs_per_player_pending_max: 256,
             stream_subscribers_max: 256,
             http_connections_max: 1024,
             http_connections_per_ip_max: 128,
@@ -279,6 +289,18 @@ impl Config {
         if !(1..=100_000).contains(&l.stream_subscribers_max) {
             return Err("limits.stream_subscribers_max must be in 1..=100000".into());
         }
+        for (key, value) in [
+            ("inputs_per_player_per_sec", l.inputs_per_player_per_sec),
+            ("inputs_per_player_burst", l.inputs_per_player_burst),
+            (
+                "inputs_per_player_pending_max",
+                l.inputs_per_player_pending_max,
+            ),
+        ] {
+            if !(1..=1_000_000).contains(&value) {
+                return Err(format!("limits.{key} must be in 1..=1000000, got {value}"));
+            }
+        }
         if !(1..=100_000).contains(&l.http_connections_max) {
             return Err("limits.http_connections_max must be in 1..=100000".into());
         }
@@ -308,6 +330,9 @@ impl Config {
             snapshot_every: self.world.snapshot_every,
             inputs_per_tick_max: self.world.inputs_per_tick_max as usize,
             queue_max: self.world.queue_max as usize,
+            player_pending_max: self.limits.inputs_per_player_pending_max as usize,
+            player_inputs_per_sec: self.limits.inputs_per_player_per_sec,
+            player_inputs_burst: self.limits.inputs_per_player_burst,
         }
     }
 }

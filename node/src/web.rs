@@ -129,7 +129,9 @@ pub fn submit_error_status(e: &SubmitError) -> StatusCode {
     use crate::replica::core::Refusal;
     match e {
         SubmitError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        SubmitError::Refused(Refusal::PlayerBusy(_)) => StatusCode::TOO_MANY_REQUESTS,
+        SubmitError::Refused(Refusal::PlayerBusy(_) | Refusal::PlayerRate(_)) => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         SubmitError::Refused(Refusal::Busy | Refusal::NotServing)
         | SubmitError::Busy
         | SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,

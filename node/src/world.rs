@@ -44,6 +44,12 @@ pub struct Config {
     pub inputs_per_tick_max: usize,
     /// Most inputs waiting; beyond that submissions are refused as busy.
     pub queue_max: usize,
+    /// Most inputs of one player waiting.
+    pub player_pending_max: usize,
+    /// New inputs one player may send per second on average, and at once.
+    pub player_inputs_per_sec: u32,
+    /// See `player_inputs_per_sec`.
+    pub player_inputs_burst: u32,
 }
 
 impl Default for Config {
@@ -52,6 +58,9 @@ impl Default for Config {
             snapshot_every: 200,
             inputs_per_tick_max: 1000,
             queue_max: 4096,
+            player_pending_max: 256,
+            player_inputs_per_sec: 1000,
+            player_inputs_burst: 2000,
         }
     }
 }
@@ -271,6 +280,9 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         tick_ms: 1000 / hz,
         inputs_per_tick_max: config.inputs_per_tick_max,
         mempool_max: config.queue_max.max(1),
+        player_pending_max: config.player_pending_max.max(1),
+        player_inputs_per_sec: config.player_inputs_per_sec.max(1),
+        player_inputs_burst: config.player_inputs_burst.max(1),
         store_snapshot_every: config.snapshot_every.max(1),
         diverge_at: diverge_at_for_test(),
         ..crate::replica::Config::default()

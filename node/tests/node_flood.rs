@@ -194,3 +194,53 @@ fn a_flood_from_other_clients_does_not_stop_the_player() {
         posts.load(Ordering::Relaxed),
     );
 }
+
+#[test]
+fn an_input_storm_from_the_player_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "[limits]\ninputs_per_player_per_sec = 2\ninputs_per_player_burst = 5\n",
+    )
+    .unwrap();
+    let node = Node::start(dir.path());
+    assert_eq!(
+        node.act(&json!({"do": "join", "name": "Stormy"})).status,
+        200
+    );
+    // 40 inputs at once: what is left of the burst (the join took one)
+    // gets in, the rest is told why.
+    let answers: Vec<_> = (0..40)
+        .map(|i| {
+            let (base, auth) = (node.base.clone(), format!("Bearer {}", node.token()));
+            std::thread::spawn(move || {
+                let say = json!({"do": "say", "text": format!("storm {i}")});
+                let r = metatopia_node::client::request(
+                    &base,
+                    "POST",
+                    "/api/regions/1/inputs",
+                    &[("Authorization", auth.as_str())],
+                    Some(&serde_json::to_vec(&say).unwrap()),
+                )
+                .unwrap();
+                (r.status, r.text())
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let slowed: Vec<_> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert!((4..=7).contains(&ok), "{answers:?}");
+    assert_eq!(ok + slowed.len(), 40, "{answers:?}");
+    assert!(
+        slowed[0].1.contains("inputs_per_player_per_sec"),
+        "{}",
+        slowed[0].1
+    );
+    // Once the allowance refills, the player is heard again.
+    std::thread::sleep(Duration::from_millis(1500));
+    let again = node.act(&json!({"do": "say", "text": "calm again"}));
+    assert_eq!(again.status, 200, "{}", again.text());
+}

@@ -88,6 +88,10 @@ pub struct Config {
     /// Most inputs of one player waiting in the mempool: a player who
     /// floods fills its own share, never the others' room.
     pub player_pending_max: usize,
+    /// New inputs one player may queue per second, on average ...
+    pub player_inputs_per_sec: u32,
+    /// ... and at once after a quiet spell (a token bucket).
+    pub player_inputs_burst: u32,
     /// How far a proposal's time may be from the verifier's clock.
     pub clock_skew_max_ms: u64,
     /// Replicas exchange signed checkpoints after every tick `t` with
@@ -121,6 +125,8 @@ impl Default for Config {
             inputs_per_tick_max: 1000,
             mempool_max: 16_384,
             player_pending_max: 256,
+            player_inputs_per_sec: 1000,
+            player_inputs_burst: 2000,
             clock_skew_max_ms: 2_000,
             checkpoint_every: 20,
             rollback_every: 20,
@@ -266,9 +272,59 @@ pub enum Refusal {
     /// Too many of this player's inputs are waiting.
     #[error("too many of your inputs are waiting ({0}); send more once they commit")]
     PlayerBusy(usize),
+    /// This player sent inputs faster than its allowance.
+    #[error(
+        "too many inputs from you: at most {0} a second on average ([limits] inputs_per_player_per_sec); slow down"
+    )]
+    PlayerRate(u32),
     /// The replica has diverged and does not serve until it resyncs.
     #[error("this replica has diverged from its group and is resyncing")]
     NotServing,
+}
+
+/// Players' allowances kept before the full ones are forgotten.
+const ALLOWANCES_KEPT: usize = 4096;
+
+/// A token bucket of new inputs, in thousandths of an input.
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    milli: u64,
+    at_ms: u64,
+}
+
+impl Allowance {
+    fn full_at(now: u64, burst: u64) -> Allowance {
+        Allowance {
+            milli: burst * 1000,
+            at_ms: now,
+        }
+    }
+
+    /// The allowance at `now`: `rate` inputs a second (one thousandth a
+    /// millisecond per input a second), at most `burst`.
+    fn at(&self, now: u64, rate: u64, burst: u64) -> u64 {
+        let grown = now.saturating_sub(self.at_ms).saturating_mul(rate);
+        self.milli.saturating_add(grown).min(burst * 1000)
+    }
+
+    fn full(&self, now: u64, rate: u64, burst: u64) -> bool {
+        self.at(now, rate, burst) == burst * 1000
+    }
+
+    fn take(&mut self, now: u64, rate: u64, burst: u64) -> bool {
+        let milli = self.at(now, rate, burst);
+        self.at_ms = self.at_ms.max(now);
+        match milli.checked_sub(1000) {
+            Some(left) => {
+                self.milli = left;
+                true
+            }
+            None => {
+                self.milli = milli;
+                false
+            }
+        }
+    }
 }
 
 /// The clocks of a live verify: a proposal's time may be at most
@@ -468,6 +524,8 @@ pub struct Replica {
     now: u64,
     mempool: BTreeMap<PlayerId, BTreeMap<u64, SignedInput>>,
     mempool_len: usize,
+    /// Each sending player's allowance of new inputs.
+    allowances: BTreeMap<PlayerId, Allowance>,
     forward: Vec<SignedInput>,
     /// Inputs submitted here and not finalized yet, with when they were
     /// last forwarded: forwarded again every `forward_retry_ms` (a
@@ -550,6 +608,7 @@ impl Replica {
             now: 0,
             mempool: BTreeMap::new(),
             mempool_len: 0,
+            allowances: BTreeMap::new(),
             forward: Vec::new(),
             own: BTreeMap::new(),
             done_order: VecDeque::new(),
@@ -807,10 +866,32 @@ impl Replica {
         if self.mempool_len >= self.cfg.mempool_max {
             return Err(Refusal::Busy);
         }
+        if !self.allow(player) {
+            return Err(Refusal::PlayerRate(self.cfg.player_inputs_per_sec));
+        }
+        let queue = self.mempool.entry(player).or_default();
         queue.insert(seq, input);
         self.mempool_len += 1;
         debug!(player = %player, seq, "input queued");
         Ok(true)
+    }
+
+    /// Takes one of `player`'s allowance of new inputs, if it has one.
+    /// Node-local admission (never part of the agreed state).
+    fn allow(&mut self, player: PlayerId) -> bool {
+        let (rate, burst) = (
+            u64::from(self.cfg.player_inputs_per_sec),
+            u64::from(self.cfg.player_inputs_burst),
+        );
+        let now = self.now;
+        if self.allowances.len() >= ALLOWANCES_KEPT {
+            // Forget players whose allowance has refilled: same as new.
+            self.allowances.retain(|_, a| !a.full(now, rate, burst));
+        }
+        self.allowances
+            .entry(player)
+            .or_insert(Allowance::full_at(now, burst))
+            .take(now, rate, burst)
     }
 
     fn last_seq(&self, player: PlayerId) -> u64 {
@@ -1817,6 +1898,46 @@ mod tests {
         // From a member: queued, not forwarded again.
         core.handle(10_002, primary, Message::Inputs(vec![join(2)]));
         assert_eq!(forwarded(&mut core), 0);
+    }
+
+    #[test]
+    fn a_player_sending_faster_than_its_allowance_is_refused_until_it_refills() {
+        let (mut core, p, _) = verifier(10_000);
+        core.cfg.player_inputs_per_sec = 10;
+        core.cfg.player_inputs_burst = 20;
+        core.tick(10_000);
+        let say = |key: &SigningKey, seq| {
+            SignedInput::sign(
+                key,
+                p.region,
+                seq,
+                InputKind::Say {
+                    text: "x".into(),
+                    radius: None,
+                },
+            )
+        };
+        let fast = SigningKey::from_bytes(&[8; 32]);
+        for seq in 1..=20 {
+            core.submit(say(&fast, seq)).expect("within the burst");
+        }
+        assert_eq!(core.submit(say(&fast, 21)), Err(Refusal::PlayerRate(10)));
+        // The same input again after a refusal is not a duplicate: it is
+        // refused again, and refusals cost nothing.
+        assert_eq!(core.submit(say(&fast, 21)), Err(Refusal::PlayerRate(10)));
+        // Another player has its own allowance.
+        let other = SigningKey::from_bytes(&[9; 32]);
+        assert_eq!(core.submit(say(&other, 1)), Ok(()));
+        // 250 ms later: 2.5 inputs' worth came back, so two get in.
+        core.tick(10_250);
+        assert_eq!(core.submit(say(&fast, 21)), Ok(()));
+        assert_eq!(core.submit(say(&fast, 22)), Ok(()));
+        assert_eq!(core.submit(say(&fast, 23)), Err(Refusal::PlayerRate(10)));
+        // Its inputs relayed by its node to another member count the same.
+        let node = crate::replica::wire::player_of(&fast);
+        let refused = core.stats.refused_messages;
+        core.handle(10_250, node, Message::Inputs(vec![say(&fast, 23)]));
+        assert_eq!(core.stats.refused_messages, refused + 1);
     }
 
     #[test]
