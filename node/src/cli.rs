@@ -601,6 +601,7 @@ async fn serve_world(
         metrics: config.metrics.enabled,
         overlay: None,
         content,
+        inputs: Arc::default(),
     };
     dir.write_node_info(&NodeInfo {
         http: base.clone(),

@@ -156,8 +156,18 @@ async fn post_input(
             );
         }
     };
-    match app.world.submit(app.player, kind).await {
-        Ok(receipt) => axum::Json(receipt).into_response(),
+    let arrived = std::time::Instant::now();
+    let result = app.world.submit(app.player, kind).await;
+    if let Err(e) = &result {
+        app.inputs.refused(e);
+    }
+    match result {
+        Ok(receipt) => {
+            app.inputs
+                .commit_latency
+                .observe(arrived.elapsed().as_secs_f64());
+            axum::Json(receipt).into_response()
+        }
         Err(e @ SubmitError::Rejected(_)) => {
             error(StatusCode::UNPROCESSABLE_ENTITY, format!("rejected: {e}"))
         }
@@ -305,6 +315,45 @@ async fn metrics(State(app): State<App>) -> Response {
         "Region stream subscribers refused at stream_subscribers_max",
         counter(&st.refused_full),
     );
+    reg.register(
+        "input_commit_latency_seconds",
+        "From an input's arrival on the API to its committed answer",
+        app.inputs.commit_latency.clone(),
+    );
+    reg.register(
+        "inputs_refused",
+        "API inputs that did not commit, by reason (limits, signatures, the sim)",
+        app.inputs.refused.clone(),
+    );
+    let group = app.world.group();
+    reg.register(
+        "desynced",
+        "1 while this replica's region hash differs from its group's (it resyncs)",
+        ConstGauge::new(i64::from(group.desync.is_some())),
+    );
+    reg.register(
+        "resyncs",
+        "Resyncs from the group's snapshot since start",
+        ConstCounter::new(group.resyncs),
+    );
+    reg.register(
+        "group_members",
+        "Members of the region's replica group",
+        ConstGauge::new(group.members.len() as i64),
+    );
+    if let Some(overlay) = &app.overlay {
+        let s = overlay.status();
+        reg.register(
+            "overlay_links",
+            "Direct links to overlay peers",
+            ConstGauge::new(s.links as i64),
+        );
+        reg.register(
+            "overlay_regions_refused",
+            "Region records refused (bad signatures, takeovers)",
+            ConstCounter::new(s.regions_refused),
+        );
+    }
     crate::content::http::register_metrics(&mut reg, &app.content);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {

@@ -43,6 +43,61 @@ pub struct App {
     pub connections: Arc<crate::listener::ConnectionCounters>,
     /// The content store (script sources and assets).
     pub content: crate::content::Store,
+    /// What the inputs route saw.
+    pub inputs: Arc<InputMetrics>,
+}
+
+/// What `POST /api/regions/{id}/inputs` saw, for `/metrics`.
+#[derive(Debug)]
+pub struct InputMetrics {
+    /// Seconds from a request's arrival to its committed answer.
+    pub commit_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Submissions that did not commit, by reason.
+    pub refused: prometheus_client::metrics::family::Family<
+        [(&'static str, &'static str); 1],
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl Default for InputMetrics {
+    fn default() -> InputMetrics {
+        InputMetrics {
+            // 5 ms to ~10 s.
+            commit_latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 12),
+            ),
+            refused: Default::default(),
+        }
+    }
+}
+
+impl InputMetrics {
+    /// Counts a submission that did not commit.
+    pub fn refused(&self, e: &SubmitError) {
+        self.refused
+            .get_or_create(&[("reason", refusal_reason(e))])
+            .inc();
+    }
+}
+
+/// The `reason` label of a submission that did not commit.
+pub fn refusal_reason(e: &SubmitError) -> &'static str {
+    use crate::replica::core::Refusal;
+    match e {
+        SubmitError::Rejected(_) => "rejected_by_sim",
+        SubmitError::Refused(r) => match r {
+            Refusal::Signature(_) => "signature",
+            Refusal::Replayed { .. } => "replayed",
+            Refusal::UnknownSource(_) => "unknown_source",
+            Refusal::Busy => "busy",
+            Refusal::PlayerBusy(_) => "player_pending_max",
+            Refusal::PlayerRate(_) => "player_rate",
+            Refusal::NotServing => "not_serving",
+        },
+        SubmitError::Busy => "busy",
+        SubmitError::NotMine(_) => "not_mine",
+        SubmitError::Stopped => "stopped",
+    }
 }
 
 /// A request body of at most [`BODY_BYTES_MAX`] bytes. A larger one is

@@ -239,6 +239,16 @@ fn an_input_storm_from_the_player_is_refused_with_the_reason() {
         "{}",
         slowed[0].1
     );
+    // /metrics counts them by reason, and the committed ones' latency.
+    let metrics = node.get("/metrics").text();
+    let refused = format!(
+        "metatopia_inputs_refused_total{{reason=\"player_rate\"}} {}",
+        slowed.len()
+    );
+    assert!(metrics.contains(&refused), "{refused} in\n{metrics}");
+    let committed = format!("metatopia_input_commit_latency_seconds_count {}", ok + 1);
+    assert!(metrics.contains(&committed), "{committed} in\n{metrics}");
+    assert!(metrics.contains("metatopia_desynced 0"), "{metrics}");
     // Once the allowance refills, the player is heard again.
     std::thread::sleep(Duration::from_millis(1500));
     let again = node.act(&json!({"do": "say", "text": "calm again"}));
