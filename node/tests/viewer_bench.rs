@@ -236,3 +236,118 @@ fn stream_bytes_per_second() {
     );
     node.kill9();
 }
+
+/// Reads a stream until `stop`, counting bytes; true if the node closed it.
+fn read_stream(
+    url: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    bytes: &std::sync::atomic::AtomicU64,
+) -> bool {
+    use std::sync::atomic::Ordering;
+    let (mut ws, _) = tungstenite::connect(url).unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
+            }
+            Ok(tungstenite::Message::Close(_)) | Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
+    false
+}
+
+/// One number from `/metrics`.
+fn metric(node: &Node, name: &str) -> f64 {
+    let text = node.get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Subscribers per node at 20 Hz with 1,000 moving bodies before a tick
+/// is late: 1,000 balls thrown straight up at 280 m/s (the region is 4 km
+/// high; the live node has no ground collider, so nothing would bounce)
+/// fly for about 57 s. For each count of subscribers, readers on this
+/// machine read the stream as fast as they can for 5 s while the node's
+/// ticks and tick time are measured. Long on purpose: set-up, then one
+/// measurement per row.
+#[test]
+#[ignore = "benchmark: needs a node; prints numbers"]
+fn stream_fan_out_with_1000_moving_bodies() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "[limits]\nstream_subscribers_max = 2048\nhttp_connections_per_ip_max = 4096\nhttp_connections_max = 4096\n",
+    )
+    .unwrap();
+    let node = Node::start(dir.path());
+    assert_eq!(
+        node.act(&json!({"do": "join", "name": "Bench"})).status,
+        200
+    );
+    let bodies: u32 = std::env::var("BENCH_BODIES").map_or(1000, |v| v.parse().unwrap());
+    let actions = (0..bodies)
+        .map(|i| {
+            let (x, y) = (10 + (i % 40) * 6, 10 + (i / 40) * 9);
+            json!({"do": "spawn_body", "name": format!("b{i}"), "vel": "0,0,280",
+                "pos": format!("{x},{y},{}", 1 + i % 7), "shape": "ball:0.5"})
+        })
+        .collect();
+    act_all(&node, actions, 16);
+    let url = format!(
+        "{}/api/regions/1/stream",
+        node.base.replace("http://", "ws://")
+    );
+    let (mut ws, _) = tungstenite::connect(&url).unwrap();
+    let mut moving = 0;
+    for _ in 0..41 {
+        let text = ws.read().unwrap().into_text().unwrap();
+        let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+        moving += frame["moved"].as_array().map_or(0, Vec::len);
+    }
+    drop(ws);
+    println!(
+        "{bodies} bodies, {} moving per tick; subscribers | ticks/s | tick ms (mean) | MB/s read | dropped",
+        moving / 40
+    );
+    for n in [1usize, 16, 64, 128, 256, 512] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..n)
+            .map(|_| {
+                let (url, stop, bytes) = (url.clone(), stop.clone(), bytes.clone());
+                std::thread::spawn(move || read_stream(&url, &stop, &bytes))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        let (t0, s0, b0) = (
+            metric(&node, "metatopia_ticks_total"),
+            metric(&node, "metatopia_tick_seconds_total"),
+            bytes.load(Ordering::Relaxed),
+        );
+        let dropped0 = metric(&node, "metatopia_stream_dropped_slow_total");
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_secs(5));
+        let secs = start.elapsed().as_secs_f64();
+        let ticks = metric(&node, "metatopia_ticks_total") - t0;
+        let busy = metric(&node, "metatopia_tick_seconds_total") - s0;
+        let read = (bytes.load(Ordering::Relaxed) - b0) as f64;
+        let dropped = metric(&node, "metatopia_stream_dropped_slow_total") - dropped0;
+        stop.store(true, Ordering::Relaxed);
+        let closed = readers
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .filter(|closed| *closed)
+            .count();
+        println!(
+            "{n:>5} | {:.1} | {:.1} | {:.1} | {dropped} ({closed} closed by the node)",
+            ticks / secs,
+            busy * 1000.0 / ticks.max(1.0),
+            read / secs / 1e6
+        );
+    }
+    node.kill9();
+}
