@@ -705,6 +705,26 @@ fn status(path: &Path, json: bool) -> Result<()> {
         outln!("online:      {}", names.join(", "));
     }
     print_group(&v["group"])?;
+    print_health(&v["health"])?;
+    Ok(())
+}
+
+/// The health line of `metatopia status`.
+fn print_health(h: &serde_json::Value) -> Result<()> {
+    if h.is_object() {
+        let ms = |k: &str| h[k].as_f64().unwrap_or(0.0);
+        outln!(
+            "health:      tick {:.1} ms (mean {:.1}); {} stream subscribers, {} HTTP connections; {} inputs refused, {} script faults; content {} blobs, {}",
+            ms("tick_ms_last"),
+            ms("tick_ms_mean"),
+            h["stream_subscribers"],
+            h["http_connections"],
+            h["inputs_refused"],
+            h["script_faults"],
+            h["content_blobs"],
+            bytes_text(h["content_bytes"].as_u64().unwrap_or(0))
+        );
+    }
     Ok(())
 }
 
@@ -771,6 +791,22 @@ fn print_group(g: &serde_json::Value) -> Result<()> {
         outln!("resyncs:     {}", g["resyncs"]);
     }
     Ok(())
+}
+
+/// Bytes for people: `812 B`, `4.2 KiB`, `1.3 MiB`, `2.0 GiB`.
+fn bytes_text(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < units.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[unit])
+    }
 }
 
 /// The id of the region the running node hosts.

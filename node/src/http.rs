@@ -68,7 +68,24 @@ async fn status(State(app): State<App>) -> Response {
     let latest = app.world.latest();
     let mut v = view::status(&latest.sim, &latest.hash, app.player, &app.data_dir);
     v.group = Some(view::group(&app.world.group()));
+    v.health = Some(health(&app));
     axum::Json(v).into_response()
+}
+
+fn health(app: &App) -> view::Health {
+    let c = &app.world.counters;
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    let (blobs, bytes) = app.content.size();
+    view::Health {
+        tick_ms_last: load(&c.tick_us_last) as f64 / 1e3,
+        tick_ms_mean: load(&c.tick_us_total) as f64 / 1e3 / load(&c.ticks).max(1) as f64,
+        stream_subscribers: app.stream.counters.subscribers.load(Ordering::Relaxed) as u64,
+        http_connections: load(&app.connections.open),
+        inputs_refused: load(&app.inputs.refused_total),
+        script_faults: load(&app.faults.total),
+        content_blobs: blobs,
+        content_bytes: bytes,
+    }
 }
 
 pub(crate) fn check_region(app: &App, id: &str) -> Result<(), Box<Response>> {

@@ -26,6 +26,31 @@ pub struct Status {
     pub node: NodeSummary,
     /// The replica group hosting the region (set by the HTTP API).
     pub group: Option<GroupView>,
+    /// How the node is doing (set by the HTTP API).
+    pub health: Option<Health>,
+}
+
+/// How the node is doing: the numbers `metatopia status` shows on one
+/// line (`/metrics` has them all).
+#[derive(Debug, Serialize)]
+pub struct Health {
+    /// The last tick's execution and commit time, ms.
+    pub tick_ms_last: f64,
+    /// The mean since start, ms.
+    pub tick_ms_mean: f64,
+    /// Region stream subscribers now.
+    pub stream_subscribers: u64,
+    /// HTTP connections open now.
+    pub http_connections: u64,
+    /// API inputs that did not commit since start (limits, signatures,
+    /// the sim's rejections).
+    pub inputs_refused: u64,
+    /// Script faults since start.
+    pub script_faults: u64,
+    /// Blobs and bytes in the content store.
+    pub content_blobs: u64,
+    /// See `content_blobs`.
+    pub content_bytes: u64,
 }
 
 /// A region in a status.
@@ -257,6 +282,7 @@ pub fn status(sim: &Sim, hash: &[u8; 32], player: PlayerId, data_dir: &str) -> S
             data_dir: data_dir.to_string(),
         },
         group: None,
+        health: None,
     }
 }
 

@@ -57,6 +57,8 @@ pub struct InputMetrics {
         [(&'static str, &'static str); 1],
         prometheus_client::metrics::counter::Counter,
     >,
+    /// All of `refused`.
+    pub refused_total: std::sync::atomic::AtomicU64,
 }
 
 impl Default for InputMetrics {
@@ -67,6 +69,7 @@ impl Default for InputMetrics {
                 prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 12),
             ),
             refused: Default::default(),
+            refused_total: Default::default(),
         }
     }
 }
@@ -77,6 +80,8 @@ impl InputMetrics {
         self.refused
             .get_or_create(&[("reason", refusal_reason(e))])
             .inc();
+        self.refused_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

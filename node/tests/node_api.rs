@@ -97,5 +97,14 @@ fn the_temp_admin_rule_is_explained() {
     let out = run(&["status", "--data", dir.path().to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("temp admin:  no temp admin"), "{stdout}");
+    // And the node's health on one line.
+    let health = stdout
+        .lines()
+        .find(|l| l.starts_with("health:"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        health.contains(" ms (mean ") && health.contains("inputs refused"),
+        "{health}"
+    );
     assert!(node.terminate());
 }
