@@ -317,7 +317,8 @@ pub fn body_shape(field: &str, text: &str) -> Result<Shape, ActionError> {
 pub struct BodyText<'a> {
     /// `"ball:R"` or `"box:HX,HY,HZ"` (metres).
     pub shape: &'a str,
-    /// `dynamic` (default), `kinematic` or `fixed`.
+    /// `dynamic` (default), `kinematic`, `fixed`, or `seated:OX,OY,OZ`
+    /// (riding its parent body at that offset from its centre, metres).
     pub kind: Option<&'a str>,
     /// Density, kg/m³; default 1.
     pub density: Option<&'a str>,
@@ -347,16 +348,25 @@ pub fn body_spec(
     })
 }
 
-/// A body kind: `dynamic`, `kinematic` or `fixed`.
+/// A body kind: `dynamic`, `kinematic`, `fixed` or `seated:OX,OY,OZ`
+/// (a passenger riding its parent body at that offset, metres).
 pub fn body_kind(field: &str, text: &str) -> Result<BodyKind, ActionError> {
     match text {
         "dynamic" => Ok(BodyKind::Dynamic),
         "kinematic" => Ok(BodyKind::Kinematic),
         "fixed" => Ok(BodyKind::Fixed),
-        other => Err(err(
-            field,
-            format!("{other:?}: expected dynamic, kinematic or fixed"),
-        )),
+        other => match other.strip_prefix("seated:") {
+            Some(offset) => Ok(BodyKind::Seated {
+                offset: vec3(field, offset)?,
+            }),
+            None => Err(err(
+                field,
+                format!(
+                    "{:?}: expected dynamic, kinematic, fixed or seated:OX,OY,OZ",
+                    crate::quote::cap(other, crate::quote::QUOTE_CHARS_MAX)
+                ),
+            )),
+        },
     }
 }
 

@@ -20,8 +20,10 @@
 //! tick = 0                     # spawned in the batch of this tick (>= 1)
 //! pos = "61,10,10"             # world coordinates
 //! shape = "ball:0.5"           # or "box:HX,HY,HZ"
-//! kind = "dynamic"             # dynamic | kinematic | fixed
+//! kind = "dynamic"             # dynamic | kinematic | fixed | seated:OX,OY,OZ
 //! vel = "2,0,0"
+//! parent = 3                   # a seated body's vehicle: an index into
+//!                              # physics.body, spawned at an earlier tick
 //!
 //! [[physics.push]]
 //! tick = 30
@@ -110,6 +112,10 @@ struct BodySpecToml {
     friction: Option<String>,
     #[serde(default)]
     density: Option<String>,
+    /// The body it is part of (a seated passenger's vehicle), as an index
+    /// into `physics.body`; spawned at an earlier tick.
+    #[serde(default)]
+    parent: Option<usize>,
 }
 
 fn one() -> u64 {
@@ -243,6 +249,16 @@ pub fn run_with(
         }
         by_tick.entry(b.tick).or_default().push(i);
     }
+    for (i, b) in spec.body_list.iter().enumerate() {
+        if let Some(p) = b.parent
+            && spec.body_list.get(p).is_none_or(|v| v.tick >= b.tick)
+        {
+            return Err(err(
+                &format!("physics.body[{i}].parent"),
+                "no such body spawned at an earlier tick",
+            ));
+        }
+    }
     for (i, p) in spec.pushes.iter().enumerate() {
         if p.body >= spec.body_list.len() {
             return Err(err(&format!("physics.push[{i}].body"), "no such body"));
@@ -282,9 +298,19 @@ pub fn run_with(
                 .map(|v| vec3(&f("vel"), v))
                 .transpose()?
                 .unwrap_or(Vec3::ZERO);
+            let parent = b.parent.and_then(|p| ids[p]);
             let region = s
-                .spawn(None, pos, body, vel)
+                .region_at(pos)
                 .ok_or_else(|| err(&f("pos"), "outside every region"))?;
+            if let Some(vehicle) = parent
+                && !s.owners().contains(&(vehicle, region))
+            {
+                return Err(err(
+                    &f("parent"),
+                    format!("at tick {t} the parent body is not in the region at pos ({region})"),
+                ));
+            }
+            s.spawn(parent, pos, body, vel);
             let counter = next.entry(region).or_insert(2);
             ids[i] = Some(ElementId {
                 region,
@@ -454,5 +480,26 @@ impulse = "0,1,0"
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown scene"), "{e}");
+    }
+
+    #[test]
+    fn a_seated_body_needs_its_vehicle_spawned_before_it_and_beside_it() {
+        let seat = |parent: usize, tick: u64, pos: &str| {
+            format!(
+                "{HEAD_ON}\n[[physics.body]]\ntick = {tick}\npos = \"{pos}\"\nshape = \"ball:0.3\"\nkind = \"seated:0,0,1\"\nparent = {parent}\n"
+            )
+        };
+        let ok = run(&seat(0, 2, "61,10,11"), None).unwrap();
+        assert!(ok.lines.last().unwrap().starts_with("state_hash="));
+        let e = run(&seat(5, 2, "61,10,11"), None).unwrap_err().to_string();
+        assert!(e.contains("physics.body[2].parent"), "{e}");
+        let e = run(&seat(0, 1, "61,10,11"), None).unwrap_err().to_string();
+        assert!(e.contains("earlier tick"), "{e}");
+        // Body 1 is in region 2; a seat spawned in region 1 cannot ride it.
+        let e = run(&seat(1, 2, "61,10,11"), None).unwrap_err().to_string();
+        assert!(e.contains("not in the region"), "{e}");
+        let bad = seat(0, 2, "61,10,11").replace("seated:0,0,1", "seated:up");
+        let e = run(&bad, None).unwrap_err().to_string();
+        assert!(e.contains("physics.body[2].kind"), "{e}");
     }
 }
