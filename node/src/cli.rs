@@ -790,6 +790,18 @@ fn print_group(g: &serde_json::Value) -> Result<()> {
     if g["resyncs"].as_u64().unwrap_or(0) > 0 {
         outln!("resyncs:     {}", g["resyncs"]);
     }
+    let last = &g["last_desync"];
+    if last.is_object() {
+        outln!(
+            "last desync: at tick {}: mine {} vs the group's {}; resynced; what differed (mine != the group's):",
+            last["tick"],
+            short(&last["mine"]),
+            short(&last["theirs"])
+        );
+        for d in last["differences"].as_array().into_iter().flatten() {
+            outln!("  {}", d.as_str().unwrap_or(""));
+        }
+    }
     Ok(())
 }
 

@@ -462,6 +462,8 @@ pub struct GroupView {
     pub checkpoints: Vec<CheckpointView>,
     /// This member's divergence, if it found one and has not resynced.
     pub desync: Option<DesyncView>,
+    /// The last divergence it resynced from.
+    pub last_desync: Option<DesyncView>,
     /// Resyncs since start.
     pub resyncs: u64,
     /// The primary (hex node key), as the engine last named it.
@@ -496,6 +498,9 @@ pub struct DesyncView {
     pub mine: String,
     /// The hash f + 1 others signed.
     pub theirs: String,
+    /// What differed, field by field (`part field: mine != theirs`); set
+    /// once it resynced and compared its state with the group's.
+    pub differences: Vec<String>,
 }
 
 /// The group view of a status.
@@ -522,6 +527,13 @@ pub fn group(g: &crate::world::GroupStatus) -> GroupView {
             tick: d.tick,
             mine: hex(&d.mine),
             theirs: hex(&d.theirs),
+            differences: Vec::new(),
+        }),
+        last_desync: g.last_desync.as_ref().map(|(d, differences)| DesyncView {
+            tick: d.tick,
+            mine: hex(&d.mine),
+            theirs: hex(&d.theirs),
+            differences: differences.clone(),
         }),
         resyncs: g.resyncs,
         primary: g.primary.map(|(_, p)| hex(&p.0)),

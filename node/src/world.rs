@@ -235,6 +235,8 @@ pub struct GroupStatus {
     pub desync: Option<crate::replica::core::Desync>,
     /// Resyncs done since start.
     pub resyncs: u64,
+    /// The last divergence this member resynced from, with what differed.
+    pub last_desync: Option<(crate::replica::core::Desync, Vec<String>)>,
     /// The primary (the engine's leader of the newest view this member
     /// voted in) and that view; this node in a group of one.
     pub primary: Option<(u64, PlayerId)>,
@@ -555,6 +557,7 @@ impl Sink {
                 tick,
                 hash,
                 snapshot,
+                differences,
             } => {
                 info!(tick, "resynced from the group's snapshot");
                 if let Some(store) = &self.store
@@ -565,7 +568,9 @@ impl Sink {
                     return Err(e);
                 }
                 if let Ok(mut g) = self.group.lock() {
-                    g.desync = None;
+                    if let Some(d) = g.desync.take() {
+                        g.last_desync = Some((d, differences));
+                    }
                     g.resyncs += 1;
                 }
             }

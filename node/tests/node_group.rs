@@ -257,6 +257,21 @@ fn a_diverged_member_is_detected_and_resynced() {
             .then_some(status)
     });
     assert_eq!(resynced["group"]["resyncs"], 1, "{resynced}");
+    // It says what differed: the player only it let in.
+    let last = &resynced["group"]["last_desync"];
+    assert_eq!(last["tick"], 39, "{resynced}");
+    let differences: Vec<&str> = last["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert!(
+        differences
+            .iter()
+            .any(|d| d.starts_with("player ") && d.ends_with("(exists): present != absent")),
+        "{differences:?}"
+    );
     // The others saw member 2's different hash at tick 39.
     let seen = nodes[0].get("/api/status").json().unwrap();
     let differs = seen["group"]["checkpoints"]
@@ -275,6 +290,7 @@ fn a_diverged_member_is_detected_and_resynced() {
     let text = run(&["status", "--data", dirs[2].to_str().unwrap()]);
     let text = String::from_utf8_lossy(&text.stdout).to_string();
     assert!(text.contains("resyncs:     1"), "{text}");
+    assert!(text.contains("last desync: at tick 39"), "{text}");
     assert!(text.contains("primary (view"), "{text}");
 
     // Restarted without the switch, it recovers from the adopted snapshot

@@ -178,6 +178,9 @@ pub struct Desync {
     pub theirs: Digest,
 }
 
+/// Most field differences a desync report keeps.
+pub const DESYNC_DIFFERENCES_MAX: usize = 20;
+
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum To {
@@ -227,6 +230,10 @@ pub enum Output {
         hash: Digest,
         /// The snapshot, for the log: recovery starts from it.
         snapshot: Arc<Vec<u8>>,
+        /// What differed between this replica's state and the group's at
+        /// the diverged tick, field by field (`element 1.3 pos: A != B`,
+        /// this replica's value first); empty for an observer's join.
+        differences: Vec<String>,
     },
     /// A signed checkpoint was recorded (this replica's or a member's).
     Checkpoint {
@@ -508,6 +515,9 @@ pub struct Replica {
     recent: VecDeque<(Digest, Arc<Proposal>, Arc<Vec<u8>>)>,
     /// The snapshot of the newest checkpoint tick: (tick, digest, bytes).
     checkpoint_snap: Option<(u64, Digest, Arc<Vec<u8>>)>,
+    /// This replica's own snapshot at the tick it found diverged, kept
+    /// until the resync to say which fields differ.
+    desync_snap: Option<(u64, Arc<Vec<u8>>)>,
     /// This member's newest signed checkpoints, for observers.
     own_signed: BTreeMap<u64, Checkpoint>,
     /// Observers and when their lease ends.
@@ -595,6 +605,7 @@ impl Replica {
             since_base: Vec::new(),
             recent: VecDeque::new(),
             checkpoint_snap: None,
+            desync_snap: None,
             own_signed: BTreeMap::new(),
             followers: BTreeMap::new(),
             spec_snaps: BTreeMap::new(),
@@ -1745,6 +1756,11 @@ impl Replica {
         };
         let d = Desync { tick, mine, theirs };
         warn!(tick, mine = %metatopia_sim::hex(&mine), theirs = %metatopia_sim::hex(&theirs), "desync: this replica's region hash differs from the group's");
+        self.desync_snap = self
+            .checkpoint_snap
+            .as_ref()
+            .filter(|(t, _, _)| *t == tick)
+            .map(|(t, _, bytes)| (*t, bytes.clone()));
         self.desync = Some(d.clone());
         self.out.push_back(Output::Desync(d));
         self.ask_snapshot();
@@ -1759,6 +1775,38 @@ impl Replica {
             to: To::All,
             msg: Message::SnapshotRequest,
         });
+    }
+
+    /// What differs between this replica's own state at the diverged tick
+    /// and the group's (`region`), field by field (at most
+    /// [`DESYNC_DIFFERENCES_MAX`] lines). Empty when the own snapshot of
+    /// that tick is gone or the group's snapshot is of a later tick.
+    fn desync_differences(&mut self, tick: u64, region: &Region) -> Vec<String> {
+        let Some((own_tick, bytes)) = self.desync_snap.take() else {
+            return Vec::new();
+        };
+        if own_tick != tick {
+            return vec![format!(
+                "no field comparison: the group's snapshot is of tick {tick}, this replica's of tick {own_tick}"
+            )];
+        }
+        let Ok(own) = Region::restore(&bytes) else {
+            return Vec::new();
+        };
+        let (diffs, more) = crate::desync::diff_states(own.sim().state(), region.sim().state());
+        let mut lines: Vec<String> = diffs
+            .iter()
+            .take(DESYNC_DIFFERENCES_MAX)
+            .map(ToString::to_string)
+            .collect();
+        let left = diffs.len().saturating_sub(DESYNC_DIFFERENCES_MAX) + more;
+        if left > 0 {
+            lines.push(format!("... and {left} more differences"));
+        }
+        if lines.is_empty() {
+            lines.push("the sim states are equal: the physics state differs".into());
+        }
+        lines
     }
 
     /// A snapshot from `from` while desynced: adopted if its region hash is
@@ -1787,6 +1835,10 @@ impl Replica {
             return;
         }
         info!(tick, "resynced from the group's snapshot");
+        let differences = self.desync_differences(tick, &region);
+        for d in &differences {
+            warn!(tick, "desync: {d} (this replica != the group)");
+        }
         let next = region.tick_number();
         self.base = Base {
             bytes: Arc::new(bytes.to_vec()),
@@ -1806,6 +1858,7 @@ impl Replica {
             tick,
             hash,
             snapshot: self.base.bytes.clone(),
+            differences,
         });
         self.retry(now);
     }

@@ -271,6 +271,7 @@ impl Observer {
                 tick,
                 hash,
                 snapshot: bytes.clone(),
+                differences: Vec::new(),
             });
             self.hashes.insert(tick, hash);
             self.head = Some(region);
