@@ -299,6 +299,14 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
         (h("x") + h("y") > 0.5).then_some(())
     });
     page.screenshot("viewer-scripts");
+    // The live node has no ground collider: the pushed ball slides on for
+    // ever and could roll under the click below. It has done its part.
+    let gone = node.act(&json!({"do": "delete", "element": ball}));
+    assert_eq!(gone.status, 200, "{}", gone.text());
+    page.wait_for(
+        "the ball to be gone",
+        &format!("!window.metatopia.meshes.has({ball:?})"),
+    );
 
     // Click-to-go: a click on the ground walks the avatar there.
     page.eval(&format!(

@@ -1953,23 +1953,26 @@ mod tests {
         assert_eq!(forwarded(&mut core), 0);
     }
 
+    /// A player's signed `Say "x"` in `region`.
+    fn say_x(key: &SigningKey, region: metatopia_sim::RegionId, seq: u64) -> SignedInput {
+        SignedInput::sign(
+            key,
+            region,
+            seq,
+            InputKind::Say {
+                text: "x".into(),
+                radius: None,
+            },
+        )
+    }
+
     #[test]
     fn a_player_sending_faster_than_its_allowance_is_refused_until_it_refills() {
         let (mut core, p, _) = verifier(10_000);
         core.cfg.player_inputs_per_sec = 10;
         core.cfg.player_inputs_burst = 20;
         core.tick(10_000);
-        let say = |key: &SigningKey, seq| {
-            SignedInput::sign(
-                key,
-                p.region,
-                seq,
-                InputKind::Say {
-                    text: "x".into(),
-                    radius: None,
-                },
-            )
-        };
+        let say = |key: &SigningKey, seq| say_x(key, p.region, seq);
         let fast = SigningKey::from_bytes(&[8; 32]);
         for seq in 1..=20 {
             core.submit(say(&fast, seq)).expect("within the burst");
@@ -1996,17 +1999,7 @@ mod tests {
     #[test]
     fn a_flooding_player_fills_only_its_own_share_of_the_mempool() {
         let (mut core, p, _) = verifier(10_000);
-        let say = |key: &SigningKey, seq| {
-            SignedInput::sign(
-                key,
-                p.region,
-                seq,
-                InputKind::Say {
-                    text: "x".into(),
-                    radius: None,
-                },
-            )
-        };
+        let say = |key: &SigningKey, seq| say_x(key, p.region, seq);
         let flooder = SigningKey::from_bytes(&[8; 32]);
         let max = Config::default().player_pending_max as u64;
         for seq in 1..=max {
