@@ -62,6 +62,41 @@ done
 static="http://127.0.0.1:$port/asset.bin"
 modified=$(curl -sfI "$static" | sed -n 's/^Last-Modified: //Ip' | tr -d '\r')
 
+# nginx (Debian's, when installed: `apt-get install nginx`) on the same
+# file, with the ETag and 304 it gives by default; 2 workers, like the
+# node's 2 tokio workers.
+nginx_url=""
+if command -v nginx >/dev/null 2>&1; then
+  nport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$work/nginx"
+  # nginx's workers run as another user: let them read the file.
+  chmod 755 "$work" "$work/files"
+  chmod 644 "$work/files/asset.bin"
+  cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes 2;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+  server { listen 127.0.0.1:$nport; root $work/files; }
+}
+CONF
+  nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+  pids+=($!)
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$nport/asset.bin" && break
+    sleep 0.1
+  done
+  nginx_url="http://127.0.0.1:$nport/asset.bin"
+  nginx_etag=$(curl -sfI "$nginx_url" | sed -n 's/^ETag: //Ip' | tr -d '\r')
+fi
+
 # Both answer what we expect before we count.
 curl -sf "$node/assets/$hash" | cmp - "$work/files/asset.bin"
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "If-None-Match: \"$hash\"" "$node/assets/$hash")" = 304 ]
@@ -73,8 +108,8 @@ rps() { # url [header]
   "$oha" "${args[@]}" "$1" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-codes = s.get("statusCodeDistribution", {})
-print(f"{s[\"summary\"][\"requestsPerSec\"]:.0f} {json.dumps(codes, separators=(\",\", \":\"))}")'
+codes = json.dumps(s.get("statusCodeDistribution", {}), separators=(",", ":"))
+print("%.0f %s" % (s["summary"]["requestsPerSec"], codes))'
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -96,10 +131,19 @@ bench node_200 "$node/assets/$hash"
 bench static_200 "$static"
 bench node_304 "$node/assets/$hash" "If-None-Match: \"$hash\""
 bench static_304 "$static" "If-Modified-Since: $modified"
+if [ -n "$nginx_url" ]; then
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "If-None-Match: $nginx_etag" "$nginx_url")" = 304 ]
+  bench nginx_200 "$nginx_url"
+  bench nginx_304 "$nginx_url" "If-None-Match: $nginx_etag"
+fi
 
 echo "file ${size} bytes, ${conns} connections, ${runs} runs of ${secs} s, median requests/s:"
 for path in 200 304; do
   n=${result[node_$path]}; s=${result[static_$path]}
   ratio=$(python3 -c "print(f'{$n/$s:.1f}')")
   echo "  $path: node $n, python3 -m http.server $s, ratio ${ratio}x"
+  if [ -n "$nginx_url" ]; then
+    g=${result[nginx_$path]}
+    echo "  $path: node $n, nginx $g, ratio $(python3 -c "print(f'{$n/$g:.2f}')")x"
+  fi
 done
