@@ -43,6 +43,9 @@ pub struct App {
     pub connections: Arc<crate::listener::ConnectionCounters>,
     /// The content store (script sources and assets).
     pub content: crate::content::Store,
+    /// Its peer side, when the node has a swarm (a group member or an
+    /// observer): `GET /assets/{hash}` fetches a missing blob from peers.
+    pub peers: Option<crate::content::peer::Peers>,
 }
 
 /// A request body of at most [`BODY_BYTES_MAX`] bytes. A larger one is
