@@ -382,6 +382,18 @@ impl Peers {
         }
     }
 
+    /// Refuses a fetched blob of `bytes` that would take the store past
+    /// `content_store_bytes_max` (fetches are not charged to a player,
+    /// but the store's cap holds).
+    fn check_room(&self, bytes: u64) -> Result<(), PutError> {
+        let max = self.inner.store.caps().store_bytes_max;
+        let (_, used) = self.inner.store.size();
+        if used.saturating_add(bytes) > max {
+            return Err(PutError::StoreFull { used, bytes, max });
+        }
+        Ok(())
+    }
+
     /// Reads one answer into `tmp` (fsynced) and checks its hash.
     async fn receive(
         &self,
@@ -402,7 +414,10 @@ impl Peers {
             timeout_io(tokio::time::timeout(IO_TIMEOUT, stream.read_exact(body)).await)?;
             let frame = wire::frame(kind, body)?;
             match t.accept(&frame)? {
-                Step::Started(n) => size = n,
+                Step::Started(n) => {
+                    self.check_room(n)?;
+                    size = n;
+                }
                 Step::Bytes => {
                     if let Frame::Chunk(b) = frame {
                         hasher.update(b);
