@@ -34,6 +34,11 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/metatopia/content/1")
 /// Answers served at once; the next asker gets `BUSY`.
 pub const SERVES_MAX: usize = 8;
 
+/// `BUSY` answers being written at once; past it a request's stream is
+/// closed unanswered (counted as busy too), so a flood of requests holds
+/// at most this many tasks beyond the answers.
+pub const BUSY_REPLIES_MAX: usize = 64;
+
 /// Fetches from peers at once (the others wait).
 pub const FETCHES_MAX: usize = 4;
 
@@ -108,6 +113,7 @@ struct Inner {
     net: OnceLock<Net>,
     counters: Counters,
     serves: Arc<tokio::sync::Semaphore>,
+    busy_replies: Arc<tokio::sync::Semaphore>,
     fetches: tokio::sync::Semaphore,
     /// One fetch per hash: later askers wait for the first.
     inflight: Mutex<BTreeMap<Hash, Arc<tokio::sync::Mutex<()>>>>,
@@ -193,6 +199,7 @@ impl Peers {
                 net: OnceLock::new(),
                 counters: Counters::default(),
                 serves: Arc::new(tokio::sync::Semaphore::new(SERVES_MAX)),
+                busy_replies: Arc::new(tokio::sync::Semaphore::new(BUSY_REPLIES_MAX)),
                 fetches: tokio::sync::Semaphore::new(FETCHES_MAX),
                 inflight: Mutex::new(BTreeMap::new()),
                 progress,
@@ -221,16 +228,23 @@ impl Peers {
         while let Some((peer, stream)) = incoming.next().await {
             let c = &self.inner.counters;
             c.requests.fetch_add(1, Ordering::Relaxed);
-            let slot = self.inner.serves.clone().try_acquire_owned().ok();
+            let slot = match self.inner.serves.clone().try_acquire_owned() {
+                Ok(s) => Ok(s),
+                Err(_) => {
+                    c.busy.fetch_add(1, Ordering::Relaxed);
+                    warn!(peer = %peer, "content request refused: {SERVES_MAX} being served");
+                    match self.inner.busy_replies.clone().try_acquire_owned() {
+                        Ok(s) => Err(s),
+                        // Dropped: the stream closes unanswered.
+                        Err(_) => continue,
+                    }
+                }
+            };
             let this = self.clone();
             tokio::spawn(async move {
                 let result = match slot {
-                    Some(_slot) => this.serve_one(stream).await,
-                    None => {
-                        this.inner.counters.busy.fetch_add(1, Ordering::Relaxed);
-                        warn!(peer = %peer, "content request refused: {SERVES_MAX} being served");
-                        send_only(stream, Frame::Busy).await
-                    }
+                    Ok(_slot) => this.serve_one(stream).await,
+                    Err(_slot) => send_only(stream, Frame::Busy).await,
                 };
                 if let Err(e) = result {
                     debug!(peer = %peer, error = %e, "content request broke off");
