@@ -4,7 +4,7 @@
 //! references commit.
 //!
 //! A pass every [`PASS_MS`] ms looks only at the elements that changed
-//! since the last pass ([`metatopia_sim::table::Table::changes`]). A hash
+//! since the last pass, and at hashes with no file in the store ([`metatopia_sim::table::Table::changes`]). A hash
 //! no peer could give is asked for again after [`RETRY_MS`] ms; at most
 //! [`peer::FETCHES_MAX`] fetches run at once and at most [`WANTED_MAX`]
 //! hashes wait.
@@ -71,6 +71,15 @@ pub async fn follow(peers: Peers, world: crate::world::Handle) {
         seen = Some(state);
         let now = Instant::now();
         for h in fresh {
+            // A file already there is not fetched (nor hashed: a restart
+            // of a node with many assets must not read them all); a
+            // damaged one is repaired when it is asked for.
+            if matches!(
+                tokio::fs::try_exists(peers.store().path(&h)).await,
+                Ok(true)
+            ) {
+                continue;
+            }
             if wanted.len() >= WANTED_MAX {
                 overflowed = true;
                 warn!("{WANTED_MAX} assets wait to be fetched: the rest on a later pass");
