@@ -8,13 +8,14 @@ use metatopia_node::store::{LOG_MAGIC, LogRecord};
 use metatopia_sim::{Batch, snapshot};
 
 fuzz_target!(|data: &[u8]| {
-    let mut framed = b"MTBT\x01\x00".to_vec();
+    let mut framed = b"MTBT".to_vec();
+    framed.extend_from_slice(&snapshot::FORMAT_VERSION.to_le_bytes());
     framed.extend_from_slice(data);
     if let Ok(batch) = snapshot::decode::<Batch>(*b"MTBT", &framed) {
         assert_eq!(snapshot::encode(*b"MTBT", &batch), framed);
     }
     let mut record = LOG_MAGIC.to_vec();
-    record.extend_from_slice(b"\x01\x00");
+    record.extend_from_slice(&snapshot::FORMAT_VERSION.to_le_bytes());
     record.extend_from_slice(data);
     if let Ok(r) = snapshot::decode::<LogRecord>(LOG_MAGIC, &record) {
         assert_eq!(snapshot::encode(LOG_MAGIC, &r), record);

@@ -10,7 +10,7 @@ use metatopia_sim::RegionId;
 
 fuzz_target!(|data: &[u8]| {
     let mut framed = MESSAGE_MAGIC.to_vec();
-    framed.extend_from_slice(b"\x01\x00");
+    framed.extend_from_slice(&metatopia_sim::snapshot::FORMAT_VERSION.to_le_bytes());
     framed.extend_from_slice(data);
     for bytes in [data, &framed[..]] {
         let Ok(msg) = Message::decode(bytes) else {

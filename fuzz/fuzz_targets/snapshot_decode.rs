@@ -7,7 +7,8 @@ use metatopia_sim::snapshot;
 
 fuzz_target!(|data: &[u8]| {
     // Raw bytes, and bytes behind a valid header (to get past the magic).
-    let mut framed = b"MTSS\x01\x00".to_vec();
+    let mut framed = snapshot::MAGIC.to_vec();
+    framed.extend_from_slice(&snapshot::FORMAT_VERSION.to_le_bytes());
     framed.extend_from_slice(data);
     for bytes in [data, framed.as_slice()] {
         if let Ok(state) = snapshot::decode_state(bytes) {

@@ -119,6 +119,19 @@ pub enum Action {
         /// The velocity, `"x,y,z"`.
         vel: String,
     },
+    /// Set the assets an element shows: each reference is a blob's hash
+    /// (64 hex digits, e.g. from `PUT /api/assets`); an absent one clears
+    /// that reference.
+    SetAssets {
+        /// Element id or `@key`.
+        element: String,
+        /// Its mesh's hash.
+        #[serde(default)]
+        mesh: Option<String>,
+        /// Its texture's hash.
+        #[serde(default)]
+        texture: Option<String>,
+    },
     /// Make a player a permanent admin.
     Grant {
         /// Player key (64 hex digits) or scenario name.
@@ -283,6 +296,16 @@ fn script(field: &str, text: &str, r: &dyn Resolve) -> Result<[u8; 32], ActionEr
             .ok_or_else(bad)?;
     }
     Ok(out)
+}
+
+/// An asset's hash: 64 hex digits.
+fn asset(field: &str, text: &str) -> Result<[u8; 32], ActionError> {
+    metatopia_sim::unhex32(text).ok_or_else(|| {
+        err(
+            field,
+            format!("{text:?} is not an asset hash (64 hex digits, as PUT /api/assets answers)"),
+        )
+    })
 }
 
 fn vec3(field: &str, text: &str) -> Result<Vec3, ActionError> {
@@ -453,6 +476,18 @@ impl Action {
             Action::SetVelocity { element: e, vel } => InputKind::SetVelocity {
                 element: element("element", e, r)?,
                 vel: vec3("vel", vel)?,
+            },
+            Action::SetAssets {
+                element: e,
+                mesh,
+                texture,
+            } => InputKind::SetAssets {
+                element: element("element", e, r)?,
+                mesh: mesh.as_deref().map(|h| asset("mesh", h)).transpose()?,
+                texture: texture
+                    .as_deref()
+                    .map(|h| asset("texture", h))
+                    .transpose()?,
             },
             Action::Grant { player: p } => InputKind::Admin(AdminAction::Grant {
                 player: player("player", p, r)?,

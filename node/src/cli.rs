@@ -503,6 +503,7 @@ async fn serve(
             vec![(dir.player()?, None)]
         },
     };
+    let peers = group.then(|| crate::content::peer::Peers::new(content.clone(), progress_lines()));
     let (handle, thread) = if group {
         let membership = world::Membership {
             listen: config
@@ -512,6 +513,7 @@ async fn serve(
                 .map_err(|e| anyhow::anyhow!("group.listen: {e}"))?,
             members: config.group.members().map_err(|e| anyhow::anyhow!(e))?,
             storage: dir.path.join("consensus"),
+            peers: peers.clone(),
         };
         if !hosted.manifest.members.contains(&dir.player()?) {
             bail!(
@@ -527,7 +529,41 @@ async fn serve(
         hosting: Some(hosting),
         ..banner
     };
+    let content = Content {
+        store: content,
+        peers,
+    };
     serve_world(dir, config, listener, banner, handle, thread, stop, content).await
+}
+
+/// The content store and, with a swarm, its peer side.
+struct Content {
+    store: crate::content::Store,
+    peers: Option<crate::content::peer::Peers>,
+}
+
+/// Progress lines on standard error for transfers from peers of 1 MiB or
+/// more, one per tenth; none when standard error is not a terminal.
+fn progress_lines() -> Option<crate::content::peer::Progress> {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(Arc::new(|h: &crate::content::Hash, got: u64, size: u64| {
+        if size < 1 << 20 {
+            return;
+        }
+        let before = got.saturating_sub(crate::content::wire::CHUNK_BYTES_MAX as u64);
+        let tenth = got.saturating_mul(10) / size;
+        if tenth != before.saturating_mul(10) / size {
+            eprint_quiet(format_args!(
+                "metatopia: fetching asset {}…: {}% of {:.1} MiB",
+                &hex(h)[..12],
+                tenth * 10,
+                size as f64 / f64::from(1 << 20)
+            ));
+        }
+    }))
 }
 
 /// The data directory's content store, with node.toml's caps.
@@ -572,7 +608,7 @@ async fn serve_world(
     handle: world::Handle,
     thread: std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
     stop: Arc<AtomicBool>,
-    content: crate::content::Store,
+    content: Content,
 ) -> Result<()> {
     let base = format!("http://{}", listener.local_addr()?);
     let Banner {
@@ -600,9 +636,13 @@ async fn serve_world(
         data_dir: dir.path.display().to_string().into(),
         metrics: config.metrics.enabled,
         overlay: None,
-        content,
+        content: content.store,
+        peers: content.peers.clone(),
         inputs: Arc::default(),
     };
+    if let Some(peers) = content.peers {
+        tokio::spawn(crate::content::follow::follow(peers, app.world.clone()));
+    }
     dir.write_node_info(&NodeInfo {
         http: base.clone(),
         pid: std::process::id(),
@@ -955,6 +995,7 @@ fn observe(
         );
     }
     let content = content_store(&dir, &config)?;
+    let peers = crate::content::peer::Peers::new(content.clone(), progress_lines());
     let addr = addr.unwrap_or(config.http.addr);
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(addr))
@@ -971,6 +1012,7 @@ fn observe(
             .map_err(|e| anyhow::anyhow!("group.listen: {e}"))?,
         checkpoint_every: crate::replica::Config::default().checkpoint_every,
         join_timeout: Duration::from_secs(60),
+        peers: Some(peers.clone()),
     };
     note(format_args!(
         "metatopia: joining region {region} as an observer ({} members; waiting for a snapshot f + 1 of them vouch for)",
@@ -991,6 +1033,10 @@ fn observe(
     ));
     let joined = handle.latest();
     let banner = Banner::of(joined.sim.state(), joined.hash);
+    let content = Content {
+        store: content,
+        peers: Some(peers),
+    };
     let result = runtime.block_on(serve_world(
         &dir, &config, listener, banner, handle, thread, stop, content,
     ));

@@ -27,11 +27,17 @@
 //! - [`http`]: `PUT /api/assets`, `GET /assets/{hash}`.
 //! - [`gc`]: `metatopia content gc`, what stays and what goes.
 //! - [`cli`]: `metatopia asset put|get` and `metatopia content gc`.
+//! - [`wire`]: `/metatopia/content/1`'s frames and the receiver's checks.
+//! - [`peer`]: serving blobs to peers and fetching missing ones.
+//! - [`follow`]: fetching every asset the region's elements reference.
 
 pub mod cli;
+pub mod follow;
 pub mod gc;
 pub mod http;
+pub mod peer;
 pub mod range;
+pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read as _, Write as _};

@@ -260,6 +260,7 @@ fn diff_element(d: &mut Diffs, part: &str, a: &Element, b: &Element) {
         pos,
         children,
         script,
+        assets,
     } = a;
     d.cmp(part, "id", id, &b.id);
     d.cmp(part, "parent", parent, &b.parent);
@@ -269,6 +270,15 @@ fn diff_element(d: &mut Diffs, part: &str, a: &Element, b: &Element) {
     d.cmp(part, "name", name, &b.name);
     d.cmp(part, "pos", pos, &b.pos);
     d.cmp(part, "children", children, &b.children);
+    for (field, x, y) in [
+        ("assets.mesh", assets.mesh, b.assets.mesh),
+        ("assets.texture", assets.texture, b.assets.texture),
+    ] {
+        if x != y {
+            let text = |h: Option<[u8; 32]>| h.map_or("none".into(), |h| metatopia_sim::hex(&h));
+            d.push(part, field, text(x), text(y));
+        }
+    }
     match (script, &b.script) {
         (Some(x), Some(y)) => diff_script(d, part, x, y),
         (None, None) => {}

@@ -372,6 +372,9 @@ async fn metrics(State(app): State<App>) -> Response {
         );
     }
     crate::content::http::register_metrics(&mut reg, &app.content);
+    if let Some(p) = &app.peers {
+        crate::content::peer::register_metrics(&mut reg, p);
+    }
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         return error(

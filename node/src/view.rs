@@ -181,6 +181,17 @@ pub struct ElementView {
     pub script_status: Option<ScriptStatus>,
     /// Its physics body (spec, velocity, resting), if it has one.
     pub body: Option<metatopia_sim::physics::Body>,
+    /// Its asset references (hex blake3; `GET /assets/{hash}` serves them).
+    pub assets: AssetsView,
+}
+
+/// An element's asset references, as hex hashes.
+#[derive(Debug, Serialize)]
+pub struct AssetsView {
+    /// Its mesh, if any.
+    pub mesh: Option<String>,
+    /// Its texture, if any.
+    pub texture: Option<String>,
 }
 
 /// An attached script's standing.
@@ -412,6 +423,10 @@ pub(crate) fn element_view(s: &State, e: &Element, faults: &[Fault]) -> ElementV
             resume: sl.suspended.then(|| resume_hint(e, &sl.source)),
         }),
         body: s.bodies.get(&e.id).cloned(),
+        assets: AssetsView {
+            mesh: e.assets.mesh.map(|h| hex(&h)),
+            texture: e.assets.texture.map(|h| hex(&h)),
+        },
     }
 }
 

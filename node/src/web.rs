@@ -45,6 +45,9 @@ pub struct App {
     pub content: crate::content::Store,
     /// What the inputs route saw.
     pub inputs: Arc<InputMetrics>,
+    /// Its peer side, when the node has a swarm (a group member or an
+    /// observer): `GET /assets/{hash}` fetches a missing blob from peers.
+    pub peers: Option<crate::content::peer::Peers>,
 }
 
 /// What `POST /api/regions/{id}/inputs` saw, for `/metrics`.

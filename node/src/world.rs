@@ -680,6 +680,8 @@ pub struct Membership {
     pub members: Vec<(PlayerId, libp2p::Multiaddr)>,
     /// The engine's vote journal and other storage.
     pub storage: std::path::PathBuf,
+    /// The content store's peer side: served and fetched over the mesh.
+    pub peers: Option<crate::content::peer::Peers>,
 }
 
 /// Starts a member of a replica group of several: its own thread runs the
@@ -728,6 +730,11 @@ pub fn start_member(
                 };
                 info!(addr = %mesh.addr, "replica group member listening");
                 mesh.serve_followers(simplex::CHANNEL_MEMBERS);
+                if let Some(p) = &membership.peers
+                    && let Err(e) = mesh.serve_content(p, &membership.members)
+                {
+                    return failed(e.to_string());
+                }
                 let mut chans = match mesh
                     .connect(player_of(&key), &membership.members, &simplex::CHANNELS)
                     .await

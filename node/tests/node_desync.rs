@@ -132,7 +132,7 @@ fn a_file_that_is_not_a_snapshot_gets_a_clear_error() {
         "{stderr}"
     );
     // The magic but a broken body.
-    std::fs::write(&junk, b"MTSS\x01\x00\xff\xff").unwrap();
+    std::fs::write(&junk, b"MTSS\x02\x00\xff\xff").unwrap();
     let out = run(&["desync", junk.to_str().unwrap(), junk.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -18,7 +18,7 @@ use metatopia_sim::testing::Driver;
 pub const MIXER: &str = include_str!("../../examples/scripts/mixer.lua");
 
 /// `state.table_keys` of the first mixer after the run below.
-const TABLE_KEY_ORDER: &str = "11,12,-1,-2,-3,1,2,3,4,5,6,7,9,10,-4";
+const TABLE_KEY_ORDER: &str = "11,12,-1,-2,-3,2,3,4,5,6,7,8,9,10,-4";
 
 fn run(world: &mut World, scripts: &[ElementId], ticks: u32) {
     for t in 0..ticks {

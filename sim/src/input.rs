@@ -114,6 +114,17 @@ pub enum InputKind {
         /// Linear velocity, m/s.
         vel: Vec3,
     },
+    /// Set the assets an element shows (its owner or an admin): each
+    /// reference is replaced, `None` clears it. The hashes need not be
+    /// stored anywhere yet; peers fetch the bytes by hash (ADR 0012).
+    SetAssets {
+        /// The element (not the region root).
+        element: ElementId,
+        /// blake3 of its mesh, or `None`.
+        mesh: Option<[u8; 32]>,
+        /// blake3 of its texture, or `None`.
+        texture: Option<[u8; 32]>,
+    },
 }
 
 /// What admins may do.

@@ -14,7 +14,7 @@ use crate::state::State;
 /// First bytes of every snapshot.
 pub const MAGIC: [u8; 4] = *b"MTSS";
 /// The snapshot format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Largest snapshot or message this build decodes, in bytes.
 pub const DECODE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
@@ -33,7 +33,9 @@ pub enum DecodeError {
         expected: [u8; 4],
     },
     /// A format version this build does not read.
-    #[error("unsupported format version {0} (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "unsupported format version {0} (this build reads {FORMAT_VERSION}; data written by another metatopia version: run that version, or start from a new data directory)"
+    )]
     Version(u16),
     /// Larger than the decoder accepts.
     #[error("too large: {0} bytes (limit {DECODE_BYTES_MAX})")]

@@ -69,6 +69,26 @@ pub struct Element {
     pub children: Vec<ElementId>,
     /// The attached script, if any.
     pub script: Option<ScriptSlot>,
+    /// The assets it shows, by blake3 of their bytes (ADR 0012).
+    pub assets: Assets,
+}
+
+/// An element's asset references: blake3 hashes of blobs in the content
+/// store, fetched by peers that lack them. The hash is all the sim
+/// knows; the bytes never enter the state.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Assets {
+    /// Its mesh (e.g. a glTF binary), if any.
+    pub mesh: Option<[u8; 32]>,
+    /// Its texture, if any.
+    pub texture: Option<[u8; 32]>,
+}
+
+impl Assets {
+    /// The hashes referenced, mesh first.
+    pub fn hashes(&self) -> impl Iterator<Item = [u8; 32]> {
+        self.mesh.into_iter().chain(self.texture)
+    }
 }
 
 impl crate::table::EntryHash for Element {
@@ -284,6 +304,7 @@ impl State {
                 pos: Vec3::ZERO,
                 children: Vec::new(),
                 script: None,
+                assets: Assets::default(),
             },
         );
         let mut players = Table::new();
@@ -450,6 +471,7 @@ impl State {
                 pos,
                 children: Vec::new(),
                 script: None,
+                assets: Assets::default(),
             },
         );
         // Fresh ids are the largest so far: pushing keeps the list sorted.

@@ -135,7 +135,8 @@ proptest! {
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = snapshot::decode_state(&bytes);
-        let mut framed = b"MTSS\x01\x00".to_vec();
+        let mut framed = snapshot::MAGIC.to_vec();
+        framed.extend_from_slice(&snapshot::FORMAT_VERSION.to_le_bytes());
         framed.extend_from_slice(&bytes);
         let _ = snapshot::decode_state(&framed);
         let _ = snapshot::decode::<Batch>(*b"MTBT", &framed);
@@ -183,9 +184,9 @@ fn golden_snapshot_length_and_hash() {
     assert_eq!(state_hash, GOLDEN_STATE_HASH, "state digest changed");
 }
 
-const GOLDEN_LEN: usize = 2010;
-const GOLDEN_STATE_HASH: &str = "e57f3cacbc7449437bc09a43512ba04e5411cd1bb9db4d89b4496b5c18c69aa9";
-const GOLDEN_HASH: &str = "00da9570d5a4268df257980aca1daca3c4a1881a080e0196f18c3a91b288bde8";
+const GOLDEN_LEN: usize = 2028;
+const GOLDEN_STATE_HASH: &str = "0ab6010424578a4b14ddccb17638de4b9f71c3501cd1987da1c2c76c589bbb5d";
+const GOLDEN_HASH: &str = "37c466ddc995dc8c67879b3913ffe7972119b5ac0fac3fad7d17612150641b3e";
 
 #[test]
 fn corrupt_and_non_canonical_snapshots_are_refused() {
@@ -233,7 +234,7 @@ fn corrupt_and_non_canonical_snapshots_are_refused() {
 }
 
 fn any_element() -> impl Strategy<Value = metatopia_sim::state::Element> {
-    use metatopia_sim::state::{Element, ElementKind, ScriptSlot};
+    use metatopia_sim::state::{Assets, Element, ElementKind, ScriptSlot};
     let id = (any::<u32>(), any::<u64>()).prop_map(|(r, c)| ElementId::new(r, c));
     let kind = prop_oneof![
         Just(ElementKind::Region),
@@ -262,18 +263,25 @@ fn any_element() -> impl Strategy<Value = metatopia_sim::state::Element> {
         pos,
         prop::collection::vec(id, 0..120),
         prop::option::of(slot),
+        (
+            prop::option::of(any::<[u8; 32]>()),
+            prop::option::of(any::<[u8; 32]>()),
+        ),
     )
         .prop_map(
-            |((id, parent, kind, region), owner, name, pos, children, script)| Element {
-                id,
-                parent,
-                kind,
-                owner_region: RegionId(region),
-                owner,
-                name,
-                pos,
-                children,
-                script,
+            |((id, parent, kind, region), owner, name, pos, children, script, (mesh, texture))| {
+                Element {
+                    id,
+                    parent,
+                    kind,
+                    owner_region: RegionId(region),
+                    owner,
+                    name,
+                    pos,
+                    children,
+                    script,
+                    assets: Assets { mesh, texture },
+                }
             },
         )
 }

@@ -536,3 +536,52 @@ fn rollback_is_a_pointer_swap() {
     assert_eq!(d.sim.hash(), hash);
     assert_eq!(snapshot::state_hash(d.sim.state()), hash);
 }
+
+#[test]
+fn assets_are_set_by_the_owner_and_hashed_into_the_state() {
+    let mut d = world();
+    d.tick(&NoScripts, vec![(ALICE, join("Alice")), (BOB, join("Bob"))]);
+    d.tick(
+        &NoScripts,
+        vec![(
+            BOB,
+            InputKind::Create {
+                parent: None,
+                name: "statue".into(),
+                pos: Vec3::from_ints(5, 5, 0),
+            },
+        )],
+    );
+    let statue = d.sim.state().elements[&d.sim.state().root()].children[2];
+    assert_eq!(d.sim.state().elements[&statue].name, "statue");
+    let set = |mesh: Option<[u8; 32]>, element| InputKind::SetAssets {
+        element,
+        mesh,
+        texture: Some([7; 32]),
+    };
+    let before = d.sim.hash();
+    let r = d.tick(&NoScripts, vec![(BOB, set(Some([1; 32]), statue))]);
+    assert_eq!(r.accepted, 1);
+    let assets = d.sim.state().elements[&statue].assets;
+    assert_eq!(assets.mesh, Some([1; 32]));
+    assert_eq!(assets.texture, Some([7; 32]));
+    assert_ne!(d.sim.hash(), before, "the references are state");
+    // Alice's avatar is not Bob's; the root shows nothing; both refused.
+    let alice = avatar(&d, ALICE);
+    let root = d.sim.state().root();
+    let r = d.tick(
+        &NoScripts,
+        vec![(BOB, set(None, alice)), (BOB, set(None, root))],
+    );
+    assert_eq!(r.accepted, 0);
+    let why = rejections(&r.events);
+    assert!(matches!(why[0], Rejection::Permission(_)), "{why:?}");
+    assert!(matches!(why[1], Rejection::Invalid(_)), "{why:?}");
+    // An admin may; None clears the mesh.
+    d.tick(&NoScripts, vec![(ALICE, set(None, statue))]);
+    assert_eq!(d.sim.state().elements[&statue].assets.mesh, None);
+    // The snapshot round-trips the references.
+    let bytes = snapshot::encode_state(d.sim.state());
+    let back = snapshot::decode_state(&bytes).unwrap();
+    assert_eq!(back.elements[&statue].assets.texture, Some([7; 32]));
+}

@@ -1,10 +1,12 @@
 //! Garbage collection of the content store: `metatopia content gc`.
 //!
 //! The rule. A blob stays when the region may still need it:
-//! - a script source attached to an element in the oldest snapshot the
-//!   store keeps, or in the newest one that verifies;
+//! - a script source attached to an element, or an asset an element
+//!   references (mesh, texture), in the oldest snapshot the store keeps,
+//!   or in the newest one that verifies;
 //! - a source that an input in the log since the oldest snapshot attaches
-//!   (`AttachScript`), or that a logged proposal carries.
+//!   (`AttachScript`), an asset one sets (`SetAssets`), or a source that a
+//!   logged proposal carries.
 //!
 //! Replay starts at a kept snapshot and re-executes the log after it, so
 //! these are every source a replay or recovery can load; the current state
@@ -14,9 +16,6 @@
 //! the grace period (default one day), which leaves time to attach what was
 //! just uploaded; uploading the same bytes again restarts its age. Leftover
 //! temporary files older than the grace period go too.
-//!
-//! Elements do not reference assets yet (that is a sim change): until they
-//! do, every asset older than the grace period is garbage.
 //!
 //! It runs with the node stopped: it reads the world database, which the
 //! running node holds open, and takes the data directory's lock so that no
@@ -65,6 +64,7 @@ pub fn referenced(store: &crate::store::Store) -> Result<BTreeSet<Hash>> {
             if let Some(slot) = &e.script {
                 out.insert(slot.source);
             }
+            out.extend(e.assets.hashes());
         }
     };
     let first = store
@@ -88,8 +88,14 @@ pub fn referenced(store: &crate::store::Store) -> Result<BTreeSet<Hash>> {
             continue;
         };
         for signed in &record.proposal.inputs {
-            if let InputKind::AttachScript { source, .. } = &signed.input.kind {
-                out.insert(*source);
+            match &signed.input.kind {
+                InputKind::AttachScript { source, .. } => {
+                    out.insert(*source);
+                }
+                InputKind::SetAssets { mesh, texture, .. } => {
+                    out.extend(mesh.iter().chain(texture));
+                }
+                _ => {}
             }
         }
         for text in &record.proposal.sources {

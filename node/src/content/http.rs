@@ -251,6 +251,32 @@ fn open(store: &Store, h: &Hash, body: bool) -> Opened {
     }
 }
 
+/// [`open`] off the async threads; a blob that is missing (or damaged)
+/// here is fetched from peers first when the node has a swarm. A fetch
+/// that fails answers 404 with each peer's answer.
+async fn open_or_fetch(app: &App, h: Hash, body: bool) -> Result<Opened, Box<Response>> {
+    let internal = |e: tokio::task::JoinError| {
+        Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    };
+    let store = app.content.clone();
+    let opened = tokio::task::spawn_blocking(move || open(&store, &h, body))
+        .await
+        .map_err(internal)?;
+    let Some(peers) = &app.peers else {
+        return Ok(opened);
+    };
+    if !matches!(opened, Opened::Missing | Opened::Corrupt(_)) {
+        return Ok(opened);
+    }
+    if let Err(e) = peers.fetch(h).await {
+        return Err(Box::new(error(StatusCode::NOT_FOUND, e.to_string())));
+    }
+    let store = app.content.clone();
+    tokio::task::spawn_blocking(move || open(&store, &h, body))
+        .await
+        .map_err(internal)
+}
+
 /// Long on purpose: one pass through the conditional, range and
 /// streaming cases of a download, in the order RFC 9110 evaluates them.
 async fn get_asset(
@@ -277,10 +303,9 @@ async fn get_asset(
     };
     let etag = format!("\"{}\"", hex(&h));
     let not_modified = if_none_match(&headers, &etag);
-    let store = app.content.clone();
-    let opened = match tokio::task::spawn_blocking(move || open(&store, &h, !not_modified)).await {
+    let opened = match open_or_fetch(&app, h, !not_modified).await {
         Ok(o) => o,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(r) => return *r,
     };
     let (whole, file, len) = match opened {
         Opened::Missing => {

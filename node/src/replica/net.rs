@@ -10,6 +10,9 @@
 //! from peers that are not members are refused. The swarm is the
 //! group's own (its own listen address), so the overlay's swarm stays as
 //! it is; the swarm task is the one place to add protocols for members.
+//!
+//! Members and observers also answer `/metatopia/content/1` (blobs by
+//! hash, [`crate::content::peer`]) on this swarm: [`Mesh::serve_content`].
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -93,6 +96,8 @@ struct Frame {
 /// A member's swarm, listening.
 pub struct Mesh {
     control: libp2p_stream::Control,
+    me: PeerId,
+    connected: Arc<std::sync::Mutex<std::collections::BTreeSet<PeerId>>>,
     follow_channel: Option<u64>,
     addresses: mpsc::Sender<(PeerId, Multiaddr)>,
     /// The address it listens on.
@@ -130,6 +135,9 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr) -> Result<Mesh, NetErro
         }
     };
     let control = swarm.behaviour().new_control();
+    let me = *swarm.local_peer_id();
+    let connected: Arc<std::sync::Mutex<std::collections::BTreeSet<PeerId>>> = Arc::default();
+    let peers = connected.clone();
     let (addresses, mut new_addresses) = mpsc::channel::<(PeerId, Multiaddr)>(64);
     tokio::spawn(async move {
         // The members' addresses: the stream behaviour keeps none, so the
@@ -139,11 +147,22 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr) -> Result<Mesh, NetErro
         let mut redial = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
-                event = swarm.select_next_some() => {
-                    if let SwarmEvent::OutgoingConnectionError { peer_id, error, .. } = event {
+                event = swarm.select_next_some() => match event {
+                    SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                         debug!(peer = ?peer_id, error = %error, "member unreachable");
                     }
-                }
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                        if let Ok(mut p) = peers.lock() {
+                            p.insert(peer_id);
+                        }
+                    }
+                    SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                        if let Ok(mut p) = peers.lock() {
+                            p.remove(&peer_id);
+                        }
+                    }
+                    _ => {}
+                },
                 a = new_addresses.recv() => match a {
                     Some((peer, addr)) => {
                         known.insert(peer, addr.clone());
@@ -164,6 +183,8 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr) -> Result<Mesh, NetErro
     });
     Ok(Mesh {
         control,
+        me,
+        connected,
         follow_channel: None,
         addresses,
         addr,
@@ -172,6 +193,37 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr) -> Result<Mesh, NetErro
 }
 
 impl Mesh {
+    /// Answers `/metatopia/content/1` from `peers`' store, and lets
+    /// `peers` fetch over this swarm, asking `members` (the group's, in
+    /// order) first. Must run inside a tokio runtime.
+    pub fn serve_content(
+        &mut self,
+        peers: &crate::content::peer::Peers,
+        members: &[(PlayerId, Multiaddr)],
+    ) -> Result<(), NetError> {
+        let incoming = self
+            .control
+            .accept(crate::content::peer::PROTOCOL)
+            .map_err(p2p)?;
+        let mut ids = Vec::new();
+        for (m, addr) in members {
+            let peer = peer_id(*m)?;
+            if peer != self.me {
+                // Dialled by the swarm task, and again while it is down.
+                let _ = self.addresses.try_send((peer, addr.clone()));
+                ids.push(peer);
+            }
+        }
+        peers.attach(crate::content::peer::Net {
+            control: self.control.clone(),
+            members: ids,
+            connected: self.connected.clone(),
+            me: self.me,
+        });
+        tokio::spawn(peers.clone().serve(incoming));
+        Ok(())
+    }
+
     /// Accepts observers' streams (see [`FOLLOW_PROTOCOL`]) from
     /// [`Mesh::connect`] on: their frames arrive on `channel` (the members'
     /// channel) and that channel's sender reaches them by key.

@@ -43,6 +43,8 @@ pub struct Observing {
     pub checkpoint_every: u64,
     /// How long to wait for a snapshot the group vouches for.
     pub join_timeout: Duration,
+    /// The content store's peer side: served and fetched over the swarm.
+    pub peers: Option<crate::content::peer::Peers>,
 }
 
 /// Why an observer could not join.
@@ -142,13 +144,19 @@ async fn drive(
     ready: std::sync::mpsc::SyncSender<Result<Handle, ObserveError>>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), StoreError> {
-    let mesh = match net::listen(&key, observing.listen.clone()).await {
+    let mut mesh = match net::listen(&key, observing.listen.clone()).await {
         Ok(m) => m,
         Err(e) => {
             let _ = ready.send(Err(e.into()));
             return Ok(());
         }
     };
+    if let Some(p) = &observing.peers
+        && let Err(e) = mesh.serve_content(p, &observing.members)
+    {
+        let _ = ready.send(Err(e.into()));
+        return Ok(());
+    }
     info!(addr = %mesh.addr, "observer listening");
     let (out, mut inbound) = match net::follow(&mesh, &observing.members, simplex::CHANNEL_MEMBERS)
     {

@@ -1,6 +1,6 @@
 //! An element's entry hash, encoded by hand.
 
-use super::{Element, ElementKind, ScriptSlot};
+use super::{Assets, Element, ElementKind, ScriptSlot};
 use crate::hashing::{BUF, HashSink};
 
 /// [`value_hash`](crate::hashing::value_hash) of an element, encoded by hand: the tick rehashes an
@@ -19,6 +19,7 @@ pub fn element_hash(e: &Element) -> [u8; 32] {
         pos,
         children,
         script,
+        assets,
     } = e;
     let mut sink = HashSink::<BUF>::new();
     sink.id(*id);
@@ -68,6 +69,16 @@ pub fn element_hash(e: &Element) -> [u8; 32] {
             sink.bytes(state);
             sink.varint(u64::from(*faults));
             sink.byte(u8::from(*suspended));
+        }
+    }
+    let Assets { mesh, texture } = assets;
+    for h in [mesh, texture] {
+        match h {
+            None => sink.byte(0),
+            Some(h) => {
+                sink.byte(1);
+                sink.bytes(h);
+            }
         }
     }
     sink.finish()

@@ -9,7 +9,7 @@ use crate::id::{ElementId, PlayerId};
 use crate::input::{Event, Input, InputKind, Rejection};
 use crate::physics;
 use crate::script::ScriptEventKind;
-use crate::state::{ElementKind, Player, Role, ScriptSlot, Speaker};
+use crate::state::{Assets, ElementKind, Player, Role, ScriptSlot, Speaker};
 
 use super::{Work, check_text, online_avatar};
 
@@ -111,6 +111,18 @@ impl Work<'_> {
             }
             InputKind::Push { element, impulse } => self.push(who, *element, *impulse),
             InputKind::SetVelocity { element, vel } => self.set_velocity(who, *element, *vel),
+            InputKind::SetAssets {
+                element,
+                mesh,
+                texture,
+            } => self.set_assets(
+                who,
+                *element,
+                Assets {
+                    mesh: *mesh,
+                    texture: *texture,
+                },
+            ),
         }
     }
 
@@ -265,6 +277,22 @@ impl Work<'_> {
         self.report
             .physics
             .push(physics::Command::SetVelocity { id: element, vel });
+        Ok(())
+    }
+
+    fn set_assets(
+        &mut self,
+        who: PlayerId,
+        element: ElementId,
+        assets: Assets,
+    ) -> Result<(), Rejection> {
+        online_avatar(self.state, who)?;
+        let e = self.element(element)?;
+        if e.kind == ElementKind::Region {
+            return Err(Rejection::Invalid("the region root shows no assets".into()));
+        }
+        self.check_owner(who, e.owner, "set the assets of")?;
+        self.state.elements.update(&element, |e| e.assets = assets);
         Ok(())
     }
 

@@ -1,0 +1,177 @@
+//! Content between peers through the real binary on loopback (issue 14):
+//! a group of two members hosts a region; a player on member 1 uploads an
+//! asset and sets it as an element's mesh; member 0 fetches it over
+//! `/metatopia/content/1`; an observer started with `metatopia join`
+//! fetches it too and serves the same bytes and ETag. Member 0 serves
+//! wrong bytes (the debug-build switch `METATOPIA_TEST_CONTENT_LIE`): the
+//! observer, which asks member 0 first, refuses them, counts the refusal
+//! and gets the blob from member 1. A blob an element does not reference
+//! is fetched on demand by `GET /assets/{hash}`; one no peer has is a 404
+//! that says so.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Node, eventually, free_ports, run};
+use metatopia_node::client::{Response, request};
+use serde_json::json;
+
+/// Deterministic bytes.
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    let mut x = (seed as u32).wrapping_mul(2_654_435_761) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn upload(node: &Node, body: &[u8]) -> String {
+    let auth = format!("Bearer {}", node.token());
+    let r = request(
+        &node.base,
+        "PUT",
+        "/api/assets",
+        &[("Authorization", auth.as_str())],
+        Some(body),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().unwrap()["hash"].as_str().unwrap().to_string()
+}
+
+/// A counter in `/metrics` (0 when the line is absent).
+fn metric(node: &Node, name: &str) -> u64 {
+    let text = node.get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("metatopia_{name} ")))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+fn on_disk(node: &Node, hash: &str) -> Option<Vec<u8>> {
+    std::fs::read(node.data.join("content").join(hash)).ok()
+}
+
+fn act_ok(node: &Node, action: serde_json::Value) -> Response {
+    let r = node.act(&action);
+    assert_eq!(r.status, 200, "{action}: {}", r.text());
+    r
+}
+
+/// `metatopia group init --members 2`: the members' data directories.
+fn group_of_two() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
+    let base = tempfile::tempdir().unwrap();
+    let port = free_ports().to_string();
+    let dir = base.path().to_str().unwrap();
+    let out = run(&[
+        "group",
+        "init",
+        "--dir",
+        dir,
+        "--members",
+        "2",
+        "--port",
+        &port,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dirs = (0..2).map(|i| base.path().join(format!("m{i}"))).collect();
+    (base, dirs)
+}
+
+/// Long on purpose: one group, then every way a blob travels.
+#[test]
+fn an_observer_fetches_the_regions_assets_and_refuses_wrong_bytes() {
+    let (base, dirs) = group_of_two();
+    let liar = Node::start_env(&dirs[0], &[("METATOPIA_TEST_CONTENT_LIE", "1")]);
+    let honest = Node::start(&dirs[1]);
+
+    // A player on member 1 uploads a mesh and shows it on an object.
+    let mesh = bytes(300_000, 3);
+    let hash = upload(&honest, &mesh);
+    act_ok(&honest, json!({"do": "join", "name": "maker"}));
+    act_ok(
+        &honest,
+        json!({"do": "create", "name": "statue", "pos": "10,10,0"}),
+    );
+    let state = honest.get("/api/regions/1/state").json().unwrap();
+    let statue = state["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "statue")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A bad hash is refused with the field named; nothing changes.
+    let r = honest.act(&json!({"do": "set_assets", "element": statue, "mesh": "abc"}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("mesh"), "{}", r.text());
+    act_ok(
+        &honest,
+        json!({"do": "set_assets", "element": statue, "mesh": hash}),
+    );
+
+    // Member 0 fetches it from member 1 (it has no other source).
+    let got = eventually("member 0 to fetch the mesh", || on_disk(&liar, &hash));
+    assert!(got == mesh, "member 0 stored the right bytes");
+    assert!(metric(&liar, "content_peer_fetched_total") >= 1);
+
+    // An observer follows the group through member 1's address list,
+    // which names member 0 first: it asks member 0 first.
+    let observer = Node::observe(&base.path().join("observer"), &honest.base);
+    let view = observer.get("/api/regions/1/state").json().unwrap();
+    let shown = view["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == statue.as_str())
+        .unwrap()["assets"]["mesh"]
+        .clone();
+    assert_eq!(shown, hash.as_str(), "the observer's view shows the mesh");
+    let got = eventually("the observer to fetch the mesh", || {
+        on_disk(&observer, &hash)
+    });
+    assert!(got == mesh, "the observer stored the right bytes");
+    assert!(
+        metric(&observer, "content_peer_mismatches_total") >= 1,
+        "member 0's wrong bytes were refused and counted"
+    );
+    assert!(metric(&observer, "content_peer_fetched_total") >= 1);
+    assert!(metric(&observer, "content_peer_fetched_bytes_total") >= 300_000);
+    assert!(metric(&liar, "content_peer_served_total") >= 1);
+    assert!(metric(&honest, "content_peer_served_total") >= 2);
+
+    // The observer serves the same bytes with the same ETag.
+    let path = format!("/assets/{hash}");
+    let a = observer.get(&path);
+    let b = honest.get(&path);
+    assert_eq!(a.status, 200);
+    assert!(a.body == mesh, "the observer serves the mesh's bytes");
+    assert_eq!(a.header("etag"), b.header("etag"));
+    assert_eq!(a.header("etag"), Some(format!("\"{hash}\"").as_str()));
+
+    // A blob no element references is fetched when asked for.
+    let loose = bytes(5_000, 9);
+    let loose_hash = upload(&honest, &loose);
+    assert!(on_disk(&observer, &loose_hash).is_none());
+    let r = observer.get(&format!("/assets/{loose_hash}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body == loose, "fetched on demand");
+    assert!(on_disk(&observer, &loose_hash).is_some(), "and kept");
+
+    // A blob nobody has: a 404 that says the peers were asked.
+    let nowhere = blake3::hash(b"nobody has these bytes").to_hex().to_string();
+    let r = observer.get(&format!("/assets/{nowhere}"));
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("no peer gave it"), "{}", r.text());
+    assert!(metric(&observer, "content_peer_fetch_failed_total") >= 1);
+}
