@@ -144,7 +144,20 @@ fn four_members_agree_over_libp2p_on_loopback() {
                 .await;
             });
         }
-        // Each player sends 10 inputs to its member, one every 50 ms.
+        // Once every member has committed a tick (the group is up: on a
+        // loaded machine the first inputs were lost while members were
+        // still connecting), each player sends 10 inputs to its member,
+        // one every 50 ms.
+        for _ in 0..300 {
+            let up = seen
+                .lock()
+                .map(|s| s.logs.iter().all(|l| !l.is_empty()))
+                .unwrap_or(false);
+            if up {
+                break;
+            }
+            context.sleep(Duration::from_millis(100)).await;
+        }
         for seq in 1..=10u64 {
             for (k, player) in players.iter().enumerate() {
                 let kind = if seq == 1 {
