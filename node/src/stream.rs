@@ -424,9 +424,11 @@ async fn serve(mut socket: WebSocket, app: App, you: Option<PlayerId>) {
         return close(socket, close_code::AWAY, "the node is stopping".into()).await;
     }
     let n = counters.subscribers.fetch_add(1, Ordering::Relaxed);
-    let _admitted = Admitted(counters.clone());
+    let admitted = Admitted(counters.clone());
     if n >= hub.subscribers_max {
         counters.refused_full.fetch_add(1, Ordering::Relaxed);
+        // Not a subscriber: uncounted before the client can see the close.
+        drop(admitted);
         let reason = format!(
             "too many stream subscribers ({}, [limits] stream_subscribers_max in node.toml)",
             hub.subscribers_max

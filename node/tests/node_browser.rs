@@ -313,11 +313,20 @@ fn a_player_walks_chats_builds_and_scripts_in_chromium() {
         "(() => {{ const m = window.metatopia; const p = m.meshes.get({avatar:?}).position; \
          m.controls.target.copy(p); m.camera.position.set(p.x, p.y + 25, p.z + 0.1); return true; }})()"
     ));
-    // South-west of the avatar, where nothing was built or pushed.
-    let goal = page.wait_for(
-        "a ground point",
-        "(() => { const h = window.metatopia.pick(300, 550); return h && h.ground; })()",
-    );
+    // South-west of the avatar, where nothing was built or pushed. The
+    // camera eases to where it was put: wait until the point under the
+    // click stays the same, or the click lands elsewhere than `goal`.
+    let ground_at =
+        "(() => { const h = window.metatopia.pick(300, 550); return h && h.ground; })()";
+    let mut goal = page.wait_for("a ground point", ground_at);
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = page.wait_for("a ground point", ground_at);
+        if now == goal {
+            break;
+        }
+        goal = now;
+    }
     let (gx, gy) = (goal["x"].as_f64().unwrap(), goal["y"].as_f64().unwrap());
     page.click(300.0, 550.0, 0);
     page.wait_for(
