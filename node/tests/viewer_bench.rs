@@ -313,7 +313,13 @@ fn stream_fan_out_with_1000_moving_bodies() {
         "{bodies} bodies, {} moving per tick; subscribers | ticks/s | tick ms (mean) | MB/s read | dropped",
         moving / 40
     );
-    for n in [1usize, 16, 64, 128, 256, 512] {
+    // Rows: `BENCH_ROWS`, subscriber counts separated by commas.
+    let rows: Vec<usize> = std::env::var("BENCH_ROWS")
+        .unwrap_or_else(|_| "1,16,64,128,256,512".into())
+        .split(',')
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    for n in rows {
         let stop = Arc::new(AtomicBool::new(false));
         let bytes = Arc::new(AtomicU64::new(0));
         let readers: Vec<_> = (0..n)
