@@ -204,9 +204,26 @@ fn a_group_of_four_processes_survives_a_primary_kill_and_an_observer_joins() {
     nodes[victim] = Some(Node::start(&dirs[victim]));
     targets.lock().unwrap()[victim] = nodes[victim].as_ref().map(|n| (n.base.clone(), n.token()));
     let restarted = nodes[victim].as_ref().unwrap();
-    let tick = eventually("a checkpoint all four agree on after the restart", || {
-        agreed(restarted)
-    });
+    // Bounded like `eventually`, but a timeout shows every member's group
+    // status (this step once timed out under load in CI).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let tick = loop {
+        if let Some(t) = agreed(restarted) {
+            break t;
+        }
+        if std::time::Instant::now() > until {
+            let statuses: Vec<String> = nodes
+                .iter()
+                .flatten()
+                .map(|n| n.get("/api/status").text())
+                .collect();
+            panic!(
+                "timed out waiting for a checkpoint all four agree on after the restart of member {victim}; statuses:\n{}",
+                statuses.join("\n")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     let acked = client.finish();
     assert!(acked.len() >= 10, "only {} lines acknowledged", acked.len());
 
