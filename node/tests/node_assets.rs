@@ -9,34 +9,9 @@
 
 mod common;
 
-use common::{Node, examples, run};
+use common::{Node, bytes, examples, put, run};
 use metatopia_node::client::{Response, request};
 use serde_json::{Value, json};
-
-/// Deterministic bytes that do not repeat within a range test.
-fn bytes(n: usize, seed: u8) -> Vec<u8> {
-    let mut x = (seed as u32).wrapping_mul(2_654_435_761) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn put(node: &Node, path: &str, body: &[u8]) -> Response {
-    let auth = format!("Bearer {}", node.token());
-    request(
-        &node.base,
-        "PUT",
-        path,
-        &[("Authorization", auth.as_str())],
-        Some(body),
-    )
-    .unwrap()
-}
 
 fn get_with(node: &Node, path: &str, headers: &[(&str, &str)]) -> Response {
     request(&node.base, "GET", path, headers, None).unwrap()

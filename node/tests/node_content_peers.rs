@@ -13,33 +13,12 @@
 
 mod common;
 
-use common::{Node, eventually, free_ports, run};
-use metatopia_node::client::{Response, request};
+use common::{Node, bytes, eventually, group_init_of, put};
+use metatopia_node::client::Response;
 use serde_json::json;
 
-/// Deterministic bytes.
-fn bytes(n: usize, seed: u8) -> Vec<u8> {
-    let mut x = (seed as u32).wrapping_mul(2_654_435_761) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 fn upload(node: &Node, body: &[u8]) -> String {
-    let auth = format!("Bearer {}", node.token());
-    let r = request(
-        &node.base,
-        "PUT",
-        "/api/assets",
-        &[("Authorization", auth.as_str())],
-        Some(body),
-    )
-    .unwrap();
+    let r = put(node, "/api/assets", body);
     assert_eq!(r.status, 200, "{}", r.text());
     r.json().unwrap()["hash"].as_str().unwrap().to_string()
 }
@@ -62,34 +41,10 @@ fn act_ok(node: &Node, action: serde_json::Value) -> Response {
     r
 }
 
-/// `metatopia group init --members 2`: the members' data directories.
-fn group_of_two() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
-    let base = tempfile::tempdir().unwrap();
-    let port = free_ports().to_string();
-    let dir = base.path().to_str().unwrap();
-    let out = run(&[
-        "group",
-        "init",
-        "--dir",
-        dir,
-        "--members",
-        "2",
-        "--port",
-        &port,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dirs = (0..2).map(|i| base.path().join(format!("m{i}"))).collect();
-    (base, dirs)
-}
-
 /// Long on purpose: one group, then every way a blob travels.
 #[test]
 fn an_observer_fetches_the_regions_assets_and_refuses_wrong_bytes() {
-    let (base, dirs) = group_of_two();
+    let (base, dirs) = group_init_of(2);
     let liar = Node::start_env(&dirs[0], &[("METATOPIA_TEST_CONTENT_LIE", "1")]);
     let honest = Node::start(&dirs[1]);
 

@@ -185,6 +185,11 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 /// `metatopia group init` of four members on free ports: the temporary
 /// base directory and the members' data directories.
 pub fn group_init() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
+    group_init_of(4)
+}
+
+/// `metatopia group init` of `members` members on free ports.
+pub fn group_init_of(members: usize) -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
     let base = tempfile::tempdir().unwrap();
     let port = free_ports().to_string();
     let out = run(&[
@@ -193,7 +198,7 @@ pub fn group_init() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
         "--dir",
         base.path().to_str().unwrap(),
         "--members",
-        "4",
+        &members.to_string(),
         "--port",
         &port,
     ]);
@@ -202,8 +207,36 @@ pub fn group_init() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dirs = (0..4).map(|i| base.path().join(format!("m{i}"))).collect();
+    let dirs = (0..members)
+        .map(|i| base.path().join(format!("m{i}")))
+        .collect();
     (base, dirs)
+}
+
+/// Deterministic bytes that do not repeat within a range test.
+pub fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    let mut x = (seed as u32).wrapping_mul(2_654_435_761) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// `PUT path` with the node's token.
+pub fn put(node: &Node, path: &str, body: &[u8]) -> metatopia_node::client::Response {
+    let auth = format!("Bearer {}", node.token());
+    metatopia_node::client::request(
+        &node.base,
+        "PUT",
+        path,
+        &[("Authorization", auth.as_str())],
+        Some(body),
+    )
+    .unwrap()
 }
 
 /// The newest checkpoint tick at which an observer's own hash agrees with
