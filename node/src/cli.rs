@@ -514,6 +514,7 @@ async fn serve(
             members: config.group.members().map_err(|e| anyhow::anyhow!(e))?,
             storage: dir.path.join("consensus"),
             peers: peers.clone(),
+            caps: config.limits.mesh_caps(),
         };
         if !hosted.manifest.members.contains(&dir.player()?) {
             bail!(
@@ -1013,6 +1014,7 @@ fn observe(
         checkpoint_every: crate::replica::Config::default().checkpoint_every,
         join_timeout: Duration::from_secs(60),
         peers: Some(peers.clone()),
+        caps: config.limits.mesh_caps(),
     };
     note(format_args!(
         "metatopia: joining region {region} as an observer ({} members; waiting for a snapshot f + 1 of them vouch for)",

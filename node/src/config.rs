@@ -50,6 +50,11 @@ pub struct Limits {
     pub http_connections_max: u32,
     /// HTTP connections at once from one IP address.
     pub http_connections_per_ip_max: u32,
+    /// libp2p connections of the group's swarm at once (members,
+    /// observers, content fetchers); the next one is denied.
+    pub group_connections_max: u32,
+    /// libp2p connections with one peer at once (at least 2).
+    pub group_connections_per_peer_max: u32,
     /// Bytes in one uploaded blob (an asset or a script source; sources
     /// are also held to 64 KiB by the script host). Default 32 MiB.
     pub content_blob_bytes_max: u64,
@@ -71,6 +76,8 @@ impl Default for Limits {
             stream_subscribers_max: 256,
             http_connections_max: 1024,
             http_connections_per_ip_max: 128,
+            group_connections_max: 1024,
+            group_connections_per_peer_max: 4,
             content_blob_bytes_max: caps.blob_bytes_max,
             content_player_bytes_max: caps.player_bytes_max,
             content_store_bytes_max: caps.store_bytes_max,
@@ -79,6 +86,15 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The group swarm's connection caps.
+    pub fn mesh_caps(&self) -> crate::replica::net::Caps {
+        crate::replica::net::Caps {
+            total: self.group_connections_max,
+            per_peer: self.group_connections_per_peer_max,
+            ..crate::replica::net::Caps::default()
+        }
+    }
+
     /// The content store's caps on uploads.
     pub fn content_caps(&self) -> crate::content::Caps {
         crate::content::Caps {
@@ -300,6 +316,12 @@ impl Config {
             if !(1..=1_000_000).contains(&value) {
                 return Err(format!("limits.{key} must be in 1..=1000000, got {value}"));
             }
+        }
+        if !(1..=100_000).contains(&l.group_connections_max) {
+            return Err("limits.group_connections_max must be in 1..=100000".into());
+        }
+        if !(2..=64).contains(&l.group_connections_per_peer_max) {
+            return Err("limits.group_connections_per_peer_max must be in 2..=64".into());
         }
         if !(1..=100_000).contains(&l.http_connections_max) {
             return Err("limits.http_connections_max must be in 1..=100000".into());

@@ -682,6 +682,8 @@ pub struct Membership {
     pub storage: std::path::PathBuf,
     /// The content store's peer side: served and fetched over the mesh.
     pub peers: Option<crate::content::peer::Peers>,
+    /// Caps on the mesh's libp2p connections.
+    pub caps: crate::replica::net::Caps,
 }
 
 /// Starts a member of a replica group of several: its own thread runs the
@@ -724,10 +726,11 @@ pub fn start_member(
                     warn!(error = %what, "the replica group cannot start");
                     Err(StoreError::Db(what))
                 };
-                let mut mesh = match net::listen(&key, membership.listen.clone()).await {
-                    Ok(m) => m,
-                    Err(e) => return failed(e.to_string()),
-                };
+                let mut mesh =
+                    match net::listen(&key, membership.listen.clone(), membership.caps).await {
+                        Ok(m) => m,
+                        Err(e) => return failed(e.to_string()),
+                    };
                 info!(addr = %mesh.addr, "replica group member listening");
                 mesh.serve_followers(simplex::CHANNEL_MEMBERS);
                 if let Some(p) = &membership.peers

@@ -62,9 +62,13 @@ fn four_members_agree_over_libp2p_on_loopback() {
         };
         let mut meshes = Vec::new();
         for k in &keys {
-            let mesh = net::listen(k, "/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
-                .await
-                .expect("listen on loopback");
+            let mesh = net::listen(
+                k,
+                "/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"),
+                net::Caps::default(),
+            )
+            .await
+            .expect("listen on loopback");
             meshes.push(mesh);
         }
         let addrs: Vec<_> = manifest
@@ -210,4 +214,40 @@ fn four_members_agree_over_libp2p_on_loopback() {
     );
     // Every input was applied (no rejection): each player joined first.
     assert!(s.rejected.is_empty(), "rejected: {:?}", s.rejected);
+}
+
+/// The swarm's connection caps hold: a member capped at 2 connections
+/// keeps 2 of 4 peers that dial it; uncapped, it takes all 4.
+#[test]
+fn the_swarm_denies_connections_over_its_cap() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let addr = || "/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr");
+        for (total, expected) in [(2, 2), (1024, 4)] {
+            let caps = net::Caps {
+                total,
+                ..net::Caps::default()
+            };
+            let hub_key = SigningKey::from_bytes(&[40; 32]);
+            let hub = net::listen(&hub_key, addr(), caps).await.expect("listen");
+            let mut dialers = Vec::new();
+            for i in 0..4u8 {
+                let key = SigningKey::from_bytes(&[41 + i; 32]);
+                let mesh = net::listen(&key, addr(), net::Caps::default())
+                    .await
+                    .expect("listen");
+                mesh.dial(player_of(&hub_key), hub.addr.clone())
+                    .expect("a peer id");
+                dialers.push(mesh);
+            }
+            // Let the dialers try (and retry, every 500 ms) for 3 s.
+            let mut most = 0;
+            for _ in 0..30 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                most = most.max(hub.connected());
+            }
+            assert_eq!(most, expected, "cap {total}");
+            assert_eq!(hub.connected(), expected, "cap {total}");
+        }
+    });
 }

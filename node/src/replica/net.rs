@@ -112,9 +112,46 @@ impl std::fmt::Debug for Mesh {
     }
 }
 
+/// Caps on the swarm's libp2p connections (`[limits]` in node.toml): in
+/// total, from one peer, and handshakes in progress. A connection over a
+/// cap is denied by the swarm before any protocol runs on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Established connections at once.
+    pub total: u32,
+    /// Established connections with one peer at once (two members may dial
+    /// each other at the same moment: at least 2).
+    pub per_peer: u32,
+    /// Incoming connections still in their handshake.
+    pub pending_incoming: u32,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps {
+            total: 1024,
+            per_peer: 4,
+            pending_incoming: 64,
+        }
+    }
+}
+
+/// The swarm's behaviours: the connection caps first (they deny before
+/// anything else sees a connection), then the streams every protocol
+/// here runs on.
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct Behaviour {
+    limits: libp2p::connection_limits::Behaviour,
+    streams: libp2p_stream::Behaviour,
+}
+
 /// Starts a member's swarm (TCP, noise, yamux) listening on `listen`; its
 /// identity is the node key. Must run inside a tokio runtime.
-pub async fn listen(key: &SigningKey, listen: Multiaddr) -> Result<Mesh, NetError> {
+pub async fn listen(key: &SigningKey, listen: Multiaddr, caps: Caps) -> Result<Mesh, NetError> {
+    let limits = libp2p::connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(caps.total))
+        .with_max_established_per_peer(Some(caps.per_peer.max(2)))
+        .with_max_pending_incoming(Some(caps.pending_incoming));
     let keypair = identity::Keypair::ed25519_from_bytes(key.to_bytes()).map_err(p2p)?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -124,7 +161,10 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr) -> Result<Mesh, NetErro
             yamux::Config::default,
         )
         .map_err(p2p)?
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .with_behaviour(|_| Behaviour {
+            limits: libp2p::connection_limits::Behaviour::new(limits),
+            streams: libp2p_stream::Behaviour::new(),
+        })
         .map_err(p2p)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
@@ -134,7 +174,7 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr) -> Result<Mesh, NetErro
             break address;
         }
     };
-    let control = swarm.behaviour().new_control();
+    let control = swarm.behaviour().streams.new_control();
     let me = *swarm.local_peer_id();
     let connected: Arc<std::sync::Mutex<std::collections::BTreeSet<PeerId>>> = Arc::default();
     let peers = connected.clone();
@@ -193,6 +233,20 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr) -> Result<Mesh, NetErro
 }
 
 impl Mesh {
+    /// Dials `member` at `addr` (and again while it is not connected).
+    pub fn dial(&self, member: PlayerId, addr: Multiaddr) -> Result<(), NetError> {
+        let peer = peer_id(member)?;
+        if peer != self.me {
+            let _ = self.addresses.try_send((peer, addr));
+        }
+        Ok(())
+    }
+
+    /// Peers connected now.
+    pub fn connected(&self) -> usize {
+        self.connected.lock().map_or(0, |c| c.len())
+    }
+
     /// Answers `/metatopia/content/1` from `peers`' store, and lets
     /// `peers` fetch over this swarm, asking `members` (the group's, in
     /// order) first. Must run inside a tokio runtime.
@@ -210,7 +264,7 @@ impl Mesh {
             let peer = peer_id(*m)?;
             if peer != self.me {
                 // Dialled by the swarm task, and again while it is down.
-                let _ = self.addresses.try_send((peer, addr.clone()));
+                self.dial(*m, addr.clone())?;
                 ids.push(peer);
             }
         }

@@ -45,6 +45,8 @@ pub struct Observing {
     pub join_timeout: Duration,
     /// The content store's peer side: served and fetched over the swarm.
     pub peers: Option<crate::content::peer::Peers>,
+    /// Caps on the swarm's libp2p connections.
+    pub caps: net::Caps,
 }
 
 /// Why an observer could not join.
@@ -144,7 +146,7 @@ async fn drive(
     ready: std::sync::mpsc::SyncSender<Result<Handle, ObserveError>>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), StoreError> {
-    let mut mesh = match net::listen(&key, observing.listen.clone()).await {
+    let mut mesh = match net::listen(&key, observing.listen.clone(), observing.caps).await {
         Ok(m) => m,
         Err(e) => {
             let _ = ready.send(Err(e.into()));
