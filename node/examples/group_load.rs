@@ -113,7 +113,7 @@ async fn run(
     let nonce = *blake3::hash(format!("{:?} {}", SystemTime::now(), std::process::id()).as_bytes())
         .as_bytes();
     let me = key(&nonce, "node", 0);
-    let mesh = net::listen(&me, "/ip4/127.0.0.1/tcp/0".parse()?).await?;
+    let mesh = net::listen(&me, "/ip4/127.0.0.1/tcp/0".parse()?, net::Caps::default()).await?;
     let (out, mut inbound) = net::follow(&mesh, &members, simplex::CHANNEL_MEMBERS)?;
     let follow = Bytes::from(Message::Follow { snapshot: false }.encode());
     out.send((None, follow.clone())).await?;
