@@ -207,6 +207,33 @@ impl Store {
         Ok(genesis)
     }
 
+    /// Sequence numbers of this node's player below this value may have
+    /// been signed by an earlier run (0 when none were reserved).
+    pub fn seq_reserved(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let meta = txn.open_table(META).map_err(db)?;
+        let Some(v) = meta.get("seq_reserved").map_err(db)? else {
+            return Ok(0);
+        };
+        let bytes: [u8; 8] = v.value().try_into().map_err(|_| StoreError::Broken {
+            tick: 0,
+            message: "seq_reserved is not 8 bytes".into(),
+        })?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// Durably records that sequence numbers below `upto` may be signed
+    /// (see `world::Signer`).
+    pub fn reserve_seq(&self, upto: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db)?;
+            meta.insert("seq_reserved", &upto.to_le_bytes()[..])
+                .map_err(db)?;
+        }
+        txn.commit().map_err(db)
+    }
+
     /// The region manifest, if a world exists.
     pub fn manifest(&self) -> Result<Option<Manifest>, StoreError> {
         let txn = self.db.begin_read().map_err(db)?;

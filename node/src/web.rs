@@ -105,6 +105,8 @@ pub fn refusal_reason(e: &SubmitError) -> &'static str {
         SubmitError::Busy => "busy",
         SubmitError::NotMine(_) => "not_mine",
         SubmitError::Stopped => "stopped",
+        SubmitError::Superseded { .. } => "superseded",
+        SubmitError::Sequence(_) => "sequence_store",
     }
 }
 
@@ -197,7 +199,9 @@ pub fn submit_error_status(e: &SubmitError) -> StatusCode {
         }
         SubmitError::Refused(Refusal::Busy | Refusal::NotServing)
         | SubmitError::Busy
-        | SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        | SubmitError::Stopped
+        | SubmitError::Sequence(_) => StatusCode::SERVICE_UNAVAILABLE,
+        SubmitError::Superseded { .. } => StatusCode::CONFLICT,
         SubmitError::Refused(_) => StatusCode::BAD_REQUEST,
         SubmitError::NotMine(_) => StatusCode::FORBIDDEN,
     }

@@ -28,7 +28,7 @@ use metatopia_sim::{PlayerId, ScriptHost};
 
 pub use crate::replica::Published;
 use crate::replica::core::{Output, Refusal};
-use crate::replica::wire::player_of;
+use crate::replica::wire::{Sig, player_of};
 use crate::replica::{Digest, Engine, Manifest, Replica, SignedInput, Solo, SourceBook};
 use crate::store::{LogRecord, Store, StoreError};
 
@@ -92,6 +92,21 @@ pub enum SubmitError {
     /// The world has stopped.
     #[error("the world has stopped")]
     Stopped,
+    /// Another input of this player committed with the same sequence
+    /// number (signed by an earlier run of this node, or by another node
+    /// holding the same key); this one was not applied.
+    #[error(
+        "sequence number {seq} of this player was taken by another input, committed at tick {tick}; this input was not applied (send it again)"
+    )]
+    Superseded {
+        /// The sequence number.
+        seq: u64,
+        /// The tick that committed the other input.
+        tick: u64,
+    },
+    /// The node could not durably reserve sequence numbers for its player.
+    #[error("this node cannot record its player's sequence numbers: {0}")]
+    Sequence(String),
 }
 
 /// What the tick thread is handed.
@@ -102,11 +117,56 @@ struct Submit {
 
 /// The node's key and the next sequence number of its player; one lock so
 /// that inputs enter the queue in the order of their numbers.
+///
+/// A sequence number is never signed twice, also across restarts: before
+/// signing `next_seq`, the signer has made `reserved > next_seq` durable in
+/// the store, and a restart numbers from `reserved` on. (Numbering from the
+/// state's `last_seq` alone would reuse the numbers of inputs still in flight
+/// or committed in ticks this node has not caught up with.) Gaps are fine:
+/// the sim only needs numbers to grow.
 #[derive(Debug)]
 struct Signer {
     key: SigningKey,
     region: metatopia_sim::RegionId,
     next_seq: u64,
+    /// Numbers below this may have been signed; none at or above it.
+    reserved: u64,
+    /// Where `reserved` is kept; none for an observer (it numbers from the
+    /// group's state, which it follows).
+    store: Option<Arc<Store>>,
+}
+
+/// Sequence numbers reserved with one durable write.
+const SEQ_BLOCK: u64 = 1024;
+
+impl Signer {
+    /// Signs `kind` with the next number, reserving a new block first when
+    /// the reserved one is used up.
+    fn sign(&mut self, kind: InputKind) -> Result<SignedInput, SubmitError> {
+        if let Some(store) = &self.store
+            && self.next_seq >= self.reserved
+        {
+            if self.reserved == 0 {
+                // First input of this run: number after what earlier runs
+                // reserved.
+                let before = store
+                    .seq_reserved()
+                    .map_err(|e| SubmitError::Sequence(e.to_string()))?;
+                self.next_seq = self.next_seq.max(before);
+            }
+            let upto = self.next_seq + SEQ_BLOCK;
+            store
+                .reserve_seq(upto)
+                .map_err(|e| SubmitError::Sequence(e.to_string()))?;
+            self.reserved = upto;
+        }
+        Ok(SignedInput::sign(
+            &self.key,
+            self.region,
+            self.next_seq,
+            kind,
+        ))
+    }
 }
 
 /// Counters for metrics.
@@ -163,7 +223,7 @@ impl Handle {
             if player_of(&signer.key) != player {
                 return Err(SubmitError::NotMine(player));
             }
-            let input = SignedInput::sign(&signer.key, signer.region, signer.next_seq, kind);
+            let input = signer.sign(kind)?;
             self.tx
                 .try_send(Submit { input, reply })
                 .map_err(|e| match e {
@@ -300,7 +360,7 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         manifest.region,
         published,
         group,
-        Some(store),
+        Some(Arc::new(store)),
         config.queue_max,
     );
     let core = Replica::new(replica_config, manifest, key, host, sources, region, head);
@@ -315,14 +375,14 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
 /// The handle the HTTP side holds and the sink the driver feeds, around
 /// the world as `published` shows it: the input queue (`queue_max`), the
 /// signer of this node's player (numbering after its last sequence number
-/// in that world), the published state, the event stream, the counters and
+/// in that world and after what `store` reserved), the published state, the event stream, the counters and
 /// the group status.
 fn connect(
     key: &SigningKey,
     region: metatopia_sim::RegionId,
     published: Arc<Published>,
     group: GroupStatus,
-    store: Option<Store>,
+    store: Option<Arc<Store>>,
     queue_max: usize,
 ) -> (Handle, mpsc::Receiver<Submit>, Sink) {
     let (tx, rx) = mpsc::channel(queue_max.max(1));
@@ -337,6 +397,8 @@ fn connect(
             .get(&me)
             .map_or(0, |p| p.last_seq)
             + 1,
+        reserved: 0,
+        store: store.clone(),
     };
     let group = Arc::new(Mutex::new(group));
     let (pub_tx, pub_rx) = watch::channel(published);
@@ -419,7 +481,7 @@ pub fn start(
 /// network: durable commits, published states, answers, status.
 struct Sink {
     /// The log (none on an observer, which keeps no log).
-    store: Option<Store>,
+    store: Option<Arc<Store>>,
     pub_tx: watch::Sender<Arc<Published>>,
     events: broadcast::Sender<Arc<Published>>,
     counters: Arc<Counters>,
@@ -430,10 +492,11 @@ struct Sink {
 }
 
 /// The submissions of this node's player that wait for their answer,
-/// by (player, sequence number). Shared, so that a member's input task
-/// can register a submission while its committer answers others.
+/// by (player, sequence number), with the signature of the input sent.
+/// Shared, so that a member's input task can register a submission while
+/// its committer answers others.
 #[derive(Default)]
-struct Waiting(Mutex<BTreeMap<(PlayerId, u64), Reply>>);
+struct Waiting(Mutex<BTreeMap<(PlayerId, u64), (Sig, Reply)>>);
 
 /// Where a submission's answer goes.
 type Reply = oneshot::Sender<Result<Receipt, SubmitError>>;
@@ -443,18 +506,38 @@ impl Waiting {
     fn wait(&self, s: Submit) -> SignedInput {
         let key = (s.input.input.player, s.input.input.seq);
         if let Ok(mut w) = self.0.lock() {
-            w.insert(key, s.reply);
+            w.insert(key, (s.input.sig, s.reply));
         }
         s.input
     }
 
-    fn answer(&self, player: PlayerId, seq: u64, answer: Result<Receipt, SubmitError>) {
-        let reply = self
+    /// Answers the submission of (`player`, `seq`). `committed` is the
+    /// signature of the input that committed with that number, if one
+    /// did: when it is not the input sent, the answer is
+    /// [`SubmitError::Superseded`], never another input's receipt.
+    fn answer(
+        &self,
+        player: PlayerId,
+        seq: u64,
+        committed: Option<(Sig, u64)>,
+        answer: Result<Receipt, SubmitError>,
+    ) {
+        let waiting = self
             .0
             .lock()
             .ok()
             .and_then(|mut w| w.remove(&(player, seq)));
-        if let Some(reply) = reply {
+        if let Some((sent, reply)) = waiting {
+            let answer = match committed {
+                Some((sig, tick)) if sig != sent => {
+                    warn!(
+                        seq,
+                        tick, "another input of this player committed with this sequence number"
+                    );
+                    Err(SubmitError::Superseded { seq, tick })
+                }
+                _ => answer,
+            };
             let _ = reply.send(answer);
         }
     }
@@ -462,7 +545,7 @@ impl Waiting {
     /// Answers every waiting submission: the world stopped.
     fn stop_all(&self) {
         let all = self.0.lock().map(|mut w| std::mem::take(&mut *w));
-        for (_, reply) in all.unwrap_or_default() {
+        for (_, (_, reply)) in all.unwrap_or_default() {
             let _ = reply.send(Err(SubmitError::Stopped));
         }
     }
@@ -516,6 +599,7 @@ impl Sink {
                 player,
                 seq,
                 tick,
+                sig,
                 rejection,
             } => {
                 let counter = match rejection {
@@ -526,6 +610,7 @@ impl Sink {
                 self.waiting.answer(
                     player,
                     seq,
+                    Some((sig, tick)),
                     match rejection {
                         Some(reason) => Err(SubmitError::Rejected(reason)),
                         None => Ok(Receipt { tick, seq }),
@@ -538,7 +623,7 @@ impl Sink {
                 refusal,
             } => self
                 .waiting
-                .answer(player, seq, Err(SubmitError::Refused(refusal))),
+                .answer(player, seq, None, Err(SubmitError::Refused(refusal))),
             Output::Checkpoint { tick, member, hash } => {
                 if let Ok(mut g) = self.group.lock() {
                     g.checkpoints.entry(tick).or_default().insert(member, hash);
@@ -824,4 +909,101 @@ pub fn start_member(
             })
         })?;
     Ok((handle, thread))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn say(text: &str) -> InputKind {
+        InputKind::Say {
+            text: text.into(),
+            radius: None,
+        }
+    }
+
+    fn signer(key: &SigningKey, last_seq: u64, store: &Arc<Store>) -> Signer {
+        Signer {
+            key: key.clone(),
+            region: metatopia_sim::RegionId(1),
+            next_seq: last_seq + 1,
+            reserved: 0,
+            store: Some(store.clone()),
+        }
+    }
+
+    /// A node killed after signing inputs that its state has not seen
+    /// committed yet (they were in flight, or committed in ticks it had
+    /// not caught up with) must not sign those numbers again.
+    #[test]
+    fn a_restarted_signer_never_reuses_a_sequence_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let store = Arc::new(Store::open(&dir.path().join("world.redb")).unwrap());
+        let mut first = signer(&key, 3, &store);
+        let mut used = BTreeSet::new();
+        for i in 0..3 {
+            let s = first.sign(say(&format!("line {i}"))).unwrap();
+            assert!(used.insert(s.input.seq));
+            first.next_seq += 1;
+        }
+        assert_eq!(used.iter().copied().collect::<Vec<_>>(), vec![4, 5, 6]);
+        // The restart numbers from the state, which saw none of them.
+        drop(first);
+        let mut second = signer(&key, 3, &store);
+        for i in 0..SEQ_BLOCK + 2 {
+            let s = second.sign(say(&format!("again {i}"))).unwrap();
+            assert!(used.insert(s.input.seq), "seq {} signed twice", s.input.seq);
+            second.next_seq += 1;
+        }
+        // And across a second block.
+        let mut third = signer(&key, 3, &store);
+        let s = third.sign(say("third")).unwrap();
+        assert!(used.insert(s.input.seq), "seq {} signed twice", s.input.seq);
+    }
+
+    /// A waiter is answered with its own input's receipt only: another
+    /// input committed with the same number is `Superseded`.
+    #[test]
+    fn a_waiter_is_never_given_another_inputs_receipt() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let region = metatopia_sim::RegionId(1);
+        let mine = SignedInput::sign(&key, region, 4, say("line 17"));
+        let other = SignedInput::sign(&key, region, 4, say("line 5"));
+        let player = mine.input.player;
+        let waiting = Waiting::default();
+        let (reply, mut rx) = oneshot::channel();
+        waiting.wait(Submit {
+            input: mine.clone(),
+            reply,
+        });
+        waiting.answer(
+            player,
+            4,
+            Some((other.sig, 96)),
+            Ok(Receipt { tick: 96, seq: 4 }),
+        );
+        let answer = rx.try_recv().unwrap();
+        assert!(
+            matches!(answer, Err(SubmitError::Superseded { seq: 4, tick: 96 })),
+            "{answer:?}"
+        );
+        let (reply, mut rx) = oneshot::channel();
+        waiting.wait(Submit {
+            input: mine.clone(),
+            reply,
+        });
+        waiting.answer(
+            player,
+            4,
+            Some((mine.sig, 97)),
+            Ok(Receipt { tick: 97, seq: 4 }),
+        );
+        assert_eq!(
+            rx.try_recv().unwrap().unwrap(),
+            Receipt { tick: 97, seq: 4 }
+        );
+    }
 }

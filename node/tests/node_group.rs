@@ -84,6 +84,8 @@ type Targets = Arc<Mutex<Vec<Option<(String, String)>>>>;
 struct Client {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<String>>>,
+    /// Which member acknowledged each line, and its answer.
+    receipts: Arc<Mutex<Vec<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -91,7 +93,8 @@ impl Client {
     fn start(targets: Targets) -> Client {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let (s, a) = (stop.clone(), acked.clone());
+        let receipts = Arc::new(Mutex::new(Vec::new()));
+        let (s, a, rc) = (stop.clone(), acked.clone(), receipts.clone());
         let thread = std::thread::spawn(move || {
             let mut n = 0u64;
             // Bounded: the chat history keeps 200 lines.
@@ -111,7 +114,14 @@ impl Client {
                     &[("Authorization", auth.as_str())],
                     Some(&serde_json::to_vec(&body).unwrap()),
                 );
-                if r.is_ok_and(|r| r.status == 200) {
+                if let Ok(r) = r
+                    && r.status == 200
+                {
+                    rc.lock().unwrap().push(format!(
+                        "{text}: member {} answered {}",
+                        n % 4,
+                        String::from_utf8_lossy(&r.body)
+                    ));
                     a.lock().unwrap().push(text);
                 }
                 n += 1;
@@ -121,6 +131,7 @@ impl Client {
         Client {
             stop,
             acked,
+            receipts,
             thread: Some(thread),
         }
     }
@@ -129,7 +140,7 @@ impl Client {
         self.acked.lock().unwrap().len()
     }
 
-    fn finish(mut self) -> Vec<String> {
+    fn finish(&mut self) -> Vec<String> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
@@ -163,7 +174,7 @@ fn a_group_of_four_processes_survives_a_primary_kill_and_an_observer_joins() {
             .map(|n| n.as_ref().map(|n| (n.base.clone(), n.token())))
             .collect::<Vec<_>>(),
     ));
-    let client = Client::start(targets.clone());
+    let mut client = Client::start(targets.clone());
     eventually("the client's first acknowledged lines", || {
         (client.acked() >= 5).then_some(())
     });
@@ -230,14 +241,40 @@ fn a_group_of_four_processes_survives_a_primary_kill_and_an_observer_joins() {
     // Every acknowledged line is in the world exactly once, on every
     // member and on the observer.
     let last = acked.last().unwrap().clone();
-    for node in nodes.iter().flatten().chain(std::iter::once(&observer)) {
+    let everyone: Vec<(String, &Node)> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| n.as_ref().map(|n| (format!("member {i}"), n)))
+        .chain(std::iter::once(("the observer".to_string(), &observer)))
+        .collect();
+    for (name, node) in &everyone {
         let lines = eventually("the last acknowledged line everywhere", || {
             let c = chat(node);
             c.contains(&last).then_some(c)
         });
         for a in &acked {
             let n = lines.iter().filter(|l| *l == a).count();
-            assert_eq!(n, 1, "{a:?} is in {}'s chat {n} times", node.base);
+            if n != 1 {
+                // Say where the line is and what each node knows, so a
+                // failure here is a bug report (member {victim} was
+                // killed and restarted).
+                let report: Vec<String> = everyone
+                    .iter()
+                    .map(|(name, node)| {
+                        let c = chat(node);
+                        let count = c.iter().filter(|l| *l == a).count();
+                        format!(
+                            "{name} has it {count} times in {c:?}; status {}",
+                            node.get("/api/status").text()
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "{a:?} (acknowledged) is in {name}'s chat {n} times; member {victim} was killed and restarted\nreceipts:\n{}\n{}",
+                    client.receipts.lock().unwrap().join("\n"),
+                    report.join("\n")
+                );
+            }
         }
     }
     // And they all sign the same hashes after the restart.

@@ -134,6 +134,7 @@ fn four_members_agree_over_libp2p_on_loopback() {
                                 player,
                                 seq,
                                 tick,
+                                sig: _,
                                 rejection,
                             } => {
                                 s.acks.insert((player, seq), tick);

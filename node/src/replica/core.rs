@@ -33,7 +33,7 @@ use metatopia_sim::{PlayerId, ScriptHost, Sim};
 
 use super::group::Manifest;
 use super::wire::{
-    Checkpoint, Digest, FOLLOW_LEASE_MS, Message, PROPOSAL_BYTES_MAX, Proposal, SignedInput,
+    Checkpoint, Digest, FOLLOW_LEASE_MS, Message, PROPOSAL_BYTES_MAX, Proposal, Sig, SignedInput,
     player_of,
 };
 use super::{Answer, Order};
@@ -216,6 +216,10 @@ pub enum Output {
         seq: u64,
         /// The tick that held it.
         tick: u64,
+        /// Its signature: which input held this sequence number (a
+        /// waiter checks it is the one it sent, not another input of the
+        /// same player with the same number).
+        sig: Sig,
         /// Why the sim refused it, if it did.
         rejection: Option<Rejection>,
     },
@@ -1672,6 +1676,7 @@ impl Replica {
                     player,
                     seq,
                     tick: p.tick,
+                    sig: s.sig,
                     rejection: rejection(&link.published.events, player, seq),
                 });
             }

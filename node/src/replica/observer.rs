@@ -395,6 +395,7 @@ impl Observer {
                     player: key.0,
                     seq: key.1,
                     tick: p.tick,
+                    sig: s.sig,
                     rejection: rejection(&published.events, key.0, key.1),
                 });
             }
