@@ -676,6 +676,7 @@ async fn serve_world(
     let caps = crate::listener::Caps {
         total: config.limits.http_connections_max as usize,
         per_ip: config.limits.http_connections_per_ip_max as usize,
+        memory_max_bytes: config.limits.connections_memory_max_bytes(),
     };
     let listener = crate::listener::Capped::new(listener, caps, connections);
     axum::serve(listener, http::router(app))

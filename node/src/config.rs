@@ -55,6 +55,10 @@ pub struct Limits {
     pub group_connections_max: u32,
     /// libp2p connections with one peer at once (at least 2).
     pub group_connections_per_peer_max: u32,
+    /// While this process uses more physical memory than this many MiB,
+    /// new HTTP and group connections are refused (503 naming this key;
+    /// libp2p denies them). 0: 90 % of the machine's memory.
+    pub connections_memory_max_mib: u64,
     /// Bytes in one uploaded blob (an asset or a script source; sources
     /// are also held to 64 KiB by the script host). Default 32 MiB.
     pub content_blob_bytes_max: u64,
@@ -78,6 +82,7 @@ impl Default for Limits {
             http_connections_per_ip_max: 128,
             group_connections_max: 1024,
             group_connections_per_peer_max: 4,
+            connections_memory_max_mib: 0,
             content_blob_bytes_max: caps.blob_bytes_max,
             content_player_bytes_max: caps.player_bytes_max,
             content_store_bytes_max: caps.store_bytes_max,
@@ -91,7 +96,18 @@ impl Limits {
         crate::replica::net::Caps {
             total: self.group_connections_max,
             per_peer: self.group_connections_per_peer_max,
+            memory_max_bytes: self.connections_memory_max_bytes(),
             ..crate::replica::net::Caps::default()
+        }
+    }
+
+    /// `connections_memory_max_mib` in bytes (0: 90 % of the machine's
+    /// physical memory, as libp2p's memory cap measures it).
+    pub fn connections_memory_max_bytes(&self) -> usize {
+        match self.connections_memory_max_mib {
+            0 => libp2p::memory_connection_limits::Behaviour::with_max_percentage(0.9)
+                .max_allowed_bytes(),
+            mib => usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
         }
     }
 
@@ -322,6 +338,12 @@ impl Config {
         }
         if !(2..=64).contains(&l.group_connections_per_peer_max) {
             return Err("limits.group_connections_per_peer_max must be in 2..=64".into());
+        }
+        if l.connections_memory_max_mib > 1 << 30 {
+            return Err(format!(
+                "limits.connections_memory_max_mib must be in 0..=1073741824 (0: 90 % of the machine's memory), got {}",
+                l.connections_memory_max_mib
+            ));
         }
         if !(1..=100_000).contains(&l.http_connections_max) {
             return Err("limits.http_connections_max must be in 1..=100000".into());

@@ -313,9 +313,28 @@ async fn metrics(State(app): State<App>) -> Response {
     );
     reg.register(
         "http_connections_refused",
-        "HTTP connections refused at http_connections_max or http_connections_per_ip_max",
+        "HTTP connections refused at http_connections_max, http_connections_per_ip_max or connections_memory_max_mib",
         counter(&conns.refused),
     );
+    // Bytes on the wire by service: HTTP connections, and the replica
+    // group's libp2p swarm (members, observers, content), after noise.
+    type ByService = prometheus_client::metrics::family::Family<
+        [(&'static str, &'static str); 1],
+        prometheus_client::metrics::counter::Counter,
+    >;
+    let (received, sent) = (ByService::default(), ByService::default());
+    for (service, t) in [
+        ("http", &*conns.traffic),
+        ("group", &**crate::traffic::GROUP),
+    ] {
+        received
+            .get_or_create(&[("service", service)])
+            .inc_by(t.received.load(Ordering::Relaxed));
+        sent.get_or_create(&[("service", service)])
+            .inc_by(t.sent.load(Ordering::Relaxed));
+    }
+    reg.register("bytes_received", "Bytes read from the network", received);
+    reg.register("bytes_sent", "Bytes written to the network", sent);
     let st = &app.stream.counters;
     reg.register(
         "stream_subscribers",

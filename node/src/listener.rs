@@ -2,8 +2,11 @@
 //! `[limits] http_connections_max` connections at once, and at most
 //! `http_connections_per_ip_max` from one address, so that one client's
 //! connection flood (idle sockets, slow readers) leaves room for everyone
-//! else. A connection over a cap is answered `503` with the JSON error
-//! naming the cap, then closed, and counted in `/metrics`.
+//! else; and none while the process's memory is over
+//! `connections_memory_max_mib`. A connection over a cap is answered `503`
+//! with the JSON error naming the cap, then closed, and counted in
+//! `/metrics`. Admitted connections count their bytes
+//! ([`crate::traffic`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -14,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::traffic::{Counted, Traffic};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
@@ -24,6 +29,8 @@ pub struct ConnectionCounters {
     pub open: AtomicU64,
     /// Connections refused at a cap since start.
     pub refused: AtomicU64,
+    /// Bytes in and out of admitted connections.
+    pub traffic: Arc<Traffic>,
 }
 
 /// The caps.
@@ -33,6 +40,32 @@ pub struct Caps {
     pub total: usize,
     /// Connections at once from one IP address.
     pub per_ip: usize,
+    /// No new connection while the process uses more physical memory
+    /// (`[limits] connections_memory_max_mib`).
+    pub memory_max_bytes: usize,
+}
+
+/// The process's physical memory, read at most every 100 ms (as libp2p's
+/// memory cap does): a flood of connections does not become a flood of
+/// reads of `/proc`.
+#[derive(Debug)]
+struct Memory {
+    read_at: Option<std::time::Instant>,
+    bytes: usize,
+}
+
+impl Memory {
+    fn now(&mut self) -> usize {
+        let fresh = self
+            .read_at
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(100));
+        if !fresh {
+            // Unknown (an unsupported platform): never over the cap.
+            self.bytes = memory_stats::memory_stats().map_or(0, |s| s.physical_mem);
+            self.read_at = Some(std::time::Instant::now());
+        }
+        self.bytes
+    }
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +80,8 @@ pub struct Capped {
     inner: TcpListener,
     caps: Caps,
     open: Arc<Mutex<Open>>,
+    memory: Memory,
+    closing: Arc<std::sync::atomic::AtomicUsize>,
     counters: Arc<ConnectionCounters>,
 }
 
@@ -57,12 +92,25 @@ impl Capped {
             inner,
             caps,
             open: Arc::default(),
+            memory: Memory {
+                read_at: None,
+                bytes: 0,
+            },
+            closing: Arc::default(),
             counters,
         }
     }
 
     /// Takes a slot for `ip`, or says which cap is full.
-    fn admit(&self, ip: IpAddr) -> Result<Slot, String> {
+    fn admit(&mut self, ip: IpAddr) -> Result<Slot, String> {
+        let memory = self.memory.now();
+        if memory > self.caps.memory_max_bytes {
+            return Err(format!(
+                "this node is short of memory ({} MiB in use, [limits] connections_memory_max_mib in node.toml allows {} MiB); try again later",
+                memory >> 20,
+                self.caps.memory_max_bytes >> 20
+            ));
+        }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.total >= self.caps.total {
             return Err(format!(
@@ -113,19 +161,50 @@ impl Drop for Slot {
 /// An admitted connection.
 #[derive(Debug)]
 pub struct Admitted {
-    io: TcpStream,
+    io: Counted<TcpStream>,
     _slot: Slot,
 }
 
+/// Refused connections being closed gently at once, at most.
+const CLOSING_MAX: usize = 64;
+
 /// Answers a refused connection with `503` and the reason, without
-/// waiting on it: a client that does not read gets nothing.
-fn refuse(io: &TcpStream, reason: &str) {
+/// waiting on it: a client that does not read gets nothing. Then, while
+/// fewer than [`CLOSING_MAX`] others are closing, it ends the connection
+/// and reads (and drops) what the client sent for up to a second, so that
+/// closing does not reset the connection before the client read the
+/// answer; past that, the socket is dropped at once.
+fn refuse(io: TcpStream, reason: &str, closing: &Arc<std::sync::atomic::AtomicUsize>) {
     let body = serde_json::json!({ "error": reason }).to_string();
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = io.try_write(response.as_bytes());
+    if closing.fetch_add(1, Ordering::Relaxed) >= CLOSING_MAX {
+        closing.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let closing = closing.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut io = io;
+        let drain = async {
+            io.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            let mut left: usize = 64 * 1024;
+            while left > 0 {
+                let n = io.read(&mut sink).await?;
+                if n == 0 {
+                    break;
+                }
+                left = left.saturating_sub(n);
+            }
+            Ok::<(), io::Error>(())
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+        closing.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 impl axum::serve::Listener for Capped {
@@ -144,10 +223,13 @@ impl axum::serve::Listener for Capped {
                 }
             };
             match self.admit(addr.ip()) {
-                Ok(slot) => return (Admitted { io, _slot: slot }, addr),
+                Ok(slot) => {
+                    let io = Counted::new(io, self.counters.traffic.clone());
+                    return (Admitted { io, _slot: slot }, addr);
+                }
                 Err(reason) => {
                     self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    refuse(&io, &reason);
+                    refuse(io, &reason, &self.closing);
                 }
             }
         }
@@ -205,11 +287,12 @@ mod tests {
     #[tokio::test]
     async fn caps_count_per_address_and_in_total() {
         let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let capped = Capped::new(
+        let mut capped = Capped::new(
             inner,
             Caps {
                 total: 3,
                 per_ip: 2,
+                memory_max_bytes: usize::MAX,
             },
             Arc::default(),
         );
@@ -227,5 +310,27 @@ mod tests {
             .admit(b)
             .expect("a closed connection gives its slot back");
         assert_eq!(capped.counters.open.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn no_connection_is_admitted_while_memory_is_over_the_cap() {
+        let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut capped = Capped::new(
+            inner,
+            Caps {
+                total: 3,
+                per_ip: 2,
+                memory_max_bytes: 1 << 20,
+            },
+            Arc::default(),
+        );
+        let ip: IpAddr = "127.0.0.2".parse().expect("ip");
+        let err = capped
+            .admit(ip)
+            .expect_err("a test process uses more than 1 MiB");
+        assert!(err.contains("connections_memory_max_mib"), "{err}");
+        assert_eq!(capped.counters.open.load(Ordering::Relaxed), 0);
+        capped.caps.memory_max_bytes = usize::MAX;
+        let _slot = capped.admit(ip).expect("under the cap");
     }
 }

@@ -104,6 +104,14 @@ fn an_observer_fetches_the_regions_assets_and_refuses_wrong_bytes() {
     assert!(metric(&observer, "content_peer_fetched_bytes_total") >= 300_000);
     assert!(metric(&liar, "content_peer_served_total") >= 1);
     assert!(metric(&honest, "content_peer_served_total") >= 2);
+    // The bytes on the wire: the observer read the mesh from the group's
+    // swarm, and the member wrote it; each answered HTTP.
+    let group_in = metric(&observer, "bytes_received_total{service=\"group\"}");
+    assert!(group_in >= 300_000, "the observer read {group_in} bytes");
+    let group_out = metric(&honest, "bytes_sent_total{service=\"group\"}");
+    assert!(group_out >= 300_000, "member 1 wrote {group_out} bytes");
+    assert!(metric(&honest, "bytes_received_total{service=\"http\"}") >= 300_000);
+    assert!(metric(&honest, "bytes_sent_total{service=\"http\"}") > 0);
 
     // The observer serves the same bytes with the same ETag.
     let path = format!("/assets/{hash}");

@@ -254,3 +254,30 @@ fn an_input_storm_from_the_player_is_refused_with_the_reason() {
     let again = node.act(&json!({"do": "say", "text": "calm again"}));
     assert_eq!(again.status, 200, "{}", again.text());
 }
+
+/// Short of memory (here: a cap below what any process uses), the node
+/// refuses new connections with the reason instead of taking on more, and
+/// keeps ticking: back under the cap after a restart with the default, it
+/// serves again at a later tick.
+#[test]
+fn a_node_over_its_memory_cap_refuses_connections_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "[limits]\nconnections_memory_max_mib = 1\n",
+    )
+    .unwrap();
+    let node = Node::start_with(&["up"], dir.path());
+    let r = node.get("/api/status");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("connections_memory_max_mib"),
+        "the refusal names the key: {}",
+        r.text()
+    );
+    assert!(node.terminate(), "a refused node still stops cleanly");
+    std::fs::write(dir.path().join("node.toml"), "[limits]\n").unwrap();
+    let node = Node::start_with(&["up"], dir.path());
+    let status = node.get("/api/status").json().unwrap();
+    assert!(status["tick"].as_u64().unwrap() > 0, "{status}");
+}

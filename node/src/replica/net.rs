@@ -34,6 +34,8 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::traffic::Counted;
+
 use metatopia_sim::PlayerId;
 
 use super::simplex::public_key;
@@ -113,8 +115,9 @@ impl std::fmt::Debug for Mesh {
 }
 
 /// Caps on the swarm's libp2p connections (`[limits]` in node.toml): in
-/// total, from one peer, and handshakes in progress. A connection over a
-/// cap is denied by the swarm before any protocol runs on it.
+/// total, from one peer, handshakes in progress, and none while the
+/// process's memory is over a size. A connection over a cap is denied by
+/// the swarm before any protocol runs on it.
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
     /// Established connections at once.
@@ -124,6 +127,8 @@ pub struct Caps {
     pub per_peer: u32,
     /// Incoming connections still in their handshake.
     pub pending_incoming: u32,
+    /// No new connection while the process uses more physical memory.
+    pub memory_max_bytes: usize,
 }
 
 impl Default for Caps {
@@ -132,6 +137,7 @@ impl Default for Caps {
             total: 1024,
             per_peer: 4,
             pending_incoming: 64,
+            memory_max_bytes: usize::MAX,
         }
     }
 }
@@ -142,6 +148,7 @@ impl Default for Caps {
 #[derive(libp2p::swarm::NetworkBehaviour)]
 struct Behaviour {
     limits: libp2p::connection_limits::Behaviour,
+    memory: libp2p::memory_connection_limits::Behaviour,
     streams: libp2p_stream::Behaviour,
 }
 
@@ -155,14 +162,25 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr, caps: Caps) -> Result<M
     let keypair = identity::Keypair::ed25519_from_bytes(key.to_bytes()).map_err(p2p)?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|key| {
+            // TCP counted on the wire (`traffic::GROUP`), then noise and
+            // yamux as `with_tcp` would.
+            use libp2p::Transport as _;
+            let noise = noise::Config::new(key)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .map(|stream, _| Counted::new(stream, crate::traffic::GROUP.clone()))
+                    .upgrade(libp2p::core::upgrade::Version::V1)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default()),
+            )
+        })
         .map_err(p2p)?
         .with_behaviour(|_| Behaviour {
             limits: libp2p::connection_limits::Behaviour::new(limits),
+            memory: libp2p::memory_connection_limits::Behaviour::with_max_bytes(
+                caps.memory_max_bytes,
+            ),
             streams: libp2p_stream::Behaviour::new(),
         })
         .map_err(p2p)?
