@@ -137,4 +137,11 @@ fn an_observer_fetches_the_regions_assets_and_refuses_wrong_bytes() {
     assert_eq!(r.status, 404);
     assert!(r.text().contains("no peer gave it"), "{}", r.text());
     assert!(metric(&observer, "content_peer_fetch_failed_total") >= 1);
+    // Asked again at once: the same answer, without asking the peers again.
+    let served = metric(&honest, "content_peer_not_here_total");
+    let r = observer.get(&format!("/assets/{nowhere}"));
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("not asked again yet"), "{}", r.text());
+    assert!(metric(&observer, "content_peer_negative_hits_total") >= 1);
+    assert_eq!(metric(&honest, "content_peer_not_here_total"), served);
 }

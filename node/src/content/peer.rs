@@ -11,7 +11,8 @@
 //!
 //! Bounds: [`SERVES_MAX`] answers at once (the next asker gets `BUSY`,
 //! counted), [`FETCHES_MAX`] fetches at once, one fetch per hash at a time,
-//! every read under a timeout, sizes under `content_blob_bytes_max`.
+//! a blob no peer gave is not asked for again for [`NEGATIVE_MS`], every
+//! read under a timeout, sizes under `content_blob_bytes_max`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,16 @@ pub const BUSY_REPLIES_MAX: usize = 64;
 /// Fetches from peers at once (the others wait).
 pub const FETCHES_MAX: usize = 4;
 
+/// How long a blob no peer gave is answered "not found" without asking
+/// again (a negative cache, so repeated requests for a missing blob do not
+/// become repeated rounds of requests to every peer). Shorter than the
+/// follower's retry (`follow::RETRY_MS`), so its retries do ask.
+pub const NEGATIVE_MS: u64 = 4_000;
+
+/// Most blobs in the negative cache; past it the one that expires soonest
+/// goes.
+pub const NEGATIVE_MAX: usize = 4096;
+
 /// Longest wait for one read or write of a frame.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,6 +79,8 @@ pub struct Counters {
     pub bad_answers: AtomicU64,
     /// Fetches that no peer could answer.
     pub failed: AtomicU64,
+    /// Fetches answered from the negative cache, without asking peers.
+    pub negative_hits: AtomicU64,
 }
 
 /// How a node reaches peers: the swarm's control and whom to ask.
@@ -117,6 +130,9 @@ struct Inner {
     fetches: tokio::sync::Semaphore,
     /// One fetch per hash: later askers wait for the first.
     inflight: Mutex<BTreeMap<Hash, Arc<tokio::sync::Mutex<()>>>>,
+    /// Blobs no peer gave: until when to say so without asking, and what
+    /// the peers answered.
+    negative: Mutex<BTreeMap<Hash, (std::time::Instant, String)>>,
     progress: Option<Progress>,
     lie: bool,
 }
@@ -165,7 +181,8 @@ pub enum FetchError {
     /// No peer to ask (a private world, or the swarm is not up yet).
     #[error("blob {0} is not here and there is no peer to ask")]
     NoPeers(String),
-    /// Every peer was asked; none gave the right bytes.
+    /// Every peer was asked; none gave the right bytes (or they were
+    /// asked less than [`NEGATIVE_MS`] ago, and the answers are theirs).
     #[error("blob {hash} is not here and no peer gave it ({answers})")]
     NotFound {
         /// The blob (hex).
@@ -202,6 +219,7 @@ impl Peers {
                 busy_replies: Arc::new(tokio::sync::Semaphore::new(BUSY_REPLIES_MAX)),
                 fetches: tokio::sync::Semaphore::new(FETCHES_MAX),
                 inflight: Mutex::new(BTreeMap::new()),
+                negative: Mutex::new(BTreeMap::new()),
                 progress,
                 lie: lie_for_test(),
             }),
@@ -326,6 +344,16 @@ impl Peers {
         let Some(net) = self.inner.net.get().cloned() else {
             return Err(FetchError::NoPeers(hex(&h)));
         };
+        if let Some(answers) = self.recently_missing(&h) {
+            self.inner
+                .counters
+                .negative_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(FetchError::NotFound {
+                hash: hex(&h),
+                answers,
+            });
+        }
         let candidates = net.candidates();
         if candidates.is_empty() {
             return Err(FetchError::NoPeers(hex(&h)));
@@ -361,10 +389,52 @@ impl Peers {
             }
         }
         self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+        let answers = answers.join("; ");
+        self.remember_missing(h, &answers);
         Err(FetchError::NotFound {
             hash: hex(&h),
-            answers: answers.join("; "),
+            answers,
         })
+    }
+
+    /// What the peers answered, if they were asked for `h` less than
+    /// [`NEGATIVE_MS`] ago and none gave it.
+    fn recently_missing(&self, h: &Hash) -> Option<String> {
+        let mut negative = lock(&self.inner.negative);
+        match negative.get(h) {
+            Some((until, answers)) if *until > std::time::Instant::now() => Some(format!(
+                "{answers}; asked less than {} s ago, not asked again yet",
+                NEGATIVE_MS / 1000
+            )),
+            Some(_) => {
+                negative.remove(h);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember_missing(&self, h: Hash, answers: &str) {
+        let now = std::time::Instant::now();
+        let mut negative = lock(&self.inner.negative);
+        if negative.len() >= NEGATIVE_MAX {
+            negative.retain(|_, (until, _)| *until > now);
+        }
+        if negative.len() >= NEGATIVE_MAX
+            && let Some(soonest) = negative
+                .iter()
+                .min_by_key(|(_, (until, _))| *until)
+                .map(|(k, _)| *k)
+        {
+            negative.remove(&soonest);
+        }
+        negative.insert(
+            h,
+            (
+                now + Duration::from_millis(NEGATIVE_MS),
+                answers.to_string(),
+            ),
+        );
     }
 
     /// Asks one peer; the answer goes to a temporary file while it is
@@ -471,7 +541,7 @@ async fn send_only(mut stream: libp2p::Stream, f: Frame<'_>) -> std::io::Result<
 pub fn register_metrics(reg: &mut prometheus_client::registry::Registry, peers: &Peers) {
     use prometheus_client::metrics::counter::ConstCounter;
     let c = peers.counters();
-    let lines: [(&str, &str, &AtomicU64); 10] = [
+    let lines: [(&str, &str, &AtomicU64); 11] = [
         (
             "content_peer_requests",
             "Blob requests from peers",
@@ -521,6 +591,11 @@ pub fn register_metrics(reg: &mut prometheus_client::registry::Registry, peers: 
             "content_peer_fetch_failed",
             "Fetches no peer could answer",
             &c.failed,
+        ),
+        (
+            "content_peer_negative_hits",
+            "Fetches answered from the negative cache (no peer gave the blob a moment ago)",
+            &c.negative_hits,
         ),
     ];
     for (name, help, v) in lines {
