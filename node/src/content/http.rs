@@ -235,12 +235,12 @@ enum Opened {
 }
 
 /// Opens the blob (hashing it if this file version was not seen), and
-/// reads it whole when it is small and a body is wanted.
-fn open(store: &Store, h: &Hash, body: bool) -> Opened {
+/// reads it whole when it is small.
+fn open(store: &Store, h: &Hash) -> Opened {
     match store.open_verified(h) {
         Ok(None) => Opened::Missing,
         Err(c) => Opened::Corrupt(c.to_string()),
-        Ok(Some((mut file, len))) if body && len <= CHUNK_BYTES as u64 => {
+        Ok(Some((mut file, len))) if len <= CHUNK_BYTES as u64 => {
             let mut bytes = Vec::with_capacity(len as usize);
             match file.read_to_end(&mut bytes) {
                 Ok(_) if bytes.len() as u64 == len => Opened::Whole(bytes),
@@ -254,12 +254,12 @@ fn open(store: &Store, h: &Hash, body: bool) -> Opened {
 /// [`open`] off the async threads; a blob that is missing (or damaged)
 /// here is fetched from peers first when the node has a swarm. A fetch
 /// that fails answers 404 with each peer's answer.
-async fn open_or_fetch(app: &App, h: Hash, body: bool) -> Result<Opened, Box<Response>> {
+async fn open_or_fetch(app: &App, h: Hash) -> Result<Opened, Box<Response>> {
     let internal = |e: tokio::task::JoinError| {
         Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     };
     let store = app.content.clone();
-    let opened = tokio::task::spawn_blocking(move || open(&store, &h, body))
+    let opened = tokio::task::spawn_blocking(move || open(&store, &h))
         .await
         .map_err(internal)?;
     let Some(peers) = &app.peers else {
@@ -272,7 +272,7 @@ async fn open_or_fetch(app: &App, h: Hash, body: bool) -> Result<Opened, Box<Res
         return Err(Box::new(error(StatusCode::NOT_FOUND, e.to_string())));
     }
     let store = app.content.clone();
-    tokio::task::spawn_blocking(move || open(&store, &h, body))
+    tokio::task::spawn_blocking(move || open(&store, &h))
         .await
         .map_err(internal)
 }
@@ -302,8 +302,20 @@ async fn get_asset(
         }
     };
     let etag = format!("\"{}\"", hex(&h));
-    let not_modified = if_none_match(&headers, &etag);
-    let opened = match open_or_fetch(&app, h, !not_modified).await {
+    let etag_value = HeaderValue::from_str(&etag).expect("hex in quotes is a valid header");
+    let mut out = HeaderMap::new();
+    out.insert(header::ETAG, etag_value);
+    out.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    // The name is the hash of the bytes: a client whose copy has this
+    // ETag holds exactly them, whatever this node's store holds, so the
+    // answer needs no disk (and no peer).
+    if if_none_match(&headers, &etag) {
+        return (StatusCode::NOT_MODIFIED, out).into_response();
+    }
+    let opened = match open_or_fetch(&app, h).await {
         Ok(o) => o,
         Err(r) => return *r,
     };
@@ -321,17 +333,6 @@ async fn get_asset(
         }
         Opened::File(f, len) => (None, Some(f), len),
     };
-    let etag_value = HeaderValue::from_str(&etag).expect("hex in quotes is a valid header");
-    let mut out = HeaderMap::new();
-    out.insert(header::ETAG, etag_value);
-    out.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    // Only a blob that is stored and intact is "not modified".
-    if not_modified {
-        return (StatusCode::NOT_MODIFIED, out).into_response();
-    }
     out.insert(header::CONTENT_TYPE, content_type);
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     out.insert(
