@@ -326,6 +326,7 @@ async fn metrics(State(app): State<App>) -> Response {
     for (service, t) in [
         ("http", &*conns.traffic),
         ("group", &**crate::traffic::GROUP),
+        ("overlay", &**crate::traffic::OVERLAY),
     ] {
         received
             .get_or_create(&[("service", service)])

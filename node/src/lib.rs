@@ -25,7 +25,6 @@
 //! - [`content`]: the content store (script sources and assets by blake3), its caps, HTTP routes, gc and CLI verbs.
 //! - [`scripts`]: script sources (in the content store), their HTTP routes and CLI verbs.
 //! - [`client`]: a minimal HTTP client for the CLI and tests.
-//! - [`traffic`]: bytes in and out, counted on HTTP and libp2p connections.
 //! - [`out`]: standard output for verbs ([`outln!`]); a closed pipe ends a verb quietly.
 
 /// `println!` for verbs: a closed standard output ends the verb quietly
@@ -57,7 +56,8 @@ pub mod scenario;
 pub mod scripts;
 pub mod store;
 pub mod stream;
-pub mod traffic;
+/// Bytes on the wire ([`metatopia_overlay::traffic`]).
+pub use metatopia_overlay::traffic;
 pub mod view;
 pub mod viewer;
 pub mod web;

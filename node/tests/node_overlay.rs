@@ -99,6 +99,19 @@ fn two_nodes_find_each_others_regions() {
     let out = run(&["join", "--at", "north", "--data", a_data]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("X,Y"));
     assert_eq!(a.get("/api/overlay").json().unwrap()["joined"], true);
+    // The overlay's bytes on the wire are counted apart.
+    let metrics = a.get("/metrics").text();
+    for name in ["bytes_received_total", "bytes_sent_total"] {
+        let line = format!("metatopia_{name}{{service=\"overlay\"}} ");
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(n > 0, "{line}{n}");
+    }
     a.kill9();
     b.kill9();
 }

@@ -16,6 +16,9 @@
 //! - [`net`]: the libp2p codec and `NetworkBehaviour`.
 //! - [`service`]: the tokio service and the [`Handle`] the node calls.
 //! - [`simnet`]: a deterministic simulated network that runs many cores.
+//! - [`traffic`]: bytes on the wire, counted under noise on the node's
+//!   libp2p swarms (this one and the replica group's) and on its HTTP
+//!   connections.
 
 pub mod fuzz;
 pub mod geometry;
@@ -24,6 +27,7 @@ pub mod peer;
 pub mod record;
 pub mod service;
 pub mod simnet;
+pub mod traffic;
 pub mod wire;
 
 pub use geometry::{Exact2d, Geometry, Oracle};

@@ -17,8 +17,7 @@ use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, connection_limits, identify, identity, mdns, noise, request_response,
-    tcp, yamux,
+    Multiaddr, PeerId, Swarm, connection_limits, identify, identity, mdns, request_response,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -320,11 +319,7 @@ fn build_swarm(cfg: &Config, keypair: identity::Keypair) -> Result<Swarm<Behavio
     let use_mdns = cfg.mdns;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|key| crate::traffic::tcp(key, &crate::traffic::OVERLAY))
         .map_err(|e| ServiceError::Transport(e.to_string()))?
         .with_behaviour(|key| {
             let mdns = if use_mdns {

@@ -30,11 +30,9 @@ use ed25519_dalek::SigningKey;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identity};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
-
-use crate::traffic::Counted;
 
 use metatopia_sim::PlayerId;
 
@@ -163,17 +161,7 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr, caps: Caps) -> Result<M
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|key| {
-            // TCP counted on the wire (`traffic::GROUP`), then noise and
-            // yamux as `with_tcp` would.
-            use libp2p::Transport as _;
-            let noise = noise::Config::new(key)?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                    .map(|stream, _| Counted::new(stream, crate::traffic::GROUP.clone()))
-                    .upgrade(libp2p::core::upgrade::Version::V1)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default()),
-            )
+            metatopia_overlay::traffic::tcp(key, &metatopia_overlay::traffic::GROUP)
         })
         .map_err(p2p)?
         .with_behaviour(|_| Behaviour {

@@ -1,10 +1,10 @@
-//! Bytes in and out of the node, counted on the wire: every HTTP
-//! connection (`listener::Capped`) and every connection of the group's
-//! libp2p swarm (`replica::net`, TCP under noise and yamux, so members'
-//! votes and batches, observers' streams and content transfers alike) is a
-//! [`Counted`] stream, and `/metrics` shows the totals as
-//! `metatopia_bytes_received_total` and `metatopia_bytes_sent_total` by
-//! `service`.
+//! Bytes in and out of a node, counted on the wire: every connection of
+//! the overlay's swarm ([`OVERLAY`]), of the replica group's swarm
+//! ([`GROUP`]; votes, batches, observers' streams and content transfers
+//! alike) and every HTTP connection (the node's listener) is a
+//! [`Counted`] stream. The swarms count TCP under noise and yamux. The
+//! node's `/metrics` shows the totals as `metatopia_bytes_received_total`
+//! and `metatopia_bytes_sent_total` by `service`.
 
 use std::io;
 use std::pin::Pin;
@@ -12,9 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
-/// The group swarm's totals. A static, as the node runs one swarm per
-/// process (tests that run several swarms in one process add them up).
+/// The replica group swarm's totals. Statics, as a node runs one swarm of
+/// each kind per process (tests that run several swarms in one process
+/// add them up).
 pub static GROUP: LazyLock<Arc<Traffic>> = LazyLock::new(Arc::default);
+
+/// The overlay swarm's totals.
+pub static OVERLAY: LazyLock<Arc<Traffic>> = LazyLock::new(Arc::default);
 
 /// Totals of one service.
 #[derive(Debug, Default)]
@@ -143,6 +147,29 @@ impl<S: futures::AsyncWrite + Unpin> futures::AsyncWrite for Counted<S> {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_close(cx)
     }
+}
+
+/// The TCP transport under noise and yamux that a swarm's builder gets
+/// from `with_tcp`, with its connections counted into `traffic`.
+pub fn tcp(
+    key: &libp2p::identity::Keypair,
+    traffic: &Arc<Traffic>,
+) -> Result<
+    libp2p::core::transport::Boxed<(libp2p::PeerId, libp2p::core::muxing::StreamMuxerBox)>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    use libp2p::Transport as _;
+    let noise = libp2p::noise::Config::new(key)?;
+    let traffic = traffic.clone();
+    Ok(
+        libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true))
+            .map(move |stream, _| Counted::new(stream, traffic.clone()))
+            .upgrade(libp2p::core::upgrade::Version::V1)
+            .authenticate(noise)
+            .multiplex(libp2p::yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, libp2p::core::muxing::StreamMuxerBox::new(muxer)))
+            .boxed(),
+    )
 }
 
 #[cfg(test)]
