@@ -2167,6 +2167,159 @@ mod tests {
         (core, p, primary)
     }
 
+    /// A verifier of region 3 whose neighbour, region 4, is hosted by the
+    /// four keys `[5; 32]` .. `[8; 32]`; and those keys.
+    fn border_verifier() -> (Replica, Vec<SigningKey>, Proposal, PlayerId) {
+        let (keys, manifest) = crate::replica::group::test_group();
+        let theirs: Vec<SigningKey> = (5..=8u8)
+            .map(|i| SigningKey::from_bytes(&[i; 32]))
+            .collect();
+        let cfg = Config {
+            neighbours: vec![Neighbour {
+                region: metatopia_sim::RegionId(4),
+                members: theirs.iter().map(player_of).collect(),
+            }],
+            ..Config::default()
+        };
+        let genesis = manifest.genesis_digest();
+        let p = Proposal {
+            region: manifest.region,
+            tick: 1,
+            parent: genesis,
+            time_ms: 10_000,
+            inputs: Vec::new(),
+            sources: Vec::new(),
+            border: Vec::new(),
+        };
+        let core = Replica::new(
+            cfg,
+            manifest.clone(),
+            keys[1].clone(),
+            Arc::new(NoScripts),
+            Arc::new(MemSources::default()),
+            manifest.genesis(),
+            genesis,
+        );
+        (core, theirs, p, manifest.members[0])
+    }
+
+    fn set(tick: u64) -> BorderSet {
+        BorderSet {
+            from: metatopia_sim::RegionId(4),
+            to: metatopia_sim::RegionId(3),
+            tick,
+            envelopes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn border_sets_that_do_not_verify_are_refused_and_counted() {
+        let (mut core, theirs, _, _) = border_verifier();
+        let s = set(0);
+        let outsider = SigningKey::from_bytes(&[9; 32]);
+        // Signed by someone outside the neighbour's group.
+        core.handle(
+            1,
+            player_of(&outsider),
+            Message::Border {
+                set: s.clone(),
+                sig: s.sign(&outsider),
+            },
+        );
+        // A member's signature over other envelopes.
+        let mut other = s.clone();
+        other.tick = 1;
+        core.handle(
+            1,
+            player_of(&theirs[0]),
+            Message::Border {
+                set: s.clone(),
+                sig: other.sign(&theirs[0]),
+            },
+        );
+        // From a region that is not a neighbour.
+        let mut stranger = s.clone();
+        stranger.from = metatopia_sim::RegionId(9);
+        core.handle(
+            1,
+            player_of(&theirs[0]),
+            Message::Border {
+                sig: stranger.sign(&theirs[0]),
+                set: stranger,
+            },
+        );
+        assert_eq!(core.stats().border_refused, 3);
+        // Two members (f + 1 of four) certify it; a third adds nothing.
+        for k in &theirs[..3] {
+            core.handle(
+                1,
+                player_of(k),
+                Message::Border {
+                    set: s.clone(),
+                    sig: s.sign(k),
+                },
+            );
+        }
+        assert_eq!(core.stats().border_refused, 3);
+        let cert = core.border_for(1);
+        assert_eq!(cert.len(), 1);
+        assert_eq!(cert[0].sigs.len(), 2);
+        assert_eq!(
+            cert[0].verify(metatopia_sim::RegionId(3), &core.cfg.neighbours[0].members),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_proposal_with_a_border_set_signed_by_too_few_is_refused() {
+        let (mut core, theirs, mut p, primary) = border_verifier();
+        // Tick 0 first (nothing to carry), then tick 1 with a certificate
+        // of tick 0 carrying a single signature.
+        let mut p0 = p.clone();
+        p0.tick = 0;
+        p0.time_ms = 9_950;
+        core.handle(10_000, primary, Message::Proposal(p0.clone()));
+        core.order(
+            10_000,
+            Order::Verify {
+                req: 0,
+                parent: p0.parent,
+                digest: p0.digest(),
+            },
+        );
+        assert_eq!(verdicts(&mut core), vec![true]);
+        let s = set(0);
+        p.parent = p0.digest();
+        p.border = vec![BorderCert {
+            sigs: vec![s.sign(&theirs[0])],
+            set: s.clone(),
+        }];
+        core.handle(10_000, primary, Message::Proposal(p.clone()));
+        core.order(
+            10_001,
+            Order::Verify {
+                req: 1,
+                parent: p.parent,
+                digest: p.digest(),
+            },
+        );
+        assert_eq!(verdicts(&mut core), vec![false]);
+        // With f + 1 it is valid.
+        let mut sigs = vec![s.sign(&theirs[0]), s.sign(&theirs[1])];
+        sigs.sort_by_key(|x| x.member);
+        p.border = vec![BorderCert { sigs, set: s }];
+        core.handle(10_000, primary, Message::Proposal(p.clone()));
+        core.order(
+            10_002,
+            Order::Verify {
+                req: 2,
+                parent: p.parent,
+                digest: p.digest(),
+            },
+        );
+        assert_eq!(verdicts(&mut core), vec![true]);
+    }
+
     fn verdicts(core: &mut Replica) -> Vec<bool> {
         std::iter::from_fn(|| core.poll_output())
             .filter_map(|o| match o {
