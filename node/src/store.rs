@@ -640,3 +640,27 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use metatopia_sim::NoScripts;
+
+    use super::*;
+
+    #[test]
+    fn a_log_written_before_border_envelopes_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (_, manifest) = crate::replica::group::test_group();
+        let store = Store::open(&dir.path().join("world.redb")).expect("opens");
+        store.init(&manifest).expect("a new world");
+        // A version 2 record: same shape of envelope, older magic.
+        let mut old = snapshot::encode(LOG_MAGIC, &0u8);
+        old[..4].copy_from_slice(&LOG_MAGIC_V2);
+        store.write_raw("log", 0, &old).expect("written");
+        let err = store.recover(&NoScripts).expect_err("refused").to_string();
+        assert!(
+            err.contains("MTL2") && err.contains("move the data directory away"),
+            "{err}"
+        );
+    }
+}
