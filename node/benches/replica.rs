@@ -75,6 +75,7 @@ fn bench(c: &mut Criterion) {
         time_ms: now,
         inputs: inputs.clone(),
         sources: Vec::new(),
+        border: Vec::new(),
     };
     let digest = proposal.digest();
     let primary = player_of(&members[0]);

@@ -30,8 +30,8 @@ pub mod wire;
 use std::collections::VecDeque;
 
 pub use self::core::{Config, MemSources, Output, Published, Replica, SourceBook};
-pub use self::group::Manifest;
-pub use self::wire::{Digest, Message, Proposal, SignedInput};
+pub use self::group::{Manifest, Neighbour};
+pub use self::wire::{BorderCert, BorderSet, Digest, Message, Proposal, SignedInput};
 
 /// What the ordering engine asks of, or tells, the core.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,10 +28,15 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
 
-/// Magic of a log record. Version 2 (replication): the record holds the
-/// signed proposal and its finalization certificate; version 1 held a bare
-/// batch.
-pub const LOG_MAGIC: [u8; 4] = *b"MTL2";
+/// Magic of a log record. Version 3 (border traffic between groups): the
+/// proposal carries neighbours' certified border envelopes. Version 2
+/// (replication): the record holds the signed proposal and its
+/// finalization certificate; version 1 held a bare batch.
+pub const LOG_MAGIC: [u8; 4] = *b"MTL3";
+
+/// Magic of version 2 log records (proposals without border envelopes),
+/// recognised only to refuse them with a clear message.
+const LOG_MAGIC_V2: [u8; 4] = *b"MTL2";
 
 /// Magic of the stored manifest.
 pub const MANIFEST_MAGIC: [u8; 4] = *b"MTMF";
@@ -456,7 +461,7 @@ impl Store {
             }
             parent = record.proposal.digest();
             let report = region
-                .tick(&record.proposal.batch(), host, &[])
+                .tick(&record.proposal.batch(), host, &record.proposal.inbox())
                 .map_err(|e| StoreError::Broken {
                     tick,
                     message: e.to_string(),
@@ -596,6 +601,18 @@ impl Store {
                           a new world"
                     .into(),
             }),
+            _ if self
+                .first_log_bytes()?
+                .is_some_and(|b| b.starts_with(&LOG_MAGIC_V2)) =>
+            {
+                Err(StoreError::Broken {
+                    tick: 0,
+                    message: "this world was written by an older metatopia whose log records \
+                              carry no border envelopes (log format MTL2, this build writes \
+                              MTL3); move the data directory away to start a new world"
+                        .into(),
+                })
+            }
             _ if self.manifest()?.is_none() => Err(StoreError::Broken {
                 tick: 0,
                 message: "this world was written by an older metatopia without replication (no \
@@ -605,6 +622,18 @@ impl Store {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// The raw bytes of the first log record, if any.
+    fn first_log_bytes(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let log = match txn.open_table(LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db(e)),
+        };
+        let first = log.first().map_err(db)?;
+        Ok(first.map(|(_, v)| v.value().to_vec()))
     }
 
     /// Overwrites raw bytes of a record (for corruption tests and repair
@@ -636,5 +665,29 @@ impl Store {
             }
             other => Err(StoreError::Db(format!("no table {other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metatopia_sim::NoScripts;
+
+    use super::*;
+
+    #[test]
+    fn a_log_written_before_border_envelopes_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (_, manifest) = crate::replica::group::test_group();
+        let store = Store::open(&dir.path().join("world.redb")).expect("opens");
+        store.init(&manifest).expect("a new world");
+        // A version 2 record: same shape of envelope, older magic.
+        let mut old = snapshot::encode(LOG_MAGIC, &0u8);
+        old[..4].copy_from_slice(&LOG_MAGIC_V2);
+        store.write_raw("log", 0, &old).expect("written");
+        let err = store.recover(&NoScripts).expect_err("refused").to_string();
+        assert!(
+            err.contains("MTL2") && err.contains("move the data directory away"),
+            "{err}"
+        );
     }
 }

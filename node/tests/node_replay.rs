@@ -52,6 +52,7 @@ fn build(dir: &Path) -> String {
             time_ms: 1000 + t * 50,
             inputs: vec![SignedInput::sign(&key, RegionId(1), t + 1, kind)],
             sources: Vec::new(),
+            border: Vec::new(),
         };
         parent = proposal.digest();
         let report = region.tick(&proposal.batch(), &NoScripts, &[]).unwrap();

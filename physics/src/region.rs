@@ -35,10 +35,14 @@
 //! or not at all.
 //!
 //! The `Accept` and the `Final` cross, so each side decides the switch
-//! alone; if one of them misses its deadline (the switch tick) the sides
-//! disagree, and the side that missed it sends `Abort` at the end of the
-//! switch tick: Y takes back the group it released (it kept a copy), or Z
-//! gives back the copy it adopted. See docs/physics.md.
+//! alone. Y releases G at `t + 2` unless Z refused (on an `Accept`, and
+//! also with no answer at all: Z may have adopted it), keeping a copy; Z
+//! adopts it only if it accepted and got the `Final`, and says which in a
+//! `Verdict` at the end of `t + 2`. On "not adopted" Y takes G back from
+//! its copy. Y keeps the copy, and asks again every tick (`Ask`), until a
+//! verdict comes, so a lost message never loses G nor gives it two
+//! owners; while the verdict is missing G has no owner (kept, not
+//! simulated). See docs/physics.md.
 //!
 //! After the switch Y remembers where G's bodies went for
 //! `forward_ticks`: its sim still accepts pushes and velocities for them
@@ -182,11 +186,12 @@ struct Forward {
     owner: Option<PlayerId>,
 }
 
-/// A group handed away, kept until the target can no longer abort.
+/// A group released at its switch tick (on an `Accept`, or with no answer
+/// by then), kept until the target's verdict says whether it adopted it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 struct Released {
     to: RegionId,
-    /// The tick it was released (the switch tick).
+    /// The handoff's switch tick (when it was released).
     tick: u64,
     /// The subtree in our coordinates, its bodies and the held influences.
     transfer: Transfer,
@@ -201,13 +206,15 @@ struct Border {
     incoming: BTreeMap<ElementId, Incoming>,
     /// Bodies handed away recently, by id.
     forwards: BTreeMap<ElementId, Forward>,
-    /// Groups released at this or the last tick, kept (in our coordinates)
-    /// until the target can no longer abort, by root.
+    /// Groups released (in our coordinates), kept until the target's
+    /// verdict, by root.
     released: BTreeMap<ElementId, Released>,
-    /// Groups adopted at this or the last tick (the source may still
-    /// abort): root -> (source, tick adopted).
-    adopted: BTreeMap<ElementId, (RegionId, u64)>,
-    /// Handoffs aborted after a missing `Accept` or `Final`.
+    /// Our verdicts on handoffs offered to us, by (root, switch tick):
+    /// (source, adopted), kept `forward_ticks` after the switch tick to
+    /// answer the source's `Ask`.
+    verdicts: BTreeMap<(ElementId, u64), (RegionId, bool)>,
+    /// Handoffs that did not complete after an accept: our negative
+    /// verdicts on accepted offers, and groups taken back on one.
     aborted: u64,
     /// Groups given away, taken in, and offers refused to us.
     handoffs_out: u64,
@@ -238,10 +245,12 @@ pub struct BorderCounts {
     pub influences_applied: u64,
     /// Forwarded influences for bodies no longer here nor forwardable.
     pub influences_dropped: u64,
-    /// Aborts this region sent (a missing `Accept` or `Final` by the
-    /// switch tick) plus aborts it applied (took a group back or gave one
-    /// back).
+    /// Negative verdicts this region gave on offers it had accepted (no
+    /// `Final` by the switch tick) plus groups it took back on a negative
+    /// verdict.
     pub aborted: u64,
+    /// Groups released and kept here until the target's verdict comes.
+    pub kept: u64,
 }
 
 /// What one region tick did.
@@ -278,13 +287,14 @@ pub struct Region {
 
 fn rank(m: &BorderMessage) -> u8 {
     match m {
-        BorderMessage::Abort { .. } => 0,
+        BorderMessage::Verdict { .. } => 0,
         BorderMessage::Refuse { .. } => 1,
         BorderMessage::Accept { .. } => 2,
         BorderMessage::Offer { .. } => 3,
         BorderMessage::Final { .. } => 4,
         BorderMessage::Influences { .. } => 5,
         BorderMessage::Ghosts { .. } => 6,
+        BorderMessage::Ask { .. } => 7,
     }
 }
 
@@ -461,6 +471,7 @@ impl Region {
             influences_applied: self.border.influences_applied,
             influences_dropped: self.border.influences_dropped,
             aborted: self.border.aborted,
+            kept: self.border.released.len() as u64,
         }
     }
 
@@ -576,7 +587,14 @@ impl Region {
     /// Step 1: one checked envelope.
     fn receive<'a>(&mut self, env: &'a Envelope, work: &mut Received<'a>) {
         match &env.msg {
-            BorderMessage::Abort { root } => self.abort(*root, env.from, work),
+            BorderMessage::Verdict {
+                root,
+                switch_tick,
+                adopted,
+            } => self.verdict(*root, *switch_tick, *adopted, env.from, work),
+            BorderMessage::Ask { root, switch_tick } => {
+                self.ask(*root, *switch_tick, env.from, work);
+            }
             BorderMessage::Refuse { root } => self.refused(*root, env.from, work),
             BorderMessage::Accept { root } => self.accepted(*root, env.from, work),
             BorderMessage::Offer {
@@ -627,6 +645,18 @@ impl Region {
             return;
         }
         let o = self.border.outgoing.remove(&root).unwrap_or_default();
+        self.keep_and_release(root, from, o, work);
+    }
+
+    /// Releases the group `root` to `to` at its switch tick, keeping a copy
+    /// (with the influences held for it) until `to`'s verdict.
+    fn keep_and_release(
+        &mut self,
+        root: ElementId,
+        from: RegionId,
+        o: Outgoing,
+        work: &mut Received<'_>,
+    ) {
         self.border.handoffs_out += 1;
         if let Some(BorderMessage::Final {
             transfer, bodies, ..
@@ -700,6 +730,11 @@ impl Region {
             );
             BorderMessage::Accept { root }
         } else {
+            if !self.border.incoming.contains_key(&root) {
+                self.border
+                    .verdicts
+                    .insert((root, switch_tick), (from, false));
+            }
             BorderMessage::Refuse { root }
         };
         work.outbox.push(Envelope {
@@ -735,7 +770,17 @@ impl Region {
         if ok && !clash {
             self.border.incoming.remove(&root);
             self.border.handoffs_in += 1;
-            self.border.adopted.insert(root, (from, work.now));
+            self.border.verdicts.insert((root, work.now), (from, true));
+            work.outbox.push(Envelope {
+                from: self.cfg.id,
+                to: from,
+                tick: work.now,
+                msg: BorderMessage::Verdict {
+                    root,
+                    switch_tick: work.now,
+                    adopted: true,
+                },
+            });
             for b in bodies {
                 self.space.adopt(b);
                 self.border.forwards.remove(&b.id);
@@ -762,19 +807,39 @@ impl Region {
     }
 
     /// Deadlines. An accepted offer whose final data did not come by the
-    /// switch tick is aborted (the source takes its group back); so is our
-    /// own offer that got no answer by then (we keep the group; the target
-    /// discards the copy it may have adopted). Copies kept for an abort
-    /// expire one tick after the switch.
+    /// switch tick is not adopted: the verdict says so (the source takes
+    /// its group back). Our own offer that got no answer by then is
+    /// released into our keeping as if accepted (the target may have
+    /// adopted it: it never has two owners), and the target's verdict
+    /// decides. A group kept past its switch tick without a verdict asks
+    /// for it again, every tick: messages between groups get lost, and the
+    /// group is never dropped on silence. Verdicts are remembered
+    /// `forward_ticks` to answer.
     fn deadlines(&mut self, work: &mut Received<'_>) {
         let now = work.now;
-        let mut aborts: Vec<(ElementId, RegionId)> = Vec::new();
+        let mut refusals: Vec<(ElementId, RegionId, u64)> = Vec::new();
         for (root, i) in &self.border.incoming {
             if i.switch_tick <= now {
-                aborts.push((*root, i.from));
+                refusals.push((*root, i.from, i.switch_tick));
             }
         }
         self.border.incoming.retain(|_, i| i.switch_tick > now);
+        self.border.aborted += refusals.len() as u64;
+        for (root, to, switch_tick) in refusals {
+            self.border
+                .verdicts
+                .insert((root, switch_tick), (to, false));
+            work.outbox.push(Envelope {
+                from: self.cfg.id,
+                to,
+                tick: now,
+                msg: BorderMessage::Verdict {
+                    root,
+                    switch_tick,
+                    adopted: false,
+                },
+            });
+        }
         let lapsed: Vec<ElementId> = self
             .border
             .outgoing
@@ -784,21 +849,27 @@ impl Region {
             .collect();
         for root in lapsed {
             if let Some(o) = self.border.outgoing.remove(&root) {
-                aborts.push((root, o.to));
-                work.pre.extend(o.influences.into_iter().map(|(_, c)| c));
+                let to = o.to;
+                self.keep_and_release(root, to, o, work);
             }
         }
-        self.border.aborted += aborts.len() as u64;
-        for (root, to) in aborts {
-            work.outbox.push(Envelope {
-                from: self.cfg.id,
-                to,
-                tick: now,
-                msg: BorderMessage::Abort { root },
-            });
+        for (root, r) in &self.border.released {
+            if r.tick < now {
+                work.outbox.push(Envelope {
+                    from: self.cfg.id,
+                    to: r.to,
+                    tick: now,
+                    msg: BorderMessage::Ask {
+                        root: *root,
+                        switch_tick: r.tick,
+                    },
+                });
+            }
         }
-        self.border.released.retain(|_, r| r.tick + 1 > now);
-        self.border.adopted.retain(|_, (_, at)| *at + 1 > now);
+        let window = self.cfg.forward_ticks;
+        self.border
+            .verdicts
+            .retain(|(_, at), _| at.saturating_add(window) > now);
     }
 
     /// Forwarding windows that end now close; the sim hears of the open
@@ -855,38 +926,67 @@ impl Region {
         commands
     }
 
-    /// An `Abort` from `from` for the group `root`: take back a group we
-    /// released to it at the last tick, or give back a group we adopted
-    /// from it at the last tick. Anything else is stale and ignored.
-    fn abort(&mut self, root: ElementId, from: RegionId, work: &mut Received<'_>) {
-        let now = work.now;
-        if self
+    /// `from`'s verdict on the handoff of `root` at `switch_tick`: if we
+    /// still keep the group for it, drop the copy (adopted) or take the
+    /// group back (not adopted). Anything else is stale and ignored.
+    fn verdict(
+        &mut self,
+        root: ElementId,
+        switch_tick: u64,
+        adopted: bool,
+        from: RegionId,
+        work: &mut Received<'_>,
+    ) {
+        if !self
             .border
             .released
             .get(&root)
-            .is_some_and(|r| r.to == from && r.tick + 1 == now)
-            && let Some(r) = self.border.released.remove(&root)
+            .is_some_and(|r| r.to == from && r.tick == switch_tick)
         {
-            self.border.aborted += 1;
-            self.border.handoffs_out = self.border.handoffs_out.saturating_sub(1);
-            for b in &r.bodies {
-                self.space.adopt(b);
-                self.border.forwards.remove(&b.id);
-            }
-            work.sim.arrivals.push(r.transfer);
-            work.pre.extend(r.influences);
             return;
         }
-        if self
-            .border
-            .adopted
-            .get(&root)
-            .is_some_and(|(src, at)| *src == from && at + 1 == now)
-        {
-            self.border.adopted.remove(&root);
-            self.border.aborted += 1;
-            self.border.handoffs_in = self.border.handoffs_in.saturating_sub(1);
-            self.release_group(root, from, work);
+        let Some(r) = self.border.released.remove(&root) else {
+            return;
+        };
+        if adopted {
+            return;
+        }
+        self.border.aborted += 1;
+        self.border.handoffs_out = self.border.handoffs_out.saturating_sub(1);
+        for b in &r.bodies {
+            self.space.adopt(b);
+            self.border.forwards.remove(&b.id);
+        }
+        work.sim.arrivals.push(r.transfer);
+        work.pre.extend(r.influences);
+    }
+
+    /// `from` asks for our verdict on its handoff of `root` at
+    /// `switch_tick`: the one we remember, or "not adopted" if we remember
+    /// none within the window (every adoption is remembered that long).
+    fn ask(&mut self, root: ElementId, switch_tick: u64, from: RegionId, work: &mut Received<'_>) {
+        let now = work.now;
+        let adopted = match self.border.verdicts.get(&(root, switch_tick)) {
+            Some((src, adopted)) if *src == from => Some(*adopted),
+            Some(_) => None,
+            None if switch_tick < now
+                && switch_tick.saturating_add(self.cfg.forward_ticks) > now =>
+            {
+                Some(false)
+            }
+            None => None,
+        };
+        if let Some(adopted) = adopted {
+            work.outbox.push(Envelope {
+                from: self.cfg.id,
+                to: from,
+                tick: now,
+                msg: BorderMessage::Verdict {
+                    root,
+                    switch_tick,
+                    adopted,
+                },
+            });
         }
     }
 

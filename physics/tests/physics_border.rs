@@ -453,18 +453,35 @@ fn influences_after_the_switch_are_forwarded_to_the_new_owner() {
     assert_eq!(rep.regions[&RegionId(1)].sim.rejected, 1);
 }
 
-fn aborts_sent(rep: &ClusterReport, from: RegionId, to: RegionId, root: ElementId) -> usize {
+fn verdicts_sent(
+    rep: &ClusterReport,
+    from: RegionId,
+    to: RegionId,
+    root: ElementId,
+    adopted: bool,
+) -> usize {
     rep.regions[&from]
         .outbox
         .iter()
-        .filter(|e| e.to == to && e.msg == BorderMessage::Abort { root })
+        .filter(|e| {
+            e.to == to
+                && matches!(e.msg, BorderMessage::Verdict { root: r, adopted: a, .. } if r == root && a == adopted)
+        })
+        .count()
+}
+
+fn asks_sent(rep: &ClusterReport, from: RegionId, root: ElementId) -> usize {
+    rep.regions[&from]
+        .outbox
+        .iter()
+        .filter(|e| matches!(e.msg, BorderMessage::Ask { root: r, .. } if r == root))
         .count()
 }
 
 /// The final data is lost (or arrives after the switch tick, which is the
-/// same): the target aborts, and the source takes back the group it had
-/// released, script and all. For the switch tick itself the group exists
-/// only as the source's kept copy.
+/// same): the target's verdict is "not adopted", and the source takes back
+/// the group it had released, script and all. For the switch tick itself
+/// the group exists only as the source's kept copy.
 #[test]
 fn late_final_aborts_and_the_source_takes_the_group_back() {
     let mut host = RuleHost::new();
@@ -487,10 +504,13 @@ fn late_final_aborts_and_the_source_takes_the_group_back() {
         .retain_mail(|e| !matches!(e.msg, BorderMessage::Final { .. }));
     assert_eq!(dropped, 1);
     // Switch tick: region 1 got the Accept and releases the ball; region 2
-    // has no final data, adopts nothing and aborts.
+    // has no final data, adopts nothing and says so.
     let rep = s.step(&host).unwrap();
     assert_eq!(s.owners(), vec![]);
-    assert_eq!(aborts_sent(&rep, RegionId(2), RegionId(1), ball), 1);
+    assert_eq!(
+        verdicts_sent(&rep, RegionId(2), RegionId(1), ball, false),
+        1
+    );
     // Next tick: region 1 takes it back, with its script and its state.
     let rep = s.step(&host).unwrap();
     assert_eq!(s.owners(), vec![(ball, RegionId(1))]);
@@ -504,6 +524,7 @@ fn late_final_aborts_and_the_source_takes_the_group_back() {
     assert_eq!(r1.border_counts().aborted, 1);
     assert_eq!(r2.border_counts().aborted, 1);
     assert_eq!(r1.border_counts().handoffs_out, 0);
+    assert_eq!(r1.border_counts().kept, 0);
     // From here on, one owner at every tick; the ball is offered again and
     // this time crosses.
     let mut audit = Audit::default();
@@ -514,11 +535,13 @@ fn late_final_aborts_and_the_source_takes_the_group_back() {
     assert_eq!(audit.handoffs, 1);
 }
 
-/// The acceptance is lost: the source keeps the group past the switch tick
-/// and aborts; the target discards the copy it adopted from the final data
-/// at the next tick. For the switch tick the target's copy is tentative.
+/// The acceptance is lost: the source, with no answer by the switch tick,
+/// releases the group into its keeping (the target may have adopted it);
+/// the target did adopt it from the final data, and its verdict lets the
+/// source drop its copy. The ball crosses at the switch tick anyway, with
+/// one owner.
 #[test]
-fn late_accept_aborts_and_the_target_discards_its_copy() {
+fn late_accept_still_switches_once_the_verdict_comes() {
     let mut host = RuleHost::new();
     let (mut s, ball, _) = flying_ball(10, &mut host);
     let mut audit = Audit::default();
@@ -530,28 +553,50 @@ fn late_accept_aborts_and_the_target_discards_its_copy() {
         .retain_mail(|e| !matches!(e.msg, BorderMessage::Accept { .. }));
     assert_eq!(dropped, 1);
     let rep = s.step(&host).unwrap();
-    assert_eq!(s.owners(), vec![(ball, RegionId(1)), (ball, RegionId(2))]);
-    assert_eq!(aborts_sent(&rep, RegionId(1), RegionId(2), ball), 1);
-    let rep = s.step(&host).unwrap();
-    assert_eq!(s.owners(), vec![(ball, RegionId(1))]);
-    let r2 = s.cluster.region(RegionId(2)).unwrap();
-    assert!(!r2.sim().state().elements.contains_key(&ball));
-    assert!(!r2.sim().state().bodies.contains_key(&ball));
-    assert_eq!(r2.border_counts().handoffs_in, 0);
+    assert_eq!(s.owners(), vec![(ball, RegionId(2))]);
+    assert_eq!(verdicts_sent(&rep, RegionId(2), RegionId(1), ball, true), 1);
+    assert_eq!(
+        s.cluster.region(RegionId(1)).unwrap().border_counts().kept,
+        1
+    );
+    s.step(&host).unwrap();
+    assert_eq!(s.owners(), vec![(ball, RegionId(2))]);
+    let r1 = s.cluster.region(RegionId(1)).unwrap();
+    assert_eq!(r1.border_counts().kept, 0);
+    assert_eq!(r1.border_counts().handoffs_out, 1);
+    assert!(!r1.sim().state().elements.contains_key(&ball));
+}
+
+/// The verdict is lost too, again and again (a link down for a while):
+/// the source keeps the group and asks every tick; when the link comes
+/// back the target answers from its memory and the group has one owner.
+/// Nothing is lost and nothing is owned twice meanwhile.
+#[test]
+fn lost_verdicts_are_asked_for_until_one_comes() {
+    let mut host = RuleHost::new();
+    let (mut s, ball, _) = flying_ball(10, &mut host);
     let mut audit = Audit::default();
     audit.track_all(&s);
-    audit.check(&s, &rep, 0);
-    run(&mut s, &mut audit, 40, 0, &host);
-    assert_eq!(s.owners(), vec![(ball, RegionId(2))]);
-    let r2 = s.cluster.region(RegionId(2)).unwrap();
-    assert_eq!(r2.border_counts().handoffs_in, 1);
-    // Offered again at once, and accepted: the abort freed the target.
-    assert_eq!(
+    until_offer(&mut s, &mut audit, ball, &host);
+    run(&mut s, &mut audit, 1, 0, &host);
+    // The Final is lost, then every verdict for 5 ticks.
+    s.cluster
+        .retain_mail(|e| !matches!(e.msg, BorderMessage::Final { .. }));
+    for k in 0..6 {
+        let rep = s.step(&host).unwrap();
+        if k > 0 {
+            assert_eq!(asks_sent(&rep, RegionId(1), ball), 1, "tick {k}");
+        }
+        assert_eq!(s.owners(), vec![], "kept by region 1 only, tick {k}");
         s.cluster
-            .region(RegionId(1))
-            .unwrap()
-            .border_counts()
-            .refused,
+            .retain_mail(|e| !matches!(e.msg, BorderMessage::Verdict { .. }));
+    }
+    // The link is back: the ask is answered, the ball taken back.
+    s.step(&host).unwrap();
+    s.step(&host).unwrap();
+    assert_eq!(s.owners(), vec![(ball, RegionId(1))]);
+    assert_eq!(
+        s.cluster.region(RegionId(1)).unwrap().border_counts().kept,
         0
     );
 }

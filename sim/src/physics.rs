@@ -272,14 +272,19 @@ pub enum BorderMessage {
         /// Influences, by sequence number.
         influences: Vec<(u32, Command)>,
     },
-    /// The sender gives up a handoff whose deadline (the switch tick)
-    /// passed without the message it needed: the source did not get the
-    /// `Accept` (it keeps the group; the target discards the copy it
-    /// adopted), or the target did not get the `Final` (the source takes
-    /// back the group it released). Sent at the end of the switch tick.
-    Abort {
+    /// The target's verdict on a handoff at its switch tick: it adopted
+    /// the group (it had accepted and got the final data by then) or not.
+    /// Sent at the end of the switch tick, and again in answer to every
+    /// [`BorderMessage::Ask`]. The source, which released the group into
+    /// its keeping at the switch tick (on an `Accept`, or with no answer),
+    /// drops its copy on `adopted` and takes the group back otherwise.
+    Verdict {
         /// The group's root element.
         root: ElementId,
+        /// The handoff's switch tick.
+        switch_tick: u64,
+        /// Whether the target adopted the group.
+        adopted: bool,
     },
     /// Influences that reached the sender after a body's ownership had
     /// switched to the receiver, numbered by the sender (from 1, never
@@ -288,6 +293,16 @@ pub enum BorderMessage {
     Influences {
         /// `(sequence number, command)`, ascending numbers.
         influences: Vec<(u64, Command)>,
+    },
+    /// The source still keeps a group it released at `switch_tick` and has
+    /// not heard the target's verdict: sent at the end of every tick until
+    /// a [`BorderMessage::Verdict`] comes (messages between groups get
+    /// lost; the group is never dropped on silence).
+    Ask {
+        /// The group's root element.
+        root: ElementId,
+        /// The handoff's switch tick.
+        switch_tick: u64,
     },
 }
 
@@ -384,7 +399,8 @@ impl Envelope {
             }
             BorderMessage::Accept { .. }
             | BorderMessage::Refuse { .. }
-            | BorderMessage::Abort { .. } => {}
+            | BorderMessage::Verdict { .. }
+            | BorderMessage::Ask { .. } => {}
             BorderMessage::Influences { influences } => {
                 if influences.is_empty() || influences.len() > INFLUENCES_MAX {
                     return bad(format!("{} forwarded influences", influences.len()));

@@ -21,6 +21,7 @@ pub fn example_scenarios() -> Vec<PathBuf> {
     out
 }
 
+pub mod border;
 pub mod determinism;
 pub mod replication;
 pub mod simplex_harness;

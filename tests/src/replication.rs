@@ -248,7 +248,7 @@ impl Harness {
         let mut digest = self.manifest.genesis_digest();
         for (d, _, p) in node.log.values() {
             region
-                .tick(&p.batch(), &NoScripts, &[])
+                .tick(&p.batch(), &NoScripts, &p.inbox())
                 .expect("a logged proposal executes again");
             digest = *d;
         }
@@ -328,8 +328,8 @@ impl Harness {
                             self.send(i, j, &msg);
                         }
                     }
-                    // The harness has no observers.
-                    To::Some(_) => {}
+                    // The harness has no observers nor neighbours.
+                    To::Some(_) | To::Region(_) => {}
                 },
                 Output::Visible(_) => {}
                 Output::Commit(c) => {
@@ -429,6 +429,7 @@ impl Harness {
                     time_ms,
                     inputs: Vec::new(),
                     sources: Vec::new(),
+                    border: Vec::new(),
                 };
                 let msg = Message::Proposal(p.clone());
                 for j in 0..n {
@@ -448,6 +449,7 @@ impl Harness {
                     time_ms,
                     inputs: vec![SignedInput::sign(client, self.manifest.region, seq, kind)],
                     sources: Vec::new(),
+                    border: Vec::new(),
                 };
                 let msg = Message::Proposal(p.clone());
                 for j in 0..n / 2 {

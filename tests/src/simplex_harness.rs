@@ -183,7 +183,7 @@ fn boot(shared: &Shared, idx: usize, key: &SigningKey) -> Replica {
         .unwrap_or_default();
     for (d, _, p) in log.values() {
         region
-            .tick(&p.batch(), &NoScripts, &[])
+            .tick(&p.batch(), &NoScripts, &p.inbox())
             .expect("a logged proposal executes again");
         digest = *d;
     }

@@ -29,12 +29,13 @@ use tracing::{debug, info, warn};
 
 use metatopia_physics::Region;
 use metatopia_sim::input::{Event, InputKind, Rejection};
-use metatopia_sim::{PlayerId, ScriptHost, Sim};
+use metatopia_sim::physics::Envelope;
+use metatopia_sim::{PlayerId, RegionId, ScriptHost, Sim};
 
-use super::group::Manifest;
+use super::group::{Manifest, Neighbour};
 use super::wire::{
-    Checkpoint, Digest, FOLLOW_LEASE_MS, Message, PROPOSAL_BYTES_MAX, Proposal, Sig, SignedInput,
-    player_of,
+    BorderCert, BorderSet, BorderSetError, BorderSig, Checkpoint, Digest, FOLLOW_LEASE_MS, Message,
+    PROPOSAL_BYTES_MAX, Proposal, Sig, SignedInput, player_of,
 };
 use super::{Answer, Order};
 
@@ -46,6 +47,10 @@ pub const FOLLOWERS_MAX: usize = 64;
 
 /// Finalized inputs remembered to refuse their replay.
 const DONE_MAX: usize = 65_536;
+
+/// How many ticks ahead of the head a neighbour's border set is kept (a
+/// group that fell behind its neighbour catches up with them in hand).
+pub const BORDER_AHEAD_MAX: u64 = 256;
 
 /// Script sources by hash: where the core finds the sources it must carry
 /// in a proposal, and where it puts the sources a proposal carries before
@@ -112,6 +117,19 @@ pub struct Config {
     /// Inputs submitted to this replica and not finalized are forwarded
     /// to the group again after this long.
     pub forward_retry_ms: u64,
+    /// Neighbour regions (hosted by other groups) this region trades
+    /// border envelopes with: each is sent this region's certified
+    /// outbox after every finalized tick, and its own certified sets go in
+    /// this group's proposals (ADR 0013).
+    pub neighbours: Vec<Neighbour>,
+    /// The primary waits at most this long past a tick's due time for a
+    /// neighbour's border set of the tick before, then proposes without it.
+    pub border_wait_ms: u64,
+    /// The world's tick schedule: tick `t` is due at `epoch_ms + t ·
+    /// tick_ms` on every group that sets it, so neighbour regions tick
+    /// together and a group that fell behind (a failover) catches up.
+    /// Without it a tick is due one period after the last one's time.
+    pub epoch_ms: Option<u64>,
     /// Test only: this replica executes this tick wrongly (it lets in a
     /// player nobody sent), as a replica with a determinism bug would.
     #[doc(hidden)]
@@ -135,6 +153,9 @@ impl Default for Config {
             fetch_after_ms: 100,
             fetch_retry_ms: 250,
             forward_retry_ms: 1000,
+            neighbours: Vec::new(),
+            border_wait_ms: 20,
+            epoch_ms: None,
             diverge_at: None,
         }
     }
@@ -188,6 +209,8 @@ pub enum To {
     All,
     /// One member (or observer).
     One(PlayerId),
+    /// Every member of the group hosting this neighbour region.
+    Region(RegionId),
     /// These (observers).
     Some(Vec<PlayerId>),
 }
@@ -392,6 +415,10 @@ pub enum Invalid {
     /// The sources do not match the attached scripts.
     #[error("sources: {0}")]
     Sources(String),
+    /// A neighbour's border certificate does not verify, is for another
+    /// tick, or is not one per neighbour in region order.
+    #[error("border: {0}")]
+    Border(#[from] BorderSetError),
     /// The sim refused the batch.
     #[error("the sim refused the batch: {0}")]
     Sim(String),
@@ -403,7 +430,21 @@ struct Link {
     digest: Digest,
     proposal: Arc<Proposal>,
     published: Arc<Published>,
+    /// The border envelopes its execution sent to neighbours.
+    outbox: Arc<Vec<Envelope>>,
     notarized: bool,
+}
+
+/// A neighbour's border set of one tick, as its members' signatures come
+/// in.
+#[derive(Debug, Default)]
+struct BorderIn {
+    /// Candidate sets by envelopes hash, with the signatures for each.
+    sets: BTreeMap<Digest, (BorderSet, BTreeMap<PlayerId, Sig>)>,
+    /// Members who signed (one set each).
+    signers: BTreeSet<PlayerId>,
+    /// The set once f + 1 members signed it.
+    cert: Option<Arc<BorderCert>>,
 }
 
 /// A snapshot of a finalized state, from which the head is rebuilt.
@@ -429,6 +470,21 @@ pub struct Stats {
     pub refused_messages: u64,
     /// Submissions refused.
     pub refused_inputs: u64,
+    /// Border sets this member signed and sent to neighbours.
+    pub border_sent: u64,
+    /// Neighbours' border certificates in finalized proposals.
+    pub border_included: u64,
+    /// Neighbours' border messages refused (not a neighbour or member,
+    /// misrouted or invalid envelopes, bad signature).
+    pub border_refused: u64,
+    /// Neighbours' border sets that came after the tick that would carry
+    /// them was finalized, dropped.
+    pub border_late: u64,
+    /// Neighbours' border sets certified here whose tick was finalized
+    /// without them (they came after the primary proposed).
+    pub border_missed: u64,
+    /// Neighbours' border sets too far ahead of this replica, dropped.
+    pub border_ahead: u64,
 }
 
 /// The batch this replica executes for `p` (its own, unless a test made it
@@ -557,6 +613,8 @@ pub struct Replica {
     /// When the group was last asked for a snapshot (while desynced).
     snapshot_asked: u64,
     published_tick: Option<u64>,
+    /// Neighbours' border sets by (region, tick sent).
+    border_in: BTreeMap<(RegionId, u64), BorderIn>,
     out: VecDeque<Output>,
     stats: Stats,
 }
@@ -633,6 +691,7 @@ impl Replica {
             desync: None,
             snapshot_asked: 0,
             published_tick: None,
+            border_in: BTreeMap::new(),
             out: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -706,13 +765,7 @@ impl Replica {
         let propose = self
             .propose_wait
             .filter(|(_, parent)| *parent == self.head_digest)
-            .map(|_| {
-                self.head
-                    .sim()
-                    .state()
-                    .time_ms
-                    .saturating_add(self.cfg.tick_ms)
-            });
+            .map(|_| self.propose_at());
         let fetch = self
             .verify_wait
             .iter()
@@ -766,13 +819,8 @@ impl Replica {
                         false
                     }
                 };
-            let deadline = self
-                .head
-                .sim()
-                .state()
-                .time_ms
-                .saturating_add(self.cfg.tick_ms);
-            if ready && now >= deadline {
+            let deadline = self.due();
+            if ready && now >= self.propose_at() {
                 self.propose_wait = None;
                 let digest = self.build(now, deadline);
                 self.out
@@ -828,6 +876,40 @@ impl Replica {
                     self.own.remove(&(player, seq));
                 }
             }
+        }
+    }
+
+    /// When the head's next tick is due (module doc of [`Config::epoch_ms`]).
+    fn due(&self) -> u64 {
+        match self.cfg.epoch_ms {
+            Some(epoch) => {
+                epoch.saturating_add(self.head.tick_number().saturating_mul(self.cfg.tick_ms))
+            }
+            None => self
+                .head
+                .sim()
+                .state()
+                .time_ms
+                .saturating_add(self.cfg.tick_ms),
+        }
+    }
+
+    /// When the primary proposes the head's next tick: when it is due, or
+    /// up to `border_wait_ms` later while a neighbour's certified border
+    /// set of the tick before is missing.
+    fn propose_at(&self) -> u64 {
+        let due = self.due();
+        let tick = self.head.tick_number();
+        let ready = tick == 0
+            || self.cfg.neighbours.iter().all(|n| {
+                self.border_in
+                    .get(&(n.region, tick - 1))
+                    .is_some_and(|b| b.cert.is_some())
+            });
+        if ready {
+            due
+        } else {
+            due.saturating_add(self.cfg.border_wait_ms)
         }
     }
 
@@ -927,10 +1009,14 @@ impl Replica {
         if !member
             && !matches!(
                 msg,
-                Message::Inputs(_) | Message::Fetch(_) | Message::Follow { .. }
+                Message::Inputs(_)
+                    | Message::Fetch(_)
+                    | Message::Follow { .. }
+                    | Message::Border { .. }
             )
         {
-            // Observers send inputs, fetches and follows; nothing else.
+            // Observers send inputs, fetches and follows, neighbours'
+            // members border sets; nothing else.
             self.stats.refused_messages += 1;
             return;
         }
@@ -999,9 +1085,148 @@ impl Replica {
             }
             Message::Snapshot { digest, bytes, .. } => self.resync(now, from, digest, &bytes),
             Message::Follow { snapshot } => self.follow(now, from, snapshot),
+            Message::Border { set, sig } => self.border_received(set, sig),
             // Observers' business, not a member's.
             Message::Finalized { .. } => self.stats.refused_messages += 1,
         }
+    }
+
+    /// A member of a neighbour's group sends its signed border set. Kept
+    /// (bounded: ticks from the one the next proposal needs to
+    /// [`BORDER_AHEAD_MAX`] ahead, one set per signer) until f + 1 members
+    /// signed the same envelopes; anything that does not verify is refused
+    /// and counted, and changes nothing.
+    fn border_received(&mut self, set: BorderSet, sig: BorderSig) {
+        let Some(n) = self.cfg.neighbours.iter().find(|n| n.region == set.from) else {
+            self.stats.border_refused += 1;
+            debug!(from = %set.from, "border set from a region that is not a neighbour");
+            return;
+        };
+        if !n.members.contains(&sig.member) {
+            self.stats.border_refused += 1;
+            debug!(from = %set.from, member = %sig.member, "border set signed by a non-member");
+            return;
+        }
+        let need = n.quorum();
+        if set.tick.saturating_add(1) < self.finalized_next {
+            self.stats.border_late += 1;
+            debug!(from = %set.from, tick = set.tick, "late border set dropped");
+            return;
+        }
+        if set.tick > self.head.tick_number().saturating_add(BORDER_AHEAD_MAX) {
+            self.stats.border_ahead += 1;
+            return;
+        }
+        let key = (set.from, set.tick);
+        if self
+            .border_in
+            .get(&key)
+            .is_some_and(|b| b.cert.is_some() || b.signers.contains(&sig.member))
+        {
+            return;
+        }
+        if let Err(e) = set
+            .check(self.manifest.region)
+            .and_then(|()| sig.verify(&set).map_err(BorderSetError::from))
+        {
+            self.stats.border_refused += 1;
+            debug!(from = %set.from, tick = set.tick, error = %e, "border set refused");
+            return;
+        }
+        let entry = self.border_in.entry(key).or_default();
+        entry.signers.insert(sig.member);
+        let (set, sigs) = entry
+            .sets
+            .entry(set.envelopes_hash())
+            .or_insert_with(|| (set, BTreeMap::new()));
+        sigs.insert(sig.member, sig.sig);
+        if sigs.len() >= need {
+            let cert = BorderCert {
+                set: set.clone(),
+                sigs: sigs
+                    .iter()
+                    .take(need)
+                    .map(|(member, sig)| BorderSig {
+                        member: *member,
+                        sig: *sig,
+                    })
+                    .collect(),
+            };
+            entry.sets.clear();
+            entry.cert = Some(Arc::new(cert));
+        }
+    }
+
+    /// Signs this region's border outbox of the finalized `tick` and sends
+    /// each neighbour its part (an empty one too).
+    fn send_border(&mut self, tick: u64, outbox: &[Envelope]) {
+        if self.desync.is_some() {
+            return;
+        }
+        for n in &self.cfg.neighbours {
+            let set = BorderSet {
+                from: self.manifest.region,
+                to: n.region,
+                tick,
+                envelopes: outbox
+                    .iter()
+                    .filter(|e| e.to == n.region)
+                    .cloned()
+                    .collect(),
+            };
+            let sig = set.sign(&self.key);
+            self.stats.border_sent += 1;
+            self.out.push_back(Output::Send {
+                to: To::Region(n.region),
+                msg: Message::Border { set, sig },
+            });
+        }
+    }
+
+    /// The certified border sets a proposal for `tick` carries: each
+    /// neighbour's of `tick - 1`, if it is here, in region order.
+    fn border_for(&self, tick: u64) -> Vec<BorderCert> {
+        let Some(prev) = tick.checked_sub(1) else {
+            return Vec::new();
+        };
+        let mut certs: Vec<BorderCert> = self
+            .cfg
+            .neighbours
+            .iter()
+            .filter_map(|n| self.border_in.get(&(n.region, prev)))
+            .filter_map(|b| b.cert.as_deref().cloned())
+            .collect();
+        certs.sort_by_key(|c| c.set.from);
+        certs
+    }
+
+    /// Why the border certificates of `p` cannot be delivered, if they
+    /// cannot: one per neighbour at most, in region order, each of tick
+    /// `p.tick - 1`, each signed by f + 1 of its group.
+    fn check_border(&self, p: &Proposal) -> Result<(), BorderSetError> {
+        let mut last: Option<RegionId> = None;
+        for c in &p.border {
+            if last.is_some_and(|l| l >= c.set.from) {
+                return Err(BorderSetError::Certificate(
+                    "certificates not one per neighbour in region order".into(),
+                ));
+            }
+            last = Some(c.set.from);
+            let n = self
+                .cfg
+                .neighbours
+                .iter()
+                .find(|n| n.region == c.set.from)
+                .ok_or(BorderSetError::NotNeighbour(c.set.from))?;
+            if c.set.tick.saturating_add(1) != p.tick {
+                return Err(BorderSetError::Tick {
+                    got: c.set.tick,
+                    tick: p.tick,
+                });
+            }
+            c.verify(self.manifest.region, &n.members)?;
+        }
+        Ok(())
     }
 
     /// An observer asks to follow (or renews its lease).
@@ -1324,7 +1549,7 @@ impl Replica {
         let mut chain = Vec::new();
         for p in &replay {
             let report = region
-                .tick(&batch_of(&self.cfg, p), &*self.host, &[])
+                .tick(&batch_of(&self.cfg, p), &*self.host, &p.inbox())
                 .expect("a proposal executed before executes again");
             self.stats.reexecuted += 1;
             if p.tick >= self.finalized_next {
@@ -1337,6 +1562,7 @@ impl Replica {
                         hash: report.hash,
                         events: Arc::new(report.sim.events),
                     }),
+                    outbox: Arc::new(report.outbox),
                     notarized: false,
                 });
             }
@@ -1456,6 +1682,7 @@ impl Replica {
                 "the sources carried differ from the scripts attached".into(),
             ));
         }
+        self.check_border(p)?;
         Ok(())
     }
 
@@ -1469,8 +1696,11 @@ impl Replica {
         }
         let report = self
             .head
-            .tick(&batch_of(&self.cfg, &p), &*self.host, &[])
+            .tick(&batch_of(&self.cfg, &p), &*self.host, &p.inbox())
             .map_err(|e| Invalid::Sim(e.to_string()))?;
+        if !report.refused.is_empty() {
+            debug!(tick = p.tick, refused = ?report.refused, "border envelopes refused by the region");
+        }
         self.known.remove(&digest);
         self.head_digest = digest;
         let next = self.head.tick_number();
@@ -1490,6 +1720,7 @@ impl Replica {
                 hash: report.hash,
                 events: Arc::new(report.sim.events),
             }),
+            outbox: Arc::new(report.outbox),
             notarized: false,
         });
         Ok(())
@@ -1550,13 +1781,15 @@ impl Replica {
             }
             round += 1;
         }
+        let tick = self.head.tick_number();
         let p = Proposal {
             region: self.manifest.region,
-            tick: self.head.tick_number(),
+            tick,
             parent: self.head_digest,
             time_ms,
             inputs,
             sources: sources.into_values().collect(),
+            border: self.border_for(tick),
         };
         let p = Arc::new(p);
         debug!(
@@ -1627,6 +1860,11 @@ impl Replica {
             while self.recent.len() > RECENT_MAX {
                 self.recent.pop_front();
             }
+            self.stats.border_included += p.border.len() as u64;
+            for c in &p.border {
+                self.border_in.remove(&(c.set.from, c.set.tick));
+            }
+            self.send_border(p.tick, &link.outbox);
             let next = p.tick + 1;
             if next.is_multiple_of(self.cfg.checkpoint_every.max(1))
                 && let Some(bytes) = &snap
@@ -1686,10 +1924,32 @@ impl Replica {
         }
         self.spec_snaps
             .retain(|d, _| self.chain.iter().any(|l| l.digest == *d));
+        self.forget_border();
         let floor = self.finalized_next;
         self.known.retain(|_, p| p.tick >= floor);
         let known = &self.known;
         self.wanted.retain(|d, _| !known.contains_key(d));
+    }
+
+    /// Drops neighbours' border sets whose carrying tick is finalized
+    /// (those it carried are gone already), counting the certified ones
+    /// it went without.
+    fn forget_border(&mut self) {
+        let floor = self.finalized_next;
+        let stale: Vec<(RegionId, u64)> = self
+            .border_in
+            .keys()
+            .filter(|(_, tick)| tick.saturating_add(1) < floor)
+            .copied()
+            .collect();
+        for key in stale {
+            if let Some(b) = self.border_in.remove(&key)
+                && b.cert.is_some()
+            {
+                self.stats.border_missed += 1;
+                debug!(from = %key.0, tick = key.1, "border set certified too late for its tick");
+            }
+        }
     }
 
     // ----- checkpoints and resync -----
@@ -1897,6 +2157,7 @@ mod tests {
             time_ms,
             inputs: Vec::new(),
             sources: Vec::new(),
+            border: Vec::new(),
         };
         let primary = manifest.members[0];
         let core = Replica::new(
@@ -1909,6 +2170,159 @@ mod tests {
             genesis,
         );
         (core, p, primary)
+    }
+
+    /// A verifier of region 3 whose neighbour, region 4, is hosted by the
+    /// four keys `[5; 32]` .. `[8; 32]`; and those keys.
+    fn border_verifier() -> (Replica, Vec<SigningKey>, Proposal, PlayerId) {
+        let (keys, manifest) = crate::replica::group::test_group();
+        let theirs: Vec<SigningKey> = (5..=8u8)
+            .map(|i| SigningKey::from_bytes(&[i; 32]))
+            .collect();
+        let cfg = Config {
+            neighbours: vec![Neighbour {
+                region: metatopia_sim::RegionId(4),
+                members: theirs.iter().map(player_of).collect(),
+            }],
+            ..Config::default()
+        };
+        let genesis = manifest.genesis_digest();
+        let p = Proposal {
+            region: manifest.region,
+            tick: 1,
+            parent: genesis,
+            time_ms: 10_000,
+            inputs: Vec::new(),
+            sources: Vec::new(),
+            border: Vec::new(),
+        };
+        let core = Replica::new(
+            cfg,
+            manifest.clone(),
+            keys[1].clone(),
+            Arc::new(NoScripts),
+            Arc::new(MemSources::default()),
+            manifest.genesis(),
+            genesis,
+        );
+        (core, theirs, p, manifest.members[0])
+    }
+
+    fn set(tick: u64) -> BorderSet {
+        BorderSet {
+            from: metatopia_sim::RegionId(4),
+            to: metatopia_sim::RegionId(3),
+            tick,
+            envelopes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn border_sets_that_do_not_verify_are_refused_and_counted() {
+        let (mut core, theirs, _, _) = border_verifier();
+        let s = set(0);
+        let outsider = SigningKey::from_bytes(&[9; 32]);
+        // Signed by someone outside the neighbour's group.
+        core.handle(
+            1,
+            player_of(&outsider),
+            Message::Border {
+                set: s.clone(),
+                sig: s.sign(&outsider),
+            },
+        );
+        // A member's signature over other envelopes.
+        let mut other = s.clone();
+        other.tick = 1;
+        core.handle(
+            1,
+            player_of(&theirs[0]),
+            Message::Border {
+                set: s.clone(),
+                sig: other.sign(&theirs[0]),
+            },
+        );
+        // From a region that is not a neighbour.
+        let mut stranger = s.clone();
+        stranger.from = metatopia_sim::RegionId(9);
+        core.handle(
+            1,
+            player_of(&theirs[0]),
+            Message::Border {
+                sig: stranger.sign(&theirs[0]),
+                set: stranger,
+            },
+        );
+        assert_eq!(core.stats().border_refused, 3);
+        // Two members (f + 1 of four) certify it; a third adds nothing.
+        for k in &theirs[..3] {
+            core.handle(
+                1,
+                player_of(k),
+                Message::Border {
+                    set: s.clone(),
+                    sig: s.sign(k),
+                },
+            );
+        }
+        assert_eq!(core.stats().border_refused, 3);
+        let cert = core.border_for(1);
+        assert_eq!(cert.len(), 1);
+        assert_eq!(cert[0].sigs.len(), 2);
+        assert_eq!(
+            cert[0].verify(metatopia_sim::RegionId(3), &core.cfg.neighbours[0].members),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_proposal_with_a_border_set_signed_by_too_few_is_refused() {
+        let (mut core, theirs, mut p, primary) = border_verifier();
+        // Tick 0 first (nothing to carry), then tick 1 with a certificate
+        // of tick 0 carrying a single signature.
+        let mut p0 = p.clone();
+        p0.tick = 0;
+        p0.time_ms = 9_950;
+        core.handle(10_000, primary, Message::Proposal(p0.clone()));
+        core.order(
+            10_000,
+            Order::Verify {
+                req: 0,
+                parent: p0.parent,
+                digest: p0.digest(),
+            },
+        );
+        assert_eq!(verdicts(&mut core), vec![true]);
+        let s = set(0);
+        p.parent = p0.digest();
+        p.border = vec![BorderCert {
+            sigs: vec![s.sign(&theirs[0])],
+            set: s.clone(),
+        }];
+        core.handle(10_000, primary, Message::Proposal(p.clone()));
+        core.order(
+            10_001,
+            Order::Verify {
+                req: 1,
+                parent: p.parent,
+                digest: p.digest(),
+            },
+        );
+        assert_eq!(verdicts(&mut core), vec![false]);
+        // With f + 1 it is valid.
+        let mut sigs = vec![s.sign(&theirs[0]), s.sign(&theirs[1])];
+        sigs.sort_by_key(|x| x.member);
+        p.border = vec![BorderCert { sigs, set: s }];
+        core.handle(10_000, primary, Message::Proposal(p.clone()));
+        core.order(
+            10_002,
+            Order::Verify {
+                req: 2,
+                parent: p.parent,
+                digest: p.digest(),
+            },
+        );
+        assert_eq!(verdicts(&mut core), vec![true]);
     }
 
     fn verdicts(core: &mut Replica) -> Vec<bool> {

@@ -102,6 +102,36 @@ impl Manifest {
     }
 }
 
+/// A neighbour region as this group knows it: its id and the members of
+/// the group that hosts it (from its manifest), whose f + 1 signatures
+/// certify the border envelopes it sends here.
+///
+/// Where it comes from: the `[[group.neighbour]]` list of the node's
+/// configuration for now; the overlay's signed region records (which list
+/// the hosting group) are the live source (ADR 0013).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Neighbour {
+    /// The neighbour region.
+    pub region: RegionId,
+    /// Its replica group, by node key.
+    pub members: Vec<PlayerId>,
+}
+
+impl Neighbour {
+    /// The neighbour hosted as `manifest` says.
+    pub fn of(manifest: &Manifest) -> Neighbour {
+        Neighbour {
+            region: manifest.region,
+            members: manifest.members.clone(),
+        }
+    }
+
+    /// Signatures a border certificate needs: f + 1 of its group.
+    pub fn quorum(&self) -> usize {
+        self.members.len().saturating_sub(1) / 3 + 1
+    }
+}
+
 /// Four members with the keys `[1; 32]` .. `[4; 32]`, hosting region 3
 /// with default settings, the first member its founder: the group of the
 /// replica modules' unit tests.

@@ -124,6 +124,13 @@ pub async fn run<C, S, R>(
                         To::Some(ps) => {
                             Recipients::Some(ps.into_iter().filter_map(public_key).collect())
                         }
+                        // Border sets for neighbour groups: their transport
+                        // is not built yet (ADR 0013); a member with no
+                        // neighbours configured never sends one.
+                        To::Region(region) => {
+                            debug!(%region, "border set for a neighbour group not sent: no transport yet");
+                            continue;
+                        }
                     };
                     let priority = matches!(msg, Message::Proposal(_));
                     tx.send(recipients, msg.encode(), priority);
@@ -144,6 +151,7 @@ fn invalid_proposal(core: &Replica) -> Proposal {
         time_ms: head.sim().state().time_ms,
         inputs: Vec::new(),
         sources: Vec::new(),
+        border: Vec::new(),
     };
     // The head is the core's own (valid) proposal; build on its parent.
     p.parent = core.head_parent();

@@ -377,7 +377,7 @@ impl Observer {
                 .map_err(|e| format!("cannot store a source: {e}"))?;
         }
         let report = head
-            .tick(&p.batch(), &*self.host, &[])
+            .tick(&p.batch(), &*self.host, &p.inbox())
             .map_err(|e| e.to_string())?;
         self.head_digest = digest;
         self.stats.executed += 1;
@@ -473,6 +473,7 @@ mod tests {
                 time_ms: 1000 + 50 * tick,
                 inputs: Vec::new(),
                 sources: Vec::new(),
+                border: Vec::new(),
             };
             let report = region.tick(&p.batch(), &NoScripts, &[]).unwrap();
             parent = p.digest();

@@ -11,6 +11,7 @@ use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use metatopia_sim::input::{Input, InputKind};
+use metatopia_sim::physics::Envelope;
 use metatopia_sim::snapshot::{self, DecodeError};
 use metatopia_sim::{Batch, PlayerId, RegionId};
 
@@ -32,6 +33,12 @@ pub const PROPOSAL_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Most inputs in one forwarded bundle.
 pub const FORWARD_INPUTS_MAX: usize = 4096;
+
+/// Most border envelopes one region sends one neighbour in one tick.
+pub const BORDER_ENVELOPES_MAX: usize = 4096;
+
+/// Largest border set (a neighbour's envelopes of one tick), encoded.
+pub const BORDER_SET_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// An ed25519 signature (64 bytes), serialised as a byte string.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -153,6 +160,10 @@ pub struct Proposal {
     /// The sources of the scripts that `AttachScript` inputs here attach,
     /// sorted by hash, each once.
     pub sources: Vec<String>,
+    /// Border envelopes from neighbour regions, sent at the end of the
+    /// previous tick (`tick - 1`), each set certified by its sending
+    /// group: at most one per neighbour, sorted by sending region.
+    pub border: Vec<BorderCert>,
 }
 
 impl Proposal {
@@ -167,6 +178,15 @@ impl Proposal {
         h.update(b"metatopia proposal v1\0");
         h.update(&self.encode());
         *h.finalize().as_bytes()
+    }
+
+    /// The border envelopes it delivers (the region tick's inbox), in the
+    /// order the certificates carry them.
+    pub fn inbox(&self) -> Vec<Envelope> {
+        self.border
+            .iter()
+            .flat_map(|c| c.set.envelopes.iter().cloned())
+            .collect()
     }
 
     /// The sim batch it executes.
@@ -226,6 +246,178 @@ impl Checkpoint {
     }
 }
 
+/// What one region sends one neighbour at the end of one tick: every
+/// border envelope `Region::tick` put in its outbox for that neighbour (an
+/// empty set too, so the neighbour's primary knows it need not wait).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BorderSet {
+    /// The sending region.
+    pub from: RegionId,
+    /// The receiving region.
+    pub to: RegionId,
+    /// The tick at whose end the envelopes were sent.
+    pub tick: u64,
+    /// The envelopes, in the sender's outbox order.
+    pub envelopes: Vec<Envelope>,
+}
+
+/// Why a border set or its certificate is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BorderSetError {
+    /// Not from a configured neighbour.
+    #[error("border set from region {0}, which is not a neighbour")]
+    NotNeighbour(RegionId),
+    /// Addressed to another region.
+    #[error("border set addressed to region {0}")]
+    Misaddressed(RegionId),
+    /// An envelope's routing differs from its set's, or it is invalid.
+    #[error("border envelope {index}: {why}")]
+    Envelope {
+        /// Its index in the set.
+        index: usize,
+        /// What is wrong.
+        why: String,
+    },
+    /// Too many envelopes or bytes.
+    #[error("border set too large: {0}")]
+    TooLarge(String),
+    /// The signer is not a member of the sending group.
+    #[error("border set signed by {0}, not a member of the sending group")]
+    NotMember(PlayerId),
+    /// A signature does not verify.
+    #[error("border set: {0}")]
+    Signature(#[from] SignatureError),
+    /// Too few distinct valid signatures, or not sorted and distinct.
+    #[error("border certificate: {0}")]
+    Certificate(String),
+    /// For another tick than the proposal's previous one.
+    #[error("border set of tick {got} in the proposal of tick {tick}")]
+    Tick {
+        /// The set's tick.
+        got: u64,
+        /// The proposal's tick.
+        tick: u64,
+    },
+}
+
+impl BorderSet {
+    /// blake3 over the encoded envelopes (what members sign, beside the
+    /// routing).
+    pub fn envelopes_hash(&self) -> Digest {
+        let mut buf = b"metatopia border envelopes v1\0".to_vec();
+        postcard::to_io(&self.envelopes, &mut buf)
+            .expect("postcard encoding into a Vec cannot fail");
+        *blake3::hash(&buf).as_bytes()
+    }
+
+    /// The bytes a member of the sending group signs: (from, to, tick,
+    /// blake3 of the encoded envelopes).
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = b"metatopia border set v1\0".to_vec();
+        postcard::to_io(
+            &(self.from, self.to, self.tick, self.envelopes_hash()),
+            &mut out,
+        )
+        .expect("postcard encoding into a Vec cannot fail");
+        out
+    }
+
+    /// A member's signature of this set.
+    pub fn sign(&self, key: &SigningKey) -> BorderSig {
+        BorderSig {
+            member: player_of(key),
+            sig: Sig(key.sign(&self.signed_bytes()).to_bytes()),
+        }
+    }
+
+    /// Checks shape: addressed to `to`, every envelope routed as the set
+    /// (from, to, tick) and valid, within the bounds.
+    pub fn check(&self, to: RegionId) -> Result<(), BorderSetError> {
+        if self.to != to {
+            return Err(BorderSetError::Misaddressed(self.to));
+        }
+        if self.envelopes.len() > BORDER_ENVELOPES_MAX {
+            return Err(BorderSetError::TooLarge(format!(
+                "{} envelopes (limit {BORDER_ENVELOPES_MAX})",
+                self.envelopes.len()
+            )));
+        }
+        for (index, e) in self.envelopes.iter().enumerate() {
+            if e.from != self.from || e.to != self.to || e.tick != self.tick {
+                return Err(BorderSetError::Envelope {
+                    index,
+                    why: format!(
+                        "routed {} -> {} at tick {}, the set {} -> {} at tick {}",
+                        e.from, e.to, e.tick, self.from, self.to, self.tick
+                    ),
+                });
+            }
+            e.validate().map_err(|e| BorderSetError::Envelope {
+                index,
+                why: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One member's signature of a [`BorderSet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BorderSig {
+    /// The member (its node key).
+    pub member: PlayerId,
+    /// Its signature over [`BorderSet::signed_bytes`].
+    pub sig: Sig,
+}
+
+impl BorderSig {
+    /// Checks the signature over `set`.
+    pub fn verify(&self, set: &BorderSet) -> Result<(), SignatureError> {
+        verify(self.member, &set.signed_bytes(), &self.sig)
+    }
+}
+
+/// A border set certified by its sending group: signatures of at least
+/// f + 1 distinct members (so at least one honest member executed the
+/// tick and got these envelopes), sorted by member key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BorderCert {
+    /// The set.
+    pub set: BorderSet,
+    /// The signatures, strictly increasing by member.
+    pub sigs: Vec<BorderSig>,
+}
+
+impl BorderCert {
+    /// Checks the certificate against the sending group's members (`n =
+    /// 3f + 1`): the set's shape for `to`, then at least f + 1 distinct
+    /// members' valid signatures, sorted, none from outside the group.
+    pub fn verify(&self, to: RegionId, members: &[PlayerId]) -> Result<(), BorderSetError> {
+        self.set.check(to)?;
+        let need = members.len().saturating_sub(1) / 3 + 1;
+        if self.sigs.len() < need || self.sigs.len() > members.len() {
+            return Err(BorderSetError::Certificate(format!(
+                "{} signatures, need {need} of {}",
+                self.sigs.len(),
+                members.len()
+            )));
+        }
+        if !self.sigs.windows(2).all(|w| w[0].member < w[1].member) {
+            return Err(BorderSetError::Certificate(
+                "signatures not sorted by member, or repeated".into(),
+            ));
+        }
+        if let Some(s) = self.sigs.iter().find(|s| !members.contains(&s.member)) {
+            return Err(BorderSetError::NotMember(s.member));
+        }
+        let bytes = self.set.signed_bytes();
+        for s in &self.sigs {
+            verify(s.member, &bytes, &s.sig)?;
+        }
+        Ok(())
+    }
+}
+
 /// A message between replicas (and from a player's node to a replica).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -258,6 +450,15 @@ pub enum Message {
         /// of its tick and the finalized proposals since (joining, or
         /// resyncing after a gap).
         snapshot: bool,
+    },
+    /// A member of a neighbour region's group sends the border envelopes
+    /// its region produced at the end of a finalized tick, with its own
+    /// signature; f + 1 of them make a [`BorderCert`].
+    Border {
+        /// The envelopes.
+        set: BorderSet,
+        /// The sending member's signature.
+        sig: BorderSig,
     },
     /// A finalized proposal, for observers. `proof` is the engine's
     /// finalization certificate; empty when a later proposal's certificate
@@ -293,6 +494,15 @@ impl Message {
                     "{} forwarded inputs (limit {FORWARD_INPUTS_MAX})",
                     v.len()
                 )));
+            }
+            Message::Border { set, .. } if set.envelopes.len() > BORDER_ENVELOPES_MAX => {
+                return Err(DecodeError::Malformed(format!(
+                    "{} border envelopes (limit {BORDER_ENVELOPES_MAX})",
+                    set.envelopes.len()
+                )));
+            }
+            Message::Border { .. } if bytes.len() > BORDER_SET_BYTES_MAX => {
+                return Err(DecodeError::TooLarge(bytes.len()));
             }
             Message::Proposal(_) | Message::Finalized { .. }
                 if bytes.len() > PROPOSAL_BYTES_MAX =>

@@ -209,6 +209,8 @@ async fn drive(
                         To::All => vec![None],
                         To::One(p) => vec![Some(p)],
                         To::Some(ps) => ps.into_iter().map(Some).collect(),
+                        // An observer sends nothing to neighbour groups.
+                        To::Region(_) => Vec::new(),
                     };
                     for t in targets {
                         if out.try_send((t, bytes.clone())).is_err() {
