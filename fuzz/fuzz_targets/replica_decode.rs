@@ -1,5 +1,5 @@
 //! Messages between replicas (inputs, proposals, fetches, checkpoints,
-//! snapshots): never panics; what decodes re-encodes to the same bytes, and
+//! snapshots, border sets of neighbour groups): never panics; what decodes re-encodes to the same bytes, and
 //! the checks a replica runs on a decoded message (signatures, a proposal's
 //! digest and batch, a snapshot's restore) never panic either.
 #![no_main]
@@ -28,6 +28,15 @@ fuzz_target!(|data: &[u8]| {
                 let _ = p.batch();
                 for i in &p.inputs {
                     let _ = i.verify(p.region);
+                }
+                for c in &p.border {
+                    let _ = c.verify(p.region, &[]);
+                }
+            }
+            Message::Border { set, sig } => {
+                let _ = sig.verify(set);
+                for e in &set.envelopes {
+                    let _ = e.validate();
                 }
             }
             Message::Checkpoint(c) => {
