@@ -50,6 +50,10 @@ pub struct Config {
     pub player_inputs_per_sec: u32,
     /// See `player_inputs_per_sec`.
     pub player_inputs_burst: u32,
+    /// Neighbour regions hosted by other groups (ADR 0013).
+    pub neighbours: Vec<crate::replica::group::Neighbour>,
+    /// The world's tick schedule (`replica::Config::epoch_ms`).
+    pub epoch_ms: Option<u64>,
 }
 
 impl Default for Config {
@@ -61,6 +65,8 @@ impl Default for Config {
             player_pending_max: 256,
             player_inputs_per_sec: 1000,
             player_inputs_burst: 2000,
+            neighbours: Vec::new(),
+            epoch_ms: None,
         }
     }
 }
@@ -255,6 +261,66 @@ pub fn region(genesis: State) -> Region {
     Region::from_state(genesis)
 }
 
+/// Where a region lies in the world, for physics: its box and its
+/// neighbours' boxes (world coordinates), fixed when the world is created
+/// (they are in every region snapshot) and checked on every start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The region's box.
+    pub bounds: metatopia_physics::region::Aabb,
+    /// Neighbour regions' boxes, by id.
+    pub neighbours: Vec<(metatopia_sim::RegionId, metatopia_physics::region::Aabb)>,
+}
+
+impl Placement {
+    /// Regions of `size` (all of the node's regions are the default size)
+    /// with south-west corners at `origin` (this one) and at the
+    /// neighbours' origins, world millimetres; every box starts at z = 0.
+    pub fn new(
+        size: metatopia_sim::Vec3,
+        origin: metatopia_overlay::Point,
+        neighbours: &[(metatopia_sim::RegionId, metatopia_overlay::Point)],
+    ) -> Placement {
+        use metatopia_sim::{Fx, Vec3};
+        let boxed = |p: metatopia_overlay::Point| {
+            let min = Vec3::new(Fx::from_milli(p.x), Fx::from_milli(p.y), Fx::ZERO);
+            metatopia_physics::region::Aabb {
+                min,
+                max: min.saturating_add(size),
+            }
+        };
+        Placement {
+            bounds: boxed(origin),
+            neighbours: neighbours.iter().map(|(r, p)| (*r, boxed(*p))).collect(),
+        }
+    }
+
+    /// The placement a region from [`region`] has: its box at the origin,
+    /// no neighbours.
+    pub fn solo(size: metatopia_sim::Vec3) -> Placement {
+        Placement::new(size, metatopia_overlay::Point::new(0, 0), &[])
+    }
+
+    /// Whether `region` lies here.
+    pub fn matches(&self, region: &Region) -> bool {
+        let cfg = region.config();
+        cfg.bounds == self.bounds && cfg.neighbours == self.neighbours
+    }
+
+    /// The genesis region of `manifest` placed here. Its hash is the
+    /// manifest's genesis hash (an empty space does not depend on where
+    /// it is), so the genesis digest does not change.
+    pub fn genesis(&self, manifest: &Manifest) -> Region {
+        let plain = manifest.genesis();
+        let mut cfg = plain.config().clone();
+        cfg.bounds = self.bounds;
+        cfg.neighbours = self.neighbours.clone();
+        let placed = Region::new(cfg, manifest.settings.clone(), &manifest.founders);
+        debug_assert_eq!(placed.hash(), plain.hash(), "placement changed the genesis");
+        placed
+    }
+}
+
 /// What a node hosts: its region as recovered, and what runs it.
 pub struct Hosted {
     /// The store the region was recovered from.
@@ -347,6 +413,8 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         player_inputs_burst: config.player_inputs_burst.max(1),
         store_snapshot_every: config.snapshot_every.max(1),
         diverge_at: diverge_at_for_test(),
+        neighbours: config.neighbours.clone(),
+        epoch_ms: config.epoch_ms,
         ..crate::replica::Config::default()
     };
     let group = GroupStatus {
@@ -769,6 +837,9 @@ pub struct Membership {
     pub peers: Option<crate::content::peer::Peers>,
     /// Caps on the mesh's libp2p connections.
     pub caps: crate::replica::net::Caps,
+    /// The groups hosting neighbour regions, their members with addresses
+    /// (border traffic, ADR 0013).
+    pub neighbours: Vec<(metatopia_sim::RegionId, Vec<(PlayerId, libp2p::Multiaddr)>)>,
 }
 
 /// Starts a member of a replica group of several: its own thread runs the
@@ -835,6 +906,17 @@ pub fn start_member(
                 else {
                     return failed("the mesh gave fewer channels than asked".into());
                 };
+                let border = if membership.neighbours.is_empty() {
+                    None
+                } else {
+                    match mesh.border(&membership.neighbours) {
+                        Ok((tx, rx)) => Some(member::Border {
+                            send: Box::new(move |region, bytes| tx.send(region, bytes)),
+                            recv: rx,
+                        }),
+                        Err(e) => return failed(e.to_string()),
+                    }
+                };
                 let (app, engine) = simplex::bridge();
                 let primary = engine.primary();
                 if let Err(e) = simplex::start(
@@ -870,6 +952,7 @@ pub fn start_member(
                     engine,
                     members_ch,
                     in_rx,
+                    border,
                     member::Faults::default(),
                     // Blocks only when the committer is COMMIT_QUEUE_MAX
                     // outputs behind (the disk cannot keep up); fails only

@@ -1,0 +1,230 @@
+//! Two replica groups of `metatopia up` processes on loopback host
+//! adjacent regions (region 1 at x 0..256 m, region 2 at 256..512 m,
+//! `[[group.neighbours]]` in each node.toml, one `group.epoch_ms`) and
+//! trade certified border sets over `/metatopia/border/1` (ADR 0013). A
+//! ball spawned in region 1 near the border, moving east, crosses: it
+//! leaves region 1's state and enters region 2's, at every tick owned by
+//! exactly one region as far as the samples show, and each group's
+//! members keep signing agreeing checkpoints. After the nodes stop, each
+//! region's log replays from genesis to the hash it ran to (the border
+//! certificates in the proposals are all replay needs).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Node, eventually, run};
+use serde_json::{Value, json};
+
+/// Eight consecutive free TCP ports on 127.0.0.1 (two groups of up to
+/// four; probed, a little racy like any port picked in advance).
+fn free_ports_8() -> u16 {
+    let start = 20_000 + (std::process::id() % 20_000) as u16;
+    (start..60_000)
+        .step_by(9)
+        .find(|base| (0..8).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
+        .expect("eight free ports")
+}
+
+/// `metatopia group init` of `members` members for `region` from `port`.
+fn group_init(base: &Path, region: u32, members: usize, port: u16) -> Vec<PathBuf> {
+    let dir = base.join(format!("g{region}"));
+    let out = run(&[
+        "group",
+        "init",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--members",
+        &members.to_string(),
+        "--port",
+        &port.to_string(),
+        "--region",
+        &region.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (0..members).map(|i| dir.join(format!("m{i}"))).collect()
+}
+
+fn load(dir: &Path) -> toml::Table {
+    toml::from_str(&std::fs::read_to_string(dir.join("node.toml")).unwrap()).unwrap()
+}
+
+/// Gives each member of `dirs` its region's origin, the world's epoch and
+/// the neighbour (`region`, `origin`, its members).
+fn configure(dirs: &[PathBuf], origin: &str, epoch_ms: u64, neighbour: (u32, &str, &Value)) {
+    for d in dirs {
+        let mut t = load(d);
+        t["overlay"]
+            .as_table_mut()
+            .unwrap()
+            .insert("origin".into(), origin.into());
+        let group = t["group"].as_table_mut().unwrap();
+        group.insert("epoch_ms".into(), toml::Value::Integer(epoch_ms as i64));
+        let mut n = toml::Table::new();
+        n.insert("region".into(), toml::Value::Integer(neighbour.0.into()));
+        n.insert("origin".into(), neighbour.1.into());
+        n.insert(
+            "members".into(),
+            toml::Value::try_from(neighbour.2.clone()).unwrap(),
+        );
+        group.insert(
+            "neighbours".into(),
+            toml::Value::Array(vec![toml::Value::Table(n)]),
+        );
+        std::fs::write(d.join("node.toml"), toml::to_string(&t).unwrap()).unwrap();
+    }
+}
+
+fn members_of(dir: &Path) -> Value {
+    let t = load(dir);
+    let m = t["group"]["members"].clone();
+    serde_json::to_value(m).unwrap()
+}
+
+/// (tick, whether the ball is in the region's state) as `node` serves it.
+fn sample(node: &Node, region: u32) -> Option<(u64, bool)> {
+    let s: Value = node
+        .get(&format!("/api/regions/{region}/state"))
+        .json()
+        .ok()?;
+    let here = s["elements"]
+        .as_array()?
+        .iter()
+        .any(|e| e["name"] == "ball" && !e["body"].is_null());
+    Some((s["tick"].as_u64()?, here))
+}
+
+/// The newest checkpoint all `n` members signed and agree on, at or after
+/// `after`.
+fn agreed(node: &Node, n: u64, after: u64) -> Option<u64> {
+    let status = node.get("/api/status").json().ok()?;
+    status["group"]["checkpoints"]
+        .as_array()?
+        .iter()
+        .filter(|c| c["signed"] == n && c["agree"] == true)
+        .filter_map(|c| c["tick"].as_u64())
+        .find(|t| *t >= after)
+}
+
+/// `metatopia replay`: the final state hash a replay from genesis reaches.
+fn replay(data: &Path) -> String {
+    let out = run(&["replay", "--data", data.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::final_hash(&out)
+}
+
+fn crossing(n: usize) {
+    let base = tempfile::tempdir().unwrap();
+    let port = free_ports_8();
+    let g1 = group_init(base.path(), 1, n, port);
+    let g2 = group_init(base.path(), 2, n, port + 4);
+    let (m1, m2) = (members_of(&g1[0]), members_of(&g2[0]));
+    // Tick 0 a few seconds from now: both groups start on one schedule.
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3000;
+    configure(&g1, "0,0", epoch, (2, "256,0", &m2));
+    configure(&g2, "256,0", epoch, (1, "0,0", &m1));
+    let nodes1: Vec<Node> = g1.iter().map(|d| Node::start(d)).collect();
+    let nodes2: Vec<Node> = g2.iter().map(|d| Node::start(d)).collect();
+    let (a, b) = (&nodes1[0], &nodes2[0]);
+
+    // The founder of region 1 joins and spawns a ball 6 m from the border,
+    // moving east at 5 m/s, high enough not to touch the floor first.
+    assert_eq!(a.act(&json!({"do": "join", "name": "A"})).status, 200);
+    let r = a.act(&json!({
+        "do": "spawn_body", "name": "ball", "pos": "250,128,3000",
+        "shape": "ball:0.5", "vel": "5,0,0"
+    }));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // Sample both regions until the ball has been in region 2 for a while.
+    let mut s1: Vec<(u64, bool)> = Vec::new();
+    let mut s2: Vec<(u64, bool)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(x) = sample(a, 1) {
+            s1.push(x);
+        }
+        if let Some(x) = sample(b, 2) {
+            s2.push(x);
+        }
+        let crossed = s1.iter().any(|x| x.1)
+            && s2.iter().filter(|x| x.1).count() >= 10
+            && s1.last().is_some_and(|x| !x.1);
+        if crossed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ball did not cross in 60 s: region 1 {:?} region 2 {:?}",
+            s1.iter().rev().take(5).collect::<Vec<_>>(),
+            s2.iter().rev().take(5).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Region 1 had it, then never again; region 2 had it from one tick on.
+    let first_in_1 = s1.iter().position(|x| x.1).unwrap();
+    let gone_from_1 = first_in_1 + s1[first_in_1..].iter().position(|x| !x.1).unwrap();
+    assert!(
+        s1[gone_from_1..].iter().all(|x| !x.1),
+        "the ball came back to region 1: {s1:?}"
+    );
+    let in_2 = s2.iter().position(|x| x.1).unwrap();
+    assert!(
+        s2[in_2..].iter().all(|x| x.1),
+        "the ball left region 2: {s2:?}"
+    );
+    // One owner at every tick: region 1 last seen with it before region 2
+    // first seen with it, and region 2 last seen without it before region
+    // 1 first seen without it (the switch tick lies in both windows).
+    let (last1, gone1) = (s1[gone_from_1 - 1].0, s1[gone_from_1].0);
+    let (before2, first2) = (in_2.checked_sub(1).map(|i| s2[i].0), s2[in_2].0);
+    assert!(
+        last1 < first2,
+        "owned by both at tick {first2}: {s1:?} {s2:?}"
+    );
+    if let Some(before2) = before2 {
+        assert!(before2 < gone1, "owned by neither at tick {before2}");
+    }
+    println!(
+        "handed over between ticks {last1} and {first2} (region 1 last seen with it at {last1}, without at {gone1}; region 2 without at {before2:?}, with at {first2})"
+    );
+
+    // Both groups' members agree on checkpoints after the crossing.
+    let after = first2.max(gone1);
+    for (nodes, what) in [(&nodes1, "region 1"), (&nodes2, "region 2")] {
+        for node in nodes.iter() {
+            eventually(
+                &format!("{what}'s members to agree after the crossing"),
+                || agreed(node, n as u64, after),
+            );
+        }
+    }
+    for node in nodes1.into_iter().chain(nodes2) {
+        assert!(node.terminate());
+    }
+    // Each log replays from genesis, border certificates included.
+    for d in [&g1[0], &g2[0]] {
+        replay(d);
+    }
+}
+
+#[test]
+fn two_groups_of_one_hand_a_ball_across_the_border() {
+    crossing(1);
+}
