@@ -140,6 +140,10 @@ pub struct Group {
     /// period after the last). Groups hosting neighbour regions must share
     /// one, so their ticks line up (ADR 0013).
     pub epoch_ms: u64,
+    /// The primary waits at most this long for a neighbour's certified
+    /// border set of the tick before, then proposes without it (a body
+    /// crossing then waits).
+    pub border_wait_ms: u64,
     /// Neighbour regions hosted by other replica groups, that bodies cross
     /// to and from (`[[group.neighbours]]`).
     pub neighbours: Vec<Neighbour>,
@@ -167,6 +171,7 @@ impl Default for Group {
             listen: "/ip4/127.0.0.1/tcp/0".into(),
             members: Vec::new(),
             epoch_ms: 0,
+            border_wait_ms: 20,
             neighbours: Vec::new(),
         }
     }
@@ -387,6 +392,12 @@ impl Config {
                 .parse::<libp2p::Multiaddr>()
                 .map_err(|e| format!("group.listen: bad multiaddr: {e}"))?;
             self.group.neighbours(self.world.region_id)?;
+            if self.group.border_wait_ms > 10_000 {
+                return Err(format!(
+                    "group.border_wait_ms must be in 0..=10000, got {}",
+                    self.group.border_wait_ms
+                ));
+            }
         } else if !self.group.neighbours.is_empty() {
             return Err("group.neighbours needs group.enabled = true".into());
         }
@@ -479,6 +490,7 @@ impl Config {
             } else {
                 Vec::new()
             },
+            border_wait_ms: self.group.border_wait_ms,
             epoch_ms: (self.group.enabled && self.group.epoch_ms > 0)
                 .then_some(self.group.epoch_ms),
         }

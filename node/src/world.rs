@@ -54,6 +54,8 @@ pub struct Config {
     pub neighbours: Vec<crate::replica::group::Neighbour>,
     /// The world's tick schedule (`replica::Config::epoch_ms`).
     pub epoch_ms: Option<u64>,
+    /// `replica::Config::border_wait_ms`.
+    pub border_wait_ms: u64,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             player_inputs_burst: 2000,
             neighbours: Vec::new(),
             epoch_ms: None,
+            border_wait_ms: 20,
         }
     }
 }
@@ -415,6 +418,7 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         diverge_at: diverge_at_for_test(),
         neighbours: config.neighbours.clone(),
         epoch_ms: config.epoch_ms,
+        border_wait_ms: config.border_wait_ms,
         ..crate::replica::Config::default()
     };
     let group = GroupStatus {
