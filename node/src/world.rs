@@ -374,6 +374,34 @@ pub struct GroupStatus {
     pub addresses: Vec<String>,
     /// This node follows the group as an observer (it is not a member).
     pub observer: bool,
+    /// Border traffic with neighbour groups since start (ADR 0013).
+    pub border: BorderTraffic,
+}
+
+/// A member's border traffic with neighbour groups: the transport's
+/// counters ([`crate::replica::net::Counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BorderTraffic {
+    /// Border frames queued to neighbours' members (each copy counted).
+    pub frames_sent: u64,
+    /// Their bytes.
+    pub bytes_sent: u64,
+    /// Frames dropped on full queues, outbound and inbound.
+    pub dropped: u64,
+    /// Streams or frames refused (not a neighbour's member, bad frame).
+    pub refused: u64,
+}
+
+impl BorderTraffic {
+    fn of(c: &crate::replica::net::Counters) -> BorderTraffic {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BorderTraffic {
+            frames_sent: get(&c.border_sent),
+            bytes_sent: get(&c.border_sent_bytes),
+            dropped: get(&c.border_send_dropped).saturating_add(get(&c.border_recv_dropped)),
+            refused: get(&c.border_refused),
+        }
+    }
 }
 
 /// Checkpoint ticks kept for status views.
@@ -892,6 +920,7 @@ pub fn start_member(
                         Err(e) => return failed(e.to_string()),
                     };
                 info!(addr = %mesh.addr, "replica group member listening");
+                let counters = mesh.counters.clone();
                 mesh.serve_followers(simplex::CHANNEL_MEMBERS);
                 if let Some(p) = &membership.peers
                     && let Err(e) = mesh.serve_content(p, &membership.members)
@@ -971,6 +1000,7 @@ pub fn start_member(
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         if let Ok(mut g) = status.lock() {
                             g.primary = primary.get();
+                            g.border = BorderTraffic::of(&counters);
                         }
                         let store_failed = failure.lock().map(|f| f.is_some()).unwrap_or(true);
                         if stop.load(Ordering::Relaxed) || store_failed {

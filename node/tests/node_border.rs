@@ -241,6 +241,26 @@ fn crossing(n: usize) {
             );
         }
     }
+    // Every member sent border sets, none dropped or refused; bytes each
+    // member sent per tick (to every member of the other group).
+    for (node, region) in nodes1
+        .iter()
+        .map(|x| (x, 1))
+        .chain(nodes2.iter().map(|x| (x, 2)))
+    {
+        let status: Value = node.get("/api/status").json().unwrap();
+        let border = &status["group"]["border"];
+        let tick = sample(node, region).unwrap().0.0;
+        assert!(border["frames_sent"].as_u64().unwrap() > 0, "{border}");
+        assert_eq!(border["dropped"], 0, "{border}");
+        assert_eq!(border["refused"], 0, "{border}");
+        println!(
+            "region {region} member: {} border bytes in {} frames by tick {tick}: {} bytes per tick",
+            border["bytes_sent"],
+            border["frames_sent"],
+            border["bytes_sent"].as_u64().unwrap() / tick.max(1)
+        );
+    }
     for node in nodes1.into_iter().chain(nodes2) {
         assert!(node.terminate());
     }
