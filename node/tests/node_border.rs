@@ -5,7 +5,10 @@
 //! ball spawned in region 1 near the border, moving east, crosses: it
 //! leaves region 1's state and enters region 2's, at every tick owned by
 //! exactly one region as far as the samples show, and each group's
-//! members keep signing agreeing checkpoints. After the nodes stop, each
+//! members keep signing agreeing checkpoints. With groups of four, a
+//! member of region 2's group is then killed (`kill -9`), a second ball
+//! crosses to the other three, and the killed member restarts and agrees
+//! again. After the nodes stop, each
 //! region's log replays from genesis to the hash it ran to (the border
 //! certificates in the proposals are all replay needs).
 
@@ -97,9 +100,9 @@ fn members_of(dir: &Path) -> Value {
     serde_json::to_value(m).unwrap()
 }
 
-/// (tick, whether the ball is in the region's state) as `node` serves it,
-/// and the ball's x there (region coordinates, metres).
-fn sample(node: &Node, region: u32) -> Option<((u64, bool), Option<f64>)> {
+/// (tick, whether the ball `name` is in the region's state) as `node`
+/// serves it, and its x there (region coordinates, metres).
+fn sample(node: &Node, region: u32, name: &str) -> Option<((u64, bool), Option<f64>)> {
     let s: Value = node
         .get(&format!("/api/regions/{region}/state"))
         .json()
@@ -107,7 +110,7 @@ fn sample(node: &Node, region: u32) -> Option<((u64, bool), Option<f64>)> {
     let ball = s["elements"]
         .as_array()?
         .iter()
-        .find(|e| e["name"] == "ball" && !e["body"].is_null());
+        .find(|e| e["name"] == name && !e["body"].is_null());
     let x = ball.and_then(|b| b["pos"]["x"].as_str()?.parse().ok());
     Some(((s["tick"].as_u64()?, ball.is_some()), x))
 }
@@ -139,35 +142,13 @@ fn replay(data: &Path) -> String {
     common::final_hash(&out)
 }
 
-fn crossing(n: usize) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let base = tempfile::tempdir().unwrap();
-    let port = free_ports_8();
-    let g1 = group_init(base.path(), 1, n, port);
-    let g2 = group_init(base.path(), 2, n, port + 4);
-    let (m1, m2) = (members_of(&g1[0]), members_of(&g2[0]));
-    // Tick 0 a few seconds from now: both groups start on one schedule.
-    let epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 3000;
-    // Groups of one finalize at once: the default wait (20 ms) is enough.
-    // Eight debug processes on a small machine finalize in more than
-    // 20 ms + a hop, so without a longer wait every set is late and a
-    // crossing never completes (ADR 0013, decision 6).
-    let wait_ms = if n == 1 { 20 } else { 250 };
-    configure(&g1, "0,0", (epoch, wait_ms), (2, "256,0", &m2));
-    configure(&g2, "256,0", (epoch, wait_ms), (1, "0,0", &m1));
-    let nodes1: Vec<Node> = g1.iter().map(|d| Node::start(d)).collect();
-    let nodes2: Vec<Node> = g2.iter().map(|d| Node::start(d)).collect();
-    let (a, b) = (&nodes1[0], &nodes2[0]);
-
-    // The founder of region 1 joins and spawns a ball 6 m from the border,
-    // moving east at 5 m/s, high enough not to touch the floor first.
-    assert_eq!(a.act(&json!({"do": "join", "name": "A"})).status, 200);
+/// Spawns a ball `name` at `pos` in region 1 (through `a`) moving east
+/// and samples both regions (`a`, `b`) until it has crossed: it leaves
+/// region 1 for good, enters region 2 for good, and the samples show one
+/// owner at every tick. Returns a tick by which both saw the switch.
+fn cross(n: usize, a: &Node, b: &Node, name: &str, pos: &str) -> u64 {
     let r = a.act(&json!({
-        "do": "spawn_body", "name": "ball", "pos": "250,128,3000",
+        "do": "spawn_body", "name": name, "pos": pos,
         "shape": "ball:0.5", "vel": "5,0,0"
     }));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -180,13 +161,13 @@ fn crossing(n: usize) {
     let mut offered: Option<u64> = None;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some((x, pos)) = sample(a, 1) {
+        if let Some((x, pos)) = sample(a, 1, name) {
             if offered.is_none() && pos.is_some_and(|p| p >= 256.5) {
                 offered = Some(x.0);
             }
             s1.push(x);
         }
-        if let Some((x, _)) = sample(b, 2) {
+        if let Some((x, _)) = sample(b, 2, name) {
             s2.push(x);
         }
         let crossed = s1.iter().any(|x| x.1)
@@ -228,11 +209,42 @@ fn crossing(n: usize) {
         assert!(before2 < gone1, "owned by neither at tick {before2}");
     }
     println!(
-        "groups of {n}: offered at tick {offered:?} (as sampled), handed over between ticks {last1} and {first2} (region 1 last seen with it at {last1}, without at {gone1}; region 2 without at {before2:?}, with at {first2})"
+        "groups of {n}, {name}: offered at tick {offered:?} (as sampled), handed over between ticks {last1} and {first2} (region 1 last seen with it at {last1}, without at {gone1}; region 2 without at {before2:?}, with at {first2})"
     );
 
+    first2.max(gone1)
+}
+
+fn crossing(n: usize) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let base = tempfile::tempdir().unwrap();
+    let port = free_ports_8();
+    let g1 = group_init(base.path(), 1, n, port);
+    let g2 = group_init(base.path(), 2, n, port + 4);
+    let (m1, m2) = (members_of(&g1[0]), members_of(&g2[0]));
+    // Tick 0 a few seconds from now: both groups start on one schedule.
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3000;
+    // Groups of one finalize at once: the default wait (20 ms) is enough.
+    // Eight debug processes on a small machine finalize in more than
+    // 20 ms + a hop, so without a longer wait every set is late and a
+    // crossing never completes (ADR 0013, decision 6).
+    let wait_ms = if n == 1 { 20 } else { 250 };
+    configure(&g1, "0,0", (epoch, wait_ms), (2, "256,0", &m2));
+    configure(&g2, "256,0", (epoch, wait_ms), (1, "0,0", &m1));
+    let nodes1: Vec<Node> = g1.iter().map(|d| Node::start(d)).collect();
+    let nodes2: Vec<Node> = g2.iter().map(|d| Node::start(d)).collect();
+    let (a, b) = (&nodes1[0], &nodes2[0]);
+
+    // The founder of region 1 joins and spawns a ball 6 m from the border,
+    // moving east at 5 m/s, high enough not to touch the floor first.
+    assert_eq!(a.act(&json!({"do": "join", "name": "A"})).status, 200);
+    let after = cross(n, a, b, "ball", "250,128,3000");
+
     // Both groups' members agree on checkpoints after the crossing.
-    let after = first2.max(gone1);
     for (nodes, what) in [(&nodes1, "region 1"), (&nodes2, "region 2")] {
         for node in nodes.iter() {
             eventually(
@@ -250,7 +262,7 @@ fn crossing(n: usize) {
     {
         let status: Value = node.get("/api/status").json().unwrap();
         let border = &status["group"]["border"];
-        let tick = sample(node, region).unwrap().0.0;
+        let tick = sample(node, region, "ball").unwrap().0.0;
         assert!(border["frames_sent"].as_u64().unwrap() > 0, "{border}");
         assert_eq!(border["dropped"], 0, "{border}");
         assert_eq!(border["refused"], 0, "{border}");
@@ -260,6 +272,20 @@ fn crossing(n: usize) {
             border["frames_sent"],
             border["bytes_sent"].as_u64().unwrap() / tick.max(1)
         );
+    }
+    let mut nodes2 = nodes2;
+    if n == 4 {
+        // kill -9 a member of region 2's group (not the one sampled): the
+        // other three (f = 1) go on certifying region 1's sets and
+        // adopting, so a second ball crosses; the killed member restarts
+        // from its log, catches up and agrees with all four again.
+        nodes2.pop().unwrap().kill9();
+        let after2 = cross(n, &nodes1[0], &nodes2[0], "ball2", "250,100,3000");
+        let back = Node::start(&g2[3]);
+        eventually("the restarted member to agree with all four", || {
+            agreed(&back, 4, after2)
+        });
+        nodes2.push(back);
     }
     for node in nodes1.into_iter().chain(nodes2) {
         assert!(node.terminate());
