@@ -392,6 +392,11 @@ impl Config {
                 .parse::<libp2p::Multiaddr>()
                 .map_err(|e| format!("group.listen: bad multiaddr: {e}"))?;
             self.group.neighbours(self.world.region_id)?;
+            if !self.group.neighbours.is_empty() && self.group.epoch_ms == 0 {
+                return Err(
+                    "group.epoch_ms must be set (Unix ms of tick 0, the same in the neighbours' groups) when group.neighbours is not empty".into(),
+                );
+            }
             if self.group.border_wait_ms > 10_000 {
                 return Err(format!(
                     "group.border_wait_ms must be in 0..=10000, got {}",
@@ -550,7 +555,7 @@ mod tests {
         let member = format!("{}@/ip4/127.0.0.1/tcp/7500", "11".repeat(32));
         let group = |neighbour: &str| {
             format!(
-                "[group]\nenabled = true\nmembers = [\"{member}\"]\n[[group.neighbours]]\n{neighbour}\n"
+                "[group]\nenabled = true\nepoch_ms = 1\nmembers = [\"{member}\"]\n[[group.neighbours]]\n{neighbour}\n"
             )
         };
         let ok = Config::parse(&group(&format!(
@@ -574,6 +579,14 @@ mod tests {
         ))
         .unwrap_err();
         assert!(bad.contains("group.neighbours[0].members"), "{bad}");
+        let no_epoch = Config::parse(
+            &group(&format!(
+                "region = 2\norigin = \"256,0\"\nmembers = [\"{member}\"]"
+            ))
+            .replace("epoch_ms = 1\n", ""),
+        )
+        .unwrap_err();
+        assert!(no_epoch.contains("group.epoch_ms"), "{no_epoch}");
         let missing = Config::parse(&group("region = 2\norigin = \"256,0\"")).unwrap_err();
         assert!(missing.contains("members"), "{missing}");
         let kind = Config::parse("[metrics]\nenabled = \"yes\"\n").unwrap_err();
