@@ -110,10 +110,13 @@ pub enum Command {
     /// Compare two runs that should agree: two snapshot files (`run
     /// --snapshot`) print every difference (element and field, player,
     /// settings, chat, timers, a script's state); two hash traces (`run
-    /// --trace` output) print the first tick that differs. Exits with an
+    /// --trace` output) print the first tick that differs; two data
+    /// directories (`up --data`, nodes stopped) print the first tick whose
+    /// logged region hash differs and, rebuilt from snapshot and log
+    /// (read-only), what differs in the state after it. Exits with an
     /// error when they differ.
     Desync {
-        /// The first snapshot or trace.
+        /// The first snapshot, trace or data directory.
         a: PathBuf,
         /// The second.
         b: PathBuf,
@@ -1384,6 +1387,11 @@ fn read_record(path: &Path) -> Result<RunRecord> {
 }
 
 fn desync(a: &Path, b: &Path) -> Result<()> {
+    match (a.is_dir(), b.is_dir()) {
+        (true, true) => return desync_dirs(a, b),
+        (false, false) => {}
+        _ => bail!("give two data directories, or two files, not one of each"),
+    }
     match (read_record(a)?, read_record(b)?) {
         (RunRecord::Snapshot(x), RunRecord::Snapshot(y)) => {
             for (path, s) in [(a, &x), (b, &y)] {
@@ -1433,4 +1441,115 @@ fn desync(a: &Path, b: &Path) -> Result<()> {
         }
         _ => bail!("give two snapshots or two traces, not one of each"),
     }
+}
+
+/// `metatopia desync DIR_A DIR_B`: the first tick whose logged region hash
+/// differs, then both states after it, rebuilt read-only from each
+/// directory's nearest snapshot and its log, compared field by field.
+fn desync_dirs(a: &Path, b: &Path) -> Result<()> {
+    let open = |dir: &Path| -> Result<Store> {
+        match Store::open_read_only(&dir.join("world.redb")) {
+            Ok(s) => Ok(s),
+            Err(StoreError::Empty) => bail!("no world in {}", dir.display()),
+            Err(StoreError::InUse(_)) => bail!(
+                "the world in {} is open in a running node; stop it first (desync only reads, \
+                 but the database admits no reader beside its writer)",
+                dir.display()
+            ),
+            Err(e) => bail!("{}: {e}", dir.display()),
+        }
+    };
+    let (sa, sb) = (open(a)?, open(b)?);
+    let (ga, gb) = (sa.genesis_hash()?, sb.genesis_hash()?);
+    if ga != gb {
+        let show = |g: Option<[u8; 32]>| g.map_or("none".into(), |h| hex(&h));
+        bail!(
+            "the directories hold different worlds (genesis {} in {}, {} in {})",
+            show(ga),
+            a.display(),
+            show(gb),
+            b.display()
+        );
+    }
+    let (ha, hb) = (sa.hashes()?, sb.hashes()?);
+    let last = |h: &[(u64, [u8; 32])]| h.last().map(|(t, _)| *t);
+    for (dir, h) in [(a, &ha), (b, &hb)] {
+        match last(h) {
+            Some(t) => outln!("{}: log of ticks 0..={t}", dir.display()),
+            None => outln!("{}: empty log (genesis only)", dir.display()),
+        }
+    }
+    // Ticks both logs hold; the shorter log's end bounds the comparison.
+    let end = last(&ha).min(last(&hb));
+    let common = |h: &[(u64, [u8; 32])]| -> Vec<(u64, [u8; 32])> {
+        h.iter().filter(|(t, _)| Some(*t) <= end).copied().collect()
+    };
+    let Some(tick) = crate::desync::first_divergence(&common(&ha), &common(&hb)) else {
+        match end {
+            Some(t) => outln!("the logs agree on every tick up to {t}, the last common tick"),
+            None => outln!("the logs agree: both hold only the genesis state"),
+        }
+        return Ok(());
+    };
+    let at = |h: &[(u64, [u8; 32])]| {
+        h.iter()
+            .find(|(t, _)| *t == tick)
+            .map_or("absent".into(), |(_, x)| hex(x))
+    };
+    outln!("first diverging tick: {tick}");
+    outln!("{}: region_hash={}", a.display(), at(&ha));
+    outln!("{}: region_hash={}", b.display(), at(&hb));
+    if let Some(t) = tick.checked_sub(1) {
+        outln!("last common tick: {t}");
+    }
+    let mut states = Vec::new();
+    for (dir, store) in [(a, &sa), (b, &sb)] {
+        if !dir.join("content").is_dir() {
+            bail!("{}: no content/ directory (script sources)", dir.display());
+        }
+        let host = crate::scripts::host(dir)?;
+        let rebuilt = store
+            .rebuild(tick + 1, &host)
+            .with_context(|| format!("rebuilding tick {tick} of {}", dir.display()))?;
+        outln!(
+            "{}: rebuilt from its snapshot at tick {} and {} logged batches",
+            dir.display(),
+            rebuilt.snapshot_tick,
+            tick + 1 - rebuilt.snapshot_tick
+        );
+        for (t, reason) in &rebuilt.skipped_snapshots {
+            outln!("{}: skipped the snapshot at {t}: {reason}", dir.display());
+        }
+        for (t, logged, replayed) in &rebuilt.mismatches {
+            outln!(
+                "{}: tick {t} replays to {}, but its log says {}: the replica computed it \
+                 differently from its own inputs (or this build does now)",
+                dir.display(),
+                hex(replayed),
+                hex(logged)
+            );
+        }
+        states.push(rebuilt.region);
+    }
+    let (diffs, more) =
+        crate::desync::diff_states(states[0].sim().state(), states[1].sim().state());
+    if diffs.is_empty() {
+        outln!(
+            "the rebuilt sim states after tick {tick} are equal{}",
+            if states[0].hash() == states[1].hash() {
+                " and so are the regions: see the replay lines above"
+            } else {
+                "; the regions differ in the physics (bodies, rapier world or border state)"
+            }
+        );
+    } else {
+        outln!("what differs after tick {tick}:");
+        for d in &diffs {
+            outln!("{d}");
+        }
+        if more > 0 {
+            outln!("... and {more} more differences");
+        }
+    }
+    bail!("the data directories diverge at tick {tick}")
 }

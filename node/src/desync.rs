@@ -5,8 +5,9 @@
 //! [`first_divergence`] finds the first tick at which two hash traces
 //! differ; [`diff_states`] names every difference between two states of
 //! one region. `metatopia desync A B` prints both for two snapshot files
-//! (`metatopia run --snapshot`) or two hash traces (`metatopia run
-//! --trace`); the determinism suite (`tests/tests/determinism.rs`) prints
+//! (`metatopia run --snapshot`), two hash traces (`metatopia run
+//! --trace`) or two data directories (the logs' region hashes, then both
+//! states rebuilt by `store::Store::rebuild`); the determinism suite (`tests/tests/determinism.rs`) prints
 //! them when a variant disagrees.
 
 use std::collections::BTreeSet;

@@ -305,6 +305,36 @@ async fn metrics(State(app): State<App>) -> Response {
         "Players online",
         ConstGauge::new(s.online().count() as i64),
     );
+    let b = latest.border;
+    for (name, help, v) in [
+        (
+            "handoffs_out",
+            "Body groups handed to neighbour regions",
+            b.handoffs_out,
+        ),
+        (
+            "handoffs_in",
+            "Body groups taken from neighbour regions",
+            b.handoffs_in,
+        ),
+        (
+            "handoffs_refused",
+            "Hand-off offers neighbour regions refused",
+            b.refused,
+        ),
+        (
+            "handoffs_aborted",
+            "Hand-offs undone on a negative verdict (or given one here)",
+            b.aborted,
+        ),
+    ] {
+        reg.register(name, help, ConstCounter::new(v));
+    }
+    reg.register(
+        "handoffs_pending",
+        "Hand-off offers waiting for their switch tick, and groups kept until the target's verdict",
+        ConstGauge::new((b.pending + b.kept) as i64),
+    );
     let conns = &app.connections;
     reg.register(
         "http_connections",

@@ -18,10 +18,8 @@
 //! - [`viewer`]: the browser viewer's files (page, script, vendored three.js), embedded.
 //! - [`faults`]: script faults seen: counted, logged, the recent ones kept.
 //! - [`view`]: JSON views of the world.
-//! - [`action`]: human-facing actions shared by the API, CLI and scenarios.
-//! - [`scenario`]: scenario files, run headless.
-//! - [`physics_scene`]: physics scene files (regions as boxes, bodies), run headless.
-//! - [`quote`]: quoting user input in error messages, bounded.
+//! - [`action`], [`scenario`], [`physics_scene`], [`quote`]: re-exported
+//!   from metatopia-scenario (actions, scenario files, physics scenes).
 //! - [`content`]: the content store (script sources and assets by blake3), its caps, HTTP routes, gc and CLI verbs.
 //! - [`scripts`]: script sources (in the content store), their HTTP routes and CLI verbs.
 //! - [`client`]: a minimal HTTP client for the CLI and tests.
@@ -37,7 +35,6 @@ macro_rules! outln {
     };
 }
 
-pub mod action;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -49,10 +46,7 @@ pub mod http;
 pub mod listener;
 pub mod out;
 pub mod overlay;
-pub mod physics_scene;
-pub mod quote;
 pub mod replica;
-pub mod scenario;
 pub mod scripts;
 pub mod store;
 pub mod stream;
@@ -62,3 +56,8 @@ pub mod view;
 pub mod viewer;
 pub mod web;
 pub mod world;
+
+// Scenario files, physics scenes and actions live in metatopia-scenario
+// (Lua-free, so the determinism suite builds them for wasm32); their old
+// paths stay.
+pub use metatopia_scenario::{action, physics_scene, quote, scenario};

@@ -15,7 +15,10 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use metatopia_physics::Region;
@@ -101,6 +104,16 @@ pub enum StoreError {
     /// The store has no world yet.
     #[error("no world in this data directory")]
     Empty,
+    /// A write to a store opened read-only.
+    #[error("the database is open read-only")]
+    ReadOnly,
+    /// Opened read-only, the database needs the repair a killed node
+    /// leaves to its next start, which would write.
+    #[error(
+        "the database at {0} was not closed cleanly (a node was killed?); start its node once, \
+         or run `metatopia replay --data DIR`, to repair it, then try again"
+    )]
+    NeedsRepair(String),
 }
 
 /// A stored snapshot: `blake3(region snapshot) || region snapshot`. The
@@ -140,7 +153,38 @@ fn db<E: std::fmt::Display>(e: E) -> StoreError {
 /// The database of one data directory.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    db: Db,
+}
+
+/// The database, opened for writing or only for reading.
+enum Db {
+    Write(Database),
+    Read(ReadOnlyDatabase),
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Db::Write(d) => f.debug_tuple("Write").field(d).finish(),
+            // redb's ReadOnlyDatabase has no Debug.
+            Db::Read(_) => f.write_str("Read"),
+        }
+    }
+}
+
+/// A tick's state rebuilt from a data directory ([`Store::rebuild`]).
+#[derive(Debug)]
+pub struct Rebuilt {
+    /// The region after the ticks asked for.
+    pub region: Region,
+    /// The snapshot it started from.
+    pub snapshot_tick: u64,
+    /// Snapshots skipped on the way (corrupt, or not matching the log).
+    pub skipped_snapshots: Vec<(u64, String)>,
+    /// Ticks whose replay gave another hash than the one logged:
+    /// `(tick, logged, replayed)`. The replica computed them differently
+    /// from its own inputs then, or this build does now.
+    pub mismatches: Vec<(u64, [u8; 32], [u8; 32])>,
 }
 
 /// What recovery found.
@@ -171,12 +215,125 @@ impl Store {
         txn.open_table(LOG).map_err(db)?;
         txn.open_table(SNAPSHOTS).map_err(db)?;
         txn.commit().map_err(db)?;
-        Ok(Store { db: database })
+        Ok(Store {
+            db: Db::Write(database),
+        })
+    }
+
+    /// Opens an existing database only for reading: nothing is written,
+    /// and a database a running node holds is refused at once
+    /// ([`StoreError::InUse`]), as is one that needs repair.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Empty);
+        }
+        let database = ReadOnlyDatabase::open(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse(path.display().to_string())
+            }
+            redb::DatabaseError::RepairAborted => {
+                StoreError::NeedsRepair(path.display().to_string())
+            }
+            other => db(other),
+        })?;
+        Ok(Store {
+            db: Db::Read(database),
+        })
+    }
+
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        match &self.db {
+            Db::Write(d) => d.begin_read(),
+            Db::Read(d) => d.begin_read(),
+        }
+        .map_err(db)
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        match &self.db {
+            Db::Write(d) => d.begin_write().map_err(db),
+            Db::Read(_) => Err(StoreError::ReadOnly),
+        }
+    }
+
+    /// The region hash logged after each tick: `(tick, hash after
+    /// executing it)`, ascending.
+    pub fn hashes(&self) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+        let txn = self.begin_read()?;
+        let log = txn.open_table(LOG).map_err(db)?;
+        let mut out = Vec::new();
+        for item in log.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            let tick = k.value();
+            let record: LogRecord =
+                snapshot::decode(LOG_MAGIC, v.value()).map_err(|source| StoreError::Corrupt {
+                    what: "log record",
+                    tick,
+                    source,
+                })?;
+            out.push((tick, record.hash));
+        }
+        Ok(out)
+    }
+
+    /// The region after `ticks` ticks executed: the newest snapshot at or
+    /// before it that verifies, then the log's batches up to it. Unlike
+    /// [`Store::replay_from`] a replayed hash that differs from the logged
+    /// one is not an error but reported ([`Rebuilt::mismatches`]): a desync
+    /// report wants the state either way.
+    pub fn rebuild(&self, ticks: u64, host: &dyn ScriptHost) -> Result<Rebuilt, StoreError> {
+        if self.genesis_hash()?.is_none() {
+            return Err(StoreError::Empty);
+        }
+        self.check_format()?;
+        let mut skipped = Vec::new();
+        let mut start = None;
+        for tick in self.snapshot_ticks()?.into_iter().rev() {
+            if tick > ticks {
+                continue;
+            }
+            match self.verified_snapshot(tick) {
+                Ok(region) => {
+                    start = Some(region);
+                    break;
+                }
+                Err(e) => skipped.push((tick, e.to_string())),
+            }
+        }
+        let Some(mut region) = start else {
+            return Err(StoreError::Broken {
+                tick: 0,
+                message: format!("no snapshot at or before tick {ticks} verifies: {skipped:?}"),
+            });
+        };
+        let snapshot_tick = region.tick_number();
+        let mut mismatches = Vec::new();
+        for tick in snapshot_tick..ticks {
+            let record = self.record(tick)?.ok_or_else(|| StoreError::Broken {
+                tick,
+                message: "no log record".into(),
+            })?;
+            let report = region
+                .tick(&record.proposal.batch(), host, &[])
+                .map_err(|e| StoreError::Broken {
+                    tick,
+                    message: e.to_string(),
+                })?;
+            if report.hash != record.hash {
+                mismatches.push((tick, record.hash, report.hash));
+            }
+        }
+        Ok(Rebuilt {
+            region,
+            snapshot_tick,
+            skipped_snapshots: skipped,
+            mismatches,
+        })
     }
 
     /// The genesis state hash, if a world exists.
     pub fn genesis_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META).map_err(db)?;
         let Some(v) = meta.get("genesis_hash").map_err(db)? else {
             return Ok(None);
@@ -198,7 +355,7 @@ impl Store {
     /// Writes a new world with `genesis` as its genesis region (the
     /// manifest's, placed in the world: [`crate::world::Placement`]).
     pub fn init_with(&self, manifest: &Manifest, genesis: Region) -> Result<Region, StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut meta = txn.open_table(META).map_err(db)?;
             meta.insert("genesis_hash", &genesis.hash()[..])
@@ -220,7 +377,7 @@ impl Store {
     /// Sequence numbers of this node's player below this value may have
     /// been signed by an earlier run (0 when none were reserved).
     pub fn seq_reserved(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META).map_err(db)?;
         let Some(v) = meta.get("seq_reserved").map_err(db)? else {
             return Ok(0);
@@ -235,7 +392,7 @@ impl Store {
     /// Durably records that sequence numbers below `upto` may be signed
     /// (see `world::Signer`).
     pub fn reserve_seq(&self, upto: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut meta = txn.open_table(META).map_err(db)?;
             meta.insert("seq_reserved", &upto.to_le_bytes()[..])
@@ -246,7 +403,7 @@ impl Store {
 
     /// The region manifest, if a world exists.
     pub fn manifest(&self) -> Result<Option<Manifest>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META).map_err(db)?;
         let Some(v) = meta.get("manifest").map_err(db)? else {
             return Ok(None);
@@ -279,7 +436,7 @@ impl Store {
     /// Appends one finalized tick, with a snapshot of the region after it
     /// (`Region::snapshot` bytes) when one is due.
     pub fn append(&self, record: &LogRecord, snapshot: Option<&[u8]>) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut log = txn.open_table(LOG).map_err(db)?;
             log.insert(record.tick(), &snapshot::encode(LOG_MAGIC, record)[..])
@@ -302,7 +459,7 @@ impl Store {
     /// what this replica computed, so `metatopia replay` from genesis names
     /// the tick where it diverged.
     pub fn adopt(&self, tick: u64, hash: [u8; 32], snapshot: &[u8]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut log = txn.open_table(LOG).map_err(db)?;
             let Some(mut record) = log
@@ -336,7 +493,7 @@ impl Store {
 
     /// The log record of tick `tick`.
     pub fn record(&self, tick: u64) -> Result<Option<LogRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let log = txn.open_table(LOG).map_err(db)?;
         let Some(v) = log.get(tick).map_err(db)? else {
             return Ok(None);
@@ -352,7 +509,7 @@ impl Store {
 
     /// The ticks that have snapshots, ascending.
     pub fn snapshot_ticks(&self) -> Result<Vec<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
         let mut out = Vec::new();
         for item in snaps.iter().map_err(db)? {
@@ -364,14 +521,14 @@ impl Store {
 
     /// The snapshot bytes at `tick`.
     pub fn snapshot_bytes(&self, tick: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let snaps = txn.open_table(SNAPSHOTS).map_err(db)?;
         Ok(snaps.get(tick).map_err(db)?.map(|v| v.value().to_vec()))
     }
 
     /// The last logged tick, if any.
     pub fn last_tick(&self) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let log = txn.open_table(LOG).map_err(db)?;
         Ok(log.last().map_err(db)?.map(|(k, _)| k.value()))
     }
@@ -434,7 +591,7 @@ impl Store {
                 .proposal
                 .digest(),
         };
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let log = txn.open_table(LOG).map_err(db)?;
         let mut count = 0;
         for item in log.range(from..).map_err(db)? {
@@ -521,7 +678,7 @@ impl Store {
     /// that break the sequence of ticks.
     pub fn scan_log(&self, end: u64) -> Result<Vec<(u64, String)>, StoreError> {
         let manifest = self.manifest()?.ok_or(StoreError::Empty)?;
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let log = txn.open_table(LOG).map_err(db)?;
         let mut bad = Vec::new();
         let mut expect = 0;
@@ -631,7 +788,7 @@ impl Store {
 
     /// The raw bytes of the first log record, if any.
     fn first_log_bytes(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let log = match txn.open_table(LOG) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -651,7 +808,7 @@ impl Store {
                 return Err(StoreError::Db(format!("no table {other:?}")));
             }
         };
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut t = txn.open_table(def).map_err(db)?;
             t.insert(tick, bytes).map_err(db)?;
@@ -664,7 +821,7 @@ impl Store {
         match table {
             "snapshots" => self.snapshot_bytes(tick),
             "log" => {
-                let txn = self.db.begin_read().map_err(db)?;
+                let txn = self.begin_read()?;
                 let log = txn.open_table(LOG).map_err(db)?;
                 Ok(log.get(tick).map_err(db)?.map(|v| v.value().to_vec()))
             }

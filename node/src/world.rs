@@ -433,6 +433,7 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         sim: region.sim().clone(),
         hash: region.hash(),
         events: Arc::new(Vec::new()),
+        border: region.border_counts(),
     });
     let hz = u64::from(state.settings.tick_rate_hz.clamp(1, 1000));
     let replica_config = crate::replica::Config {

@@ -131,6 +131,14 @@ fn up_serves_the_api_and_refuses_a_second_node() {
         metrics.contains("metatopia_inputs_rejected_total 1"),
         "{metrics}"
     );
+    // A region without neighbours hands nothing over, and says so.
+    for line in [
+        "metatopia_handoffs_out_total 0",
+        "metatopia_handoffs_in_total 0",
+        "metatopia_handoffs_pending 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 
     // The viewer page is served.
     let page = node.get("/");

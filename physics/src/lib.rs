@@ -43,5 +43,5 @@ pub mod scene;
 pub mod space;
 
 pub use cluster::Cluster;
-pub use region::{Aabb, Region, RegionConfig, RegionReport};
+pub use region::{Aabb, BorderCounts, Region, RegionConfig, RegionReport};
 pub use space::Space;

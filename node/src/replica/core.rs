@@ -172,6 +172,9 @@ pub struct Published {
     pub hash: [u8; 32],
     /// The events of that tick.
     pub events: Arc<Vec<Event>>,
+    /// The border protocol's counters after it (hand-offs, refusals,
+    /// aborts), for `/metrics`.
+    pub border: metatopia_physics::BorderCounts,
 }
 
 /// A finalized tick, for the log.
@@ -1570,6 +1573,7 @@ impl Replica {
                         sim: region.sim().clone(),
                         hash: report.hash,
                         events: Arc::new(report.sim.events),
+                        border: region.border_counts(),
                     }),
                     outbox: Arc::new(report.outbox),
                     notarized: false,
@@ -1728,6 +1732,7 @@ impl Replica {
                 sim: self.head.sim().clone(),
                 hash: report.hash,
                 events: Arc::new(report.sim.events),
+                border: self.head.border_counts(),
             }),
             outbox: Arc::new(report.outbox),
             notarized: false,

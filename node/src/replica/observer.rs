@@ -266,6 +266,7 @@ impl Observer {
                 sim: region.sim().clone(),
                 hash,
                 events: Arc::new(Vec::new()),
+                border: region.border_counts(),
             })));
             self.out.push_back(Output::Resynced {
                 tick,
@@ -387,6 +388,7 @@ impl Observer {
             sim: head.sim().clone(),
             hash: report.hash,
             events: Arc::new(report.sim.events),
+            border: head.border_counts(),
         });
         for s in &p.inputs {
             let key = (s.input.player, s.input.seq);

@@ -274,12 +274,7 @@ fn load_scripts(
                 ));
             }
         };
-        if text.len() > metatopia_scripts::host::SOURCE_BYTES_MAX {
-            return Err(field(format!("script[{i}]"), "source too large"));
-        }
-        metatopia_scripts::licence::check(&text, licences)
-            .map_err(|e| field(format!("script[{i}]"), e.to_string()))?;
-        let hash = metatopia_scripts::hash_source(&text);
+        let hash = check_script(&text, licences).map_err(|e| field(format!("script[{i}]"), e))?;
         if keys.insert(sp.key.clone(), hash).is_some() {
             return Err(field(
                 format!("script[{i}].key"),
@@ -289,6 +284,22 @@ fn load_scripts(
         texts.push(text);
     }
     Ok((texts, keys))
+}
+
+/// Checks a script's size and licence; its hash.
+#[cfg(feature = "scripts")]
+fn check_script(text: &str, licences: &[String]) -> Result<[u8; 32], String> {
+    if text.len() > metatopia_scripts::host::SOURCE_BYTES_MAX {
+        return Err("source too large".into());
+    }
+    metatopia_scripts::licence::check(text, licences).map_err(|e| e.to_string())?;
+    Ok(metatopia_scripts::hash_source(text))
+}
+
+/// Without Lua (the `scripts` feature) a scenario cannot have scripts.
+#[cfg(not(feature = "scripts"))]
+fn check_script(_text: &str, _licences: &[String]) -> Result<[u8; 32], String> {
+    Err("this build has no Lua (metatopia-scenario without its `scripts` feature)".into())
 }
 
 /// Long on purpose: it checks a scenario file field by field, each check a few lines with its own error.
