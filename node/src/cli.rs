@@ -352,6 +352,7 @@ fn group(cmd: GroupCmd) -> Result<()> {
             enabled: true,
             listen: format!("/ip4/127.0.0.1/tcp/{p}"),
             members: list.clone(),
+            ..crate::config::Group::default()
         };
         let text = format!(
             "# metatopia node configuration: member {i} of a replica group of {members}.\n\n{}",
@@ -385,6 +386,28 @@ fn group_manifest(config: &Config) -> Result<Manifest> {
         .check()
         .map_err(|e| anyhow::anyhow!("group.members: {e}"))?;
     Ok(manifest)
+}
+
+/// Where the configured region lies for physics: with neighbours, its box
+/// at `overlay.origin` and theirs at their origins (every region the
+/// default size); without, at the world's origin as before (ADR 0013).
+fn placement(config: &Config) -> Result<world::Placement> {
+    let size = Settings::default().size;
+    let neighbours = if config.group.enabled {
+        config
+            .group
+            .neighbours(config.world.region_id)
+            .map_err(|e| anyhow::anyhow!(e))?
+    } else {
+        Vec::new()
+    };
+    if neighbours.is_empty() {
+        return Ok(world::Placement::solo(size));
+    }
+    let origin = crate::config::parse_point(&config.overlay.origin)
+        .map_err(|e| anyhow::anyhow!("overlay.origin: {e}"))?;
+    let around: Vec<_> = neighbours.iter().map(|n| (n.region, n.origin)).collect();
+    Ok(world::Placement::new(size, origin, &around))
 }
 
 /// The manifest of a new local world: the configured region, the local
@@ -425,8 +448,9 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
     } else {
         solo_manifest(&dir, config.world.region_id)?
     };
+    let placement = placement(&config)?;
     if store.genesis_hash()?.is_none() {
-        let g = store.init(&wanted)?;
+        let g = store.init_with(&wanted, placement.genesis(&wanted))?;
         info!(hash = %hex(&g.hash()), "new world created");
     }
     let content = content_store(&dir, &config)?;
@@ -437,6 +461,12 @@ fn up(path: &Path, addr: Option<SocketAddr>) -> Result<()> {
     if config.group.enabled && manifest != wanted {
         bail!(
             "{}: the world here was created for another region or group than [group] in node.toml describes; move the data directory away or fix node.toml",
+            dir.path.display()
+        );
+    }
+    if config.group.enabled && !placement.matches(&region) {
+        bail!(
+            "{}: the world here was created with another region box or other neighbours than [overlay] origin and [[group.neighbours]] in node.toml give; move the data directory away or fix node.toml",
             dir.path.display()
         );
     }
@@ -518,6 +548,13 @@ async fn serve(
             storage: dir.path.join("consensus"),
             peers: peers.clone(),
             caps: config.limits.mesh_caps(),
+            neighbours: config
+                .group
+                .neighbours(config.world.region_id)
+                .map_err(|e| anyhow::anyhow!(e))?
+                .into_iter()
+                .map(|n| (n.region, n.members))
+                .collect(),
         };
         if !hosted.manifest.members.contains(&dir.player()?) {
             bail!(

@@ -135,6 +135,33 @@ pub struct Group {
     /// first is the region's founding admin. All members must list the
     /// same members in the same order.
     pub members: Vec<String>,
+    /// Unix time in milliseconds of the world's tick 0: tick `t` is due at
+    /// `epoch_ms + t · tick period` (0: no schedule, a tick is due one
+    /// period after the last). Groups hosting neighbour regions must share
+    /// one, so their ticks line up (ADR 0013).
+    pub epoch_ms: u64,
+    /// The primary waits at most this long for a neighbour's certified
+    /// border set of the tick before, then proposes without it (a body
+    /// crossing then waits).
+    pub border_wait_ms: u64,
+    /// Neighbour regions hosted by other replica groups, that bodies cross
+    /// to and from (`[[group.neighbours]]`).
+    pub neighbours: Vec<Neighbour>,
+}
+
+/// `[[group.neighbours]]`: a region next to this one, hosted by another
+/// replica group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Neighbour {
+    /// Its region id.
+    pub region: u32,
+    /// World position of its south-west corner, `"x,y"` metres (as
+    /// `overlay.origin`); its box is the default region size.
+    pub origin: String,
+    /// Its group's members as `PLAYER_ID_HEX@MULTIADDR`, in its order (its
+    /// `group.members`).
+    pub members: Vec<String>,
 }
 
 impl Default for Group {
@@ -143,8 +170,52 @@ impl Default for Group {
             enabled: false,
             listen: "/ip4/127.0.0.1/tcp/0".into(),
             members: Vec::new(),
+            epoch_ms: 0,
+            border_wait_ms: 20,
+            neighbours: Vec::new(),
         }
     }
+}
+
+/// Parses `ID_HEX@MULTIADDR` entries of the list `key`.
+fn member_list(
+    key: &str,
+    list: &[String],
+) -> Result<Vec<(metatopia_sim::PlayerId, libp2p::Multiaddr)>, String> {
+    list.iter()
+        .map(|m| {
+            let (id, addr) = m.split_once('@').ok_or_else(|| {
+                format!(
+                    "{key}: {:?} is not PLAYER_ID_HEX@MULTIADDR",
+                    crate::quote::cap(m, crate::quote::QUOTE_CHARS_MAX)
+                )
+            })?;
+            let bytes = metatopia_sim::unhex32(id).ok_or_else(|| {
+                format!(
+                    "{key}: {:?} is not a 64-digit hex player id",
+                    crate::quote::cap(id, crate::quote::QUOTE_CHARS_MAX)
+                )
+            })?;
+            let addr = addr.parse().map_err(|e| {
+                format!(
+                    "{key}: bad multiaddr {:?}: {e}",
+                    crate::quote::cap(addr, crate::quote::QUOTE_CHARS_MAX)
+                )
+            })?;
+            Ok((metatopia_sim::PlayerId(bytes), addr))
+        })
+        .collect()
+}
+
+/// A neighbour from `[[group.neighbours]]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighbourGroup {
+    /// Its region.
+    pub region: metatopia_sim::RegionId,
+    /// Its south-west corner, world millimetres.
+    pub origin: metatopia_overlay::Point,
+    /// Its members with their addresses, in its order.
+    pub members: Vec<(metatopia_sim::PlayerId, libp2p::Multiaddr)>,
 }
 
 impl Group {
@@ -155,28 +226,48 @@ impl Group {
                 "group.members is empty (list every member as PLAYER_ID_HEX@MULTIADDR)".into(),
             );
         }
-        self.members
+        member_list("group.members", &self.members)
+    }
+
+    /// The neighbours, checked: each names a region other than `home` and
+    /// the others, an origin and at least one member.
+    pub fn neighbours(&self, home: u32) -> Result<Vec<NeighbourGroup>, String> {
+        let mut seen = std::collections::BTreeSet::from([home]);
+        self.neighbours
             .iter()
-            .map(|m| {
-                let (id, addr) = m.split_once('@').ok_or_else(|| {
+            .enumerate()
+            .map(|(i, n)| {
+                let key = format!("group.neighbours[{i}]");
+                if !seen.insert(n.region) {
+                    return Err(format!(
+                        "{key}.region: region {} is this region or listed twice",
+                        n.region
+                    ));
+                }
+                let origin = parse_point(&n.origin).map_err(|_| {
                     format!(
-                        "group.members: {:?} is not PLAYER_ID_HEX@MULTIADDR",
-                        crate::quote::cap(m, crate::quote::QUOTE_CHARS_MAX)
+                        "{key}.origin must be \"x,y\" in metres, got {:?}",
+                        crate::quote::cap(&n.origin, crate::quote::QUOTE_CHARS_MAX)
                     )
                 })?;
-                let bytes = metatopia_sim::unhex32(id).ok_or_else(|| {
-                    format!(
-                        "group.members: {:?} is not a 64-digit hex player id",
-                        crate::quote::cap(id, crate::quote::QUOTE_CHARS_MAX)
-                    )
-                })?;
-                let addr = addr.parse().map_err(|e| {
-                    format!(
-                        "group.members: bad multiaddr {:?}: {e}",
-                        crate::quote::cap(addr, crate::quote::QUOTE_CHARS_MAX)
-                    )
-                })?;
-                Ok((metatopia_sim::PlayerId(bytes), addr))
+                if n.members.is_empty() {
+                    return Err(format!(
+                        "{key}.members is empty (list its group's members as PLAYER_ID_HEX@MULTIADDR)"
+                    ));
+                }
+                let members = member_list(&format!("{key}.members"), &n.members)?;
+                if members.len() > crate::replica::group::MEMBERS_MAX {
+                    return Err(format!(
+                        "{key}.members: {} members (limit {})",
+                        members.len(),
+                        crate::replica::group::MEMBERS_MAX
+                    ));
+                }
+                Ok(NeighbourGroup {
+                    region: metatopia_sim::RegionId(n.region),
+                    origin,
+                    members,
+                })
             })
             .collect()
     }
@@ -300,6 +391,20 @@ impl Config {
                 .listen
                 .parse::<libp2p::Multiaddr>()
                 .map_err(|e| format!("group.listen: bad multiaddr: {e}"))?;
+            self.group.neighbours(self.world.region_id)?;
+            if !self.group.neighbours.is_empty() && self.group.epoch_ms == 0 {
+                return Err(
+                    "group.epoch_ms must be set (Unix ms of tick 0, the same in the neighbours' groups) when group.neighbours is not empty".into(),
+                );
+            }
+            if self.group.border_wait_ms > 10_000 {
+                return Err(format!(
+                    "group.border_wait_ms must be in 0..=10000, got {}",
+                    self.group.border_wait_ms
+                ));
+            }
+        } else if !self.group.neighbours.is_empty() {
+            return Err("group.neighbours needs group.enabled = true".into());
         }
         if parse_point(&self.overlay.origin).is_err() {
             return Err(format!(
@@ -377,6 +482,22 @@ impl Config {
             player_pending_max: self.limits.inputs_per_player_pending_max as usize,
             player_inputs_per_sec: self.limits.inputs_per_player_per_sec,
             player_inputs_burst: self.limits.inputs_per_player_burst,
+            neighbours: if self.group.enabled {
+                self.group
+                    .neighbours(self.world.region_id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|n| crate::replica::group::Neighbour {
+                        region: n.region,
+                        members: n.members.into_iter().map(|(m, _)| m).collect(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            border_wait_ms: self.group.border_wait_ms,
+            epoch_ms: (self.group.enabled && self.group.epoch_ms > 0)
+                .then_some(self.group.epoch_ms),
         }
     }
 }
@@ -431,6 +552,43 @@ mod tests {
             range.contains("limits.http_connections_max") && range.contains("1..=100000"),
             "{range}"
         );
+        let member = format!("{}@/ip4/127.0.0.1/tcp/7500", "11".repeat(32));
+        let group = |neighbour: &str| {
+            format!(
+                "[group]\nenabled = true\nepoch_ms = 1\nmembers = [\"{member}\"]\n[[group.neighbours]]\n{neighbour}\n"
+            )
+        };
+        let ok = Config::parse(&group(&format!(
+            "region = 2\norigin = \"256,0\"\nmembers = [\"{member}\"]"
+        )))
+        .unwrap();
+        assert_eq!(ok.group.neighbours(1).unwrap().len(), 1);
+        assert_eq!(ok.world_config().neighbours.len(), 1);
+        let origin = Config::parse(&group(&format!(
+            "region = 2\norigin = \"east\"\nmembers = [\"{member}\"]"
+        )))
+        .unwrap_err();
+        assert!(origin.contains("group.neighbours[0].origin"), "{origin}");
+        let own = Config::parse(&group(&format!(
+            "region = 1\norigin = \"256,0\"\nmembers = [\"{member}\"]"
+        )))
+        .unwrap_err();
+        assert!(own.contains("group.neighbours[0].region"), "{own}");
+        let bad = Config::parse(&group(
+            "region = 2\norigin = \"256,0\"\nmembers = [\"xyz\"]",
+        ))
+        .unwrap_err();
+        assert!(bad.contains("group.neighbours[0].members"), "{bad}");
+        let no_epoch = Config::parse(
+            &group(&format!(
+                "region = 2\norigin = \"256,0\"\nmembers = [\"{member}\"]"
+            ))
+            .replace("epoch_ms = 1\n", ""),
+        )
+        .unwrap_err();
+        assert!(no_epoch.contains("group.epoch_ms"), "{no_epoch}");
+        let missing = Config::parse(&group("region = 2\norigin = \"256,0\"")).unwrap_err();
+        assert!(missing.contains("members"), "{missing}");
         let kind = Config::parse("[metrics]\nenabled = \"yes\"\n").unwrap_err();
         assert!(kind.contains("enabled") && kind.contains("bool"), "{kind}");
     }

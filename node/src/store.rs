@@ -349,7 +349,12 @@ impl Store {
     /// Writes a new world: its manifest and genesis region (snapshot at
     /// tick 0).
     pub fn init(&self, manifest: &Manifest) -> Result<Region, StoreError> {
-        let genesis = manifest.genesis();
+        self.init_with(manifest, manifest.genesis())
+    }
+
+    /// Writes a new world with `genesis` as its genesis region (the
+    /// manifest's, placed in the world: [`crate::world::Placement`]).
+    pub fn init_with(&self, manifest: &Manifest, genesis: Region) -> Result<Region, StoreError> {
         let txn = self.begin_write()?;
         {
             let mut meta = txn.open_table(META).map_err(db)?;

@@ -489,6 +489,8 @@ pub struct GroupView {
     pub addresses: Vec<String>,
     /// This node follows the group as an observer.
     pub observer: bool,
+    /// Border traffic with neighbour groups since start.
+    pub border: crate::world::BorderTraffic,
 }
 
 /// One checkpoint tick.
@@ -555,5 +557,6 @@ pub fn group(g: &crate::world::GroupStatus) -> GroupView {
         view: g.primary.map(|(v, _)| v),
         addresses: g.addresses.clone(),
         observer: g.observer,
+        border: g.border,
     }
 }

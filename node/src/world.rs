@@ -50,6 +50,12 @@ pub struct Config {
     pub player_inputs_per_sec: u32,
     /// See `player_inputs_per_sec`.
     pub player_inputs_burst: u32,
+    /// Neighbour regions hosted by other groups (ADR 0013).
+    pub neighbours: Vec<crate::replica::group::Neighbour>,
+    /// The world's tick schedule (`replica::Config::epoch_ms`).
+    pub epoch_ms: Option<u64>,
+    /// `replica::Config::border_wait_ms`.
+    pub border_wait_ms: u64,
 }
 
 impl Default for Config {
@@ -61,6 +67,9 @@ impl Default for Config {
             player_pending_max: 256,
             player_inputs_per_sec: 1000,
             player_inputs_burst: 2000,
+            neighbours: Vec::new(),
+            epoch_ms: None,
+            border_wait_ms: 20,
         }
     }
 }
@@ -255,6 +264,66 @@ pub fn region(genesis: State) -> Region {
     Region::from_state(genesis)
 }
 
+/// Where a region lies in the world, for physics: its box and its
+/// neighbours' boxes (world coordinates), fixed when the world is created
+/// (they are in every region snapshot) and checked on every start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The region's box.
+    pub bounds: metatopia_physics::region::Aabb,
+    /// Neighbour regions' boxes, by id.
+    pub neighbours: Vec<(metatopia_sim::RegionId, metatopia_physics::region::Aabb)>,
+}
+
+impl Placement {
+    /// Regions of `size` (all of the node's regions are the default size)
+    /// with south-west corners at `origin` (this one) and at the
+    /// neighbours' origins, world millimetres; every box starts at z = 0.
+    pub fn new(
+        size: metatopia_sim::Vec3,
+        origin: metatopia_overlay::Point,
+        neighbours: &[(metatopia_sim::RegionId, metatopia_overlay::Point)],
+    ) -> Placement {
+        use metatopia_sim::{Fx, Vec3};
+        let boxed = |p: metatopia_overlay::Point| {
+            let min = Vec3::new(Fx::from_milli(p.x), Fx::from_milli(p.y), Fx::ZERO);
+            metatopia_physics::region::Aabb {
+                min,
+                max: min.saturating_add(size),
+            }
+        };
+        Placement {
+            bounds: boxed(origin),
+            neighbours: neighbours.iter().map(|(r, p)| (*r, boxed(*p))).collect(),
+        }
+    }
+
+    /// The placement a region from [`region`] has: its box at the origin,
+    /// no neighbours.
+    pub fn solo(size: metatopia_sim::Vec3) -> Placement {
+        Placement::new(size, metatopia_overlay::Point::new(0, 0), &[])
+    }
+
+    /// Whether `region` lies here.
+    pub fn matches(&self, region: &Region) -> bool {
+        let cfg = region.config();
+        cfg.bounds == self.bounds && cfg.neighbours == self.neighbours
+    }
+
+    /// The genesis region of `manifest` placed here. Its hash is the
+    /// manifest's genesis hash (an empty space does not depend on where
+    /// it is), so the genesis digest does not change.
+    pub fn genesis(&self, manifest: &Manifest) -> Region {
+        let plain = manifest.genesis();
+        let mut cfg = plain.config().clone();
+        cfg.bounds = self.bounds;
+        cfg.neighbours = self.neighbours.clone();
+        let placed = Region::new(cfg, manifest.settings.clone(), &manifest.founders);
+        debug_assert_eq!(placed.hash(), plain.hash(), "placement changed the genesis");
+        placed
+    }
+}
+
 /// What a node hosts: its region as recovered, and what runs it.
 pub struct Hosted {
     /// The store the region was recovered from.
@@ -305,6 +374,34 @@ pub struct GroupStatus {
     pub addresses: Vec<String>,
     /// This node follows the group as an observer (it is not a member).
     pub observer: bool,
+    /// Border traffic with neighbour groups since start (ADR 0013).
+    pub border: BorderTraffic,
+}
+
+/// A member's border traffic with neighbour groups: the transport's
+/// counters ([`crate::replica::net::Counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BorderTraffic {
+    /// Border frames queued to neighbours' members (each copy counted).
+    pub frames_sent: u64,
+    /// Their bytes.
+    pub bytes_sent: u64,
+    /// Frames dropped on full queues, outbound and inbound.
+    pub dropped: u64,
+    /// Streams or frames refused (not a neighbour's member, bad frame).
+    pub refused: u64,
+}
+
+impl BorderTraffic {
+    fn of(c: &crate::replica::net::Counters) -> BorderTraffic {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BorderTraffic {
+            frames_sent: get(&c.border_sent),
+            bytes_sent: get(&c.border_sent_bytes),
+            dropped: get(&c.border_send_dropped).saturating_add(get(&c.border_recv_dropped)),
+            refused: get(&c.border_refused),
+        }
+    }
 }
 
 /// Checkpoint ticks kept for status views.
@@ -348,6 +445,9 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         player_inputs_burst: config.player_inputs_burst.max(1),
         store_snapshot_every: config.snapshot_every.max(1),
         diverge_at: diverge_at_for_test(),
+        neighbours: config.neighbours.clone(),
+        epoch_ms: config.epoch_ms,
+        border_wait_ms: config.border_wait_ms,
         ..crate::replica::Config::default()
     };
     let group = GroupStatus {
@@ -770,6 +870,9 @@ pub struct Membership {
     pub peers: Option<crate::content::peer::Peers>,
     /// Caps on the mesh's libp2p connections.
     pub caps: crate::replica::net::Caps,
+    /// The groups hosting neighbour regions, their members with addresses
+    /// (border traffic, ADR 0013).
+    pub neighbours: Vec<(metatopia_sim::RegionId, Vec<(PlayerId, libp2p::Multiaddr)>)>,
 }
 
 /// Starts a member of a replica group of several: its own thread runs the
@@ -818,6 +921,7 @@ pub fn start_member(
                         Err(e) => return failed(e.to_string()),
                     };
                 info!(addr = %mesh.addr, "replica group member listening");
+                let counters = mesh.counters.clone();
                 mesh.serve_followers(simplex::CHANNEL_MEMBERS);
                 if let Some(p) = &membership.peers
                     && let Err(e) = mesh.serve_content(p, &membership.members)
@@ -835,6 +939,17 @@ pub fn start_member(
                     (chans.pop(), chans.pop(), chans.pop(), chans.pop())
                 else {
                     return failed("the mesh gave fewer channels than asked".into());
+                };
+                let border = if membership.neighbours.is_empty() {
+                    None
+                } else {
+                    match mesh.border(&membership.neighbours) {
+                        Ok((tx, rx)) => Some(member::Border {
+                            send: Box::new(move |region, bytes| tx.send(region, bytes)),
+                            recv: rx,
+                        }),
+                        Err(e) => return failed(e.to_string()),
+                    }
                 };
                 let (app, engine) = simplex::bridge();
                 let primary = engine.primary();
@@ -871,6 +986,7 @@ pub fn start_member(
                     engine,
                     members_ch,
                     in_rx,
+                    border,
                     member::Faults::default(),
                     // Blocks only when the committer is COMMIT_QUEUE_MAX
                     // outputs behind (the disk cannot keep up); fails only
@@ -885,6 +1001,7 @@ pub fn start_member(
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         if let Ok(mut g) = status.lock() {
                             g.primary = primary.get();
+                            g.border = BorderTraffic::of(&counters);
                         }
                         let store_failed = failure.lock().map(|f| f.is_some()).unwrap_or(true);
                         if stop.load(Ordering::Relaxed) || store_failed {

@@ -123,6 +123,7 @@ fn four_members_agree_over_libp2p_on_loopback() {
                     engine,
                     members_ch,
                     rx,
+                    None,
                     Faults::default(),
                     move |out| {
                         let Ok(mut s) = seen.lock() else { return };

@@ -265,42 +265,51 @@ fn start_member(
             let record = shared.record.clone();
             let clock = ctx.child("clock");
             let sink_clock = ctx.child("sink_clock");
-            member::run(clock, core, engine, members, in_rx, faults, move |out| {
-                let now = now_ms(&sink_clock);
-                let Ok(mut r) = record.lock() else { return };
-                match out {
-                    Output::Visible(p) => {
-                        // A notarized tick shows every tick before it.
-                        let from = r.visible_at[idx].keys().next_back().map_or(0, |t| t + 1);
-                        for t in from..=p.tick {
-                            r.visible_at[idx].insert(t, now);
+            member::run(
+                clock,
+                core,
+                engine,
+                members,
+                in_rx,
+                None,
+                faults,
+                move |out| {
+                    let now = now_ms(&sink_clock);
+                    let Ok(mut r) = record.lock() else { return };
+                    match out {
+                        Output::Visible(p) => {
+                            // A notarized tick shows every tick before it.
+                            let from = r.visible_at[idx].keys().next_back().map_or(0, |t| t + 1);
+                            for t in from..=p.tick {
+                                r.visible_at[idx].insert(t, now);
+                            }
                         }
-                    }
-                    Output::Commit(c) => {
-                        let tick = c.proposal.tick;
-                        r.committed_at[idx].entry(tick).or_insert(now);
-                        r.visible_at[idx].entry(tick).or_insert(now);
-                        let entry = (c.proposal.digest(), c.hash, c.proposal);
-                        if r.logs[idx].insert(tick, entry).is_some() {
-                            r.errors
-                                .push(format!("member {idx} logged tick {tick} twice"));
+                        Output::Commit(c) => {
+                            let tick = c.proposal.tick;
+                            r.committed_at[idx].entry(tick).or_insert(now);
+                            r.visible_at[idx].entry(tick).or_insert(now);
+                            let entry = (c.proposal.digest(), c.hash, c.proposal);
+                            if r.logs[idx].insert(tick, entry).is_some() {
+                                r.errors
+                                    .push(format!("member {idx} logged tick {tick} twice"));
+                            }
                         }
-                    }
-                    Output::Committed {
-                        player, seq, tick, ..
-                    } => {
-                        if let Some(t) = r.acks.insert((player, seq), tick)
-                            && t != tick
-                        {
-                            r.errors.push(format!(
-                                "input ({player}, {seq}) acknowledged at ticks {t} and {tick}"
-                            ));
+                        Output::Committed {
+                            player, seq, tick, ..
+                        } => {
+                            if let Some(t) = r.acks.insert((player, seq), tick)
+                                && t != tick
+                            {
+                                r.errors.push(format!(
+                                    "input ({player}, {seq}) acknowledged at ticks {t} and {tick}"
+                                ));
+                            }
                         }
+                        Output::Desync(_) => r.desyncs += 1,
+                        _ => {}
                     }
-                    Output::Desync(_) => r.desyncs += 1,
-                    _ => {}
-                }
-            })
+                },
+            )
             .await;
         });
     (handle, in_tx)

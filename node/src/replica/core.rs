@@ -588,6 +588,8 @@ pub struct Replica {
     spec_snaps: BTreeMap<Digest, Arc<Vec<u8>>>,
     known: BTreeMap<Digest, Arc<Proposal>>,
     propose_wait: Option<(u64, Digest)>,
+    /// When the engine asked for the waiting proposal.
+    propose_asked: u64,
     verify_wait: Vec<(u64, Digest, Digest, u64)>,
     early: Vec<(u64, Digest, Digest, u64)>,
     wait_notarized: Option<Digest>,
@@ -676,6 +678,7 @@ impl Replica {
             spec_snaps: BTreeMap::new(),
             known: BTreeMap::new(),
             propose_wait: None,
+            propose_asked: 0,
             verify_wait: Vec::new(),
             early: Vec::new(),
             wait_notarized: None,
@@ -898,8 +901,12 @@ impl Replica {
     }
 
     /// When the primary proposes the head's next tick: when it is due, or
-    /// up to `border_wait_ms` later while a neighbour's certified border
-    /// set of the tick before is missing.
+    /// while a neighbour's certified border set of the tick before is
+    /// missing, up to `border_wait_ms` after the later of the due time and
+    /// the engine's request. A group behind schedule (due in the past)
+    /// waits too: without it two groups that both fell behind (an
+    /// overloaded machine) propose back to back each on its own, drift
+    /// apart, and every border set is late.
     fn propose_at(&self) -> u64 {
         let due = self.due();
         let tick = self.head.tick_number();
@@ -912,7 +919,8 @@ impl Replica {
         if ready {
             due
         } else {
-            due.saturating_add(self.cfg.border_wait_ms)
+            due.max(self.propose_asked)
+                .saturating_add(self.cfg.border_wait_ms)
         }
     }
 
@@ -1362,6 +1370,7 @@ impl Replica {
         match order {
             Order::Propose { req, parent } => {
                 // A newer request replaces an older one, which is declined.
+                self.propose_asked = now;
                 if let Some((old, _)) = self.propose_wait.replace((req, parent)) {
                     self.out.push_back(Output::Answer(Answer::Proposed {
                         req: old,

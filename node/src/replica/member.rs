@@ -12,12 +12,15 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use commonware_cryptography::ed25519::PublicKey;
 use commonware_macros::select;
 use commonware_p2p::{Receiver, Recipients, Sender};
 use commonware_runtime::Clock;
 use commonware_utils::channel::mpsc;
 use tracing::debug;
+
+use metatopia_sim::{PlayerId, RegionId};
 
 use super::core::{Output, To};
 use super::simplex::{Simplex, member, public_key};
@@ -40,15 +43,41 @@ pub struct Faults {
     pub invalid_proposals: bool,
 }
 
+/// Border traffic with the groups hosting neighbour regions (ADR 0013).
+pub struct Border {
+    /// Sends an encoded message to every member of the group hosting a
+    /// region (bounded and lossy: the transport drops and counts).
+    pub send: Box<dyn FnMut(RegionId, Bytes) + Send>,
+    /// Encoded messages from neighbours' members, with the sender.
+    pub recv: mpsc::Receiver<(PlayerId, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Border {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Border").finish_non_exhaustive()
+    }
+}
+
+/// The next border message, or never without border traffic.
+async fn border_next(border: &mut Option<Border>) -> Option<(PlayerId, Vec<u8>)> {
+    match border {
+        Some(b) => b.recv.recv().await,
+        None => futures::future::pending().await,
+    }
+}
+
 /// Runs a member until the engine or the network stops. `inputs` brings
-/// players' signed inputs; every output that is not for the engine or the
+/// players' signed inputs; `border`, if given, carries border sets to and
+/// from neighbour groups; every output that is not for the engine or the
 /// network goes to `sink`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<C, S, R>(
     clock: C,
     mut core: Replica,
     mut engine: Simplex,
     (mut tx, mut rx): (S, R),
     mut inputs: mpsc::Receiver<SignedInput>,
+    mut border: Option<Border>,
     faults: Faults,
     mut sink: impl FnMut(Output) + Send,
 ) where
@@ -74,6 +103,19 @@ pub async fn run<C, S, R>(
                 match Message::decode(bytes.as_ref()) {
                     Ok(m) => core.handle(now_ms(&clock), member(&from), m),
                     Err(e) => debug!(error = %e, "member message refused"),
+                }
+            },
+            msg = border_next(&mut border) => {
+                match msg {
+                    // Only border sets come this way; the core checks the
+                    // sender is a member of the neighbour's group.
+                    Some((from, bytes)) => match Message::decode(&bytes) {
+                        Ok(m @ Message::Border { .. }) => core.handle(now_ms(&clock), from, m),
+                        Ok(_) => debug!(from = %from, "non-border message from a neighbour refused"),
+                        Err(e) => debug!(from = %from, error = %e, "border message refused"),
+                    },
+                    // The transport stopped: no more border traffic.
+                    None => border = None,
                 }
             },
             input = inputs.recv() => {
@@ -124,11 +166,13 @@ pub async fn run<C, S, R>(
                         To::Some(ps) => {
                             Recipients::Some(ps.into_iter().filter_map(public_key).collect())
                         }
-                        // Border sets for neighbour groups: their transport
-                        // is not built yet (ADR 0013); a member with no
-                        // neighbours configured never sends one.
+                        // Border sets for a neighbour's group; a member
+                        // with no neighbours configured never sends one.
                         To::Region(region) => {
-                            debug!(%region, "border set for a neighbour group not sent: no transport yet");
+                            match &mut border {
+                                Some(b) => (b.send)(region, Bytes::from(msg.encode())),
+                                None => debug!(%region, "border set not sent: no border transport"),
+                            }
                             continue;
                         }
                     };

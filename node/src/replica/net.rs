@@ -11,6 +11,11 @@
 //! group's own (its own listen address), so the overlay's swarm stays as
 //! it is; the swarm task is the one place to add protocols for members.
 //!
+//! Members of groups hosting neighbour regions trade border sets on the
+//! same swarm over `/metatopia/border/1` ([`Mesh::border`]): each member
+//! writes to every member of each neighbour's group, and accepts streams
+//! only from those (ADR 0013).
+//!
 //! Members and observers also answer `/metatopia/content/1` (blobs by
 //! hash, [`crate::content::peer`]) on this swarm: [`Mesh::serve_content`].
 
@@ -34,7 +39,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, identity};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use metatopia_sim::PlayerId;
+use metatopia_sim::{PlayerId, RegionId};
 
 use super::simplex::public_key;
 
@@ -45,6 +50,18 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/metatopia/replica/1")
 /// ways, carrying the members' channel only ([`Mesh::serve_followers`],
 /// [`follow`]).
 pub const FOLLOW_PROTOCOL: StreamProtocol = StreamProtocol::new("/metatopia/follow/1");
+
+/// Border traffic between groups hosting neighbour regions (ADR 0013):
+/// one stream from each member to each member of each neighbour's group,
+/// carrying encoded `Message::Border`s. Streams from peers that are not
+/// members of a configured neighbour's group are refused.
+pub const BORDER_PROTOCOL: StreamProtocol = StreamProtocol::new("/metatopia/border/1");
+
+/// Frames queued per neighbour member, and inbound from all neighbours.
+pub const BORDER_QUEUE_MAX: usize = 1024;
+
+/// The frame channel of border streams (they carry one kind of frame).
+const BORDER_CHANNEL: u64 = 0;
 
 /// Most observers a member keeps streams with.
 pub const FOLLOWERS_MAX: usize = super::core::FOLLOWERS_MAX;
@@ -86,6 +103,16 @@ pub struct Counters {
     pub recv_dropped: AtomicU64,
     /// Inbound streams refused (not a member, bad frame).
     pub refused: AtomicU64,
+    /// Border frames dropped because a neighbour member's queue was full.
+    pub border_send_dropped: AtomicU64,
+    /// Border frames dropped because the inbound border queue was full.
+    pub border_recv_dropped: AtomicU64,
+    /// Border streams refused (not a neighbour's member, bad frame).
+    pub border_refused: AtomicU64,
+    /// Border frames queued to send, and their bytes (each copy counted).
+    pub border_sent: AtomicU64,
+    /// See `border_sent`.
+    pub border_sent_bytes: AtomicU64,
 }
 
 struct Frame {
@@ -311,7 +338,7 @@ impl Mesh {
             let _ = self.addresses.send((peer, addr.clone())).await;
             let (tx, rx) = mpsc::channel::<Frame>(QUEUE_MAX);
             writers.insert(pk, tx);
-            tokio::spawn(write(self.control.clone(), peer, rx));
+            tokio::spawn(write(self.control.clone(), peer, PROTOCOL, rx));
         }
         let writers = Arc::new(writers);
         let followers: Followers = Arc::default();
@@ -348,10 +375,127 @@ impl Mesh {
     }
 }
 
+/// The members of the groups hosting neighbour regions, with addresses.
+pub type NeighbourGroups = [(RegionId, Vec<(PlayerId, Multiaddr)>)];
+
+impl Mesh {
+    /// Starts border traffic with the neighbours' groups (see
+    /// [`BORDER_PROTOCOL`]): dials their members, keeps a writer per member
+    /// and accepts their streams (and nobody else's). Frames received come
+    /// out with the sending member. Must run inside a tokio runtime; call
+    /// it once.
+    pub fn border(
+        &mut self,
+        neighbours: &NeighbourGroups,
+    ) -> Result<(BorderSender, BorderReceiver), NetError> {
+        let mut keys: BTreeMap<PeerId, PlayerId> = BTreeMap::new();
+        let mut writers: BTreeMap<RegionId, Vec<mpsc::Sender<Frame>>> = BTreeMap::new();
+        for (region, members) in neighbours {
+            for (m, addr) in members {
+                let peer = peer_id(*m)?;
+                keys.insert(peer, *m);
+                let _ = self.addresses.try_send((peer, addr.clone()));
+                let (tx, rx) = mpsc::channel::<Frame>(BORDER_QUEUE_MAX);
+                writers.entry(*region).or_default().push(tx);
+                tokio::spawn(write(self.control.clone(), peer, BORDER_PROTOCOL, rx));
+            }
+        }
+        let (in_tx, in_rx) = mpsc::channel(BORDER_QUEUE_MAX);
+        let incoming = self.control.accept(BORDER_PROTOCOL).map_err(p2p)?;
+        tokio::spawn(accept_border(incoming, keys, in_tx, self.counters.clone()));
+        Ok((
+            BorderSender {
+                writers,
+                counters: self.counters.clone(),
+            },
+            in_rx,
+        ))
+    }
+}
+
+/// Sends border frames to every member of a neighbour's group.
+#[derive(Debug)]
+pub struct BorderSender {
+    writers: BTreeMap<RegionId, Vec<mpsc::Sender<Frame>>>,
+    counters: Arc<Counters>,
+}
+
+impl BorderSender {
+    /// Queues `bytes` to every member of the group hosting `region`; a
+    /// full queue drops its copy (counted), an unknown region sends none.
+    pub fn send(&self, region: RegionId, bytes: Bytes) {
+        let Some(writers) = self.writers.get(&region) else {
+            debug!(%region, "border frame for a region that is not a neighbour");
+            return;
+        };
+        for w in writers {
+            let len = bytes.len() as u64;
+            let frame = Frame {
+                channel: BORDER_CHANNEL,
+                bytes: bytes.clone(),
+            };
+            if w.try_send(frame).is_ok() {
+                self.counters.border_sent.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .border_sent_bytes
+                    .fetch_add(len, Ordering::Relaxed);
+            } else {
+                self.counters
+                    .border_send_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(%region, "border frame dropped: a neighbour member's queue is full");
+            }
+        }
+    }
+}
+
+/// Border frames received, with the neighbour member that sent them.
+pub type BorderReceiver = mpsc::Receiver<(PlayerId, Vec<u8>)>;
+
+/// Accepts neighbour members' border streams into one bounded queue.
+async fn accept_border(
+    mut incoming: libp2p_stream::IncomingStreams,
+    keys: BTreeMap<PeerId, PlayerId>,
+    inbound: mpsc::Sender<(PlayerId, Vec<u8>)>,
+    counters: Arc<Counters>,
+) {
+    while let Some((peer, mut stream)) = incoming.next().await {
+        let Some(member) = keys.get(&peer).copied() else {
+            counters.border_refused.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %peer, "border stream from a peer that is not a neighbour's member refused");
+            continue;
+        };
+        let (inbound, counters) = (inbound.clone(), counters.clone());
+        tokio::spawn(async move {
+            loop {
+                match read_frame(&mut stream, |c| c == BORDER_CHANNEL).await {
+                    Ok(Some((_, bytes))) => {
+                        if inbound.try_send((member, bytes)).is_err() {
+                            counters.border_recv_dropped.fetch_add(1, Ordering::Relaxed);
+                            debug!(peer = %peer, "border frame dropped: the inbound queue is full");
+                        }
+                    }
+                    Ok(None) => return,
+                    Err((channel, len)) => {
+                        counters.border_refused.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = %peer, channel, len, "bad border frame: stream closed");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// One remote member's writer: (re)opens the stream and writes frames.
-async fn write(mut control: libp2p_stream::Control, peer: PeerId, mut rx: mpsc::Receiver<Frame>) {
+async fn write(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    mut rx: mpsc::Receiver<Frame>,
+) {
     loop {
-        let mut stream = match control.open_stream(peer, PROTOCOL).await {
+        let mut stream = match control.open_stream(peer, protocol.clone()).await {
             Ok(s) => s,
             Err(e) => {
                 debug!(peer = %peer, error = %e, "cannot open a stream to a member");
