@@ -146,6 +146,15 @@ fn decode_region(bytes: &[u8], tick: u64) -> Result<Region, StoreError> {
     Region::restore(body).map_err(corrupt)
 }
 
+/// The log record stored at `tick`, or why it does not decode.
+fn decode_record(tick: u64, bytes: &[u8]) -> Result<LogRecord, StoreError> {
+    snapshot::decode(LOG_MAGIC, bytes).map_err(|source| StoreError::Corrupt {
+        what: "log record",
+        tick,
+        source,
+    })
+}
+
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
@@ -265,12 +274,7 @@ impl Store {
         for item in log.iter().map_err(db)? {
             let (k, v) = item.map_err(db)?;
             let tick = k.value();
-            let record: LogRecord =
-                snapshot::decode(LOG_MAGIC, v.value()).map_err(|source| StoreError::Corrupt {
-                    what: "log record",
-                    tick,
-                    source,
-                })?;
+            let record = decode_record(tick, v.value())?;
             out.push((tick, record.hash));
         }
         Ok(out)
@@ -465,13 +469,8 @@ impl Store {
             let Some(mut record) = log
                 .get(tick)
                 .map_err(db)?
-                .map(|v| snapshot::decode::<LogRecord>(LOG_MAGIC, v.value()))
-                .transpose()
-                .map_err(|source| StoreError::Corrupt {
-                    what: "log record",
-                    tick,
-                    source,
-                })?
+                .map(|v| decode_record(tick, v.value()))
+                .transpose()?
             else {
                 return Err(StoreError::Broken {
                     tick,
@@ -498,13 +497,7 @@ impl Store {
         let Some(v) = log.get(tick).map_err(db)? else {
             return Ok(None);
         };
-        snapshot::decode(LOG_MAGIC, v.value())
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                what: "log record",
-                tick,
-                source,
-            })
+        decode_record(tick, v.value()).map(Some)
     }
 
     /// The ticks that have snapshots, ascending.
@@ -597,12 +590,7 @@ impl Store {
         for item in log.range(from..).map_err(db)? {
             let (k, v) = item.map_err(db)?;
             let tick = k.value();
-            let record: LogRecord =
-                snapshot::decode(LOG_MAGIC, v.value()).map_err(|source| StoreError::Corrupt {
-                    what: "log record",
-                    tick,
-                    source,
-                })?;
+            let record = decode_record(tick, v.value())?;
             if tick != region.tick_number() || record.tick() != tick {
                 return Err(StoreError::Broken {
                     tick,

@@ -1092,36 +1092,27 @@ mod tests {
         let other = SignedInput::sign(&key, region, 4, say("line 5"));
         let player = mine.input.player;
         let waiting = Waiting::default();
-        let (reply, mut rx) = oneshot::channel();
-        waiting.wait(Submit {
-            input: mine.clone(),
-            reply,
-        });
-        waiting.answer(
-            player,
-            4,
-            Some((other.sig, 96)),
-            Ok(Receipt { tick: 96, seq: 4 }),
-        );
-        let answer = rx.try_recv().unwrap();
+        // Waits for `mine`, then says which input committed with its
+        // number at `tick`.
+        let answered = |committed: &SignedInput, tick: u64| {
+            let (reply, mut rx) = oneshot::channel();
+            waiting.wait(Submit {
+                input: mine.clone(),
+                reply,
+            });
+            waiting.answer(
+                player,
+                4,
+                Some((committed.sig, tick)),
+                Ok(Receipt { tick, seq: 4 }),
+            );
+            rx.try_recv().unwrap()
+        };
+        let answer = answered(&other, 96);
         assert!(
             matches!(answer, Err(SubmitError::Superseded { seq: 4, tick: 96 })),
             "{answer:?}"
         );
-        let (reply, mut rx) = oneshot::channel();
-        waiting.wait(Submit {
-            input: mine.clone(),
-            reply,
-        });
-        waiting.answer(
-            player,
-            4,
-            Some((mine.sig, 97)),
-            Ok(Receipt { tick: 97, seq: 4 }),
-        );
-        assert_eq!(
-            rx.try_recv().unwrap().unwrap(),
-            Receipt { tick: 97, seq: 4 }
-        );
+        assert_eq!(answered(&mine, 97).unwrap(), Receipt { tick: 97, seq: 4 });
     }
 }
