@@ -810,6 +810,29 @@ fn print_health(h: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// One peer's link from a status's `group.links` entry, in words: whether
+/// it is connected and how long since a frame came from it.
+fn link_summary(link: &serde_json::Value) -> String {
+    if !link.is_object() {
+        return "no link yet".into();
+    }
+    let heard = match link["last_in_ms_ago"].as_u64() {
+        Some(ms) if ms < 1000 => format!("heard {ms} ms ago"),
+        Some(ms) => format!("SILENT for {:.1} s", ms as f64 / 1000.0),
+        None => "never heard".into(),
+    };
+    let state = if link["connected"].as_bool() == Some(true) {
+        "link up"
+    } else {
+        "LINK DOWN"
+    };
+    let mut out = format!("{state}, {heard}");
+    if let Some(n) = link["dropped_out"].as_u64().filter(|n| *n > 0) {
+        out.push_str(&format!(", {n} frames to it dropped"));
+    }
+    out
+}
+
 /// The replica group part of `metatopia status`.
 fn print_group(g: &serde_json::Value) -> Result<()> {
     let Some(members) = g["members"].as_array() else {
@@ -847,6 +870,9 @@ fn print_group(g: &serde_json::Value) -> Result<()> {
                 None => format!("no checkpoint for tick {} yet", c["tick"]),
             }
         });
+        if Some(key) != me {
+            tags.push(link_summary(&g["links"][key]));
+        }
         outln!("  {}…  {checkpoint}  {}", short(m), tags.join(", "));
     }
     if let Some(c) = newest {

@@ -46,13 +46,25 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Result<Response> {
+    request_within(ANSWER_WITHIN, base, method, path, headers, body)
+}
+
+/// [`request`], waiting at most `within` for the answer.
+fn request_within(
+    within: Duration,
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Response> {
     let hostport = base
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("only http:// URLs are supported, got {base}"))?
         .trim_end_matches('/');
     let mut stream =
         TcpStream::connect(hostport).with_context(|| format!("connecting to {hostport}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(within))?;
     let body = body.unwrap_or(&[]);
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -68,9 +80,25 @@ pub fn request(
     stream.write_all(req.as_bytes())?;
     stream.write_all(body)?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    if let Err(e) = stream.read_to_end(&mut raw) {
+        // A read timeout surfaces as "Resource temporarily unavailable":
+        // say what it means.
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            bail!(
+                "no answer from {hostport} to {method} {path} within {} ms (the node is overloaded, or its replica group cannot commit: see `metatopia status`)",
+                within.as_millis()
+            );
+        }
+        return Err(e).with_context(|| format!("reading the answer from {hostport}"));
+    }
     parse(&raw)
 }
+
+/// How long a request waits for its answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 fn parse(raw: &[u8]) -> Result<Response> {
     let split = raw
@@ -121,5 +149,34 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
         }
         out.extend_from_slice(&data[..size]);
         data = &data[size + 2..];
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_never_answers_is_named_with_the_wait() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let err = request_within(
+            Duration::from_millis(200),
+            &format!("http://{addr}"),
+            "POST",
+            "/api/actions",
+            &[],
+            Some(b"{}"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&format!(
+                "no answer from {addr} to POST /api/actions within 200 ms"
+            )),
+            "{err}"
+        );
+        drop(listener);
     }
 }

@@ -491,6 +491,21 @@ pub struct GroupView {
     pub observer: bool,
     /// Border traffic with neighbour groups since start.
     pub border: crate::world::BorderTraffic,
+    /// Every peer's link (hex key → link), members, observers and
+    /// neighbours' members alike.
+    pub links: std::collections::BTreeMap<String, LinkView>,
+}
+
+/// A peer's link as this node sees it.
+#[derive(Debug, Serialize)]
+pub struct LinkView {
+    /// The counters.
+    #[serde(flatten)]
+    pub link: crate::replica::net::Link,
+    /// Milliseconds since the last frame from the peer was read.
+    pub last_in_ms_ago: Option<u64>,
+    /// Milliseconds since the last frame to the peer was written.
+    pub last_out_ms_ago: Option<u64>,
 }
 
 /// One checkpoint tick.
@@ -558,5 +573,22 @@ pub fn group(g: &crate::world::GroupStatus) -> GroupView {
         addresses: g.addresses.clone(),
         observer: g.observer,
         border: g.border,
+        links: {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let ago = |t: Option<u64>| t.map(|t| now.saturating_sub(t));
+            g.links
+                .iter()
+                .map(|(k, l)| {
+                    let view = LinkView {
+                        link: *l,
+                        last_in_ms_ago: ago(l.last_in_ms),
+                        last_out_ms_ago: ago(l.last_out_ms),
+                    };
+                    (hex(&k.0), view)
+                })
+                .collect()
+        },
     }
 }

@@ -376,6 +376,9 @@ pub struct GroupStatus {
     pub observer: bool,
     /// Border traffic with neighbour groups since start (ADR 0013).
     pub border: BorderTraffic,
+    /// Every peer's link (members, observers, neighbours' members), by
+    /// key.
+    pub links: BTreeMap<PlayerId, crate::replica::net::Link>,
 }
 
 /// A member's border traffic with neighbour groups: the transport's
@@ -922,6 +925,7 @@ pub fn start_member(
                     };
                 info!(addr = %mesh.addr, "replica group member listening");
                 let counters = mesh.counters.clone();
+                let links = mesh.links();
                 mesh.serve_followers(simplex::CHANNEL_MEMBERS);
                 if let Some(p) = &membership.peers
                     && let Err(e) = mesh.serve_content(p, &membership.members)
@@ -1002,6 +1006,7 @@ pub fn start_member(
                         if let Ok(mut g) = status.lock() {
                             g.primary = primary.get();
                             g.border = BorderTraffic::of(&counters);
+                            g.links = links.snapshot();
                         }
                         let store_failed = failure.lock().map(|f| f.is_some()).unwrap_or(true);
                         if stop.load(Ordering::Relaxed) || store_failed {

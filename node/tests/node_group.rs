@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Node, eventually, group_init, observer_agrees, run};
+use common::{Node, eventually, eventually_or, group_init, observer_agrees, run, statuses};
 
 /// The newest checkpoint this member has seen that all four signed and
 /// agree on, if any.
@@ -166,6 +166,21 @@ fn a_group_of_four_processes_survives_a_primary_kill_and_an_observer_joins() {
     });
     // All four sign the same region hash at a checkpoint.
     eventually("a checkpoint all four agree on", || agreed(n0));
+    // Its status shows a live link to each of the three others.
+    let status = n0.get("/api/status").json().unwrap();
+    let links = &status["group"]["links"];
+    for m in status["group"]["members"].as_array().unwrap() {
+        if *m == status["group"]["me"] {
+            continue;
+        }
+        let l = &links[m.as_str().unwrap()];
+        assert!(
+            l["connected"] == true
+                && l["frames_in"].as_u64() > Some(0)
+                && l["frames_out"].as_u64() > Some(0),
+            "member 0's link to {m} is not live: {l}"
+        );
+    }
 
     // A client keeps sending through every member that is up.
     let targets = Arc::new(Mutex::new(
@@ -202,39 +217,40 @@ fn a_group_of_four_processes_survives_a_primary_kill_and_an_observer_joins() {
         "the new primary {new_primary} is not a surviving member"
     );
 
+    let named = |nodes: &[Option<Node>], observer: &Node| {
+        let mut all: Vec<(String, &Node)> = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(n) = n {
+                all.push((format!("member {i}"), n));
+            }
+        }
+        all.push(("the observer".into(), observer));
+        statuses(all)
+    };
     // A fifth process joins as an observer mid-run and agrees with the
     // three members' signed hashes.
     let observer_dir = base.path().join("observer");
     let observer = Node::observe(&observer_dir, &nodes[survivor].as_ref().unwrap().base);
-    eventually(
+    eventually_or(
         "the observer to agree with the members at a checkpoint",
         || observer_agrees(&observer, 3),
+        || named(&nodes, &observer),
     );
 
     // The killed member restarts from its log, catches up and agrees again.
     nodes[victim] = Some(Node::start(&dirs[victim]));
     targets.lock().unwrap()[victim] = nodes[victim].as_ref().map(|n| (n.base.clone(), n.token()));
     let restarted = nodes[victim].as_ref().unwrap();
-    // Bounded like `eventually`, but a timeout shows every member's group
-    // status (this step once timed out under load in CI).
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let tick = loop {
-        if let Some(t) = agreed(restarted) {
-            break t;
-        }
-        if std::time::Instant::now() > until {
-            let statuses: Vec<String> = nodes
-                .iter()
-                .flatten()
-                .map(|n| n.get("/api/status").text())
-                .collect();
-            panic!(
-                "timed out waiting for a checkpoint all four agree on after the restart of member {victim}; statuses:\n{}",
-                statuses.join("\n")
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let tick = eventually_or(
+        "a checkpoint all four agree on after the restart",
+        || agreed(restarted),
+        || {
+            format!(
+                "member {victim} was restarted; statuses:\n{}",
+                named(&nodes, &observer)
+            )
+        },
+    );
     let acked = client.finish();
     assert!(acked.len() >= 10, "only {} lines acknowledged", acked.len());
 
@@ -278,12 +294,16 @@ fn a_group_of_four_processes_survives_a_primary_kill_and_an_observer_joins() {
         }
     }
     // And they all sign the same hashes after the restart.
-    eventually("a later checkpoint all four agree on", || {
-        agreed(restarted).filter(|t| *t > tick)
-    });
-    eventually("the observer to agree later too", || {
-        observer_agrees(&observer, 4).filter(|t| *t > tick)
-    });
+    eventually_or(
+        "a later checkpoint all four agree on",
+        || agreed(restarted).filter(|t| *t > tick),
+        || named(&nodes, &observer),
+    );
+    eventually_or(
+        "the observer to agree later too",
+        || observer_agrees(&observer, 4).filter(|t| *t > tick),
+        || named(&nodes, &observer),
+    );
 }
 
 /// Member 2 executes tick 30 wrongly (a test-build switch): its checkpoint
@@ -346,6 +366,7 @@ fn a_diverged_member_is_detected_and_resynced() {
     assert!(text.contains("resyncs:     1"), "{text}");
     assert!(text.contains("last desync: at tick 39"), "{text}");
     assert!(text.contains("primary (view"), "{text}");
+    assert_eq!(text.matches("link up, ").count(), 3, "{text}");
 
     // Restarted without the switch, it recovers from the adopted snapshot
     // and agrees again.

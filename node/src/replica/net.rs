@@ -115,6 +115,95 @@ pub struct Counters {
     pub border_sent_bytes: AtomicU64,
 }
 
+/// One peer's link as this node sees it (member, observer or neighbour
+/// member), for status views: a link that stopped carrying frames one way
+/// shows here first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Link {
+    /// A libp2p connection to the peer is up.
+    pub connected: bool,
+    /// Outbound streams opened to it (more than one: reopened after a
+    /// break).
+    pub streams_opened: u64,
+    /// Frames read from it.
+    pub frames_in: u64,
+    /// Frames written to it.
+    pub frames_out: u64,
+    /// Frames for it dropped because its send queue was full.
+    pub dropped_out: u64,
+    /// When the last frame from it was read (unix ms).
+    pub last_in_ms: Option<u64>,
+    /// When the last frame to it was written (unix ms).
+    pub last_out_ms: Option<u64>,
+}
+
+/// Every peer's [`Link`], shared by the mesh's tasks.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    table: Arc<std::sync::Mutex<BTreeMap<PeerId, (PlayerId, Link)>>>,
+    connected: Arc<std::sync::Mutex<std::collections::BTreeSet<PeerId>>>,
+}
+
+impl Links {
+    fn with(&self, peer: PeerId, f: impl FnOnce(&mut Link)) {
+        let Some(who) = player_of_peer(&peer) else {
+            return;
+        };
+        if let Ok(mut t) = self.table.lock() {
+            f(&mut t.entry(peer).or_insert((who, Link::default())).1);
+        }
+    }
+
+    fn opened(&self, peer: PeerId) {
+        self.with(peer, |l| l.streams_opened += 1);
+    }
+
+    fn received(&self, peer: PeerId) {
+        let now = unix_ms();
+        self.with(peer, |l| {
+            l.frames_in += 1;
+            l.last_in_ms = Some(now);
+        });
+    }
+
+    fn sent(&self, peer: PeerId) {
+        let now = unix_ms();
+        self.with(peer, |l| {
+            l.frames_out += 1;
+            l.last_out_ms = Some(now);
+        });
+    }
+
+    fn dropped(&self, peer: PeerId) {
+        self.with(peer, |l| l.dropped_out += 1);
+    }
+
+    /// Every peer this node has had frames or streams with, by key.
+    pub fn snapshot(&self) -> BTreeMap<PlayerId, Link> {
+        let connected = self.connected.lock().map(|c| c.clone()).unwrap_or_default();
+        let Ok(t) = self.table.lock() else {
+            return BTreeMap::new();
+        };
+        t.iter()
+            .map(|(peer, (who, l))| {
+                (
+                    *who,
+                    Link {
+                        connected: connected.contains(peer),
+                        ..*l
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 struct Frame {
     channel: u64,
     bytes: Bytes,
@@ -124,7 +213,7 @@ struct Frame {
 pub struct Mesh {
     control: libp2p_stream::Control,
     me: PeerId,
-    connected: Arc<std::sync::Mutex<std::collections::BTreeSet<PeerId>>>,
+    links: Links,
     follow_channel: Option<u64>,
     addresses: mpsc::Sender<(PeerId, Multiaddr)>,
     /// The address it listens on.
@@ -209,8 +298,8 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr, caps: Caps) -> Result<M
     };
     let control = swarm.behaviour().streams.new_control();
     let me = *swarm.local_peer_id();
-    let connected: Arc<std::sync::Mutex<std::collections::BTreeSet<PeerId>>> = Arc::default();
-    let peers = connected.clone();
+    let links = Links::default();
+    let peers = links.connected.clone();
     let (addresses, mut new_addresses) = mpsc::channel::<(PeerId, Multiaddr)>(64);
     tokio::spawn(async move {
         // The members' addresses: the stream behaviour keeps none, so the
@@ -257,7 +346,7 @@ pub async fn listen(key: &SigningKey, listen: Multiaddr, caps: Caps) -> Result<M
     Ok(Mesh {
         control,
         me,
-        connected,
+        links,
         follow_channel: None,
         addresses,
         addr,
@@ -277,7 +366,12 @@ impl Mesh {
 
     /// Peers connected now.
     pub fn connected(&self) -> usize {
-        self.connected.lock().map_or(0, |c| c.len())
+        self.links.connected.lock().map_or(0, |c| c.len())
+    }
+
+    /// Every peer's link (shared: read it at any time).
+    pub fn links(&self) -> Links {
+        self.links.clone()
     }
 
     /// Answers `/metatopia/content/1` from `peers`' store, and lets
@@ -304,7 +398,7 @@ impl Mesh {
         peers.attach(crate::content::peer::Net {
             control: self.control.clone(),
             members: ids,
-            connected: self.connected.clone(),
+            connected: self.links.connected.clone(),
             me: self.me,
         });
         tokio::spawn(peers.clone().serve(incoming));
@@ -337,8 +431,9 @@ impl Mesh {
             keys.insert(peer, pk.clone());
             let _ = self.addresses.send((peer, addr.clone())).await;
             let (tx, rx) = mpsc::channel::<Frame>(QUEUE_MAX);
-            writers.insert(pk, tx);
-            tokio::spawn(write(self.control.clone(), peer, PROTOCOL, rx));
+            writers.insert(pk, (peer, tx));
+            let links = self.links.clone();
+            tokio::spawn(write(self.control.clone(), peer, PROTOCOL, rx, links));
         }
         let writers = Arc::new(writers);
         let followers: Followers = Arc::default();
@@ -353,6 +448,7 @@ impl Mesh {
                     writers: writers.clone(),
                     followers: followers.clone(),
                     counters: self.counters.clone(),
+                    links: self.links.clone(),
                 },
                 NetReceiver { rx },
             ));
@@ -367,10 +463,18 @@ impl Mesh {
                 q,
                 followers,
                 self.counters.clone(),
+                self.links.clone(),
             ));
         }
         let incoming = self.control.accept(PROTOCOL).map_err(p2p)?;
-        tokio::spawn(accept(incoming, keys, inbound, self.counters.clone()));
+        let links = self.links.clone();
+        tokio::spawn(accept(
+            incoming,
+            keys,
+            inbound,
+            self.counters.clone(),
+            links,
+        ));
         Ok(out)
     }
 }
@@ -389,35 +493,54 @@ impl Mesh {
         neighbours: &NeighbourGroups,
     ) -> Result<(BorderSender, BorderReceiver), NetError> {
         let mut keys: BTreeMap<PeerId, PlayerId> = BTreeMap::new();
-        let mut writers: BTreeMap<RegionId, Vec<mpsc::Sender<Frame>>> = BTreeMap::new();
+        let mut writers: BorderWriters = BTreeMap::new();
         for (region, members) in neighbours {
             for (m, addr) in members {
                 let peer = peer_id(*m)?;
                 keys.insert(peer, *m);
                 let _ = self.addresses.try_send((peer, addr.clone()));
                 let (tx, rx) = mpsc::channel::<Frame>(BORDER_QUEUE_MAX);
-                writers.entry(*region).or_default().push(tx);
-                tokio::spawn(write(self.control.clone(), peer, BORDER_PROTOCOL, rx));
+                writers.entry(*region).or_default().push((peer, tx));
+                let links = self.links.clone();
+                tokio::spawn(write(
+                    self.control.clone(),
+                    peer,
+                    BORDER_PROTOCOL,
+                    rx,
+                    links,
+                ));
             }
         }
         let (in_tx, in_rx) = mpsc::channel(BORDER_QUEUE_MAX);
         let incoming = self.control.accept(BORDER_PROTOCOL).map_err(p2p)?;
-        tokio::spawn(accept_border(incoming, keys, in_tx, self.counters.clone()));
+        let links = self.links.clone();
+        tokio::spawn(accept_border(
+            incoming,
+            keys,
+            in_tx,
+            self.counters.clone(),
+            links.clone(),
+        ));
         Ok((
             BorderSender {
                 writers,
                 counters: self.counters.clone(),
+                links,
             },
             in_rx,
         ))
     }
 }
 
+/// Each neighbour's members' send queues.
+type BorderWriters = BTreeMap<RegionId, Vec<(PeerId, mpsc::Sender<Frame>)>>;
+
 /// Sends border frames to every member of a neighbour's group.
 #[derive(Debug)]
 pub struct BorderSender {
-    writers: BTreeMap<RegionId, Vec<mpsc::Sender<Frame>>>,
+    writers: BorderWriters,
     counters: Arc<Counters>,
+    links: Links,
 }
 
 impl BorderSender {
@@ -428,7 +551,7 @@ impl BorderSender {
             debug!(%region, "border frame for a region that is not a neighbour");
             return;
         };
-        for w in writers {
+        for (peer, w) in writers {
             let len = bytes.len() as u64;
             let frame = Frame {
                 channel: BORDER_CHANNEL,
@@ -443,6 +566,7 @@ impl BorderSender {
                 self.counters
                     .border_send_dropped
                     .fetch_add(1, Ordering::Relaxed);
+                self.links.dropped(*peer);
                 warn!(%region, "border frame dropped: a neighbour member's queue is full");
             }
         }
@@ -458,6 +582,7 @@ async fn accept_border(
     keys: BTreeMap<PeerId, PlayerId>,
     inbound: mpsc::Sender<(PlayerId, Vec<u8>)>,
     counters: Arc<Counters>,
+    links: Links,
 ) {
     while let Some((peer, mut stream)) = incoming.next().await {
         let Some(member) = keys.get(&peer).copied() else {
@@ -465,11 +590,12 @@ async fn accept_border(
             warn!(peer = %peer, "border stream from a peer that is not a neighbour's member refused");
             continue;
         };
-        let (inbound, counters) = (inbound.clone(), counters.clone());
+        let (inbound, counters, links) = (inbound.clone(), counters.clone(), links.clone());
         tokio::spawn(async move {
             loop {
                 match read_frame(&mut stream, |c| c == BORDER_CHANNEL).await {
                     Ok(Some((_, bytes))) => {
+                        links.received(peer);
                         if inbound.try_send((member, bytes)).is_err() {
                             counters.border_recv_dropped.fetch_add(1, Ordering::Relaxed);
                             debug!(peer = %peer, "border frame dropped: the inbound queue is full");
@@ -493,6 +619,7 @@ async fn write(
     peer: PeerId,
     protocol: StreamProtocol,
     mut rx: mpsc::Receiver<Frame>,
+    links: Links,
 ) {
     loop {
         let mut stream = match control.open_stream(peer, protocol.clone()).await {
@@ -503,7 +630,8 @@ async fn write(
                 continue;
             }
         };
-        match write_frames(&mut stream, &mut rx).await {
+        links.opened(peer);
+        match write_frames(&mut stream, &mut rx, &links, peer).await {
             Ok(()) => return,
             Err(e) => debug!(peer = %peer, error = %e, "stream to a member broke"),
         }
@@ -511,10 +639,15 @@ async fn write(
 }
 
 /// Observers' writers, by key.
-type Followers = Arc<std::sync::Mutex<BTreeMap<PublicKey, mpsc::Sender<Frame>>>>;
+type Followers = Arc<std::sync::Mutex<BTreeMap<PublicKey, (PeerId, mpsc::Sender<Frame>)>>>;
 
 /// The ed25519 key inside a peer id (ed25519 peer ids inline their key).
 pub fn key_of(peer: &PeerId) -> Option<PublicKey> {
+    public_key(player_of_peer(peer)?)
+}
+
+/// The node key inside a peer id, as a player id.
+fn player_of_peer(peer: &PeerId) -> Option<PlayerId> {
     let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
     if hash.code() != 0 {
         return None;
@@ -523,13 +656,15 @@ pub fn key_of(peer: &PeerId) -> Option<PublicKey> {
         .ok()?
         .try_into_ed25519()
         .ok()?;
-    public_key(PlayerId(key.to_bytes()))
+    Some(PlayerId(key.to_bytes()))
 }
 
 /// Writes frames to a stream until the queue closes or the stream breaks.
 async fn write_frames(
     mut out: impl futures::AsyncWrite + Unpin,
     rx: &mut mpsc::Receiver<Frame>,
+    links: &Links,
+    peer: PeerId,
 ) -> std::io::Result<()> {
     while let Some(frame) = rx.recv().await {
         let mut head = [0u8; 12];
@@ -538,6 +673,7 @@ async fn write_frames(
         out.write_all(&head).await?;
         out.write_all(&frame.bytes).await?;
         out.flush().await?;
+        links.sent(peer);
     }
     Ok(())
 }
@@ -572,6 +708,7 @@ async fn accept_followers(
     inbound: mpsc::Sender<(PublicKey, IoBuf)>,
     followers: Followers,
     counters: Arc<Counters>,
+    links: Links,
 ) {
     while let Some((peer, stream)) = incoming.next().await {
         let Some(pk) = key_of(&peer) else {
@@ -586,17 +723,20 @@ async fn accept_followers(
                 warn!(peer = %peer, "observer refused: {FOLLOWERS_MAX} observers already");
                 continue;
             }
-            f.insert(pk.clone(), tx.clone());
+            f.insert(pk.clone(), (peer, tx.clone()));
         }
         let (mut read, write) = stream.split();
+        let writer_links = links.clone();
         tokio::spawn(async move {
-            let _ = write_frames(write, &mut rx).await;
+            let _ = write_frames(write, &mut rx, &writer_links, peer).await;
         });
         let (inbound, followers, counters) = (inbound.clone(), followers.clone(), counters.clone());
+        let links = links.clone();
         tokio::spawn(async move {
             loop {
                 match read_frame(&mut read, |c| c == channel).await {
                     Ok(Some((_, bytes))) => {
+                        links.received(peer);
                         if inbound.try_send((pk.clone(), IoBuf::from(bytes))).is_err() {
                             counters.recv_dropped.fetch_add(1, Ordering::Relaxed);
                         }
@@ -610,7 +750,7 @@ async fn accept_followers(
                 }
             }
             if let Ok(mut f) = followers.lock()
-                && f.get(&pk).is_some_and(|t| t.same_channel(&tx))
+                && f.get(&pk).is_some_and(|(_, t)| t.same_channel(&tx))
             {
                 f.remove(&pk);
             }
@@ -642,11 +782,11 @@ pub fn follow(
         writers.insert(*m, tx);
         tokio::spawn(follow_member(
             mesh.control.clone(),
-            *m,
-            peer,
+            (*m, peer),
             channel,
             rx,
             in_tx.clone(),
+            mesh.links.clone(),
         ));
     }
     let (out_tx, mut out_rx) = mpsc::channel::<(Option<PlayerId>, Bytes)>(QUEUE_MAX);
@@ -668,11 +808,11 @@ pub fn follow(
 /// One member's stream of an observer.
 async fn follow_member(
     mut control: libp2p_stream::Control,
-    member: PlayerId,
-    peer: PeerId,
+    (member, peer): (PlayerId, PeerId),
     channel: u64,
     mut rx: mpsc::Receiver<Frame>,
     inbound: mpsc::Sender<(PlayerId, Vec<u8>)>,
+    links: Links,
 ) {
     loop {
         let stream = match control.open_stream(peer, FOLLOW_PROTOCOL).await {
@@ -683,11 +823,13 @@ async fn follow_member(
                 continue;
             }
         };
+        links.opened(peer);
         let (mut read, write) = stream.split();
         let reader = async {
             loop {
                 match read_frame(&mut read, |c| c == channel).await {
                     Ok(Some((_, bytes))) => {
+                        links.received(peer);
                         if inbound.send((member, bytes)).await.is_err() {
                             return;
                         }
@@ -702,7 +844,7 @@ async fn follow_member(
         };
         tokio::select! {
             () = reader => {}
-            r = write_frames(write, &mut rx) => {
+            r = write_frames(write, &mut rx, &links, peer) => {
                 if r.is_ok() {
                     return;
                 }
@@ -721,6 +863,7 @@ async fn accept(
     keys: BTreeMap<PeerId, PublicKey>,
     inbound: BTreeMap<u64, mpsc::Sender<(PublicKey, IoBuf)>>,
     counters: Arc<Counters>,
+    links: Links,
 ) {
     let inbound = Arc::new(inbound);
     while let Some((peer, mut stream)) = incoming.next().await {
@@ -729,13 +872,16 @@ async fn accept(
             warn!(peer = %peer, "stream from a peer that is not a member refused");
             continue;
         };
-        let (inbound, counters) = (inbound.clone(), counters.clone());
+        let (inbound, counters, links) = (inbound.clone(), counters.clone(), links.clone());
         tokio::spawn(async move {
             loop {
                 let (channel, bytes) = match read_frame(&mut stream, |c| inbound.contains_key(&c))
                     .await
                 {
-                    Ok(Some(f)) => f,
+                    Ok(Some(f)) => {
+                        links.received(peer);
+                        f
+                    }
                     Ok(None) => return,
                     Err((channel, len)) => {
                         counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -757,9 +903,10 @@ async fn accept(
 #[derive(Clone)]
 pub struct NetSender {
     channel: u64,
-    writers: Arc<BTreeMap<PublicKey, mpsc::Sender<Frame>>>,
+    writers: Arc<BTreeMap<PublicKey, (PeerId, mpsc::Sender<Frame>)>>,
     followers: Followers,
     counters: Arc<Counters>,
+    links: Links,
 }
 
 impl std::fmt::Debug for NetSender {
@@ -803,7 +950,7 @@ impl CheckedSender for Checked<'_> {
         let bytes: Bytes = message.into().coalesce().into();
         let mut sent = false;
         for k in &self.to {
-            let q = match self.sender.writers.get(k) {
+            let (peer, q) = match self.sender.writers.get(k) {
                 Some(q) => q.clone(),
                 None => {
                     let follower = self
@@ -829,6 +976,7 @@ impl CheckedSender for Checked<'_> {
                     .counters
                     .send_dropped
                     .fetch_add(1, Ordering::Relaxed);
+                self.sender.links.dropped(peer);
             }
         }
         if sent || self.to.is_empty() {

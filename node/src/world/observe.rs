@@ -171,7 +171,17 @@ async fn drive(
     let me = player_of(&key);
     let members: Vec<PlayerId> = observing.members.iter().map(|(m, _)| *m).collect();
     let mut joined: Option<Joined> = None;
+    let links = mesh.links();
+    let mut links_shown = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if let Some(j) = &joined
+            && links_shown.elapsed() >= Duration::from_millis(100)
+        {
+            links_shown = Instant::now();
+            if let Ok(mut g) = j.sink.group.lock() {
+                g.links = links.snapshot();
+            }
+        }
         let wait = core
             .next_deadline()
             .map_or(100, |d| d.saturating_sub(unix_ms()).clamp(1, 100));

@@ -171,15 +171,36 @@ pub fn free_ports() -> u16 {
 }
 
 /// Polls (bounded: 60 s) until `f` holds.
-pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_or(what, f, String::new)
+}
+
+/// [`eventually`], but a timeout's panic carries `report()` (say what
+/// every node knows, so a timeout is a bug report).
+pub fn eventually_or<T>(
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    report: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}\n{}", report());
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Every node's `/api/status`, named, one per line (for timeout reports).
+pub fn statuses<'a>(nodes: impl IntoIterator<Item = (String, &'a Node)>) -> String {
+    nodes
+        .into_iter()
+        .map(|(name, n)| format!("{name}: {}", n.get("/api/status").text()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `metatopia group init` of four members on free ports: the temporary
