@@ -105,10 +105,17 @@ impl std::fmt::Debug for Net {
 }
 
 impl Net {
-    /// Whom to ask, in order: the members, then other connected peers.
+    /// Whom to ask, in order: the members, then other connected peers
+    /// (connected ones only: see `replica::net::open` for why a stream is
+    /// never opened to a peer the swarm has no connection with).
     pub fn candidates(&self) -> Vec<PeerId> {
-        let mut out: Vec<PeerId> = self.members.clone();
         let connected = lock(&self.connected).clone();
+        let mut out: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|m| connected.contains(m))
+            .copied()
+            .collect();
         out.extend(
             connected
                 .into_iter()

@@ -154,6 +154,10 @@ impl Links {
         }
     }
 
+    fn is_connected(&self, peer: PeerId) -> bool {
+        self.connected.lock().is_ok_and(|c| c.contains(&peer))
+    }
+
     fn opened(&self, peer: PeerId) {
         self.with(peer, |l| l.streams_opened += 1);
     }
@@ -613,6 +617,42 @@ async fn accept_border(
     }
 }
 
+/// How long opening a stream may take before it is given up and tried
+/// again.
+const OPEN_WITHIN: Duration = Duration::from_secs(5);
+
+/// Opens a `protocol` stream to `peer`, only while the swarm task has a
+/// connection to it (it dials members itself, with their addresses, and
+/// again while they are down), and bounded by [`OPEN_WITHIN`].
+///
+/// Why not let `libp2p_stream` dial: its `open_stream` to a peer it does not
+/// count as connected parks the request until the peer's next new
+/// connection. The peer counts as connected only once the swarm has told
+/// the behaviour, just after it handed the parked requests to the new
+/// connection; a request made in that gap is parked, its own dial is
+/// refused (already connected) without a failure event, and no later
+/// connection comes: the stream never opens. That froze one direction of
+/// a restarted member's links (an observer, or the primary, never sending
+/// to it) in the loaded `node_group` runs.
+async fn open(
+    control: &mut libp2p_stream::Control,
+    links: &Links,
+    peer: PeerId,
+    protocol: StreamProtocol,
+) -> Result<libp2p::Stream, String> {
+    if !links.is_connected(peer) {
+        return Err("not connected".into());
+    }
+    match tokio::time::timeout(OPEN_WITHIN, control.open_stream(peer, protocol)).await {
+        Ok(Ok(s)) => {
+            links.opened(peer);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no stream within {} ms", OPEN_WITHIN.as_millis())),
+    }
+}
+
 /// One remote member's writer: (re)opens the stream and writes frames.
 async fn write(
     mut control: libp2p_stream::Control,
@@ -622,7 +662,7 @@ async fn write(
     links: Links,
 ) {
     loop {
-        let mut stream = match control.open_stream(peer, protocol.clone()).await {
+        let mut stream = match open(&mut control, &links, peer, protocol.clone()).await {
             Ok(s) => s,
             Err(e) => {
                 debug!(peer = %peer, error = %e, "cannot open a stream to a member");
@@ -630,7 +670,6 @@ async fn write(
                 continue;
             }
         };
-        links.opened(peer);
         match write_frames(&mut stream, &mut rx, &links, peer).await {
             Ok(()) => return,
             Err(e) => debug!(peer = %peer, error = %e, "stream to a member broke"),
@@ -815,7 +854,7 @@ async fn follow_member(
     links: Links,
 ) {
     loop {
-        let stream = match control.open_stream(peer, FOLLOW_PROTOCOL).await {
+        let stream = match open(&mut control, &links, peer, FOLLOW_PROTOCOL).await {
             Ok(s) => s,
             Err(e) => {
                 debug!(peer = %peer, error = %e, "cannot open a stream to a member");
@@ -823,7 +862,6 @@ async fn follow_member(
                 continue;
             }
         };
-        links.opened(peer);
         let (mut read, write) = stream.split();
         let reader = async {
             loop {
