@@ -631,9 +631,11 @@ const OPEN_WITHIN: Duration = Duration::from_secs(5);
 /// the behaviour, just after it handed the parked requests to the new
 /// connection; a request made in that gap is parked, its own dial is
 /// refused (already connected) without a failure event, and no later
-/// connection comes: the stream never opens. That froze one direction of
-/// a restarted member's links (an observer, or the primary, never sending
-/// to it) in the loaded `node_group` runs.
+/// connection comes: the stream never opens. Its dial request can also
+/// be dropped outright when another is queued (rust-libp2p issue 6157,
+/// "Dial requests in `stream` behaviour are silently dropped"). That
+/// froze one direction of a restarted member's links (an observer, or the
+/// primary, never sending to it) in the loaded `node_group` runs.
 async fn open(
     control: &mut libp2p_stream::Control,
     links: &Links,
