@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -306,9 +306,14 @@ pub enum GroupCmd {
         /// First member's HTTP port; the others follow.
         #[arg(long, default_value_t = 7420)]
         http_port: u16,
-        /// The region's id.
+        /// The region's id (the first region's, with `--regions`).
         #[arg(long, default_value_t = 1)]
         region: u32,
+        /// Regions in a row west to east, each hosted by its own group of
+        /// `--members` and listing the next ones as neighbours (bodies
+        /// cross between them): `BASE/r0/m0`, … With 1, `BASE/m0`, ….
+        #[arg(long, default_value_t = 1)]
+        regions: usize,
     },
 }
 
@@ -319,6 +324,7 @@ fn group(cmd: GroupCmd) -> Result<()> {
         port,
         http_port,
         region,
+        regions,
     } = cmd;
     if !(1..=crate::replica::group::MEMBERS_MAX).contains(&members) {
         bail!(
@@ -326,44 +332,111 @@ fn group(cmd: GroupCmd) -> Result<()> {
             crate::replica::group::MEMBERS_MAX
         );
     }
-    let mut dirs = Vec::new();
-    let mut list = Vec::new();
-    for i in 0..members {
-        let path = dir.join(format!("m{i}"));
-        if path.join("node.toml").exists() {
-            bail!(
-                "{} already has a node.toml; not overwriting it",
-                path.display()
-            );
-        }
-        let d = DataDir::open(&path)?;
-        let p = u16::try_from(usize::from(port) + i).context("--port too high")?;
-        list.push(format!("{}@/ip4/127.0.0.1/tcp/{p}", hex(&d.player()?.0)));
-        dirs.push((path, p));
+    if !(1..=GROUP_INIT_REGIONS_MAX).contains(&regions) {
+        bail!("--regions must be 1 to {GROUP_INIT_REGIONS_MAX}, got {regions}");
     }
-    for (i, (path, p)) in dirs.iter().enumerate() {
-        let mut config = Config::default();
-        config.world.region_id = region;
-        config.http.addr = SocketAddr::from((
-            [127, 0, 0, 1],
-            u16::try_from(usize::from(http_port) + i).context("--http-port too high")?,
-        ));
-        config.group = crate::config::Group {
-            enabled: true,
-            listen: format!("/ip4/127.0.0.1/tcp/{p}"),
-            members: list.clone(),
-            ..crate::config::Group::default()
+    // Every group: its region id, origin (metres), and members' data
+    // directories, ports and `ID@ADDR` entries.
+    struct Planned {
+        region: u32,
+        origin: String,
+        dirs: Vec<(PathBuf, u16, u16)>,
+        list: Vec<String>,
+    }
+    let size_m = i64::from(Settings::default().size.x.floor_int());
+    let mut groups = Vec::new();
+    for k in 0..regions {
+        let base = if regions == 1 {
+            dir.clone()
+        } else {
+            dir.join(format!("r{k}"))
         };
-        let text = format!(
-            "# metatopia node configuration: member {i} of a replica group of {members}.\n\n{}",
-            toml::to_string_pretty(&config)?
-        );
-        std::fs::write(path.join("node.toml"), text)
-            .with_context(|| format!("writing {}", path.join("node.toml").display()))?;
-        outln!("metatopia up --data {}", path.display());
+        let id = u32::try_from(k)
+            .ok()
+            .and_then(|k| region.checked_add(k))
+            .context("--region too high")?;
+        let mut planned = Planned {
+            region: id,
+            origin: format!("{},0", size_m * i64::try_from(k).unwrap_or(0)),
+            dirs: Vec::new(),
+            list: Vec::new(),
+        };
+        for i in 0..members {
+            let path = base.join(format!("m{i}"));
+            if path.join("node.toml").exists() {
+                bail!(
+                    "{} already has a node.toml; not overwriting it",
+                    path.display()
+                );
+            }
+            let d = DataDir::open(&path)?;
+            let n = k * members + i;
+            let p = u16::try_from(usize::from(port) + n).context("--port too high")?;
+            let h = u16::try_from(usize::from(http_port) + n).context("--http-port too high")?;
+            planned
+                .list
+                .push(format!("{}@/ip4/127.0.0.1/tcp/{p}", hex(&d.player()?.0)));
+            planned.dirs.push((path, p, h));
+        }
+        groups.push(planned);
+    }
+    // Neighbours' ticks line up on one epoch: now, to the second.
+    let epoch_ms = if regions > 1 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        now * 1000
+    } else {
+        0
+    };
+    for (k, g) in groups.iter().enumerate() {
+        let neighbours: Vec<crate::config::Neighbour> = [k.checked_sub(1), Some(k + 1)]
+            .into_iter()
+            .flatten()
+            .filter_map(|j| groups.get(j))
+            .map(|n| crate::config::Neighbour {
+                region: n.region,
+                origin: n.origin.clone(),
+                members: n.list.clone(),
+            })
+            .collect();
+        for (i, (path, p, h)) in g.dirs.iter().enumerate() {
+            let mut config = Config::default();
+            config.world.region_id = g.region;
+            config.http.addr = SocketAddr::from(([127, 0, 0, 1], *h));
+            if regions > 1 {
+                config.overlay.origin = g.origin.clone();
+            }
+            config.group = crate::config::Group {
+                enabled: true,
+                listen: format!("/ip4/127.0.0.1/tcp/{p}"),
+                members: g.list.clone(),
+                epoch_ms,
+                neighbours: neighbours.clone(),
+                ..crate::config::Group::default()
+            };
+            let what = if regions == 1 {
+                format!("member {i} of a replica group of {members}")
+            } else {
+                format!(
+                    "member {i} of the group of {members} hosting region {} (of {regions} in a row)",
+                    g.region
+                )
+            };
+            let text = format!(
+                "# metatopia node configuration: {what}.\n\n{}",
+                toml::to_string_pretty(&config)?
+            );
+            std::fs::write(path.join("node.toml"), text)
+                .with_context(|| format!("writing {}", path.join("node.toml").display()))?;
+            outln!("metatopia up --data {}", path.display());
+        }
     }
     Ok(())
 }
+
+/// Most regions `group init --regions` writes.
+const GROUP_INIT_REGIONS_MAX: usize = 16;
 
 /// The manifest of a region hosted by the group `[group]` describes: the
 /// configured region, default settings, the first member its founding

@@ -1,0 +1,96 @@
+//! `metatopia group init --regions N`: a row of adjacent regions, each
+//! hosted by its own replica group, written by one command. Started with
+//! `metatopia up`, neighbours find each other from the written
+//! `[[group.neighbours]]` and trade certified border sets every tick
+//! (ADR 0013).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Node, eventually, free_ports, run};
+
+fn config(dir: &std::path::Path) -> toml::Table {
+    toml::from_str(&std::fs::read_to_string(dir.join("node.toml")).unwrap()).unwrap()
+}
+
+#[test]
+fn group_init_writes_two_adjacent_groups_that_trade_border_sets() {
+    let base = tempfile::tempdir().unwrap();
+    let port = free_ports().to_string();
+    let out = run(&[
+        "group",
+        "init",
+        "--dir",
+        base.path().to_str().unwrap(),
+        "--regions",
+        "2",
+        "--members",
+        "1",
+        "--port",
+        &port,
+        "--region",
+        "7",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dirs = [base.path().join("r0/m0"), base.path().join("r1/m0")];
+    let (west, east) = (config(&dirs[0]), config(&dirs[1]));
+    assert_eq!(west["world"]["region_id"].as_integer(), Some(7));
+    assert_eq!(east["world"]["region_id"].as_integer(), Some(8));
+    assert_eq!(west["overlay"]["origin"].as_str(), Some("0,0"));
+    assert_eq!(east["overlay"]["origin"].as_str(), Some("256,0"));
+    let epoch = west["group"]["epoch_ms"].as_integer().unwrap();
+    assert!(epoch > 0);
+    assert_eq!(east["group"]["epoch_ms"].as_integer(), Some(epoch));
+    // Each lists the other as its only neighbour, with the other's members.
+    let n = west["group"]["neighbours"].as_array().unwrap();
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0]["region"].as_integer(), Some(8));
+    assert_eq!(n[0]["origin"].as_str(), Some("256,0"));
+    assert_eq!(n[0]["members"], east["group"]["members"]);
+    let n = east["group"]["neighbours"].as_array().unwrap();
+    assert_eq!(n[0]["region"].as_integer(), Some(7));
+    assert_eq!(n[0]["members"], west["group"]["members"]);
+
+    // Both up: each certifies and sends the other its border sets, and
+    // shows a live link to the other group's member.
+    let nodes: Vec<Node> = dirs.iter().map(|d| Node::start(d)).collect();
+    let other = |i: usize| {
+        let c = config(&dirs[1 - i]);
+        let m = c["group"]["members"][0].as_str().unwrap().to_string();
+        m.split('@').next().unwrap().to_string()
+    };
+    for (i, node) in nodes.iter().enumerate() {
+        let peer = other(i);
+        eventually("border sets flowing both ways", || {
+            let s = node.get("/api/status").json().ok()?;
+            let g = &s["group"];
+            let link = &g["links"][peer.as_str()];
+            (g["border"]["frames_sent"].as_u64() > Some(0)
+                && link["frames_in"].as_u64() > Some(0)
+                && link["connected"] == true)
+                .then_some(())
+        });
+    }
+}
+
+#[test]
+fn group_init_refuses_a_row_of_no_regions() {
+    let base = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "group",
+        "init",
+        "--dir",
+        base.path().to_str().unwrap(),
+        "--regions",
+        "0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--regions must be 1 to 16, got 0"), "{err}");
+    assert!(!base.path().join("r0").exists() && !base.path().join("m0").exists());
+}
