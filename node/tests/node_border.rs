@@ -10,8 +10,8 @@
 //! crosses to the other three, and the killed member restarts and agrees
 //! again. After the nodes stop, each region's log replays from genesis to
 //! the hash it ran to (the border certificates in the proposals are all
-//! replay needs), and `metatopia handoffs` finds every hand-off at offer
-//! + 2 in the two logs. The storm with a primary killed is
+//! replay needs), and `metatopia handoffs` finds every hand-off two ticks
+//! after its offer in the two logs. The storm with a primary killed is
 //! `node_border_storm.rs`.
 
 #![allow(clippy::unwrap_used)]
