@@ -121,6 +121,21 @@ pub enum Command {
         /// The second.
         b: PathBuf,
     },
+    /// Check body ownership across two neighbouring regions hosted by
+    /// different groups, from one member's data directory of each (nodes
+    /// stopped; read-only): both logs are replayed from genesis (every
+    /// hash checked) and after every tick both hold, each body must be in
+    /// exactly one region's state. Prints the hand-offs and their latency
+    /// (offer to switch, ticks; 2 without faults), bodies kept without
+    /// owner while a verdict was missing (only after lost border messages),
+    /// and the border bytes the proposals carried. Exits with an error if
+    /// a body had two owners or was lost.
+    Handoffs {
+        /// One region's data directory.
+        a: PathBuf,
+        /// Its neighbour's.
+        b: PathBuf,
+    },
     /// Follow a region hosted by a replica group as an observer (`--via
     /// URL` of any member's node, or `--group HEX@MULTIADDR,...`): runs the
     /// same sim from a snapshot the group vouches for, serves the viewer,
@@ -256,6 +271,7 @@ pub fn run(cli: Cli) -> Result<()> {
             snapshot,
         } => run_scenario(&scenario, ticks, quiet, trace, snapshot.as_deref()),
         Command::Desync { a, b } => desync(&a, &b),
+        Command::Handoffs { a, b } => handoffs(&a, &b),
         Command::Replay { data } => replay(&data.unwrap_or_else(default_dir)),
         Command::Join {
             at,
@@ -1542,23 +1558,116 @@ fn desync(a: &Path, b: &Path) -> Result<()> {
     }
 }
 
+/// The store of a stopped node's data directory, read-only, for `verb`.
+fn open_stopped(dir: &Path, verb: &str) -> Result<Store> {
+    match Store::open_read_only(&dir.join("world.redb")) {
+        Ok(s) => Ok(s),
+        Err(StoreError::Empty) => bail!("no world in {}", dir.display()),
+        Err(StoreError::InUse(_)) => bail!(
+            "the world in {} is open in a running node; stop it first ({verb} only reads, \
+             but the database admits no reader beside its writer)",
+            dir.display()
+        ),
+        Err(e) => bail!("{}: {e}", dir.display()),
+    }
+}
+
+/// `metatopia handoffs DIR_A DIR_B`: body ownership across two
+/// neighbouring regions after every tick of their logs
+/// ([`crate::handoffs::audit`]).
+fn handoffs(a: &Path, b: &Path) -> Result<()> {
+    let (sa, sb) = (open_stopped(a, "handoffs")?, open_stopped(b, "handoffs")?);
+    let (ha, hb) = (crate::scripts::host(a)?, crate::scripts::host(b)?);
+    let audit = crate::handoffs::audit(&sa, &ha, &sb, &hb)?;
+    let (ra, rb) = audit.regions;
+    outln!(
+        "regions {ra} ({}) and {rb} ({}): {} ticks checked (0..={}), at most {} bodies",
+        a.display(),
+        b.display(),
+        audit.ticks,
+        audit.last_tick,
+        audit.bodies_max
+    );
+    let at_2 = audit.switches.iter().filter(|s| s.at_plus_two()).count();
+    outln!(
+        "hand-offs: {} ({} at offer + 2), {} taken back after a negative verdict",
+        audit.switches.len(),
+        at_2,
+        audit.taken_back.len()
+    );
+    let latency: Vec<String> = audit
+        .latency()
+        .iter()
+        .map(|(l, n)| format!("{l}: {n}"))
+        .collect();
+    outln!(
+        "latency, offer to switch (ticks: hand-offs): {}",
+        latency.join(", ")
+    );
+    for s in audit.switches.iter().filter(|s| !s.at_plus_two()).take(20) {
+        match s.offer {
+            Some((at, switch)) => outln!(
+                "  body {} from region {} to {} at tick {}: offered at {at} for tick {switch}",
+                s.body,
+                s.from,
+                s.to,
+                s.tick
+            ),
+            None => outln!(
+                "  body {} from region {} to {} at tick {}: never offered",
+                s.body,
+                s.from,
+                s.to,
+                s.tick
+            ),
+        }
+    }
+    outln!(
+        "body-ticks without owner (kept by the source while a verdict was missing): {}",
+        audit.unowned.len()
+    );
+    outln!(
+        "ticks whose proposal went without the other region's border set (late or lost): {}",
+        audit.sets_missing.len()
+    );
+    for (t, id) in audit.unowned_unexplained.iter().take(20) {
+        outln!("without owner with no border set missing: body {id} at tick {t}");
+    }
+    outln!(
+        "border sets carried: {} bytes into region {ra}, {} into region {rb}; {} body-ticks near          the border{}",
+        audit.border_bytes.0,
+        audit.border_bytes.1,
+        audit.near_border_body_ticks,
+        audit
+            .bytes_per_tick_per_100_near()
+            .map_or(String::new(), |b| format!(
+                ": {b} bytes per tick per 100 bodies near it"
+            ))
+    );
+    for (t, id) in audit.doubled.iter().take(20) {
+        outln!("two owners: body {id} at tick {t}");
+    }
+    for (t, id) in audit.gone.iter().take(20) {
+        outln!("gone: body {id} at tick {t} (in neither region, kept by neither)");
+    }
+    if !audit.safe() {
+        bail!(
+            "{} body-ticks with two owners, {} bodies gone, {} body-ticks without owner with \
+             no border set missing",
+            audit.doubled.len(),
+            audit.gone.len(),
+            audit.unowned_unexplained.len()
+        );
+    }
+    outln!("every body had one owner after every tick, or was kept by its source");
+    Ok(())
+}
+
 /// `metatopia desync DIR_A DIR_B`: the first tick whose logged region hash
 /// differs, then both states after it, rebuilt read-only from each
 /// directory's nearest snapshot and its log, compared field by field.
 fn desync_dirs(a: &Path, b: &Path) -> Result<()> {
-    let open = |dir: &Path| -> Result<Store> {
-        match Store::open_read_only(&dir.join("world.redb")) {
-            Ok(s) => Ok(s),
-            Err(StoreError::Empty) => bail!("no world in {}", dir.display()),
-            Err(StoreError::InUse(_)) => bail!(
-                "the world in {} is open in a running node; stop it first (desync only reads, \
-                 but the database admits no reader beside its writer)",
-                dir.display()
-            ),
-            Err(e) => bail!("{}: {e}", dir.display()),
-        }
-    };
-    let (sa, sb) = (open(a)?, open(b)?);
+    let (sa, sb) = (open_stopped(a, "desync")?, open_stopped(b, "desync")?);
     let (ga, gb) = (sa.genesis_hash()?, sb.genesis_hash()?);
     if ga != gb {
         let show = |g: Option<[u8; 32]>| g.map_or("none".into(), |h| hex(&h));

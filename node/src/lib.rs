@@ -4,9 +4,10 @@
 //! [`cli::run`]; everything else lives here so that tests can drive it.
 //!
 //! Layout:
-//! - [`cli`]: the verbs (`up`, `status`, `say`, `act`, `run`, `replay`, `desync`).
+//! - [`cli`]: the verbs (`up`, `status`, `say`, `act`, `run`, `replay`, `desync`, `handoffs`).
 //! - [`config`]: `DIR/node.toml`: services and limits.
 //! - [`desync`]: desync reports: the first diverging tick, and which element and field differ.
+//! - [`handoffs`]: body ownership across two neighbouring regions, checked after every tick of their logs.
 //! - [`datadir`]: the data directory: keys, token, lock, where the node listens.
 //! - [`store`]: redb persistence: genesis, batch log with checkpoints, snapshots, recovery.
 //! - [`replica`]: the sans-IO replica core, its wire types and the region manifest.
@@ -42,6 +43,7 @@ pub mod content;
 pub mod datadir;
 pub mod desync;
 pub mod faults;
+pub mod handoffs;
 pub mod http;
 pub mod listener;
 pub mod out;

@@ -22,6 +22,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use metatopia_physics::Region;
+use metatopia_physics::region::RegionReport;
 use metatopia_sim::snapshot::{self, DecodeError};
 use metatopia_sim::{ScriptHost, hex};
 
@@ -318,7 +319,7 @@ impl Store {
                 message: "no log record".into(),
             })?;
             let report = region
-                .tick(&record.proposal.batch(), host, &[])
+                .tick(&record.proposal.batch(), host, &record.proposal.inbox())
                 .map_err(|e| StoreError::Broken {
                     tick,
                     message: e.to_string(),
@@ -563,12 +564,13 @@ impl Store {
     }
 
     /// Re-executes the log from `region` to the end, checking every
-    /// checkpoint. `on_tick` sees each verified tick.
+    /// checkpoint. `on_tick` sees each verified tick: the region after it,
+    /// its log record and what the tick did (its border outbox, say).
     pub fn replay_from(
         &self,
         region: &mut Region,
         host: &dyn ScriptHost,
-        mut on_tick: impl FnMut(&Region),
+        mut on_tick: impl FnMut(&Region, &LogRecord, &RegionReport),
     ) -> Result<u64, StoreError> {
         let from = region.tick_number();
         let manifest = self.manifest()?.ok_or(StoreError::Empty)?;
@@ -624,7 +626,7 @@ impl Store {
                 });
             }
             count += 1;
-            on_tick(region);
+            on_tick(region, &record, &report);
         }
         Ok(count)
     }
@@ -642,7 +644,7 @@ impl Store {
             match self.verified_snapshot(tick) {
                 Ok(region) => {
                     let mut region = region;
-                    let replayed = self.replay_from(&mut region, host, |_| {})?;
+                    let replayed = self.replay_from(&mut region, host, |_, _, _| {})?;
                     return Ok((
                         region,
                         Recovery {
@@ -714,7 +716,7 @@ impl Store {
         let mut region = self.verified_snapshot(0)?;
         let snapshot_ticks = self.snapshot_ticks()?;
         let mut snapshot_error = None;
-        let count = self.replay_from(&mut region, host, |r| {
+        let count = self.replay_from(&mut region, host, |r, _, _| {
             let tick = r.tick_number();
             if snapshot_error.is_none() && snapshot_ticks.binary_search(&tick).is_ok() {
                 match self.snapshot_bytes(tick) {

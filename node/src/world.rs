@@ -893,6 +893,12 @@ pub fn start_member(
     let key = hosted.key.clone();
     let genesis = hosted.manifest.genesis_digest();
     let members_ids = hosted.manifest.members.clone();
+    // A primary waiting for a neighbour's border set is not silent.
+    let timing = if membership.neighbours.is_empty() {
+        simplex::Timing::default()
+    } else {
+        simplex::Timing::default().with_border_wait(config.border_wait_ms)
+    };
     let Parts {
         handle,
         mut rx,
@@ -963,7 +969,7 @@ pub fn start_member(
                     &members_ids,
                     genesis,
                     "simplex".into(),
-                    &simplex::Timing::default(),
+                    &timing,
                     net::Blocker::default(),
                     app,
                     votes,

@@ -475,6 +475,20 @@ impl Region {
         }
     }
 
+    /// The bodies of groups released at a switch and kept here until the
+    /// target's verdict (owned by the target if it adopted them, by nobody
+    /// if it did not), in id order.
+    pub fn kept_bodies(&self) -> Vec<ElementId> {
+        let mut ids: Vec<ElementId> = self
+            .border
+            .released
+            .values()
+            .flat_map(|r| r.bodies.iter().map(|b| b.id))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     fn origin(&self) -> Vec3 {
         self.cfg.bounds.min
     }

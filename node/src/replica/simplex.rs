@@ -424,6 +424,24 @@ pub enum StartError {
 }
 
 impl Timing {
+    /// The timing for a primary that may wait up to `border_wait_ms` for
+    /// a neighbour's border set before it proposes (ADR 0013): the leader,
+    /// certification and stall timeouts grow by the wait, so a primary
+    /// waiting as configured is not taken for a silent one. With the
+    /// default timeouts a wait above the leader timeout (150 ms) had every
+    /// waiting primary nullified, and the next one waited again: two
+    /// groups each missing the other's set never proposed again.
+    pub fn with_border_wait(mut self, border_wait_ms: u64) -> Timing {
+        self.leader_timeout_ms = self.leader_timeout_ms.saturating_add(border_wait_ms);
+        self.certification_timeout_ms =
+            self.certification_timeout_ms.saturating_add(border_wait_ms);
+        self.stall_timeout_ms = self.stall_timeout_ms.saturating_add(border_wait_ms);
+        self.skip_timeout_ms = self
+            .skip_timeout_ms
+            .max(self.certification_timeout_ms.saturating_add(1));
+        self
+    }
+
     /// Checks the rules the engine asserts (it panics otherwise).
     pub fn check(&self) -> Result<(), StartError> {
         let rule = |ok: bool, what: &str| {
@@ -536,4 +554,22 @@ where
     };
     let engine = SimplexEngine::new(context, cfg);
     Ok(engine.start(votes, certificates, resolver))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Timing;
+
+    #[test]
+    fn a_primary_waiting_for_border_sets_outlasts_no_timeout() {
+        for wait in [0, 20, 250, 10_000] {
+            let t = Timing::default().with_border_wait(wait);
+            assert!(t.check().is_ok(), "{wait}: {t:?}");
+            // The leader has the default's time to propose after its wait.
+            assert_eq!(
+                t.leader_timeout_ms,
+                Timing::default().leader_timeout_ms + wait
+            );
+        }
+    }
 }

@@ -275,3 +275,6 @@ pub fn observer_agrees(node: &Node, members: usize) -> Option<u64> {
         })
         .and_then(|c| c["tick"].as_u64())
 }
+
+/// Two replica groups hosting neighbouring regions.
+pub mod border;
