@@ -19,8 +19,13 @@
 //!    every box is pushed back inside; groups offered at `t - 1` send their
 //!    final data; owned bodies within `margin` of a neighbour's box are
 //!    sent to it as ghosts.
-//! 5. The region hash is `blake3(sim hash || physics digest || border
-//!    state || pending events)`.
+//! 5. Chat lines and script messages (`BorderMessage::Remote`, ADR 0016):
+//!    the items the sim handed out are queued for the neighbours they
+//!    concern and sent, numbered, with our acknowledgement of theirs
+//!    (step 1 took theirs: only the next number expected from each
+//!    neighbour goes to the sim, so each is applied once).
+//! 6. The region hash is `blake3(sim hash || physics digest || border
+//!    state || pending events [|| links, once not empty])`.
 //!
 //! Handoff of a group G from Y to Z (G World Engine): Y sends `Offer` at the
 //! end of `t` (switch tick `t + 2`); Z accepts or refuses by capacity at
