@@ -44,8 +44,10 @@ impl World {
     /// Alice online in both regions (at x = 20 in region 1), Bob in
     /// region 2 at world x = 66.
     fn new() -> World {
-        let mut settings = Settings::default();
-        settings.inputs_per_player_per_tick_max = 64;
+        let settings = Settings {
+            inputs_per_player_per_tick_max: 64,
+            ..Settings::default()
+        };
         let cluster = Cluster::grid(2, 1, 64, 256, &settings, &[ALICE], |_| {});
         let mut w = World {
             cluster,

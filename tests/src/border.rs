@@ -392,13 +392,13 @@ impl Harness {
                 self.submit(r2, attach(TALK_INBOX, "journal"));
                 self.submit(r1, attach(TALK_RELAY, "relay"));
             }
-            800..=1_400 if since % 100 == 0 => {
+            800..=1_400 if since.is_multiple_of(100) => {
                 let x = 56_000 + (since as i64 - 800) / 100 * 1_000;
                 self.submit(r1, walk(ElementId::new(1, 1), x));
             }
             _ => {}
         }
-        if since >= 1_500 && since % 100 == 0 && (since - 1_500) / 100 < u64::from(lines) {
+        if since >= 1_500 && since.is_multiple_of(100) && (since - 1_500) / 100 < u64::from(lines) {
             let i = (since - 1_500) / 100;
             self.submit(
                 r1,
