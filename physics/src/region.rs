@@ -19,8 +19,13 @@
 //!    every box is pushed back inside; groups offered at `t - 1` send their
 //!    final data; owned bodies within `margin` of a neighbour's box are
 //!    sent to it as ghosts.
-//! 5. The region hash is `blake3(sim hash || physics digest || border
-//!    state || pending events)`.
+//! 5. Chat lines and script messages (`BorderMessage::Remote`, ADR 0016):
+//!    the items the sim handed out are queued for the neighbours they
+//!    concern and sent, numbered, with our acknowledgement of theirs
+//!    (step 1 took theirs: only the next number expected from each
+//!    neighbour goes to the sim, so each is applied once).
+//! 6. The region hash is `blake3(sim hash || physics digest || border
+//!    state || pending events [|| links, once not empty])`.
 //!
 //! Handoff of a group G from Y to Z (G World Engine): Y sends `Offer` at the
 //! end of `t` (switch tick `t + 2`); Z accepts or refuses by capacity at
@@ -50,12 +55,13 @@
 //! `Influences`, which Z applies at its next tick (or passes on if the body
 //! moved on).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use metatopia_sim::input::Batch;
 use metatopia_sim::physics::{
     self, BodyTransfer, BorderMessage, Envelope, PhysicsEvent, PhysicsInbox, Transfer, is_influence,
 };
+use metatopia_sim::remote::{Outbound, Remote};
 use metatopia_sim::snapshot::{self, DecodeError};
 use metatopia_sim::state::{Settings, State};
 use metatopia_sim::step::{StepError, TickReport};
@@ -228,6 +234,68 @@ struct Border {
     influences_dropped: u64,
 }
 
+/// Most items waiting for a neighbour's acknowledgement, per neighbour;
+/// more are dropped and counted ([`RemoteCounts::dropped`]).
+pub const REMOTE_QUEUE_MAX: usize = 1024;
+/// An item not acknowledged this many ticks after it was sent is sent
+/// again (an acknowledgement takes two ticks on a link that is on time).
+pub const REMOTE_RESEND_TICKS: u64 = 2;
+
+/// An item for a neighbour, waiting for its acknowledgement.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+struct Queued {
+    seq: u64,
+    /// The tick it was last sent at, if it was.
+    sent: Option<u64>,
+    /// World coordinates.
+    item: Remote,
+}
+
+/// Our stream of items to one neighbour.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+struct OutLink {
+    /// The number of the next item.
+    next: u64,
+    /// Items not yet acknowledged, ascending numbers.
+    queue: VecDeque<Queued>,
+}
+
+/// Counters of the chat lines and script messages between regions.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct RemoteCounts {
+    /// Items queued for neighbours (a chat line once per neighbour in range).
+    pub queued: u64,
+    /// Items sent again for want of an acknowledgement.
+    pub resent: u64,
+    /// Items not queued: the neighbour's queue was full
+    /// ([`REMOTE_QUEUE_MAX`]), or the item would break the wire limits.
+    pub dropped: u64,
+    /// Messages addressed to a region that is not a neighbour.
+    pub unroutable: u64,
+    /// Items from neighbours applied by the sim.
+    pub delivered: u64,
+    /// Items from neighbours the sim refused (an address that does not
+    /// resolve here, text over this region's limit).
+    pub refused: u64,
+    /// Items from neighbours received again (already taken).
+    pub duplicates: u64,
+    /// Items from neighbours received ahead of one missing (not taken;
+    /// they come again).
+    pub early: u64,
+}
+
+/// The streams of chat lines and script messages with neighbours. Part of
+/// the region hash and snapshot only once it is not empty, so regions that
+/// never sent or got one keep the hashes and snapshots they had.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+struct Links {
+    /// Per neighbour: our items it has not acknowledged.
+    out: BTreeMap<RegionId, OutLink>,
+    /// Per neighbour: the number of the next item we take from it.
+    next_in: BTreeMap<RegionId, u64>,
+    counts: RemoteCounts,
+}
+
 /// Counters of the border protocol.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct BorderCounts {
@@ -280,6 +348,7 @@ pub struct Region {
     sim: Sim,
     space: Space,
     border: Border,
+    links: Links,
     /// This tick's physics events, for the main sim's next tick.
     pending: Vec<PhysicsEvent>,
     hash: [u8; 32],
@@ -295,6 +364,7 @@ fn rank(m: &BorderMessage) -> u8 {
         BorderMessage::Influences { .. } => 5,
         BorderMessage::Ghosts { .. } => 6,
         BorderMessage::Ask { .. } => 7,
+        BorderMessage::Remote { .. } => 8,
     }
 }
 
@@ -324,6 +394,9 @@ struct Received<'a> {
     forward: BTreeMap<RegionId, Vec<physics::Command>>,
     /// Forwarded influences received, applied after every switch.
     late: Vec<&'a physics::Command>,
+    /// Neighbours whose items we received this tick (acknowledged in this
+    /// tick's outbox).
+    acks: BTreeSet<RegionId>,
 }
 
 impl Received<'_> {
@@ -339,6 +412,7 @@ impl Received<'_> {
             outbox: Vec::new(),
             forward: BTreeMap::new(),
             late: Vec::new(),
+            acks: BTreeSet::new(),
         }
     }
 }
@@ -374,7 +448,14 @@ impl Region {
         }
         let state = State::new(cfg.id, settings, founders);
         let space = Space::new(cfg.space);
-        Region::assemble(cfg, state, space, Border::default(), Vec::new())
+        Region::assemble(
+            cfg,
+            state,
+            space,
+            Border::default(),
+            Links::default(),
+            Vec::new(),
+        )
     }
 
     /// A region from its parts, with its hash computed.
@@ -383,6 +464,7 @@ impl Region {
         state: State,
         space: Space,
         border: Border,
+        links: Links,
         pending: Vec<PhysicsEvent>,
     ) -> Region {
         let mut region = Region {
@@ -390,6 +472,7 @@ impl Region {
             sim: Sim::new(state),
             space,
             border,
+            links,
             pending,
             hash: [0; 32],
         };
@@ -427,7 +510,14 @@ impl Region {
                 vehicle,
             });
         }
-        Region::assemble(cfg, state, space, Border::default(), Vec::new())
+        Region::assemble(
+            cfg,
+            state,
+            space,
+            Border::default(),
+            Links::default(),
+            Vec::new(),
+        )
     }
 
     /// The configuration.
@@ -489,6 +579,17 @@ impl Region {
         ids
     }
 
+    /// Counters of the chat lines and script messages exchanged with
+    /// neighbours.
+    pub fn remote_counts(&self) -> RemoteCounts {
+        self.links.counts
+    }
+
+    /// Items queued for neighbours and not yet acknowledged.
+    pub fn remote_unacked(&self) -> u64 {
+        self.links.out.values().map(|o| o.queue.len() as u64).sum()
+    }
+
     fn origin(&self) -> Vec3 {
         self.cfg.bounds.min
     }
@@ -513,6 +614,10 @@ impl Region {
         let mut buf = Vec::new();
         postcard::to_io(&(&self.border, &self.pending), &mut buf)
             .expect("postcard encoding into a Vec cannot fail");
+        if self.links != Links::default() {
+            postcard::to_io(&self.links, &mut buf)
+                .expect("postcard encoding into a Vec cannot fail");
+        }
         h.update(&buf);
         *h.finalize().as_bytes()
     }
@@ -552,14 +657,18 @@ impl Region {
         self.deadlines(&mut work);
         self.expire_forwards(&mut work);
         let sim_report = self.sim.step_with_physics(batch, host, &work.sim)?;
+        self.links.counts.delivered += u64::from(sim_report.remote_delivered);
+        self.links.counts.refused += u64::from(sim_report.remote_refused);
         let commands = self.route_commands(&sim_report.physics, origin, &mut work);
         let Received {
             forward,
             mut outbox,
             events: mut events_out,
+            acks,
             ..
         } = work;
         self.send_influences(now, forward, &mut outbox);
+        self.send_remote(now, &sim_report.remote, &acks, &mut outbox);
         let step_events = self.space.step(&commands);
         let offers = self.borders(now, &mut outbox);
         self.send_finals(now, &mut outbox);
@@ -628,7 +737,134 @@ impl Region {
             BorderMessage::Ghosts { bodies } => {
                 self.space.set_ghosts(env.from, bodies);
             }
+            BorderMessage::Remote { ack, items } => self.remote_in(env.from, *ack, items, work),
         }
+    }
+
+    /// `from`'s chat lines and messages, and its acknowledgement of ours:
+    /// acknowledged items leave our queue; an item is handed to the sim
+    /// if it is the next `from` numbered, counted as a duplicate if we
+    /// took it before, as early if one before it is missing (it comes
+    /// again). Anything received is acknowledged this tick.
+    fn remote_in(
+        &mut self,
+        from: RegionId,
+        ack: u64,
+        items: &[(u64, Remote)],
+        work: &mut Received<'_>,
+    ) {
+        if let Some(link) = self.links.out.get_mut(&from) {
+            while link.queue.front().is_some_and(|q| q.seq < ack) {
+                link.queue.pop_front();
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        work.acks.insert(from);
+        let to_here = Vec3::ZERO.saturating_sub(self.origin());
+        let next = self.links.next_in.entry(from).or_default();
+        for (seq, item) in items {
+            if *seq == *next {
+                *next += 1;
+                work.sim.remote.push((from, item.shifted(to_here)));
+            } else if *seq < *next {
+                self.links.counts.duplicates += 1;
+            } else {
+                self.links.counts.early += 1;
+            }
+        }
+    }
+
+    /// After the sim: queues what it said and sent for the neighbours it
+    /// concerns (a chat line for every neighbour whose box is within its
+    /// radius, a message for the region it names), then sends each
+    /// neighbour its items not yet sent, or, when the oldest is not
+    /// acknowledged [`REMOTE_RESEND_TICKS`] after it was sent, its items
+    /// from the oldest on (at most
+    /// [`REMOTE_ITEMS_MAX`](metatopia_sim::physics::REMOTE_ITEMS_MAX) a
+    /// tick, oldest first) with our acknowledgement of its items; a
+    /// neighbour with nothing to send or acknowledge gets no envelope.
+    fn send_remote(
+        &mut self,
+        now: u64,
+        made: &[Outbound],
+        acks: &BTreeSet<RegionId>,
+        outbox: &mut Vec<Envelope>,
+    ) {
+        let origin = self.origin();
+        for o in made {
+            let item = o.item.shifted(origin);
+            match (o.to, &item) {
+                (None, Remote::Chat { pos, radius, .. }) => {
+                    let near: Vec<RegionId> = self
+                        .cfg
+                        .neighbours
+                        .iter()
+                        .filter(|(_, b)| b.outside_by(*pos) <= *radius)
+                        .map(|(r, _)| *r)
+                        .collect();
+                    for to in near {
+                        self.queue_remote(to, item.clone());
+                    }
+                }
+                (Some(to), _) if self.neighbour(to).is_some() => self.queue_remote(to, item),
+                _ => self.links.counts.unroutable += 1,
+            }
+        }
+        let neighbours: Vec<RegionId> = self.cfg.neighbours.iter().map(|(r, _)| *r).collect();
+        for to in neighbours {
+            let mut items = Vec::new();
+            if let Some(link) = self.links.out.get_mut(&to) {
+                // Go back: if the oldest item is due again, everything
+                // from it is sent again (the receiver takes items only
+                // in order); else only what was never sent.
+                let again = link.queue.front().is_some_and(|q| {
+                    q.sent
+                        .is_some_and(|at| at.saturating_add(REMOTE_RESEND_TICKS) <= now)
+                });
+                for q in link.queue.iter_mut() {
+                    if items.len() == metatopia_sim::physics::REMOTE_ITEMS_MAX {
+                        break;
+                    }
+                    if q.sent.is_some() && !again {
+                        continue;
+                    }
+                    if q.sent.is_some() {
+                        self.links.counts.resent += 1;
+                    }
+                    q.sent = Some(now);
+                    items.push((q.seq, q.item.clone()));
+                }
+            }
+            if items.is_empty() && !acks.contains(&to) {
+                continue;
+            }
+            let ack = self.links.next_in.get(&to).copied().unwrap_or(0);
+            outbox.push(Envelope {
+                from: self.cfg.id,
+                to,
+                tick: now,
+                msg: BorderMessage::Remote { ack, items },
+            });
+        }
+    }
+
+    /// Queues an item (world coordinates) for `to`, or drops and counts
+    /// it if the queue is full or the item breaks the wire limits.
+    fn queue_remote(&mut self, to: RegionId, item: Remote) {
+        let link = self.links.out.entry(to).or_default();
+        if link.queue.len() >= REMOTE_QUEUE_MAX || !item.valid() {
+            self.links.counts.dropped += 1;
+            return;
+        }
+        link.queue.push_back(Queued {
+            seq: link.next,
+            sent: None,
+            item,
+        });
+        link.next += 1;
+        self.links.counts.queued += 1;
     }
 
     /// `from` refused our offer of `root`: it stays here, back inside,
@@ -1298,23 +1534,56 @@ impl Region {
     pub fn snapshot(&self) -> Vec<u8> {
         let sim = snapshot::encode_state(self.sim.state());
         let space = self.space.snapshot();
-        snapshot::encode(
-            SNAPSHOT_MAGIC,
-            &(&self.cfg, &sim, &space, &self.border, &self.pending),
-        )
+        if self.links == Links::default() {
+            snapshot::encode(
+                SNAPSHOT_MAGIC,
+                &(&self.cfg, &sim, &space, &self.border, &self.pending),
+            )
+        } else {
+            snapshot::encode(
+                SNAPSHOT_MAGIC,
+                &(
+                    &self.cfg,
+                    &sim,
+                    &space,
+                    &self.border,
+                    &self.pending,
+                    &self.links,
+                ),
+            )
+        }
     }
 
     /// A region from [`Region::snapshot`] bytes.
+    ///
+    /// A region that never exchanged chat or messages with a neighbour
+    /// has no links part (as before links existed); one that did has it
+    /// last. A links part that is empty is not canonical.
     pub fn restore(bytes: &[u8]) -> Result<Region, DecodeError> {
-        let (cfg, sim, space, border, pending): (
+        type Parts = (RegionConfig, Vec<u8>, Vec<u8>, Border, Vec<PhysicsEvent>);
+        type WithLinks = (
             RegionConfig,
             Vec<u8>,
             Vec<u8>,
             Border,
             Vec<PhysicsEvent>,
-        ) = snapshot::decode(SNAPSHOT_MAGIC, bytes)?;
+            Links,
+        );
+        let (cfg, sim, space, border, pending, links) =
+            match snapshot::decode::<Parts>(SNAPSHOT_MAGIC, bytes) {
+                Ok((cfg, sim, space, border, pending)) => {
+                    (cfg, sim, space, border, pending, Links::default())
+                }
+                Err(first) => match snapshot::decode::<WithLinks>(SNAPSHOT_MAGIC, bytes) {
+                    Ok(parts) if parts.5 == Links::default() => {
+                        return Err(DecodeError::NonCanonical);
+                    }
+                    Ok(parts) => parts,
+                    Err(_) => return Err(first),
+                },
+            };
         let state = snapshot::decode_state(&sim)?;
         let space = Space::restore(&space)?;
-        Ok(Region::assemble(cfg, state, space, border, pending))
+        Ok(Region::assemble(cfg, state, space, border, links, pending))
     }
 }

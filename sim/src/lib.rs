@@ -17,6 +17,7 @@
 //! - [`order`]: tick seeds and canonical inbox order.
 //! - [`script`]: the script host trait.
 //! - [`physics`]: messages to and from the physics sim and between regions.
+//! - [`remote`]: chat lines and script messages between regions.
 //! - [`step`]: the tick.
 //! - [`table`]: ordered maps whose entries carry their own hash.
 //! - [`timers`]: the pending script timers, grouped by due tick.
@@ -37,6 +38,7 @@ pub mod input;
 pub mod order;
 pub mod physics;
 pub mod rejection;
+pub mod remote;
 pub mod script;
 pub mod script_event;
 pub mod snapshot;

@@ -13,7 +13,8 @@
 //! - [`PhysicsInbox`]: what the region tick feeds the main sim: last tick's
 //!   events and the element subtrees whose ownership switches this tick.
 //! - [`Envelope`] / [`BorderMessage`]: ghosts and ownership handoff between
-//!   regions, delivered as inputs of the receiving region's next batch.
+//!   regions, and chat lines and script messages ([`crate::remote`]),
+//!   delivered as inputs of the receiving region's next batch.
 //!   [`decode_envelope`] is the check-then-parse decoder for untrusted bytes.
 //!
 //! Rounding rule (floats never enter `sim`): the physics side converts an
@@ -186,6 +187,11 @@ pub struct PhysicsInbox {
     /// them is still accepted (same permission rules) and its command is
     /// forwarded to the new owner by the region.
     pub forwarded: Vec<(ElementId, Option<crate::PlayerId>)>,
+    /// Chat lines and script messages from neighbours (positions in this
+    /// region's coordinates), with the sending region, in canonical order
+    /// (by sending region, then by the sender's numbering). Applied after
+    /// the physics events, before last tick's queued script events.
+    pub remote: Vec<(RegionId, crate::remote::Remote)>,
 }
 
 /// A body's dynamic state, quantized, in world coordinates.
@@ -304,6 +310,18 @@ pub enum BorderMessage {
         /// The handoff's switch tick.
         switch_tick: u64,
     },
+    /// Chat lines and script messages for the receiver (positions in
+    /// world coordinates), numbered by the sender per receiver from 0 and
+    /// sent again until acknowledged, and the sender's acknowledgement of
+    /// the receiver's own: every item it took below `ack`. The receiver
+    /// applies an item only if its number is the next it expects, so each
+    /// is applied exactly once and in order (docs/adr/0016).
+    Remote {
+        /// The next number the sender expects from the receiver.
+        ack: u64,
+        /// Items, ascending numbers.
+        items: Vec<(u64, crate::remote::Remote)>,
+    },
 }
 
 /// Whether a command may travel as a forwarded influence (it acts on a
@@ -342,6 +360,8 @@ pub const TRANSFER_ELEMENTS_MAX: usize = 1024;
 pub const INFLUENCES_MAX: usize = 4096;
 /// Most timers or mailbox entries in one handoff.
 pub const TRANSFER_PENDING_MAX: usize = 65_536;
+/// Most items in one [`BorderMessage::Remote`].
+pub const REMOTE_ITEMS_MAX: usize = 64;
 /// Largest encoded border envelope, bytes.
 pub const BORDER_BYTES_MAX: usize = 16 * 1024 * 1024;
 
@@ -394,6 +414,22 @@ impl Envelope {
                     return bad(format!(
                         "switch tick {switch_tick} is not after tick {}",
                         self.tick
+                    ));
+                }
+            }
+            BorderMessage::Remote { items, .. } => {
+                if items.len() > REMOTE_ITEMS_MAX {
+                    return bad(format!(
+                        "{} remote items, limit {REMOTE_ITEMS_MAX}",
+                        items.len()
+                    ));
+                }
+                if !items.windows(2).all(|w| w[0].0 < w[1].0) {
+                    return bad("remote items not in ascending order".into());
+                }
+                if let Some((n, _)) = items.iter().find(|(_, r)| !r.valid()) {
+                    return bad(format!(
+                        "remote item {n} is empty, too long or has no radius"
                     ));
                 }
             }

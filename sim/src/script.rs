@@ -75,6 +75,10 @@ pub struct ScriptOutput {
     pub writes: Vec<Write>,
     /// Messages to other scripts, delivered next tick: (target, body).
     pub sends: Vec<(ElementId, String)>,
+    /// Messages to scripts of other regions: (region, target, body),
+    /// delivered at the neighbour's tick whose batch carries them (next
+    /// tick when the link is on time). One to this region is a local send.
+    pub remote_sends: Vec<(crate::id::RegionId, ElementId, String)>,
     /// Chat lines said from the script's element: (text, radius).
     pub says: Vec<(String, Option<crate::fx::Fx>)>,
     /// Timers to set: (timer id, delay in ticks, at least 1).

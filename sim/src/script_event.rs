@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ElementId, PlayerId};
+use crate::id::{ElementId, PlayerId, RegionId};
 
 /// Who said a chat line.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -71,6 +71,16 @@ pub enum ScriptEventKind {
         element: ElementId,
         /// What it touched.
         other: ElementId,
+    },
+    /// A message from a script of another region (`send(target, text,
+    /// region)` there), delivered exactly once.
+    RemoteMessage {
+        /// The sending script's region.
+        region: RegionId,
+        /// The sending script.
+        from: ElementId,
+        /// The message.
+        body: String,
     },
 }
 

@@ -6,7 +6,8 @@
 //! 2. `tick_seed = blake3(hash(S_t) || t)`.
 //! 3. The physics inbox applies (only through [`step_with_physics`]):
 //!    subtrees whose ownership leaves, then those that arrive, then last
-//!    tick's physics events (moved, collided, at rest) in their order.
+//!    tick's physics events (moved, collided, at rest) in their order,
+//!    then chat lines and script messages from neighbouring regions.
 //!    Events queued last tick (script messages and chat) and timers due at
 //!    `t` go to their scripts' inboxes.
 //! 4. The temp-admin rule is evaluated at the batch's time.
@@ -24,7 +25,7 @@
 //!
 //! Layout: the step's work in progress is `Work`, one phase a file
 //! under `step/`: `deliver.rs` (step 3), `admin_rule.rs` (step 4),
-//! `inputs.rs` with `admin_input.rs`, `bodies.rs` and `chat.rs` (step 5),
+//! `remote.rs` (step 3, neighbours' items), `inputs.rs` with `admin_input.rs`, `bodies.rs` and `chat.rs` (step 5),
 //! `inbox.rs` (the inboxes and their order) and `run.rs` (step 6),
 //! `merge.rs` (step 7).
 
@@ -45,6 +46,7 @@ mod deliver;
 mod inbox;
 mod inputs;
 mod merge;
+mod remote;
 mod run;
 
 /// Why a batch cannot be executed. The state is unchanged.
@@ -89,6 +91,16 @@ pub struct TickReport {
     pub inbox_dropped: u32,
     /// Commands for this tick's physics step, in issue order.
     pub physics: Vec<physics::Command>,
+    /// Chat lines with a radius said this tick and messages scripts sent
+    /// to other regions, in the order made, for the region to route to
+    /// its neighbours (lines heard from neighbours are not among them).
+    pub remote: Vec<crate::remote::Outbound>,
+    /// Items from neighbours applied this tick.
+    pub remote_delivered: u32,
+    /// Items from neighbours refused this tick: a message to an element
+    /// that is not a live script here, or text over this region's limit.
+    /// Nothing else changes.
+    pub remote_refused: u32,
 }
 
 /// A sim: a state with its hash, stepped by batches.
@@ -195,6 +207,7 @@ fn run_tick(
     };
     work.state.time_ms = batch.time_ms;
     work.apply_physics(physics);
+    work.apply_remote(&physics.remote);
     work.deliver_pending();
     work.update_temp_admin();
     work.apply_inputs(&batch.inputs);

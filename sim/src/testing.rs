@@ -36,6 +36,14 @@ pub enum Rule {
     /// Counts its events in its state (a decimal number) and sets timer 1
     /// for the next tick: the script of the 10k-script benches.
     Ticker,
+    /// Sends each event's description (but timers') to `target` in
+    /// `region` (a message to another region).
+    RemoteRelay {
+        /// The receiving script's region.
+        region: crate::id::RegionId,
+        /// The receiving script.
+        target: ElementId,
+    },
     /// Burns work proportional to `n` (a loop of hashes), then counts.
     Busy {
         /// Rounds of work per event.
@@ -72,6 +80,9 @@ fn describe(kind: &ScriptEventKind) -> String {
         ScriptEventKind::Entered { player } => format!("enter:{player:?}"),
         ScriptEventKind::Left { player } => format!("left:{player:?}"),
         ScriptEventKind::Collision { element, other } => format!("hit:{element}:{other}"),
+        ScriptEventKind::RemoteMessage { region, from, body } => {
+            format!("rmsg:{region}:{from}:{body}")
+        }
     }
 }
 
@@ -131,6 +142,13 @@ impl ScriptHost for RuleHost {
                     }
                 }
                 out.timers.push((7, 2));
+            }
+            Rule::RemoteRelay { region, target } => {
+                for e in call.inbox {
+                    if !matches!(e.kind, ScriptEventKind::Timer { .. }) {
+                        out.remote_sends.push((*region, *target, describe(&e.kind)));
+                    }
+                }
             }
             Rule::Ticker => {
                 let n = count_of(&call.slot.state) + call.inbox.len() as u64;

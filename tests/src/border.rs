@@ -15,6 +15,13 @@
 //! delay spread, partitions that heal). One group's primary may crash in
 //! the middle of the storm and restart from its log.
 //!
+//! [`talk`] runs the other scene of issue 13: the driver's avatar walks
+//! to the border in region 1 and chats there, within earshot of its avatar
+//! and a journal script in region 2, and a relay script in region 1 sends
+//! every line it hears to that journal (`send(target, text, 2)`): both
+//! cross as numbered, acknowledged items of the certified border sets
+//! (docs/adr/0016), and each must arrive exactly once, link faults or not.
+//!
 //! Checks after every tick both groups have finalized:
 //! - every replica of a group committed the same region hash;
 //! - every body is owned (in its region's sim state) by exactly one of the
@@ -31,6 +38,7 @@ use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use metatopia_node::replica::SourceBook;
 use metatopia_node::replica::core::{Output, To};
 use metatopia_node::replica::wire::player_of;
 use metatopia_node::replica::{
@@ -42,7 +50,8 @@ use metatopia_physics::cluster::Cluster;
 use metatopia_physics::scene::{ball, bouncy, settings, wall};
 use metatopia_sim::input::InputKind;
 use metatopia_sim::physics::BorderMessage;
-use metatopia_sim::{ElementId, Fx, NoScripts, RegionId, Vec3};
+use metatopia_sim::testing::{Rule, RuleHost};
+use metatopia_sim::{ElementId, Fx, RegionId, Vec3};
 
 /// Faults on the link between the two groups (before `heal_at_ms`).
 #[derive(Debug, Clone)]
@@ -128,6 +137,10 @@ struct View {
 
 struct Group {
     manifest: Manifest,
+    /// The scripts' host (rules by source hash) and the sources' texts
+    /// (the rules' names) every member's book holds.
+    host: Arc<RuleHost>,
+    sources: Vec<String>,
     cfg: Config,
     genesis: Vec<u8>,
     nodes: Vec<Node>,
@@ -173,6 +186,8 @@ pub struct Harness {
     out: Outcome,
     bodies: u32,
     spawned: bool,
+    /// The talk scene, when running it: lines to say.
+    talk: Option<u32>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -235,8 +250,11 @@ impl Harness {
                 .expect("the grid has both regions")
                 .snapshot();
             let tip = manifest.genesis_digest();
+            let (host, sources) = talk_host();
             let mut group = Group {
                 manifest,
+                host: Arc::new(host),
+                sources,
                 cfg,
                 genesis,
                 nodes: Vec::new(),
@@ -281,6 +299,7 @@ impl Harness {
             },
             bodies,
             spawned: false,
+            talk: None,
         }
     }
 
@@ -354,6 +373,40 @@ impl Harness {
                 );
                 count += 1;
             }
+        }
+    }
+
+    /// The talk scene's inputs at `since` ms: objects and the avatars'
+    /// places at 400 ms, scripts at 700, the walk to the border from 800
+    /// (1 m a step), then a line every 100 ms from 1,000.
+    fn talk_step(&mut self, since: u64, lines: u32) {
+        let (r1, r2) = (0, 1);
+        match since {
+            400 => {
+                self.submit(r2, create("inbox", 3_000));
+                self.submit(r1, create("relay", 60_000));
+                self.submit(r2, walk(ElementId::new(2, 1), 2_000));
+                self.submit(r1, walk(ElementId::new(1, 1), 55_000));
+            }
+            700 => {
+                self.submit(r2, attach(TALK_INBOX, "journal"));
+                self.submit(r1, attach(TALK_RELAY, "relay"));
+            }
+            800..=1_400 if since.is_multiple_of(100) => {
+                let x = 56_000 + (since as i64 - 800) / 100 * 1_000;
+                self.submit(r1, walk(ElementId::new(1, 1), x));
+            }
+            _ => {}
+        }
+        if since >= 1_500 && since.is_multiple_of(100) && (since - 1_500) / 100 < u64::from(lines) {
+            let i = (since - 1_500) / 100;
+            self.submit(
+                r1,
+                InputKind::Say {
+                    text: format!("n{i}"),
+                    radius: Some(Fx::from_int(10)),
+                },
+            );
         }
     }
 
@@ -601,6 +654,9 @@ impl Harness {
             self.spawned = true;
             self.spawn_storm();
         }
+        if let Some(lines) = self.talk {
+            self.talk_step(since, lines);
+        }
         // Restarts, and the crash of group 2's primary in the middle.
         for g in 0..2 {
             for i in 0..N {
@@ -789,16 +845,20 @@ fn boot(group: &Group, node: &Node) -> Replica {
     let mut digest = group.manifest.genesis_digest();
     for p in node.log.values() {
         region
-            .tick(&p.batch(), &NoScripts, &p.inbox())
+            .tick(&p.batch(), group.host.as_ref(), &p.inbox())
             .expect("a logged proposal executes again");
         digest = p.digest();
+    }
+    let sources = MemSources::default();
+    for text in &group.sources {
+        sources.put(text).expect("a source in memory");
     }
     Replica::new(
         group.cfg.clone(),
         group.manifest.clone(),
         node.key.clone(),
-        Arc::new(NoScripts),
-        Arc::new(MemSources::default()),
+        group.host.clone(),
+        Arc::new(sources),
         region,
         digest,
     )
@@ -818,4 +878,144 @@ pub fn run_seed(seed: u64, bodies: u32, faulty_ms: u64, heal_ms: u64) -> Result<
     };
     let mut h = Harness::new(seed, bodies, link);
     h.run(faulty_ms + heal_ms)
+}
+
+/// The journal script in region 2 (the first object there: the root is
+/// 2.0 and the driver's avatar 2.1).
+pub const TALK_INBOX: ElementId = ElementId::new(2, 2);
+/// The relay script in region 1, 2 m from the border.
+pub const TALK_RELAY: ElementId = ElementId::new(1, 2);
+
+/// The rules of the talk scene, and their sources (the names).
+fn talk_host() -> (RuleHost, Vec<String>) {
+    let mut host = RuleHost::new();
+    host.add("journal", Rule::Journal);
+    host.add(
+        "relay",
+        Rule::RemoteRelay {
+            region: RegionId(2),
+            target: TALK_INBOX,
+        },
+    );
+    (host, vec!["journal".into(), "relay".into()])
+}
+
+fn create(name: &str, x_mm: i64) -> InputKind {
+    InputKind::Create {
+        parent: None,
+        name: name.into(),
+        pos: mm(x_mm, 10_000, 0),
+    }
+}
+
+fn walk(element: ElementId, x_mm: i64) -> InputKind {
+    InputKind::Move {
+        element,
+        to: mm(x_mm, 10_000, 0),
+    }
+}
+
+fn attach(element: ElementId, name: &str) -> InputKind {
+    InputKind::AttachScript {
+        element,
+        source: metatopia_scripts::hash_source(name),
+    }
+}
+
+/// What the talk scene measured.
+#[derive(Debug, Clone, Default)]
+pub struct Talk {
+    /// The harness's outcome (hashes checked at every tick as always).
+    pub outcome: Outcome,
+    /// Lines region 1's finalized batches said (the driver's inputs).
+    pub said: Vec<String>,
+    /// Per line: how often region 2's journal heard it across the border.
+    pub heard: BTreeMap<String, u64>,
+    /// Per line: how often the relay's message carrying it reached the
+    /// journal.
+    pub relayed: BTreeMap<String, u64>,
+    /// Journal lines that are neither.
+    pub other: Vec<String>,
+    /// Region 1's and region 2's counters of items between regions.
+    pub counts: [metatopia_physics::region::RemoteCounts; 2],
+    /// Whether every live replica of region 2 at the same tick has the
+    /// same journal.
+    pub journals_agree: bool,
+}
+
+/// The talk scene: `lines` lines with `link` faults, run for `ms`.
+pub fn talk(seed: u64, lines: u32, link: LinkFaults, ms: u64) -> Result<Talk, String> {
+    let mut h = Harness::new(seed, 0, link);
+    h.spawned = true;
+    h.talk = Some(lines);
+    let outcome = h.run(ms)?;
+    let mut said = Vec::new();
+    for p in h.groups[0].finalized.values() {
+        for s in &p.inputs {
+            if let InputKind::Say { text, .. } = &s.input.kind {
+                said.push(text.clone());
+            }
+        }
+    }
+    let heads: Vec<&Region> = h.groups[1]
+        .nodes
+        .iter()
+        .filter_map(|n| n.core.as_ref().map(|c| c.head()))
+        .collect();
+    let top = heads.iter().map(|r| r.tick_number()).max().unwrap_or(0);
+    let at_top: Vec<&&Region> = heads.iter().filter(|r| r.tick_number() == top).collect();
+    let journal = |r: &Region| -> Vec<String> {
+        r.sim()
+            .state()
+            .elements
+            .get(&TALK_INBOX)
+            .and_then(|e| e.script.as_ref())
+            .map(|s| {
+                String::from_utf8_lossy(&s.state)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = at_top.first().map(|r| journal(r)).unwrap_or_default();
+    let journals_agree = at_top.iter().all(|r| journal(r) == first);
+    let mut t = Talk {
+        outcome,
+        said,
+        journals_agree,
+        ..Talk::default()
+    };
+    let relayed = format!("rmsg:1:{TALK_RELAY}:heard:");
+    for line in first {
+        if let Some(text) = line.strip_prefix(&relayed) {
+            *t.relayed.entry(text.to_string()).or_default() += 1;
+        } else if let Some(text) = line.strip_prefix("heard:") {
+            *t.heard.entry(text.to_string()).or_default() += 1;
+        } else {
+            t.other.push(line);
+        }
+    }
+    for (g, c) in t.counts.iter_mut().enumerate() {
+        if let Some(core) = h.groups[g].nodes.iter().find_map(|n| n.core.as_ref()) {
+            *c = core.head().remote_counts();
+        }
+    }
+    Ok(t)
+}
+
+/// The talk scene with faults drawn from the seed as [`run_seed`] draws
+/// them (loss, duplicates, delays, partitions, a crash of region 2's
+/// primary) for `faulty_ms`, then `heal_ms` without.
+pub fn talk_seed(seed: u64, lines: u32, faulty_ms: u64, heal_ms: u64) -> Result<Talk, String> {
+    let mut pick = ChaCha8Rng::seed_from_u64(seed ^ 0xb0de);
+    let link = LinkFaults {
+        loss: pick.random_range(0.0..0.15),
+        duplicate: pick.random_range(0.0..0.1),
+        delay_ms: (pick.random_range(1..5), pick.random_range(10..30)),
+        partitions: pick.random_bool(0.7),
+        crash_primary: true,
+        heal_at_ms: faulty_ms,
+    };
+    talk(seed, lines, link, faulty_ms + heal_ms)
 }

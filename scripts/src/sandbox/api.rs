@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use mlua::{Lua, MultiValue, Table, Value};
 
 use metatopia_sim::script::Write;
-use metatopia_sim::{ElementId, State, Vec3};
+use metatopia_sim::{ElementId, RegionId, State, Vec3};
 
 use super::args::{check_text, element_arg, fx_arg, int_arg, text_arg};
 use super::context::{Ctx, in_call, with_ctx};
@@ -132,13 +132,35 @@ fn host_say(a: &[Arg; 4]) -> mlua::Result<Ret> {
     })
 }
 
+/// `send(target, text [, region])`: without a region (or with this
+/// region's id) a message to a script here; with another region's id, to
+/// the script `target` of that region (docs/adr/0016).
 fn host_send(a: &[Arg; 4]) -> mlua::Result<Ret> {
     let target = element_arg(&a[0], "send: target")?;
     let body = text_arg(&a[1], "send: message")?;
-    with_ctx(|ctx, _| {
+    let region = match &a[2] {
+        Arg::Nil => None,
+        v => {
+            let r = int_arg(v, "send: region")?;
+            Some(RegionId(u32::try_from(r).map_err(|_| {
+                rt(format!(
+                    "send: region must be a region id (0..=4294967295), got {r}"
+                ))
+            })?))
+        }
+    };
+    with_ctx(|ctx, world| {
         check_text(&body, ctx.limits.text_bytes, "send: message")?;
         push_send_count(ctx)?;
-        ctx.out.sends.push((target, body));
+        match region {
+            Some(r) if r != world.region => {
+                if body.is_empty() {
+                    return Err(rt("send: a message to another region cannot be empty"));
+                }
+                ctx.out.remote_sends.push((r, target, body));
+            }
+            _ => ctx.out.sends.push((target, body)),
+        }
         Ok(Ret::None)
     })
 }
@@ -224,7 +246,7 @@ fn body_write(a: &[Arg; 4], name: &str, impulse: bool) -> mlua::Result<Ret> {
 }
 
 fn push_send_count(ctx: &mut Ctx) -> mlua::Result<()> {
-    let n = ctx.out.sends.len() + ctx.out.says.len();
+    let n = ctx.out.sends.len() + ctx.out.says.len() + ctx.out.remote_sends.len();
     if n as u64 >= u64::from(ctx.limits.sends_max) {
         return Err(rt(format!(
             "too many messages in one tick (limit {})",

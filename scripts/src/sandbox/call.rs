@@ -83,7 +83,7 @@ fn handler_index(kind: &ScriptEventKind) -> usize {
     match kind {
         ScriptEventKind::Touched { .. } => 0,
         ScriptEventKind::Heard { .. } => 1,
-        ScriptEventKind::Message { .. } => 2,
+        ScriptEventKind::Message { .. } | ScriptEventKind::RemoteMessage { .. } => 2,
         ScriptEventKind::Timer { .. } => 3,
         ScriptEventKind::Entered { .. } => 4,
         ScriptEventKind::Left { .. } => 5,
@@ -234,6 +234,12 @@ impl Sandbox {
                             push(&IdText::element(*from));
                             push_str(body);
                             2
+                        }
+                        ScriptEventKind::RemoteMessage { region, from, body } => {
+                            push(&IdText::element(*from));
+                            push_str(body);
+                            ffi::lua_pushinteger(l, i64::from(region.0));
+                            3
                         }
                         ScriptEventKind::Timer { timer } => {
                             ffi::lua_pushinteger(l, i64::from(*timer));

@@ -8,6 +8,7 @@ use crate::fx::{Fx, Vec3};
 use crate::id::{ElementId, PlayerId};
 use crate::input::{Event, Input, InputKind, Rejection};
 use crate::physics;
+use crate::remote::{Outbound, Remote};
 use crate::script::ScriptEventKind;
 use crate::state::{Assets, ElementKind, Player, Role, ScriptSlot, Speaker};
 
@@ -150,6 +151,17 @@ impl Work<'_> {
             ));
         }
         let pos = self.element(avatar)?.pos;
+        if let Some(r) = radius {
+            self.report.remote.push(Outbound {
+                to: None,
+                item: Remote::Chat {
+                    from: Speaker::Player(who),
+                    pos,
+                    radius: r,
+                    text: text.to_string(),
+                },
+            });
+        }
         self.say(Speaker::Player(who), pos, radius, text.to_string(), None);
         Ok(())
     }

@@ -5,6 +5,7 @@ use crate::fx::{Fx, Vec3};
 use crate::id::ElementId;
 use crate::input::Event;
 use crate::physics;
+use crate::remote::{Outbound, Remote};
 use crate::script::{ScriptEventKind, ScriptFault, ScriptOutput, Write};
 use crate::state::{Pending, Speaker};
 
@@ -20,14 +21,15 @@ impl Work<'_> {
         let st = &self.state.settings;
         let reject = |m: String| Err(ScriptFault::Rejected(m));
         self.check_writes(script, &out.writes)?;
-        let sends = out.sends.len() + out.says.len();
+        let sends = out.sends.len() + out.says.len() + out.remote_sends.len();
         if sends as u64 > u64::from(st.script_sends_per_tick_max) {
             return reject(format!(
                 "{sends} messages in one tick, limit {}",
                 st.script_sends_per_tick_max
             ));
         }
-        for (_, body) in &out.sends {
+        let remote = out.remote_sends.iter().map(|(_, _, b)| b);
+        for body in out.sends.iter().map(|(_, b)| b).chain(remote) {
             if body.len() as u64 > u64::from(st.text_bytes_max) {
                 return reject(format!(
                     "message of {} bytes, limit {}",
@@ -43,7 +45,12 @@ impl Work<'_> {
                 return reject("invalid chat line".into());
             }
         }
-        if self.state.mailbox.len() as u64 + out.sends.len() as u64 > u64::from(st.mailbox_max) {
+        if out.remote_sends.iter().any(|(_, _, b)| b.is_empty()) {
+            return reject("empty message to another region".into());
+        }
+        let here = self.state.region;
+        let local = out.sends.len() + out.remote_sends.iter().filter(|s| s.0 == here).count();
+        if self.state.mailbox.len() as u64 + local as u64 > u64::from(st.mailbox_max) {
             return reject("region mailbox is full".into());
         }
         let timers = self.state.timers.len() + self.new_timers.len();
@@ -137,6 +144,23 @@ impl Work<'_> {
                 event: ScriptEventKind::Message { from: script, body },
             });
         }
+        for (region, to, body) in out.remote_sends {
+            if region == self.state.region {
+                self.state.mailbox.push_back(Pending {
+                    to,
+                    event: ScriptEventKind::Message { from: script, body },
+                });
+            } else {
+                self.report.remote.push(Outbound {
+                    to: Some(region),
+                    item: Remote::Message {
+                        from: script,
+                        to,
+                        body,
+                    },
+                });
+            }
+        }
         let pos = if out.says.is_empty() {
             Vec3::default()
         } else {
@@ -147,6 +171,17 @@ impl Work<'_> {
                 .unwrap_or_default()
         };
         for (text, radius) in out.says {
+            if let Some(r) = radius {
+                self.report.remote.push(Outbound {
+                    to: None,
+                    item: Remote::Chat {
+                        from: Speaker::Script(script),
+                        pos,
+                        radius: r,
+                        text: text.clone(),
+                    },
+                });
+            }
             self.say(Speaker::Script(script), pos, radius, text, Some(script));
         }
         let tick = self.state.tick;
