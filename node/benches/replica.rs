@@ -1,13 +1,18 @@
 //! Replication's CPU on one member: checking and executing a proposal of
-//! 1,000 signed inputs (signatures on the rayon pool), and admitting 1,000
-//! forwarded inputs. `cargo bench -p metatopia-node --bench replica`.
+//! 1,000 signed inputs (signatures on the rayon pool), admitting 1,000
+//! forwarded inputs, and the stages apart: 1,000 signature checks three
+//! ways (ADR 0015), signing 1,000 inputs (a player's cost), encoding and
+//! decoding a proposal of 1,000 inputs.
+//! `cargo bench -p metatopia-node --bench replica`.
 
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use ed25519_dalek::SigningKey;
+use rayon::prelude::*;
 
 use metatopia_node::replica::core::Output;
+use metatopia_node::replica::verify::verify_inputs;
 use metatopia_node::replica::wire::player_of;
 use metatopia_node::replica::{
     Answer, Config, Manifest, MemSources, Message, Order, Proposal, Replica, SignedInput,
@@ -120,9 +125,71 @@ fn bench(c: &mut Criterion) {
     });
 }
 
+fn stages(c: &mut Criterion) {
+    let (manifest, _, inputs) = setup();
+    let region = manifest.region;
+    let refs: Vec<&SignedInput> = inputs.iter().collect();
+    c.bench_function("check_1000_signatures_dalek_single", |b| {
+        // What replicas did before ADR 0015: ed25519-dalek's
+        // (cofactorless) single check, on the rayon pool.
+        b.iter(|| {
+            inputs.par_iter().all(|s| {
+                let key =
+                    ed25519_dalek::VerifyingKey::from_bytes(&s.input.player.0).expect("a key");
+                ed25519_dalek::Verifier::verify(
+                    &key,
+                    &SignedInput::signed_bytes(region, &s.input),
+                    &ed25519_dalek::Signature::from_bytes(&s.sig.0),
+                )
+                .is_ok()
+            })
+        })
+    });
+    c.bench_function("check_1000_signatures_zip215_single", |b| {
+        b.iter(|| inputs.par_iter().all(|s| s.verify(region).is_ok()))
+    });
+    c.bench_function("check_1000_signatures_zip215_batched", |b| {
+        b.iter(|| verify_inputs(region, &refs).iter().all(Result::is_ok))
+    });
+    let key = SigningKey::from_bytes(&[9; 32]);
+    c.bench_function("sign_1000_inputs", |b| {
+        b.iter(|| {
+            (0..1000u64)
+                .map(|seq| {
+                    SignedInput::sign(
+                        &key,
+                        region,
+                        seq,
+                        InputKind::Say {
+                            text: format!("load {seq}"),
+                            radius: None,
+                        },
+                    )
+                })
+                .count()
+        })
+    });
+    let proposal = Proposal {
+        region,
+        tick: 0,
+        parent: manifest.genesis_digest(),
+        time_ms: 1,
+        inputs: inputs.clone(),
+        sources: Vec::new(),
+        border: Vec::new(),
+    };
+    c.bench_function("encode_and_digest_proposal_1000", |b| {
+        b.iter(|| proposal.digest())
+    });
+    let bytes = Message::Proposal(proposal.clone()).encode();
+    c.bench_function("decode_proposal_message_1000", |b| {
+        b.iter(|| Message::decode(&bytes).expect("decodes"))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench
+    targets = bench, stages
 }
 criterion_main!(benches);

@@ -12,6 +12,7 @@
 //!
 //! Layout:
 //! - [`wire`]: signed inputs, proposals, checkpoints, member messages.
+//! - [`verify`]: signature checks, one rule set (ZIP 215), batched.
 //! - [`group`]: the region manifest and the genesis digest.
 //! - [`core`]: the replica state machine.
 //! - [`simplex`]: the BFT engine (commonware Simplex) behind [`Engine`].
@@ -25,6 +26,7 @@ pub mod member;
 pub mod net;
 pub mod observer;
 pub mod simplex;
+pub mod verify;
 pub mod wire;
 
 use std::collections::VecDeque;

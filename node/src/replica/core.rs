@@ -24,7 +24,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use rayon::prelude::*;
 use tracing::{debug, info, warn};
 
 use metatopia_physics::Region;
@@ -33,6 +32,7 @@ use metatopia_sim::physics::Envelope;
 use metatopia_sim::{PlayerId, RegionId, ScriptHost, Sim};
 
 use super::group::{Manifest, Neighbour};
+use super::verify;
 use super::wire::{
     BorderCert, BorderSet, BorderSetError, BorderSig, Checkpoint, Digest, FOLLOW_LEASE_MS, Message,
     PROPOSAL_BYTES_MAX, Proposal, Sig, SignedInput, player_of,
@@ -984,6 +984,19 @@ impl Replica {
         Ok(true)
     }
 
+    /// Whether [`Replica::queue`] refuses `input` (or takes it as a copy of
+    /// one queued) whatever its signature: its sequence number is queued,
+    /// executed or finalized already.
+    fn settled(&self, input: &SignedInput) -> bool {
+        let (player, seq) = (input.input.player, input.input.seq);
+        seq <= self.last_seq(player)
+            || self.done.contains(&(player, seq))
+            || self
+                .mempool
+                .get(&player)
+                .is_some_and(|q| q.contains_key(&seq))
+    }
+
     /// Takes one of `player`'s allowance of new inputs, if it has one.
     /// Node-local admission (never part of the agreed state).
     fn allow(&mut self, player: PlayerId) -> bool {
@@ -1033,11 +1046,26 @@ impl Replica {
         }
         match msg {
             Message::Inputs(inputs) => {
-                // Signatures are checked on the rayon pool, in parallel.
+                // Signatures are checked in batches on the rayon pool
+                // (ADR 0015), except those of inputs the queue refuses
+                // whatever their signature: already queued (a member's
+                // forward of an input this member has) or already
+                // executed. Queueing is this member's own business; the
+                // group decides validity in `check`.
                 let region = self.manifest.region;
-                let checked: Vec<Result<(), super::wire::SignatureError>> =
-                    inputs.par_iter().map(|i| i.verify(region)).collect();
-                for (input, check) in inputs.into_iter().zip(checked) {
+                let fresh: Vec<bool> = inputs.iter().map(|s| !self.settled(s)).collect();
+                let unchecked: Vec<&SignedInput> = inputs
+                    .iter()
+                    .zip(&fresh)
+                    .filter_map(|(s, f)| f.then_some(s))
+                    .collect();
+                let mut checked = verify::verify_inputs(region, &unchecked).into_iter();
+                for (input, fresh) in inputs.into_iter().zip(fresh) {
+                    let check = if fresh {
+                        checked.next().expect("one result for every input checked")
+                    } else {
+                        Ok(())
+                    };
                     // A player's node (not a member) sent it to this member
                     // only: the others must see it too, or it waits until
                     // this member is primary. Inputs from members are not
@@ -1648,26 +1676,31 @@ impl Replica {
         }
         let mut last_seq: BTreeMap<PlayerId, u64> = BTreeMap::new();
         let mut attached = BTreeSet::new();
-        // Signatures on the rayon pool, in parallel; an input this replica
+        // Signatures in batches on the rayon pool (ADR 0015: the batches
+        // decide exactly as single checks do); an input this replica
         // queued (and so checked) with the same signature is not checked
         // again. The first bad one by index is the error.
         let region = self.manifest.region;
-        let mempool = &self.mempool;
-        let bad = p
+        let unchecked: Vec<(usize, &SignedInput)> = p
             .inputs
-            .par_iter()
+            .iter()
             .enumerate()
-            .find_map_first(|(index, s)| {
-                let queued = mempool
+            .filter(|(_, s)| {
+                self.mempool
                     .get(&s.input.player)
                     .and_then(|q| q.get(&s.input.seq))
-                    .is_some_and(|m| m == s);
-                if queued {
-                    return None;
-                }
-                s.verify(region)
-                    .err()
-                    .map(|error| Invalid::Input { index, error })
+                    .is_none_or(|m| m != *s)
+            })
+            .collect();
+        let inputs: Vec<&SignedInput> = unchecked.iter().map(|(_, s)| *s).collect();
+        let bad = unchecked
+            .iter()
+            .zip(verify::verify_inputs(region, &inputs))
+            .find_map(|((index, _), r)| {
+                r.err().map(|error| Invalid::Input {
+                    index: *index,
+                    error,
+                })
             });
         if let Some(e) = bad {
             return Err(e);

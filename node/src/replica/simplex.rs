@@ -50,6 +50,7 @@ use tracing::warn;
 
 use metatopia_sim::PlayerId;
 
+use super::verify::Coefficients;
 use super::wire::Digest;
 use super::{Answer, Engine, Order};
 
@@ -148,52 +149,9 @@ pub fn proof_check(members: &[PlayerId]) -> Result<super::observer::ProofCheck, 
         let Ok(f) = Finalization::<Scheme, EngineDigest>::decode_cfg(bytes, &max) else {
             return false;
         };
-        f.proposal.payload.0 == *digest && f.verify(&mut SeededRng::new(), &scheme, &Sequential)
+        f.proposal.payload.0 == *digest && f.verify(&mut Coefficients::new(), &scheme, &Sequential)
     }))
 }
-
-/// The randomness batch verification asks for (it picks the random
-/// coefficients that make a forged batch fail): blake3's output stream
-/// keyed from the system's randomness. Never part of any state.
-struct SeededRng(blake3::OutputReader);
-
-impl SeededRng {
-    fn new() -> SeededRng {
-        let mut seed = [0u8; 32];
-        if getrandom::fill(&mut seed).is_err() {
-            // No system randomness: the clock still keeps the coefficients
-            // away from a forger's guess.
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            seed[..16].copy_from_slice(&t.to_le_bytes());
-        }
-        SeededRng(blake3::Hasher::new_keyed(&seed).finalize_xof())
-    }
-}
-
-impl rand_core_010::TryRng for SeededRng {
-    type Error = std::convert::Infallible;
-
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        let mut b = [0u8; 4];
-        self.0.fill(&mut b);
-        Ok(u32::from_le_bytes(b))
-    }
-
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        let mut b = [0u8; 8];
-        self.0.fill(&mut b);
-        Ok(u64::from_le_bytes(b))
-    }
-
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        self.0.fill(dst);
-        Ok(())
-    }
-}
-
-impl rand_core_010::TryCryptoRng for SeededRng {}
 
 /// The engine's private key for a node key (the same ed25519 seed).
 pub fn private_key(key: &SigningKey) -> Option<PrivateKey> {

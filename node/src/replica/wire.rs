@@ -7,7 +7,7 @@
 //! bytes must re-encode to themselves (postcard accepts overlong varints;
 //! we hash only canonical bytes).
 
-use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 
 use metatopia_sim::input::{Input, InputKind};
@@ -86,11 +86,9 @@ pub enum SignatureError {
     BadSignature(PlayerId),
 }
 
+/// Checks a signature by the rules every replica uses (ZIP 215; ADR 0015).
 fn verify(signer: PlayerId, bytes: &[u8], sig: &Sig) -> Result<(), SignatureError> {
-    let key = VerifyingKey::from_bytes(&signer.0).map_err(|_| SignatureError::BadKey(signer))?;
-    let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
-    key.verify(bytes, &sig)
-        .map_err(|_| SignatureError::BadSignature(signer))
+    super::verify::verify(signer, bytes, sig)
 }
 
 /// The player id of a signing key (its public key).
@@ -111,10 +109,16 @@ pub struct SignedInput {
 impl SignedInput {
     /// The bytes a player signs.
     pub fn signed_bytes(region: RegionId, input: &Input) -> Vec<u8> {
-        let mut out = b"metatopia input v1\0".to_vec();
-        postcard::to_io(&(region, input), &mut out)
-            .expect("postcard encoding into a Vec cannot fail");
+        let mut out = Vec::new();
+        SignedInput::write_signed_bytes(region, input, &mut out);
         out
+    }
+
+    /// Appends the bytes a player signs to `out` (a buffer reused across
+    /// many inputs).
+    pub fn write_signed_bytes(region: RegionId, input: &Input, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"metatopia input v1\0");
+        postcard::to_io(&(region, input), out).expect("postcard encoding into a Vec cannot fail");
     }
 
     /// Signs `kind` as input `seq` of the key's player in `region`.
@@ -130,7 +134,8 @@ impl SignedInput {
         SignedInput { input, sig }
     }
 
-    /// Checks the signature for `region`.
+    /// Checks the signature for `region` (ZIP 215 rules; many at once:
+    /// [`super::verify::verify_inputs`], which decides the same).
     pub fn verify(&self, region: RegionId) -> Result<(), SignatureError> {
         verify(
             self.input.player,
