@@ -1535,7 +1535,8 @@ fn handoffs(a: &Path, b: &Path) -> Result<()> {
         outln!("without owner with no border set missing: body {id} at tick {t}");
     }
     outln!(
-        "border sets carried: {} bytes into region {ra}, {} into region {rb}; {} body-ticks near          the border{}",
+        "border sets carried: {} bytes into region {ra}, {} into region {rb}; {} body-ticks near \
+         the border{}",
         audit.border_bytes.0,
         audit.border_bytes.1,
         audit.near_border_body_ticks,

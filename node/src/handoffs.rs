@@ -316,8 +316,7 @@ pub fn audit(
                         .map(|r| if *r == ra { &ta.offers } else { &tb.offers })
                         .and_then(|o| o.get(id))
                         .and_then(|o| o.iter().rev().find(|(at, _)| *at < t));
-                    let lost = offer.is_some_and(|(_, switch)| {
-                        let at = offer.map_or(0, |o| o.0);
+                    let lost = offer.is_some_and(|&(at, switch)| {
                         (at + 1..=switch + 1)
                             .any(|x| missing_a.contains(&x) || missing_b.contains(&x))
                     });
