@@ -1505,6 +1505,15 @@ fn handoffs(a: &Path, b: &Path) -> Result<()> {
         "latency, offer to switch (ticks: hand-offs): {}",
         latency.join(", ")
     );
+    let crossing: Vec<String> = audit
+        .crossing_latency()
+        .iter()
+        .map(|(l, n)| format!("{l}: {n}"))
+        .collect();
+    outln!(
+        "crossing, first offer to switch, hand-offs taken back between (ticks: hand-offs): {}",
+        crossing.join(", ")
+    );
     for s in audit.switches.iter().filter(|s| !s.at_plus_two()).take(20) {
         match s.offer {
             Some((at, switch)) => outln!(

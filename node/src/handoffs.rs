@@ -63,6 +63,10 @@ pub struct Switch {
     /// The tick the old owner offered the body's group, and the switch
     /// tick it offered; `None`: no offer of the group by the old owner.
     pub offer: Option<(u64, u64)>,
+    /// The first tick the old owner offered it since it came there (an
+    /// earlier offer than [`Switch::offer`] if hand-offs before it were
+    /// not adopted and the group was taken back).
+    pub first_offer: Option<u64>,
 }
 
 impl Switch {
@@ -118,6 +122,19 @@ pub struct Audit {
 }
 
 impl Audit {
+    /// Crossing latency (the old owner's first offer since it had the
+    /// body, to the switch, ticks) → switches: 2 unless hand-offs were
+    /// taken back in between.
+    pub fn crossing_latency(&self) -> BTreeMap<u64, u64> {
+        let mut out = BTreeMap::new();
+        for s in &self.switches {
+            if let Some(first) = s.first_offer {
+                *out.entry(s.tick - first).or_default() += 1;
+            }
+        }
+        out
+    }
+
     /// Hand-off latency (offer to switch, ticks) → switches; switches
     /// without an offer are left out.
     pub fn latency(&self) -> BTreeMap<u64, u64> {
@@ -291,6 +308,8 @@ fn check((ra, ta): (RegionId, &Trace), (rb, tb): (RegionId, &Trace)) -> Audit {
     };
     // The last region that held each body.
     let mut last_owner: BTreeMap<ElementId, RegionId> = BTreeMap::new();
+    // Since when the last owner has held each body.
+    let mut since: BTreeMap<ElementId, u64> = BTreeMap::new();
     let mut before: BTreeSet<ElementId> = BTreeSet::new();
     for tick in 0..ticks {
         let t = tick as u64;
@@ -344,18 +363,28 @@ fn check((ra, ta): (RegionId, &Trace), (rb, tb): (RegionId, &Trace)) -> Audit {
                     }
                     continue;
                 }
-                None => continue,
+                None => {
+                    since.insert(*id, t);
+                    continue;
+                }
             };
             let offers = if was == ra { &ta.offers } else { &tb.offers };
             let offer = offers
                 .get(id)
                 .and_then(|o| o.iter().rev().find(|(at, _)| *at < t).copied());
+            let held_from = since.insert(*id, t).unwrap_or(0);
+            let first_offer = offers.get(id).and_then(|o| {
+                o.iter()
+                    .find(|(at, _)| *at >= held_from && *at < t)
+                    .map(|(at, _)| *at)
+            });
             out.switches.push(Switch {
                 tick: t,
                 body: *id,
                 from: was,
                 to: now,
                 offer,
+                first_offer,
             });
         }
         before = here;
@@ -416,6 +445,7 @@ mod tests {
         assert!(audit.exact(), "{audit:?}");
         assert_eq!(audit.switches.len(), 1);
         assert_eq!(audit.latency(), [(2, 1)].into());
+        assert_eq!(audit.crossing_latency(), [(2, 1)].into());
     }
 
     #[test]
@@ -464,5 +494,26 @@ mod tests {
         assert!(explained.unowned_unexplained.is_empty(), "{explained:?}");
         assert_eq!(explained.sets_missing, vec![(4, B)]);
         assert!(explained.safe() && !explained.exact());
+    }
+
+    #[test]
+    fn a_crossing_after_a_take_back_counts_from_the_first_offer() {
+        // Offered at 3 for 5, not adopted (kept at 5 and 6, taken back at
+        // 7), offered again at 7 for 9: switched at 9.
+        let mut a = trace(
+            12,
+            &[(1, 0..5), (1, 7..9)],
+            &[(1, 3, 5), (1, 7, 9)],
+            &[4],
+            B,
+        );
+        for t in [5, 6] {
+            a.kept[t].insert(id(1));
+        }
+        let b = trace(12, &[(1, 9..12)], &[], &[], A);
+        let audit = check((A, &a), (B, &b));
+        assert!(audit.safe(), "{audit:?}");
+        assert_eq!(audit.latency(), [(2, 1)].into());
+        assert_eq!(audit.crossing_latency(), [(6, 1)].into());
     }
 }

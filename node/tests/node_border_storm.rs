@@ -185,6 +185,7 @@ fn report(what: &str, a: &Audit) {
     let at_2 = a.switches.iter().filter(|s| s.at_plus_two()).count();
     println!(
         "{what}: {} ticks, up to {} bodies, {} hand-offs ({at_2} at offer + 2), latency {:?}, \
+         from the first offer {:?}, \
          {} taken back, {} body-ticks without owner, {} with two, {} gone, {} sets missing; \
          border sets carried \
          {:?} bytes, {} body-ticks near the border, {:?} bytes per tick per 100 bodies near it",
@@ -192,6 +193,7 @@ fn report(what: &str, a: &Audit) {
         a.bodies_max,
         a.switches.len(),
         a.latency(),
+        a.crossing_latency(),
         a.taken_back.len(),
         a.unowned.len(),
         a.doubled.len(),
