@@ -1604,6 +1604,15 @@ fn handoffs(a: &Path, b: &Path) -> Result<()> {
         "latency, offer to switch (ticks: hand-offs): {}",
         latency.join(", ")
     );
+    let crossing: Vec<String> = audit
+        .crossing_latency()
+        .iter()
+        .map(|(l, n)| format!("{l}: {n}"))
+        .collect();
+    outln!(
+        "crossing, first offer to switch, hand-offs taken back between (ticks: hand-offs): {}",
+        crossing.join(", ")
+    );
     for s in audit.switches.iter().filter(|s| !s.at_plus_two()).take(20) {
         match s.offer {
             Some((at, switch)) => outln!(
@@ -1634,7 +1643,8 @@ fn handoffs(a: &Path, b: &Path) -> Result<()> {
         outln!("without owner with no border set missing: body {id} at tick {t}");
     }
     outln!(
-        "border sets carried: {} bytes into region {ra}, {} into region {rb}; {} body-ticks near          the border{}",
+        "border sets carried: {} bytes into region {ra}, {} into region {rb}; {} body-ticks near \
+         the border{}",
         audit.border_bytes.0,
         audit.border_bytes.1,
         audit.near_border_body_ticks,

@@ -63,6 +63,10 @@ pub struct Switch {
     /// The tick the old owner offered the body's group, and the switch
     /// tick it offered; `None`: no offer of the group by the old owner.
     pub offer: Option<(u64, u64)>,
+    /// The first tick the old owner offered it since it came there (an
+    /// earlier offer than [`Switch::offer`] if hand-offs before it were
+    /// not adopted and the group was taken back).
+    pub first_offer: Option<u64>,
 }
 
 impl Switch {
@@ -118,6 +122,19 @@ pub struct Audit {
 }
 
 impl Audit {
+    /// Crossing latency (the old owner's first offer since it had the
+    /// body, to the switch, ticks) → switches: 2 unless hand-offs were
+    /// taken back in between.
+    pub fn crossing_latency(&self) -> BTreeMap<u64, u64> {
+        let mut out = BTreeMap::new();
+        for s in &self.switches {
+            if let Some(first) = s.first_offer {
+                *out.entry(s.tick - first).or_default() += 1;
+            }
+        }
+        out
+    }
+
     /// Hand-off latency (offer to switch, ticks) → switches; switches
     /// without an offer are left out.
     pub fn latency(&self) -> BTreeMap<u64, u64> {
@@ -262,6 +279,11 @@ pub fn audit(
             return Err(AuditError::NotNeighbours(r, other));
         }
     }
+    Ok(check((ra, &ta), (rb, &tb)))
+}
+
+/// The tick-by-tick check of two regions' traces.
+fn check((ra, ta): (RegionId, &Trace), (rb, tb): (RegionId, &Trace)) -> Audit {
     let ticks = ta.owned.len().min(tb.owned.len());
     // Ticks (from 1) whose proposal went without the other's set.
     let missing = |t: &Trace, other: RegionId| -> BTreeSet<u64> {
@@ -270,7 +292,7 @@ pub fn audit(
             .map(|i| i as u64)
             .collect()
     };
-    let (missing_a, missing_b) = (missing(&ta, rb), missing(&tb, ra));
+    let (missing_a, missing_b) = (missing(ta, rb), missing(tb, ra));
     let mut out = Audit {
         sets_missing: missing_a
             .iter()
@@ -286,6 +308,8 @@ pub fn audit(
     };
     // The last region that held each body.
     let mut last_owner: BTreeMap<ElementId, RegionId> = BTreeMap::new();
+    // Since when the last owner has held each body.
+    let mut since: BTreeMap<ElementId, u64> = BTreeMap::new();
     let mut before: BTreeSet<ElementId> = BTreeSet::new();
     for tick in 0..ticks {
         let t = tick as u64;
@@ -316,8 +340,7 @@ pub fn audit(
                         .map(|r| if *r == ra { &ta.offers } else { &tb.offers })
                         .and_then(|o| o.get(id))
                         .and_then(|o| o.iter().rev().find(|(at, _)| *at < t));
-                    let lost = offer.is_some_and(|(_, switch)| {
-                        let at = offer.map_or(0, |o| o.0);
+                    let lost = offer.is_some_and(|&(at, switch)| {
                         (at + 1..=switch + 1)
                             .any(|x| missing_a.contains(&x) || missing_b.contains(&x))
                     });
@@ -340,21 +363,157 @@ pub fn audit(
                     }
                     continue;
                 }
-                None => continue,
+                None => {
+                    since.insert(*id, t);
+                    continue;
+                }
             };
             let offers = if was == ra { &ta.offers } else { &tb.offers };
             let offer = offers
                 .get(id)
                 .and_then(|o| o.iter().rev().find(|(at, _)| *at < t).copied());
+            let held_from = since.insert(*id, t).unwrap_or(0);
+            let first_offer = offers.get(id).and_then(|o| {
+                o.iter()
+                    .find(|(at, _)| *at >= held_from && *at < t)
+                    .map(|(at, _)| *at)
+            });
             out.switches.push(Switch {
                 tick: t,
                 body: *id,
                 from: was,
                 to: now,
                 offer,
+                first_offer,
             });
         }
         before = here;
     }
-    Ok(out)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: RegionId = RegionId(1);
+    const B: RegionId = RegionId(2);
+
+    fn id(n: u64) -> ElementId {
+        ElementId {
+            region: A,
+            counter: n,
+        }
+    }
+
+    /// A trace of `ticks` ticks holding `held` (body → the ticks it holds
+    /// it), offering (body, tick, switch tick), carrying the other
+    /// region's set at every tick but `missing`.
+    fn trace(
+        ticks: usize,
+        held: &[(u64, std::ops::Range<usize>)],
+        offers: &[(u64, u64, u64)],
+        missing: &[usize],
+        other: RegionId,
+    ) -> Trace {
+        let mut t = Trace::default();
+        for tick in 0..ticks {
+            t.owned.push(
+                held.iter()
+                    .filter(|(_, r)| r.contains(&tick))
+                    .map(|(b, _)| id(*b))
+                    .collect(),
+            );
+            t.kept.push(BTreeSet::new());
+            t.carried.push(if missing.contains(&tick) {
+                BTreeSet::new()
+            } else {
+                [other].into()
+            });
+        }
+        for (body, at, switch) in offers {
+            t.offers.entry(id(*body)).or_default().push((*at, *switch));
+        }
+        t
+    }
+
+    #[test]
+    fn a_switch_at_its_offer_plus_two_is_exact() {
+        let a = trace(10, &[(1, 0..5)], &[(1, 3, 5)], &[], B);
+        let b = trace(10, &[(1, 5..10)], &[], &[], A);
+        let audit = check((A, &a), (B, &b));
+        assert!(audit.exact(), "{audit:?}");
+        assert_eq!(audit.switches.len(), 1);
+        assert_eq!(audit.latency(), [(2, 1)].into());
+        assert_eq!(audit.crossing_latency(), [(2, 1)].into());
+    }
+
+    #[test]
+    fn two_owners_a_late_switch_and_a_lost_body_are_found() {
+        // Body 1 is in both at tick 5; body 2 switches 3 ticks after its
+        // offer; body 3 vanishes at tick 4.
+        let a = trace(
+            10,
+            &[(1, 0..6), (2, 0..6), (3, 0..4)],
+            &[(1, 3, 5), (2, 3, 5)],
+            &[],
+            B,
+        );
+        let b = trace(10, &[(1, 5..10), (2, 6..10)], &[], &[], A);
+        let audit = check((A, &a), (B, &b));
+        assert_eq!(audit.doubled, vec![(5, id(1))]);
+        assert_eq!(audit.gone, vec![(4, id(3))]);
+        let late: Vec<u64> = audit
+            .switches
+            .iter()
+            .filter(|s| !s.at_plus_two())
+            .map(|s| s.tick)
+            .collect();
+        assert_eq!(late, vec![6, 6], "body 1 after its two owners, body 2");
+        assert!(!audit.safe() && !audit.exact());
+    }
+
+    #[test]
+    fn a_body_without_owner_is_explained_only_by_a_missing_set() {
+        // Body 1 offered at 3 for 5, kept by A (not in either state) at 5
+        // and 6, then taken back at 7.
+        let mut a = trace(10, &[(1, 0..5), (1, 7..10)], &[(1, 3, 5)], &[], B);
+        for t in [5, 6] {
+            a.kept[t].insert(id(1));
+        }
+        let b = trace(10, &[], &[], &[], A);
+        let unexplained = check((A, &a), (B, &b));
+        assert_eq!(unexplained.unowned, vec![(5, id(1)), (6, id(1))]);
+        assert_eq!(unexplained.unowned_unexplained, unexplained.unowned);
+        assert_eq!(unexplained.taken_back, vec![(7, id(1), A)]);
+        assert!(!unexplained.safe());
+        // The same with B's proposal of 4 lacking A's set of 3 (the
+        // offer): a lost message, not a protocol error.
+        let b = trace(10, &[], &[], &[4], A);
+        let explained = check((A, &a), (B, &b));
+        assert!(explained.unowned_unexplained.is_empty(), "{explained:?}");
+        assert_eq!(explained.sets_missing, vec![(4, B)]);
+        assert!(explained.safe() && !explained.exact());
+    }
+
+    #[test]
+    fn a_crossing_after_a_take_back_counts_from_the_first_offer() {
+        // Offered at 3 for 5, not adopted (kept at 5 and 6, taken back at
+        // 7), offered again at 7 for 9: switched at 9.
+        let mut a = trace(
+            12,
+            &[(1, 0..5), (1, 7..9)],
+            &[(1, 3, 5), (1, 7, 9)],
+            &[4],
+            B,
+        );
+        for t in [5, 6] {
+            a.kept[t].insert(id(1));
+        }
+        let b = trace(12, &[(1, 9..12)], &[], &[], A);
+        let audit = check((A, &a), (B, &b));
+        assert!(audit.safe(), "{audit:?}");
+        assert_eq!(audit.latency(), [(2, 1)].into());
+        assert_eq!(audit.crossing_latency(), [(6, 1)].into());
+    }
 }

@@ -21,7 +21,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::border::{World, agreed, start_world};
+use common::border::{World, agreed, metric, start_world};
 use common::{Node, eventually, run};
 use serde_json::{Value, json};
 
@@ -174,18 +174,8 @@ fn crossing(n: usize) {
         );
     }
     // The hand-off shows in /metrics on both sides.
-    let counter = |node: &Node, name: &str| -> u64 {
-        let metrics = node.get("/metrics").text();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("metatopia_{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    assert!(counter(a, "handoffs_out_total") >= 1);
-    assert!(counter(b, "handoffs_in_total") >= 1);
+    assert!(metric(a, "handoffs_out_total") >= 1);
+    assert!(metric(b, "handoffs_in_total") >= 1);
     let mut nodes2 = nodes2;
     if n == 4 {
         // kill -9 a member of region 2's group (not the one sampled): the

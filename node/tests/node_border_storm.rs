@@ -24,7 +24,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::border::{World, agreed, start_world};
+use common::border::{World, act_at, agreed, metric, start_world};
 use common::{Node, eventually};
 use metatopia_node::handoffs::{Audit, audit};
 use metatopia_node::store::Store;
@@ -80,15 +80,7 @@ impl Driver {
     }
 
     fn act(&self, region: u32, action: &Value) -> metatopia_node::client::Response {
-        let auth = format!("Bearer {}", self.token);
-        metatopia_node::client::request(
-            &self.base,
-            "POST",
-            &format!("/api/regions/{region}/inputs"),
-            &[("Authorization", auth.as_str())],
-            Some(&serde_json::to_vec(action).unwrap()),
-        )
-        .unwrap()
+        act_at(&self.base, &self.token, region, action)
     }
 }
 
@@ -146,18 +138,6 @@ fn storm(node: &Driver, region: u32) {
     }
 }
 
-/// A `/metrics` counter of `node`.
-fn counter(node: &Node, name: &str) -> u64 {
-    let metrics = node.get("/metrics").text();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("metatopia_{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Border bytes every member of `nodes` sent so far, and frames dropped
 /// or refused.
 fn border_sent(nodes: &[Node]) -> (u64, u64) {
@@ -185,6 +165,7 @@ fn report(what: &str, a: &Audit) {
     let at_2 = a.switches.iter().filter(|s| s.at_plus_two()).count();
     println!(
         "{what}: {} ticks, up to {} bodies, {} hand-offs ({at_2} at offer + 2), latency {:?}, \
+         from the first offer {:?}, \
          {} taken back, {} body-ticks without owner, {} with two, {} gone, {} sets missing; \
          border sets carried \
          {:?} bytes, {} body-ticks near the border, {:?} bytes per tick per 100 bodies near it",
@@ -192,6 +173,7 @@ fn report(what: &str, a: &Audit) {
         a.bodies_max,
         a.switches.len(),
         a.latency(),
+        a.crossing_latency(),
         a.taken_back.len(),
         a.unowned.len(),
         a.doubled.len(),
@@ -234,8 +216,8 @@ fn a_storm_crosses_both_ways_with_one_owner_per_body_after_every_tick() {
         started.elapsed(),
         sent1 / quiet_end,
         sent2 / quiet_end,
-        counter(&nodes1[0], "handoffs_out_total"),
-        counter(&nodes1[0], "handoffs_in_total"),
+        metric(&nodes1[0], "handoffs_out_total"),
+        metric(&nodes1[0], "handoffs_in_total"),
     );
 
     // Kill region 2's primary in the storm.

@@ -150,13 +150,36 @@ pub fn act2(node: &Node, action: &Value) -> metatopia_node::client::Response {
 
 /// `Node::act` on `region`.
 pub fn act_in(node: &Node, region: u32, action: &Value) -> metatopia_node::client::Response {
-    let auth = format!("Bearer {}", node.token());
+    act_at(&node.base, &node.token(), region, action)
+}
+
+/// An action on `region` through the node at `base` with its `token`
+/// (from any thread).
+pub fn act_at(
+    base: &str,
+    token: &str,
+    region: u32,
+    action: &Value,
+) -> metatopia_node::client::Response {
+    let auth = format!("Bearer {token}");
     metatopia_node::client::request(
-        &node.base,
+        base,
         "POST",
         &format!("/api/regions/{region}/inputs"),
         &[("Authorization", auth.as_str())],
         Some(&serde_json::to_vec(action).unwrap()),
     )
     .unwrap()
+}
+
+/// A `/metrics` counter of `node` (`metatopia_NAME`).
+pub fn metric(node: &Node, name: &str) -> u64 {
+    let metrics = node.get("/metrics").text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("metatopia_{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
