@@ -142,7 +142,8 @@ pub struct Group {
     pub epoch_ms: u64,
     /// The primary waits at most this long for a neighbour's certified
     /// border set of the tick before, then proposes without it (a body
-    /// crossing then waits).
+    /// crossing then waits). The engine's leader, certification and stall
+    /// timeouts grow by as much (`simplex::Timing::with_border_wait`).
     pub border_wait_ms: u64,
     /// Neighbour regions hosted by other replica groups, that bodies cross
     /// to and from (`[[group.neighbours]]`).
