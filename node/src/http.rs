@@ -330,6 +330,46 @@ async fn metrics(State(app): State<App>) -> Response {
     ] {
         reg.register(name, help, ConstCounter::new(v));
     }
+    let r = b.remote;
+    for (name, help, v) in [
+        (
+            "border_messages_queued",
+            "Chat lines and script messages queued for neighbour regions",
+            r.queued,
+        ),
+        (
+            "border_messages_resent",
+            "Chat lines and script messages sent again for want of an acknowledgement",
+            r.resent,
+        ),
+        (
+            "border_messages_dropped",
+            "Chat lines and script messages not queued: a neighbour's queue was full or an item too large",
+            r.dropped,
+        ),
+        (
+            "border_messages_unroutable",
+            "Script messages to a region that is not a neighbour",
+            r.unroutable,
+        ),
+        (
+            "border_messages_delivered",
+            "Chat lines and script messages from neighbours applied here",
+            r.delivered,
+        ),
+        (
+            "border_messages_refused",
+            "Chat lines and script messages from neighbours refused here (no such script, text over the limit)",
+            r.refused,
+        ),
+    ] {
+        reg.register(name, help, ConstCounter::new(v));
+    }
+    reg.register(
+        "border_messages_unacked",
+        "Chat lines and script messages queued for neighbours and not yet acknowledged",
+        ConstGauge::new(b.remote_unacked as i64),
+    );
     reg.register(
         "handoffs_pending",
         "Hand-off offers waiting for their switch tick, and groups kept until the target's verdict",

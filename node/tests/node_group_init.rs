@@ -75,6 +75,16 @@ fn group_init_writes_two_adjacent_groups_that_trade_border_sets() {
                 && link["connected"] == true)
                 .then_some(())
         });
+        // Chat and script messages with the neighbour are counted where
+        // an operator looks.
+        let metrics = node.get("/metrics").text();
+        for name in [
+            "metatopia_border_messages_queued_total",
+            "metatopia_border_messages_refused_total",
+            "metatopia_border_messages_unacked",
+        ] {
+            assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+        }
     }
 }
 

@@ -319,6 +319,10 @@ pub struct BorderCounts {
     pub aborted: u64,
     /// Groups released and kept here until the target's verdict comes.
     pub kept: u64,
+    /// Chat lines and script messages with neighbours.
+    pub remote: RemoteCounts,
+    /// Of those, items queued for neighbours and not yet acknowledged.
+    pub remote_unacked: u64,
 }
 
 /// What one region tick did.
@@ -562,6 +566,8 @@ impl Region {
             influences_dropped: self.border.influences_dropped,
             aborted: self.border.aborted,
             kept: self.border.released.len() as u64,
+            remote: self.remote_counts(),
+            remote_unacked: self.remote_unacked(),
         }
     }
 
