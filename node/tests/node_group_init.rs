@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Node, eventually, free_ports, run};
+use common::{Node, eventually, group_init_with, run};
 
 fn config(dir: &std::path::Path) -> toml::Table {
     toml::from_str(&std::fs::read_to_string(dir.join("node.toml")).unwrap()).unwrap()
@@ -16,27 +16,7 @@ fn config(dir: &std::path::Path) -> toml::Table {
 
 #[test]
 fn group_init_writes_two_adjacent_groups_that_trade_border_sets() {
-    let base = tempfile::tempdir().unwrap();
-    let port = free_ports().to_string();
-    let out = run(&[
-        "group",
-        "init",
-        "--dir",
-        base.path().to_str().unwrap(),
-        "--regions",
-        "2",
-        "--members",
-        "1",
-        "--port",
-        &port,
-        "--region",
-        "7",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let base = group_init_with(&["--regions", "2", "--members", "1", "--region", "7"]);
     let dirs = [base.path().join("r0/m0"), base.path().join("r1/m0")];
     let (west, east) = (config(&dirs[0]), config(&dirs[1]));
     assert_eq!(west["world"]["region_id"].as_integer(), Some(7));

@@ -211,27 +211,34 @@ pub fn group_init() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
 
 /// `metatopia group init` of `members` members on free ports.
 pub fn group_init_of(members: usize) -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
+    let base = group_init_with(&["--members", &members.to_string()]);
+    let dirs = (0..members)
+        .map(|i| base.path().join(format!("m{i}")))
+        .collect();
+    (base, dirs)
+}
+
+/// `metatopia group init --dir BASE --port FREE ARGS…` into a new
+/// temporary base directory (asserted to succeed).
+pub fn group_init_with(args: &[&str]) -> tempfile::TempDir {
     let base = tempfile::tempdir().unwrap();
     let port = free_ports().to_string();
-    let out = run(&[
+    let mut all = vec![
         "group",
         "init",
         "--dir",
         base.path().to_str().unwrap(),
-        "--members",
-        &members.to_string(),
         "--port",
         &port,
-    ]);
+    ];
+    all.extend_from_slice(args);
+    let out = run(&all);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dirs = (0..members)
-        .map(|i| base.path().join(format!("m{i}")))
-        .collect();
-    (base, dirs)
+    base
 }
 
 /// Deterministic bytes that do not repeat within a range test.
