@@ -330,6 +330,12 @@ pub enum GroupCmd {
         /// cross between them): `BASE/r0/m0`, … With 1, `BASE/m0`, ….
         #[arg(long, default_value_t = 1)]
         regions: usize,
+        /// Join every member to the overlay on 127.0.0.1 (first port; the
+        /// others follow; all meet through the first member), announce the
+        /// regions there, and let each group find its neighbours' groups
+        /// in it instead of listing their members in node.toml.
+        #[arg(long)]
+        overlay_port: Option<u16>,
     },
 }
 
@@ -341,6 +347,7 @@ fn group(cmd: GroupCmd) -> Result<()> {
         http_port,
         region,
         regions,
+        overlay_port,
     } = cmd;
     if !(1..=crate::replica::group::MEMBERS_MAX).contains(&members) {
         bail!(
@@ -396,6 +403,17 @@ fn group(cmd: GroupCmd) -> Result<()> {
         }
         groups.push(planned);
     }
+    // The overlay: member n listens on overlay_port + n; all bootstrap
+    // through the first.
+    let first_overlay = match overlay_port {
+        Some(op) => {
+            let first = DataDir::open(&groups[0].dirs[0].0)?.player()?;
+            let peer = crate::replica::net::peer_id(first)
+                .map_err(|e| anyhow::anyhow!("the first member's key: {e}"))?;
+            Some(format!("/ip4/127.0.0.1/tcp/{op}/p2p/{peer}"))
+        }
+        None => None,
+    };
     // Neighbours' ticks line up on one epoch: now, to the second.
     let epoch_ms = if regions > 1 {
         let now = SystemTime::now()
@@ -413,7 +431,12 @@ fn group(cmd: GroupCmd) -> Result<()> {
             .map(|n| crate::config::Neighbour {
                 region: n.region,
                 origin: n.origin.clone(),
-                members: n.list.clone(),
+                // With the overlay, found there.
+                members: if overlay_port.is_some() {
+                    Vec::new()
+                } else {
+                    n.list.clone()
+                },
             })
             .collect();
         for (i, (path, p, h)) in g.dirs.iter().enumerate() {
@@ -422,6 +445,15 @@ fn group(cmd: GroupCmd) -> Result<()> {
             config.http.addr = SocketAddr::from(([127, 0, 0, 1], *h));
             if regions > 1 {
                 config.overlay.origin = g.origin.clone();
+            }
+            if let (Some(op), Some(first)) = (overlay_port, &first_overlay) {
+                let n = k * members + i;
+                let o = u16::try_from(usize::from(op) + n).context("--overlay-port too high")?;
+                config.overlay.enabled = true;
+                config.overlay.listen = vec![format!("/ip4/127.0.0.1/tcp/{o}")];
+                if n > 0 {
+                    config.overlay.bootstrap = vec![first.clone()];
+                }
             }
             config.group = crate::config::Group {
                 enabled: true,
@@ -626,6 +658,36 @@ async fn serve(
         },
     };
     let peers = group.then(|| crate::content::peer::Peers::new(content.clone(), progress_lines()));
+    // Neighbours listed without members: their groups are found in the
+    // overlay once it is joined (ADR 0013 decision 2).
+    let (wanted, learned) = if group {
+        let size = Settings::default().size;
+        let wanted: Vec<_> = config
+            .group
+            .neighbours(config.world.region_id)
+            .map_err(|e| anyhow::anyhow!(e))?
+            .into_iter()
+            .filter(|n| n.members.is_empty())
+            .map(|n| crate::overlay::Wanted {
+                region: n.region,
+                bounds: metatopia_overlay::Rect {
+                    min: n.origin,
+                    max: metatopia_overlay::Point::new(
+                        n.origin.x.saturating_add(crate::overlay::mm(size.x)),
+                        n.origin.y.saturating_add(crate::overlay::mm(size.y)),
+                    ),
+                },
+            })
+            .collect();
+        if wanted.is_empty() {
+            (None, None)
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::channel(wanted.len());
+            (Some((wanted, tx)), Some(rx))
+        }
+    } else {
+        (None, None)
+    };
     let (handle, thread) = if group {
         let membership = world::Membership {
             listen: config
@@ -644,6 +706,7 @@ async fn serve(
                 .into_iter()
                 .map(|n| (n.region, n.members))
                 .collect(),
+            learned,
         };
         if !hosted.manifest.members.contains(&dir.player()?) {
             bail!(
@@ -657,6 +720,7 @@ async fn serve(
     };
     let banner = Banner {
         hosting: Some(hosting),
+        wanted,
         ..banner
     };
     let content = Content {
@@ -711,6 +775,12 @@ struct Banner {
     tick: u64,
     hash: [u8; 32],
     hosting: Option<crate::overlay::HostingGroup>,
+    /// Neighbours whose groups it looks up in the overlay, and where to
+    /// send what it finds.
+    wanted: Option<(
+        Vec<crate::overlay::Wanted>,
+        tokio::sync::mpsc::Sender<world::LearnedGroup>,
+    )>,
 }
 
 impl Banner {
@@ -721,6 +791,7 @@ impl Banner {
             tick: state.tick,
             hash,
             hosting: None,
+            wanted: None,
         }
     }
 }
@@ -747,6 +818,7 @@ async fn serve_world(
         tick,
         hash,
         hosting,
+        wanted,
     } = banner;
     let token = dir.token()?;
     let faults = crate::faults::follow(&handle);
@@ -788,6 +860,13 @@ async fn serve_world(
         let member = crate::overlay::start(&config.overlay, dir, &state, hosting.as_ref()).await?;
         for a in &member.addrs {
             note(format_args!("metatopia: overlay {a}"));
+        }
+        if let Some((wanted, found)) = wanted {
+            tokio::spawn(crate::overlay::find_neighbours(
+                member.handle.clone(),
+                wanted,
+                found,
+            ));
         }
         app.overlay = Some(member.handle);
     }
@@ -998,6 +1077,15 @@ fn print_group(g: &serde_json::Value) -> Result<()> {
         for d in last["differences"].as_array().into_iter().flatten() {
             outln!("  {}", d.as_str().unwrap_or(""));
         }
+    }
+    for n in g["neighbours"].as_array().into_iter().flatten() {
+        let members = n["members"].as_array().map_or(0, Vec::len);
+        let group = match n["source"].as_str() {
+            Some("unknown") => "group not found yet (looking in the overlay)".to_string(),
+            Some(source) => format!("group of {members} (from {source})"),
+            None => String::new(),
+        };
+        outln!("neighbour:   region {}: {group}", n["region"]);
     }
     Ok(())
 }

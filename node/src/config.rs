@@ -161,7 +161,9 @@ pub struct Neighbour {
     /// `overlay.origin`); its box is the default region size.
     pub origin: String,
     /// Its group's members as `PLAYER_ID_HEX@MULTIADDR`, in its order (its
-    /// `group.members`).
+    /// `group.members`). Left out: found in the overlay, from the region's
+    /// record signed by its group (needs `[overlay] enabled`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
 }
 
@@ -231,7 +233,8 @@ impl Group {
     }
 
     /// The neighbours, checked: each names a region other than `home` and
-    /// the others, an origin and at least one member.
+    /// the others, an origin, and its members or none (found in the
+    /// overlay).
     pub fn neighbours(&self, home: u32) -> Result<Vec<NeighbourGroup>, String> {
         let mut seen = std::collections::BTreeSet::from([home]);
         self.neighbours
@@ -251,11 +254,6 @@ impl Group {
                         crate::quote::cap(&n.origin, crate::quote::QUOTE_CHARS_MAX)
                     )
                 })?;
-                if n.members.is_empty() {
-                    return Err(format!(
-                        "{key}.members is empty (list its group's members as PLAYER_ID_HEX@MULTIADDR)"
-                    ));
-                }
                 let members = member_list(&format!("{key}.members"), &n.members)?;
                 if members.len() > crate::replica::group::MEMBERS_MAX {
                     return Err(format!(
@@ -392,7 +390,15 @@ impl Config {
                 .listen
                 .parse::<libp2p::Multiaddr>()
                 .map_err(|e| format!("group.listen: bad multiaddr: {e}"))?;
-            self.group.neighbours(self.world.region_id)?;
+            let neighbours = self.group.neighbours(self.world.region_id)?;
+            if let Some(n) = neighbours.iter().find(|n| n.members.is_empty())
+                && !self.overlay.enabled
+            {
+                return Err(format!(
+                    "group.neighbours: region {} lists no members, so its group is looked up in the overlay, but [overlay] enabled is false (enable it, or list the members as PLAYER_ID_HEX@MULTIADDR)",
+                    n.region
+                ));
+            }
             if !self.group.neighbours.is_empty() && self.group.epoch_ms == 0 {
                 return Err(
                     "group.epoch_ms must be set (Unix ms of tick 0, the same in the neighbours' groups) when group.neighbours is not empty".into(),
@@ -588,8 +594,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(no_epoch.contains("group.epoch_ms"), "{no_epoch}");
+        // No members: looked up in the overlay, which must be on.
         let missing = Config::parse(&group("region = 2\norigin = \"256,0\"")).unwrap_err();
-        assert!(missing.contains("members"), "{missing}");
+        assert!(
+            missing.contains("region 2 lists no members") && missing.contains("[overlay] enabled"),
+            "{missing}"
+        );
+        let found = Config::parse(&format!(
+            "[overlay]\nenabled = true\n{}",
+            group("region = 2\norigin = \"256,0\"")
+        ))
+        .unwrap();
+        assert!(found.group.neighbours(1).unwrap()[0].members.is_empty());
+        assert!(found.world_config().neighbours[0].members.is_empty());
         let kind = Config::parse("[metrics]\nenabled = \"yes\"\n").unwrap_err();
         assert!(kind.contains("enabled") && kind.contains("bool"), "{kind}");
     }

@@ -204,6 +204,92 @@ pub async fn find_group(cfg: &config::Overlay, dir: &DataDir, point: Point) -> R
     }
 }
 
+/// A neighbour region whose hosting group is looked up in the overlay.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    /// The neighbour region.
+    pub region: metatopia_sim::RegionId,
+    /// Its box in world millimetres (its origin, the default size).
+    pub bounds: Rect,
+}
+
+/// How often [`find_neighbours`] asks the overlay again for a group it has
+/// not found.
+pub const FIND_EVERY: Duration = Duration::from_millis(250);
+
+/// Looks up the hosting group of every `wanted` neighbour in the overlay
+/// until it is found, and sends each on `found` once: the record must be
+/// the neighbour's (its id, the box node.toml gives it), verify (at least
+/// one member's signature, checked by the overlay when it stored it) and
+/// give every member an address. A record for the neighbour's id with
+/// another box is not taken (the world's layout is fixed when it is
+/// created) and logged once. Ends when all are found or `found` closes.
+///
+/// Trust: the overlay keeps the first group that announces a region and
+/// lets only that group (or a third of it) replace its record (ADR 0013
+/// decision 2, docs/overlay.md), so a neighbour's group is taken on first
+/// use; node.toml's `members` pin it instead.
+pub async fn find_neighbours(
+    handle: metatopia_overlay::Handle,
+    mut wanted: Vec<Wanted>,
+    found: tokio::sync::mpsc::Sender<crate::world::LearnedGroup>,
+) {
+    let mut warned = std::collections::BTreeSet::new();
+    while !wanted.is_empty() {
+        let mut i = 0;
+        while i < wanted.len() {
+            let w = &wanted[i];
+            let centre = Point::new(
+                w.bounds.min.x + (w.bounds.max.x - w.bounds.min.x) / 2,
+                w.bounds.min.y + (w.bounds.max.y - w.bounds.min.y) / 2,
+            );
+            let records = match handle.route(centre).await {
+                Ok(loc) => loc.regions,
+                Err(e) => {
+                    tracing::debug!(region = %w.region, error = %e, "overlay lookup failed");
+                    Vec::new()
+                }
+            };
+            let group = records
+                .iter()
+                .filter(|r| r.id.0 == w.region.0)
+                .find_map(|r| {
+                    if r.bounds != w.bounds {
+                        if warned.insert(w.region.0) {
+                            tracing::warn!(region = %w.region, "the overlay's record of a neighbour region has another box than node.toml gives it; not taken");
+                        }
+                        return None;
+                    }
+                    let signed = r.signers().is_ok_and(|s| !s.is_empty());
+                    let members: Option<Vec<_>> = r
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let addr = libp2p::Multiaddr::try_from(m.addr.clone()).ok()?;
+                            (!m.addr.is_empty()).then_some((metatopia_sim::PlayerId(m.key), addr))
+                        })
+                        .collect();
+                    members.filter(|m| signed && !m.is_empty())
+                });
+            match group {
+                Some(members) => {
+                    tracing::info!(region = %w.region, members = members.len(), "neighbour's group found in the overlay");
+                    let g = crate::world::LearnedGroup {
+                        region: w.region,
+                        members,
+                    };
+                    if found.send(g).await.is_err() {
+                        return;
+                    }
+                    wanted.swap_remove(i);
+                }
+                None => i += 1,
+            }
+        }
+        tokio::time::sleep(FIND_EVERY).await;
+    }
+}
+
 /// What `GET /api/overlay/locate` answers.
 #[derive(Debug, Serialize)]
 pub struct Located {

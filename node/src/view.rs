@@ -494,6 +494,10 @@ pub struct GroupView {
     /// Every peer's link (hex key → link), members, observers and
     /// neighbours' members alike.
     pub links: std::collections::BTreeMap<String, LinkView>,
+    /// The neighbour regions and their hosting groups: members (hex keys,
+    /// empty while unknown) and where the group came from (`config`,
+    /// `overlay`, or `unknown` while it is looked up in the overlay).
+    pub neighbours: Vec<crate::world::NeighbourStatus>,
 }
 
 /// A peer's link as this node sees it.
@@ -590,5 +594,6 @@ pub fn group(g: &crate::world::GroupStatus) -> GroupView {
                 })
                 .collect()
         },
+        neighbours: g.neighbours.clone(),
     }
 }

@@ -379,6 +379,8 @@ pub struct GroupStatus {
     /// Every peer's link (members, observers, neighbours' members), by
     /// key.
     pub links: BTreeMap<PlayerId, crate::replica::net::Link>,
+    /// The neighbour regions and their hosting groups.
+    pub neighbours: Vec<NeighbourStatus>,
 }
 
 /// A member's border traffic with neighbour groups: the transport's
@@ -861,7 +863,7 @@ fn committer(
 }
 
 /// Where a member of a group of several listens and who the others are.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Membership {
     /// This member's libp2p listen address.
     pub listen: libp2p::Multiaddr,
@@ -874,8 +876,33 @@ pub struct Membership {
     /// Caps on the mesh's libp2p connections.
     pub caps: crate::replica::net::Caps,
     /// The groups hosting neighbour regions, their members with addresses
-    /// (border traffic, ADR 0013).
+    /// (border traffic, ADR 0013); a group not known yet has none.
     pub neighbours: Vec<(metatopia_sim::RegionId, Vec<(PlayerId, libp2p::Multiaddr)>)>,
+    /// Groups of neighbour regions learned after the start (the overlay's
+    /// signed region records, [`crate::overlay::find_neighbours`]).
+    pub learned: Option<tokio::sync::mpsc::Receiver<LearnedGroup>>,
+}
+
+/// A neighbour region's hosting group, learned from the overlay: its
+/// members with addresses.
+#[derive(Debug, Clone)]
+pub struct LearnedGroup {
+    /// The neighbour region.
+    pub region: metatopia_sim::RegionId,
+    /// Its group's members, with their group addresses.
+    pub members: Vec<(PlayerId, libp2p::Multiaddr)>,
+}
+
+/// A neighbour region as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NeighbourStatus {
+    /// The region.
+    pub region: u32,
+    /// Its hosting group's members (node keys, hex); empty while unknown.
+    pub members: Vec<String>,
+    /// Where the group came from: `config` (node.toml), `overlay` (its
+    /// signed region record) or `unknown` (still looked for).
+    pub source: &'static str,
 }
 
 /// Starts a member of a replica group of several: its own thread runs the
@@ -907,6 +934,22 @@ pub fn start_member(
     } = parts(hosted, &config);
     if let Ok(mut g) = sink.group.lock() {
         g.addresses = listing(&membership.members);
+        g.neighbours = membership
+            .neighbours
+            .iter()
+            .map(|(region, members)| NeighbourStatus {
+                region: region.0,
+                members: members
+                    .iter()
+                    .map(|(m, _)| metatopia_sim::hex(&m.0))
+                    .collect(),
+                source: if members.is_empty() {
+                    "unknown"
+                } else {
+                    "config"
+                },
+            })
+            .collect();
     }
     let waiting = sink.waiting.clone();
     let status = sink.group.clone();
@@ -954,10 +997,16 @@ pub fn start_member(
                     None
                 } else {
                     match mesh.border(&membership.neighbours) {
-                        Ok((tx, rx)) => Some(member::Border {
-                            send: Box::new(move |region, bytes| tx.send(region, bytes)),
-                            recv: rx,
-                        }),
+                        Ok((tx, rx)) => {
+                            let groups = membership.learned.map(|learned| {
+                                learn_groups(learned, tx.clone(), status.clone(), &ctx)
+                            });
+                            Some(member::Border {
+                                send: Box::new(move |region, bytes| tx.send(region, bytes)),
+                                recv: rx,
+                                groups,
+                            })
+                        }
                         Err(e) => return failed(e.to_string()),
                     }
                 };
@@ -1038,6 +1087,42 @@ pub fn start_member(
             })
         })?;
     Ok((handle, thread))
+}
+
+/// Takes neighbours' groups as they are learned: hands each to the
+/// border transport (which dials and accepts its members from then on),
+/// then to the core (which checks their border sets against them), and
+/// shows it in the status. Returns the core's end.
+fn learn_groups(
+    mut learned: tokio::sync::mpsc::Receiver<LearnedGroup>,
+    transport: crate::replica::net::BorderSender,
+    status: Arc<Mutex<GroupStatus>>,
+    ctx: &impl commonware_runtime::Spawner,
+) -> commonware_utils::channel::mpsc::Receiver<crate::replica::group::Neighbour> {
+    let (tx, rx) = commonware_utils::channel::mpsc::channel(16);
+    ctx.child("neighbours").spawn(move |_| async move {
+        while let Some(g) = learned.recv().await {
+            if let Err(e) = transport.add(g.region, &g.members) {
+                warn!(region = %g.region, error = %e, "neighbour's group not usable");
+                continue;
+            }
+            let ids: Vec<PlayerId> = g.members.iter().map(|(m, _)| *m).collect();
+            if let Ok(mut s) = status.lock()
+                && let Some(n) = s.neighbours.iter_mut().find(|n| n.region == g.region.0)
+            {
+                n.members = ids.iter().map(|m| metatopia_sim::hex(&m.0)).collect();
+                n.source = "overlay";
+            }
+            let n = crate::replica::group::Neighbour {
+                region: g.region,
+                members: ids,
+            };
+            if tx.send(n).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

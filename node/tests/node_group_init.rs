@@ -1,8 +1,9 @@
 //! `metatopia group init --regions N`: a row of adjacent regions, each
 //! hosted by its own replica group, written by one command. Started with
 //! `metatopia up`, neighbours find each other from the written
-//! `[[group.neighbours]]` and trade certified border sets every tick
-//! (ADR 0013).
+//! `[[group.neighbours]]` (or, with `--overlay-port`, from the groups'
+//! signed region records in the overlay) and trade certified border sets
+//! every tick (ADR 0013).
 
 #![allow(clippy::unwrap_used)]
 
@@ -39,6 +40,14 @@ fn group_init_writes_two_adjacent_groups_that_trade_border_sets() {
     // Both up: each certifies and sends the other its border sets, and
     // shows a live link to the other group's member.
     let nodes: Vec<Node> = dirs.iter().map(|d| Node::start(d)).collect();
+    border_sets_flow(&nodes, &dirs, "config");
+}
+
+/// The one member of each of two neighbouring groups (`dirs`, started as
+/// `nodes`) knows the other's group (from `source`), certifies and sends
+/// it border sets, hears the other's, and counts messages where an
+/// operator looks.
+fn border_sets_flow(nodes: &[Node], dirs: &[std::path::PathBuf], source: &str) {
     let other = |i: usize| {
         let c = config(&dirs[1 - i]);
         let m = c["group"]["members"][0].as_str().unwrap().to_string();
@@ -46,6 +55,11 @@ fn group_init_writes_two_adjacent_groups_that_trade_border_sets() {
     };
     for (i, node) in nodes.iter().enumerate() {
         let peer = other(i);
+        eventually("the neighbour's group known", || {
+            let s = node.get("/api/status").json().ok()?;
+            let n = &s["group"]["neighbours"][0];
+            (n["source"] == source && n["members"][0] == peer.as_str()).then_some(())
+        });
         eventually("border sets flowing both ways", || {
             let s = node.get("/api/status").json().ok()?;
             let g = &s["group"];
@@ -66,6 +80,42 @@ fn group_init_writes_two_adjacent_groups_that_trade_border_sets() {
             assert!(metrics.contains(name), "{name} missing:\n{metrics}");
         }
     }
+}
+
+#[test]
+fn neighbours_find_each_others_groups_in_the_overlay() {
+    let overlay = common::free_ports().to_string();
+    let base = group_init_with(&[
+        "--regions",
+        "2",
+        "--members",
+        "1",
+        "--overlay-port",
+        &overlay,
+    ]);
+    let dirs = [base.path().join("r0/m0"), base.path().join("r1/m0")];
+    let (west, east) = (config(&dirs[0]), config(&dirs[1]));
+    // No members listed: each looks its neighbour's group up in the
+    // overlay, which all join through the first member.
+    for (c, neighbour) in [(&west, 2), (&east, 1)] {
+        let n = &c["group"]["neighbours"][0];
+        assert_eq!(n["region"].as_integer(), Some(neighbour));
+        assert!(n.get("members").is_none(), "{n}");
+        assert_eq!(c["overlay"]["enabled"].as_bool(), Some(true));
+    }
+    let first = west["overlay"]["listen"][0].as_str().unwrap();
+    assert!(west["overlay"]["bootstrap"].as_array().unwrap().is_empty());
+    let boot = east["overlay"]["bootstrap"][0].as_str().unwrap();
+    assert!(boot.starts_with(first) && boot.contains("/p2p/"), "{boot}");
+
+    let nodes: Vec<Node> = dirs.iter().map(|d| Node::start(d)).collect();
+    border_sets_flow(&nodes, &dirs, "overlay");
+    let out = run(&["status", "--data", dirs[0].to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("neighbour:   region 2: group of 1 (from overlay)"),
+        "{text}"
+    );
 }
 
 #[test]

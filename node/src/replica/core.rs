@@ -741,6 +741,48 @@ impl Replica {
         self.desync.as_ref()
     }
 
+    /// The neighbours this group trades border traffic with, and the
+    /// members of the group hosting each (empty: not known yet).
+    pub fn neighbours(&self) -> &[Neighbour] {
+        &self.cfg.neighbours
+    }
+
+    /// The group hosting a configured neighbour region, learned after the
+    /// start (from the overlay's signed region record, ADR 0013 decision 2).
+    /// Border sets and certificates of that region are checked against
+    /// these members from now on; sets kept under the old members are
+    /// dropped. A region that is not a configured neighbour changes
+    /// nothing (the layout of the world is fixed when it is created) and is
+    /// refused with the reason.
+    pub fn set_neighbour(&mut self, neighbour: Neighbour) -> Result<(), String> {
+        let Some(n) = self
+            .cfg
+            .neighbours
+            .iter_mut()
+            .find(|n| n.region == neighbour.region)
+        else {
+            return Err(format!(
+                "region {} is not a neighbour of region {}",
+                neighbour.region, self.manifest.region
+            ));
+        };
+        if neighbour.members.is_empty() {
+            return Err(format!(
+                "the group of region {} has no members",
+                neighbour.region
+            ));
+        }
+        if n.members == neighbour.members {
+            return Ok(());
+        }
+        info!(region = %neighbour.region, members = neighbour.members.len(), "neighbour's group set");
+        n.members = neighbour.members;
+        let region = n.region;
+        self.border_in
+            .retain(|(from, _), b| *from != region || b.cert.is_some());
+        Ok(())
+    }
+
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -912,9 +954,13 @@ impl Replica {
         let tick = self.head.tick_number();
         let ready = tick == 0
             || self.cfg.neighbours.iter().all(|n| {
-                self.border_in
-                    .get(&(n.region, tick - 1))
-                    .is_some_and(|b| b.cert.is_some())
+                // A neighbour whose group is not known yet sends nothing
+                // that could be certified: not waited for.
+                n.members.is_empty()
+                    || self
+                        .border_in
+                        .get(&(n.region, tick - 1))
+                        .is_some_and(|b| b.cert.is_some())
             });
         if ready {
             due
@@ -1202,7 +1248,8 @@ impl Replica {
         if self.desync.is_some() {
             return;
         }
-        for n in &self.cfg.neighbours {
+        // A neighbour whose group is not known yet cannot be reached.
+        for n in self.cfg.neighbours.iter().filter(|n| !n.members.is_empty()) {
             let set = BorderSet {
                 from: self.manifest.region,
                 to: n.region,
@@ -2320,6 +2367,60 @@ mod tests {
             cert[0].verify(metatopia_sim::RegionId(3), &core.cfg.neighbours[0].members),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_neighbours_group_learned_later_is_used_from_then_on() {
+        let (mut core, theirs, _, _) = border_verifier();
+        let members = core.cfg.neighbours[0].members.clone();
+        core.cfg.neighbours[0].members.clear();
+        let s = set(0);
+        let send = |core: &mut Replica, k: &SigningKey| {
+            core.handle(
+                1,
+                player_of(k),
+                Message::Border {
+                    set: s.clone(),
+                    sig: s.sign(k),
+                },
+            );
+        };
+        // Unknown group: its members' sets are refused, nothing certified.
+        send(&mut core, &theirs[0]);
+        send(&mut core, &theirs[1]);
+        assert_eq!(core.stats().border_refused, 2);
+        assert!(core.border_for(1).is_empty());
+        // Not a neighbour, or no members: refused, nothing changes.
+        let stranger = Neighbour {
+            region: metatopia_sim::RegionId(9),
+            members: members.clone(),
+        };
+        assert!(
+            core.set_neighbour(stranger)
+                .unwrap_err()
+                .contains("not a neighbour")
+        );
+        let empty = Neighbour {
+            region: metatopia_sim::RegionId(4),
+            members: Vec::new(),
+        };
+        assert!(
+            core.set_neighbour(empty)
+                .unwrap_err()
+                .contains("no members")
+        );
+        assert!(core.neighbours()[0].members.is_empty());
+        // Learned: the same two signatures now certify the set.
+        let learned = Neighbour {
+            region: metatopia_sim::RegionId(4),
+            members,
+        };
+        core.set_neighbour(learned.clone()).unwrap();
+        assert_eq!(core.neighbours(), &[learned]);
+        send(&mut core, &theirs[0]);
+        send(&mut core, &theirs[1]);
+        assert_eq!(core.stats().border_refused, 2);
+        assert_eq!(core.border_for(1).len(), 1);
     }
 
     #[test]

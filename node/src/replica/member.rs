@@ -18,11 +18,12 @@ use commonware_macros::select;
 use commonware_p2p::{Receiver, Recipients, Sender};
 use commonware_runtime::Clock;
 use commonware_utils::channel::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use metatopia_sim::{PlayerId, RegionId};
 
 use super::core::{Output, To};
+use super::group::Neighbour;
 use super::simplex::{Simplex, member, public_key};
 use super::wire::{Message, Proposal};
 use super::{Answer, Engine, Replica, SignedInput};
@@ -50,6 +51,9 @@ pub struct Border {
     pub send: Box<dyn FnMut(RegionId, Bytes) + Send>,
     /// Encoded messages from neighbours' members, with the sender.
     pub recv: mpsc::Receiver<(PlayerId, Vec<u8>)>,
+    /// Neighbours' groups learned after the start (the overlay's signed
+    /// region records), for the core; the transport already knows them.
+    pub groups: Option<mpsc::Receiver<Neighbour>>,
 }
 
 impl std::fmt::Debug for Border {
@@ -62,6 +66,14 @@ impl std::fmt::Debug for Border {
 async fn border_next(border: &mut Option<Border>) -> Option<(PlayerId, Vec<u8>)> {
     match border {
         Some(b) => b.recv.recv().await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// The next neighbour's group learned, or never.
+async fn group_next(groups: &mut Option<mpsc::Receiver<Neighbour>>) -> Option<Neighbour> {
+    match groups {
+        Some(g) => g.recv().await,
         None => futures::future::pending().await,
     }
 }
@@ -85,6 +97,7 @@ pub async fn run<C, S, R>(
     S: Sender<PublicKey = PublicKey>,
     R: Receiver<PublicKey = PublicKey>,
 {
+    let mut groups = border.as_mut().and_then(|b| b.groups.take());
     loop {
         // At least a millisecond from now: a deadline the core could not
         // act on must not spin the loop.
@@ -116,6 +129,17 @@ pub async fn run<C, S, R>(
                     },
                     // The transport stopped: no more border traffic.
                     None => border = None,
+                }
+            },
+            group = group_next(&mut groups) => {
+                match group {
+                    Some(n) => {
+                        if let Err(e) = core.set_neighbour(n) {
+                            warn!(error = %e, "neighbour's group not taken");
+                        }
+                    }
+                    // Nobody learns groups any more.
+                    None => groups = None,
                 }
             },
             input = inputs.recv() => {

@@ -490,69 +490,101 @@ impl Mesh {
     /// Starts border traffic with the neighbours' groups (see
     /// [`BORDER_PROTOCOL`]): dials their members, keeps a writer per member
     /// and accepts their streams (and nobody else's). Frames received come
-    /// out with the sending member. Must run inside a tokio runtime; call
-    /// it once.
+    /// out with the sending member. A group learned later is added with
+    /// [`BorderSender::add`]. Must run inside a tokio runtime; call it once.
     pub fn border(
         &mut self,
         neighbours: &NeighbourGroups,
     ) -> Result<(BorderSender, BorderReceiver), NetError> {
-        let mut keys: BTreeMap<PeerId, PlayerId> = BTreeMap::new();
-        let mut writers: BorderWriters = BTreeMap::new();
-        for (region, members) in neighbours {
-            for (m, addr) in members {
-                let peer = peer_id(*m)?;
-                keys.insert(peer, *m);
-                let _ = self.addresses.try_send((peer, addr.clone()));
-                let (tx, rx) = mpsc::channel::<Frame>(BORDER_QUEUE_MAX);
-                writers.entry(*region).or_default().push((peer, tx));
-                let links = self.links.clone();
-                tokio::spawn(write(
-                    self.control.clone(),
-                    peer,
-                    BORDER_PROTOCOL,
-                    rx,
-                    links,
-                ));
-            }
-        }
         let (in_tx, in_rx) = mpsc::channel(BORDER_QUEUE_MAX);
         let incoming = self.control.accept(BORDER_PROTOCOL).map_err(p2p)?;
-        let links = self.links.clone();
+        let sender = BorderSender {
+            groups: Arc::default(),
+            control: self.control.clone(),
+            addresses: self.addresses.clone(),
+            counters: self.counters.clone(),
+            links: self.links.clone(),
+        };
+        for (region, members) in neighbours {
+            sender.add(*region, members)?;
+        }
         tokio::spawn(accept_border(
             incoming,
-            keys,
+            sender.groups.clone(),
             in_tx,
             self.counters.clone(),
-            links.clone(),
+            self.links.clone(),
         ));
-        Ok((
-            BorderSender {
-                writers,
-                counters: self.counters.clone(),
-                links,
-            },
-            in_rx,
-        ))
+        Ok((sender, in_rx))
     }
 }
 
-/// Each neighbour's members' send queues.
-type BorderWriters = BTreeMap<RegionId, Vec<(PeerId, mpsc::Sender<Frame>)>>;
+/// The neighbours' groups the border transport knows: each region's
+/// members' send queues, and who may open a border stream here.
+#[derive(Debug, Default)]
+struct BorderGroups {
+    writers: BTreeMap<RegionId, Vec<(PeerId, mpsc::Sender<Frame>)>>,
+    keys: BTreeMap<PeerId, PlayerId>,
+}
 
-/// Sends border frames to every member of a neighbour's group.
-#[derive(Debug)]
+/// Sends border frames to every member of a neighbour's group. Clones
+/// share the groups.
+#[derive(Clone)]
 pub struct BorderSender {
-    writers: BorderWriters,
+    groups: Arc<std::sync::Mutex<BorderGroups>>,
+    control: libp2p_stream::Control,
+    addresses: mpsc::Sender<(PeerId, Multiaddr)>,
     counters: Arc<Counters>,
     links: Links,
 }
 
+impl std::fmt::Debug for BorderSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BorderSender").finish_non_exhaustive()
+    }
+}
+
 impl BorderSender {
+    /// Sets the group hosting `region` (its members with addresses): the
+    /// swarm dials them, a writer per member starts, and their streams are
+    /// accepted from now on. A group already set is replaced (the old
+    /// members' writers stop when their queues are dropped). Must run
+    /// inside a tokio runtime.
+    pub fn add(&self, region: RegionId, members: &[(PlayerId, Multiaddr)]) -> Result<(), NetError> {
+        let peers = members
+            .iter()
+            .map(|(m, addr)| Ok((peer_id(*m)?, *m, addr.clone())))
+            .collect::<Result<Vec<_>, NetError>>()?;
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = groups.writers.remove(&region) {
+            for (peer, _) in old {
+                groups.keys.remove(&peer);
+            }
+        }
+        let mut writers = Vec::with_capacity(peers.len());
+        for (peer, member, addr) in peers {
+            groups.keys.insert(peer, member);
+            let _ = self.addresses.try_send((peer, addr));
+            let (tx, rx) = mpsc::channel::<Frame>(BORDER_QUEUE_MAX);
+            writers.push((peer, tx));
+            tokio::spawn(write(
+                self.control.clone(),
+                peer,
+                BORDER_PROTOCOL,
+                rx,
+                self.links.clone(),
+            ));
+        }
+        groups.writers.insert(region, writers);
+        Ok(())
+    }
+
     /// Queues `bytes` to every member of the group hosting `region`; a
     /// full queue drops its copy (counted), an unknown region sends none.
     pub fn send(&self, region: RegionId, bytes: Bytes) {
-        let Some(writers) = self.writers.get(&region) else {
-            debug!(%region, "border frame for a region that is not a neighbour");
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(writers) = groups.writers.get(&region) else {
+            debug!(%region, "border frame for a region whose group is not known");
             return;
         };
         for (peer, w) in writers {
@@ -583,13 +615,19 @@ pub type BorderReceiver = mpsc::Receiver<(PlayerId, Vec<u8>)>;
 /// Accepts neighbour members' border streams into one bounded queue.
 async fn accept_border(
     mut incoming: libp2p_stream::IncomingStreams,
-    keys: BTreeMap<PeerId, PlayerId>,
+    groups: Arc<std::sync::Mutex<BorderGroups>>,
     inbound: mpsc::Sender<(PlayerId, Vec<u8>)>,
     counters: Arc<Counters>,
     links: Links,
 ) {
     while let Some((peer, mut stream)) = incoming.next().await {
-        let Some(member) = keys.get(&peer).copied() else {
+        let member = groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys
+            .get(&peer)
+            .copied();
+        let Some(member) = member else {
             counters.border_refused.fetch_add(1, Ordering::Relaxed);
             warn!(peer = %peer, "border stream from a peer that is not a neighbour's member refused");
             continue;
