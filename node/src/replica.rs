@@ -93,6 +93,15 @@ pub enum Answer {
         /// Valid or not.
         valid: bool,
     },
+    /// No verdict on an [`Order::Verify`]: the core was asked too long
+    /// after the proposal's time to vouch that it was on time (a member
+    /// catching up on views decided without it), yet nothing shows it is
+    /// wrong. The engine takes it as an ignored proposal: no vote either
+    /// way.
+    Abstained {
+        /// The request.
+        req: u64,
+    },
 }
 
 /// An ordering engine, as the core's driver sees it: it takes the core's

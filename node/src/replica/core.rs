@@ -401,6 +401,22 @@ pub enum Invalid {
         /// What is wrong.
         why: String,
     },
+    /// The verifier was asked about the proposal long after its time: a
+    /// member catching up after a restart is asked about the views it
+    /// missed (they were decided without it). It cannot vouch that such a
+    /// proposal was on time, so it does not vote for it; nothing is wrong
+    /// with the proposal or the group.
+    #[error(
+        "proposal time {got} ms: more than {skew} ms behind this replica's clock when it was asked to verify ({asked} ms)"
+    )]
+    Stale {
+        /// The proposal's time.
+        got: u64,
+        /// `clock_skew_max_ms`.
+        skew: u64,
+        /// The clock when the engine asked.
+        asked: u64,
+    },
     /// Too many inputs or bytes.
     #[error("proposal too large: {0}")]
     TooLarge(String),
@@ -463,6 +479,9 @@ pub struct Stats {
     pub verified: u64,
     /// Proposals refused.
     pub invalid: u64,
+    /// Of those, proposals asked about too long after their time (a
+    /// member catching up on views decided without it), [`Invalid::Stale`].
+    pub stale: u64,
     /// Head rebuilds (rollbacks).
     pub rollbacks: u64,
     /// Ticks re-executed by rollbacks.
@@ -1540,6 +1559,15 @@ impl Replica {
 
     fn invalid(&mut self, req: u64, e: &Invalid) {
         self.stats.invalid += 1;
+        if let Invalid::Stale { .. } = e {
+            // Expected while catching up after a restart (one per missed
+            // view): no vote either way, counted, not a warning.
+            self.stats.stale += 1;
+            debug!(error = %e, "proposal not voted on");
+            self.out
+                .push_back(Output::Answer(Answer::Abstained { req }));
+            return;
+        }
         warn!(error = %e, "proposal refused");
         self.out
             .push_back(Output::Answer(Answer::Verified { req, valid: false }));
@@ -1700,11 +1728,10 @@ impl Replica {
                 });
             }
             if p.time_ms.saturating_add(skew) < asked {
-                return Err(Invalid::Time {
+                return Err(Invalid::Stale {
                     got: p.time_ms,
-                    why: format!(
-                        "more than {skew} ms behind this replica's clock when it was asked to verify ({asked} ms)"
-                    ),
+                    skew,
+                    asked,
                 });
             }
         }
@@ -2619,7 +2646,20 @@ mod tests {
                 digest: p.digest(),
             },
         );
-        assert_eq!(verdicts(&mut core), vec![false]);
+        // No vote either way (a catching-up member's), counted as stale.
+        let answers: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
+        assert!(
+            answers
+                .iter()
+                .any(|o| matches!(o, Output::Answer(Answer::Abstained { req: 1 }))),
+            "{answers:?}"
+        );
+        assert!(
+            !answers
+                .iter()
+                .any(|o| matches!(o, Output::Answer(Answer::Verified { .. })))
+        );
+        assert_eq!((core.stats().invalid, core.stats().stale), (1, 1));
     }
 
     #[test]

@@ -351,6 +351,11 @@ impl Engine for Simplex {
                     let _ = tx.send(valid);
                 }
             }
+            // Dropping the request's sender: the voter logs it at debug
+            // level and times the view out as an ignored proposal.
+            Answer::Abstained { req } => {
+                p.verify.remove(&req);
+            }
         }
     }
 
