@@ -484,6 +484,9 @@ pub struct Stats {
     pub stale: u64,
     /// Head rebuilds (rollbacks).
     pub rollbacks: u64,
+    /// Proposals of timed-out views proposed again on the same parent
+    /// instead of built anew.
+    pub reproposed: u64,
     /// Ticks re-executed by rollbacks.
     pub reexecuted: u64,
     /// Ticks finalized.
@@ -875,6 +878,32 @@ impl Replica {
                     .saturating_add(self.cfg.fetch_retry_ms * 4)
         {
             self.ask_snapshot();
+        }
+        if let Some((req, parent)) = self.propose_wait
+            && let Some(digest) = self.reusable(now, parent)
+        {
+            // A view that timed out (its proposal was not notarized in
+            // time) is asked again on the same parent: the batch already
+            // built and executed on it is proposed again, rather than the
+            // head rolled back and the batch executed anew. Otherwise a
+            // primary whose tick takes longer than the view's timeout (a
+            // big batch on a starved CPU) pays a rollback and a longer
+            // build every view and never catches up.
+            self.propose_wait = None;
+            self.stats.reproposed += 1;
+            debug!(digest = %metatopia_sim::hex(&digest[..4]), "proposal of a timed-out view proposed again");
+            if self.manifest.members.len() > 1
+                && let Some(l) = self.chain.iter().find(|l| l.digest == digest)
+            {
+                self.out.push_back(Output::Send {
+                    to: To::All,
+                    msg: Message::Proposal((*l.proposal).clone()),
+                });
+            }
+            self.out.push_back(Output::Answer(Answer::Proposed {
+                req,
+                digest: Some(digest),
+            }));
         }
         if let Some((req, parent)) = self.propose_wait {
             let ready = self.desync.is_none()
@@ -1847,6 +1876,26 @@ impl Replica {
         Ok(())
     }
 
+    /// An executed proposal on `parent` that can be proposed again (see
+    /// [`Replica::tick`]): in the chain, recent enough that verifiers
+    /// asked about it now take it as on time (within half the clock skew
+    /// allowed), and made the head (rolling back only its children).
+    fn reusable(&mut self, now: u64, parent: Digest) -> Option<Digest> {
+        if self.desync.is_some() {
+            return None;
+        }
+        let fresh = self.cfg.clock_skew_max_ms / 2;
+        let digest = self
+            .chain
+            .iter()
+            .find(|l| {
+                l.proposal.parent == parent && now.saturating_sub(l.proposal.time_ms) < fresh
+            })?
+            .digest;
+        self.rebuild(digest).ok()?;
+        Some(digest)
+    }
+
     /// Builds, executes and broadcasts the proposal for the next tick.
     fn build(&mut self, now: u64, deadline: u64) -> Option<Digest> {
         let last = self.head.sim().state().time_ms;
@@ -2612,6 +2661,57 @@ mod tests {
         // Another player still gets in.
         let other = SigningKey::from_bytes(&[9; 32]);
         assert_eq!(core.submit(say(&other, 1)), Ok(()));
+    }
+
+    /// The digests `core` proposed, from its outputs.
+    fn proposed(core: &mut Replica) -> Vec<Option<Digest>> {
+        std::iter::from_fn(|| core.poll_output())
+            .filter_map(|o| match o {
+                Output::Answer(Answer::Proposed { digest, .. }) => Some(digest),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_timed_out_views_batch_is_proposed_again_while_fresh() {
+        let (keys, manifest) = crate::replica::group::test_group();
+        let genesis = manifest.genesis_digest();
+        let mut core = Replica::new(
+            Config::default(),
+            manifest.clone(),
+            keys[0].clone(),
+            Arc::new(NoScripts),
+            Arc::new(MemSources::default()),
+            manifest.genesis(),
+            genesis,
+        );
+        let t = 10_000;
+        let ask = |core: &mut Replica, now: u64, req: u64| {
+            core.order(
+                now,
+                Order::Propose {
+                    req,
+                    parent: genesis,
+                },
+            );
+            proposed(core)
+        };
+        let first = ask(&mut core, t, 1);
+        assert!(matches!(first[..], [Some(_)]), "{first:?}");
+        // The view timed out; the next asks on the same parent: the same
+        // batch, not rebuilt.
+        assert_eq!(ask(&mut core, t + 200, 2), first);
+        assert_eq!(core.stats().reproposed, 1);
+        assert_eq!(core.stats().rollbacks, 0);
+        // Too old for verifiers to take as on time: built anew.
+        let skew = Config::default().clock_skew_max_ms;
+        let later = ask(&mut core, t + skew, 3);
+        assert!(
+            matches!(later[..], [Some(d)] if Some(d) != first[0]),
+            "{later:?}"
+        );
+        assert_eq!(core.stats().reproposed, 1);
     }
 
     #[test]
