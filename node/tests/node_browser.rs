@@ -763,6 +763,36 @@ fn the_neighbour_regions_bodies_are_drawn_as_ghosts_and_hand_over_without_a_gap(
             "(M.ghosts.has({runner:?}) && (window.__ghosted = true)) || (M.meshes.has({runner:?}) ? (window.__leftAt = 0, false) : (window.__leftAt ||= M.tick, M.tick > window.__leftAt + 40))"
         ),
     );
+    // Where the runner is, as the nodes serve it (for a timeout report).
+    let runner_at = |node: &Node, region: u32| {
+        let s: Value = node
+            .get(&format!("/api/regions/{region}/state"))
+            .json()
+            .unwrap();
+        let e = s["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == runner.as_str())
+            .map(|e| e["pos"].clone());
+        let g = s["border"]["ghosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == runner.as_str())
+            .map(|g| g["pos"].clone());
+        format!(
+            "region {region} at tick {}: element {e:?}, ghost {g:?}",
+            s["tick"]
+        )
+    };
+    for _ in 0..20 {
+        if page2.eval("window.__done") == json!(true) {
+            break;
+        }
+        println!("{}; {}", runner_at(&west, 1), runner_at(&east, 2));
+        std::thread::sleep(Duration::from_secs(2));
+    }
     for (page, name) in [(&mut page2, "region 2"), (&mut page1, "region 1")] {
         wait_or_explain(
             page,
