@@ -392,7 +392,9 @@ fn ghosts_of_100_bodies_near_the_border() {
                 "pos": format!("255,{},2500", 28 + 2 * i), "shape": "ball:0.5"})
         })
         .collect();
-    act_all(&west, actions, 8);
+    // One at a time: 100 spawns at once made region 1's group of one stall
+    // (debug build, loaded machine; see docs/performance.md, session 12).
+    act_all(&west, actions, 1);
     page.wait_for(
         "100 ghosts drawn",
         "window.metatopia.ghostMeshes.size === 100 && window.metatopia.ghosts.size === 100",
