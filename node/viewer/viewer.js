@@ -533,6 +533,17 @@ function ghostLooks(g) {
   return "ghost|" + JSON.stringify(g.spec.shape);
 }
 
+/** Draws a new ghost of `id` (its `shape`, owned by `region`) at `at` (drawing frame). */
+function placeGhost(id, shape, region, at) {
+  const mesh = buildGhost(shape, region, id);
+  mesh.position.copy(at);
+  mesh.userData.looks = "ghost|" + JSON.stringify(shape);
+  mesh.userData.to = at.clone();
+  M.ghostMeshes.set(id, mesh);
+  poolAdd(mesh);
+  return mesh;
+}
+
 function buildGhost(shape, region, id) {
   const proxy = new THREE.Object3D();
   const part = (name, geometry, color, scale) => ({ shape: name, geometry, color, scale, offset: new THREE.Vector3(), tint: null, ghost: true });
@@ -562,21 +573,10 @@ function upsertGhost(g) {
   if (mesh && mesh.userData.looks !== key) {
     const at = mesh.position.clone();
     poolRemove(mesh); moving.delete(mesh);
-    mesh = buildGhost(g.spec.shape, g.region, g.id);
-    mesh.position.copy(at);
-    mesh.userData.looks = key;
-    mesh.userData.to = at.clone();
-    M.ghostMeshes.set(g.id, mesh);
-    poolAdd(mesh);
+    mesh = placeGhost(g.id, g.spec.shape, g.region, at);
   }
-  mesh ||= M.ghostMeshes.get(g.id);
   if (!mesh) {
-    mesh = buildGhost(g.spec.shape, g.region, g.id);
-    mesh.position.copy(to);
-    mesh.userData.looks = key;
-    mesh.userData.to = to.clone();
-    M.ghostMeshes.set(g.id, mesh);
-    poolAdd(mesh);
+    placeGhost(g.id, g.spec.shape, g.region, to);
     return;
   }
   mesh.userData.ghost = g.region;
@@ -607,12 +607,7 @@ function removeGhost(id) {
 /** Keeps a body handed away drawn as a ghost where it was until the neighbour's ghost of it comes. */
 function departGhost(e, at, region) {
   if (M.ghostMeshes.has(e.id)) return;
-  const mesh = buildGhost(e.body.spec.shape, region, e.id);
-  mesh.position.copy(at);
-  mesh.userData.looks = "ghost|" + JSON.stringify(e.body.spec.shape);
-  mesh.userData.to = at.clone();
-  M.ghostMeshes.set(e.id, mesh);
-  poolAdd(mesh);
+  placeGhost(e.id, e.body.spec.shape, region, at);
   departed.set(e.id, M.tick + DEPART_TICKS);
 }
 
