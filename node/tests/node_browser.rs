@@ -673,6 +673,12 @@ fn watch_gaps(page: &mut Page, id: &str, until: &str) {
     ));
 }
 
+/// Two regions' pages: a neighbour's post drawn translucent in its place
+/// and named on hover, gone when deleted; a ball crossing drawn in every
+/// frame on both pages. The crossing needs the hand-off to complete: on a
+/// loaded machine (load 14-17, session 12) border sets came late, the
+/// ball was kept without owner awaiting its verdict for over 60 s and the
+/// wait timed out (the page then shows it nowhere, as the API does).
 #[test]
 #[ignore = "needs chromium; run by .ci/run"]
 fn the_neighbour_regions_bodies_are_drawn_as_ghosts_and_hand_over_without_a_gap() {
