@@ -955,7 +955,47 @@ fn status(path: &Path, json: bool) -> Result<()> {
         outln!("online:      {}", names.join(", "));
     }
     print_group(&v["group"])?;
+    print_border(&v["border"])?;
     print_health(&v["health"])?;
+    Ok(())
+}
+
+/// The border part of `metatopia status`: hand-offs and messages with the
+/// neighbours, and per neighbour its border sets and the ghosts held.
+fn print_border(b: &serde_json::Value) -> Result<()> {
+    if !b.is_object() {
+        return Ok(());
+    }
+    let m = &b["messages"];
+    outln!(
+        "border:      hand-offs {} out, {} in, {} refused, {} aborted, {} pending; messages {} queued, {} resent, {} dropped, {} unroutable, {} delivered, {} refused, {} unacknowledged",
+        b["handoffs_out"],
+        b["handoffs_in"],
+        b["handoffs_refused"],
+        b["handoffs_aborted"],
+        b["handoffs_pending"],
+        m["queued"],
+        m["resent"],
+        m["dropped"],
+        m["unroutable"],
+        m["delivered"],
+        m["refused"],
+        b["messages_unacked"]
+    );
+    for n in b["neighbours"].as_array().into_iter().flatten() {
+        let s = &n["sets"];
+        outln!(
+            "  region {}: {} ghosts held; sets {} sent, {} delivered, {} late, {} missed, {} ahead, {} refused",
+            n["region"],
+            n["ghosts"],
+            s["sent"],
+            s["included"],
+            s["late"],
+            s["missed"],
+            s["ahead"],
+            s["refused"]
+        );
+    }
     Ok(())
 }
 

@@ -3,8 +3,9 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /`, `GET /viewer/...` | the browser viewer (see [`crate::viewer`]) |
-//! | `GET /api/status` | tick, state hash, regions, players online |
-//! | `GET /api/regions/{id}/state` | the region as JSON; strong `ETag` = state hash, `If-None-Match` → 304 |
+//! | `GET /api/status` | tick, state hash, regions, players online, group and links, `border`: hand-offs, messages and per neighbour border sets and ghosts held |
+//! | `GET /api/regions/{id}/state` | the region as JSON; strong `ETag` = state hash, `If-None-Match` → 304; `border`: its box, its neighbours' and the ghosts of their bodies it holds (world coordinates) |
+//! | `GET /api/regions/{id}/ghosts` | only that `border` part, with the tick (`null` without neighbours) |
 //! | `POST /api/regions/{id}/inputs` | one action as the local player (bearer token); answers when committed |
 //! | `GET /api/regions/{id}/stream` | WebSocket: a snapshot, then each published tick's changes and events ([`crate::stream`], `docs/stream.md`) |
 //! | `GET /scripts/{hash}`, `PUT /api/scripts` | script sources (see [`crate::scripts`]) |
@@ -42,6 +43,7 @@ pub fn router(app: App) -> Router {
         .merge(crate::viewer::routes())
         .route("/api/status", get(status))
         .route("/api/regions/{id}/state", get(region_state))
+        .route("/api/regions/{id}/ghosts", get(region_ghosts))
         .route("/api/regions/{id}/inputs", post(post_input))
         .route("/api/regions/{id}/stream", get(crate::stream::route))
         .merge(crate::scripts::routes())
@@ -69,6 +71,7 @@ async fn status(State(app): State<App>) -> Response {
     let mut v = view::status(&latest.sim, &latest.hash, app.player, &app.data_dir);
     v.group = Some(view::group(&app.world.group()));
     v.health = Some(health(&app));
+    v.border = view::border_status(&latest);
     axum::Json(v).into_response()
 }
 
@@ -120,13 +123,22 @@ async fn region_state(
             (header::ETAG, etag_value),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
-        axum::Json(view::region_state(
-            &latest.sim,
-            &latest.hash,
-            &app.faults.recent(),
-        )),
+        axum::Json(view::region_state(&latest, &app.faults.recent())),
     )
         .into_response()
+}
+
+async fn region_ghosts(State(app): State<App>, Path(id): Path<String>) -> Response {
+    if let Err(r) = check_region(&app, &id) {
+        return *r;
+    }
+    let latest = app.world.latest();
+    axum::Json(json!({
+        "region": latest.sim.state().region,
+        "tick": latest.sim.state().tick,
+        "border": view::border_view(&latest.ghosts),
+    }))
+    .into_response()
 }
 
 async fn post_input(

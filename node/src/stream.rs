@@ -13,6 +13,7 @@
 //! socket does not take a frame within [`SEND_TIMEOUT`] is cut off. So a
 //! slow reader holds no memory of its own and never slows the tick.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,9 +30,10 @@ use tracing::{debug, warn};
 
 use metatopia_sim::state::{Element, State as Region};
 use metatopia_sim::table::Change;
-use metatopia_sim::{Event, PlayerId, hex};
+use metatopia_sim::{ElementId, Event, PlayerId, hex};
 
 use crate::faults::Faults;
+use crate::replica::core::Ghosts;
 use crate::view;
 use crate::web::{App, error, token_matches};
 use crate::world::{Handle, Published};
@@ -195,8 +197,7 @@ fn rule_json(p: &Published) -> String {
 }
 
 fn state_json(p: &Published, faults: &Faults) -> String {
-    serde_json::to_string(&view::region_state(&p.sim, &p.hash, &faults.recent()))
-        .unwrap_or_default()
+    serde_json::to_string(&view::region_state(p, &faults.recent())).unwrap_or_default()
 }
 
 fn snapshot_frame(p: &Published, faults: &Faults) -> Frame {
@@ -211,7 +212,7 @@ fn snapshot_frame(p: &Published, faults: &Faults) -> Frame {
 fn tick_frame(prev: &Published, cur: &Published, faults: &Faults, rule: &mut String) -> Frame {
     let (a, b) = (prev.sim.state(), cur.sim.state());
     let recent = faults.recent();
-    let mut changed = std::collections::BTreeSet::new();
+    let mut changed = BTreeSet::new();
     let mut removed = Vec::new();
     for c in b.elements.changes(&a.elements) {
         match c {
@@ -298,6 +299,7 @@ fn tick_frame(prev: &Published, cur: &Published, faults: &Faults, rule: &mut Str
     if a.settings != b.settings {
         head["settings"] = json!(b.settings);
     }
+    ghost_changes(&prev.ghosts, &cur.ghosts, &mut head);
     let new_rule = rule_json(cur);
     if new_rule != *rule {
         head["temp_admin_rule"] = serde_json::from_str(&new_rule).unwrap_or_default();
@@ -343,6 +345,47 @@ fn movement(a: &Region, b: &Region, e: &Element) -> Option<Value> {
             })
         }
         _ => None,
+    }
+}
+
+/// The ghosts that changed from `a` to `b`, into the tick frame `head`
+/// (each key only when not empty, so a region without neighbours sends
+/// none): `ghosts`, added or changed whole; `ghosts_moved`, `[id, x, y,
+/// z, vx, vy, vz]` (world coordinates) of those whose position or
+/// velocity alone changed; `ghosts_gone`, the ids no longer held.
+fn ghost_changes(a: &Ghosts, b: &Ghosts, head: &mut Value) {
+    if a.held.is_empty() && b.held.is_empty() {
+        return;
+    }
+    let before: BTreeMap<ElementId, view::GhostView> = a
+        .held
+        .iter()
+        .map(|(o, g)| (g.id, view::ghost_view(*o, g)))
+        .collect();
+    let mut whole = Vec::new();
+    let mut moved = Vec::new();
+    let mut held = BTreeSet::new();
+    for (o, g) in &b.held {
+        held.insert(g.id);
+        let now = view::ghost_view(*o, g);
+        match before.get(&g.id) {
+            Some(was) if *was == now => {}
+            Some(was) if was.region == now.region && was.rot == now.rot && was.spec == now.spec => {
+                let (p, v) = (now.pos, now.vel);
+                moved.push(json!([now.id, p.x, p.y, p.z, v.x, v.y, v.z]));
+            }
+            _ => whole.push(now),
+        }
+    }
+    let gone: Vec<ElementId> = before.into_keys().filter(|id| !held.contains(id)).collect();
+    if !whole.is_empty() {
+        head["ghosts"] = json!(whole);
+    }
+    if !moved.is_empty() {
+        head["ghosts_moved"] = json!(moved);
+    }
+    if !gone.is_empty() {
+        head["ghosts_gone"] = json!(gone);
     }
 }
 

@@ -28,6 +28,71 @@ pub struct Status {
     pub group: Option<GroupView>,
     /// How the node is doing (set by the HTTP API).
     pub health: Option<Health>,
+    /// Traffic with neighbour regions (set by the HTTP API; `null`
+    /// without neighbours).
+    pub border: Option<BorderStatus>,
+}
+
+/// `GET /api/status`'s `border`: hand-offs, chat lines and script
+/// messages with neighbours (the region's counters, in its state), and
+/// per neighbour the border sets this member exchanged (its own
+/// counters since start) and the ghosts held of its bodies.
+#[derive(Debug, Serialize)]
+pub struct BorderStatus {
+    /// Groups handed to neighbours.
+    pub handoffs_out: u64,
+    /// Groups taken from neighbours.
+    pub handoffs_in: u64,
+    /// Our offers that neighbours refused.
+    pub handoffs_refused: u64,
+    /// Hand-offs undone on a negative verdict (or given one here).
+    pub handoffs_aborted: u64,
+    /// Offers waiting for their switch tick, and groups released and
+    /// kept until the target's verdict.
+    pub handoffs_pending: u64,
+    /// Chat lines and script messages with all neighbours (the region
+    /// counts them together, not per neighbour).
+    pub messages: metatopia_physics::region::RemoteCounts,
+    /// Of those, queued for neighbours and not yet acknowledged.
+    pub messages_unacked: u64,
+    /// Per neighbour, by region id.
+    pub neighbours: Vec<NeighbourStatus>,
+}
+
+/// One neighbour in [`BorderStatus`].
+#[derive(Debug, Serialize)]
+pub struct NeighbourStatus {
+    /// Its region id.
+    pub region: u32,
+    /// Ghosts of its bodies held after the last published tick.
+    pub ghosts: u64,
+    /// Border sets exchanged with it since this node started.
+    pub sets: crate::replica::core::SetCounts,
+}
+
+/// The border status of `p`, `None` for a region without neighbours.
+pub fn border_status(p: &crate::world::Published) -> Option<BorderStatus> {
+    p.ghosts.bounds?;
+    let b = &p.border;
+    Some(BorderStatus {
+        handoffs_out: b.handoffs_out,
+        handoffs_in: b.handoffs_in,
+        handoffs_refused: b.refused,
+        handoffs_aborted: b.aborted,
+        handoffs_pending: b.pending + b.kept,
+        messages: b.remote,
+        messages_unacked: b.remote_unacked,
+        neighbours: p
+            .ghosts
+            .neighbours
+            .iter()
+            .map(|(r, _)| NeighbourStatus {
+                region: r.0,
+                ghosts: p.ghosts.held.iter().filter(|(o, _)| o == r).count() as u64,
+                sets: p.sets.get(r).copied().unwrap_or_default(),
+            })
+            .collect(),
+    })
 }
 
 /// How the node is doing: the numbers `metatopia status` shows on one
@@ -156,6 +221,88 @@ pub struct RegionState {
     pub players: Vec<PlayerView>,
     /// Recent chat, oldest first.
     pub chat: Vec<ChatView>,
+    /// Where the region lies among its neighbours, and the ghosts of
+    /// their bodies near the border; `null` for a region without
+    /// neighbours.
+    pub border: Option<BorderView>,
+}
+
+/// `RegionState.border`: the region's place in the world, its
+/// neighbours' and the ghosts it holds of their bodies. Everything in
+/// world coordinates: an element's `pos` is relative to `origin`.
+#[derive(Debug, Serialize)]
+pub struct BorderView {
+    /// This region's box's lower corner, world coordinates (its
+    /// elements' positions are relative to it).
+    pub origin: Vec3,
+    /// Its box's upper corner.
+    pub max: Vec3,
+    /// The neighbours' boxes, by region id.
+    pub neighbours: Vec<NeighbourView>,
+    /// The ghosts held after the tick, by owner then id.
+    pub ghosts: Vec<GhostView>,
+}
+
+/// A neighbour region's box.
+#[derive(Debug, Serialize)]
+pub struct NeighbourView {
+    /// Its id.
+    pub region: u32,
+    /// Lower corner, world coordinates.
+    pub min: Vec3,
+    /// Upper corner.
+    pub max: Vec3,
+}
+
+/// A ghost: a neighbour's body near the border as the neighbour last
+/// sent it (one tick old).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct GhostView {
+    /// The element id (in the owner's state).
+    pub id: ElementId,
+    /// The region that owns it.
+    pub region: u32,
+    /// Its centre, world coordinates.
+    pub pos: Vec3,
+    /// Its velocity.
+    pub vel: Vec3,
+    /// Its rotation quaternion `[x, y, z, w]`; `null` for a ball (whose
+    /// rotation does not show).
+    pub rot: Option<[Fx; 4]>,
+    /// Shape, material and kind.
+    pub spec: metatopia_sim::physics::BodySpec,
+}
+
+/// A ghost as the API shows it.
+pub fn ghost_view(owner: metatopia_sim::RegionId, g: &metatopia_sim::physics::Ghost) -> GhostView {
+    let ball = matches!(g.spec.shape, metatopia_sim::physics::Shape::Ball { .. });
+    GhostView {
+        id: g.id,
+        region: owner.0,
+        pos: g.motion.pos,
+        vel: g.motion.vel,
+        rot: (!ball).then_some(g.motion.rot),
+        spec: g.spec,
+    }
+}
+
+/// The border view of `ghosts`, `None` without neighbours.
+pub fn border_view(ghosts: &crate::replica::core::Ghosts) -> Option<BorderView> {
+    let bounds = ghosts.bounds?;
+    Some(BorderView {
+        origin: bounds.min,
+        max: bounds.max,
+        neighbours: ghosts
+            .neighbours
+            .iter()
+            .map(|(r, b)| NeighbourView {
+                region: r.0,
+                min: b.min,
+                max: b.max,
+            })
+            .collect(),
+        ghosts: ghosts.held.iter().map(|(o, g)| ghost_view(*o, g)).collect(),
+    })
 }
 
 /// An element.
@@ -294,6 +441,7 @@ pub fn status(sim: &Sim, hash: &[u8; 32], player: PlayerId, data_dir: &str) -> S
         },
         group: None,
         health: None,
+        border: None,
     }
 }
 
@@ -432,7 +580,8 @@ pub(crate) fn element_view(s: &State, e: &Element, faults: &[Fault]) -> ElementV
 
 /// The region state view; `faults` are the node's recent script faults,
 /// oldest first.
-pub fn region_state(sim: &Sim, hash: &[u8; 32], faults: &[Fault]) -> RegionState {
+pub fn region_state(p: &crate::world::Published, faults: &[Fault]) -> RegionState {
+    let (sim, hash) = (&p.sim, &p.hash);
     let s = sim.state();
     RegionState {
         region: s.region.0,
@@ -450,6 +599,7 @@ pub fn region_state(sim: &Sim, hash: &[u8; 32], faults: &[Fault]) -> RegionState
             .collect(),
         players: s.players.values().map(player_view).collect(),
         chat: s.chat.iter().map(|l| chat_view(s, l)).collect(),
+        border: border_view(&p.ghosts),
     }
 }
 

@@ -433,13 +433,13 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
     } = hosted;
     let state = region.sim().state();
     let me = player_of(&key);
-    let published = Arc::new(Published {
-        tick: region.tick_number().saturating_sub(1),
-        sim: region.sim().clone(),
-        hash: region.hash(),
-        events: Arc::new(Vec::new()),
-        border: region.border_counts(),
-    });
+    let published = Arc::new(Published::new(
+        region.tick_number().saturating_sub(1),
+        &region,
+        region.hash(),
+        Vec::new(),
+        Arc::default(),
+    ));
     let hz = u64::from(state.settings.tick_rate_hz.clamp(1, 1000));
     let replica_config = crate::replica::Config {
         tick_ms: 1000 / hz,

@@ -644,3 +644,195 @@ fn chat_and_hear(speaker: &mut Page, listener: &mut Page, name: &str, text: &str
         ),
     );
 }
+
+/// `page.wait_for(what, expr)`; on a timeout, prints what the page has
+/// of the border and its ghosts before failing.
+fn wait_or_explain(page: &mut Page, what: &str, expr: &str) -> Value {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| page.wait_for(what, expr)));
+    r.unwrap_or_else(|e| {
+        let seen = page.eval(
+            "(() => { const M = window.metatopia; return JSON.stringify({mode: M.mode, why: M.modeWhy, tick: M.tick, fps: M.fps, border: M.border, ghosts: [...M.ghosts.keys()], drawn: [...M.ghostMeshes.keys()], elements: [...M.elements.keys()], errors: M.errors}); })()",
+        );
+        println!("the page when {what} timed out: {seen}");
+        std::panic::resume_unwind(e)
+    })
+}
+
+/// Counts, on `page`, the animation frames in which the body `id` is drawn
+/// neither as an element nor as a ghost, from the first frame it is drawn
+/// until `until` (a JS expression) holds: `window.__gaps`.
+fn watch_gaps(page: &mut Page, id: &str, until: &str) {
+    page.eval(&format!(
+        "(() => {{ const M = window.metatopia; window.__gaps = 0; window.__seen = false; window.__done = false;
+          const f = () => {{ if (window.__done) return;
+            const drawn = M.meshes.has({id:?}) || M.ghostMeshes.has({id:?});
+            if (drawn) window.__seen = true; else if (window.__seen) window.__gaps++;
+            if (window.__seen && ({until})) {{ window.__done = true; return; }}
+            requestAnimationFrame(f); }};
+          requestAnimationFrame(f); return true; }})()"
+    ));
+}
+
+/// Two regions' pages: a neighbour's post drawn translucent in its place
+/// and named on hover, gone when deleted; a ball crossing drawn in every
+/// frame on both pages. The crossing needs the hand-off to complete: on a
+/// loaded machine (load 14-17, session 12) border sets came late, the
+/// ball was kept without owner awaiting its verdict for over 60 s and the
+/// wait timed out (the page then shows it nowhere, as the API does).
+#[test]
+#[ignore = "needs chromium; run by .ci/run"]
+fn the_neighbour_regions_bodies_are_drawn_as_ghosts_and_hand_over_without_a_gap() {
+    let base = common::group_init_with(&["--regions", "2", "--members", "1"]);
+    let west = Node::start(&base.path().join("r0/m0"));
+    let east = Node::start(&base.path().join("r1/m0"));
+    // One browser per page: a page in a background tab gets no animation
+    // frames.
+    let (b1, b2) = (Browser::launch(), Browser::launch());
+    let mut page2 = b2.open(&format!("{}/#token={}", east.base, east.token()));
+    let mut page1 = b1.open(&format!("{}/#token={}", west.base, west.token()));
+    for page in [&mut page1, &mut page2] {
+        page.wait_for(
+            "the stream and the neighbour's box",
+            "document.body.dataset.mode === 'stream' && window.metatopia.border && window.metatopia.border.neighbours.length === 1",
+        );
+    }
+
+    // A fixed post 1 m west of the border, in region 1: region 2's page
+    // draws it translucent, 1 m west of its own ground (x = -1 in its
+    // frame), and hovering it names region 1.
+    assert_eq!(west.act(&json!({"do": "join", "name": "W"})).status, 200);
+    let r = west.act(
+        &json!({"do": "spawn_body", "name": "Post", "pos": "255,128,10",
+        "shape": "ball:0.5", "kind": "fixed"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let post = eventually("the post", || {
+        element_named(&state(&west), "Post").map(|e| e["id"].as_str().unwrap().to_string())
+    });
+    let at = wait_or_explain(
+        &mut page2,
+        "the post's ghost drawn",
+        &format!(
+            "(() => {{ const m = window.metatopia.ghostMeshes.get({post:?}); return m && [m.position.x, m.position.y, m.position.z, m.userData.ghost, m.userData.slots[0].pool.material.transparent]; }})()"
+        ),
+    );
+    let xyz: Vec<f64> = (0..3).map(|i| at[i].as_f64().unwrap()).collect();
+    assert_eq!(xyz, [-1.0, 10.0, -128.0], "{at}");
+    assert_eq!((&at[3], &at[4]), (&json!(1), &json!(true)), "{at}");
+    page2.eval(
+        "(() => { const M = window.metatopia; M.controls.target.set(-1, 10, -128); M.camera.position.set(4, 13, -120); M.controls.update(); return true; })()",
+    );
+    let hover = page2.wait_for(
+        "the ghost on screen, named on hover",
+        &format!(
+            "(() => {{ const p = window.metatopia.screenPos({post:?}, 0); if (!p || !p.visible) return null; const r = document.getElementById('scene').getBoundingClientRect(); return window.metatopia.hoverText(r.left + p.x, r.top + p.y); }})()"
+        ),
+    );
+    assert!(
+        hover.as_str().unwrap().contains("region 1's"),
+        "hover says {hover}"
+    );
+    page2.screenshot("ghost-post");
+    // Deleted in region 1: gone from region 2's page.
+    let r = west.act(&json!({"do": "delete", "element": post}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    page2.wait_for(
+        "the post's ghost gone",
+        &format!(
+            "!window.metatopia.ghostMeshes.has({post:?}) && !window.metatopia.ghosts.has({post:?})"
+        ),
+    );
+
+    // A ball rolling east across the border: drawn in every frame on both
+    // pages, ghost then element on region 2's, element then ghost on
+    // region 1's.
+    let r = west.act(
+        &json!({"do": "spawn_body", "name": "Runner", "pos": "248,128,3000",
+        "shape": "ball:0.5", "vel": "2,0,0"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let runner = eventually("the runner", || {
+        element_named(&state(&west), "Runner").map(|e| e["id"].as_str().unwrap().to_string())
+    });
+    watch_gaps(
+        &mut page2,
+        &runner,
+        &format!("M.meshes.has({runner:?}) && !M.ghostMeshes.has({runner:?})"),
+    );
+    // Region 1's page: until region 2's ghost of it comes, or 40 ticks
+    // after it left region 1 (a ball adopted more than 2 m inside region 2,
+    // after a failed attempt, is never ghosted back).
+    watch_gaps(
+        &mut page1,
+        &runner,
+        &format!(
+            "(M.ghosts.has({runner:?}) && (window.__ghosted = true)) || (M.meshes.has({runner:?}) ? (window.__leftAt = 0, false) : (window.__leftAt ||= M.tick, M.tick > window.__leftAt + 40))"
+        ),
+    );
+    // Where the runner is, as the nodes serve it (for a timeout report).
+    let runner_at = |node: &Node, region: u32| {
+        let s: Value = node
+            .get(&format!("/api/regions/{region}/state"))
+            .json()
+            .unwrap();
+        let e = s["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == runner.as_str())
+            .map(|e| e["pos"].clone());
+        let g = s["border"]["ghosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == runner.as_str())
+            .map(|g| g["pos"].clone());
+        format!(
+            "region {region} at tick {}: element {e:?}, ghost {g:?}",
+            s["tick"]
+        )
+    };
+    for _ in 0..20 {
+        if page2.eval("window.__done") == json!(true) {
+            break;
+        }
+        println!("{}; {}", runner_at(&west, 1), runner_at(&east, 2));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    for (page, name) in [(&mut page2, "region 2"), (&mut page1, "region 1")] {
+        wait_or_explain(
+            page,
+            &format!("the hand-off seen on {name}'s page"),
+            "window.__done",
+        );
+    }
+    let aborted: u64 = [&west, &east]
+        .iter()
+        .map(|n| {
+            n.get("/api/status").json().unwrap()["border"]["handoffs_aborted"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    let ghosted = page1.eval("window.__ghosted === true") == json!(true);
+    if aborted == 0 {
+        assert_eq!(
+            page2.eval("window.__gaps"),
+            json!(0),
+            "frames without the runner on region 2's page"
+        );
+    }
+    if aborted == 0 && ghosted {
+        assert_eq!(
+            page1.eval("window.__gaps"),
+            json!(0),
+            "frames without the runner on region 1's page"
+        );
+    }
+    println!(
+        "hand-off attempts failed: {aborted}; region 2's ghost reached region 1's page: {ghosted}; frames without the runner: region 2's page {}, region 1's {}",
+        page2.eval("window.__gaps"),
+        page1.eval("window.__gaps")
+    );
+    page2.screenshot("ghost-handed-over");
+}

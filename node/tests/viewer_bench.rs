@@ -15,6 +15,10 @@
 //! - `stream_bytes_per_second`: what the page's WebSocket receives from a
 //!   real node whose 1,000 physics bodies are all moving, and the
 //!   per-element cost from which 1,000 moving avatars follow.
+//! - `ghosts_of_100_bodies_near_the_border`: two groups of one (`group
+//!   init --regions 2`), 100 balls falling 1 m west of the border in
+//!   region 1: the bytes the ghost keys add to region 2's stream per
+//!   tick, and region 2's page frame rate before and with the 100 ghosts.
 
 #![allow(clippy::unwrap_used)]
 
@@ -356,4 +360,90 @@ fn stream_fan_out_with_1000_moving_bodies() {
         );
     }
     node.kill9();
+}
+
+/// The bytes 100 moving ghosts add to a neighbour's stream per tick, and
+/// the page's frame rate with them (see the module doc).
+#[test]
+#[ignore = "benchmark: needs chromium; prints numbers"]
+fn ghosts_of_100_bodies_near_the_border() {
+    let base = common::group_init_with(&["--regions", "2", "--members", "1"]);
+    let west = Node::start(&base.path().join("r0/m0"));
+    let east = Node::start(&base.path().join("r1/m0"));
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("{}/#token={}", east.base, east.token()));
+    page.wait_for(
+        "the stream and the neighbour",
+        "document.body.dataset.mode === 'stream' && window.metatopia.border",
+    );
+    // Looking west across the border at the column the balls fall in
+    // (during the 5 s measured first they fall from about 2,490 m to
+    // 2,350 m).
+    let look = "(() => { const M = window.metatopia; M.controls.target.set(-1, 2420, -128); M.camera.position.set(-300, 2430, -128); M.controls.update(); return true; })()";
+    page.eval(look);
+    let before = fps(&mut page, 5);
+    assert_eq!(
+        west.act(&json!({"do": "join", "name": "Bench"})).status,
+        200
+    );
+    let actions = (0..100)
+        .map(|i| {
+            json!({"do": "spawn_body", "name": format!("g{i}"),
+                "pos": format!("255,{},2500", 28 + 2 * i), "shape": "ball:0.5"})
+        })
+        .collect();
+    // One at a time: 100 spawns at once made region 1's group of one stall
+    // (debug build, loaded machine; see docs/performance.md, session 12).
+    act_all(&west, actions, 1);
+    page.wait_for(
+        "100 ghosts drawn",
+        "window.metatopia.ghostMeshes.size === 100 && window.metatopia.ghosts.size === 100",
+    );
+    page.eval(look);
+    let with = fps(&mut page, 5);
+    let held = page.eval("window.metatopia.ghostMeshes.size");
+    page.screenshot("bench-100-ghosts");
+    let url = format!(
+        "{}/api/regions/2/stream",
+        east.base.replace("http://", "ws://")
+    );
+    let (mut ws, _) = tungstenite::connect(&url).unwrap();
+    let first = ws.read().unwrap().into_text().unwrap();
+    println!(
+        "region 2's snapshot frame with 100 ghosts: {} bytes",
+        first.len()
+    );
+    let (mut frames, mut bytes, mut ghost_bytes, mut moved) = (0usize, 0usize, 0usize, 0usize);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        let text = match ws.read().unwrap() {
+            tungstenite::Message::Text(t) => t,
+            tungstenite::Message::Close(c) => panic!("the stream closed: {c:?}"),
+            _ => continue,
+        };
+        let f: Value = serde_json::from_str(text.as_str()).unwrap();
+        if f["type"] != "tick" {
+            continue;
+        }
+        frames += 1;
+        bytes += text.len();
+        for k in ["ghosts", "ghosts_moved", "ghosts_gone"] {
+            if !f[k].is_null() {
+                // `,"KEY":VALUE`
+                ghost_bytes += k.len() + 4 + f[k].to_string().len();
+            }
+        }
+        moved += f["ghosts_moved"].as_array().map_or(0, Vec::len);
+    }
+    println!(
+        "100 falling balls 1 m from the border: {frames} tick frames of region 2 in 5 s, {:.0} ghosts moved per frame, ghost keys {:.0} bytes per tick ({:.1} per ghost), whole frames {:.0} bytes per tick",
+        moved as f64 / frames.max(1) as f64,
+        ghost_bytes as f64 / frames.max(1) as f64,
+        ghost_bytes as f64 / moved.max(1) as f64,
+        bytes as f64 / frames.max(1) as f64
+    );
+    println!(
+        "region 2's page: {before:.1} fps before the balls, {with:.1} fps with {held} ghosts drawn (software WebGL: {})",
+        page.eval("window.metatopia.softwareGl")
+    );
 }

@@ -6,13 +6,19 @@
 // Coordinates: the sim is z-up (x east, y north); three.js is y-up. A sim
 // point (x, y, z) is drawn at (x, z, -y).
 //
+// Neighbour regions (`state.border`, world coordinates): their ground and
+// outline are drawn beside ours, and their bodies near the border, which
+// the node holds as ghosts, are drawn translucent in their place (world
+// position minus our region's origin); hovering one names its region.
+//
 // `window.metatopia` exposes the viewer's state (the scene, the region as
 // last applied, counters) for tests and for curious people.
 
 import * as THREE from "three";
 import { OrbitControls } from "three/addons/OrbitControls.js";
 
-const REGION = 1;
+// The region this node hosts: from its status before the stream opens.
+let REGION = 1;
 const POLL_MS = 250;
 const STATUS_MS = 2000;
 const WALK_STEP_M = 0.5;
@@ -40,6 +46,9 @@ const M = window.metatopia = {
   fps: 0,
   status: null,
   meshes: new Map(),    // element id -> Object3D
+  border: null,         // {origin, max, neighbours}: our box and the neighbours' (world), null without neighbours
+  ghosts: new Map(),    // element id -> ghost view (neighbours' bodies near the border, world coordinates)
+  ghostMeshes: new Map(), // element id -> Object3D of a ghost (or of a body just handed away)
   scene: null,
   camera: null,
   selected: null,
@@ -111,9 +120,13 @@ function replaceState(state) {
   M.settings = state.settings;
   M.tempAdmin = state.temp_admin;
   if (state.temp_admin_rule) M.tempAdminRule = state.temp_admin_rule;
+  setBorder(state.border);
   const seen = new Set();
   for (const e of state.elements) { seen.add(e.id); upsertElement(e); }
   for (const id of [...M.elements.keys()]) if (!seen.has(id)) removeElement(id);
+  const held = new Set();
+  for (const g of (state.border && state.border.ghosts) || []) { held.add(g.id); upsertGhost(g); }
+  for (const id of [...M.ghostMeshes.keys()]) if (!held.has(id)) removeGhost(id);
   M.players = new Map(state.players.map(p => [p.id, p]));
   M.chat = state.chat.slice();
   if (state.script_faults) {
@@ -131,9 +144,15 @@ function applyTick(f) {
   M.tempAdmin = f.temp_admin;
   if (f.settings) { M.settings = f.settings; ground(); }
   if (f.temp_admin_rule) M.tempAdminRule = f.temp_admin_rule;
+  // Ghosts first, our elements next, vanished ghosts last: a body handed
+  // to us in this tick takes over its ghost's place in the same frame.
+  for (const g of f.ghosts || []) upsertGhost(g);
+  for (const m of f.ghosts_moved || []) moveGhost(m);
   for (const e of f.elements || []) upsertElement(e);
   for (const m of f.moved || []) moveElement(m);
   for (const id of f.removed || []) removeElement(id);
+  for (const id of f.ghosts_gone || []) removeGhost(id);
+  expireDeparted(f.tick);
   for (const p of f.players || []) M.players.set(p.id, p);
   if (f.chat && f.chat.length) {
     M.chat.push(...f.chat);
@@ -178,11 +197,17 @@ function moveElement(m) {
 }
 
 function removeElement(id) {
+  const e = M.elements.get(id);
   M.elements.delete(id);
   const mesh = M.meshes.get(id);
   if (mesh) {
     removeMesh(mesh);
     M.meshes.delete(id);
+    // A body gone into a neighbour's box was most likely handed over: its
+    // ghost comes from the neighbour a tick later. Until then (at most
+    // DEPART_TICKS) it stays drawn as a ghost where it was.
+    const into = e && e.body && neighbourAt(mesh.position.x, -mesh.position.z);
+    if (into) departGhost(e, mesh.position, into);
   }
   if (M.selected === id) select(null);
 }
@@ -252,9 +277,15 @@ function ground() {
 }
 
 const materials = new Map();
-function material(color) {
-  if (!materials.has(color)) materials.set(color, new THREE.MeshLambertMaterial({ color }));
-  return materials.get(color);
+/** A shared material; `ghost`: translucent, for a neighbour's body. */
+function material(color, ghost = false) {
+  const key = color + (ghost ? "g" : "");
+  if (!materials.has(key)) {
+    materials.set(key, ghost
+      ? new THREE.MeshLambertMaterial({ color, transparent: true, opacity: 0.4, depthWrite: false })
+      : new THREE.MeshLambertMaterial({ color }));
+  }
+  return materials.get(key);
 }
 const unitBox = new THREE.BoxGeometry(1, 1, 1);
 const unitBall = new THREE.SphereGeometry(1, 14, 10);
@@ -345,10 +376,10 @@ const tmpMatrix = new THREE.Matrix4(), tmpVec = new THREE.Vector3(), noRotation 
 const LABEL_HEIGHT_M = 2.25;
 
 function poolOf(part) {
-  const key = part.shape + "|" + part.color;
+  const key = part.shape + "|" + part.color + (part.ghost ? "|ghost" : "");
   let p = pools.get(key);
   if (!p) {
-    p = { geometry: part.geometry, material: material(part.color), slots: [], mesh: null, tinted: !!part.tint };
+    p = { geometry: part.geometry, material: material(part.color, part.ghost), slots: [], mesh: null, tinted: !!part.tint };
     growPool(p, 64);
     pools.set(key, p);
   }
@@ -442,13 +473,161 @@ function drawElement(e) {
   const to = new THREE.Vector3(p.x, p.z + lift, -p.y);
   if (!mesh) {
     mesh = build(e);
-    mesh.position.set(p.x, p.z + (mesh.userData.lift || 0), -p.y);
+    // A body handed to us from a neighbour starts where its ghost is drawn
+    // (and the ghost goes in the same frame): no gap, no jump.
+    const was = takeGhostPlace(e.id);
+    mesh.position.copy(was || new THREE.Vector3(p.x, p.z + (mesh.userData.lift || 0), -p.y));
     addMesh(e, mesh, key);
-    return;
+    if (!was) return;
   }
-  if (mesh.userData.to && mesh.userData.to.equals(to)) return;
   // Interpolate from where it is drawn now to the new position over about
   // one update interval (one tick when streaming).
+  glide(mesh, to);
+}
+
+// ---------------------------------------------------------------- neighbours and their ghosts
+
+const DEPART_TICKS = 10;
+const departed = new Map(); // element id -> tick after which its placeholder goes
+const neighbourGrounds = [];
+
+/** A world point (sim coordinates, strings) in our drawing frame: relative to our region's origin. */
+function local(v) {
+  const o = M.border ? vec(M.border.origin) : { x: 0, y: 0, z: 0 };
+  const p = vec(v);
+  return { x: p.x - o.x, y: p.y - o.y, z: p.z - o.z };
+}
+
+/** The neighbour whose box holds the local point (x, y), or null. */
+function neighbourAt(x, y) {
+  for (const n of (M.border && M.border.neighbours) || []) {
+    const a = local(n.min), b = local(n.max);
+    if (x >= a.x - 1 && x <= b.x + 1 && y >= a.y - 1 && y <= b.y + 1) return n.region;
+  }
+  return null;
+}
+
+/** Our box and the neighbours' (`state.border` without its ghosts); draws their ground and names. */
+function setBorder(b) {
+  const next = b ? { origin: b.origin, max: b.max, neighbours: b.neighbours } : null;
+  if (JSON.stringify(next) === JSON.stringify(M.border)) return;
+  M.border = next;
+  for (const m of neighbourGrounds.splice(0)) scene.remove(m);
+  for (const n of (next && next.neighbours) || []) {
+    const a = local(n.min), z = local(n.max);
+    const w = z.x - a.x, d = z.y - a.y;
+    const g = new THREE.Mesh(new THREE.PlaneGeometry(w, d), new THREE.MeshLambertMaterial({ color: 0x566f47 }));
+    g.rotation.x = -Math.PI / 2;
+    g.position.set(a.x + w / 2, -0.02, -(a.y + d / 2));
+    const edge = new THREE.LineSegments(new THREE.EdgesGeometry(new THREE.BoxGeometry(w, 0.05, d)), new THREE.LineBasicMaterial({ color: 0xc8d8a0 }));
+    edge.position.set(a.x + w / 2, 0.03, -(a.y + d / 2));
+    const name = label(`region ${n.region}`, "#c8d8a0");
+    name.position.set(a.x + w / 2, 3, -(a.y + d / 2));
+    scene.add(g, edge, name);
+    neighbourGrounds.push(g, edge, name);
+  }
+}
+
+/** What a ghost looks like: its body's shape, translucent. */
+function ghostLooks(g) {
+  return "ghost|" + JSON.stringify(g.spec.shape);
+}
+
+/** Draws a new ghost of `id` (its `shape`, owned by `region`) at `at` (drawing frame). */
+function placeGhost(id, shape, region, at) {
+  const mesh = buildGhost(shape, region, id);
+  mesh.position.copy(at);
+  mesh.userData.looks = "ghost|" + JSON.stringify(shape);
+  mesh.userData.to = at.clone();
+  M.ghostMeshes.set(id, mesh);
+  poolAdd(mesh);
+  return mesh;
+}
+
+function buildGhost(shape, region, id) {
+  const proxy = new THREE.Object3D();
+  const part = (name, geometry, color, scale) => ({ shape: name, geometry, color, scale, offset: new THREE.Vector3(), tint: null, ghost: true });
+  if (shape.Cuboid) {
+    const h = vec(shape.Cuboid.half);
+    const size = new THREE.Vector3(2 * h.x, 2 * h.z, 2 * h.y);
+    proxy.userData.parts = [part("box", unitBox, 0xb07a4a, size)];
+    proxy.userData.extent = size;
+  } else {
+    const r = shape.Ball ? num(shape.Ball.radius) : 0.5;
+    proxy.userData.parts = [part("ball", unitBall, 0xe08a3c, new THREE.Vector3(r, r, r))];
+    proxy.userData.extent = new THREE.Vector3(2 * r, 2 * r, 2 * r);
+  }
+  proxy.userData.ghost = region;
+  proxy.userData.id = id;
+  return proxy;
+}
+
+/** A ghost from the node (whole view): drawn, or moved, or rebuilt if its shape changed. */
+function upsertGhost(g) {
+  M.ghosts.set(g.id, g);
+  departed.delete(g.id);
+  const p = local(g.pos);
+  const to = new THREE.Vector3(p.x, p.z, -p.y);
+  const key = ghostLooks(g);
+  let mesh = M.ghostMeshes.get(g.id);
+  if (mesh && mesh.userData.looks !== key) {
+    const at = mesh.position.clone();
+    poolRemove(mesh); moving.delete(mesh);
+    mesh = placeGhost(g.id, g.spec.shape, g.region, at);
+  }
+  if (!mesh) {
+    placeGhost(g.id, g.spec.shape, g.region, to);
+    return;
+  }
+  mesh.userData.ghost = g.region;
+  glide(mesh, to);
+}
+
+/** A tick frame's short form for a ghost that only moved: `[id, x, y, z, vx, vy, vz]` (world). */
+function moveGhost(m) {
+  const old = M.ghosts.get(m[0]);
+  if (!old) {
+    showError(`stream: ghost ${m[0]} moved but was never sent; reconnecting for a fresh snapshot`);
+    if (ws) ws.close(4000, "unknown ghost moved");
+    return;
+  }
+  upsertGhost({ ...old, pos: { x: m[1], y: m[2], z: m[3] }, vel: { x: m[4], y: m[5], z: m[6] } });
+}
+
+function removeGhost(id) {
+  M.ghosts.delete(id);
+  departed.delete(id);
+  const mesh = M.ghostMeshes.get(id);
+  if (!mesh) return;
+  poolRemove(mesh);
+  moving.delete(mesh);
+  M.ghostMeshes.delete(id);
+}
+
+/** Keeps a body handed away drawn as a ghost where it was until the neighbour's ghost of it comes. */
+function departGhost(e, at, region) {
+  if (M.ghostMeshes.has(e.id)) return;
+  placeGhost(e.id, e.body.spec.shape, region, at);
+  departed.set(e.id, M.tick + DEPART_TICKS);
+}
+
+/** Placeholders of bodies handed away whose ghost never came go after DEPART_TICKS. */
+function expireDeparted(tick) {
+  for (const [id, until] of departed) if (tick > until && !M.ghosts.has(id)) removeGhost(id);
+}
+
+/** Where the ghost of `id` is drawn, removing it (its body is ours now), or null. */
+function takeGhostPlace(id) {
+  const mesh = M.ghostMeshes.get(id);
+  if (!mesh) return null;
+  const at = mesh.position.clone();
+  removeGhost(id);
+  return at;
+}
+
+/** Interpolates a drawn proxy from where it is to `to` over one update interval. */
+function glide(mesh, to) {
+  if (mesh.userData.to && mesh.userData.to.equals(to)) return;
   mesh.userData.from = mesh.position.clone();
   mesh.userData.to = to;
   mesh.userData.t0 = performance.now();
@@ -548,7 +727,7 @@ requestAnimationFrame(loop);
 
 /** Where an element is drawn on the screen (CSS pixels), and whether it is in front of the camera: for tests. */
 M.screenPos = (id, up = 1) => {
-  const mesh = M.meshes.get(id);
+  const mesh = M.meshes.get(id) || M.ghostMeshes.get(id);
   if (!mesh) return null;
   scene.updateMatrixWorld();
   camera.updateMatrixWorld();
@@ -567,7 +746,10 @@ function pick(clientX, clientY) {
   camera.updateMatrixWorld();
   ray.setFromCamera(ndc, camera);
   const hit = ray.intersectObjects([...pools.values()].map(p => p.mesh), false)[0];
-  if (hit) return { element: hit.object.userData.pool.slots[hit.instanceId].proxy.userData.id };
+  if (hit) {
+    const proxy = hit.object.userData.pool.slots[hit.instanceId].proxy;
+    return proxy.userData.ghost ? { ghost: proxy.userData.id } : { element: proxy.userData.id };
+  }
   if (groundMesh) {
     const g = ray.intersectObject(groundMesh)[0];
     if (g) return { ground: { x: g.point.x, y: -g.point.z } };
@@ -576,13 +758,34 @@ function pick(clientX, clientY) {
 }
 
 M.pick = pick;
+
+/** What the pointer at (clientX, clientY) is over, in words, for the canvas's tooltip ("" if nothing to say). */
+function hoverText(clientX, clientY) {
+  const hit = pick(clientX, clientY);
+  if (hit && hit.ghost) {
+    const mesh = M.ghostMeshes.get(hit.ghost);
+    const g = M.ghosts.get(hit.ghost);
+    const shape = g && g.spec.shape.Cuboid ? "box" : "ball";
+    return `${shape} ${hit.ghost}, region ${mesh.userData.ghost}'s (a ghost: region ${mesh.userData.ghost} simulates it)`;
+  }
+  if (hit && hit.element) { const e = M.elements.get(hit.element); return e ? `${e.name} (${e.id})` : ""; }
+  return "";
+}
+M.hoverText = hoverText;
+let hoverAt = 0;
+canvas.addEventListener("pointermove", e => {
+  const now = performance.now();
+  if (now - hoverAt < 150 || e.buttons) return;
+  hoverAt = now;
+  canvas.title = hoverText(e.clientX, e.clientY);
+});
 let downAt = null;
 canvas.addEventListener("pointerdown", e => { downAt = { x: e.clientX, y: e.clientY }; });
 canvas.addEventListener("pointerup", e => {
   if (!downAt || Math.hypot(e.clientX - downAt.x, e.clientY - downAt.y) > 5 || e.button !== 0) return;
   downAt = null;
   const hit = pick(e.clientX, e.clientY);
-  if (!hit) return;
+  if (!hit || hit.ghost) return;
   if (hit.element) {
     select(hit.element);
     const el = M.elements.get(hit.element);
@@ -675,8 +878,22 @@ function drawMap() {
   map.width = w; map.height = h;
   const g = map.getContext("2d");
   const sx = num(M.settings.size.x), sy = num(M.settings.size.y);
-  const k = Math.min(w / sx, h / sy) * 0.94, ox = (w - sx * k) / 2, oy = (h - sy * k) / 2;
+  // The map spans our region and its neighbours (our frame: our origin at 0, 0).
+  const boxes = ((M.border && M.border.neighbours) || []).map(n => ({ region: n.region, a: local(n.min), b: local(n.max) }));
+  let x0 = 0, y0 = 0, x1 = sx, y1 = sy;
+  for (const n of boxes) { x0 = Math.min(x0, n.a.x); y0 = Math.min(y0, n.a.y); x1 = Math.max(x1, n.b.x); y1 = Math.max(y1, n.b.y); }
+  const k = Math.min(w / (x1 - x0), h / (y1 - y0)) * 0.94;
+  const ox = (w - (x1 - x0) * k) / 2 - x0 * k, oy = (h - (y1 - y0) * k) / 2 - (sy - y1) * k;
+  g.font = "10px system-ui, sans-serif";
+  for (const n of boxes) {
+    g.setLineDash([4, 3]); g.strokeStyle = "#8a9a6a";
+    g.strokeRect(ox + n.a.x * k, oy + (sy - n.b.y) * k, (n.b.x - n.a.x) * k, (n.b.y - n.a.y) * k);
+    g.setLineDash([]); g.fillStyle = "#8a9a6a";
+    g.fillText(`region ${n.region}`, ox + n.a.x * k + 4, oy + (sy - n.b.y) * k + 12);
+  }
   g.strokeStyle = "#46603a"; g.strokeRect(ox, oy, sx * k, sy * k);
+  g.fillStyle = "rgba(224,138,60,0.45)";
+  for (const mesh of M.ghostMeshes.values()) g.fillRect(ox + mesh.position.x * k - 1.5, oy + (sy + mesh.position.z) * k - 1.5, 3, 3);
   const av = myAvatar();
   for (const e of M.elements.values()) {
     if (e.kind === "Region") continue;
@@ -752,6 +969,14 @@ function renderStatus() {
     const cp = g.checkpoints && g.checkpoints[0];
     const agree = cp ? (cp.agree ? `hashes agree at tick ${cp.tick} (${cp.signed} signed)` : `HASHES DIFFER at tick ${cp.tick}`) : "no checkpoint yet";
     lines.push(`group of ${g.members.length}${g.observer ? " (this node observes)" : ""}: ${agree}${g.desync ? "; desync: " + JSON.stringify(g.desync) : ""}`);
+  }
+  const b = M.status && M.status.border;
+  if (b) {
+    for (const n of b.neighbours) {
+      const t = n.sets;
+      lines.push(`region ${n.region}: ${n.ghosts} ghosts; border sets ${t.sent} sent, ${t.included} delivered, ${t.late} late, ${t.missed} missed`);
+    }
+    lines.push(`hand-offs ${b.handoffs_out} out, ${b.handoffs_in} in; messages ${b.messages.delivered} delivered, ${b.messages.refused} refused`);
   }
   if (M.latencies.length) {
     const last = M.latencies[M.latencies.length - 1], mean = M.latencies.reduce((a, b) => a + b, 0) / M.latencies.length;
@@ -1115,6 +1340,7 @@ async function statusLoop() {
       if (!M.me) M.me = s.node.player;
       const reg = s.regions && s.regions[0];
       if (reg && reg.temp_admin_rule) M.tempAdminRule = reg.temp_admin_rule;
+      if (reg) REGION = reg.id;
     }
     const m = await fetch("/metrics");
     if (m.status === 200) {

@@ -545,6 +545,28 @@ impl Space {
         self.insert(g.id, body, Some(owner));
     }
 
+    /// Every ghost held, by owner then id, with where it is now (world
+    /// coordinates): what the neighbours' last ghost lists put here.
+    pub fn ghosts(&self) -> Vec<(RegionId, Ghost)> {
+        let mut out: Vec<(RegionId, Ghost)> = self
+            .slots
+            .iter()
+            .filter_map(|(id, s)| {
+                let owner = s.ghost?;
+                Some((
+                    owner,
+                    Ghost {
+                        id: *id,
+                        spec: s.spec,
+                        motion: self.motion(*id)?,
+                    },
+                ))
+            })
+            .collect();
+        out.sort_by_key(|(owner, g)| (*owner, g.id));
+        out
+    }
+
     /// The owner of a ghost, `None` if `id` is owned here or unknown.
     pub fn ghost_of(&self, id: ElementId) -> Option<RegionId> {
         self.slots.get(&id).and_then(|s| s.ghost)

@@ -173,6 +173,14 @@ fn tick_digest_matches_the_full_digest_after_every_change() {
     let r2 = metatopia_sim::RegionId(2);
     let r3 = metatopia_sim::RegionId(3);
     w.set_ghosts(r2, &[ghost(10, 20_000), ghost(11, 22_000)]);
+    // The ghosts held, by owner then id, where they were put.
+    let held = w.ghosts();
+    assert_eq!(
+        held.iter().map(|(o, g)| (*o, g.id)).collect::<Vec<_>>(),
+        [(r2, id(10)), (r2, id(11))]
+    );
+    assert_eq!(held[1].1.motion.pos, v(22_000, 0, 1000));
+    assert_eq!(held[0].1.spec, scene::ball(500));
     let a = check(&mut w);
     w.step(&[]);
     check(&mut w);
@@ -180,6 +188,14 @@ fn tick_digest_matches_the_full_digest_after_every_change() {
     check(&mut w);
     w.set_ghosts(r2, &[]);
     w.set_ghosts(r3, &[ghost(10, 20_500)]);
+    // Gone from r2's list, relabelled as r3's; owned bodies are no ghosts.
+    assert_eq!(
+        w.ghosts()
+            .iter()
+            .map(|(o, g)| (*o, g.id))
+            .collect::<Vec<_>>(),
+        [(r3, id(10))]
+    );
     let b = check(&mut w);
     assert_ne!(a, b);
     w.step(&[]);

@@ -175,6 +175,79 @@ pub struct Published {
     /// The border protocol's counters after it (hand-offs, refusals,
     /// aborts), for `/metrics`.
     pub border: metatopia_physics::BorderCounts,
+    /// The region's box, its neighbours' and the ghosts of their bodies it
+    /// holds after that tick (empty without neighbours).
+    pub ghosts: Arc<Ghosts>,
+    /// This member's border sets with each neighbour as of executing the
+    /// tick (node-local counters, not state; empty on observers).
+    pub sets: Arc<BTreeMap<RegionId, SetCounts>>,
+}
+
+/// What a region shows of its neighbours after a tick: where they are and
+/// the ghosts of their bodies near the border.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ghosts {
+    /// This region's box, world coordinates.
+    pub bounds: Option<metatopia_physics::Aabb>,
+    /// The neighbours' boxes, by region id.
+    pub neighbours: Vec<(RegionId, metatopia_physics::Aabb)>,
+    /// The ghosts held, by owner then id, world coordinates.
+    pub held: Vec<(RegionId, metatopia_sim::physics::Ghost)>,
+}
+
+impl Ghosts {
+    /// What `region` holds now.
+    pub fn of(region: &Region) -> Ghosts {
+        let cfg = region.config();
+        if cfg.neighbours.is_empty() {
+            return Ghosts::default();
+        }
+        Ghosts {
+            bounds: Some(cfg.bounds),
+            neighbours: cfg.neighbours.clone(),
+            held: region.space().ghosts(),
+        }
+    }
+}
+
+/// A member's border sets with one neighbour since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SetCounts {
+    /// Sets this member signed and sent it (one per finalized tick).
+    pub sent: u64,
+    /// Its certified sets in finalized proposals (delivered).
+    pub included: u64,
+    /// Its sets that came after the tick that would carry them was
+    /// finalized (dropped).
+    pub late: u64,
+    /// Its sets certified here too late for their tick.
+    pub missed: u64,
+    /// Its sets too far ahead of this replica (dropped).
+    pub ahead: u64,
+    /// Its sets refused (bad signature, not a member, invalid).
+    pub refused: u64,
+}
+
+impl Published {
+    /// What `region` shows after executing `tick` (`hash`, `events`),
+    /// with this member's border set counters `sets`.
+    pub fn new(
+        tick: u64,
+        region: &Region,
+        hash: [u8; 32],
+        events: Vec<Event>,
+        sets: Arc<BTreeMap<RegionId, SetCounts>>,
+    ) -> Published {
+        Published {
+            tick,
+            sim: region.sim().clone(),
+            hash,
+            events: Arc::new(events),
+            border: region.border_counts(),
+            ghosts: Arc::new(Ghosts::of(region)),
+            sets,
+        }
+    }
 }
 
 /// A finalized tick, for the log.
@@ -510,6 +583,16 @@ pub struct Stats {
     pub border_missed: u64,
     /// Neighbours' border sets too far ahead of this replica, dropped.
     pub border_ahead: u64,
+    /// The border sets, per neighbour (the `border_*` counters above
+    /// split by region; refusals of regions that are no neighbour only
+    /// there).
+    pub neighbours: BTreeMap<RegionId, SetCounts>,
+}
+
+impl Stats {
+    fn sets(&mut self, region: RegionId) -> &mut SetCounts {
+        self.neighbours.entry(region).or_default()
+    }
 }
 
 /// The batch this replica executes for `p` (its own, unless a test made it
@@ -1237,17 +1320,20 @@ impl Replica {
         };
         if !n.members.contains(&sig.member) {
             self.stats.border_refused += 1;
+            self.stats.sets(set.from).refused += 1;
             debug!(from = %set.from, member = %sig.member, "border set signed by a non-member");
             return;
         }
         let need = n.quorum();
         if set.tick.saturating_add(1) < self.finalized_next {
             self.stats.border_late += 1;
+            self.stats.sets(set.from).late += 1;
             debug!(from = %set.from, tick = set.tick, "late border set dropped");
             return;
         }
         if set.tick > self.head.tick_number().saturating_add(BORDER_AHEAD_MAX) {
             self.stats.border_ahead += 1;
+            self.stats.sets(set.from).ahead += 1;
             return;
         }
         let key = (set.from, set.tick);
@@ -1263,6 +1349,7 @@ impl Replica {
             .and_then(|()| sig.verify(&set).map_err(BorderSetError::from))
         {
             self.stats.border_refused += 1;
+            self.stats.sets(set.from).refused += 1;
             debug!(from = %set.from, tick = set.tick, error = %e, "border set refused");
             return;
         }
@@ -1310,6 +1397,7 @@ impl Replica {
             };
             let sig = set.sign(&self.key);
             self.stats.border_sent += 1;
+            self.stats.sets(n.region).sent += 1;
             self.out.push_back(Output::Send {
                 to: To::Region(n.region),
                 msg: Message::Border { set, sig },
@@ -1700,13 +1788,13 @@ impl Replica {
                 chain.push(Link {
                     digest: p.digest(),
                     proposal: p.clone(),
-                    published: Arc::new(Published {
-                        tick: p.tick,
-                        sim: region.sim().clone(),
-                        hash: report.hash,
-                        events: Arc::new(report.sim.events),
-                        border: region.border_counts(),
-                    }),
+                    published: Arc::new(Published::new(
+                        p.tick,
+                        &region,
+                        report.hash,
+                        report.sim.events,
+                        Arc::new(self.stats.neighbours.clone()),
+                    )),
                     outbox: Arc::new(report.outbox),
                     notarized: false,
                 });
@@ -1863,13 +1951,13 @@ impl Replica {
         self.chain.push(Link {
             digest,
             proposal: p.clone(),
-            published: Arc::new(Published {
-                tick: p.tick,
-                sim: self.head.sim().clone(),
-                hash: report.hash,
-                events: Arc::new(report.sim.events),
-                border: self.head.border_counts(),
-            }),
+            published: Arc::new(Published::new(
+                p.tick,
+                &self.head,
+                report.hash,
+                report.sim.events,
+                Arc::new(self.stats.neighbours.clone()),
+            )),
             outbox: Arc::new(report.outbox),
             notarized: false,
         });
@@ -2032,6 +2120,7 @@ impl Replica {
             }
             self.stats.border_included += p.border.len() as u64;
             for c in &p.border {
+                self.stats.sets(c.set.from).included += 1;
                 self.border_in.remove(&(c.set.from, c.set.tick));
             }
             self.send_border(p.tick, &link.outbox);
@@ -2117,6 +2206,7 @@ impl Replica {
                 && b.cert.is_some()
             {
                 self.stats.border_missed += 1;
+                self.stats.sets(key.0).missed += 1;
                 debug!(from = %key.0, tick = key.1, "border set certified too late for its tick");
             }
         }

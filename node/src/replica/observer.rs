@@ -261,13 +261,13 @@ impl Observer {
                 tick,
                 "observer joined from a snapshot f + 1 members vouched for"
             );
-            self.out.push_back(Output::Visible(Arc::new(Published {
+            self.out.push_back(Output::Visible(Arc::new(Published::new(
                 tick,
-                sim: region.sim().clone(),
+                &region,
                 hash,
-                events: Arc::new(Vec::new()),
-                border: region.border_counts(),
-            })));
+                Vec::new(),
+                Arc::default(),
+            ))));
             self.out.push_back(Output::Resynced {
                 tick,
                 hash,
@@ -383,13 +383,13 @@ impl Observer {
         self.head_digest = digest;
         self.stats.executed += 1;
         self.moved = self.now;
-        let published = Arc::new(Published {
-            tick: p.tick,
-            sim: head.sim().clone(),
-            hash: report.hash,
-            events: Arc::new(report.sim.events),
-            border: head.border_counts(),
-        });
+        let published = Arc::new(Published::new(
+            p.tick,
+            head,
+            report.hash,
+            report.sim.events,
+            Arc::default(),
+        ));
         for s in &p.inputs {
             let key = (s.input.player, s.input.seq);
             if self.own.remove(&key) {
