@@ -375,6 +375,7 @@ fn diff_player(d: &mut Diffs, part: &str, a: &Player, b: &Player) {
         online,
         avatar,
         last_seq,
+        moved_to,
     } = a;
     d.cmp(part, "id", id, &b.id);
     d.cmp(part, "name", name, &b.name);
@@ -390,6 +391,7 @@ fn diff_player(d: &mut Diffs, part: &str, a: &Player, b: &Player) {
     d.cmp(part, "online", online, &b.online);
     d.cmp(part, "avatar", avatar, &b.avatar);
     d.cmp(part, "last_seq", last_seq, &b.last_seq);
+    d.cmp(part, "moved_to", moved_to, &b.moved_to);
 }
 
 /// The first tick at which two traces of `(tick, state hash)` differ:

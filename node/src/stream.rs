@@ -259,12 +259,25 @@ fn tick_frame(prev: &Published, cur: &Published, faults: &Faults, rule: &mut Str
             Event::Joined { player } => json!({"event": "joined", "player": player}),
             Event::Left { player } => json!({"event": "left", "player": player}),
             Event::TempAdmin { player } => json!({"event": "temp_admin", "player": player}),
+            Event::Crossed { player, from, to } => {
+                json!({"event": "crossed", "player": player, "from": from.0, "to": to.0})
+            }
+            Event::CrossRefused { player, to, reason } => {
+                let v = json!({"event": "cross_refused", "to": to.0,
+                    "reason": reason.to_string()});
+                addressed.push((*player, v.to_string()));
+                continue;
+            }
             Event::Rejected {
                 player,
                 seq,
                 reason,
             } => {
-                let v = json!({"event": "rejected", "seq": seq, "reason": reason.to_string()});
+                let mut v = json!({"event": "rejected", "seq": seq, "reason": reason.to_string()});
+                if let metatopia_sim::input::Rejection::Moved(to) = reason {
+                    // The client sends the player's inputs there now.
+                    v["moved_to"] = json!(to.0);
+                }
                 addressed.push((*player, v.to_string()));
                 continue;
             }

@@ -59,12 +59,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use metatopia_sim::input::Batch;
 use metatopia_sim::physics::{
-    self, BodyTransfer, BorderMessage, Envelope, PhysicsEvent, PhysicsInbox, Transfer, is_influence,
+    self, Arrival, BodyTransfer, BorderMessage, Envelope, NeighbourBox, PhysicsEvent, PhysicsInbox,
+    Refusal, Transfer, is_influence,
 };
 use metatopia_sim::remote::{Outbound, Remote};
 use metatopia_sim::snapshot::{self, DecodeError};
+use metatopia_sim::state::ElementKind;
 use metatopia_sim::state::{Settings, State};
-use metatopia_sim::step::{StepError, TickReport};
+use metatopia_sim::step::{Crossing, StepError, TickReport};
 use metatopia_sim::{ElementId, Fx, PlayerId, RegionId, ScriptHost, Sim, Vec3};
 use serde::{Deserialize, Serialize};
 
@@ -662,6 +664,7 @@ impl Region {
         self.apply_late_influences(&mut work);
         self.deadlines(&mut work);
         self.expire_forwards(&mut work);
+        self.borders_for_sim(&mut work);
         let sim_report = self.sim.step_with_physics(batch, host, &work.sim)?;
         self.links.counts.delivered += u64::from(sim_report.remote_delivered);
         self.links.counts.refused += u64::from(sim_report.remote_refused);
@@ -676,7 +679,7 @@ impl Region {
         self.send_influences(now, forward, &mut outbox);
         self.send_remote(now, &sim_report.remote, &acks, &mut outbox);
         let step_events = self.space.step(&commands);
-        let offers = self.borders(now, &mut outbox);
+        let offers = self.borders(now, &sim_report.crossings, &mut outbox);
         self.send_finals(now, &mut outbox);
         self.send_ghosts(now, &mut outbox);
         let local = to_region_frame(step_events, origin);
@@ -724,13 +727,16 @@ impl Region {
             BorderMessage::Ask { root, switch_tick } => {
                 self.ask(*root, *switch_tick, env.from, work);
             }
-            BorderMessage::Refuse { root } => self.refused(*root, env.from, work),
+            BorderMessage::Refuse { root, reason } => {
+                self.refused(*root, *reason, env.from, work);
+            }
             BorderMessage::Accept { root } => self.accepted(*root, env.from, work),
             BorderMessage::Offer {
                 root,
                 bodies,
                 switch_tick,
-            } => self.offered(*root, *bodies, *switch_tick, env.from, work),
+                player,
+            } => self.offered(*root, *bodies, *switch_tick, *player, env.from, work),
             BorderMessage::Final {
                 transfer,
                 bodies,
@@ -874,8 +880,15 @@ impl Region {
     }
 
     /// `from` refused our offer of `root`: it stays here, back inside,
-    /// then the influences held for it apply.
-    fn refused(&mut self, root: ElementId, from: RegionId, work: &mut Received<'_>) {
+    /// then the influences held for it apply. An avatar is put back by
+    /// the sim, which tells its player why.
+    fn refused(
+        &mut self,
+        root: ElementId,
+        reason: Refusal,
+        from: RegionId,
+        work: &mut Received<'_>,
+    ) {
         if self
             .border
             .outgoing
@@ -886,7 +899,44 @@ impl Region {
             self.border.refused += 1;
             work.pre.extend(self.push_back(root));
             work.pre.extend(o.influences.into_iter().map(|(_, c)| c));
+            if self.avatar_player(root).is_some() {
+                work.sim.refused.push((root, from, reason));
+            }
         }
+    }
+
+    /// The player whose avatar `root` is, if it is one.
+    fn avatar_player(&self, root: ElementId) -> Option<PlayerId> {
+        let e = self.sim.state().elements.get(&root)?;
+        if e.kind != ElementKind::Avatar {
+            return None;
+        }
+        e.owner
+    }
+
+    /// Step 1, last: what the sim needs for avatars near the borders: the
+    /// neighbours' boxes in region coordinates, the hysteresis, and the
+    /// avatars whose crossing is under way.
+    fn borders_for_sim(&self, work: &mut Received<'_>) {
+        let origin = self.origin();
+        work.sim.neighbours = self
+            .cfg
+            .neighbours
+            .iter()
+            .map(|(region, b)| NeighbourBox {
+                region: *region,
+                min: b.min.saturating_sub(origin),
+                max: b.max.saturating_sub(origin),
+            })
+            .collect();
+        work.sim.hysteresis = self.cfg.hysteresis;
+        work.sim.crossing = self
+            .border
+            .outgoing
+            .iter()
+            .filter(|(root, _)| self.avatar_player(**root).is_some())
+            .map(|(root, o)| (*root, o.to))
+            .collect();
     }
 
     /// `from` accepted our offer of `root` for this tick: release the
@@ -948,16 +998,19 @@ impl Region {
                 },
             );
         }
-        work.sim.departures.push(root);
+        work.sim.departures.push((root, to));
     }
 
     /// `from` offers the group `root` (of `bodies` bodies) for
-    /// `switch_tick`: accepted if it fits and is new here, else refused.
+    /// `switch_tick`: accepted if it fits, is new here and, for a player's
+    /// avatar, the player may come in (not banned, not here already, room
+    /// for one more); else refused with the reason.
     fn offered(
         &mut self,
         root: ElementId,
         bodies: u32,
         switch_tick: u64,
+        player: Option<PlayerId>,
         from: RegionId,
         work: &mut Received<'_>,
     ) {
@@ -971,11 +1024,26 @@ impl Region {
             <= u64::from(self.cfg.bodies_max);
         // A group we give back this tick (an abort) may be offered again at
         // once.
-        let here =
-            self.sim.state().elements.contains_key(&root) && !work.sim.departures.contains(&root);
+        let here = self.sim.state().elements.contains_key(&root)
+            && !work.sim.departures.iter().any(|(r, _)| *r == root);
         let fresh =
             !here && !self.border.incoming.contains_key(&root) && switch_tick == work.now + 1;
-        let msg = if fits && fresh {
+        let admitted = player.map_or(Ok(()), |p| self.admits(p, work));
+        let verdict = if !fresh {
+            Err(Refusal::Busy)
+        } else if !fits {
+            Err(Refusal::Capacity)
+        } else {
+            admitted
+        };
+        let msg = if let Err(reason) = verdict {
+            if !self.border.incoming.contains_key(&root) {
+                self.border
+                    .verdicts
+                    .insert((root, switch_tick), (from, false));
+            }
+            BorderMessage::Refuse { root, reason }
+        } else {
             self.border.incoming.insert(
                 root,
                 Incoming {
@@ -985,13 +1053,6 @@ impl Region {
                 },
             );
             BorderMessage::Accept { root }
-        } else {
-            if !self.border.incoming.contains_key(&root) {
-                self.border
-                    .verdicts
-                    .insert((root, switch_tick), (from, false));
-            }
-            BorderMessage::Refuse { root }
         };
         work.outbox.push(Envelope {
             from: self.cfg.id,
@@ -1023,7 +1084,12 @@ impl Region {
             .elements
             .iter()
             .any(|e| self.sim.state().elements.contains_key(&e.id));
-        if ok && !clash {
+        // The player may have joined here, or been banned, since the offer.
+        let admitted = transfer
+            .player
+            .as_ref()
+            .is_none_or(|a| a.from == from && self.admits(a.player, work).is_ok());
+        if ok && !clash && admitted {
             self.border.incoming.remove(&root);
             self.border.handoffs_in += 1;
             self.border.verdicts.insert((root, work.now), (from, true));
@@ -1207,6 +1273,9 @@ impl Region {
         if adopted {
             return;
         }
+        if r.transfer.player.is_some() {
+            work.sim.refused.push((root, r.to, Refusal::NotAdopted));
+        }
         self.border.aborted += 1;
         self.border.handoffs_out = self.border.handoffs_out.saturating_sub(1);
         for b in &r.bodies {
@@ -1375,17 +1444,33 @@ impl Region {
         (offers, clamp)
     }
 
-    /// Step 4, first part: offers for groups deep enough in a neighbour,
-    /// push-back for bodies outside every box. Returns the offered roots.
-    fn borders(&mut self, now: u64, outbox: &mut Vec<Envelope>) -> Vec<ElementId> {
+    /// Step 4, first part: offers for groups deep enough in a neighbour
+    /// and for the avatars the sim saw cross (`crossings`), push-back for
+    /// bodies outside every box. Returns the offered roots.
+    fn borders(
+        &mut self,
+        now: u64,
+        crossings: &[Crossing],
+        outbox: &mut Vec<Envelope>,
+    ) -> Vec<ElementId> {
         let (offers, clamp) = self.outside();
         for id in clamp {
             for cmd in self.push_back(id) {
                 self.space.apply(&cmd);
             }
         }
+        let avatars = crossings.iter().filter(|c| {
+            self.neighbour(c.to).is_some()
+                && !self.border.outgoing.contains_key(&c.avatar)
+                && self.avatar_player(c.avatar) == Some(c.player)
+        });
+        let offers: Vec<(ElementId, RegionId, Option<PlayerId>)> = offers
+            .into_iter()
+            .map(|(root, to)| (root, to, None))
+            .chain(avatars.map(|c| (c.avatar, c.to, Some(c.player))))
+            .collect();
         let mut roots = Vec::new();
-        for (root, to) in offers {
+        for (root, to, player) in offers {
             let bodies = self.group_bodies(root).len() as u32;
             let switch_tick = now + 2;
             self.border.outgoing.insert(
@@ -1404,6 +1489,7 @@ impl Region {
                     root,
                     bodies,
                     switch_tick,
+                    player,
                 },
             });
             roots.push(root);
@@ -1496,6 +1582,7 @@ impl Region {
                 .filter(|p| inside(&p.to))
                 .cloned()
                 .collect(),
+            player: self.arrival(root),
         };
         let influences = self
             .border
@@ -1508,6 +1595,43 @@ impl Region {
             bodies,
             influences,
         })
+    }
+
+    /// The player who travels with the group `root`, if it is their
+    /// avatar (they are online with it).
+    fn arrival(&self, root: ElementId) -> Option<Arrival> {
+        let who = self.avatar_player(root)?;
+        let p = self.sim.state().players.get(&who)?;
+        if p.avatar != Some(root) {
+            return None;
+        }
+        Some(Arrival {
+            player: who,
+            name: p.name.clone(),
+            last_seq: p.last_seq,
+            from: self.cfg.id,
+        })
+    }
+
+    /// Whether the sim may admit `who` now, counting the avatars accepted
+    /// earlier in this tick's step 1 (they are not online yet).
+    fn admits(&self, who: PlayerId, work: &Received<'_>) -> Result<(), Refusal> {
+        let state = self.sim.state();
+        metatopia_sim::step::admits(state, who)?;
+        let arriving: Vec<PlayerId> = work
+            .sim
+            .arrivals
+            .iter()
+            .filter_map(|t| t.player.as_ref().map(|a| a.player))
+            .collect();
+        if arriving.contains(&who) {
+            return Err(Refusal::AlreadyThere);
+        }
+        let max = state.settings.players_online_max;
+        if state.online().count() as u64 + arriving.len() as u64 >= u64::from(max) {
+            return Err(Refusal::Full(max));
+        }
+        Ok(())
     }
 
     /// Step 4, last part: ghosts for every neighbour (an empty list clears

@@ -120,6 +120,7 @@ fn malformed_bytes_get_clear_errors() {
             root: ElementId::new(2, 1),
             bodies: 0,
             switch_tick: 2,
+            player: None,
         },
     ));
     assert!(err(&empty_offer).contains("offer of 0 bodies"));
@@ -226,8 +227,8 @@ proptest! {
     fn fuzz_body_never_panics_on_mutated_envelopes(at in 0usize..200, byte in any::<u8>(), kind in 0u8..3) {
         let msg = match kind {
             0 => BorderMessage::Ghosts { bodies: vec![ghost(1, 500), ghost(3, 250)] },
-            1 => BorderMessage::Offer { root: ElementId::new(2, 1), bodies: 1, switch_tick: 2 },
-            _ => BorderMessage::Refuse { root: ElementId::new(1, 4) },
+            1 => BorderMessage::Offer { root: ElementId::new(2, 1), bodies: 1, switch_tick: 2, player: None },
+            _ => BorderMessage::Refuse { root: ElementId::new(1, 4), reason: metatopia_sim::physics::Refusal::Capacity },
         };
         let mut bytes = encode_envelope(&env(0, msg));
         let i = at % bytes.len();

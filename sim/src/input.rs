@@ -231,6 +231,29 @@ pub enum Event {
         /// The new temp admin, if any.
         player: Option<PlayerId>,
     },
+    /// A player's avatar crossed the border between two regions, with
+    /// what it carried: told by the region it left (at the switch) and by
+    /// the region it entered (at the same tick). The player's inputs go to
+    /// `to` from now on.
+    Crossed {
+        /// The player.
+        player: PlayerId,
+        /// The region the avatar left.
+        from: crate::id::RegionId,
+        /// The region it is in now.
+        to: crate::id::RegionId,
+    },
+    /// A player's avatar did not cross into `to`: the region refused it
+    /// (banned, full, ...) or did not adopt it in time. The avatar is
+    /// back inside this region, the player still in it.
+    CrossRefused {
+        /// The player.
+        player: PlayerId,
+        /// The region it tried to enter.
+        to: crate::id::RegionId,
+        /// Why.
+        reason: crate::physics::Refusal,
+    },
     /// A script's handler failed; nothing it did this tick applies.
     ScriptFault {
         /// The script's element.

@@ -26,7 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::fx::{Fx, Vec3};
-use crate::id::{ElementId, RegionId};
+use crate::id::{ElementId, PlayerId, RegionId};
 use crate::snapshot::{self, DecodeError};
 use crate::state::{Element, Pending};
 
@@ -163,6 +163,81 @@ pub struct Transfer {
     pub timers: Vec<(u64, ElementId, u32)>,
     /// Undelivered events for scripts in the subtree.
     pub mailbox: Vec<Pending>,
+    /// When the root is a player's avatar: the player, who follows it
+    /// (goes offline where it leaves, online where it arrives).
+    pub player: Option<Arrival>,
+}
+
+/// The player whose avatar is the root of a [`Transfer`]: what the region
+/// it arrives in needs to make them present there (docs/adr/0018).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Arrival {
+    /// The player.
+    pub player: PlayerId,
+    /// Their name (as given at the join where the walk began).
+    pub name: String,
+    /// The highest input sequence number the region they leave took from
+    /// them: the region they arrive in drops anything not above it (one
+    /// counter per player across regions; an input applied before the
+    /// crossing cannot apply again after it).
+    pub last_seq: u64,
+    /// The region the avatar comes from.
+    pub from: RegionId,
+}
+
+/// Longest player name in an [`Arrival`] on the wire, bytes (the
+/// receiving region also applies its own `name_bytes_max`).
+pub const ARRIVAL_NAME_BYTES_MAX: usize = 1024;
+
+/// Why a region did not take an avatar (or a body) offered to it, or
+/// gave it back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// The region owns as many bodies as it may.
+    #[error("the region has no room for more bodies")]
+    Capacity,
+    /// The group is already there, or already offered to it.
+    #[error("the region already has or expects it")]
+    Busy,
+    /// The player is banned from the region.
+    #[error("the player is banned from that region")]
+    Banned,
+    /// The region has as many players online as it may.
+    #[error("that region is full ({0} players online)")]
+    Full(u32),
+    /// The player is already in the region (joined there with another
+    /// avatar).
+    #[error("the player is already in that region")]
+    AlreadyThere,
+    /// The region accepted but did not adopt it: the hand-off's data came
+    /// too late (a late or lost border set), or the player could no
+    /// longer be admitted at the switch.
+    #[error("the hand-off did not complete in time")]
+    NotAdopted,
+}
+
+/// A neighbour's box as the sim sees it: region coordinates of this
+/// region (`min` may be negative, `max` past the size).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct NeighbourBox {
+    /// The neighbour.
+    pub region: RegionId,
+    /// Lowest corner.
+    pub min: Vec3,
+    /// Highest corner (exclusive).
+    pub max: Vec3,
+}
+
+impl NeighbourBox {
+    /// Whether `p` is inside.
+    pub fn contains(&self, p: Vec3) -> bool {
+        p.x >= self.min.x
+            && p.y >= self.min.y
+            && p.z >= self.min.z
+            && p.x < self.max.x
+            && p.y < self.max.y
+            && p.z < self.max.z
+    }
 }
 
 impl Transfer {
@@ -175,8 +250,9 @@ impl Transfer {
 /// What the region tick hands the main sim at the start of a tick.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct PhysicsInbox {
-    /// Subtrees whose ownership leaves this region now (by root id).
-    pub departures: Vec<ElementId>,
+    /// Subtrees whose ownership leaves this region now (by root id), with
+    /// the region they go to.
+    pub departures: Vec<(ElementId, RegionId)>,
     /// Subtrees whose ownership arrives now; each root is attached under
     /// the region root.
     pub arrivals: Vec<Transfer>,
@@ -192,6 +268,20 @@ pub struct PhysicsInbox {
     /// (by sending region, then by the sender's numbering). Applied after
     /// the physics events, before last tick's queued script events.
     pub remote: Vec<(RegionId, crate::remote::Remote)>,
+    /// The neighbours' boxes, in this region's coordinates: an avatar may
+    /// stand outside this region's box only inside one of them, and
+    /// crosses into one once more than `hysteresis` past the box
+    /// (docs/adr/0018). Empty: avatars stay inside the box.
+    pub neighbours: Vec<NeighbourBox>,
+    /// See `neighbours`.
+    pub hysteresis: Fx,
+    /// Avatars offered to a neighbour whose switch is still due, with the
+    /// neighbour, by id.
+    pub crossing: Vec<(ElementId, RegionId)>,
+    /// Avatars whose crossing failed, after the departures and arrivals
+    /// (a group taken back is among the arrivals): the region they tried
+    /// and why. Each is put back inside the box and its player told.
+    pub refused: Vec<(ElementId, RegionId, Refusal)>,
 }
 
 /// A body's dynamic state, quantized, in world coordinates.
@@ -256,16 +346,21 @@ pub enum BorderMessage {
         bodies: u32,
         /// The tick at which ownership switches.
         switch_tick: u64,
+        /// When the root is a player's avatar: the player (the receiver
+        /// checks it may admit them).
+        player: Option<PlayerId>,
     },
     /// The receiver of an offer takes the group.
     Accept {
         /// The group's root element.
         root: ElementId,
     },
-    /// The receiver of an offer refuses it (no capacity).
+    /// The receiver of an offer refuses it.
     Refuse {
         /// The group's root element.
         root: ElementId,
+        /// Why.
+        reason: Refusal,
     },
     /// The group's data at the end of the tick before the switch, and the
     /// influences (commands) that arrived for it since the offer, numbered
@@ -405,9 +500,11 @@ impl Envelope {
             BorderMessage::Offer {
                 bodies,
                 switch_tick,
+                player,
                 ..
             } => {
-                if *bodies == 0 || *bodies as usize > TRANSFER_ELEMENTS_MAX {
+                // An avatar may carry no body; any other group is bodies.
+                if (*bodies == 0 && player.is_none()) || *bodies as usize > TRANSFER_ELEMENTS_MAX {
                     return bad(format!("offer of {bodies} bodies"));
                 }
                 if *switch_tick <= self.tick {
@@ -478,6 +575,17 @@ impl Envelope {
                 ids.sort();
                 if ids.windows(2).any(|w| w[0] == w[1]) {
                     return bad("repeated element in transfer".into());
+                }
+                if let Some(a) = &t.player {
+                    let root = &t.elements[0];
+                    if root.kind != crate::state::ElementKind::Avatar
+                        || root.owner != Some(a.player)
+                    {
+                        return bad("a player travels only with their avatar".into());
+                    }
+                    if a.from != self.from || a.name.len() > ARRIVAL_NAME_BYTES_MAX {
+                        return bad("arrival from another region or name too long".into());
+                    }
                 }
                 let inside = |id: &ElementId| ids.binary_search(id).is_ok();
                 if !t.bodies.iter().all(|(id, b)| inside(id) && b.spec.valid()) {

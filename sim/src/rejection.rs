@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ElementId, PlayerId};
+use crate::id::{ElementId, PlayerId, RegionId};
 
 /// Why an input was refused. The input changed nothing but its sender's
 /// sequence number.
@@ -39,4 +39,12 @@ pub enum Rejection {
     /// The sender sent more inputs this tick than allowed.
     #[error("too many inputs this tick (limit {0})")]
     RateLimited(u32),
+    /// The sender's avatar crossed the border into another region: their
+    /// inputs go to that region's group now.
+    #[error("avatar moved to region {0}: send inputs there")]
+    Moved(RegionId),
+    /// The sender's avatar is crossing into another region (offered, the
+    /// switch is due): only moves that keep it there are taken until then.
+    #[error("avatar is crossing into region {0}")]
+    Crossing(RegionId),
 }

@@ -82,6 +82,15 @@ pub enum ScriptEventKind {
         /// The message.
         body: String,
     },
+    /// A player's avatar crossed the border into a neighbouring region
+    /// (the player left this region for `to`). Scripts get it as
+    /// `on_leave(player, to)`; a plain leave is `on_leave(player)`.
+    Crossed {
+        /// The player.
+        player: PlayerId,
+        /// The region the avatar went to.
+        to: RegionId,
+    },
 }
 
 /// An event for a script, delivered at the next tick (messages between

@@ -14,7 +14,7 @@ use crate::state::State;
 /// First bytes of every snapshot.
 pub const MAGIC: [u8; 4] = *b"MTSS";
 /// The snapshot format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// Largest snapshot or message this build decodes, in bytes.
 pub const DECODE_BYTES_MAX: usize = 256 * 1024 * 1024;
 

@@ -128,6 +128,11 @@ pub struct Player {
     pub avatar: Option<ElementId>,
     /// The highest input sequence number seen; lower or equal ones are dropped.
     pub last_seq: u64,
+    /// The region the player's avatar crossed into when it last left this
+    /// region over a border, until the player joins or arrives here again:
+    /// their inputs here are refused with
+    /// [`Rejection::Moved`](crate::input::Rejection::Moved).
+    pub moved_to: Option<RegionId>,
 }
 
 impl crate::table::EntryHash for Player {}
@@ -321,6 +326,7 @@ impl State {
                     online: false,
                     avatar: None,
                     last_seq: 0,
+                    moved_to: None,
                 },
             );
         }

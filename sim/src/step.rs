@@ -29,7 +29,7 @@
 //! `inbox.rs` (the inboxes and their order) and `run.rs` (step 6),
 //! `merge.rs` (step 7).
 
-use crate::id::{ElementId, PlayerId};
+use crate::id::{ElementId, PlayerId, RegionId};
 use crate::input::{Batch, Event, Rejection};
 use crate::order;
 use crate::physics::{self, PhysicsInbox};
@@ -42,6 +42,7 @@ mod admin_input;
 mod admin_rule;
 mod bodies;
 mod chat;
+mod cross;
 mod deliver;
 mod inbox;
 mod inputs;
@@ -101,7 +102,24 @@ pub struct TickReport {
     /// that is not a live script here, or text over this region's limit.
     /// Nothing else changes.
     pub remote_refused: u32,
+    /// Avatars put more than the hysteresis into a neighbour's box this
+    /// tick, for the region to offer (docs/adr/0018).
+    pub crossings: Vec<Crossing>,
 }
+
+/// An avatar that crosses into a neighbouring region: the region offers
+/// its subtree there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crossing {
+    /// The avatar (the subtree's root).
+    pub avatar: ElementId,
+    /// Its player.
+    pub player: PlayerId,
+    /// The neighbour it is in.
+    pub to: RegionId,
+}
+
+pub use cross::admits;
 
 /// A sim: a state with its hash, stepped by batches.
 #[derive(Debug, Clone)]
@@ -204,6 +222,9 @@ fn run_tick(
         next_event_id: 0,
         new_timers: Vec::new(),
         forwarded: &physics.forwarded,
+        neighbours: &physics.neighbours,
+        hysteresis: physics.hysteresis,
+        crossing: &physics.crossing,
     };
     work.state.time_ms = batch.time_ms;
     work.apply_physics(physics);
@@ -231,6 +252,11 @@ struct Work<'a> {
     report: TickReport,
     /// Bodies handed to another region recently (see `PhysicsInbox`).
     forwarded: &'a [(ElementId, Option<PlayerId>)],
+    /// Neighbours' boxes, the hysteresis and the avatars whose crossing
+    /// is under way (see `PhysicsInbox`).
+    neighbours: &'a [physics::NeighbourBox],
+    hysteresis: crate::Fx,
+    crossing: &'a [(ElementId, RegionId)],
     /// Events for scripts this tick, in the order they were made. Grouped
     /// into inboxes (by script id, keeping this order) when scripts run.
     queued: Vec<(ElementId, ScriptEvent)>,
@@ -254,7 +280,8 @@ fn live_script(element: Option<&Element>) -> bool {
 fn online_avatar(s: &State, player: PlayerId) -> Result<ElementId, Rejection> {
     match s.players.get(&player) {
         Some(p) if p.online => p.avatar.ok_or(Rejection::NotJoined),
-        _ => Err(Rejection::NotJoined),
+        Some(p) => Err(p.moved_to.map_or(Rejection::NotJoined, Rejection::Moved)),
+        None => Err(Rejection::NotJoined),
     }
 }
 

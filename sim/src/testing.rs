@@ -79,6 +79,7 @@ fn describe(kind: &ScriptEventKind) -> String {
         ScriptEventKind::Timer { timer } => format!("timer:{timer}"),
         ScriptEventKind::Entered { player } => format!("enter:{player:?}"),
         ScriptEventKind::Left { player } => format!("left:{player:?}"),
+        ScriptEventKind::Crossed { player, to } => format!("crossed:{player:?}:{to}"),
         ScriptEventKind::Collision { element, other } => format!("hit:{element}:{other}"),
         ScriptEventKind::RemoteMessage { region, from, body } => {
             format!("rmsg:{region}:{from}:{body}")

@@ -184,9 +184,9 @@ fn golden_snapshot_length_and_hash() {
     assert_eq!(state_hash, GOLDEN_STATE_HASH, "state digest changed");
 }
 
-const GOLDEN_LEN: usize = 2028;
-const GOLDEN_STATE_HASH: &str = "0ab6010424578a4b14ddccb17638de4b9f71c3501cd1987da1c2c76c589bbb5d";
-const GOLDEN_HASH: &str = "37c466ddc995dc8c67879b3913ffe7972119b5ac0fac3fad7d17612150641b3e";
+const GOLDEN_LEN: usize = 2032;
+const GOLDEN_STATE_HASH: &str = "30b275719f389940c9277d7e9b072c9abd2e2d7e41f9bca3a1a529473a177340";
+const GOLDEN_HASH: &str = "3791ed6785fa1a8bf2f4e8127905972f2fae5cca5fb25b619813ede42356991e";
 
 #[test]
 fn corrupt_and_non_canonical_snapshots_are_refused() {

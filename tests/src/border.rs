@@ -188,6 +188,9 @@ pub struct Harness {
     spawned: bool,
     /// The talk scene, when running it: lines to say.
     talk: Option<u32>,
+    /// The crossing scene, when running it: lines to say from region 2,
+    /// and how many were said.
+    cross: Option<(u32, u32)>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -300,6 +303,7 @@ impl Harness {
             bodies,
             spawned: false,
             talk: None,
+            cross: None,
         }
     }
 
@@ -410,6 +414,73 @@ impl Harness {
         }
     }
 
+    /// The crossing scene's inputs at `since` ms: a journal in region 1
+    /// 4 m from the border, a charm (a journal too) on the driver's
+    /// avatar, a relay in region 2 sending what it hears to region 1's
+    /// journal; the driver leaves region 2 at 750 (its relay stays), and
+    /// from 800 walks its region 1 avatar 1 m every 100 ms to world
+    /// x = 68, sending each step to the region its avatar is in as the
+    /// head of that region's first live replica shows it (a client
+    /// following its avatar); once there, a line every 100 ms.
+    fn cross_step(&mut self, since: u64) {
+        let (r1, r2) = (0, 1);
+        match since {
+            400 => {
+                self.submit(r1, create("journal", 60_000));
+                self.submit(r1, walk(CROSS_AVATAR, 55_000));
+                self.submit(r2, create("relay", 3_000));
+            }
+            500 => self.submit(
+                r1,
+                InputKind::Create {
+                    parent: Some(CROSS_AVATAR),
+                    name: "charm".into(),
+                    pos: mm(55_000, 11_000, 0),
+                },
+            ),
+            700 => {
+                self.submit(r1, attach(CROSS_JOURNAL, "journal"));
+                self.submit(r1, attach(CROSS_CHARM, "journal"));
+                self.submit(r2, attach(CROSS_RELAY, "relay-back"));
+            }
+            750 => self.submit(r2, InputKind::Leave),
+            _ => {}
+        }
+        if since < 800 || !since.is_multiple_of(100) {
+            return;
+        }
+        let driver = player_of(&self.driver);
+        let at = |h: &Harness, g: usize| -> Option<Fx> {
+            let core = h.groups[g].nodes.iter().find_map(|n| n.core.as_ref())?;
+            let state = core.head().sim().state();
+            let p = state.players.get(&driver).filter(|p| p.online)?;
+            let avatar = state.elements.get(&p.avatar?)?;
+            let origin = Fx::from_int(if g == 1 { 64 } else { 0 });
+            Some(avatar.pos.x.saturating_add(origin))
+        };
+        let goal = Fx::from_int(68);
+        let step = |x: Fx| x.saturating_add(Fx::from_int(1)).min(goal);
+        if let Some(x) = at(self, r1) {
+            self.submit(r1, walk(CROSS_AVATAR, step(x).to_milli()));
+        } else if let Some(x) = at(self, r2) {
+            if x < goal {
+                let local = step(x).saturating_sub(Fx::from_int(64));
+                self.submit(r2, walk(CROSS_AVATAR, local.to_milli()));
+            } else if let Some((lines, said)) = self.cross
+                && said < lines
+            {
+                self.cross = Some((lines, said + 1));
+                self.submit(
+                    r2,
+                    InputKind::Say {
+                        text: format!("c{said}"),
+                        radius: Some(Fx::from_int(10)),
+                    },
+                );
+            }
+        }
+    }
+
     fn link_faulty(&self) -> bool {
         self.now < self.link.heal_at_ms
     }
@@ -482,8 +553,12 @@ impl Harness {
                 },
                 Output::Visible(p) => {
                     let near = near_border(g, &p.sim);
-                    let bodies: BTreeSet<ElementId> =
+                    let mut bodies: BTreeSet<ElementId> =
                         p.sim.state().bodies.iter().map(|(id, _)| *id).collect();
+                    // The crossing scene audits the avatar like a body.
+                    if self.cross.is_some() && p.sim.state().elements.contains_key(&CROSS_AVATAR) {
+                        bodies.insert(CROSS_AVATAR);
+                    }
                     let group = &mut self.groups[g];
                     match group.bodies_at.get(&p.tick) {
                         Some((b, _)) if *b != bodies => {
@@ -657,6 +732,9 @@ impl Harness {
         if let Some(lines) = self.talk {
             self.talk_step(since, lines);
         }
+        if self.cross.is_some() {
+            self.cross_step(since);
+        }
         // Restarts, and the crash of group 2's primary in the middle.
         for g in 0..2 {
             for i in 0..N {
@@ -800,7 +878,13 @@ impl Harness {
             self.groups[1].bodies_at.get(&t),
         ) {
             let owned = a.union(b).count() as u64;
-            out.lost = u64::from(self.bodies + 2).saturating_sub(owned);
+            // The storm's bodies and walls; the crossing scene's avatar.
+            let world = if self.cross.is_some() {
+                1
+            } else {
+                u64::from(self.bodies + 2)
+            };
+            out.lost = world.saturating_sub(owned);
         }
         for g in 0..2 {
             for n in self.groups[g].nodes.iter().filter_map(|n| n.core.as_ref()) {
@@ -864,18 +948,24 @@ fn boot(group: &Group, node: &Node) -> Replica {
     )
 }
 
-/// One seeded run with faults drawn from the seed: `faulty_ms` of storm
-/// with link faults and a crash, then `heal_ms` without.
-pub fn run_seed(seed: u64, bodies: u32, faulty_ms: u64, heal_ms: u64) -> Result<Outcome, String> {
+/// Link faults drawn from the seed (loss 0–15 %, duplicates, 1–30 ms
+/// delays, partitions, a crash of region 2's primary) until `faulty_ms`.
+fn seeded_link(seed: u64, faulty_ms: u64) -> LinkFaults {
     let mut pick = ChaCha8Rng::seed_from_u64(seed ^ 0xb0de);
-    let link = LinkFaults {
+    LinkFaults {
         loss: pick.random_range(0.0..0.15),
         duplicate: pick.random_range(0.0..0.1),
         delay_ms: (pick.random_range(1..5), pick.random_range(10..30)),
         partitions: pick.random_bool(0.7),
         crash_primary: true,
         heal_at_ms: faulty_ms,
-    };
+    }
+}
+
+/// One seeded run with faults drawn from the seed: `faulty_ms` of storm
+/// with link faults and a crash, then `heal_ms` without.
+pub fn run_seed(seed: u64, bodies: u32, faulty_ms: u64, heal_ms: u64) -> Result<Outcome, String> {
+    let link = seeded_link(seed, faulty_ms);
     let mut h = Harness::new(seed, bodies, link);
     h.run(faulty_ms + heal_ms)
 }
@@ -897,7 +987,17 @@ fn talk_host() -> (RuleHost, Vec<String>) {
             target: TALK_INBOX,
         },
     );
-    (host, vec!["journal".into(), "relay".into()])
+    host.add(
+        "relay-back",
+        Rule::RemoteRelay {
+            region: RegionId(1),
+            target: CROSS_JOURNAL,
+        },
+    );
+    (
+        host,
+        vec!["journal".into(), "relay".into(), "relay-back".into()],
+    )
 }
 
 fn create(name: &str, x_mm: i64) -> InputKind {
@@ -1008,14 +1108,124 @@ pub fn talk(seed: u64, lines: u32, link: LinkFaults, ms: u64) -> Result<Talk, St
 /// them (loss, duplicates, delays, partitions, a crash of region 2's
 /// primary) for `faulty_ms`, then `heal_ms` without.
 pub fn talk_seed(seed: u64, lines: u32, faulty_ms: u64, heal_ms: u64) -> Result<Talk, String> {
-    let mut pick = ChaCha8Rng::seed_from_u64(seed ^ 0xb0de);
-    let link = LinkFaults {
-        loss: pick.random_range(0.0..0.15),
-        duplicate: pick.random_range(0.0..0.1),
-        delay_ms: (pick.random_range(1..5), pick.random_range(10..30)),
-        partitions: pick.random_bool(0.7),
-        crash_primary: true,
-        heal_at_ms: faulty_ms,
-    };
+    let link = seeded_link(seed, faulty_ms);
     talk(seed, lines, link, faulty_ms + heal_ms)
+}
+
+/// The driver's avatar in the crossing scene (region 1's first element).
+pub const CROSS_AVATAR: ElementId = ElementId::new(1, 1);
+/// The journal in region 1, 4 m from the border.
+pub const CROSS_JOURNAL: ElementId = ElementId::new(1, 2);
+/// The charm on the driver's avatar (a journal: it keeps what it gets).
+pub const CROSS_CHARM: ElementId = ElementId::new(1, 3);
+/// The relay in region 2, 3 m from the border (the driver's avatar there
+/// is 2.1 until it leaves).
+pub const CROSS_RELAY: ElementId = ElementId::new(2, 2);
+
+/// What the crossing scene measured.
+#[derive(Debug, Clone, Default)]
+pub struct Cross {
+    /// The harness's outcome: the avatar is audited like a body (never
+    /// in both regions' states, in limbo only while a verdict is
+    /// missing), and every replica's hash checked at every tick.
+    pub outcome: Outcome,
+    /// Lines region 2's finalized batches said (the driver's inputs).
+    pub said: Vec<String>,
+    /// Per line: how often region 1's journal heard it across the border.
+    pub heard: BTreeMap<String, u64>,
+    /// Per line: how often region 2's relay's message carrying it reached
+    /// region 1's journal.
+    pub relayed: BTreeMap<String, u64>,
+    /// Region 1's driver record at the end: (online, moved to).
+    pub left: (bool, Option<RegionId>),
+    /// Region 2's: (online, avatar).
+    pub arrived: (bool, Option<ElementId>),
+    /// The charm's journal in region 2 (it came along with its state).
+    pub charm: Vec<String>,
+    /// Whether every live replica of each region at its top tick has the
+    /// same journals and charm.
+    pub replicas_agree: bool,
+}
+
+/// The crossing scene: the driver walks its avatar (with a scripted
+/// charm) from region 1 over the border, then says `lines` lines from
+/// region 2, with `link` faults, for `ms`.
+pub fn cross(seed: u64, lines: u32, link: LinkFaults, ms: u64) -> Result<Cross, String> {
+    let mut h = Harness::new(seed, 0, link);
+    h.spawned = true;
+    h.cross = Some((lines, 0));
+    let outcome = h.run(ms)?;
+    let mut said = Vec::new();
+    for p in h.groups[1].finalized.values() {
+        for s in &p.inputs {
+            if let InputKind::Say { text, .. } = &s.input.kind {
+                said.push(text.clone());
+            }
+        }
+    }
+    let lines_of = |r: &Region, id: ElementId| -> Vec<String> {
+        r.sim()
+            .state()
+            .elements
+            .get(&id)
+            .and_then(|e| e.script.as_ref())
+            .map(|s| {
+                String::from_utf8_lossy(&s.state)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let tops: Vec<Vec<&Region>> = (0..2)
+        .map(|g| {
+            let heads: Vec<&Region> = h.groups[g]
+                .nodes
+                .iter()
+                .filter_map(|n| n.core.as_ref().map(|c| c.head()))
+                .collect();
+            let top = heads.iter().map(|r| r.tick_number()).max().unwrap_or(0);
+            heads
+                .into_iter()
+                .filter(|r| r.tick_number() == top)
+                .collect()
+        })
+        .collect();
+    let (Some(one), Some(two)) = (tops[0].first(), tops[1].first()) else {
+        return Err("a group has no live replica".into());
+    };
+    let replicas_agree = tops[0]
+        .iter()
+        .all(|r| lines_of(r, CROSS_JOURNAL) == lines_of(one, CROSS_JOURNAL))
+        && tops[1]
+            .iter()
+            .all(|r| lines_of(r, CROSS_CHARM) == lines_of(two, CROSS_CHARM));
+    let driver = player_of(&h.driver);
+    let p1 = one.sim().state().players.get(&driver);
+    let p2 = two.sim().state().players.get(&driver);
+    let mut c = Cross {
+        outcome,
+        said,
+        left: p1.map_or((false, None), |p| (p.online, p.moved_to)),
+        arrived: p2.map_or((false, None), |p| (p.online, p.avatar)),
+        charm: lines_of(two, CROSS_CHARM),
+        replicas_agree,
+        ..Cross::default()
+    };
+    let relayed = format!("rmsg:2:{CROSS_RELAY}:heard:");
+    for line in lines_of(one, CROSS_JOURNAL) {
+        if let Some(text) = line.strip_prefix(&relayed) {
+            *c.relayed.entry(text.to_string()).or_default() += 1;
+        } else if let Some(text) = line.strip_prefix("heard:") {
+            *c.heard.entry(text.to_string()).or_default() += 1;
+        }
+    }
+    Ok(c)
+}
+
+/// The crossing scene with faults drawn from the seed as [`run_seed`]
+/// draws them, for `faulty_ms`, then `heal_ms` without.
+pub fn cross_seed(seed: u64, lines: u32, faulty_ms: u64, heal_ms: u64) -> Result<Cross, String> {
+    let link = seeded_link(seed, faulty_ms);
+    cross(seed, lines, link, faulty_ms + heal_ms)
 }

@@ -86,7 +86,7 @@ fn handler_index(kind: &ScriptEventKind) -> usize {
         ScriptEventKind::Message { .. } | ScriptEventKind::RemoteMessage { .. } => 2,
         ScriptEventKind::Timer { .. } => 3,
         ScriptEventKind::Entered { .. } => 4,
-        ScriptEventKind::Left { .. } => 5,
+        ScriptEventKind::Left { .. } | ScriptEventKind::Crossed { .. } => 5,
         ScriptEventKind::Collision { .. } => 6,
     }
 }
@@ -248,6 +248,11 @@ impl Sandbox {
                         ScriptEventKind::Entered { player } | ScriptEventKind::Left { player } => {
                             push(&IdText::player(*player));
                             1
+                        }
+                        ScriptEventKind::Crossed { player, to } => {
+                            push(&IdText::player(*player));
+                            ffi::lua_pushinteger(l, i64::from(to.0));
+                            2
                         }
                         ScriptEventKind::Collision { element, other } => {
                             push(&IdText::element(*element));

@@ -6,17 +6,29 @@ use crate::fx::Vec3;
 use crate::id::ElementId;
 use crate::physics::{PhysicsEvent, PhysicsInbox, Transfer};
 use crate::script::{ScriptEvent, ScriptEventKind};
+use crate::state::ElementKind;
 
 use super::{LOOKUPS_PER_TASK, Work, live_script};
 
 impl Work<'_> {
     /// Step 3, first half: ownership switches, then last tick's events.
     pub(super) fn apply_physics(&mut self, inbox: &PhysicsInbox) {
-        for root in &inbox.departures {
-            self.depart(*root);
+        for (root, to) in &inbox.departures {
+            let player = self
+                .state
+                .elements
+                .get(root)
+                .filter(|e| e.kind == ElementKind::Avatar)
+                .and_then(|e| e.owner);
+            if self.depart(*root) {
+                self.depart_player(*root, player, *to);
+            }
         }
         for transfer in &inbox.arrivals {
             self.arrive(transfer);
+        }
+        for (root, to, reason) in &inbox.refused {
+            self.crossing_refused(*root, *to, *reason);
         }
         for event in &inbox.events {
             match event {
@@ -90,10 +102,10 @@ impl Work<'_> {
 
     /// Removes a subtree whose ownership left, with its bodies, timers and
     /// queued events (they travelled with it). No physics command: the
-    /// physics side already let the bodies go.
-    pub(super) fn depart(&mut self, root: ElementId) {
+    /// physics side already let the bodies go. Whether it was here.
+    pub(super) fn depart(&mut self, root: ElementId) -> bool {
         if root == self.state.root() || !self.state.elements.contains_key(&root) {
-            return;
+            return false;
         }
         let ids = self.state.subtree(root);
         let parent = self.state.elements.get(&root).and_then(|e| e.parent);
@@ -112,6 +124,7 @@ impl Work<'_> {
         let gone = |id: &ElementId| ids.binary_search(id).is_ok();
         self.state.timers.retain(|(_, s, _)| !gone(s));
         self.state.mailbox.retain(|p| !gone(&p.to));
+        true
     }
 
     /// Attaches a subtree whose ownership arrived under the region root.
@@ -148,6 +161,9 @@ impl Work<'_> {
         self.state.timers.extend(t.timers.clone());
         for p in &t.mailbox {
             self.state.mailbox.push_back(p.clone());
+        }
+        if let Some(a) = &t.player {
+            self.arrive_player(root, a);
         }
     }
 

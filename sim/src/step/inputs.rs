@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::fx::{Fx, Vec3};
 use crate::id::{ElementId, PlayerId};
 use crate::input::{Event, Input, InputKind, Rejection};
-use crate::physics;
+use crate::physics::{self, Refusal};
 use crate::remote::{Outbound, Remote};
 use crate::script::ScriptEventKind;
 use crate::state::{Assets, ElementKind, Player, Role, ScriptSlot, Speaker};
@@ -134,6 +134,9 @@ impl Work<'_> {
             return Err(Rejection::Invalid("the region root cannot move".into()));
         }
         self.check_owner(who, e.owner, "move")?;
+        if e.kind == ElementKind::Avatar {
+            return self.place_avatar(element, to);
+        }
         self.move_subtree(element, to)
     }
 
@@ -309,19 +312,12 @@ impl Work<'_> {
     }
 
     pub(super) fn join(&mut self, who: PlayerId, name: &str) -> Result<(), Rejection> {
-        if self.state.banned.contains(&who) {
-            return Err(Rejection::Banned);
-        }
+        super::admits(self.state, who).map_err(|r| match r {
+            Refusal::Banned => Rejection::Banned,
+            Refusal::Full(max) => Rejection::RegionFull(max),
+            _ => Rejection::AlreadyJoined,
+        })?;
         check_text(name, self.state.settings.name_bytes_max, "name")?;
-        if self.state.players.get(&who).is_some_and(|p| p.online) {
-            return Err(Rejection::AlreadyJoined);
-        }
-        let online = self.state.online().count() as u64;
-        if online >= u64::from(self.state.settings.players_online_max) {
-            return Err(Rejection::RegionFull(
-                self.state.settings.players_online_max,
-            ));
-        }
         let spawn = self.state.settings.spawn;
         let root = self.state.root();
         let avatar = self
@@ -338,6 +334,7 @@ impl Work<'_> {
             online: false,
             avatar: None,
             last_seq: 0,
+            moved_to: None,
         });
         player.name = name.to_string();
         player.first_join_ms.get_or_insert(now);
@@ -347,6 +344,7 @@ impl Work<'_> {
         }
         player.online = true;
         player.avatar = Some(avatar);
+        player.moved_to = None;
         self.state.players.insert(who, player);
         self.report.events.push(Event::Joined { player: who });
         self.broadcast(ScriptEventKind::Entered { player: who });
@@ -394,30 +392,11 @@ impl Work<'_> {
     }
 
     /// Moves an element to `to`, and its subtree by the same offset.
+    /// Every element must stay inside the region (an avatar goes through
+    /// [`Work::place_avatar`] instead, which may take it over a border).
     pub(super) fn move_subtree(&mut self, element: ElementId, to: Vec3) -> Result<(), Rejection> {
-        let from = self.element(element)?.pos;
-        let ids = self.state.subtree(element);
-        let mut moved = Vec::with_capacity(ids.len());
-        for id in &ids {
-            let pos = self.element(*id)?.pos;
-            let new = pos.saturating_sub(from).saturating_add(to);
-            if !self.state.in_bounds(new) {
-                return Err(Rejection::OutOfBounds(format!(
-                    "position {new} of {id} would be outside the region"
-                )));
-            }
-            moved.push((*id, new));
-        }
-        for (id, pos) in moved {
-            self.state.elements.update(&id, |e| {
-                e.pos = pos;
-            });
-            if self.state.bodies.contains_key(&id) {
-                self.report
-                    .physics
-                    .push(physics::Command::SetPosition { id, pos });
-            }
-        }
+        let moved = self.plan_move(element, to, false)?;
+        self.apply_moves(moved);
         Ok(())
     }
 
