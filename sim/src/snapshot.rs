@@ -14,7 +14,7 @@ use crate::state::State;
 /// First bytes of every snapshot.
 pub const MAGIC: [u8; 4] = *b"MTSS";
 /// The snapshot format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// Largest snapshot or message this build decodes, in bytes.
 pub const DECODE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
@@ -130,6 +130,7 @@ pub fn state_hash(state: &State) -> [u8; 32] {
         mailbox,
         timers,
         bodies,
+        walking,
     } = state;
     // The element pairs are streamed into blake3 through a 16 KiB buffer
     // (whole chunks at a time: blake3 hashes those in parallel lanes) while
@@ -184,6 +185,11 @@ pub fn state_hash(state: &State) -> [u8; 32] {
             for (id, hash) in bodies.hashes() {
                 r.id(*id);
                 r.bytes(hash);
+            }
+            r.put(&(walking.len() as u64));
+            for (id, vel) in walking {
+                r.id(*id);
+                r.put(vel);
             }
             r
         },

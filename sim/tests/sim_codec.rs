@@ -50,15 +50,20 @@ fn kind() -> impl Strategy<Value = InputKind> {
         player().prop_map(|player| InputKind::Admin(AdminAction::Unban { player })),
         (
             proptest::option::of(0u32..100),
-            proptest::option::of(0u32..300)
+            proptest::option::of(0u32..300),
+            proptest::option::of(-1i32..8)
         )
-            .prop_map(|(x, c)| {
+            .prop_map(|(x, c, w)| {
                 InputKind::Admin(AdminAction::Settings(SettingsPatch {
                     temp_admin_absence_days: x,
                     chat_history_max: c,
+                    walk_speed_max: w.map(Fx::from_int),
                     ..SettingsPatch::default()
                 }))
             }),
+        (-5i32..6, -5i32..6, -1i32..2).prop_map(|(x, y, z)| InputKind::Walk {
+            vel: Vec3::from_ints(x, y, z)
+        }),
     ]
 }
 
@@ -163,6 +168,10 @@ fn golden_snapshot_length_and_hash() {
                             name: format!("o{p}"),
                             pos: Vec3::from_ints(p.into(), 2, 3),
                         },
+                        // Walkers: the walking table is in the snapshot.
+                        5 => InputKind::Walk {
+                            vel: Vec3::from_ints(1, p.into(), 0),
+                        },
                         _ => InputKind::Say {
                             text: format!("t{t} p{p}"),
                             radius: Some(Fx::from_int(50)),
@@ -184,9 +193,9 @@ fn golden_snapshot_length_and_hash() {
     assert_eq!(state_hash, GOLDEN_STATE_HASH, "state digest changed");
 }
 
-const GOLDEN_LEN: usize = 2028;
-const GOLDEN_STATE_HASH: &str = "0ab6010424578a4b14ddccb17638de4b9f71c3501cd1987da1c2c76c589bbb5d";
-const GOLDEN_HASH: &str = "37c466ddc995dc8c67879b3913ffe7972119b5ac0fac3fad7d17612150641b3e";
+const GOLDEN_LEN: usize = 1858;
+const GOLDEN_STATE_HASH: &str = "fa8377418eb1ac831639eff3dafa0350a961c6d4c5ee15868c8363e5de8b462f";
+const GOLDEN_HASH: &str = "dfbb25f9e3353f8ae1d21f47d88acbbd3b20a078f63f4770d58688c48e94727f";
 
 #[test]
 fn corrupt_and_non_canonical_snapshots_are_refused() {
