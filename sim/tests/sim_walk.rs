@@ -5,9 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use metatopia_sim::input::{AdminAction, Event, InputKind, Rejection, SettingsPatch};
+use metatopia_sim::input::{AdminAction, InputKind, Rejection, SettingsPatch};
 use metatopia_sim::state::{Settings, State};
-use metatopia_sim::testing::Driver;
+use metatopia_sim::testing::{Driver, rejections};
 use metatopia_sim::{ElementId, Fx, NoScripts, PlayerId, RegionId, Vec3, snapshot};
 
 const ALICE: PlayerId = PlayerId::from_byte(1);
@@ -40,16 +40,6 @@ fn avatar(d: &Driver, p: PlayerId) -> ElementId {
 
 fn pos(d: &Driver, p: PlayerId) -> Vec3 {
     d.sim.state().elements[&avatar(d, p)].pos
-}
-
-fn rejections(events: &[Event]) -> Vec<Rejection> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Rejected { reason, .. } => Some(reason.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn idle(d: &mut Driver, ticks: usize) {
