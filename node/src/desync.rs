@@ -98,6 +98,7 @@ pub fn diff_states(a: &State, b: &State) -> (Vec<Difference>, usize) {
         mailbox,
         timers,
         bodies,
+        walking,
     } = a;
     d.cmp("region", "id", region, &b.region);
     d.cmp("region", "tick", tick, &b.tick);
@@ -181,6 +182,15 @@ pub fn diff_states(a: &State, b: &State) -> (Vec<Difference>, usize) {
             (x, y) => d.push(&part, "(exists)", exists(x), exists(y)),
         }
     }
+    let ids: BTreeSet<_> = walking.keys().chain(b.walking.keys()).collect();
+    for id in ids {
+        let show =
+            |v: Option<&metatopia_sim::Vec3>| v.map_or("not walking".into(), |v| v.to_string());
+        let (x, y) = (walking.get(id), b.walking.get(id));
+        if x != y {
+            d.push(&format!("walking {id}"), "vel", show(x), show(y));
+        }
+    }
     (d.out, d.more)
 }
 
@@ -247,6 +257,7 @@ fn diff_settings(d: &mut Diffs, a: &Settings, b: &Settings) {
         script_instructions_max,
         script_memory_bytes_max,
         script_licences,
+        walk_speed_max,
     );
 }
 

@@ -492,3 +492,48 @@ fn an_avatar_cannot_leave_where_there_is_no_neighbour() {
     );
     assert!(w.state(R1).elements.get(&a).unwrap().pos.x >= Fx::ZERO);
 }
+
+#[test]
+fn a_walking_avatar_walks_over_the_border_and_crosses() {
+    let mut w = World::new();
+    let a = w.avatar(R1, ALICE).unwrap();
+    w.watched = Some(a);
+    w.tick(vec![(R1, ALICE, mv(a, mm(63_000, 10_000)))]);
+    // 4 m/s east: 0.2 m a tick at 20 Hz; no further input.
+    let walk = InputKind::Walk {
+        vel: Vec3::new(Fx::from_int(4), Fx::ZERO, Fx::ZERO),
+    };
+    w.tick(vec![(R1, ALICE, walk)]);
+    let mut offered = None;
+    for _ in 0..40 {
+        let rep = w.tick(Vec::new());
+        if !rep.regions[&R1].offers.is_empty() {
+            assert_eq!(rep.regions[&R1].offers, vec![a]);
+            assert!(offered.is_none(), "offered twice");
+            offered = Some(rep.regions[&R1].tick);
+        }
+        if w.state(R2).elements.contains_key(&a) {
+            break;
+        }
+    }
+    let offered = offered.expect("the walking avatar was offered to region 2");
+    // It walked on past the border into region 2 and is Alice's there.
+    assert!(w.state(R2).elements.contains_key(&a));
+    assert!(!w.state(R1).elements.contains_key(&a));
+    assert_eq!(w.avatar(R2, ALICE), Some(a));
+    assert!(!w.state(R1).players[&ALICE].online);
+    assert!(
+        w.state(R1)
+            .elements
+            .values()
+            .all(|e| e.owner != Some(ALICE) || e.kind != metatopia_sim::state::ElementKind::Avatar)
+    );
+    // In exactly one region at every tick (or kept while the verdict is
+    // missing), and it crossed at offer + 2.
+    assert!(
+        w.trail
+            .iter()
+            .all(|(one, two, kept)| one ^ two || (!one && !two && *kept))
+    );
+    assert!(w.state(R2).tick >= offered + 2);
+}

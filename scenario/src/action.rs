@@ -132,6 +132,12 @@ pub enum Action {
         #[serde(default)]
         texture: Option<String>,
     },
+    /// Walk: set your avatar's velocity (`"x,y,z"` m/s) until told
+    /// otherwise; `"0,0,0"` stops. The sim moves it every tick.
+    Walk {
+        /// The velocity, `"x,y,z"`.
+        vel: String,
+    },
     /// Make a player a permanent admin.
     Grant {
         /// Player key (64 hex digits) or scenario name.
@@ -192,6 +198,9 @@ pub enum Action {
         /// Accepted SPDX licence identifiers for scripts.
         #[serde(default)]
         script_licences: Option<Vec<String>>,
+        /// Fastest walk, m/s (decimal text).
+        #[serde(default)]
+        walk_speed_max: Option<String>,
     },
 }
 
@@ -489,6 +498,9 @@ impl Action {
                     .map(|h| asset("texture", h))
                     .transpose()?,
             },
+            Action::Walk { vel } => InputKind::Walk {
+                vel: vec3("vel", vel)?,
+            },
             Action::Grant { player: p } => InputKind::Admin(AdminAction::Grant {
                 player: player("player", p, r)?,
             }),
@@ -516,6 +528,7 @@ impl Action {
                 script_instructions_max,
                 script_memory_bytes_max,
                 script_licences,
+                walk_speed_max,
             } => InputKind::Admin(AdminAction::Settings(SettingsPatch {
                 name: name.clone(),
                 temp_admin_absence_days: *temp_admin_absence_days,
@@ -528,6 +541,10 @@ impl Action {
                 script_instructions_max: *script_instructions_max,
                 script_memory_bytes_max: *script_memory_bytes_max,
                 script_licences: script_licences.clone(),
+                walk_speed_max: walk_speed_max
+                    .as_deref()
+                    .map(|t| fx("walk_speed_max", t))
+                    .transpose()?,
             })),
         })
     }

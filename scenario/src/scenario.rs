@@ -111,6 +111,8 @@ pub struct SettingsSpec {
     pub script_instructions_max: Option<u32>,
     pub script_memory_bytes_max: Option<u32>,
     pub script_licences: Option<Vec<String>>,
+    /// Fastest walk, m/s (decimal text).
+    pub walk_speed_max: Option<String>,
 }
 
 /// A player.
@@ -516,6 +518,11 @@ fn settings(s: &SettingsSpec, at: &str) -> Result<Settings, ScenarioError> {
     );
     if let Some(v) = &s.script_licences {
         out.script_licences = v.clone();
+    }
+    if let Some(v) = &s.walk_speed_max {
+        out.walk_speed_max = v
+            .parse()
+            .map_err(|e| field(format!("{at}.walk_speed_max"), format!("{e}")))?;
     }
     Ok(out)
 }

@@ -6,6 +6,9 @@
 //! bench would (a timer and a changed 8-byte state), without Lua, on one
 //! thread and on two.
 //!
+//! And 1,000 avatars moving: walking (a few `Walk` inputs a tick) against
+//! a `Move` input each a tick.
+//!
 //! Run: `cargo bench -p metatopia-sim --bench tick`
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -21,6 +24,19 @@ fn player(i: u32) -> PlayerId {
     let mut b = [0u8; 32];
     b[..4].copy_from_slice(&i.to_le_bytes());
     PlayerId(b)
+}
+
+/// Players 0 to n - 1 joining (sequence number 1).
+fn joins(n: u32) -> Vec<Input> {
+    (0..n)
+        .map(|p| Input {
+            player: player(p),
+            seq: 1,
+            kind: InputKind::Join {
+                name: format!("player{p}"),
+            },
+        })
+        .collect()
 }
 
 /// The world after its players joined, and the ids of their objects.
@@ -48,15 +64,7 @@ fn world() -> (Sim, Vec<ElementId>) {
         );
     }
     let mut sim = Sim::new(state);
-    let joins = (0..PLAYERS)
-        .map(|p| Input {
-            player: player(p),
-            seq: 1,
-            kind: InputKind::Join {
-                name: format!("player{p}"),
-            },
-        })
-        .collect();
+    let joins = joins(PLAYERS);
     sim.step(
         &Batch {
             tick: 0,
@@ -151,5 +159,102 @@ fn scripts(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench, scripts);
+/// 1,000 avatars moving (ADR 0017), stepped on from one iteration to the
+/// next with a clone kept each tick (as a replica keeps its recent
+/// states): all walking, 25 of them changing heading a tick (500 `Walk`
+/// inputs a second at 20 Hz); against the same avatars each moved by a
+/// `Move` input every tick.
+fn walkers(c: &mut Criterion) {
+    const AVATARS: u32 = 1_000;
+    let settings = Settings {
+        players_online_max: AVATARS,
+        ..Settings::default()
+    };
+    let mut sim = Sim::new(State::new(RegionId(1), settings, &[]));
+    let joins = joins(AVATARS);
+    let at = |sim: &Sim, inputs| Batch {
+        tick: sim.tick(),
+        time_ms: sim.tick() * 50,
+        inputs,
+    };
+    let r = sim.step(&at(&sim, joins), &NoScripts).expect("join batch");
+    assert_eq!(r.accepted, AVATARS);
+    let avatars: Vec<ElementId> = (0..AVATARS)
+        .map(|p| sim.state().players[&player(p)].avatar.expect("joined"))
+        .collect();
+    // A small heading per player, never zero, so that none reaches the
+    // bounds in a run.
+    let heading = |p: u32, k: u64| {
+        let a = ((u64::from(p) * 7 + k * 3) % 7) as i32 - 3;
+        let b = ((u64::from(p) * 5 + k) % 5) as i32 - 2;
+        Vec3::new(
+            Fx::from_milli(i64::from(a) * 100 + 50),
+            Fx::from_milli(i64::from(b) * 100),
+            Fx::ZERO,
+        )
+    };
+    let mut seq = 2u64;
+    let walks = (0..AVATARS)
+        .map(|p| Input {
+            player: player(p),
+            seq,
+            kind: InputKind::Walk { vel: heading(p, 0) },
+        })
+        .collect();
+    let mut moving = sim.clone();
+    sim.step(&at(&sim, walks), &NoScripts).expect("walk batch");
+    let mut kept = Vec::with_capacity(2);
+    c.bench_function("tick_1k_walkers_25_walk_inputs", |b| {
+        b.iter(|| {
+            seq += 1;
+            let first = (seq % 40) as u32 * 25;
+            let inputs = (first..first + 25)
+                .map(|p| Input {
+                    player: player(p),
+                    seq,
+                    kind: InputKind::Walk {
+                        vel: heading(p, seq),
+                    },
+                })
+                .collect();
+            let batch = at(&sim, inputs);
+            kept.push(sim.clone());
+            if kept.len() > 1 {
+                kept.remove(0);
+            }
+            let r = sim.step(&batch, &NoScripts).expect("valid batch");
+            assert_eq!(r.accepted, 25);
+            r.hash
+        })
+    });
+    assert_eq!(sim.state().walking.len(), AVATARS as usize, "none stopped");
+    let mut seq = 2u64;
+    c.bench_function("tick_1k_avatars_1k_move_inputs", |b| {
+        b.iter(|| {
+            seq += 1;
+            let inputs = avatars
+                .iter()
+                .enumerate()
+                .map(|(p, &element)| Input {
+                    player: player(p as u32),
+                    seq,
+                    kind: InputKind::Move {
+                        element,
+                        to: Vec3::from_ints(100 + (seq % 50) as i32, 100 + p as i32 % 50, 0),
+                    },
+                })
+                .collect();
+            let batch = at(&moving, inputs);
+            kept.push(moving.clone());
+            if kept.len() > 1 {
+                kept.remove(0);
+            }
+            let r = moving.step(&batch, &NoScripts).expect("valid batch");
+            assert_eq!(r.accepted, AVATARS);
+            r.hash
+        })
+    });
+}
+
+criterion_group!(benches, bench, scripts, walkers);
 criterion_main!(benches);

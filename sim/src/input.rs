@@ -125,6 +125,13 @@ pub enum InputKind {
         /// blake3 of its texture, or `None`.
         texture: Option<[u8; 32]>,
     },
+    /// Set the walking velocity of the sender's avatar (m/s); zero stops
+    /// it. Each tick moves every walking avatar by `vel / tick_rate_hz`
+    /// (ADR 0017). A speed above the region's `walk_speed_max` is refused.
+    Walk {
+        /// Velocity, m/s.
+        vel: Vec3,
+    },
 }
 
 /// What admins may do.
@@ -184,6 +191,8 @@ pub struct SettingsPatch {
     pub script_memory_bytes_max: Option<u32>,
     /// Accepted SPDX licence identifiers for scripts.
     pub script_licences: Option<Vec<String>>,
+    /// Fastest walk, m/s.
+    pub walk_speed_max: Option<Fx>,
 }
 
 /// The inputs a replica group agreed on for one tick, with the agreed sim time.

@@ -130,6 +130,7 @@ pub fn state_hash(state: &State) -> [u8; 32] {
         mailbox,
         timers,
         bodies,
+        walking,
     } = state;
     // The element pairs are streamed into blake3 through a 16 KiB buffer
     // (whole chunks at a time: blake3 hashes those in parallel lanes) while
@@ -184,6 +185,11 @@ pub fn state_hash(state: &State) -> [u8; 32] {
             for (id, hash) in bodies.hashes() {
                 r.id(*id);
                 r.bytes(hash);
+            }
+            r.put(&(walking.len() as u64));
+            for (id, vel) in walking {
+                r.id(*id);
+                r.put(vel);
             }
             r
         },

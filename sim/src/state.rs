@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use imbl::{OrdSet, Vector};
+use imbl::{OrdMap, OrdSet, Vector};
 use serde::{Deserialize, Serialize};
 
 use crate::fx::{Fx, Vec3};
@@ -201,6 +201,8 @@ pub struct Settings {
     pub script_memory_bytes_max: u32,
     /// SPDX licence identifiers accepted for uploaded scripts.
     pub script_licences: Vec<String>,
+    /// Fastest walking speed an avatar may be given, m/s (`Walk`).
+    pub walk_speed_max: Fx,
 }
 
 /// The copyleft licences a new region accepts for scripts.
@@ -249,6 +251,7 @@ impl Default for Settings {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            walk_speed_max: Fx::from_int(4),
         }
     }
 }
@@ -289,6 +292,11 @@ pub struct State {
     /// Physical elements: shape, material, velocity (positions are the
     /// elements' own). Changed by body inputs and physics events.
     pub bodies: Table<ElementId, crate::body::Body>,
+    /// Walking avatars and their velocities (m/s, never zero, at most
+    /// `walk_speed_max` long), by avatar id: each tick moves them in this
+    /// order (ADR 0017).
+    #[serde(with = "crate::codec::ord_map")]
+    pub walking: OrdMap<ElementId, Vec3>,
 }
 
 impl State {
@@ -345,6 +353,7 @@ impl State {
             mailbox: Vector::new(),
             timers: crate::timers::Timers::new(),
             bodies: Table::new(),
+            walking: OrdMap::new(),
         }
     }
 

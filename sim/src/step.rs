@@ -15,6 +15,8 @@
 //!    the player's last) are dropped, refused inputs produce a `Rejected`
 //!    event and change nothing but the sender's sequence number. Accepted
 //!    inputs may queue script events (touch, chat heard, enter, leave).
+//!    Then every walking avatar takes one stride (`vel / tick_rate_hz`),
+//!    in avatar-id order; at the region's bounds it stops (step 5b).
 //! 6. Each inbox is put in canonical order; scripts run in parallel (rayon)
 //!    against the state as it stands after step 5, which none can change.
 //! 7. Outputs merge in script-id order, each whole or not at all.
@@ -26,6 +28,7 @@
 //! Layout: the step's work in progress is `Work`, one phase a file
 //! under `step/`: `deliver.rs` (step 3), `admin_rule.rs` (step 4),
 //! `remote.rs` (step 3, neighbours' items), `inputs.rs` with `admin_input.rs`, `bodies.rs` and `chat.rs` (step 5),
+//! `walk.rs` (step 5b),
 //! `inbox.rs` (the inboxes and their order) and `run.rs` (step 6),
 //! `merge.rs` (step 7).
 
@@ -49,6 +52,9 @@ mod inputs;
 mod merge;
 mod remote;
 mod run;
+mod walk;
+
+pub use walk::{Stride, per_tick, stride};
 
 /// Why a batch cannot be executed. The state is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -232,6 +238,7 @@ fn run_tick(
     work.deliver_pending();
     work.update_temp_admin();
     work.apply_inputs(&batch.inputs);
+    work.advance_walkers();
     work.run_scripts(&seed, host);
     let Work {
         state, mut report, ..

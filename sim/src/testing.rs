@@ -301,3 +301,14 @@ pub fn step_idle(sim: &mut crate::step::Sim, host: &dyn ScriptHost) -> crate::st
     sim.step(&batch, host)
         .expect("an empty batch at the sim's own tick is valid")
 }
+
+/// The reasons of the `Rejected` events among `events`, in order.
+pub fn rejections(events: &[crate::input::Event]) -> Vec<crate::input::Rejection> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            crate::input::Event::Rejected { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}

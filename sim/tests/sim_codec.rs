@@ -50,15 +50,20 @@ fn kind() -> impl Strategy<Value = InputKind> {
         player().prop_map(|player| InputKind::Admin(AdminAction::Unban { player })),
         (
             proptest::option::of(0u32..100),
-            proptest::option::of(0u32..300)
+            proptest::option::of(0u32..300),
+            proptest::option::of(-1i32..8)
         )
-            .prop_map(|(x, c)| {
+            .prop_map(|(x, c, w)| {
                 InputKind::Admin(AdminAction::Settings(SettingsPatch {
                     temp_admin_absence_days: x,
                     chat_history_max: c,
+                    walk_speed_max: w.map(Fx::from_int),
                     ..SettingsPatch::default()
                 }))
             }),
+        (-5i32..6, -5i32..6, -1i32..2).prop_map(|(x, y, z)| InputKind::Walk {
+            vel: Vec3::from_ints(x, y, z)
+        }),
     ]
 }
 
@@ -163,6 +168,10 @@ fn golden_snapshot_length_and_hash() {
                             name: format!("o{p}"),
                             pos: Vec3::from_ints(p.into(), 2, 3),
                         },
+                        // Walkers: the walking table is in the snapshot.
+                        5 => InputKind::Walk {
+                            vel: Vec3::from_ints(1, p.into(), 0),
+                        },
                         _ => InputKind::Say {
                             text: format!("t{t} p{p}"),
                             radius: Some(Fx::from_int(50)),
@@ -184,9 +193,9 @@ fn golden_snapshot_length_and_hash() {
     assert_eq!(state_hash, GOLDEN_STATE_HASH, "state digest changed");
 }
 
-const GOLDEN_LEN: usize = 2032;
-const GOLDEN_STATE_HASH: &str = "30b275719f389940c9277d7e9b072c9abd2e2d7e41f9bca3a1a529473a177340";
-const GOLDEN_HASH: &str = "3791ed6785fa1a8bf2f4e8127905972f2fae5cca5fb25b619813ede42356991e";
+const GOLDEN_LEN: usize = 1862;
+const GOLDEN_STATE_HASH: &str = "70d4c77798714ac98578433a0a857d36bcdef45921f5c04489d71c3cafbf951c";
+const GOLDEN_HASH: &str = "b96d841db835019dfb5b0279521d1526d56d12581cf80a224da4c0e8ed717df3";
 
 #[test]
 fn corrupt_and_non_canonical_snapshots_are_refused() {

@@ -5,7 +5,7 @@
 
 use metatopia_sim::input::{AdminAction, Batch, Event, InputKind, Rejection};
 use metatopia_sim::state::{ElementKind, Settings, State};
-use metatopia_sim::testing::Driver;
+use metatopia_sim::testing::{Driver, rejections};
 use metatopia_sim::{ElementId, Fx, NoScripts, PlayerId, RegionId, StepError, Vec3, snapshot};
 
 const ALICE: PlayerId = PlayerId::from_byte(1);
@@ -17,16 +17,6 @@ fn world() -> Driver {
 
 fn join(name: &str) -> InputKind {
     InputKind::Join { name: name.into() }
-}
-
-fn rejections(events: &[Event]) -> Vec<Rejection> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Rejected { reason, .. } => Some(reason.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn avatar(d: &Driver, p: PlayerId) -> ElementId {

@@ -1,5 +1,6 @@
 //! Step 5, admin inputs: roles, kicks, bans and the region's settings.
 
+use crate::fx::Fx;
 use crate::id::PlayerId;
 use crate::input::{AdminAction, Rejection, SettingsPatch};
 use crate::state::Role;
@@ -115,16 +116,30 @@ impl Work<'_> {
             }
             next.script_licences = list.clone();
         }
+        if let Some(v) = patch.walk_speed_max {
+            if v < Fx::ZERO || v > Fx::from_int(WALK_SPEED_MAX_LIMIT) {
+                return Err(Rejection::OutOfBounds(format!(
+                    "walk_speed_max must be in 0..={WALK_SPEED_MAX_LIMIT} m/s, got {v}"
+                )));
+            }
+            next.walk_speed_max = v;
+        }
         let root = self.state.root();
         if next.name != self.state.settings.name {
             let name = next.name.clone();
             self.state.elements.update(&root, |r| r.name = name);
         }
+        let walk_max = next.walk_speed_max;
         self.state.settings = next;
         self.trim_chat();
+        // Walkers faster than a lowered limit stop.
+        self.stop_walkers_over(walk_max);
         Ok(())
     }
 }
+
+/// The highest `walk_speed_max` a region may set, m/s.
+const WALK_SPEED_MAX_LIMIT: i32 = 100;
 
 /// Whether `list` is 1 to 64 SPDX identifiers.
 fn licences_ok(list: &[String]) -> bool {

@@ -113,6 +113,7 @@ impl Work<'_> {
             self.state.elements.remove(id);
             self.state.scripted.remove(id);
             self.state.bodies.remove(id);
+            self.state.walking.remove(id);
         }
         if let Some(parent) = parent {
             self.state

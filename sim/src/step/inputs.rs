@@ -124,6 +124,7 @@ impl Work<'_> {
                     texture: *texture,
                 },
             ),
+            InputKind::Walk { vel } => self.walk_input(who, *vel),
         }
     }
 
@@ -135,9 +136,13 @@ impl Work<'_> {
         }
         self.check_owner(who, e.owner, "move")?;
         if e.kind == ElementKind::Avatar {
-            return self.place_avatar(element, to);
+            self.place_avatar(element, to)?;
+        } else {
+            self.move_subtree(element, to)?;
         }
-        self.move_subtree(element, to)
+        // Placed by hand: a walking avatar stops.
+        self.state.walking.remove(&element);
+        Ok(())
     }
 
     fn say_input(
@@ -405,6 +410,7 @@ impl Work<'_> {
         for id in self.state.subtree(element) {
             self.state.elements.remove(&id);
             self.state.scripted.remove(&id);
+            self.state.walking.remove(&id);
             if self.state.bodies.remove(&id).is_some() {
                 self.report.physics.push(physics::Command::Remove { id });
             }
