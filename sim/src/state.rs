@@ -135,6 +135,25 @@ pub struct Player {
     pub moved_to: Option<RegionId>,
 }
 
+impl Player {
+    /// A player this region has not seen: offline, no avatar, a member
+    /// (or `role`), nothing joined or seen yet.
+    pub fn unseen(id: PlayerId, role: Role) -> Player {
+        Player {
+            id,
+            name: String::new(),
+            first_join_ms: None,
+            last_login_ms: None,
+            last_admin_login_ms: None,
+            role,
+            online: false,
+            avatar: None,
+            last_seq: 0,
+            moved_to: None,
+        }
+    }
+}
+
 impl crate::table::EntryHash for Player {}
 
 /// One line of chat.
@@ -322,21 +341,7 @@ impl State {
         );
         let mut players = Table::new();
         for &id in founders {
-            players.insert(
-                id,
-                Player {
-                    id,
-                    name: String::new(),
-                    first_join_ms: None,
-                    last_login_ms: None,
-                    last_admin_login_ms: None,
-                    role: Role::Admin,
-                    online: false,
-                    avatar: None,
-                    last_seq: 0,
-                    moved_to: None,
-                },
-            );
+            players.insert(id, Player::unseen(id, Role::Admin));
         }
         State {
             region,

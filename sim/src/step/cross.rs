@@ -192,18 +192,7 @@ impl Work<'_> {
             // that came back stays an object of theirs.
             return;
         }
-        let mut p = current.unwrap_or(Player {
-            id: a.player,
-            name: String::new(),
-            first_join_ms: None,
-            last_login_ms: None,
-            last_admin_login_ms: None,
-            role: Role::Member,
-            online: false,
-            avatar: None,
-            last_seq: 0,
-            moved_to: None,
-        });
+        let mut p = current.unwrap_or(Player::unseen(a.player, Role::Member));
         if a.from != here {
             p.name = a.name.clone();
             p.first_join_ms.get_or_insert(now);

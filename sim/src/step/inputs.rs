@@ -329,18 +329,12 @@ impl Work<'_> {
             .state
             .add_child(root, ElementKind::Avatar, Some(who), name, spawn)?;
         let now = self.state.time_ms;
-        let mut player = self.state.players.get(&who).cloned().unwrap_or(Player {
-            id: who,
-            name: String::new(),
-            first_join_ms: None,
-            last_login_ms: None,
-            last_admin_login_ms: None,
-            role: Role::Member,
-            online: false,
-            avatar: None,
-            last_seq: 0,
-            moved_to: None,
-        });
+        let mut player = self
+            .state
+            .players
+            .get(&who)
+            .cloned()
+            .unwrap_or(Player::unseen(who, Role::Member));
         player.name = name.to_string();
         player.first_join_ms.get_or_insert(now);
         player.last_login_ms = Some(now);
