@@ -358,6 +358,23 @@ fn group(cmd: GroupCmd) -> Result<()> {
     if !(1..=GROUP_INIT_REGIONS_MAX).contains(&regions) {
         bail!("--regions must be 1 to {GROUP_INIT_REGIONS_MAX}, got {regions}");
     }
+    // The overlay's ports must not be the group's or HTTP's (a
+    // member dialled on its group port for the overlay never joins).
+    if let Some(op) = overlay_port {
+        let n = regions * members;
+        let range = |p: u16| usize::from(p)..usize::from(p) + n;
+        let o = range(op);
+        for (flag, p) in [("--port", port), ("--http-port", http_port)] {
+            let r = range(p);
+            if o.start < r.end && r.start < o.end {
+                bail!(
+                    "--overlay-port {op}..{} overlaps {flag} {p}..{} ({n} members use each range)",
+                    o.end - 1,
+                    r.end - 1
+                );
+            }
+        }
+    }
     // Every group: its region id, origin (metres), and members' data
     // directories, ports and `ID@ADDR` entries.
     struct Planned {

@@ -84,7 +84,9 @@ fn border_sets_flow(nodes: &[Node], dirs: &[std::path::PathBuf], source: &str) {
 
 #[test]
 fn neighbours_find_each_others_groups_in_the_overlay() {
-    let overlay = common::free_ports().to_string();
+    // `group_init_with` puts the two members' group ports on the first
+    // two of the same four free ports; the overlay takes the other two.
+    let overlay = (common::free_ports() + 2).to_string();
     let base = group_init_with(&[
         "--regions",
         "2",
@@ -108,7 +110,11 @@ fn neighbours_find_each_others_groups_in_the_overlay() {
     let boot = east["overlay"]["bootstrap"][0].as_str().unwrap();
     assert!(boot.starts_with(first) && boot.contains("/p2p/"), "{boot}");
 
-    let nodes: Vec<Node> = dirs.iter().map(|d| Node::start(d)).collect();
+    // The first member starts the overlay; the other joins through it
+    // once it is in (as the README says: start r0/m0 first).
+    let first = Node::start(&dirs[0]);
+    common::overlay_addr(&first);
+    let nodes = vec![first, Node::start(&dirs[1])];
     border_sets_flow(&nodes, &dirs, "overlay");
     let out = run(&["status", "--data", dirs[0].to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -132,5 +138,25 @@ fn group_init_refuses_a_row_of_no_regions() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--regions must be 1 to 16, got 0"), "{err}");
+    // Overlay ports on the group's: refused before anything is written.
+    let out = run(&[
+        "group",
+        "init",
+        "--dir",
+        base.path().to_str().unwrap(),
+        "--regions",
+        "2",
+        "--port",
+        "7500",
+        "--overlay-port",
+        "7507",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--overlay-port 7507..7514 overlaps --port 7500..7507"),
+        "{err}"
+    );
+    assert!(!base.path().join("r0").exists());
     assert!(!base.path().join("r0").exists() && !base.path().join("m0").exists());
 }

@@ -8,19 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Node, run};
-
-fn overlay_addr(node: &Node) -> String {
-    loop {
-        let line = node
-            .lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("overlay address line");
-        if let Some(a) = line.strip_prefix("metatopia: overlay ") {
-            return a.trim().to_string();
-        }
-    }
-}
+use common::{Node, overlay_addr, run};
 
 fn write_config(dir: &std::path::Path, region: u32, origin: &str, bootstrap: Option<&str>) {
     let boot = bootstrap

@@ -170,6 +170,20 @@ pub fn free_ports() -> u16 {
         .expect("four free ports")
 }
 
+/// The first overlay address `node` prints (`metatopia: overlay ADDR`),
+/// once it has joined the overlay (bounded: 60 s).
+pub fn overlay_addr(node: &Node) -> String {
+    loop {
+        let line = node
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("overlay address line");
+        if let Some(a) = line.strip_prefix("metatopia: overlay ") {
+            return a.trim().to_string();
+        }
+    }
+}
+
 /// Polls (bounded: 60 s) until `f` holds.
 pub fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     eventually_or(what, f, String::new)
