@@ -145,6 +145,11 @@ pub struct Group {
     /// crossing then waits). The engine's leader, certification and stall
     /// timeouts grow by as much (`simplex::Timing::with_border_wait`).
     pub border_wait_ms: u64,
+    /// ... and at most this long for a live neighbour's (one whose sets
+    /// came within the last second, late or not), so a region does not
+    /// run ahead of a slower neighbour; the engine's timeouts grow by the
+    /// longer of the two waits.
+    pub border_wait_live_ms: u64,
     /// Neighbour regions hosted by other replica groups, that bodies cross
     /// to and from (`[[group.neighbours]]`).
     pub neighbours: Vec<Neighbour>,
@@ -175,6 +180,7 @@ impl Default for Group {
             members: Vec::new(),
             epoch_ms: 0,
             border_wait_ms: 20,
+            border_wait_live_ms: 100,
             neighbours: Vec::new(),
         }
     }
@@ -404,11 +410,13 @@ impl Config {
                     "group.epoch_ms must be set (Unix ms of tick 0, the same in the neighbours' groups) when group.neighbours is not empty".into(),
                 );
             }
-            if self.group.border_wait_ms > 10_000 {
-                return Err(format!(
-                    "group.border_wait_ms must be in 0..=10000, got {}",
-                    self.group.border_wait_ms
-                ));
+            for (name, wait) in [
+                ("border_wait_ms", self.group.border_wait_ms),
+                ("border_wait_live_ms", self.group.border_wait_live_ms),
+            ] {
+                if wait > 10_000 {
+                    return Err(format!("group.{name} must be in 0..=10000, got {wait}"));
+                }
             }
         } else if !self.group.neighbours.is_empty() {
             return Err("group.neighbours needs group.enabled = true".into());
@@ -503,6 +511,7 @@ impl Config {
                 Vec::new()
             },
             border_wait_ms: self.group.border_wait_ms,
+            border_wait_live_ms: self.group.border_wait_live_ms,
             epoch_ms: (self.group.enabled && self.group.epoch_ms > 0)
                 .then_some(self.group.epoch_ms),
         }

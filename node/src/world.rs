@@ -56,6 +56,8 @@ pub struct Config {
     pub epoch_ms: Option<u64>,
     /// `replica::Config::border_wait_ms`.
     pub border_wait_ms: u64,
+    /// `replica::Config::border_wait_live_ms`.
+    pub border_wait_live_ms: u64,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             neighbours: Vec::new(),
             epoch_ms: None,
             border_wait_ms: 20,
+            border_wait_live_ms: 100,
         }
     }
 }
@@ -453,6 +456,7 @@ fn parts(hosted: Hosted, config: &Config) -> Parts {
         neighbours: config.neighbours.clone(),
         epoch_ms: config.epoch_ms,
         border_wait_ms: config.border_wait_ms,
+        border_wait_live_ms: config.border_wait_live_ms,
         ..crate::replica::Config::default()
     };
     let group = GroupStatus {
@@ -924,7 +928,8 @@ pub fn start_member(
     let timing = if membership.neighbours.is_empty() {
         simplex::Timing::default()
     } else {
-        simplex::Timing::default().with_border_wait(config.border_wait_ms)
+        simplex::Timing::default()
+            .with_border_wait(config.border_wait_ms.max(config.border_wait_live_ms))
     };
     let Parts {
         handle,

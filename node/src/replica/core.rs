@@ -52,6 +52,11 @@ const DONE_MAX: usize = 65_536;
 /// group that fell behind its neighbour catches up with them in hand).
 pub const BORDER_AHEAD_MAX: u64 = 256;
 
+/// A neighbour whose signed border set (in time or late) arrived within
+/// this long is live: the primary waits `border_wait_live_ms` for its
+/// sets, not `border_wait_ms`.
+pub const BORDER_LIVE_MS: u64 = 1_000;
+
 /// Script sources by hash: where the core finds the sources it must carry
 /// in a proposal, and where it puts the sources a proposal carries before
 /// executing it.
@@ -123,8 +128,13 @@ pub struct Config {
     /// this group's proposals (ADR 0013).
     pub neighbours: Vec<Neighbour>,
     /// The primary waits at most this long past a tick's due time for a
-    /// neighbour's border set of the tick before, then proposes without it.
+    /// silent neighbour's border set of the tick before (none came for
+    /// [`BORDER_LIVE_MS`]), then proposes without it.
     pub border_wait_ms: u64,
+    /// ... and at most this long for a live neighbour's: one that is
+    /// behind (a loaded machine, slower finality) is waited for, rather
+    /// than every set it sends arriving after its tick.
+    pub border_wait_live_ms: u64,
     /// The world's tick schedule: tick `t` is due at `epoch_ms + t ·
     /// tick_ms` on every group that sets it, so neighbour regions tick
     /// together and a group that fell behind (a failover) catches up.
@@ -155,6 +165,7 @@ impl Default for Config {
             forward_retry_ms: 1000,
             neighbours: Vec::new(),
             border_wait_ms: 20,
+            border_wait_live_ms: 100,
             epoch_ms: None,
             diverge_at: None,
         }
@@ -725,6 +736,8 @@ pub struct Replica {
     published_tick: Option<u64>,
     /// Neighbours' border sets by (region, tick sent).
     border_in: BTreeMap<(RegionId, u64), BorderIn>,
+    /// When a neighbour's signed set last arrived (in time or late).
+    border_heard: BTreeMap<RegionId, u64>,
     out: VecDeque<Output>,
     stats: Stats,
 }
@@ -803,6 +816,7 @@ impl Replica {
             snapshot_asked: 0,
             published_tick: None,
             border_in: BTreeMap::new(),
+            border_heard: BTreeMap::new(),
             out: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -1075,29 +1089,48 @@ impl Replica {
 
     /// When the primary proposes the head's next tick: when it is due, or
     /// while a neighbour's certified border set of the tick before is
-    /// missing, up to `border_wait_ms` after the later of the due time and
-    /// the engine's request. A group behind schedule (due in the past)
-    /// waits too: without it two groups that both fell behind (an
-    /// overloaded machine) propose back to back each on its own, drift
-    /// apart, and every border set is late.
+    /// missing, up to `border_wait_ms` (`border_wait_live_ms` for a live
+    /// neighbour) after the later of the due time and the engine's
+    /// request. A group behind schedule (due in the past) waits too:
+    /// without it two groups that both fell behind (an overloaded machine)
+    /// propose back to back each on its own, drift apart, and every border
+    /// set is late. The longer wait for a live neighbour keeps a region
+    /// from running ahead of one that is slower: with the short one alone,
+    /// two groups of one on a loaded machine settled a few ticks apart and
+    /// every set from the one behind came late, for good (session 13).
     fn propose_at(&self) -> u64 {
         let due = self.due();
-        let tick = self.head.tick_number();
-        let ready = tick == 0
-            || self.cfg.neighbours.iter().all(|n| {
+        let Some(prev) = self.head.tick_number().checked_sub(1) else {
+            return due;
+        };
+        let wait = self
+            .cfg
+            .neighbours
+            .iter()
+            .filter(|n| {
                 // A neighbour whose group is not known yet sends nothing
                 // that could be certified: not waited for.
-                n.members.is_empty()
-                    || self
+                !n.members.is_empty()
+                    && !self
                         .border_in
-                        .get(&(n.region, tick - 1))
+                        .get(&(n.region, prev))
                         .is_some_and(|b| b.cert.is_some())
-            });
-        if ready {
-            due
-        } else {
-            due.max(self.propose_asked)
-                .saturating_add(self.cfg.border_wait_ms)
+            })
+            .map(|n| {
+                let live = self
+                    .border_heard
+                    .get(&n.region)
+                    .is_some_and(|t| self.now < t.saturating_add(BORDER_LIVE_MS));
+                if live {
+                    self.cfg.border_wait_live_ms.max(self.cfg.border_wait_ms)
+                } else {
+                    self.cfg.border_wait_ms
+                }
+            })
+            .max();
+        match wait {
+            None => due,
+            Some(wait) => due.max(self.propose_asked).saturating_add(wait),
         }
     }
 
@@ -1326,6 +1359,11 @@ impl Replica {
         }
         let need = n.quorum();
         if set.tick.saturating_add(1) < self.finalized_next {
+            // Late, yet it says the neighbour is live (behind this region):
+            // its next sets are waited for longer.
+            if sig.verify(&set).is_ok() {
+                self.border_heard.insert(set.from, self.now);
+            }
             self.stats.border_late += 1;
             self.stats.sets(set.from).late += 1;
             debug!(from = %set.from, tick = set.tick, "late border set dropped");
@@ -1353,6 +1391,7 @@ impl Replica {
             debug!(from = %set.from, tick = set.tick, error = %e, "border set refused");
             return;
         }
+        self.border_heard.insert(set.from, self.now);
         let entry = self.border_in.entry(key).or_default();
         entry.signers.insert(sig.member);
         let (set, sigs) = entry
@@ -1529,6 +1568,13 @@ impl Replica {
         if self.known.contains_key(&digest) || self.chain.iter().any(|l| l.digest == digest) {
             return;
         }
+        self.hold(digest, Arc::new(p));
+        self.retry(now);
+    }
+
+    /// Keeps a proposal that is not on the chain (bounded by
+    /// `proposals_max`), for the verifies and orders that may need it.
+    fn hold(&mut self, digest: Digest, p: Arc<Proposal>) {
         if self.known.len() >= self.cfg.proposals_max {
             // Drop the proposal furthest ahead: the ones near the head are
             // the ones the engine asks about next.
@@ -1536,8 +1582,7 @@ impl Replica {
                 self.known.remove(&d);
             }
         }
-        self.known.insert(digest, Arc::new(p));
-        self.retry(now);
+        self.known.insert(digest, p);
     }
 
     /// Retries orders that waited for a proposal.
@@ -1805,6 +1850,19 @@ impl Replica {
             new.notarized = old.notarized && old.digest == new.digest;
         }
         self.head_digest = chain.last().map_or(self.finalized, |l| l.digest);
+        // The links rolled back stay held: the engine may still build on
+        // them (they may be notarized, or become so), and a group of one
+        // has nobody to fetch them from. Dropped, a primary that rolled
+        // back to re-propose a timed-out view's batch was asked next for
+        // a child of a link it no longer had, and never proposed again.
+        let dropped: Vec<Link> = self
+            .chain
+            .drain(..)
+            .filter(|old| !chain.iter().any(|l| l.digest == old.digest))
+            .collect();
+        for l in dropped {
+            self.hold(l.digest, l.proposal);
+        }
         self.chain = chain;
         self.head = region;
         let keep: BTreeSet<Digest> = self.chain.iter().map(|l| l.digest).collect();
@@ -2478,6 +2536,45 @@ mod tests {
     }
 
     #[test]
+    fn a_live_neighbour_is_waited_for_longer_than_a_silent_one() {
+        let (mut core, theirs, _, _) = border_verifier();
+        let cfg = Config::default();
+        // Tick 0 built and executed: the next proposal wants region 4's
+        // set of tick 0.
+        let parent = core.head_digest;
+        core.order(1_000_000, Order::Propose { req: 1, parent });
+        assert!(matches!(proposed(&mut core)[..], [Some(_)]));
+        let prev = core.head.tick_number() - 1;
+        assert_eq!(prev, 0);
+        let due = core.due();
+        core.propose_asked = due;
+        core.now = due;
+        // Nothing heard from region 4: its set is waited for briefly.
+        assert_eq!(core.propose_at(), due + cfg.border_wait_ms);
+        // A set of a later tick from one of its members: region 4 is
+        // live, its set of the tick before is waited for longer.
+        let ahead = set(prev + 1);
+        let sig = ahead.sign(&theirs[0]);
+        core.handle(
+            due,
+            player_of(&theirs[0]),
+            Message::Border { set: ahead, sig },
+        );
+        assert_eq!(core.propose_at(), due + cfg.border_wait_live_ms);
+        // Silent for a second: the short wait again.
+        core.now = due + BORDER_LIVE_MS;
+        assert_eq!(core.propose_at(), due + cfg.border_wait_ms);
+        // Its set of the tick before, certified (f + 1 signatures): no
+        // wait at all.
+        for k in &theirs[..2] {
+            let s = set(prev);
+            let sig = s.sign(k);
+            core.handle(due, player_of(k), Message::Border { set: s, sig });
+        }
+        assert_eq!(core.propose_at(), due);
+    }
+
+    #[test]
     fn border_sets_that_do_not_verify_are_refused_and_counted() {
         let (mut core, theirs, _, _) = border_verifier();
         let s = set(0);
@@ -2802,6 +2899,58 @@ mod tests {
             "{later:?}"
         );
         assert_eq!(core.stats().reproposed, 1);
+    }
+
+    #[test]
+    fn links_rolled_back_to_propose_again_can_still_be_built_on() {
+        // Seen on a group of one under load (session 13): ticks 382-384
+        // notarized, the term nullified at 377, the next term asked on 380
+        // and got 381 again (rolling back 382-384), then asked on 384,
+        // which the primary no longer held: it never proposed again.
+        let (keys, manifest) = crate::replica::group::test_group();
+        let genesis = manifest.genesis_digest();
+        let mut core = Replica::new(
+            Config::default(),
+            manifest.clone(),
+            keys[0].clone(),
+            Arc::new(NoScripts),
+            Arc::new(MemSources::default()),
+            manifest.genesis(),
+            genesis,
+        );
+        let t = 10_000;
+        let ask = |core: &mut Replica, now: u64, req: u64, parent: Digest| {
+            core.order(now, Order::Propose { req, parent });
+            let outputs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
+            let fetched = outputs.iter().any(|o| {
+                matches!(
+                    o,
+                    Output::Send {
+                        msg: Message::Fetch(_),
+                        ..
+                    }
+                )
+            });
+            let proposed = outputs.into_iter().find_map(|o| match o {
+                Output::Answer(Answer::Proposed { digest, .. }) => digest,
+                _ => None,
+            });
+            (proposed, fetched)
+        };
+        let (a, _) = ask(&mut core, t, 1, genesis);
+        let a = a.expect("tick 1 proposed");
+        let (b, _) = ask(&mut core, t + 50, 2, a);
+        let b = b.expect("tick 2 proposed");
+        // A later view asks on genesis again: tick 1's batch once more,
+        // tick 2 rolled back.
+        assert_eq!(ask(&mut core, t + 200, 3, genesis), (Some(a), false));
+        assert_eq!(core.stats().rollbacks, 1);
+        // Then on tick 2: rebuilt from what the primary holds, nothing
+        // fetched, and tick 3 proposed.
+        let (c, fetched) = ask(&mut core, t + 250, 4, b);
+        assert!(!fetched, "asked the group for its own proposal");
+        assert!(c.is_some_and(|c| c != a && c != b), "{c:?}");
+        assert_eq!(core.head.tick_number(), 3);
     }
 
     #[test]
