@@ -1111,10 +1111,10 @@ impl Replica {
                 // A neighbour whose group is not known yet sends nothing
                 // that could be certified: not waited for.
                 !n.members.is_empty()
-                    && !self
+                    && self
                         .border_in
                         .get(&(n.region, prev))
-                        .is_some_and(|b| b.cert.is_some())
+                        .is_none_or(|b| b.cert.is_none())
             })
             .map(|n| {
                 let live = self
