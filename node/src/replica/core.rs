@@ -2860,11 +2860,12 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_timed_out_views_batch_is_proposed_again_while_fresh() {
+    /// Member 0 of four (the first view's primary) at genesis, and the
+    /// genesis digest.
+    fn primary() -> (Replica, Digest) {
         let (keys, manifest) = crate::replica::group::test_group();
         let genesis = manifest.genesis_digest();
-        let mut core = Replica::new(
+        let core = Replica::new(
             Config::default(),
             manifest.clone(),
             keys[0].clone(),
@@ -2873,6 +2874,12 @@ mod tests {
             manifest.genesis(),
             genesis,
         );
+        (core, genesis)
+    }
+
+    #[test]
+    fn a_timed_out_views_batch_is_proposed_again_while_fresh() {
+        let (mut core, genesis) = primary();
         let t = 10_000;
         let ask = |core: &mut Replica, now: u64, req: u64| {
             core.order(
@@ -2907,17 +2914,7 @@ mod tests {
         // notarized, the term nullified at 377, the next term asked on 380
         // and got 381 again (rolling back 382-384), then asked on 384,
         // which the primary no longer held: it never proposed again.
-        let (keys, manifest) = crate::replica::group::test_group();
-        let genesis = manifest.genesis_digest();
-        let mut core = Replica::new(
-            Config::default(),
-            manifest.clone(),
-            keys[0].clone(),
-            Arc::new(NoScripts),
-            Arc::new(MemSources::default()),
-            manifest.genesis(),
-            genesis,
-        );
+        let (mut core, genesis) = primary();
         let t = 10_000;
         let ask = |core: &mut Replica, now: u64, req: u64, parent: Digest| {
             core.order(now, Order::Propose { req, parent });
