@@ -18,6 +18,12 @@ Usage: python3 node/benches/group_latency.py [BINARY] [INPUTS] [KILLS] [ELEMENTS
    members vouch for and caught up to a finalized head) and to a tick
    within 5 of the group's is printed, with the snapshot's size.
 Everything runs on 127.0.0.1; the data directories are temporary.
+
+NEIGHBOUR=1 in the environment: the group hosts region 1 beside a
+neighbour, region 2, hosted by a second group of four that runs
+throughout (`group init --regions 2`); the group measured waits for the
+neighbour's border sets and its engine timeouts grow by the longer
+border wait (ADR 0013 decisions 6 and 9).
 """
 
 import http.client
@@ -97,13 +103,19 @@ def pct(v, q):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="metatopia-group-")
-    http_base, p2p_base = free_base(4), free_base(4) + 100
+    neighbour = os.environ.get("NEIGHBOUR") == "1"
+    http_base, p2p_base = free_base(8), free_base(8) + 100
     subprocess.run([BIN, "group", "init", "--dir", tmp, "--members", "4",
+                    *(["--regions", "2"] if neighbour else []),
                     "--port", str(p2p_base), "--http-port", str(http_base)],
                    check=True, stdout=subprocess.DEVNULL)
-    dirs = [os.path.join(tmp, f"m{i}") for i in range(4)]
-    nodes = STARTED
+    region = os.path.join(tmp, "r0") if neighbour else tmp
+    dirs = [os.path.join(region, f"m{i}") for i in range(4)]
+    nodes = []
     nodes.extend(start(d) for d in dirs)
+    STARTED.extend(nodes)
+    if neighbour:
+        STARTED.extend(start(os.path.join(tmp, "r1", f"m{i}")) for i in range(4))
     tokens = [open(os.path.join(d, "token")).read().strip() for d in dirs]
     addrs = [n[1] for n in nodes]
     # Each member's player joins first.
@@ -157,6 +169,7 @@ def main():
         print(f"kill -9 member {victim} (the primary): longest gap between acks {gap:.0f} ms, "
               f"first ack after the kill {first:.0f} ms")
         nodes[victim] = start(dirs[victim])
+        STARTED.append(nodes[victim])
         addrs[victim] = nodes[victim][1]
         # Caught up (within a few ticks of a survivor) before the next kill.
         for _ in range(200):
@@ -169,9 +182,10 @@ def main():
               f"over {len(gaps)} kills")
     if ELEMENTS:
         late_join(tmp, addrs, tokens)
-    for p, _ in nodes:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+    for p, _ in STARTED:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
 
 
 def late_join(tmp, addrs, tokens):
