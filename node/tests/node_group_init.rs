@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{Node, eventually, group_init_with, run};
 
 fn config(dir: &std::path::Path) -> toml::Table {
@@ -124,39 +126,28 @@ fn neighbours_find_each_others_groups_in_the_overlay() {
     );
 }
 
+/// `metatopia group init --dir BASE ARGS…`, asserted to fail; its stderr.
+fn group_init_refused(base: &Path, args: &[&str]) -> String {
+    let mut all = vec!["group", "init", "--dir", base.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run(&all);
+    assert!(!out.status.success(), "group init {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn group_init_refuses_a_row_of_no_regions() {
     let base = tempfile::tempdir().unwrap();
-    let out = run(&[
-        "group",
-        "init",
-        "--dir",
-        base.path().to_str().unwrap(),
-        "--regions",
-        "0",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = group_init_refused(base.path(), &["--regions", "0"]);
     assert!(err.contains("--regions must be 1 to 16, got 0"), "{err}");
     // Overlay ports on the group's: refused before anything is written.
-    let out = run(&[
-        "group",
-        "init",
-        "--dir",
-        base.path().to_str().unwrap(),
-        "--regions",
-        "2",
-        "--port",
-        "7500",
-        "--overlay-port",
-        "7507",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = group_init_refused(
+        base.path(),
+        &["--regions", "2", "--port", "7500", "--overlay-port", "7507"],
+    );
     assert!(
         err.contains("--overlay-port 7507..7514 overlaps --port 7500..7507"),
         "{err}"
     );
-    assert!(!base.path().join("r0").exists());
     assert!(!base.path().join("r0").exists() && !base.path().join("m0").exists());
 }
